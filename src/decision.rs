@@ -1,0 +1,166 @@
+//! What a check answers: the values a gateway puts in its rate-limit headers.
+
+use std::time::Duration;
+
+use crate::limit::MAX_WINDOWS;
+
+/// The state of one window after a check (or a peek).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WindowState {
+    pub(crate) limit: u32,
+    pub(crate) window_ms: u64,
+    pub(crate) used: u32,
+    pub(crate) reset_ms: u64,
+    pub(crate) retry_after_ms: u64,
+    pub(crate) fits: bool,
+}
+
+impl WindowState {
+    /// The window's limit.
+    pub fn limit(&self) -> u32 {
+        self.limit
+    }
+
+    /// The window's length.
+    pub fn window(&self) -> Duration {
+        Duration::from_millis(self.window_ms)
+    }
+
+    /// Units counted in the window (after this request, if it was admitted).
+    pub fn used(&self) -> u32 {
+        self.used
+    }
+
+    /// Units left in the window.
+    pub fn remaining(&self) -> u32 {
+        self.limit.saturating_sub(self.used)
+    }
+
+    /// UTC time in milliseconds at which this window is back to its full limit.
+    pub fn reset_ms(&self) -> u64 {
+        self.reset_ms
+    }
+
+    /// UTC epoch seconds (rounded up) at which this window is back to its full limit.
+    pub fn reset(&self) -> u64 {
+        self.reset_ms.div_ceil(1000)
+    }
+
+    /// Milliseconds until this window has room for the request's cost (0 if it has room now).
+    pub fn retry_after_ms(&self) -> u64 {
+        self.retry_after_ms
+    }
+
+    /// Whether this window had room for the request's cost.
+    pub fn fits(&self) -> bool {
+        self.fits
+    }
+}
+
+/// The answer to "may this token make this request now?".
+///
+/// ```
+/// use tollgate::{Limit, Limits, Store, Options};
+/// let store = Store::open_in_memory(Options::default()).unwrap();
+/// let limits = Limits::new(&[Limit::per_minute(2)]).unwrap();
+/// let now = 1_700_000_000_000;
+/// let d = store.check_at(b"token", &limits, 1, now).unwrap();
+/// assert!(d.allowed());
+/// assert_eq!((d.limit(), d.remaining()), (2, 1));
+/// store.check_at(b"token", &limits, 1, now).unwrap();
+/// let d = store.check_at(b"token", &limits, 1, now).unwrap();
+/// assert!(!d.allowed());
+/// assert!(d.retry_after().unwrap() > 0);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    pub(crate) allowed: bool,
+    pub(crate) binding: u8,
+    pub(crate) len: u8,
+    pub(crate) windows: [WindowState; MAX_WINDOWS],
+}
+
+impl Decision {
+    /// Build a decision from per-window states; picks the binding window.
+    pub(crate) fn from_windows(allowed: bool, windows: [WindowState; MAX_WINDOWS], len: usize) -> Decision {
+        let live = windows.get(..len).unwrap_or(&[]);
+        let binding = if allowed {
+            // The most restrictive window: least remaining, then the latest reset.
+            live.iter()
+                .enumerate()
+                .min_by(|(_, a), (_, b)| {
+                    a.remaining()
+                        .cmp(&b.remaining())
+                        .then(b.reset_ms.cmp(&a.reset_ms))
+                })
+                .map_or(0, |(i, _)| i)
+        } else {
+            // The violated window that keeps the request out the longest.
+            live.iter()
+                .enumerate()
+                .filter(|(_, w)| !w.fits)
+                .max_by_key(|(_, w)| w.retry_after_ms)
+                .map_or(0, |(i, _)| i)
+        };
+        Decision {
+            allowed,
+            binding: binding as u8,
+            len: len as u8,
+            windows,
+        }
+    }
+
+    fn bind(&self) -> &WindowState {
+        self.windows
+            .get(self.binding as usize)
+            .unwrap_or(&self.windows[0])
+    }
+
+    /// Whether the request is admitted (its cost was counted in every window).
+    pub fn allowed(&self) -> bool {
+        self.allowed
+    }
+
+    /// The limit of the binding window (`X-RateLimit-Limit`).
+    pub fn limit(&self) -> u32 {
+        self.bind().limit
+    }
+
+    /// Units left in the most restrictive window (`X-RateLimit-Remaining`).
+    pub fn remaining(&self) -> u32 {
+        self.bind().remaining()
+    }
+
+    /// UTC epoch seconds at which the binding window is back to its full limit
+    /// (`X-RateLimit-Reset`).
+    pub fn reset(&self) -> u64 {
+        self.bind().reset()
+    }
+
+    /// When rejected: whole seconds, rounded up, until this request would be admitted — the
+    /// longest wait over the violated windows (`Retry-After`). `None` when admitted.
+    pub fn retry_after(&self) -> Option<u64> {
+        if self.allowed {
+            return None;
+        }
+        let ms = self
+            .windows()
+            .iter()
+            .filter(|w| !w.fits)
+            .map(|w| w.retry_after_ms)
+            .max()
+            .unwrap_or(1000);
+        Some(ms.div_ceil(1000).max(1))
+    }
+
+    /// The binding window: the most restrictive one when admitted, the longest-blocking
+    /// violated one when rejected.
+    pub fn binding(&self) -> &WindowState {
+        self.bind()
+    }
+
+    /// Per-window detail, in the order of the [`crate::Limits`] set.
+    pub fn windows(&self) -> &[WindowState] {
+        self.windows.get(..self.len as usize).unwrap_or(&[])
+    }
+}

@@ -1,0 +1,109 @@
+//! The one error type of the crate.
+//!
+//! Every variant is something a gateway can act on: bad input (a 400 or a configuration error),
+//! a store that cannot be opened (a deployment error), or a full store (the capacity policy).
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+
+/// Result alias used across tollgate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// An I/O error from the operating system (open, grow, map, flush).
+    Io(io::Error),
+    /// The store file is held by another open store, in this process or another one.
+    Locked {
+        /// The file that is locked.
+        path: PathBuf,
+    },
+    /// The file is not a tollgate store (bad magic), or its header failed its checksum.
+    NotAStore {
+        /// Why the file was refused.
+        reason: &'static str,
+    },
+    /// The file is a tollgate store of a format version this build cannot read.
+    UnsupportedVersion {
+        /// The version found in the file.
+        found: u32,
+        /// The version this build reads and writes.
+        supported: u32,
+    },
+    /// A structure read from the file failed a check and cannot be used.
+    Corrupt {
+        /// Byte offset in the file of the structure that failed.
+        offset: u64,
+        /// What failed.
+        reason: &'static str,
+    },
+    /// The key is empty or longer than [`crate::MAX_KEY_LEN`].
+    InvalidKey {
+        /// The length of the rejected key.
+        len: usize,
+    },
+    /// A limit or a set of limits is not usable (zero limit, window out of range, too many
+    /// windows, a limit too large for the chosen representation).
+    InvalidLimit(&'static str),
+    /// The cost of a request is larger than the smallest limit it is checked against, so it
+    /// could never be admitted.
+    CostExceedsLimit {
+        /// The requested cost.
+        cost: u32,
+        /// The smallest limit of the set.
+        limit: u32,
+    },
+    /// The store reached its configured capacity and nothing could be reclaimed.
+    CapacityExhausted,
+    /// The options given to open a store are inconsistent.
+    InvalidOptions(&'static str),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Io(e) => write!(f, "I/O error: {e}"),
+            Error::Locked { path } => {
+                write!(f, "store file {} is locked by another open store", path.display())
+            }
+            Error::NotAStore { reason } => write!(f, "not a tollgate store: {reason}"),
+            Error::UnsupportedVersion { found, supported } => write!(
+                f,
+                "store format version {found} is not supported (this build reads version {supported})"
+            ),
+            Error::Corrupt { offset, reason } => {
+                write!(f, "corrupt store at byte offset {offset}: {reason}")
+            }
+            Error::InvalidKey { len } => write!(
+                f,
+                "invalid key of {len} bytes (keys are 1 to {} bytes)",
+                crate::MAX_KEY_LEN
+            ),
+            Error::InvalidLimit(why) => write!(f, "invalid limit: {why}"),
+            Error::CostExceedsLimit { cost, limit } => write!(
+                f,
+                "cost {cost} exceeds the limit {limit}: the request can never be admitted"
+            ),
+            Error::CapacityExhausted => write!(f, "store capacity exhausted"),
+            Error::InvalidOptions(why) => write!(f, "invalid options: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<io::Error> for Error {
+    fn from(e: io::Error) -> Self {
+        Error::Io(e)
+    }
+}

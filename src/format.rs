@@ -1,0 +1,291 @@
+//! The on-disk format: the file header, segment headers and entry layout.
+//!
+//! Documented byte by byte in `docs/FORMAT.md`; the constants here are the source of truth.
+//! All multi-byte values are little-endian (tollgate builds only for little-endian targets, see
+//! the compile-time check in `lib.rs`).
+
+use crate::error::{Error, Result};
+use crate::limit::Descriptor;
+
+/// Magic bytes at the start of a store file.
+pub(crate) const FILE_MAGIC: [u8; 8] = *b"TOLLGATE";
+/// Magic bytes at the start of every segment.
+pub(crate) const SEGMENT_MAGIC: [u8; 8] = *b"TGSEGMNT";
+/// The format version this build reads and writes.
+pub(crate) const FORMAT_VERSION: u32 = 1;
+/// Size of the file header region (one page): segments start after it.
+pub(crate) const HEADER_LEN: u64 = 4096;
+/// Bytes of the header that carry data (the rest of the page is zero).
+pub(crate) const HEADER_USED: usize = 64;
+/// One line: the unit of entry allocation, and a cache line.
+pub(crate) const LINE: usize = 64;
+/// The largest entry, in lines.
+pub(crate) const MAX_ENTRY_LINES: u32 = 16;
+/// Entry kinds (byte 2 of an entry header).
+pub(crate) const KIND_WINDOWS: u8 = 1;
+
+/// The decoded file header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FileHeader {
+    /// log2 of the segment length in bytes.
+    pub seg_shift: u32,
+    /// Most sub-window counters per bucketed window (`sub_windows + 1`).
+    pub kmax: u32,
+    /// When the store was created (ms since the Unix epoch).
+    pub created_ms: u64,
+}
+
+impl FileHeader {
+    /// Encode into the 64 used bytes of the header page.
+    pub(crate) fn encode(&self) -> [u8; HEADER_USED] {
+        let mut b = [0u8; HEADER_USED];
+        b[0..8].copy_from_slice(&FILE_MAGIC);
+        b[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        b[12..16].copy_from_slice(&(HEADER_USED as u32).to_le_bytes());
+        b[16..20].copy_from_slice(&self.seg_shift.to_le_bytes());
+        b[20..24].copy_from_slice(&self.kmax.to_le_bytes());
+        b[24..32].copy_from_slice(&self.created_ms.to_le_bytes());
+        let crc = crc32fast::hash(&b[0..60]);
+        b[60..64].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    /// Decode and check the header bytes.
+    pub(crate) fn decode(b: &[u8]) -> Result<FileHeader> {
+        let b: &[u8; HEADER_USED] = b
+            .get(..HEADER_USED)
+            .and_then(|s| s.try_into().ok())
+            .ok_or(Error::NotAStore {
+                reason: "file shorter than a header",
+            })?;
+        if b[0..8] != FILE_MAGIC {
+            return Err(Error::NotAStore {
+                reason: "bad magic bytes",
+            });
+        }
+        let version = le32(b, 8);
+        if version != FORMAT_VERSION {
+            return Err(Error::UnsupportedVersion {
+                found: version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        if le32(b, 60) != crc32fast::hash(&b[0..60]) {
+            return Err(Error::NotAStore {
+                reason: "header checksum mismatch",
+            });
+        }
+        let h = FileHeader {
+            seg_shift: le32(b, 16),
+            kmax: le32(b, 20),
+            created_ms: le64(b, 24),
+        };
+        if le32(b, 12) as usize != HEADER_USED
+            || !(16..=30).contains(&h.seg_shift)
+            || !(3..=32).contains(&h.kmax)
+        {
+            return Err(Error::Corrupt {
+                offset: 0,
+                reason: "header fields out of range",
+            });
+        }
+        Ok(h)
+    }
+}
+
+/// The decoded header of a segment (its first line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SegmentHeader {
+    /// The segment's index in the file.
+    pub index: u32,
+    /// Lines per entry in this segment (its size class).
+    pub entry_lines: u32,
+}
+
+impl SegmentHeader {
+    /// Encode into the segment's first line.
+    pub(crate) fn encode(&self) -> [u8; LINE] {
+        let mut b = [0u8; LINE];
+        b[0..8].copy_from_slice(&SEGMENT_MAGIC);
+        b[8..12].copy_from_slice(&self.index.to_le_bytes());
+        b[12..16].copy_from_slice(&self.entry_lines.to_le_bytes());
+        b[16..20].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        let crc = crc32fast::hash(&b[0..60]);
+        b[60..64].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    /// Decode a segment's first line: `Ok(None)` for an all-zero line (a segment that was
+    /// allocated but whose header never got written), `Err` for anything else that fails.
+    pub(crate) fn decode(b: &[u8; LINE], expected_index: u32) -> Result<Option<SegmentHeader>, &'static str> {
+        if b.iter().all(|&x| x == 0) {
+            return Ok(None);
+        }
+        if b[0..8] != SEGMENT_MAGIC {
+            return Err("bad segment magic");
+        }
+        if le32(b, 60) != crc32fast::hash(&b[0..60]) {
+            return Err("segment header checksum mismatch");
+        }
+        let h = SegmentHeader {
+            index: le32(b, 8),
+            entry_lines: le32(b, 12),
+        };
+        if h.index != expected_index {
+            return Err("segment index does not match its position");
+        }
+        if le32(b, 16) != FORMAT_VERSION {
+            return Err("segment format version mismatch");
+        }
+        if !(1..=MAX_ENTRY_LINES).contains(&h.entry_lines) {
+            return Err("segment entry size out of range");
+        }
+        Ok(Some(h))
+    }
+}
+
+fn le32(b: &[u8], at: usize) -> u32 {
+    let mut x = [0u8; 4];
+    if let Some(s) = b.get(at..at + 4) {
+        x.copy_from_slice(s);
+    }
+    u32::from_le_bytes(x)
+}
+
+fn le64(b: &[u8], at: usize) -> u64 {
+    let mut x = [0u8; 8];
+    if let Some(s) = b.get(at..at + 8) {
+        x.copy_from_slice(s);
+    }
+    u64::from_le_bytes(x)
+}
+
+/// Where things are inside a window entry, in 8-byte words from the entry's start.
+///
+/// ```text
+/// word 0            header: key_len u8 | n_windows u8 | kind u8 | reserved u8 | crc32 u32
+/// words 1..         descriptors, two u32 per word
+/// key_at..          key bytes, zero padded to a word
+/// state_at..        per window: 1 word (bucketed) or 1 meta word + cap ring words (exact)
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct EntryLayout {
+    pub n: usize,
+    pub key_len: usize,
+    pub key_at: usize,
+    pub state_at: usize,
+    /// First state word of each window, relative to the entry's start.
+    pub window_at: [usize; crate::MAX_WINDOWS],
+    /// Words used in all.
+    pub words: usize,
+    /// Lines the entry takes.
+    pub lines: u32,
+}
+
+impl EntryLayout {
+    /// The layout for `descs` and a key of `key_len` bytes; `None` if it would not fit in
+    /// [`MAX_ENTRY_LINES`].
+    pub(crate) fn new(descs: &[Descriptor], key_len: usize) -> Option<EntryLayout> {
+        let n = descs.len();
+        if n == 0 || n > crate::MAX_WINDOWS || key_len == 0 || key_len > crate::MAX_KEY_LEN {
+            return None;
+        }
+        let key_at = 1 + n.div_ceil(2);
+        let state_at = key_at + key_len.div_ceil(8);
+        let mut window_at = [0usize; crate::MAX_WINDOWS];
+        let mut at = state_at;
+        for (d, place) in descs.iter().zip(window_at.iter_mut()) {
+            *place = at;
+            at += d.words();
+        }
+        let lines = (at * 8).div_ceil(LINE) as u32;
+        if lines > MAX_ENTRY_LINES {
+            return None;
+        }
+        Some(EntryLayout {
+            n,
+            key_len,
+            key_at,
+            state_at,
+            window_at,
+            words: at,
+            lines,
+        })
+    }
+}
+
+/// The header word of an entry: everything but the crc.
+pub(crate) fn header_low(key_len: usize, n: usize, kind: u8) -> u32 {
+    (key_len as u32 & 0xFF) | ((n as u32 & 0xFF) << 8) | (u32::from(kind) << 16)
+}
+
+/// The crc32 of an entry: over the low 4 header bytes, the descriptors and the key.
+pub(crate) fn entry_crc(low: u32, descs: &[u32], key: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&low.to_le_bytes());
+    for d in descs {
+        h.update(&d.to_le_bytes());
+    }
+    h.update(key);
+    h.finalize()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limit::Limit;
+
+    #[test]
+    fn header_round_trip_and_checks() {
+        let h = FileHeader {
+            seg_shift: 22,
+            kmax: 17,
+            created_ms: 1_700_000_000_000,
+        };
+        let b = h.encode();
+        assert_eq!(FileHeader::decode(&b).expect("valid"), h);
+        let mut bad = b;
+        bad[0] ^= 1;
+        assert!(matches!(FileHeader::decode(&bad), Err(Error::NotAStore { .. })));
+        let mut bad = b;
+        bad[30] ^= 1;
+        assert!(matches!(FileHeader::decode(&bad), Err(Error::NotAStore { .. })));
+        let mut v2 = b;
+        v2[8] = 2;
+        assert!(matches!(
+            FileHeader::decode(&v2),
+            Err(Error::UnsupportedVersion { found: 2, .. })
+        ));
+        assert!(FileHeader::decode(&b[..10]).is_err());
+    }
+
+    #[test]
+    fn two_windows_and_a_32_byte_key_fit_one_line() {
+        let d = |l: Limit| Descriptor::decode(l.descriptor()).expect("valid");
+        let descs = [d(Limit::per_minute(60)), d(Limit::per_hour(1000))];
+        let l = EntryLayout::new(&descs, 32).expect("fits");
+        assert_eq!(l.lines, 1);
+        assert_eq!(l.key_at, 2);
+        assert_eq!(l.state_at, 6);
+        assert_eq!(l.window_at[..2], [6, 7]);
+        let big = EntryLayout::new(&descs, crate::MAX_KEY_LEN).expect("fits");
+        assert!(big.lines > 1);
+        assert!(EntryLayout::new(&descs, 0).is_none());
+        assert!(EntryLayout::new(&descs, crate::MAX_KEY_LEN + 1).is_none());
+    }
+
+    #[test]
+    fn segment_header_round_trip() {
+        let h = SegmentHeader {
+            index: 3,
+            entry_lines: 2,
+        };
+        let b = h.encode();
+        assert_eq!(SegmentHeader::decode(&b, 3), Ok(Some(h)));
+        assert!(SegmentHeader::decode(&b, 4).is_err());
+        assert_eq!(SegmentHeader::decode(&[0u8; LINE], 0), Ok(None));
+        let mut bad = b;
+        bad[12] = 99;
+        assert!(SegmentHeader::decode(&bad, 3).is_err());
+    }
+}

@@ -1,0 +1,279 @@
+//! The in-memory index: key hash → entry location, with lock-free lookups.
+//!
+//! The index is split into [`STRIPES`] stripes by the top bits of the hash. Each stripe is an
+//! open-addressing table of `AtomicU64` entries, reached through a crossbeam-epoch pointer:
+//!
+//! * readers pin an epoch guard, load the table and probe it linearly; no lock, no allocation;
+//! * writers (insert, remove, resize) take the stripe's mutex; an insert publishes its entry
+//!   with a `Release` store after the entry's bytes are written, so a reader that sees the index
+//!   entry sees a complete entry;
+//! * a resize builds a new table, swaps the pointer and retires the old table through the epoch,
+//!   so a reader still probing the old one is never left with freed memory. A reader that misses
+//!   a key because it probed the old table falls back to the locked path, which looks again.
+//!
+//! An index entry packs a 16-bit tag from the hash (so that a probe rarely opens a wrong entry)
+//! and the entry's line id: `tag << 48 | (line + 2)`. 0 is an empty place, 1 a tombstone.
+//!
+//! The index is not stored: it is rebuilt from the entries when a store is opened, with a fresh
+//! random hash seed each time (HashDoS resistance without persisting a secret).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crossbeam_epoch::Guard;
+use parking_lot::{Mutex, MutexGuard};
+
+use crate::raw::EpochCell;
+
+/// Number of stripes (a power of two).
+pub(crate) const STRIPES: usize = 64;
+const STRIPE_SHIFT: u32 = 64 - STRIPES.trailing_zeros();
+const EMPTY: u64 = 0;
+const TOMBSTONE: u64 = 1;
+const ID_MASK: u64 = (1 << 48) - 1;
+const MIN_CAPACITY: usize = 16;
+
+struct Table {
+    mask: usize,
+    entries: Box<[AtomicU64]>,
+}
+
+impl Table {
+    fn with_capacity(cap: usize) -> Table {
+        let cap = cap.next_power_of_two().max(MIN_CAPACITY);
+        Table {
+            mask: cap - 1,
+            entries: (0..cap).map(|_| AtomicU64::new(EMPTY)).collect(),
+        }
+    }
+}
+
+/// Counts kept under the stripe lock.
+pub(crate) struct StripeState {
+    /// Live entries.
+    live: usize,
+    /// Places that are not empty (live entries and tombstones).
+    used: usize,
+}
+
+#[repr(align(64))]
+struct Stripe {
+    table: EpochCell<Table>,
+    lock: Mutex<StripeState>,
+}
+
+/// The striped index.
+pub(crate) struct Index {
+    stripes: Box<[Stripe]>,
+}
+
+/// The lock of one stripe, held across a find-or-insert.
+pub(crate) struct StripeLock<'a> {
+    stripe: &'a Stripe,
+    state: MutexGuard<'a, StripeState>,
+}
+
+#[inline]
+fn tag_of(hash: u64) -> u64 {
+    (hash >> 32) & 0xFFFF
+}
+
+#[inline]
+fn pack(hash: u64, line: u64) -> u64 {
+    (tag_of(hash) << 48) | ((line + 2) & ID_MASK)
+}
+
+impl Index {
+    pub(crate) fn new() -> Index {
+        let stripes = (0..STRIPES)
+            .map(|_| Stripe {
+                table: EpochCell::new(Table::with_capacity(MIN_CAPACITY)),
+                lock: Mutex::new(StripeState { live: 0, used: 0 }),
+            })
+            .collect();
+        Index { stripes }
+    }
+
+    #[inline]
+    fn stripe(&self, hash: u64) -> &Stripe {
+        let i = (hash >> STRIPE_SHIFT) as usize;
+        // `i < STRIPES` by construction; the fallback is never taken.
+        self.stripes.get(i).unwrap_or_else(|| &self.stripes[0])
+    }
+
+    /// Find the entry for `hash` whose line satisfies `matches`, without a lock.
+    #[inline]
+    pub(crate) fn find(
+        &self,
+        hash: u64,
+        guard: &Guard,
+        mut matches: impl FnMut(u64) -> bool,
+    ) -> Option<u64> {
+        let table = self.stripe(hash).table.load(guard)?;
+        let tag = tag_of(hash);
+        let mut pos = hash as usize & table.mask;
+        for _ in 0..=table.mask {
+            let e = table.entries.get(pos)?.load(Ordering::Acquire);
+            if e == EMPTY {
+                return None;
+            }
+            if e != TOMBSTONE && e >> 48 == tag {
+                let line = (e & ID_MASK) - 2;
+                if matches(line) {
+                    return Some(line);
+                }
+            }
+            pos = (pos + 1) & table.mask;
+        }
+        None
+    }
+
+    /// Lock the stripe of `hash` for a find-or-insert, a removal or a replacement.
+    pub(crate) fn lock(&self, hash: u64) -> StripeLock<'_> {
+        let stripe = self.stripe(hash);
+        StripeLock {
+            stripe,
+            state: stripe.lock.lock(),
+        }
+    }
+
+    /// Number of live entries (takes every stripe lock in turn).
+    pub(crate) fn len(&self) -> usize {
+        self.stripes.iter().map(|s| s.lock.lock().live).sum()
+    }
+}
+
+impl StripeLock<'_> {
+    /// Insert `line` for `hash` (the caller checked it is absent under this lock).
+    pub(crate) fn insert(
+        &mut self,
+        hash: u64,
+        line: u64,
+        guard: &Guard,
+        rehash: impl Fn(u64) -> u64,
+    ) {
+        let mut table = self.stripe.table.load(guard);
+        let cap = table.map_or(0, |t| t.mask + 1);
+        if (self.state.used + 1) * 4 > cap * 3 {
+            table = self.resize(guard, &rehash);
+        }
+        let Some(t) = table else {
+            return;
+        };
+        let mut pos = hash as usize & t.mask;
+        loop {
+            let Some(place) = t.entries.get(pos) else {
+                return;
+            };
+            let e = place.load(Ordering::Relaxed);
+            if e == EMPTY || e == TOMBSTONE {
+                if e == EMPTY {
+                    self.state.used += 1;
+                }
+                self.state.live += 1;
+                place.store(pack(hash, line), Ordering::Release);
+                return;
+            }
+            pos = (pos + 1) & t.mask;
+        }
+    }
+
+    /// Point the entry of `hash` at `old` to `new` (an entry that moved).
+    pub(crate) fn replace(&mut self, hash: u64, old: u64, new: u64, guard: &Guard) -> bool {
+        self.update(hash, old, pack(hash, new), guard)
+    }
+
+    /// Remove the entry of `hash` at `line` (the compactor's unlink step).
+    #[allow(dead_code)]
+    pub(crate) fn remove(&mut self, hash: u64, line: u64, guard: &Guard) -> bool {
+        let done = self.update(hash, line, TOMBSTONE, guard);
+        if done {
+            self.state.live -= 1;
+        }
+        done
+    }
+
+    fn update(&mut self, hash: u64, line: u64, value: u64, guard: &Guard) -> bool {
+        let Some(t) = self.stripe.table.load(guard) else {
+            return false;
+        };
+        let want = pack(hash, line);
+        let mut pos = hash as usize & t.mask;
+        for _ in 0..=t.mask {
+            let Some(place) = t.entries.get(pos) else {
+                return false;
+            };
+            let e = place.load(Ordering::Relaxed);
+            if e == EMPTY {
+                return false;
+            }
+            if e == want {
+                place.store(value, Ordering::Release);
+                return true;
+            }
+            pos = (pos + 1) & t.mask;
+        }
+        false
+    }
+
+    fn resize<'g>(&mut self, guard: &'g Guard, rehash: &impl Fn(u64) -> u64) -> Option<&'g Table> {
+        let new = Table::with_capacity((self.state.live + 1) * 2);
+        if let Some(o) = self.stripe.table.load(guard) {
+            for e in o.entries.iter() {
+                let e = e.load(Ordering::Relaxed);
+                if e == EMPTY || e == TOMBSTONE {
+                    continue;
+                }
+                let line = (e & ID_MASK) - 2;
+                let h = rehash(line);
+                let mut pos = h as usize & new.mask;
+                while new.entries.get(pos).is_some_and(|p| p.load(Ordering::Relaxed) != EMPTY) {
+                    pos = (pos + 1) & new.mask;
+                }
+                if let Some(p) = new.entries.get(pos) {
+                    p.store(e, Ordering::Relaxed);
+                }
+            }
+        }
+        self.state.used = self.state.live;
+        // The swap publishes the new table with Release; readers still probing the old one
+        // keep it alive through their guards.
+        self.stripe.table.replace(new, guard)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn insert_find_remove_resize() {
+        let idx = Index::new();
+        let guard = crossbeam_epoch::pin();
+        // Hashes that all land in stripe 0, so the table must resize several times.
+        let hash = |line: u64| line.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 8;
+        for line in 0..1000u64 {
+            let h = hash(line);
+            let mut l = idx.lock(h);
+            l.insert(h, line, &guard, hash);
+        }
+        assert_eq!(idx.len(), 1000);
+        for line in 0..1000u64 {
+            assert_eq!(idx.find(hash(line), &guard, |x| x == line), Some(line));
+        }
+        assert_eq!(idx.find(hash(5000), &guard, |x| x == 5000), None);
+        {
+            let h = hash(7);
+            let mut l = idx.lock(h);
+            assert!(l.remove(h, 7, &guard));
+            assert!(!l.remove(h, 7, &guard));
+        }
+        assert_eq!(idx.find(hash(7), &guard, |x| x == 7), None);
+        {
+            let h = hash(8);
+            let mut l = idx.lock(h);
+            assert!(l.replace(h, 8, 123_456, &guard));
+        }
+        assert_eq!(idx.find(hash(8), &guard, |x| x == 123_456), Some(123_456));
+        assert_eq!(idx.len(), 999);
+    }
+}

@@ -1,0 +1,336 @@
+//! Limits: "N requests per window", and validated sets of them.
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// The most windows a [`Limits`] set may hold.
+pub const MAX_WINDOWS: usize = 8;
+/// The largest limit of a window in the default (sub-window counter) representation.
+pub const MAX_BUCKETED_LIMIT: u32 = 65_535;
+/// The largest limit of a window in the exact (timestamp log) representation.
+pub const MAX_EXACT_LIMIT: u32 = 32;
+/// The shortest window: one second.
+pub const MIN_WINDOW: Duration = Duration::from_secs(1);
+/// The longest window: 180 days.
+pub const MAX_WINDOW: Duration = Duration::from_secs(180 * 24 * 3600);
+
+/// Windows longer than this must be whole seconds (the file stores longer windows in seconds).
+const MAX_MS_ENCODED: u64 = (1 << 24) - 1;
+
+/// How a window counts its requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// Sub-window counters packed in one atomic word (the default). Never admits more than the
+    /// limit in any interval of the window's length; may release quota late by at most one
+    /// sub-window (see `docs/ACCURACY.md`). Limits up to [`MAX_BUCKETED_LIMIT`].
+    Bucketed,
+    /// A log of the timestamps of admitted requests: exact both ways. Limits up to
+    /// [`MAX_EXACT_LIMIT`]; meant for small limits such as 5 logins per minute.
+    Exact,
+}
+
+/// One window: at most `limit` units of cost in any interval of length `window`.
+///
+/// ```
+/// use tollgate::Limit;
+/// let per_minute = Limit::per_minute(60);
+/// assert_eq!(per_minute.limit(), 60);
+/// assert_eq!(per_minute.window().as_secs(), 60);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Limit {
+    limit: u32,
+    window_ms: u64,
+    mode: Mode,
+}
+
+impl Limit {
+    /// `limit` per `window`, counted with sub-window counters. Validated when it is put into a
+    /// [`Limits`] set.
+    pub fn new(limit: u32, window: Duration) -> Limit {
+        Limit {
+            limit,
+            window_ms: u64::try_from(window.as_millis()).unwrap_or(u64::MAX),
+            mode: Mode::Bucketed,
+        }
+    }
+
+    /// `limit` per second.
+    pub fn per_second(limit: u32) -> Limit {
+        Limit::new(limit, Duration::from_secs(1))
+    }
+
+    /// `limit` per minute.
+    pub fn per_minute(limit: u32) -> Limit {
+        Limit::new(limit, Duration::from_secs(60))
+    }
+
+    /// `limit` per hour.
+    pub fn per_hour(limit: u32) -> Limit {
+        Limit::new(limit, Duration::from_secs(3600))
+    }
+
+    /// `limit` per day.
+    pub fn per_day(limit: u32) -> Limit {
+        Limit::new(limit, Duration::from_secs(86_400))
+    }
+
+    /// The same limit, counted exactly with a log of timestamps (limits up to
+    /// [`MAX_EXACT_LIMIT`]).
+    pub fn exact(self) -> Limit {
+        Limit {
+            mode: Mode::Exact,
+            ..self
+        }
+    }
+
+    /// The number of units of cost allowed per window.
+    pub fn limit(&self) -> u32 {
+        self.limit
+    }
+
+    /// The window's length.
+    pub fn window(&self) -> Duration {
+        Duration::from_millis(self.window_ms)
+    }
+
+    /// The window's length in milliseconds.
+    pub fn window_ms(&self) -> u64 {
+        self.window_ms
+    }
+
+    /// How the window counts.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.limit == 0 {
+            return Err(Error::InvalidLimit("a limit must be at least 1"));
+        }
+        let min = MIN_WINDOW.as_millis() as u64;
+        let max = MAX_WINDOW.as_millis() as u64;
+        if self.window_ms < min {
+            return Err(Error::InvalidLimit("a window must be at least 1 second"));
+        }
+        if self.window_ms > max {
+            return Err(Error::InvalidLimit("a window must be at most 180 days"));
+        }
+        if self.window_ms > MAX_MS_ENCODED && self.window_ms % 1000 != 0 {
+            return Err(Error::InvalidLimit(
+                "a window longer than 4 hours must be a whole number of seconds",
+            ));
+        }
+        match self.mode {
+            Mode::Bucketed if self.limit > MAX_BUCKETED_LIMIT => Err(Error::InvalidLimit(
+                "a bucketed limit must be at most 65535 per window (use a shorter window)",
+            )),
+            Mode::Exact if self.limit > MAX_EXACT_LIMIT => Err(Error::InvalidLimit(
+                "an exact limit must be at most 32 per window",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The 32-bit descriptor stored in an entry for this window (see `docs/FORMAT.md`).
+    pub(crate) fn descriptor(&self) -> u32 {
+        let (unit_s, value) = if self.window_ms > MAX_MS_ENCODED {
+            (1u32, (self.window_ms / 1000) as u32)
+        } else {
+            (0u32, self.window_ms as u32)
+        };
+        let exact = u32::from(self.mode == Mode::Exact);
+        let cap = match self.mode {
+            Mode::Exact => self.limit - 1,
+            Mode::Bucketed => 0,
+        };
+        (exact << 31) | (unit_s << 30) | ((value & 0xFF_FFFF) << 6) | (cap & 0x3F)
+    }
+}
+
+/// What a stored 32-bit window descriptor says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Descriptor {
+    pub window_ms: u64,
+    pub exact: bool,
+    /// Ring capacity of an exact window (0 for bucketed windows).
+    pub cap: u32,
+}
+
+impl Descriptor {
+    /// Decode a descriptor; `None` if it cannot have been written by [`Limit::descriptor`].
+    pub(crate) fn decode(d: u32) -> Option<Descriptor> {
+        let exact = d >> 31 == 1;
+        let unit_s = (d >> 30) & 1 == 1;
+        let value = u64::from((d >> 6) & 0xFF_FFFF);
+        let window_ms = if unit_s { value * 1000 } else { value };
+        let cap_bits = d & 0x3F;
+        let min = MIN_WINDOW.as_millis() as u64;
+        let max = MAX_WINDOW.as_millis() as u64;
+        if window_ms < min || window_ms > max {
+            return None;
+        }
+        if !exact && cap_bits != 0 {
+            return None;
+        }
+        let cap = if exact { cap_bits + 1 } else { 0 };
+        if cap > MAX_EXACT_LIMIT {
+            return None;
+        }
+        Some(Descriptor {
+            window_ms,
+            exact,
+            cap,
+        })
+    }
+
+    /// Number of 8-byte state words this window occupies in an entry.
+    pub(crate) fn words(&self) -> usize {
+        if self.exact {
+            1 + self.cap as usize
+        } else {
+            1
+        }
+    }
+}
+
+/// A validated set of limits checked together: a request is admitted only if every window has
+/// room for its cost, and a rejected request consumes nothing in any window.
+///
+/// Build it once (at policy load) and reuse it for every check: building validates, checking
+/// does not allocate.
+///
+/// ```
+/// use tollgate::{Limit, Limits};
+/// let limits = Limits::new(&[Limit::per_minute(60), Limit::per_hour(1000)]).unwrap();
+/// assert_eq!(limits.len(), 2);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Limits {
+    items: [Limit; MAX_WINDOWS],
+    descriptors: [u32; MAX_WINDOWS],
+    len: u8,
+    min_limit: u32,
+    has_exact: bool,
+}
+
+impl Limits {
+    /// Validate a set of 1 to [`MAX_WINDOWS`] limits with distinct window lengths.
+    pub fn new(limits: &[Limit]) -> Result<Limits> {
+        if limits.is_empty() {
+            return Err(Error::InvalidLimit("a limit set needs at least one window"));
+        }
+        if limits.len() > MAX_WINDOWS {
+            return Err(Error::InvalidLimit("a limit set holds at most 8 windows"));
+        }
+        let mut items = [Limit::new(1, MIN_WINDOW); MAX_WINDOWS];
+        let mut descriptors = [0u32; MAX_WINDOWS];
+        let mut min_limit = u32::MAX;
+        let mut has_exact = false;
+        for (i, l) in limits.iter().enumerate() {
+            l.validate()?;
+            if limits[..i].iter().any(|o| o.window_ms == l.window_ms) {
+                return Err(Error::InvalidLimit(
+                    "two windows of a set have the same length",
+                ));
+            }
+            if let (Some(slot), Some(d)) = (items.get_mut(i), descriptors.get_mut(i)) {
+                *slot = *l;
+                *d = l.descriptor();
+            }
+            min_limit = min_limit.min(l.limit);
+            has_exact |= l.mode == Mode::Exact;
+        }
+        Ok(Limits {
+            items,
+            descriptors,
+            len: limits.len() as u8,
+            min_limit,
+            has_exact,
+        })
+    }
+
+    /// The limits of the set, in the order given.
+    pub fn as_slice(&self) -> &[Limit] {
+        self.items.get(..self.len as usize).unwrap_or(&[])
+    }
+
+    /// Number of windows in the set.
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// Always false: a set has at least one window.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The smallest limit of the set.
+    pub fn min_limit(&self) -> u32 {
+        self.min_limit
+    }
+
+    pub(crate) fn descriptors(&self) -> &[u32] {
+        self.descriptors.get(..self.len as usize).unwrap_or(&[])
+    }
+
+    pub(crate) fn has_exact(&self) -> bool {
+        self.has_exact
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descriptors_round_trip() {
+        for l in [
+            Limit::per_second(1),
+            Limit::per_minute(60),
+            Limit::per_hour(1000),
+            Limit::per_day(65_535),
+            Limit::per_minute(5).exact(),
+            Limit::new(32, Duration::from_millis(1500)).exact(),
+            Limit::new(7, MAX_WINDOW),
+        ] {
+            let d = Descriptor::decode(l.descriptor()).expect("valid descriptor");
+            assert_eq!(d.window_ms, l.window_ms());
+            assert_eq!(d.exact, l.mode() == Mode::Exact);
+            if d.exact {
+                assert_eq!(d.cap, l.limit());
+            }
+        }
+    }
+
+    #[test]
+    fn bad_limits_are_typed_errors() {
+        let bad = [
+            Limit::per_minute(0),
+            Limit::new(5, Duration::from_millis(999)),
+            Limit::new(5, MAX_WINDOW + Duration::from_secs(1)),
+            Limit::new(5, Duration::from_millis(5 * 3_600_000 + 1)),
+            Limit::per_minute(65_536),
+            Limit::per_minute(33).exact(),
+        ];
+        for l in bad {
+            assert!(matches!(Limits::new(&[l]), Err(Error::InvalidLimit(_))), "{l:?}");
+        }
+        assert!(matches!(Limits::new(&[]), Err(Error::InvalidLimit(_))));
+        let nine: Vec<Limit> = (1..=9).map(|i| Limit::new(5, Duration::from_secs(i))).collect();
+        assert!(matches!(Limits::new(&nine), Err(Error::InvalidLimit(_))));
+        assert!(matches!(
+            Limits::new(&[Limit::per_minute(5), Limit::per_minute(6)]),
+            Err(Error::InvalidLimit(_))
+        ));
+    }
+
+    #[test]
+    fn garbage_descriptors_are_refused() {
+        assert!(Descriptor::decode(0).is_none());
+        assert!(Descriptor::decode(u32::MAX).is_none());
+        // A bucketed descriptor with ring bits set cannot have been written by us.
+        assert!(Descriptor::decode(Limit::per_minute(5).descriptor() | 1).is_none());
+    }
+}

@@ -1,0 +1,217 @@
+//! The only door to mapped memory.
+//!
+//! Every byte of a store lives in memory maps made here, and everything outside this module
+//! reaches them as `&AtomicU64` words handed out by [`Maps`]. Nothing is ever seen as `&[u8]` or
+//! `&mut`: other threads update window words in place at any time, and memmap2's `MmapRaw` is
+//! the map type meant for that.
+//!
+//! # Why the accesses are sound
+//!
+//! * **Alignment**: maps start on a page boundary and every word offset is a multiple of 8.
+//! * **Bounds**: [`Maps::word`] checks the offset against the map's length.
+//! * **Lifetime**: a map, once made, is only dropped when the [`Maps`] that owns it is dropped;
+//!   the returned references borrow the `Maps`, so they cannot outlive it. Maps are never
+//!   remapped or moved, and the file is never shrunk while mapped.
+//! * **No mixed access**: all accesses from this process go through atomics, so concurrent
+//!   readers and writers are data-race free. Other processes are kept out by the exclusive
+//!   file lock the store holds (`docs/DESIGN.md`); a file changed behind the lock's back can
+//!   hold wrong values, which every reader validates (crc, descriptors), but it cannot make an
+//!   atomic access unsound.
+
+use std::fs::File;
+use std::io;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+
+use memmap2::{MmapOptions, MmapRaw};
+use parking_lot::Mutex;
+
+/// One memory map: the file header page or one segment.
+pub(crate) struct Map {
+    raw: MmapRaw,
+}
+
+impl Map {
+    /// An anonymous map of `len` zeroed bytes (in-memory stores).
+    pub(crate) fn anon(len: usize) -> io::Result<Map> {
+        let m = MmapOptions::new().len(len).map_anon()?;
+        Ok(Map {
+            raw: MmapRaw::from(m),
+        })
+    }
+
+    /// A shared map of `file` bytes `offset..offset + len`.
+    pub(crate) fn file(file: &File, offset: u64, len: usize) -> io::Result<Map> {
+        let raw = MmapOptions::new().offset(offset).len(len).map_raw(file)?;
+        Ok(Map { raw })
+    }
+
+    fn base(&self) -> NonNull<u8> {
+        // An mmap that succeeded never returns a null address.
+        NonNull::new(self.raw.as_mut_ptr()).unwrap_or(NonNull::dangling())
+    }
+
+    fn len(&self) -> usize {
+        self.raw.len()
+    }
+
+    /// Write the map's dirty pages to the file and wait (msync MS_SYNC).
+    pub(crate) fn flush(&self) -> io::Result<()> {
+        self.raw.flush()
+    }
+}
+
+fn word_at<'a>(base: NonNull<u8>, len: usize, offset: usize) -> Option<&'a AtomicU64> {
+    if offset % 8 != 0 || offset.checked_add(8)? > len {
+        return None;
+    }
+    // SAFETY: `offset + 8 <= len`, so the 8 bytes are inside the map; the base is page aligned
+    // and `offset` a multiple of 8, so the pointer is 8-aligned; the caller ties `'a` to the
+    // owner of the map, which is never unmapped while borrowed (module docs); and every access
+    // to mapped memory from this process is atomic, so there is no data race.
+    Some(unsafe { AtomicU64::from_ptr(base.as_ptr().add(offset).cast::<u64>()) })
+}
+
+/// The segments of a store: a fixed table of base addresses that readers load without a lock,
+/// and the maps that own them.
+pub(crate) struct Maps {
+    bases: Box<[AtomicPtr<u8>]>,
+    seg_len: usize,
+    owned: Mutex<Vec<Map>>,
+}
+
+// SAFETY: the raw base pointers are only turned into `&AtomicU64` by `word`, whose accesses are
+// atomic (thread safe by definition); the maps themselves are owned by the mutex.
+unsafe impl Send for Maps {}
+// SAFETY: as above: shared access only ever produces atomics.
+unsafe impl Sync for Maps {}
+
+impl Maps {
+    /// An empty table with room for `max_segments` segments of `seg_len` bytes each.
+    pub(crate) fn new(max_segments: usize, seg_len: usize) -> Maps {
+        let bases = (0..max_segments)
+            .map(|_| AtomicPtr::new(std::ptr::null_mut()))
+            .collect();
+        Maps {
+            bases,
+            seg_len,
+            owned: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Number of segments mapped so far.
+    pub(crate) fn count(&self) -> usize {
+        self.owned.lock().len()
+    }
+
+    /// The largest number of segments the table can hold.
+    pub(crate) fn capacity(&self) -> usize {
+        self.bases.len()
+    }
+
+    /// Add `map` as the next segment and return its index. The map must be `seg_len` long.
+    pub(crate) fn push(&self, map: Map) -> io::Result<usize> {
+        let mut owned = self.owned.lock();
+        let idx = owned.len();
+        if map.len() != self.seg_len {
+            return Err(io::Error::other("segment map of the wrong length"));
+        }
+        let Some(slot) = self.bases.get(idx) else {
+            return Err(io::Error::other("segment table full"));
+        };
+        let base = map.base();
+        owned.push(map);
+        // Release: a reader that finds a slot id in the index (published later with Release)
+        // sees this base.
+        slot.store(base.as_ptr(), Ordering::Release);
+        Ok(idx)
+    }
+
+    /// The word at byte `offset` of segment `seg`.
+    #[inline]
+    pub(crate) fn word(&self, seg: usize, offset: usize) -> Option<&AtomicU64> {
+        let base = NonNull::new(self.bases.get(seg)?.load(Ordering::Acquire))?;
+        word_at(base, self.seg_len, offset)
+    }
+
+    /// Flush every segment to the file.
+    pub(crate) fn flush(&self) -> io::Result<()> {
+        for m in self.owned.lock().iter() {
+            m.flush()?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_are_bounds_checked() {
+        let maps = Maps::new(2, 4096);
+        assert!(maps.word(0, 0).is_none(), "no segment yet");
+        maps.push(Map::anon(4096).expect("anon map")).expect("push");
+        let w = maps.word(0, 8).expect("in bounds");
+        w.store(42, Ordering::Relaxed);
+        assert_eq!(maps.word(0, 8).map(|w| w.load(Ordering::Relaxed)), Some(42));
+        assert!(maps.word(0, 4090).is_none(), "crosses the end");
+        assert!(maps.word(0, 4).is_none(), "misaligned");
+        assert!(maps.word(1, 0).is_none(), "segment not mapped");
+        assert!(maps.push(Map::anon(8192).expect("anon")).is_err(), "wrong length");
+    }
+}
+
+/// An epoch-protected, replaceable heap value: lock-free readers, retiring replacements.
+///
+/// The index tables live in these. Every value a cell ever held is freed either by `replace`
+/// (through `defer_destroy`, after every guard pinned before the replacement is gone) or by the
+/// cell's `Drop` (no reader can exist then), which is what makes [`EpochCell::load`] sound.
+pub(crate) struct EpochCell<T: Send + 'static> {
+    inner: crossbeam_epoch::Atomic<T>,
+}
+
+impl<T: Send + 'static> EpochCell<T> {
+    pub(crate) fn new(value: T) -> Self {
+        EpochCell {
+            inner: crossbeam_epoch::Atomic::new(value),
+        }
+    }
+
+    /// The current value, valid while `guard` stays pinned.
+    #[inline]
+    pub(crate) fn load<'g>(&self, guard: &'g crossbeam_epoch::Guard) -> Option<&'g T> {
+        let s = self.inner.load(Ordering::Acquire, guard);
+        // SAFETY: the pointer was loaded under `guard`; values leave the cell only through
+        // `replace`, which defers their destruction past every guard pinned now, or through
+        // `Drop`, which needs `&mut self` and so cannot overlap this borrow.
+        unsafe { s.as_ref() }
+    }
+
+    /// Install `value` and retire the previous one; returns the new value.
+    pub(crate) fn replace<'g>(&self, value: T, guard: &'g crossbeam_epoch::Guard) -> Option<&'g T> {
+        let new = crossbeam_epoch::Owned::new(value).into_shared(guard);
+        let old = self.inner.swap(new, Ordering::AcqRel, guard);
+        if !old.is_null() {
+            // SAFETY: `old` is no longer reachable through the cell (swapped out above), and
+            // destruction is deferred until every guard that might still hold it is unpinned.
+            unsafe { guard.defer_destroy(old) };
+        }
+        // SAFETY: `new` was just installed under `guard`; see `load`.
+        unsafe { new.as_ref() }
+    }
+}
+
+impl<T: Send + 'static> Drop for EpochCell<T> {
+    fn drop(&mut self) {
+        // SAFETY: `&mut self` means no other thread can reach the cell; the value was
+        // allocated by `Owned::new` in `new` or `replace`, and is freed exactly once here.
+        unsafe {
+            let g = crossbeam_epoch::unprotected();
+            let s = self.inner.load(Ordering::Acquire, g);
+            if !s.is_null() {
+                drop(s.into_owned());
+            }
+        }
+    }
+}

@@ -1,0 +1,256 @@
+//! Segments: the file grows by whole segments, each mapped once and never moved, and entries
+//! are allocated from them in fixed size classes.
+//!
+//! A segment holds entries of one size (its class, 1 to 16 lines); its first line is the
+//! segment header. Free entries of a class are kept in a free list, rebuilt when the store is
+//! opened. An entry that leaves the index is not reused at once: its line goes through the
+//! epoch (`release_later`), so no reader that might still hold it ever sees it rewritten.
+
+use std::fs::File;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::error::{Error, Result};
+use crate::format::{SegmentHeader, HEADER_LEN, LINE, MAX_ENTRY_LINES};
+use crate::raw::{Map, Maps};
+
+/// A view of one entry: its words, by index from its start.
+#[derive(Clone, Copy)]
+pub(crate) struct Entry<'a> {
+    maps: &'a Maps,
+    seg: usize,
+    off: usize,
+}
+
+impl<'a> Entry<'a> {
+    /// Word `i` of the entry (`None` past the segment's end).
+    #[inline]
+    pub(crate) fn w(&self, i: usize) -> Option<&'a AtomicU64> {
+        self.maps.word(self.seg, self.off + i * 8)
+    }
+
+    /// Load word `i` (0 if out of range).
+    #[inline]
+    pub(crate) fn load(&self, i: usize) -> u64 {
+        self.w(i).map_or(0, |w| w.load(Ordering::Acquire))
+    }
+}
+
+#[derive(Default)]
+struct Class {
+    free: Vec<u64>,
+    /// Segment being filled and the next unused line in it.
+    current: Option<(usize, u64)>,
+}
+
+struct Alloc {
+    classes: Vec<Class>,
+    /// Segments whose header was never written (a crash right after growing the file).
+    blank: Vec<usize>,
+}
+
+/// The segments of a store and their allocator.
+pub(crate) struct Segments {
+    maps: Maps,
+    file: Option<File>,
+    seg_shift: u32,
+    max_segments: usize,
+    alloc: Mutex<Alloc>,
+    /// Lines whose readers are gone, waiting to be handed out again.
+    released: Arc<Mutex<Vec<(u64, u32)>>>,
+}
+
+impl Segments {
+    /// A segment table over `file` (or anonymous memory when `None`).
+    pub(crate) fn new(file: Option<File>, seg_shift: u32, max_segments: usize) -> Segments {
+        Segments {
+            maps: Maps::new(max_segments, 1 << seg_shift),
+            file,
+            seg_shift,
+            max_segments,
+            alloc: Mutex::new(Alloc {
+                classes: (0..=MAX_ENTRY_LINES).map(|_| Class::default()).collect(),
+                blank: Vec::new(),
+            }),
+            released: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    /// Lines per segment.
+    #[inline]
+    pub(crate) fn seg_lines(&self) -> u64 {
+        1 << (self.seg_shift - 6)
+    }
+
+    /// Bytes per segment.
+    pub(crate) fn seg_len(&self) -> u64 {
+        1 << self.seg_shift
+    }
+
+    /// Number of mapped segments.
+    pub(crate) fn count(&self) -> usize {
+        self.maps.count()
+    }
+
+    /// The file, if the store has one.
+    pub(crate) fn file(&self) -> Option<&File> {
+        self.file.as_ref()
+    }
+
+    /// The entry starting at global line `line`.
+    #[inline]
+    pub(crate) fn entry(&self, line: u64) -> Entry<'_> {
+        let shift = self.seg_shift - 6;
+        Entry {
+            maps: &self.maps,
+            seg: (line >> shift) as usize,
+            off: ((line & (self.seg_lines() - 1)) as usize) * LINE,
+        }
+    }
+
+    /// The header line of segment `seg`, as bytes.
+    pub(crate) fn read_segment_header(&self, seg: usize) -> [u8; LINE] {
+        let mut b = [0u8; LINE];
+        for (i, chunk) in b.chunks_exact_mut(8).enumerate() {
+            let v = self.maps.word(seg, i * 8).map_or(0, |w| w.load(Ordering::Acquire));
+            chunk.copy_from_slice(&v.to_le_bytes());
+        }
+        b
+    }
+
+    fn write_segment_header(&self, seg: usize, h: SegmentHeader) {
+        for (i, chunk) in h.encode().chunks_exact(8).enumerate() {
+            let mut x = [0u8; 8];
+            x.copy_from_slice(chunk);
+            if let Some(w) = self.maps.word(seg, i * 8) {
+                w.store(u64::from_le_bytes(x), Ordering::Release);
+            }
+        }
+    }
+
+    /// Map the `count` segments already in the file (at open).
+    pub(crate) fn map_existing(&self, count: usize) -> Result<()> {
+        for i in 0..count {
+            let map = match &self.file {
+                Some(f) => Map::file(f, HEADER_LEN + i as u64 * self.seg_len(), 1 << self.seg_shift)?,
+                None => return Err(Error::InvalidOptions("no file to map")),
+            };
+            self.maps.push(map)?;
+        }
+        Ok(())
+    }
+
+    /// Register segment `seg` (found at open) as blank, or as a segment of `entry_lines` whose
+    /// entries at `free_lines` are free.
+    pub(crate) fn adopt(&self, seg: usize, header: Option<SegmentHeader>, free_lines: Vec<u64>) {
+        let mut a = self.alloc.lock();
+        match header {
+            None => a.blank.push(seg),
+            Some(h) => {
+                if let Some(c) = a.classes.get_mut(h.entry_lines as usize) {
+                    c.free.extend(free_lines);
+                }
+            }
+        }
+    }
+
+    /// Allocate an entry of `lines` lines; its words are zero... except the header word, which
+    /// the caller writes last.
+    pub(crate) fn alloc(&self, lines: u32) -> Result<u64> {
+        let released: Vec<(u64, u32)> = std::mem::take(&mut *self.released.lock());
+        let mut a = self.alloc.lock();
+        for (line, l) in released {
+            if let Some(c) = a.classes.get_mut(l as usize) {
+                c.free.push(line);
+            }
+        }
+        let seg_lines = self.seg_lines();
+        let class = lines as usize;
+        if let Some(line) = a.classes.get_mut(class).and_then(|c| c.free.pop()) {
+            self.zero(line, lines);
+            return Ok(line);
+        }
+        let current = a.classes.get(class).and_then(|c| c.current);
+        if let Some((seg, next)) = current {
+            if next + u64::from(lines) <= seg_lines {
+                if let Some(c) = a.classes.get_mut(class) {
+                    c.current = Some((seg, next + u64::from(lines)));
+                }
+                return Ok(seg as u64 * seg_lines + next);
+            }
+        }
+        // A new segment for this class: a blank one left by a crash, or a new one.
+        let seg = match a.blank.pop() {
+            Some(s) => s,
+            None => self.grow()?,
+        };
+        self.write_segment_header(
+            seg,
+            SegmentHeader {
+                index: seg as u32,
+                entry_lines: lines,
+            },
+        );
+        if let Some(c) = a.classes.get_mut(class) {
+            c.current = Some((seg, 1 + u64::from(lines)));
+        }
+        Ok(seg as u64 * seg_lines + 1)
+    }
+
+    /// Hand `line` back once every reader pinned now has finished.
+    pub(crate) fn release_later(&self, line: u64, lines: u32, guard: &crossbeam_epoch::Guard) {
+        let released = Arc::clone(&self.released);
+        guard.defer(move || released.lock().push((line, lines)));
+    }
+
+    fn zero(&self, line: u64, lines: u32) {
+        let e = self.entry(line);
+        for i in 0..(lines as usize * LINE / 8) {
+            if let Some(w) = e.w(i) {
+                w.store(0, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn grow(&self) -> Result<usize> {
+        let idx = self.maps.count();
+        if idx >= self.max_segments.min(self.maps.capacity()) {
+            return Err(Error::CapacityExhausted);
+        }
+        let map = match &self.file {
+            Some(f) => {
+                let off = HEADER_LEN + idx as u64 * self.seg_len();
+                crate::sys::allocate(f, off, self.seg_len())?;
+                // The new length must be durable before anything in it is acknowledged.
+                f.sync_data()?;
+                Map::file(f, off, 1 << self.seg_shift)?
+            }
+            None => Map::anon(1 << self.seg_shift)?,
+        };
+        Ok(self.maps.push(map)?)
+    }
+
+    /// Flush every segment (msync).
+    pub(crate) fn flush(&self) -> Result<()> {
+        self.maps.flush()?;
+        Ok(())
+    }
+
+    /// Free entries counted per class (for stats).
+    pub(crate) fn free_lines(&self) -> u64 {
+        let a = self.alloc.lock();
+        let seg_lines = self.seg_lines();
+        let listed: u64 = a
+            .classes
+            .iter()
+            .enumerate()
+            .map(|(l, c)| {
+                let tail = c.current.map_or(0, |(_, next)| seg_lines.saturating_sub(next));
+                c.free.len() as u64 * l as u64 + tail
+            })
+            .sum();
+        listed + a.blank.len() as u64 * seg_lines
+    }
+}

@@ -1,0 +1,1049 @@
+//! The store: open, check, peek, close.
+
+use std::fs::{File, OpenOptions};
+use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crossbeam_epoch::Guard;
+
+use crate::clock::{Clock, ClockSource, ManualClock};
+use crate::decision::{Decision, WindowState};
+use crate::error::{Error, Result};
+use crate::format::{
+    entry_crc, header_low, EntryLayout, FileHeader, SegmentHeader, HEADER_LEN, HEADER_USED,
+    KIND_WINDOWS, LINE,
+};
+use crate::index::Index;
+use crate::limit::{Descriptor, Limits, MAX_WINDOWS};
+use crate::segment::{Entry, Segments};
+use crate::window::exact::Ring;
+use crate::window::{self, Norm, FROZEN};
+
+/// The longest key, in bytes.
+pub const MAX_KEY_LEN: usize = 128;
+
+const KEY_WORDS: usize = MAX_KEY_LEN / 8;
+/// Meta word of an exact window: lock bit, frozen bit, head in the low 32 bits.
+const META_LOCK: u64 = 1 << 63;
+const META_FROZEN: u64 = 1 << 62;
+const META_HEAD: u64 = 0xFFFF_FFFF;
+
+/// How a store is opened.
+///
+/// ```
+/// use tollgate::{ManualClock, Options};
+/// let opts = Options::default().sub_windows(8).clock(ManualClock::new(0));
+/// # let _ = opts;
+/// ```
+#[derive(Debug, Clone)]
+pub struct Options {
+    sub_windows: u32,
+    segment_shift: u32,
+    max_segments: usize,
+    clock: ClockSource,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            sub_windows: 16,
+            segment_shift: 22,
+            max_segments: 16_384,
+            clock: ClockSource::System,
+        }
+    }
+}
+
+impl Options {
+    /// The most sub-windows a bucketed window is split into (2 to 31, default 16). More
+    /// sub-windows release quota sooner after the window passes (at most `W / B` late), as far
+    /// as the limit's counter width allows (`docs/ACCURACY.md`). Fixed when the file is created.
+    pub fn sub_windows(mut self, b: u32) -> Self {
+        self.sub_windows = b;
+        self
+    }
+
+    /// Size of one segment of the file, as a power of two (16 = 64 KiB to 30 = 1 GiB; default
+    /// 22 = 4 MiB). The file grows one segment at a time. Fixed when the file is created.
+    pub fn segment_size_log2(mut self, shift: u32) -> Self {
+        self.segment_shift = shift;
+        self
+    }
+
+    /// The most segments the store may grow to (default 16384). With the default segment size
+    /// that is 64 GiB; a store that needs more space gets [`Error::CapacityExhausted`].
+    pub fn max_segments(mut self, n: usize) -> Self {
+        self.max_segments = n;
+        self
+    }
+
+    /// Drive the store with a manual clock (tests, simulations).
+    pub fn clock(mut self, clock: ManualClock) -> Self {
+        self.clock = ClockSource::Manual(clock);
+        self
+    }
+
+    /// Drive the store with any clock.
+    pub fn custom_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = ClockSource::Custom(clock);
+        self
+    }
+
+    fn validate(&self) -> Result<()> {
+        if !(2..=31).contains(&self.sub_windows) {
+            return Err(Error::InvalidOptions("sub_windows must be 2 to 31"));
+        }
+        if !(16..=30).contains(&self.segment_shift) {
+            return Err(Error::InvalidOptions("segment_size_log2 must be 16 to 30"));
+        }
+        if self.max_segments == 0 || self.max_segments > 1 << 20 {
+            return Err(Error::InvalidOptions("max_segments must be 1 to 2^20"));
+        }
+        Ok(())
+    }
+}
+
+/// What opening a store found (entries recovered, records skipped).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OpenReport {
+    /// Entries loaded into the index.
+    pub entries: u64,
+    /// Entries whose checksum or structure failed: skipped, never served.
+    pub corrupt_entries: u64,
+    /// Segments whose header failed: skipped whole, never served, never reused.
+    pub corrupt_segments: u64,
+    /// Entries found twice (a crash while an entry moved): the newer copy is kept.
+    pub duplicates: u64,
+    /// Segments whose header was never written (a crash while growing): reused.
+    pub blank_segments: u64,
+}
+
+/// A snapshot of a store's size.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Live entries in the index.
+    pub entries: u64,
+    /// Segments mapped.
+    pub segments: u64,
+    /// Bytes the segments take (plus the header page for a file).
+    pub bytes: u64,
+    /// Free lines (64 bytes each) ready for new entries.
+    pub free_lines: u64,
+}
+
+pub(crate) struct Core {
+    pub(crate) segs: Segments,
+    index: Index,
+    hasher: ahash::RandomState,
+    pub(crate) kmax: u32,
+    clock: ClockSource,
+    path: Option<PathBuf>,
+    report: OpenReport,
+    /// Checks that found their entry frozen and looked again (contention diagnostics).
+    retries: AtomicU64,
+}
+
+/// A tollgate store: sliding-window counters in a memory-mapped file (or anonymous memory).
+///
+/// `Store` is `Send + Sync` and cheap to clone: clones share one store. See the crate docs for
+/// an example.
+#[derive(Clone)]
+pub struct Store {
+    core: Arc<Core>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.core.path)
+            .field("clock", &self.core.clock)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A key split into words, as entries store it.
+struct KeyWords {
+    len: usize,
+    words: [u64; KEY_WORDS],
+}
+
+impl KeyWords {
+    fn new(key: &[u8]) -> Result<KeyWords> {
+        if key.is_empty() || key.len() > MAX_KEY_LEN {
+            return Err(Error::InvalidKey { len: key.len() });
+        }
+        let mut words = [0u64; KEY_WORDS];
+        for (w, chunk) in words.iter_mut().zip(key.chunks(8)) {
+            let mut b = [0u8; 8];
+            if let Some(dst) = b.get_mut(..chunk.len()) {
+                dst.copy_from_slice(chunk);
+            }
+            *w = u64::from_le_bytes(b);
+        }
+        Ok(KeyWords {
+            len: key.len(),
+            words,
+        })
+    }
+
+    fn n_words(&self) -> usize {
+        self.len.div_ceil(8)
+    }
+}
+
+enum Applied {
+    Done(Decision),
+    /// The entry is frozen (moving): look the key up again.
+    Moved,
+    /// The entry holds other windows than the limits asked for: move it to the new layout.
+    Mismatch,
+}
+
+impl Store {
+    /// Open the store file at `path`, creating it if it does not exist.
+    ///
+    /// Fails with [`Error::Locked`] if the file is open in another store, in this process or
+    /// another; with [`Error::NotAStore`], [`Error::UnsupportedVersion`] or [`Error::Corrupt`]
+    /// if its header cannot be trusted. Entries that fail their checks are skipped and counted
+    /// in [`Store::open_report`].
+    pub fn open(path: impl AsRef<Path>, opts: Options) -> Result<Store> {
+        opts.validate()?;
+        let path = path.as_ref().to_path_buf();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(Error::Locked { path }),
+            Err(std::fs::TryLockError::Error(e)) => return Err(Error::Io(e)),
+        }
+        let len = file.metadata()?.len();
+        let header = if len == 0 {
+            let h = FileHeader {
+                seg_shift: opts.segment_shift,
+                kmax: opts.sub_windows + 1,
+                created_ms: opts.clock.now_ms(),
+            };
+            let mut page = vec![0u8; HEADER_LEN as usize];
+            page[..HEADER_USED].copy_from_slice(&h.encode());
+            file.write_all(&page)?;
+            file.sync_all()?;
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                // Make the new directory entry durable too.
+                if let Ok(d) = File::open(dir) {
+                    let _ = d.sync_all();
+                }
+            }
+            h
+        } else {
+            let mut b = [0u8; HEADER_USED];
+            file.seek(SeekFrom::Start(0))?;
+            match file.read_exact(&mut b) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::UnexpectedEof => {
+                    return Err(Error::NotAStore {
+                        reason: "file shorter than a header",
+                    })
+                }
+                Err(e) => return Err(Error::Io(e)),
+            }
+            FileHeader::decode(&b)?
+        };
+        let seg_len = 1u64 << header.seg_shift;
+        let body = len.saturating_sub(HEADER_LEN);
+        let count = if len == 0 { 0 } else { (body / seg_len) as usize };
+        if len > HEADER_LEN && body % seg_len != 0 {
+            // A crash while growing left a partial segment: nothing in it was ever used (a
+            // segment is used only after its whole length is allocated and synced).
+            file.set_len(HEADER_LEN + count as u64 * seg_len)?;
+        }
+        let segs = Segments::new(Some(file), header.seg_shift, opts.max_segments.max(count));
+        segs.map_existing(count)?;
+        let mut core = Core {
+            segs,
+            index: Index::new(),
+            hasher: ahash::RandomState::new(),
+            kmax: header.kmax,
+            clock: opts.clock,
+            path: Some(path),
+            report: OpenReport::default(),
+            retries: AtomicU64::new(0),
+        };
+        core.report = core.recover(count);
+        Ok(Store {
+            core: Arc::new(core),
+        })
+    }
+
+    /// A store in anonymous memory: nothing is written to disk and everything is gone when the
+    /// last clone is dropped. For tests, and for gateways that want no file.
+    pub fn open_in_memory(opts: Options) -> Result<Store> {
+        opts.validate()?;
+        let core = Core {
+            segs: Segments::new(None, opts.segment_shift, opts.max_segments),
+            index: Index::new(),
+            hasher: ahash::RandomState::new(),
+            kmax: opts.sub_windows + 1,
+            clock: opts.clock,
+            path: None,
+            report: OpenReport::default(),
+            retries: AtomicU64::new(0),
+        };
+        Ok(Store {
+            core: Arc::new(core),
+        })
+    }
+
+    /// Flush everything to disk (msync) and close this handle. Other clones keep the store
+    /// open; the file lock is released when the last one goes. Dropping without `close` loses
+    /// nothing on a process crash or exit (the page cache keeps the writes); `close` also
+    /// protects against power loss.
+    pub fn close(self) -> Result<()> {
+        self.flush()
+    }
+
+    /// Write every change to the disk and wait for it (msync, then fsync of the file).
+    pub fn flush(&self) -> Result<()> {
+        self.core.segs.flush()?;
+        if let Some(f) = self.core.segs.file() {
+            f.sync_data()?;
+        }
+        Ok(())
+    }
+
+    /// What opening the store found.
+    pub fn open_report(&self) -> OpenReport {
+        self.core.report
+    }
+
+    /// The current time of the store's clock (ms since the Unix epoch).
+    pub fn now_ms(&self) -> u64 {
+        self.core.clock.now_ms()
+    }
+
+    /// A snapshot of the store's size.
+    pub fn stats(&self) -> Stats {
+        let segments = self.core.segs.count() as u64;
+        let header = if self.core.path.is_some() { HEADER_LEN } else { 0 };
+        Stats {
+            entries: self.core.index.len() as u64,
+            segments,
+            bytes: header + segments * self.core.segs.seg_len(),
+            free_lines: self.core.segs.free_lines(),
+        }
+    }
+
+    /// Count a request of `cost` against every window of `limits` for `key`, at the store's
+    /// clock: admitted only if every window has room; a rejected request consumes nothing.
+    ///
+    /// A cost of 0 counts nothing and reports the current state (like [`Store::peek`]).
+    pub fn check(&self, key: &[u8], limits: &Limits, cost: u32) -> Result<Decision> {
+        self.check_at(key, limits, cost, self.core.clock.now_ms())
+    }
+
+    /// [`Store::check`] at an explicit time (ms since the Unix epoch).
+    pub fn check_at(&self, key: &[u8], limits: &Limits, cost: u32, now_ms: u64) -> Result<Decision> {
+        self.core.check(key, limits, cost, now_ms)
+    }
+
+    /// What a request of cost 1 would get now, without counting it.
+    pub fn peek(&self, key: &[u8], limits: &Limits) -> Result<Decision> {
+        self.peek_at(key, limits, self.core.clock.now_ms())
+    }
+
+    /// [`Store::peek`] at an explicit time.
+    pub fn peek_at(&self, key: &[u8], limits: &Limits, now_ms: u64) -> Result<Decision> {
+        let kw = KeyWords::new(key)?;
+        let guard = crossbeam_epoch::pin();
+        let hash = self.core.hasher.hash_one(key);
+        match self.core.find(hash, &kw, &guard) {
+            Some(line) => Ok(self.core.snapshot(line, limits, 1, now_ms, None)),
+            None => Ok(empty_decision(limits, 1, now_ms)),
+        }
+    }
+
+    /// Number of times a check found its entry moving and looked again.
+    pub fn contention_retries(&self) -> u64 {
+        self.core.retries.load(Ordering::Relaxed)
+    }
+}
+
+/// The decision for a key with no entry.
+fn empty_decision(limits: &Limits, cost: u32, now_ms: u64) -> Decision {
+    let mut ws = [WindowState::default(); MAX_WINDOWS];
+    for (w, l) in ws.iter_mut().zip(limits.as_slice()) {
+        *w = WindowState {
+            limit: l.limit(),
+            window_ms: l.window_ms(),
+            used: 0,
+            reset_ms: now_ms,
+            retry_after_ms: 0,
+            fits: cost <= l.limit(),
+        };
+    }
+    Decision::from_windows(cost <= limits.min_limit(), ws, limits.len())
+}
+
+impl Core {
+    fn check(&self, key: &[u8], limits: &Limits, cost: u32, now_ms: u64) -> Result<Decision> {
+        let kw = KeyWords::new(key)?;
+        if cost > limits.min_limit() {
+            return Err(Error::CostExceedsLimit {
+                cost,
+                limit: limits.min_limit(),
+            });
+        }
+        let hash = self.hasher.hash_one(key);
+        let guard = crossbeam_epoch::pin();
+        if cost == 0 {
+            return Ok(match self.find(hash, &kw, &guard) {
+                Some(line) => self.snapshot(line, limits, 0, now_ms, None),
+                None => empty_decision(limits, 0, now_ms),
+            });
+        }
+        let mut spins = 0u32;
+        loop {
+            let line = match self.find(hash, &kw, &guard) {
+                Some(line) => line,
+                None => self.insert(hash, &kw, limits, &guard)?,
+            };
+            match self.apply(line, limits, cost, now_ms) {
+                Applied::Done(d) => return Ok(d),
+                Applied::Moved => {
+                    self.retries.fetch_add(1, Ordering::Relaxed);
+                    spins += 1;
+                    if spins > 64 {
+                        std::thread::yield_now();
+                    } else {
+                        std::hint::spin_loop();
+                    }
+                }
+                Applied::Mismatch => self.migrate(hash, line, &kw, limits, &guard)?,
+            }
+        }
+    }
+
+    #[inline]
+    fn find(&self, hash: u64, kw: &KeyWords, guard: &Guard) -> Option<u64> {
+        self.index.find(hash, guard, |line| self.matches(line, kw))
+    }
+
+    /// Whether the entry at `line` is a window entry for the key `kw`.
+    #[inline]
+    fn matches(&self, line: u64, kw: &KeyWords) -> bool {
+        let e = self.segs.entry(line);
+        let h = e.load(0);
+        if h as u8 as usize != kw.len || (h >> 16) as u8 != KIND_WINDOWS {
+            return false;
+        }
+        let n = ((h >> 8) & 0xFF) as usize;
+        let key_at = 1 + n.div_ceil(2);
+        kw.words
+            .iter()
+            .take(kw.n_words())
+            .enumerate()
+            .all(|(i, &w)| e.w(key_at + i).is_some_and(|x| x.load(Ordering::Relaxed) == w))
+    }
+
+    /// Find the key under its stripe lock, or write a new entry for it.
+    fn insert(&self, hash: u64, kw: &KeyWords, limits: &Limits, guard: &Guard) -> Result<u64> {
+        let mut lock = self.index.lock(hash);
+        if let Some(line) = self.find(hash, kw, guard) {
+            return Ok(line);
+        }
+        let line = self.write_entry(kw, limits.descriptors(), |_, _| None)?;
+        lock.insert(hash, line, guard, |l| self.rehash(l));
+        Ok(line)
+    }
+
+    /// Write a complete entry for `kw` with `descs`; `state(i, word)` gives the initial state
+    /// words of window `i` (`None` = empty). The header word, with the crc, is stored last.
+    fn write_entry(
+        &self,
+        kw: &KeyWords,
+        descs: &[u32],
+        state: impl Fn(usize, &mut [u64]) -> Option<()>,
+    ) -> Result<u64> {
+        let mut decoded = [Descriptor {
+            window_ms: 0,
+            exact: false,
+            cap: 0,
+        }; MAX_WINDOWS];
+        for (d, &raw) in decoded.iter_mut().zip(descs) {
+            *d = Descriptor::decode(raw).ok_or(Error::InvalidLimit("bad descriptor"))?;
+        }
+        let decoded = decoded.get(..descs.len()).unwrap_or(&[]);
+        let layout = EntryLayout::new(decoded, kw.len)
+            .ok_or(Error::InvalidLimit("the key and its windows do not fit in an entry"))?;
+        let line = self.segs.alloc(layout.lines)?;
+        let e = self.segs.entry(line);
+        let store = |i: usize, v: u64| {
+            if let Some(w) = e.w(i) {
+                w.store(v, Ordering::Relaxed);
+            }
+        };
+        for (i, pair) in descs.chunks(2).enumerate() {
+            let lo = u64::from(pair.first().copied().unwrap_or(0));
+            let hi = u64::from(pair.get(1).copied().unwrap_or(0));
+            store(1 + i, lo | (hi << 32));
+        }
+        for (i, &w) in kw.words.iter().take(kw.n_words()).enumerate() {
+            store(layout.key_at + i, w);
+        }
+        let mut buf = [0u64; 1 + crate::MAX_EXACT_LIMIT as usize];
+        for (i, d) in decoded.iter().enumerate() {
+            let at = layout.window_at.get(i).copied().unwrap_or(0);
+            let words = buf.get_mut(..d.words()).unwrap_or(&mut []);
+            words.fill(0);
+            let _ = state(i, words);
+            for (j, &v) in words.iter().enumerate() {
+                store(at + j, v);
+            }
+        }
+        let key_bytes = key_bytes(kw);
+        let low = header_low(kw.len, descs.len(), KIND_WINDOWS);
+        let crc = entry_crc(low, descs, key_bytes.get(..kw.len).unwrap_or(&[]));
+        // Release: everything above is visible to whoever sees the header (and, later, the
+        // index entry that points here).
+        if let Some(w) = e.w(0) {
+            w.store(u64::from(low) | (u64::from(crc) << 32), Ordering::Release);
+        }
+        Ok(line)
+    }
+
+    fn rehash(&self, line: u64) -> u64 {
+        let e = self.segs.entry(line);
+        let h = e.load(0);
+        let len = (h & 0xFF) as usize;
+        let n = ((h >> 8) & 0xFF) as usize;
+        let key_at = 1 + n.div_ceil(2);
+        let mut kw = KeyWords {
+            len,
+            words: [0; KEY_WORDS],
+        };
+        for (i, w) in kw.words.iter_mut().take(len.div_ceil(8)).enumerate() {
+            *w = e.load(key_at + i);
+        }
+        let bytes = key_bytes(&kw);
+        self.hasher.hash_one(bytes.get(..len).unwrap_or(&[]))
+    }
+
+    /// Descriptors of the entry, checked against `limits`. `None` if they differ.
+    #[inline]
+    fn layout_for(&self, e: &Entry<'_>, limits: &Limits) -> Option<EntryLayout> {
+        let h = e.load(0);
+        let n = ((h >> 8) & 0xFF) as usize;
+        let descs = limits.descriptors();
+        if n != descs.len() {
+            return None;
+        }
+        for (i, pair) in descs.chunks(2).enumerate() {
+            let lo = u64::from(pair.first().copied().unwrap_or(0));
+            let hi = u64::from(pair.get(1).copied().unwrap_or(0));
+            if e.load(1 + i) != lo | (hi << 32) {
+                return None;
+            }
+        }
+        let key_len = (h & 0xFF) as usize;
+        let key_at = 1 + n.div_ceil(2);
+        let state_at = key_at + key_len.div_ceil(8);
+        let mut window_at = [0usize; MAX_WINDOWS];
+        let mut at = state_at;
+        for (l, place) in limits.as_slice().iter().zip(window_at.iter_mut()) {
+            *place = at;
+            at += match l.mode() {
+                crate::Mode::Exact => 1 + l.limit() as usize,
+                crate::Mode::Bucketed => 1,
+            };
+        }
+        Some(EntryLayout {
+            n,
+            key_len,
+            key_at,
+            state_at,
+            window_at,
+            words: at,
+            lines: (at * 8).div_ceil(LINE) as u32,
+        })
+    }
+
+    /// Count `cost` in every window of the entry at `line`, all or nothing.
+    fn apply(&self, line: u64, limits: &Limits, cost: u32, now_ms: u64) -> Applied {
+        let e = self.segs.entry(line);
+        let Some(layout) = self.layout_for(&e, limits) else {
+            return Applied::Mismatch;
+        };
+        let items = limits.as_slice();
+        // Exact windows are guarded by the lock bit of the first one's meta word.
+        let lock = if limits.has_exact() {
+            let first = items.iter().position(|l| l.mode() == crate::Mode::Exact);
+            let meta = first.and_then(|i| e.w(layout.window_at[i]));
+            match meta.map(lock_meta) {
+                Some(Some(m)) => Some(m),
+                _ => return Applied::Moved,
+            }
+        } else {
+            None
+        };
+        let unlock = |m: Option<&AtomicU64>| {
+            if let Some(m) = m {
+                m.fetch_and(!META_LOCK, Ordering::Release);
+            }
+        };
+
+        let mut ws = [WindowState::default(); MAX_WINDOWS];
+        // Sub-window and sub-window length each bucketed window counted in, for undo.
+        let mut added: [Option<(u64, u64)>; MAX_WINDOWS] = [None; MAX_WINDOWS];
+        let mut refused: Option<usize> = None;
+        'windows: for (i, l) in items.iter().enumerate() {
+            if l.mode() == crate::Mode::Exact {
+                continue;
+            }
+            let Some(w) = e.w(layout.window_at[i]) else {
+                refused = Some(i);
+                break;
+            };
+            let mut cur = w.load(Ordering::Acquire);
+            loop {
+                if cur & FROZEN != 0 {
+                    self.undo(&e, &layout, items, &added, cost, now_ms);
+                    unlock(lock);
+                    return Applied::Moved;
+                }
+                let mut norm = window::normalize(cur, l.window_ms(), l.limit(), self.kmax, now_ms);
+                if !norm.try_add(l.limit(), cost) {
+                    refused = Some(i);
+                    break 'windows;
+                }
+                match w.compare_exchange_weak(cur, norm.encode(), Ordering::AcqRel, Ordering::Acquire) {
+                    Ok(_) => {
+                        added[i] = Some((norm.n, norm.s));
+                        ws[i] = bucket_state(&norm, l.limit(), l.window_ms(), 0, now_ms);
+                        break;
+                    }
+                    Err(x) => cur = x,
+                }
+            }
+        }
+        if refused.is_none() && lock.is_some() {
+            // Every bucketed window took the cost: now the exact ones, under the lock.
+            let mut rings = [None; MAX_WINDOWS];
+            for (i, l) in items.iter().enumerate() {
+                if l.mode() != crate::Mode::Exact {
+                    continue;
+                }
+                let ring = read_ring(&e, layout.window_at[i], l.limit());
+                let ev = ring.eval(l.window_ms(), now_ms);
+                if !ev.fits(l.limit(), cost) {
+                    refused = Some(i);
+                    break;
+                }
+                rings[i] = Some((ring, ev.now_eff));
+            }
+            if refused.is_none() {
+                for (i, l) in items.iter().enumerate() {
+                    if let Some((mut ring, t)) = rings[i] {
+                        ring.push(t, cost);
+                        write_ring(&e, layout.window_at[i], &ring, i == first_exact(items));
+                        let ev = ring.eval(l.window_ms(), now_ms);
+                        ws[i] = exact_state(&ev, l.limit(), l.window_ms(), 0, now_ms);
+                    }
+                }
+            }
+        }
+        if refused.is_some() {
+            self.undo(&e, &layout, items, &added, cost, now_ms);
+            let d = self.snapshot_entry(&e, &layout, limits, cost, now_ms, refused);
+            unlock(lock);
+            return Applied::Done(d);
+        }
+        unlock(lock);
+        for (w, l) in ws.iter_mut().zip(items) {
+            w.limit = l.limit();
+            w.window_ms = l.window_ms();
+            w.fits = true;
+        }
+        Applied::Done(Decision::from_windows(true, ws, items.len()))
+    }
+
+    /// Take back the cost added to bucketed windows.
+    fn undo(
+        &self,
+        e: &Entry<'_>,
+        layout: &EntryLayout,
+        items: &[crate::Limit],
+        added: &[Option<(u64, u64)>; MAX_WINDOWS],
+        cost: u32,
+        now_ms: u64,
+    ) {
+        for (i, l) in items.iter().enumerate() {
+            let (Some((m, s)), Some(w)) = (added[i], e.w(layout.window_at[i])) else {
+                continue;
+            };
+            let mut cur = w.load(Ordering::Acquire);
+            loop {
+                // A frozen word is being copied: the copy keeps the extra count (safe: it can
+                // only make the key stricter, never looser).
+                if cur & FROZEN != 0 {
+                    break;
+                }
+                let mut norm = window::normalize(cur, l.window_ms(), l.limit(), self.kmax, now_ms);
+                if !norm.undo(m, s, cost) {
+                    break;
+                }
+                match w.compare_exchange_weak(cur, norm.encode(), Ordering::AcqRel, Ordering::Acquire) {
+                    Ok(_) => break,
+                    Err(x) => cur = x,
+                }
+            }
+        }
+    }
+
+    /// The state of the entry at `line` without changing it.
+    fn snapshot(&self, line: u64, limits: &Limits, cost: u32, now_ms: u64, refused: Option<usize>) -> Decision {
+        let e = self.segs.entry(line);
+        match self.layout_for(&e, limits) {
+            Some(layout) => self.snapshot_entry(&e, &layout, limits, cost, now_ms, refused),
+            // Windows of another shape: the request would move the entry; report it as fresh
+            // for the windows that are new (the move keeps the windows both shapes share).
+            None => empty_decision(limits, cost, now_ms),
+        }
+    }
+
+    fn snapshot_entry(
+        &self,
+        e: &Entry<'_>,
+        layout: &EntryLayout,
+        limits: &Limits,
+        cost: u32,
+        now_ms: u64,
+        refused: Option<usize>,
+    ) -> Decision {
+        let mut ws = [WindowState::default(); MAX_WINDOWS];
+        let mut all_fit = true;
+        for (i, l) in limits.as_slice().iter().enumerate() {
+            let at = layout.window_at[i];
+            ws[i] = match l.mode() {
+                crate::Mode::Bucketed => {
+                    let word = e.load(at) & !FROZEN;
+                    let norm = window::normalize(word, l.window_ms(), l.limit(), self.kmax, now_ms);
+                    bucket_state(&norm, l.limit(), l.window_ms(), cost, now_ms)
+                }
+                crate::Mode::Exact => {
+                    let ring = read_ring(e, at, l.limit());
+                    let ev = ring.eval(l.window_ms(), now_ms);
+                    exact_state(&ev, l.limit(), l.window_ms(), cost, now_ms)
+                }
+            };
+            all_fit &= ws[i].fits;
+        }
+        let allowed = all_fit && refused.is_none();
+        if let (false, Some(i)) = (allowed, refused) {
+            // The window that refused under contention may look free again by now: it still
+            // is the reason for this rejection.
+            if all_fit {
+                if let Some(w) = ws.get_mut(i) {
+                    w.fits = false;
+                    w.retry_after_ms = w.retry_after_ms.max(1);
+                }
+            }
+        }
+        Decision::from_windows(allowed, ws, limits.len())
+    }
+
+    /// Move the entry at `old` to a new entry shaped for `limits`, keeping the state of every
+    /// window both shapes share.
+    fn migrate(&self, hash: u64, old: u64, kw: &KeyWords, limits: &Limits, guard: &Guard) -> Result<()> {
+        let mut lock = self.index.lock(hash);
+        if self.find(hash, kw, guard) != Some(old) {
+            return Ok(()); // someone else moved it
+        }
+        let e = self.segs.entry(old);
+        let h = e.load(0);
+        let n = ((h >> 8) & 0xFF) as usize;
+        let mut old_descs = [0u32; MAX_WINDOWS];
+        for (i, d) in old_descs.iter_mut().take(n).enumerate() {
+            *d = (e.load(1 + i / 2) >> ((i % 2) * 32)) as u32;
+        }
+        let old_descs = old_descs.get(..n).unwrap_or(&[]);
+        let decoded: Vec<Descriptor> = old_descs.iter().filter_map(|&d| Descriptor::decode(d)).collect();
+        let old_layout = EntryLayout::new(&decoded, kw.len)
+            .ok_or(Error::Corrupt { offset: old, reason: "entry descriptors" })?;
+        // Freeze the old entry: exact windows by their meta word, bucketed by the frozen bit.
+        for (i, d) in decoded.iter().enumerate() {
+            if let Some(w) = e.w(old_layout.window_at[i]) {
+                if d.exact {
+                    // `None` means already frozen; otherwise we hold the lock, so no check is
+                    // half-way through the ring when it freezes.
+                    if lock_meta(w).is_some() {
+                        w.fetch_or(META_FROZEN, Ordering::AcqRel);
+                        w.fetch_and(!META_LOCK, Ordering::Release);
+                    }
+                } else {
+                    w.fetch_or(FROZEN, Ordering::AcqRel);
+                }
+            }
+        }
+        let new_descs = limits.descriptors();
+        let new_line = self.write_entry(kw, new_descs, |i, out| {
+            let nd = Descriptor::decode(*new_descs.get(i)?)?;
+            // The same window in the old entry: same length and mode.
+            let j = decoded
+                .iter()
+                .position(|d| d.window_ms == nd.window_ms && d.exact == nd.exact)?;
+            let at = *old_layout.window_at.get(j)?;
+            if nd.exact {
+                let od = decoded.get(j)?;
+                let ring = read_ring(&e, at, od.cap);
+                let mut times: Vec<u64> = ring.slots.iter().take(od.cap as usize).copied().filter(|&v| v != 0).collect();
+                times.sort_unstable();
+                let keep = times.len().saturating_sub(nd.cap as usize);
+                let kept = times.get(keep..).unwrap_or(&[]);
+                for (k, &t) in kept.iter().enumerate() {
+                    *out.get_mut(1 + k)? = t;
+                }
+                *out.first_mut()? = (kept.len() as u64) % u64::from(nd.cap.max(1));
+            } else {
+                *out.first_mut()? = e.load(at) & !FROZEN;
+            }
+            Some(())
+        })?;
+        lock.replace(hash, old, new_line, guard);
+        self.segs.release_later(old, old_layout.lines, guard);
+        Ok(())
+    }
+
+    /// Scan the mapped segments, check every entry and rebuild the index.
+    fn recover(&self, count: usize) -> OpenReport {
+        let mut report = OpenReport::default();
+        let guard = crossbeam_epoch::pin();
+        let seg_lines = self.segs.seg_lines();
+        for seg in 0..count {
+            let header = match SegmentHeader::decode(&self.segs.read_segment_header(seg), seg as u32) {
+                Ok(Some(h)) => h,
+                Ok(None) => {
+                    report.blank_segments += 1;
+                    self.segs.adopt(seg, None, Vec::new());
+                    continue;
+                }
+                Err(_) => {
+                    report.corrupt_segments += 1;
+                    continue;
+                }
+            };
+            let mut free = Vec::new();
+            let lines = u64::from(header.entry_lines);
+            let mut at = 1;
+            while at + lines <= seg_lines {
+                let line = seg as u64 * seg_lines + at;
+                at += lines;
+                let e = self.segs.entry(line);
+                if e.load(0) == 0 {
+                    free.push(line);
+                    continue;
+                }
+                match self.check_entry(&e, header.entry_lines) {
+                    Some((kw, frozen)) => {
+                        let hash = self.rehash(line);
+                        let mut lock = self.index.lock(hash);
+                        match self.find(hash, &kw, &guard) {
+                            None => {
+                                lock.insert(hash, line, &guard, |l| self.rehash(l));
+                                report.entries += 1;
+                            }
+                            Some(other) => {
+                                report.duplicates += 1;
+                                if !frozen {
+                                    // The frozen copy is the one that was being moved away.
+                                    lock.replace(hash, other, line, &guard);
+                                    self.clear_entry(other);
+                                    free.push(other);
+                                } else {
+                                    self.clear_entry(line);
+                                    free.push(line);
+                                }
+                            }
+                        }
+                    }
+                    None => {
+                        report.corrupt_entries += 1;
+                        self.clear_entry(line);
+                        free.push(line);
+                    }
+                }
+            }
+            self.segs.adopt(seg, Some(header), free);
+        }
+        report
+    }
+
+    fn clear_entry(&self, line: u64) {
+        if let Some(w) = self.segs.entry(line).w(0) {
+            w.store(0, Ordering::Release);
+        }
+    }
+
+    /// Check one entry read at open: crc, descriptors, state words. Clears lock bits. Returns
+    /// its key and whether it was frozen (a move was under way).
+    fn check_entry(&self, e: &Entry<'_>, class_lines: u32) -> Option<(KeyWords, bool)> {
+        let h = e.load(0);
+        let key_len = (h & 0xFF) as usize;
+        let n = ((h >> 8) & 0xFF) as usize;
+        if (h >> 16) as u8 != KIND_WINDOWS || (h >> 24) as u8 != 0 || n == 0 || n > MAX_WINDOWS {
+            return None;
+        }
+        if key_len == 0 || key_len > MAX_KEY_LEN {
+            return None;
+        }
+        let mut descs = [0u32; MAX_WINDOWS];
+        for (i, d) in descs.iter_mut().take(n).enumerate() {
+            *d = (e.load(1 + i / 2) >> ((i % 2) * 32)) as u32;
+        }
+        let descs = descs.get(..n)?;
+        let key_at = 1 + n.div_ceil(2);
+        let mut kw = KeyWords {
+            len: key_len,
+            words: [0; KEY_WORDS],
+        };
+        for (i, w) in kw.words.iter_mut().take(key_len.div_ceil(8)).enumerate() {
+            *w = e.load(key_at + i);
+        }
+        let bytes = key_bytes(&kw);
+        let low = header_low(key_len, n, KIND_WINDOWS);
+        if entry_crc(low, descs, bytes.get(..key_len)?) != (h >> 32) as u32 {
+            return None;
+        }
+        // Padding after the key must be zero (the key compare reads whole words).
+        if key_len % 8 != 0 && kw.words.get(key_len / 8)? >> ((key_len % 8) * 8) != 0 {
+            return None;
+        }
+        let mut decoded = Vec::with_capacity(n);
+        for &d in descs {
+            decoded.push(Descriptor::decode(d)?);
+        }
+        let layout = EntryLayout::new(&decoded, key_len)?;
+        if layout.lines != class_lines {
+            return None;
+        }
+        let mut frozen = false;
+        for (i, d) in decoded.iter().enumerate() {
+            let w = e.w(*layout.window_at.get(i)?)?;
+            let v = w.load(Ordering::Acquire);
+            if d.exact {
+                frozen |= v & META_FROZEN != 0;
+                let head = v & META_HEAD;
+                if head >= u64::from(d.cap) || v & !(META_HEAD | META_LOCK | META_FROZEN) != 0 {
+                    return None;
+                }
+                w.store(head, Ordering::Release);
+            } else {
+                frozen |= v & FROZEN != 0;
+                let clean = v & !FROZEN;
+                if !window::word_is_valid(clean) {
+                    return None;
+                }
+                w.store(clean, Ordering::Release);
+            }
+        }
+        Some((kw, frozen))
+    }
+}
+
+fn key_bytes(kw: &KeyWords) -> [u8; MAX_KEY_LEN] {
+    let mut b = [0u8; MAX_KEY_LEN];
+    for (chunk, w) in b.chunks_exact_mut(8).zip(kw.words.iter()) {
+        chunk.copy_from_slice(&w.to_le_bytes());
+    }
+    b
+}
+
+fn first_exact(items: &[crate::Limit]) -> usize {
+    items
+        .iter()
+        .position(|l| l.mode() == crate::Mode::Exact)
+        .unwrap_or(usize::MAX)
+}
+
+/// Take the lock bit of an exact window's meta word. `None` if the entry is frozen.
+fn lock_meta(w: &AtomicU64) -> Option<&AtomicU64> {
+    let mut spins = 0u32;
+    loop {
+        let cur = w.load(Ordering::Relaxed);
+        if cur & META_FROZEN != 0 {
+            return None;
+        }
+        if cur & META_LOCK == 0
+            && w
+                .compare_exchange_weak(cur, cur | META_LOCK, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+        {
+            return Some(w);
+        }
+        spins += 1;
+        if spins > 64 {
+            std::thread::yield_now();
+        } else {
+            std::hint::spin_loop();
+        }
+    }
+}
+
+fn read_ring(e: &Entry<'_>, at: usize, cap: u32) -> Ring {
+    let cap = cap.min(crate::MAX_EXACT_LIMIT);
+    let mut ring = Ring {
+        slots: [0; crate::MAX_EXACT_LIMIT as usize],
+        cap,
+        head: (e.load(at) & META_HEAD) as u32 % cap.max(1),
+    };
+    for (k, s) in ring.slots.iter_mut().take(cap as usize).enumerate() {
+        *s = e.w(at + 1 + k).map_or(0, |w| w.load(Ordering::Relaxed));
+    }
+    ring
+}
+
+/// Store a ring's places and head. The meta word of the locking window keeps its lock bit
+/// (the caller releases it).
+fn write_ring(e: &Entry<'_>, at: usize, ring: &Ring, holds_lock: bool) {
+    for (k, &s) in ring.slots.iter().take(ring.cap as usize).enumerate() {
+        if let Some(w) = e.w(at + 1 + k) {
+            w.store(s, Ordering::Relaxed);
+        }
+    }
+    if let Some(m) = e.w(at) {
+        let lock = if holds_lock { META_LOCK } else { 0 };
+        m.store(u64::from(ring.head) | lock, Ordering::Release);
+    }
+}
+
+fn bucket_state(norm: &Norm, limit: u32, window_ms: u64, cost: u32, now_ms: u64) -> WindowState {
+    let used = norm.total();
+    let fits = u64::from(used) + u64::from(cost) <= u64::from(limit);
+    WindowState {
+        limit,
+        window_ms,
+        used,
+        reset_ms: norm.reset_ms(now_ms),
+        retry_after_ms: if fits { 0 } else { norm.retry_ms(limit, cost, now_ms) },
+        fits,
+    }
+}
+
+fn exact_state(ev: &crate::window::exact::Eval, limit: u32, window_ms: u64, cost: u32, now_ms: u64) -> WindowState {
+    let fits = ev.fits(limit, cost);
+    WindowState {
+        limit,
+        window_ms,
+        used: ev.len,
+        reset_ms: ev.reset_ms(window_ms, now_ms),
+        retry_after_ms: if fits { 0 } else { ev.retry_ms(limit, cost, window_ms, now_ms) },
+        fits,
+    }
+}

@@ -1,0 +1,71 @@
+//! Calls into the operating system that the standard library does not offer.
+//!
+//! This module and [`crate::raw`] are the only places in the crate that say `unsafe`.
+
+use std::fs::File;
+use std::io;
+
+/// Milliseconds since the Unix epoch from the kernel's coarse real-time clock.
+#[cfg(target_os = "linux")]
+#[inline]
+pub(crate) fn coarse_realtime_ms() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec that lives across the call, and
+    // CLOCK_REALTIME_COARSE is a clock id every Linux since 2.6.32 provides; the call writes only
+    // into `ts`.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) };
+    if rc != 0 {
+        return std_realtime_ms();
+    }
+    (ts.tv_sec as u64)
+        .saturating_mul(1000)
+        .saturating_add(ts.tv_nsec as u64 / 1_000_000)
+}
+
+/// Milliseconds since the Unix epoch from `SystemTime`.
+#[cfg(not(target_os = "linux"))]
+#[inline]
+pub(crate) fn coarse_realtime_ms() -> u64 {
+    std_realtime_ms()
+}
+
+fn std_realtime_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Make sure the blocks of `file` in `offset..offset + len` are allocated, so that a full disk
+/// is an error now and not a `SIGBUS` when the mapped pages are first written.
+#[cfg(target_os = "linux")]
+pub(crate) fn allocate(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let off = libc::off_t::try_from(offset).map_err(|_| io::Error::other("offset too large"))?;
+    let l = libc::off_t::try_from(len).map_err(|_| io::Error::other("length too large"))?;
+    // SAFETY: the descriptor belongs to `file`, which is open for writing and outlives the call;
+    // posix_fallocate reads no memory of ours.
+    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), off, l) };
+    match rc {
+        0 => Ok(()),
+        // File systems without fallocate support: fall back to extending the length only.
+        libc::EOPNOTSUPP | libc::EINVAL => extend(file, offset + len),
+        e => Err(io::Error::from_raw_os_error(e)),
+    }
+}
+
+/// Extend `file` to cover `offset..offset + len` (no block reservation on this platform).
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn allocate(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    extend(file, offset + len)
+}
+
+fn extend(file: &File, end: u64) -> io::Result<()> {
+    if file.metadata()?.len() < end {
+        file.set_len(end)?;
+    }
+    Ok(())
+}

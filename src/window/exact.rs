@@ -1,0 +1,146 @@
+//! The exact representation: a ring of the timestamps of admitted requests.
+//!
+//! A window of limit `L` (at most [`crate::MAX_EXACT_LIMIT`]) keeps the last `cap = L`
+//! admission times. A request at `t` is admitted when the admissions in `(t - W, t]` plus its
+//! cost fit in the limit; each unit of cost writes one timestamp. This is the exact sliding log:
+//! no over-admission and no late release. It takes a per-entry lock word (the ring is several
+//! words), so it is meant for small limits such as 5 logins per minute.
+//!
+//! Timestamps are stored as `ms + 1` so that 0 means an empty place.
+
+/// The ring of one exact window, copied out of the entry.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ring {
+    /// Stored values (`ms + 1`, 0 = empty), in place order.
+    pub slots: [u64; crate::MAX_EXACT_LIMIT as usize],
+    /// Number of places.
+    pub cap: u32,
+    /// Next place to write.
+    pub head: u32,
+}
+
+/// A ring evaluated at a point in time.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Eval {
+    /// `now`, or the newest stored time if the clock went backwards.
+    pub now_eff: u64,
+    /// In-window admission times, oldest first (`len` of them).
+    pub times: [u64; crate::MAX_EXACT_LIMIT as usize],
+    pub len: u32,
+}
+
+impl Ring {
+    /// Evaluate the ring for a window of `window_ms` at `now_ms`.
+    pub fn eval(&self, window_ms: u64, now_ms: u64) -> Eval {
+        let cap = self.cap as usize;
+        let newest = self.slots.iter().take(cap).copied().max().unwrap_or(0);
+        let now_eff = now_ms.max(newest.saturating_sub(1));
+        let mut times = [0u64; crate::MAX_EXACT_LIMIT as usize];
+        let mut len = 0usize;
+        for &v in self.slots.iter().take(cap) {
+            if v == 0 {
+                continue;
+            }
+            let t = v - 1;
+            if t + window_ms > now_eff {
+                if let Some(place) = times.get_mut(len) {
+                    *place = t;
+                    len += 1;
+                }
+            }
+        }
+        if let Some(live) = times.get_mut(..len) {
+            live.sort_unstable();
+        }
+        Eval {
+            now_eff,
+            times,
+            len: len as u32,
+        }
+    }
+
+    /// Write `cost` timestamps of `t`.
+    pub fn push(&mut self, t: u64, cost: u32) {
+        if self.cap == 0 {
+            return;
+        }
+        for _ in 0..cost {
+            if let Some(place) = self.slots.get_mut(self.head as usize) {
+                *place = t + 1;
+            }
+            self.head = (self.head + 1) % self.cap;
+        }
+    }
+}
+
+impl Eval {
+    /// Whether `cost` more fits under `limit`.
+    pub fn fits(&self, limit: u32, cost: u32) -> bool {
+        u64::from(self.len) + u64::from(cost) <= u64::from(limit)
+    }
+
+    /// When the newest admission leaves the window.
+    pub fn reset_ms(&self, window_ms: u64, now_ms: u64) -> u64 {
+        match self.len.checked_sub(1).and_then(|i| self.times.get(i as usize)) {
+            Some(&t) => t + window_ms,
+            None => now_ms,
+        }
+    }
+
+    /// Milliseconds until `cost` more fits under `limit`.
+    pub fn retry_ms(&self, limit: u32, cost: u32, window_ms: u64, now_ms: u64) -> u64 {
+        let total = u64::from(self.len) + u64::from(cost);
+        let Some(needed) = total.checked_sub(u64::from(limit)).filter(|&n| n > 0) else {
+            return 0;
+        };
+        match self.times.get(needed as usize - 1) {
+            Some(&t) if needed <= u64::from(self.len) => {
+                (t + window_ms).saturating_sub(now_ms).max(1)
+            }
+            // More than the ring can hold even when empty: a full window from the newest time.
+            _ => (self.now_eff + window_ms).saturating_sub(now_ms).max(1),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring(cap: u32) -> Ring {
+        Ring {
+            slots: [0; crate::MAX_EXACT_LIMIT as usize],
+            cap,
+            head: 0,
+        }
+    }
+
+    #[test]
+    fn five_per_minute_exactly() {
+        let w = 60_000;
+        let mut r = ring(5);
+        for i in 0..5 {
+            let e = r.eval(w, 1_000 + i * 1_000);
+            assert!(e.fits(5, 1));
+            r.push(e.now_eff, 1);
+        }
+        let e = r.eval(w, 10_000);
+        assert!(!e.fits(5, 1));
+        // The first admission (t = 1000) leaves the window at 61000.
+        assert_eq!(e.retry_ms(5, 1, w, 10_000), 51_000);
+        assert_eq!(e.reset_ms(w, 10_000), 65_000);
+        assert!(r.eval(w, 61_000).fits(5, 1));
+        assert!(!r.eval(w, 60_999).fits(5, 1));
+    }
+
+    #[test]
+    fn backwards_clock_uses_newest_time() {
+        let w = 60_000;
+        let mut r = ring(2);
+        r.push(100_000, 2);
+        let e = r.eval(w, 10_000);
+        assert_eq!(e.now_eff, 100_000);
+        assert_eq!(e.len, 2);
+        assert!(!e.fits(2, 1));
+    }
+}

@@ -1,0 +1,334 @@
+//! Sliding-window math: pure functions of (stored state, limit, now). No I/O, no locks.
+//!
+//! # The bucketed representation (the default)
+//!
+//! A window of length `W` keeps `K` sub-window counters in one 64-bit word:
+//!
+//! ```text
+//!  63 62          36 35  32 31                                 0
+//! +--+--------------+------+------------------------------------+
+//! |F | tag (27 bits)| c-1  | K counters of c bits, newest lowest |
+//! +--+--------------+------+------------------------------------+
+//! ```
+//!
+//! `c` is the width of one counter (enough bits for the limit), `K = min(kmax, 32 / c)` and the
+//! sub-window length is `s = ceil(W / (K - 1))`. The tag is the number of the newest sub-window
+//! (`time / s`) modulo 2^27; `F` marks a word frozen while its entry moves; counter `i` holds the requests of sub-window `tag - i`.
+//!
+//! At time `t`, in sub-window `n = t / s`, the window's count is the sum of the counters of
+//! sub-windows `n - K + 1 ..= n`. They cover at least `(K - 1) * s >= W` before `t`, so every
+//! interval of length `W` ending at `t` lies inside them: **the count never under-counts, so
+//! the limit is never exceeded.** A request made in sub-window `m` stops counting at
+//! `(m + K) * s`, at most `s` after the exact sliding log would release it: **quota comes back
+//! at most one sub-window late.** Both bounds are checked by proptest against an exact log
+//! (`tests/window_model.rs`) and stated in `docs/ACCURACY.md`.
+//!
+//! One word per window means one compare-and-swap admits or rejects atomically, with no
+//! rollback: the CAS is the check. Several windows are combined by the store (add to each in
+//! turn, undo the earlier ones if a later one refuses).
+//!
+//! # The exact representation
+//!
+//! See [`exact`]: a ring of the timestamps of admitted requests.
+
+pub(crate) mod exact;
+
+/// The most counters a word can hold (c = 1).
+pub(crate) const MAX_K: usize = 32;
+/// The bit that marks a word frozen: its entry is being moved or removed, and whoever sees it
+/// looks the key up again. The rest of the word keeps its value, so a crash while frozen loses
+/// nothing (the flag is cleared when the store is opened).
+pub(crate) const FROZEN: u64 = 1 << 63;
+
+const TAG_SHIFT: u32 = 36;
+const TAG_MASK: u64 = (1 << 27) - 1;
+const HALF: u64 = 1 << 26;
+
+/// Counter width needed to hold `limit`.
+#[inline]
+pub(crate) fn bits_for(limit: u32) -> u32 {
+    (32 - limit.leading_zeros()).clamp(1, 16)
+}
+
+/// `(K, s)` for counters of `c` bits, a precision cap `kmax` and a window of `window_ms`.
+#[inline]
+pub(crate) fn layout(c: u32, kmax: u32, window_ms: u64) -> (u32, u64) {
+    let k = (32 / c).min(kmax).max(2);
+    let s = window_ms.div_ceil(u64::from(k - 1)).max(1);
+    (k, s)
+}
+
+/// A window word decoded relative to a point in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Norm {
+    /// Counter width in bits.
+    pub c: u32,
+    /// Number of counters.
+    pub k: u32,
+    /// Sub-window length in milliseconds.
+    pub s: u64,
+    /// Absolute number of the newest sub-window (age 0). Never older than `now / s`; newer when
+    /// the clock went backwards since the last update.
+    pub n: u64,
+    /// Counts by age: `counts[i]` belongs to sub-window `n - i`. Ages `>= k` are zero.
+    pub counts: [u32; MAX_K],
+}
+
+impl Norm {
+    /// The requests counted in the window.
+    #[inline]
+    pub fn total(&self) -> u32 {
+        self.counts.iter().take(self.k as usize).sum()
+    }
+
+    /// Encode back into a word.
+    #[inline]
+    pub fn encode(&self) -> u64 {
+        let mut counters: u64 = 0;
+        let max = (1u64 << self.c) - 1;
+        for (i, &v) in self.counts.iter().take(self.k as usize).enumerate() {
+            counters |= u64::from(v).min(max) << (i as u32 * self.c);
+        }
+        if counters == 0 {
+            return 0;
+        }
+        ((self.n & TAG_MASK) << TAG_SHIFT) | (u64::from(self.c - 1) << 32) | (counters & 0xFFFF_FFFF)
+    }
+
+    /// UTC milliseconds at which sub-window `n - age` stops counting.
+    #[inline]
+    fn drop_ms(&self, age: u32) -> u64 {
+        (self.n + u64::from(self.k))
+            .saturating_sub(u64::from(age))
+            .saturating_mul(self.s)
+    }
+
+    /// When the window is back to its full limit: the newest counted request drops out.
+    pub fn reset_ms(&self, now_ms: u64) -> u64 {
+        match (0..self.k).find(|&a| self.counts[a as usize] > 0) {
+            Some(a) => self.drop_ms(a),
+            None => now_ms,
+        }
+    }
+
+    /// Milliseconds until `cost` more fits under `limit` (0 if it fits now).
+    pub fn retry_ms(&self, limit: u32, cost: u32, now_ms: u64) -> u64 {
+        let total = self.total();
+        let Some(needed) = (u64::from(total) + u64::from(cost)).checked_sub(u64::from(limit)) else {
+            return 0;
+        };
+        if needed == 0 {
+            return 0;
+        }
+        let mut freed = 0u64;
+        for a in (0..self.k).rev() {
+            freed += u64::from(self.counts[a as usize]);
+            if freed >= needed {
+                return self.drop_ms(a).saturating_sub(now_ms).max(1);
+            }
+        }
+        // Unreachable when cost <= limit: dropping every counter frees `total`.
+        self.drop_ms(0).saturating_sub(now_ms).max(1)
+    }
+
+    /// Try to add `cost`: `true` (and the counts updated) if the total stays within `limit`.
+    #[inline]
+    pub fn try_add(&mut self, limit: u32, cost: u32) -> bool {
+        let after = u64::from(self.total()) + u64::from(cost);
+        if after > u64::from(limit) || after >= (1u64 << self.c) {
+            return false;
+        }
+        self.counts[0] += cost;
+        true
+    }
+
+    /// Remove `cost` added to absolute sub-window `m` of a layout with sub-window `s`. Returns
+    /// `false` when there is nothing to undo (the layout changed, or `m` already expired): the
+    /// count then stays over-counted or gone, both of which are safe.
+    pub fn undo(&mut self, m: u64, s: u64, cost: u32) -> bool {
+        if s != self.s || m > self.n {
+            return false;
+        }
+        let age = self.n - m;
+        if age >= u64::from(self.k) {
+            return false;
+        }
+        let slot = &mut self.counts[age as usize];
+        *slot = slot.saturating_sub(cost);
+        true
+    }
+}
+
+/// Decode `word` for a window of `window_ms` checked against `limit` at `now_ms`, with at most
+/// `kmax` counters. Widens the counters (merging old sub-windows forward, which only delays
+/// their release) when `limit` needs more bits than the word has.
+pub(crate) fn normalize(word: u64, window_ms: u64, limit: u32, kmax: u32, now_ms: u64) -> Norm {
+    let need = bits_for(limit);
+    let counters = word & 0xFFFF_FFFF;
+    if counters == 0 {
+        let (k, s) = layout(need, kmax, window_ms);
+        return Norm {
+            c: need,
+            k,
+            s,
+            n: now_ms / s,
+            counts: [0; MAX_K],
+        };
+    }
+    let c = ((word >> 32) & 0xF) as u32 + 1;
+    let (k, s) = layout(c, kmax, window_ms);
+    let tag = (word >> TAG_SHIFT) & TAG_MASK;
+    let n_now = now_ms / s;
+    let d = n_now.wrapping_sub(tag) & TAG_MASK;
+    let mask = (1u64 << c) - 1;
+    let mut counts = [0u32; MAX_K];
+    let n = if d < HALF {
+        // The word is `d` sub-windows behind now: every counter ages by `d`.
+        for i in 0..k as u64 {
+            let age = i + d;
+            if age < u64::from(k) {
+                counts[age as usize] = ((counters >> (i * u64::from(c))) & mask) as u32;
+            }
+        }
+        n_now
+    } else {
+        // The word is ahead of `now`: the clock went backwards. Keep the word's own time.
+        for i in 0..k as u64 {
+            counts[i as usize] = ((counters >> (i * u64::from(c))) & mask) as u32;
+        }
+        n_now + (TAG_MASK + 1 - d)
+    };
+    let norm = Norm { c, k, s, n, counts };
+    if c < need {
+        widen(&norm, need, kmax, window_ms, now_ms)
+    } else {
+        norm
+    }
+}
+
+/// Re-express `old` with counters of `c` bits. Each old sub-window is moved to the new
+/// sub-window that holds its last millisecond: never earlier, so nothing is released early.
+fn widen(old: &Norm, c: u32, kmax: u32, window_ms: u64, now_ms: u64) -> Norm {
+    let (k, s) = layout(c, kmax, window_ms);
+    let newest_end = (old.n + 1).saturating_mul(old.s) - 1;
+    let n = (now_ms / s).max(newest_end / s);
+    let mut counts = [0u32; MAX_K];
+    for age in 0..old.k {
+        let v = old.counts[age as usize];
+        if v == 0 {
+            continue;
+        }
+        let m = old.n.saturating_sub(u64::from(age));
+        let end = (m + 1).saturating_mul(old.s) - 1;
+        let new_age = n.saturating_sub(end / s);
+        if new_age < u64::from(k) {
+            let slot = &mut counts[new_age as usize];
+            *slot = slot.saturating_add(v);
+        }
+    }
+    Norm { c, k, s, n, counts }
+}
+
+/// Whether a stored word is structurally valid (used when verifying a file).
+pub(crate) fn word_is_valid(word: u64) -> bool {
+    if word & FROZEN != 0 {
+        return false;
+    }
+    let counters = word & 0xFFFF_FFFF;
+    if counters == 0 {
+        return true;
+    }
+    let c = ((word >> 32) & 0xF) as u32 + 1;
+    let (k, _) = layout(c, u32::MAX, 1000);
+    // Bits above K counters must be clear.
+    let used = k * c;
+    used >= 32 || counters >> used == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: u64 = 60_000;
+
+    fn fresh(limit: u32, now: u64) -> Norm {
+        normalize(0, MIN, limit, 17, now)
+    }
+
+    #[test]
+    fn counts_up_to_the_limit_then_refuses() {
+        let now = 1_700_000_000_000;
+        let mut word = 0;
+        for i in 0..60 {
+            let mut n = normalize(word, MIN, 60, 17, now + i);
+            assert!(n.try_add(60, 1), "request {i}");
+            word = n.encode();
+        }
+        let mut n = normalize(word, MIN, 60, 17, now + 100);
+        assert_eq!(n.total(), 60);
+        assert!(!n.try_add(60, 1));
+    }
+
+    #[test]
+    fn releases_at_most_one_sub_window_late() {
+        let now = 1_700_000_000_000;
+        let mut n = fresh(60, now);
+        assert!(n.try_add(60, 60));
+        let word = n.encode();
+        let s = n.s;
+        // Still counted just before W + s after the sub-window's start.
+        let start = (now / s) * s;
+        let late = normalize(word, MIN, 60, 17, start + MIN + s - 1);
+        assert_eq!(late.total(), 60);
+        let back = normalize(word, MIN, 60, 17, start + MIN + s);
+        assert_eq!(back.total(), 0);
+        assert_eq!(n.reset_ms(now), start + MIN + s);
+    }
+
+    #[test]
+    fn clock_going_backwards_keeps_the_counts() {
+        let now = 1_700_000_000_000;
+        let mut n = fresh(10, now);
+        assert!(n.try_add(10, 10));
+        let word = n.encode();
+        for back in [1, 1_000, 60_000, 3_600_000, 86_400_000] {
+            let v = normalize(word, MIN, 10, 17, now - back);
+            assert_eq!(v.total(), 10, "clock moved back by {back} ms");
+        }
+    }
+
+    #[test]
+    fn widening_keeps_every_count() {
+        let now = 1_700_000_000_000;
+        let mut n = fresh(3, now);
+        assert!(n.try_add(3, 3));
+        let word = n.encode();
+        let wide = normalize(word, MIN, 60_000, 17, now + 1);
+        assert_eq!(wide.c, 16);
+        assert_eq!(wide.total(), 3);
+        assert!(wide.reset_ms(now) >= n.reset_ms(now));
+    }
+
+    #[test]
+    fn undo_removes_only_what_was_added() {
+        let now = 1_700_000_000_000;
+        let mut n = fresh(60, now);
+        assert!(n.try_add(60, 5));
+        let (m, s) = (n.n, n.s);
+        let mut later = normalize(n.encode(), MIN, 60, 17, now + s);
+        assert!(later.try_add(60, 2));
+        assert!(later.undo(m, s, 5));
+        assert_eq!(later.total(), 2);
+        assert!(!later.undo(m + 100, s, 1));
+    }
+
+    #[test]
+    fn frozen_is_not_a_valid_word() {
+        assert!(!word_is_valid(FROZEN));
+        assert!(!word_is_valid(u64::MAX));
+        assert!(word_is_valid(0));
+        let mut n = fresh(1000, 5_000_000);
+        assert!(n.try_add(1000, 999));
+        assert!(word_is_valid(n.encode()));
+    }
+}
