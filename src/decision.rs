@@ -82,7 +82,11 @@ pub struct Decision {
 
 impl Decision {
     /// Build a decision from per-window states; picks the binding window.
-    pub(crate) fn from_windows(allowed: bool, windows: [WindowState; MAX_WINDOWS], len: usize) -> Decision {
+    pub(crate) fn from_windows(
+        allowed: bool,
+        windows: [WindowState; MAX_WINDOWS],
+        len: usize,
+    ) -> Decision {
         let live = windows.get(..len).unwrap_or(&[]);
         let binding = if allowed {
             // The most restrictive window: least remaining, then the latest reset.

@@ -52,12 +52,12 @@ impl FileHeader {
 
     /// Decode and check the header bytes.
     pub(crate) fn decode(b: &[u8]) -> Result<FileHeader> {
-        let b: &[u8; HEADER_USED] = b
-            .get(..HEADER_USED)
-            .and_then(|s| s.try_into().ok())
-            .ok_or(Error::NotAStore {
-                reason: "file shorter than a header",
-            })?;
+        let b: &[u8; HEADER_USED] =
+            b.get(..HEADER_USED)
+                .and_then(|s| s.try_into().ok())
+                .ok_or(Error::NotAStore {
+                    reason: "file shorter than a header",
+                })?;
         if b[0..8] != FILE_MAGIC {
             return Err(Error::NotAStore {
                 reason: "bad magic bytes",
@@ -117,7 +117,10 @@ impl SegmentHeader {
 
     /// Decode a segment's first line: `Ok(None)` for an all-zero line (a segment that was
     /// allocated but whose header never got written), `Err` for anything else that fails.
-    pub(crate) fn decode(b: &[u8; LINE], expected_index: u32) -> Result<Option<SegmentHeader>, &'static str> {
+    pub(crate) fn decode(
+        b: &[u8; LINE],
+        expected_index: u32,
+    ) -> Result<Option<SegmentHeader>, &'static str> {
         if b.iter().all(|&x| x == 0) {
             return Ok(None);
         }
@@ -246,10 +249,16 @@ mod tests {
         assert_eq!(FileHeader::decode(&b).expect("valid"), h);
         let mut bad = b;
         bad[0] ^= 1;
-        assert!(matches!(FileHeader::decode(&bad), Err(Error::NotAStore { .. })));
+        assert!(matches!(
+            FileHeader::decode(&bad),
+            Err(Error::NotAStore { .. })
+        ));
         let mut bad = b;
         bad[30] ^= 1;
-        assert!(matches!(FileHeader::decode(&bad), Err(Error::NotAStore { .. })));
+        assert!(matches!(
+            FileHeader::decode(&bad),
+            Err(Error::NotAStore { .. })
+        ));
         let mut v2 = b;
         v2[8] = 2;
         assert!(matches!(

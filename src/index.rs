@@ -226,7 +226,11 @@ impl StripeLock<'_> {
                 let line = (e & ID_MASK) - 2;
                 let h = rehash(line);
                 let mut pos = h as usize & new.mask;
-                while new.entries.get(pos).is_some_and(|p| p.load(Ordering::Relaxed) != EMPTY) {
+                while new
+                    .entries
+                    .get(pos)
+                    .is_some_and(|p| p.load(Ordering::Relaxed) != EMPTY)
+                {
                     pos = (pos + 1) & new.mask;
                 }
                 if let Some(p) = new.entries.get(pos) {

@@ -315,10 +315,15 @@ mod tests {
             Limit::per_minute(33).exact(),
         ];
         for l in bad {
-            assert!(matches!(Limits::new(&[l]), Err(Error::InvalidLimit(_))), "{l:?}");
+            assert!(
+                matches!(Limits::new(&[l]), Err(Error::InvalidLimit(_))),
+                "{l:?}"
+            );
         }
         assert!(matches!(Limits::new(&[]), Err(Error::InvalidLimit(_))));
-        let nine: Vec<Limit> = (1..=9).map(|i| Limit::new(5, Duration::from_secs(i))).collect();
+        let nine: Vec<Limit> = (1..=9)
+            .map(|i| Limit::new(5, Duration::from_secs(i)))
+            .collect();
         assert!(matches!(Limits::new(&nine), Err(Error::InvalidLimit(_))));
         assert!(matches!(
             Limits::new(&[Limit::per_minute(5), Limit::per_minute(6)]),

@@ -158,7 +158,10 @@ mod tests {
         assert!(maps.word(0, 4090).is_none(), "crosses the end");
         assert!(maps.word(0, 4).is_none(), "misaligned");
         assert!(maps.word(1, 0).is_none(), "segment not mapped");
-        assert!(maps.push(Map::anon(8192).expect("anon")).is_err(), "wrong length");
+        assert!(
+            maps.push(Map::anon(8192).expect("anon")).is_err(),
+            "wrong length"
+        );
     }
 }
 

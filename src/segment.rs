@@ -114,7 +114,10 @@ impl Segments {
     pub(crate) fn read_segment_header(&self, seg: usize) -> [u8; LINE] {
         let mut b = [0u8; LINE];
         for (i, chunk) in b.chunks_exact_mut(8).enumerate() {
-            let v = self.maps.word(seg, i * 8).map_or(0, |w| w.load(Ordering::Acquire));
+            let v = self
+                .maps
+                .word(seg, i * 8)
+                .map_or(0, |w| w.load(Ordering::Acquire));
             chunk.copy_from_slice(&v.to_le_bytes());
         }
         b
@@ -134,7 +137,11 @@ impl Segments {
     pub(crate) fn map_existing(&self, count: usize) -> Result<()> {
         for i in 0..count {
             let map = match &self.file {
-                Some(f) => Map::file(f, HEADER_LEN + i as u64 * self.seg_len(), 1 << self.seg_shift)?,
+                Some(f) => Map::file(
+                    f,
+                    HEADER_LEN + i as u64 * self.seg_len(),
+                    1 << self.seg_shift,
+                )?,
                 None => return Err(Error::InvalidOptions("no file to map")),
             };
             self.maps.push(map)?;
@@ -247,7 +254,9 @@ impl Segments {
             .iter()
             .enumerate()
             .map(|(l, c)| {
-                let tail = c.current.map_or(0, |(_, next)| seg_lines.saturating_sub(next));
+                let tail = c
+                    .current
+                    .map_or(0, |(_, next)| seg_lines.saturating_sub(next));
                 c.free.len() as u64 * l as u64 + tail
             })
             .sum();

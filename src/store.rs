@@ -259,7 +259,11 @@ impl Store {
         };
         let seg_len = 1u64 << header.seg_shift;
         let body = len.saturating_sub(HEADER_LEN);
-        let count = if len == 0 { 0 } else { (body / seg_len) as usize };
+        let count = if len == 0 {
+            0
+        } else {
+            (body / seg_len) as usize
+        };
         if len > HEADER_LEN && body % seg_len != 0 {
             // A crash while growing left a partial segment: nothing in it was ever used (a
             // segment is used only after its whole length is allocated and synced).
@@ -332,7 +336,11 @@ impl Store {
     /// A snapshot of the store's size.
     pub fn stats(&self) -> Stats {
         let segments = self.core.segs.count() as u64;
-        let header = if self.core.path.is_some() { HEADER_LEN } else { 0 };
+        let header = if self.core.path.is_some() {
+            HEADER_LEN
+        } else {
+            0
+        };
         Stats {
             entries: self.core.index.len() as u64,
             segments,
@@ -350,7 +358,13 @@ impl Store {
     }
 
     /// [`Store::check`] at an explicit time (ms since the Unix epoch).
-    pub fn check_at(&self, key: &[u8], limits: &Limits, cost: u32, now_ms: u64) -> Result<Decision> {
+    pub fn check_at(
+        &self,
+        key: &[u8],
+        limits: &Limits,
+        cost: u32,
+        now_ms: u64,
+    ) -> Result<Decision> {
         self.core.check(key, limits, cost, now_ms)
     }
 
@@ -368,6 +382,23 @@ impl Store {
             Some(line) => Ok(self.core.snapshot(line, limits, 1, now_ms, None)),
             None => Ok(empty_decision(limits, 1, now_ms)),
         }
+    }
+
+    /// How late a bucketed window of `limit` may release quota on this store: a request made at
+    /// `t` stops counting at the latest at `t + window + release_delay` (one sub-window; see
+    /// `docs/ACCURACY.md`). Exact windows release on time (zero).
+    pub fn release_delay(&self, limit: &crate::Limit) -> std::time::Duration {
+        if limit.mode() == crate::Mode::Exact {
+            return std::time::Duration::ZERO;
+        }
+        let (k, s) = window::layout(
+            window::bits_for(limit.limit()),
+            self.core.kmax,
+            limit.window_ms(),
+        );
+        // Counted span is K sub-windows; the window itself is at most (K - 1) * s.
+        let span = u64::from(k) * s;
+        std::time::Duration::from_millis(span.saturating_sub(limit.window_ms()))
     }
 
     /// Number of times a check found its entry moving and looked again.
@@ -450,7 +481,10 @@ impl Core {
             .iter()
             .take(kw.n_words())
             .enumerate()
-            .all(|(i, &w)| e.w(key_at + i).is_some_and(|x| x.load(Ordering::Relaxed) == w))
+            .all(|(i, &w)| {
+                e.w(key_at + i)
+                    .is_some_and(|x| x.load(Ordering::Relaxed) == w)
+            })
     }
 
     /// Find the key under its stripe lock, or write a new entry for it.
@@ -481,8 +515,9 @@ impl Core {
             *d = Descriptor::decode(raw).ok_or(Error::InvalidLimit("bad descriptor"))?;
         }
         let decoded = decoded.get(..descs.len()).unwrap_or(&[]);
-        let layout = EntryLayout::new(decoded, kw.len)
-            .ok_or(Error::InvalidLimit("the key and its windows do not fit in an entry"))?;
+        let layout = EntryLayout::new(decoded, kw.len).ok_or(Error::InvalidLimit(
+            "the key and its windows do not fit in an entry",
+        ))?;
         let line = self.segs.alloc(layout.lines)?;
         let e = self.segs.entry(line);
         let store = |i: usize, v: u64| {
@@ -623,7 +658,12 @@ impl Core {
                     refused = Some(i);
                     break 'windows;
                 }
-                match w.compare_exchange_weak(cur, norm.encode(), Ordering::AcqRel, Ordering::Acquire) {
+                match w.compare_exchange_weak(
+                    cur,
+                    norm.encode(),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
                     Ok(_) => {
                         added[i] = Some((norm.n, norm.s));
                         ws[i] = bucket_state(&norm, l.limit(), l.window_ms(), 0, now_ms);
@@ -699,7 +739,12 @@ impl Core {
                 if !norm.undo(m, s, cost) {
                     break;
                 }
-                match w.compare_exchange_weak(cur, norm.encode(), Ordering::AcqRel, Ordering::Acquire) {
+                match w.compare_exchange_weak(
+                    cur,
+                    norm.encode(),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
                     Ok(_) => break,
                     Err(x) => cur = x,
                 }
@@ -708,7 +753,14 @@ impl Core {
     }
 
     /// The state of the entry at `line` without changing it.
-    fn snapshot(&self, line: u64, limits: &Limits, cost: u32, now_ms: u64, refused: Option<usize>) -> Decision {
+    fn snapshot(
+        &self,
+        line: u64,
+        limits: &Limits,
+        cost: u32,
+        now_ms: u64,
+        refused: Option<usize>,
+    ) -> Decision {
         let e = self.segs.entry(line);
         match self.layout_for(&e, limits) {
             Some(layout) => self.snapshot_entry(&e, &layout, limits, cost, now_ms, refused),
@@ -761,7 +813,14 @@ impl Core {
 
     /// Move the entry at `old` to a new entry shaped for `limits`, keeping the state of every
     /// window both shapes share.
-    fn migrate(&self, hash: u64, old: u64, kw: &KeyWords, limits: &Limits, guard: &Guard) -> Result<()> {
+    fn migrate(
+        &self,
+        hash: u64,
+        old: u64,
+        kw: &KeyWords,
+        limits: &Limits,
+        guard: &Guard,
+    ) -> Result<()> {
         let mut lock = self.index.lock(hash);
         if self.find(hash, kw, guard) != Some(old) {
             return Ok(()); // someone else moved it
@@ -774,9 +833,14 @@ impl Core {
             *d = (e.load(1 + i / 2) >> ((i % 2) * 32)) as u32;
         }
         let old_descs = old_descs.get(..n).unwrap_or(&[]);
-        let decoded: Vec<Descriptor> = old_descs.iter().filter_map(|&d| Descriptor::decode(d)).collect();
-        let old_layout = EntryLayout::new(&decoded, kw.len)
-            .ok_or(Error::Corrupt { offset: old, reason: "entry descriptors" })?;
+        let decoded: Vec<Descriptor> = old_descs
+            .iter()
+            .filter_map(|&d| Descriptor::decode(d))
+            .collect();
+        let old_layout = EntryLayout::new(&decoded, kw.len).ok_or(Error::Corrupt {
+            offset: old,
+            reason: "entry descriptors",
+        })?;
         // Freeze the old entry: exact windows by their meta word, bucketed by the frozen bit.
         for (i, d) in decoded.iter().enumerate() {
             if let Some(w) = e.w(old_layout.window_at[i]) {
@@ -803,7 +867,13 @@ impl Core {
             if nd.exact {
                 let od = decoded.get(j)?;
                 let ring = read_ring(&e, at, od.cap);
-                let mut times: Vec<u64> = ring.slots.iter().take(od.cap as usize).copied().filter(|&v| v != 0).collect();
+                let mut times: Vec<u64> = ring
+                    .slots
+                    .iter()
+                    .take(od.cap as usize)
+                    .copied()
+                    .filter(|&v| v != 0)
+                    .collect();
                 times.sort_unstable();
                 let keep = times.len().saturating_sub(nd.cap as usize);
                 let kept = times.get(keep..).unwrap_or(&[]);
@@ -827,18 +897,19 @@ impl Core {
         let guard = crossbeam_epoch::pin();
         let seg_lines = self.segs.seg_lines();
         for seg in 0..count {
-            let header = match SegmentHeader::decode(&self.segs.read_segment_header(seg), seg as u32) {
-                Ok(Some(h)) => h,
-                Ok(None) => {
-                    report.blank_segments += 1;
-                    self.segs.adopt(seg, None, Vec::new());
-                    continue;
-                }
-                Err(_) => {
-                    report.corrupt_segments += 1;
-                    continue;
-                }
-            };
+            let header =
+                match SegmentHeader::decode(&self.segs.read_segment_header(seg), seg as u32) {
+                    Ok(Some(h)) => h,
+                    Ok(None) => {
+                        report.blank_segments += 1;
+                        self.segs.adopt(seg, None, Vec::new());
+                        continue;
+                    }
+                    Err(_) => {
+                        report.corrupt_segments += 1;
+                        continue;
+                    }
+                };
             let mut free = Vec::new();
             let lines = u64::from(header.entry_lines);
             let mut at = 1;
@@ -981,8 +1052,7 @@ fn lock_meta(w: &AtomicU64) -> Option<&AtomicU64> {
             return None;
         }
         if cur & META_LOCK == 0
-            && w
-                .compare_exchange_weak(cur, cur | META_LOCK, Ordering::Acquire, Ordering::Relaxed)
+            && w.compare_exchange_weak(cur, cur | META_LOCK, Ordering::Acquire, Ordering::Relaxed)
                 .is_ok()
         {
             return Some(w);
@@ -1031,19 +1101,33 @@ fn bucket_state(norm: &Norm, limit: u32, window_ms: u64, cost: u32, now_ms: u64)
         window_ms,
         used,
         reset_ms: norm.reset_ms(now_ms),
-        retry_after_ms: if fits { 0 } else { norm.retry_ms(limit, cost, now_ms) },
+        retry_after_ms: if fits {
+            0
+        } else {
+            norm.retry_ms(limit, cost, now_ms)
+        },
         fits,
     }
 }
 
-fn exact_state(ev: &crate::window::exact::Eval, limit: u32, window_ms: u64, cost: u32, now_ms: u64) -> WindowState {
+fn exact_state(
+    ev: &crate::window::exact::Eval,
+    limit: u32,
+    window_ms: u64,
+    cost: u32,
+    now_ms: u64,
+) -> WindowState {
     let fits = ev.fits(limit, cost);
     WindowState {
         limit,
         window_ms,
         used: ev.len,
         reset_ms: ev.reset_ms(window_ms, now_ms),
-        retry_after_ms: if fits { 0 } else { ev.retry_ms(limit, cost, window_ms, now_ms) },
+        retry_after_ms: if fits {
+            0
+        } else {
+            ev.retry_ms(limit, cost, window_ms, now_ms)
+        },
         fits,
     }
 }

@@ -81,7 +81,11 @@ impl Eval {
 
     /// When the newest admission leaves the window.
     pub fn reset_ms(&self, window_ms: u64, now_ms: u64) -> u64 {
-        match self.len.checked_sub(1).and_then(|i| self.times.get(i as usize)) {
+        match self
+            .len
+            .checked_sub(1)
+            .and_then(|i| self.times.get(i as usize))
+        {
             Some(&t) => t + window_ms,
             None => now_ms,
         }

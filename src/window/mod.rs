@@ -92,7 +92,9 @@ impl Norm {
         if counters == 0 {
             return 0;
         }
-        ((self.n & TAG_MASK) << TAG_SHIFT) | (u64::from(self.c - 1) << 32) | (counters & 0xFFFF_FFFF)
+        ((self.n & TAG_MASK) << TAG_SHIFT)
+            | (u64::from(self.c - 1) << 32)
+            | (counters & 0xFFFF_FFFF)
     }
 
     /// UTC milliseconds at which sub-window `n - age` stops counting.
@@ -114,7 +116,8 @@ impl Norm {
     /// Milliseconds until `cost` more fits under `limit` (0 if it fits now).
     pub fn retry_ms(&self, limit: u32, cost: u32, now_ms: u64) -> u64 {
         let total = self.total();
-        let Some(needed) = (u64::from(total) + u64::from(cost)).checked_sub(u64::from(limit)) else {
+        let Some(needed) = (u64::from(total) + u64::from(cost)).checked_sub(u64::from(limit))
+        else {
             return 0;
         };
         if needed == 0 {
