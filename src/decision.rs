@@ -4,6 +4,28 @@ use std::time::Duration;
 
 use crate::limit::MAX_WINDOWS;
 
+/// The binding window: the most restrictive (least remaining, then latest reset) when
+/// admitted; the violated window that keeps the request out the longest when rejected.
+#[inline]
+fn binding_of(allowed: bool, live: &[WindowState]) -> usize {
+    if allowed {
+        live.iter()
+            .enumerate()
+            .min_by(|(_, a), (_, b)| {
+                a.remaining()
+                    .cmp(&b.remaining())
+                    .then(b.reset_ms.cmp(&a.reset_ms))
+            })
+            .map_or(0, |(i, _)| i)
+    } else {
+        live.iter()
+            .enumerate()
+            .filter(|(_, w)| !w.fits())
+            .max_by_key(|(_, w)| w.retry_after_ms)
+            .map_or(0, |(i, _)| i)
+    }
+}
+
 /// The state of one window after a check (or a peek).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct WindowState {
@@ -11,8 +33,8 @@ pub struct WindowState {
     pub(crate) window_ms: u64,
     pub(crate) used: u32,
     pub(crate) reset_ms: u64,
+    /// 0 when the window has room for the request's cost, at least 1 when it has not.
     pub(crate) retry_after_ms: u64,
-    pub(crate) fits: bool,
 }
 
 impl WindowState {
@@ -53,7 +75,7 @@ impl WindowState {
 
     /// Whether this window had room for the request's cost.
     pub fn fits(&self) -> bool {
-        self.fits
+        self.retry_after_ms == 0
     }
 }
 
@@ -102,7 +124,7 @@ impl Decision {
             // The violated window that keeps the request out the longest.
             live.iter()
                 .enumerate()
-                .filter(|(_, w)| !w.fits)
+                .filter(|(_, w)| !w.fits())
                 .max_by_key(|(_, w)| w.retry_after_ms)
                 .map_or(0, |(i, _)| i)
         };
@@ -112,6 +134,14 @@ impl Decision {
             len: len as u8,
             windows,
         }
+    }
+
+    /// Settle `allowed` and the binding window once `windows` is filled in place.
+    #[inline]
+    pub(crate) fn finish(&mut self, allowed: bool, len: usize) {
+        self.allowed = allowed;
+        self.len = len as u8;
+        self.binding = binding_of(allowed, self.windows.get(..len).unwrap_or(&[])) as u8;
     }
 
     fn bind(&self) -> &WindowState {
@@ -150,7 +180,7 @@ impl Decision {
         let ms = self
             .windows()
             .iter()
-            .filter(|w| !w.fits)
+            .filter(|w| !w.fits())
             .map(|w| w.retry_after_ms)
             .max()
             .unwrap_or(1000);

@@ -3,9 +3,13 @@
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::window::{bits_for, Geometry};
+
+/// The default number of sub-windows ([`crate::Options::sub_windows`]).
+pub(crate) const DEFAULT_SUB_WINDOWS: u32 = 16;
 
 /// The most windows a [`Limits`] set may hold.
-pub const MAX_WINDOWS: usize = 8;
+pub const MAX_WINDOWS: usize = 4;
 /// The largest limit of a window in the default (sub-window counter) representation.
 pub const MAX_BUCKETED_LIMIT: u32 = 65_535;
 /// The largest limit of a window in the exact (timestamp log) representation.
@@ -206,13 +210,35 @@ impl Descriptor {
 /// let limits = Limits::new(&[Limit::per_minute(60), Limit::per_hour(1000)]).unwrap();
 /// assert_eq!(limits.len(), 2);
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone)]
 pub struct Limits {
     items: [Limit; MAX_WINDOWS],
     descriptors: [u32; MAX_WINDOWS],
+    /// Counter geometry of each window for the default precision, so checks do not divide.
+    geometry: [Geometry; MAX_WINDOWS],
+    /// The descriptors as an entry stores them: two per word.
+    desc_words: [u64; MAX_WINDOWS.div_ceil(2)],
+    /// State word offset of each window from the first window's.
+    rel_at: [u16; MAX_WINDOWS],
+    /// State words of all windows.
+    state_words: u16,
     len: u8,
     min_limit: u32,
     has_exact: bool,
+}
+
+impl PartialEq for Limits {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for Limits {}
+
+impl std::hash::Hash for Limits {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_slice().hash(state);
+    }
 }
 
 impl Limits {
@@ -222,10 +248,11 @@ impl Limits {
             return Err(Error::InvalidLimit("a limit set needs at least one window"));
         }
         if limits.len() > MAX_WINDOWS {
-            return Err(Error::InvalidLimit("a limit set holds at most 8 windows"));
+            return Err(Error::InvalidLimit("a limit set holds at most 4 windows"));
         }
         let mut items = [Limit::new(1, MIN_WINDOW); MAX_WINDOWS];
         let mut descriptors = [0u32; MAX_WINDOWS];
+        let mut geometry = [Geometry::new(1, DEFAULT_SUB_WINDOWS + 1, 1000); MAX_WINDOWS];
         let mut min_limit = u32::MAX;
         let mut has_exact = false;
         for (i, l) in limits.iter().enumerate() {
@@ -235,16 +262,40 @@ impl Limits {
                     "two windows of a set have the same length",
                 ));
             }
-            if let (Some(slot), Some(d)) = (items.get_mut(i), descriptors.get_mut(i)) {
+            if let (Some(slot), Some(d), Some(g)) = (
+                items.get_mut(i),
+                descriptors.get_mut(i),
+                geometry.get_mut(i),
+            ) {
                 *slot = *l;
                 *d = l.descriptor();
+                *g = Geometry::new(bits_for(l.limit), DEFAULT_SUB_WINDOWS + 1, l.window_ms);
             }
             min_limit = min_limit.min(l.limit);
             has_exact |= l.mode == Mode::Exact;
         }
+        let mut desc_words = [0u64; MAX_WINDOWS.div_ceil(2)];
+        for (w, pair) in desc_words.iter_mut().zip(descriptors.chunks(2)) {
+            let lo = u64::from(pair.first().copied().unwrap_or(0));
+            let hi = u64::from(pair.get(1).copied().unwrap_or(0));
+            *w = lo | (hi << 32);
+        }
+        let mut rel_at = [0u16; MAX_WINDOWS];
+        let mut at = 0u16;
+        for (r, l) in rel_at.iter_mut().zip(limits) {
+            *r = at;
+            at += match l.mode {
+                Mode::Exact => 1 + l.limit as u16,
+                Mode::Bucketed => 1,
+            };
+        }
         Ok(Limits {
             items,
             descriptors,
+            geometry,
+            desc_words,
+            rel_at,
+            state_words: at,
             len: limits.len() as u8,
             min_limit,
             has_exact,
@@ -273,6 +324,40 @@ impl Limits {
 
     pub(crate) fn descriptors(&self) -> &[u32] {
         self.descriptors.get(..self.len as usize).unwrap_or(&[])
+    }
+
+    /// The counter geometry of window `i` for a store with `kmax` counters at most.
+    #[inline]
+    pub(crate) fn geometry(&self, i: usize, kmax: u32) -> Geometry {
+        match self.geometry.get(i) {
+            Some(g) if kmax == DEFAULT_SUB_WINDOWS + 1 => *g,
+            _ => {
+                let l = self
+                    .items
+                    .get(i)
+                    .copied()
+                    .unwrap_or(Limit::new(1, MIN_WINDOW));
+                Geometry::new(bits_for(l.limit), kmax, l.window_ms)
+            }
+        }
+    }
+
+    /// The descriptor words an entry for this set holds (`len.div_ceil(2)` of them).
+    #[inline]
+    pub(crate) fn desc_words(&self) -> &[u64] {
+        self.desc_words.get(..self.len().div_ceil(2)).unwrap_or(&[])
+    }
+
+    /// State words of all windows together.
+    #[inline]
+    pub(crate) fn state_words(&self) -> usize {
+        self.state_words as usize
+    }
+
+    /// Offset of window `i`'s state from the first window's, in words.
+    #[inline]
+    pub(crate) fn rel_at(&self, i: usize) -> usize {
+        self.rel_at.get(i).map_or(0, |&r| r as usize)
     }
 
     pub(crate) fn has_exact(&self) -> bool {
@@ -321,7 +406,7 @@ mod tests {
             );
         }
         assert!(matches!(Limits::new(&[]), Err(Error::InvalidLimit(_))));
-        let nine: Vec<Limit> = (1..=9)
+        let nine: Vec<Limit> = (1..=5)
             .map(|i| Limit::new(5, Duration::from_secs(i)))
             .collect();
         assert!(matches!(Limits::new(&nine), Err(Error::InvalidLimit(_))));

@@ -48,7 +48,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
-            sub_windows: 16,
+            sub_windows: crate::limit::DEFAULT_SUB_WINDOWS,
             segment_shift: 22,
             max_segments: 16_384,
             clock: ClockSource::System,
@@ -163,6 +163,15 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// Refuse an empty or over-long key.
+#[inline]
+fn check_key(key: &[u8]) -> Result<()> {
+    if key.is_empty() || key.len() > MAX_KEY_LEN {
+        return Err(Error::InvalidKey { len: key.len() });
+    }
+    Ok(())
+}
+
 /// A key split into words, as entries store it.
 struct KeyWords {
     len: usize,
@@ -194,7 +203,8 @@ impl KeyWords {
 }
 
 enum Applied {
-    Done(Decision),
+    /// The decision is in the caller's `Decision`.
+    Done,
     /// The entry is frozen (moving): look the key up again.
     Moved,
     /// The entry holds other windows than the limits asked for: move it to the new layout.
@@ -375,10 +385,10 @@ impl Store {
 
     /// [`Store::peek`] at an explicit time.
     pub fn peek_at(&self, key: &[u8], limits: &Limits, now_ms: u64) -> Result<Decision> {
-        let kw = KeyWords::new(key)?;
+        check_key(key)?;
         let guard = crossbeam_epoch::pin();
         let hash = self.core.hasher.hash_one(key);
-        match self.core.find(hash, &kw, &guard) {
+        match self.core.find(hash, key, &guard) {
             Some(line) => Ok(self.core.snapshot(line, limits, 1, now_ms, None)),
             None => Ok(empty_decision(limits, 1, now_ms)),
         }
@@ -416,8 +426,7 @@ fn empty_decision(limits: &Limits, cost: u32, now_ms: u64) -> Decision {
             window_ms: l.window_ms(),
             used: 0,
             reset_ms: now_ms,
-            retry_after_ms: 0,
-            fits: cost <= l.limit(),
+            retry_after_ms: u64::from(cost > l.limit()),
         };
     }
     Decision::from_windows(cost <= limits.min_limit(), ws, limits.len())
@@ -425,7 +434,7 @@ fn empty_decision(limits: &Limits, cost: u32, now_ms: u64) -> Decision {
 
 impl Core {
     fn check(&self, key: &[u8], limits: &Limits, cost: u32, now_ms: u64) -> Result<Decision> {
-        let kw = KeyWords::new(key)?;
+        check_key(key)?;
         if cost > limits.min_limit() {
             return Err(Error::CostExceedsLimit {
                 cost,
@@ -435,19 +444,20 @@ impl Core {
         let hash = self.hasher.hash_one(key);
         let guard = crossbeam_epoch::pin();
         if cost == 0 {
-            return Ok(match self.find(hash, &kw, &guard) {
+            return Ok(match self.find(hash, key, &guard) {
                 Some(line) => self.snapshot(line, limits, 0, now_ms, None),
                 None => empty_decision(limits, 0, now_ms),
             });
         }
         let mut spins = 0u32;
+        let mut out = Decision::from_windows(true, [WindowState::default(); MAX_WINDOWS], 0);
         loop {
-            let line = match self.find(hash, &kw, &guard) {
+            let line = match self.find(hash, key, &guard) {
                 Some(line) => line,
-                None => self.insert(hash, &kw, limits, &guard)?,
+                None => self.insert(hash, key, limits, &guard)?,
             };
-            match self.apply(line, limits, cost, now_ms) {
-                Applied::Done(d) => return Ok(d),
+            match self.apply(line, limits, cost, now_ms, &mut out) {
+                Applied::Done => return Ok(out),
                 Applied::Moved => {
                     self.retries.fetch_add(1, Ordering::Relaxed);
                     spins += 1;
@@ -457,43 +467,59 @@ impl Core {
                         std::hint::spin_loop();
                     }
                 }
-                Applied::Mismatch => self.migrate(hash, line, &kw, limits, &guard)?,
+                Applied::Mismatch => self.migrate(hash, line, key, limits, &guard)?,
             }
         }
     }
 
     #[inline]
-    fn find(&self, hash: u64, kw: &KeyWords, guard: &Guard) -> Option<u64> {
-        self.index.find(hash, guard, |line| self.matches(line, kw))
+    fn find(&self, hash: u64, key: &[u8], guard: &Guard) -> Option<u64> {
+        self.index.find(hash, guard, |line| self.matches(line, key))
     }
 
-    /// Whether the entry at `line` is a window entry for the key `kw`.
+    /// Whether the entry at `line` is a window entry for `key`.
     #[inline]
-    fn matches(&self, line: u64, kw: &KeyWords) -> bool {
+    fn matches(&self, line: u64, key: &[u8]) -> bool {
         let e = self.segs.entry(line);
         let h = e.load(0);
-        if h as u8 as usize != kw.len || (h >> 16) as u8 != KIND_WINDOWS {
+        if h as u8 as usize != key.len() || (h >> 16) as u8 != KIND_WINDOWS {
             return false;
         }
         let n = ((h >> 8) & 0xFF) as usize;
         let key_at = 1 + n.div_ceil(2);
-        kw.words
-            .iter()
-            .take(kw.n_words())
-            .enumerate()
-            .all(|(i, &w)| {
-                e.w(key_at + i)
-                    .is_some_and(|x| x.load(Ordering::Relaxed) == w)
-            })
+        let word_eq = |i: usize, want: u64| {
+            e.w(key_at + i)
+                .is_some_and(|x| x.load(Ordering::Relaxed) == want)
+        };
+        let mut chunks = key.chunks_exact(8);
+        let mut i = 0;
+        for c in chunks.by_ref() {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(c);
+            if !word_eq(i, u64::from_le_bytes(b)) {
+                return false;
+            }
+            i += 1;
+        }
+        let rest = chunks.remainder();
+        if rest.is_empty() {
+            return true;
+        }
+        let mut b = [0u8; 8];
+        if let Some(dst) = b.get_mut(..rest.len()) {
+            dst.copy_from_slice(rest);
+        }
+        word_eq(i, u64::from_le_bytes(b))
     }
 
     /// Find the key under its stripe lock, or write a new entry for it.
-    fn insert(&self, hash: u64, kw: &KeyWords, limits: &Limits, guard: &Guard) -> Result<u64> {
+    fn insert(&self, hash: u64, key: &[u8], limits: &Limits, guard: &Guard) -> Result<u64> {
         let mut lock = self.index.lock(hash);
-        if let Some(line) = self.find(hash, kw, guard) {
+        if let Some(line) = self.find(hash, key, guard) {
             return Ok(line);
         }
-        let line = self.write_entry(kw, limits.descriptors(), |_, _| None)?;
+        let kw = KeyWords::new(key)?;
+        let line = self.write_entry(&kw, limits.descriptors(), |_, _| None)?;
         lock.insert(hash, line, guard, |l| self.rehash(l));
         Ok(line)
     }
@@ -571,19 +597,16 @@ impl Core {
         self.hasher.hash_one(bytes.get(..len).unwrap_or(&[]))
     }
 
-    /// Descriptors of the entry, checked against `limits`. `None` if they differ.
+    /// The entry's layout if it holds exactly the windows of `limits`; `None` if they differ.
     #[inline]
     fn layout_for(&self, e: &Entry<'_>, limits: &Limits) -> Option<EntryLayout> {
         let h = e.load(0);
         let n = ((h >> 8) & 0xFF) as usize;
-        let descs = limits.descriptors();
-        if n != descs.len() {
+        if n != limits.len() {
             return None;
         }
-        for (i, pair) in descs.chunks(2).enumerate() {
-            let lo = u64::from(pair.first().copied().unwrap_or(0));
-            let hi = u64::from(pair.get(1).copied().unwrap_or(0));
-            if e.load(1 + i) != lo | (hi << 32) {
+        for (i, &want) in limits.desc_words().iter().enumerate() {
+            if e.load(1 + i) != want {
                 return None;
             }
         }
@@ -591,27 +614,32 @@ impl Core {
         let key_at = 1 + n.div_ceil(2);
         let state_at = key_at + key_len.div_ceil(8);
         let mut window_at = [0usize; MAX_WINDOWS];
-        let mut at = state_at;
-        for (l, place) in limits.as_slice().iter().zip(window_at.iter_mut()) {
-            *place = at;
-            at += match l.mode() {
-                crate::Mode::Exact => 1 + l.limit() as usize,
-                crate::Mode::Bucketed => 1,
-            };
+        for (i, place) in window_at.iter_mut().enumerate().take(n) {
+            *place = state_at + limits.rel_at(i);
         }
+        let words = state_at + limits.state_words();
         Some(EntryLayout {
             n,
             key_len,
             key_at,
             state_at,
             window_at,
-            words: at,
-            lines: (at * 8).div_ceil(LINE) as u32,
+            words,
+            lines: (words * 8).div_ceil(LINE) as u32,
         })
     }
 
-    /// Count `cost` in every window of the entry at `line`, all or nothing.
-    fn apply(&self, line: u64, limits: &Limits, cost: u32, now_ms: u64) -> Applied {
+    /// Count `cost` in every window of the entry at `line`, all or nothing; the decision goes
+    /// to `out`.
+    #[inline]
+    fn apply(
+        &self,
+        line: u64,
+        limits: &Limits,
+        cost: u32,
+        now_ms: u64,
+        out: &mut Decision,
+    ) -> Applied {
         let e = self.segs.entry(line);
         let Some(layout) = self.layout_for(&e, limits) else {
             return Applied::Mismatch;
@@ -634,7 +662,7 @@ impl Core {
             }
         };
 
-        let mut ws = [WindowState::default(); MAX_WINDOWS];
+        let ws = &mut out.windows;
         // Sub-window and sub-window length each bucketed window counted in, for undo.
         let mut added: [Option<(u64, u64)>; MAX_WINDOWS] = [None; MAX_WINDOWS];
         let mut refused: Option<usize> = None;
@@ -646,6 +674,7 @@ impl Core {
                 refused = Some(i);
                 break;
             };
+            let geo = limits.geometry(i, self.kmax);
             let mut cur = w.load(Ordering::Acquire);
             loop {
                 if cur & FROZEN != 0 {
@@ -653,7 +682,7 @@ impl Core {
                     unlock(lock);
                     return Applied::Moved;
                 }
-                let mut norm = window::normalize(cur, l.window_ms(), l.limit(), self.kmax, now_ms);
+                let mut norm = window::normalize_with(cur, &geo, l.window_ms(), self.kmax, now_ms);
                 if !norm.try_add(l.limit(), cost) {
                     refused = Some(i);
                     break 'windows;
@@ -701,17 +730,13 @@ impl Core {
         }
         if refused.is_some() {
             self.undo(&e, &layout, items, &added, cost, now_ms);
-            let d = self.snapshot_entry(&e, &layout, limits, cost, now_ms, refused);
+            *out = self.snapshot_entry(&e, &layout, limits, cost, now_ms, refused);
             unlock(lock);
-            return Applied::Done(d);
+            return Applied::Done;
         }
         unlock(lock);
-        for (w, l) in ws.iter_mut().zip(items) {
-            w.limit = l.limit();
-            w.window_ms = l.window_ms();
-            w.fits = true;
-        }
-        Applied::Done(Decision::from_windows(true, ws, items.len()))
+        out.finish(true, items.len());
+        Applied::Done
     }
 
     /// Take back the cost added to bucketed windows.
@@ -786,7 +811,8 @@ impl Core {
             ws[i] = match l.mode() {
                 crate::Mode::Bucketed => {
                     let word = e.load(at) & !FROZEN;
-                    let norm = window::normalize(word, l.window_ms(), l.limit(), self.kmax, now_ms);
+                    let geo = limits.geometry(i, self.kmax);
+                    let norm = window::normalize_with(word, &geo, l.window_ms(), self.kmax, now_ms);
                     bucket_state(&norm, l.limit(), l.window_ms(), cost, now_ms)
                 }
                 crate::Mode::Exact => {
@@ -795,7 +821,7 @@ impl Core {
                     exact_state(&ev, l.limit(), l.window_ms(), cost, now_ms)
                 }
             };
-            all_fit &= ws[i].fits;
+            all_fit &= ws[i].fits();
         }
         let allowed = all_fit && refused.is_none();
         if let (false, Some(i)) = (allowed, refused) {
@@ -803,7 +829,6 @@ impl Core {
             // is the reason for this rejection.
             if all_fit {
                 if let Some(w) = ws.get_mut(i) {
-                    w.fits = false;
                     w.retry_after_ms = w.retry_after_ms.max(1);
                 }
             }
@@ -817,12 +842,13 @@ impl Core {
         &self,
         hash: u64,
         old: u64,
-        kw: &KeyWords,
+        key: &[u8],
         limits: &Limits,
         guard: &Guard,
     ) -> Result<()> {
+        let kw = &KeyWords::new(key)?;
         let mut lock = self.index.lock(hash);
-        if self.find(hash, kw, guard) != Some(old) {
+        if self.find(hash, key, guard) != Some(old) {
             return Ok(()); // someone else moved it
         }
         let e = self.segs.entry(old);
@@ -925,7 +951,8 @@ impl Core {
                     Some((kw, frozen)) => {
                         let hash = self.rehash(line);
                         let mut lock = self.index.lock(hash);
-                        match self.find(hash, &kw, &guard) {
+                        let bytes = key_bytes(&kw);
+                        match self.find(hash, bytes.get(..kw.len).unwrap_or(&[]), &guard) {
                             None => {
                                 lock.insert(hash, line, &guard, |l| self.rehash(l));
                                 report.entries += 1;
@@ -1018,7 +1045,7 @@ impl Core {
             } else {
                 frozen |= v & FROZEN != 0;
                 let clean = v & !FROZEN;
-                if !window::word_is_valid(clean) {
+                if !window::word_is_valid(clean, self.kmax) {
                     return None;
                 }
                 w.store(clean, Ordering::Release);
@@ -1106,7 +1133,6 @@ fn bucket_state(norm: &Norm, limit: u32, window_ms: u64, cost: u32, now_ms: u64)
         } else {
             norm.retry_ms(limit, cost, now_ms)
         },
-        fits,
     }
 }
 
@@ -1128,6 +1154,5 @@ fn exact_state(
         } else {
             ev.retry_ms(limit, cost, window_ms, now_ms)
         },
-        fits,
     }
 }

@@ -58,6 +58,42 @@ pub(crate) fn layout(c: u32, kmax: u32, window_ms: u64) -> (u32, u64) {
     (k, s)
 }
 
+/// The shape of a window's counters for one counter width: `K` counters of `c` bits over
+/// sub-windows of `s` ms. Precomputed per limit so that a check does not divide.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Geometry {
+    pub c: u32,
+    pub k: u32,
+    pub s: u64,
+    /// `1 / s`, to find the sub-window of a time with a multiplication.
+    inv: f64,
+}
+
+impl Geometry {
+    pub(crate) fn new(c: u32, kmax: u32, window_ms: u64) -> Geometry {
+        let (k, s) = layout(c, kmax, window_ms);
+        Geometry {
+            c,
+            k,
+            s,
+            inv: 1.0 / s as f64,
+        }
+    }
+
+    /// `t / s`, exactly, without a division: the float estimate is off by at most one for any
+    /// `t < 2^53`, and the two comparisons correct it.
+    #[inline]
+    pub(crate) fn sub_window(&self, t: u64) -> u64 {
+        let mut q = (t as f64 * self.inv) as u64;
+        if q.saturating_mul(self.s) > t {
+            q -= 1;
+        } else if (q + 1).saturating_mul(self.s) <= t {
+            q += 1;
+        }
+        q
+    }
+}
+
 /// A window word decoded relative to a point in time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Norm {
@@ -70,31 +106,47 @@ pub(crate) struct Norm {
     /// Absolute number of the newest sub-window (age 0). Never older than `now / s`; newer when
     /// the clock went backwards since the last update.
     pub n: u64,
-    /// Counts by age: `counts[i]` belongs to sub-window `n - i`. Ages `>= k` are zero.
-    pub counts: [u32; MAX_K],
+    /// The packed counters: field `i` (bits `i*c .. (i+1)*c`) counts sub-window `n - i`.
+    pub counters: u64,
 }
 
 impl Norm {
+    #[inline]
+    fn mask(&self) -> u64 {
+        (1u64 << self.c) - 1
+    }
+
+    /// The count of age `age`.
+    #[inline]
+    pub fn field(&self, age: u32) -> u32 {
+        if age >= self.k {
+            return 0;
+        }
+        ((self.counters >> (age * self.c)) & self.mask()) as u32
+    }
+
     /// The requests counted in the window.
     #[inline]
     pub fn total(&self) -> u32 {
-        self.counts.iter().take(self.k as usize).sum()
+        let mask = self.mask();
+        let mut x = self.counters;
+        let mut sum = 0u64;
+        while x != 0 {
+            sum += x & mask;
+            x >>= self.c;
+        }
+        sum as u32
     }
 
     /// Encode back into a word.
     #[inline]
     pub fn encode(&self) -> u64 {
-        let mut counters: u64 = 0;
-        let max = (1u64 << self.c) - 1;
-        for (i, &v) in self.counts.iter().take(self.k as usize).enumerate() {
-            counters |= u64::from(v).min(max) << (i as u32 * self.c);
-        }
-        if counters == 0 {
+        if self.counters == 0 {
             return 0;
         }
         ((self.n & TAG_MASK) << TAG_SHIFT)
             | (u64::from(self.c - 1) << 32)
-            | (counters & 0xFFFF_FFFF)
+            | (self.counters & 0xFFFF_FFFF)
     }
 
     /// UTC milliseconds at which sub-window `n - age` stops counting.
@@ -106,26 +158,24 @@ impl Norm {
     }
 
     /// When the window is back to its full limit: the newest counted request drops out.
+    #[inline]
     pub fn reset_ms(&self, now_ms: u64) -> u64 {
-        match (0..self.k).find(|&a| self.counts[a as usize] > 0) {
-            Some(a) => self.drop_ms(a),
-            None => now_ms,
+        if self.counters == 0 {
+            return now_ms;
         }
+        self.drop_ms(self.counters.trailing_zeros() / self.c)
     }
 
     /// Milliseconds until `cost` more fits under `limit` (0 if it fits now).
     pub fn retry_ms(&self, limit: u32, cost: u32, now_ms: u64) -> u64 {
         let total = self.total();
-        let Some(needed) = (u64::from(total) + u64::from(cost)).checked_sub(u64::from(limit))
-        else {
-            return 0;
-        };
+        let needed = (u64::from(total) + u64::from(cost)).saturating_sub(u64::from(limit));
         if needed == 0 {
             return 0;
         }
         let mut freed = 0u64;
         for a in (0..self.k).rev() {
-            freed += u64::from(self.counts[a as usize]);
+            freed += u64::from(self.field(a));
             if freed >= needed {
                 return self.drop_ms(a).saturating_sub(now_ms).max(1);
             }
@@ -138,10 +188,11 @@ impl Norm {
     #[inline]
     pub fn try_add(&mut self, limit: u32, cost: u32) -> bool {
         let after = u64::from(self.total()) + u64::from(cost);
-        if after > u64::from(limit) || after >= (1u64 << self.c) {
+        // The newest field can never overflow into the next: it is at most the total.
+        if after > u64::from(limit) || after > self.mask() {
             return false;
         }
-        self.counts[0] += cost;
+        self.counters += u64::from(cost);
         true
     }
 
@@ -156,8 +207,9 @@ impl Norm {
         if age >= u64::from(self.k) {
             return false;
         }
-        let slot = &mut self.counts[age as usize];
-        *slot = slot.saturating_sub(cost);
+        let age = age as u32;
+        let take = self.field(age).min(cost);
+        self.counters -= u64::from(take) << (age * self.c);
         true
     }
 }
@@ -166,44 +218,68 @@ impl Norm {
 /// `kmax` counters. Widens the counters (merging old sub-windows forward, which only delays
 /// their release) when `limit` needs more bits than the word has.
 pub(crate) fn normalize(word: u64, window_ms: u64, limit: u32, kmax: u32, now_ms: u64) -> Norm {
-    let need = bits_for(limit);
+    let geo = Geometry::new(bits_for(limit), kmax, window_ms);
+    normalize_with(word, &geo, window_ms, kmax, now_ms)
+}
+
+/// [`normalize`] with the geometry of the limit's own counter width (`need`) given.
+#[inline]
+pub(crate) fn normalize_with(
+    word: u64,
+    need: &Geometry,
+    window_ms: u64,
+    kmax: u32,
+    now_ms: u64,
+) -> Norm {
     let counters = word & 0xFFFF_FFFF;
     if counters == 0 {
-        let (k, s) = layout(need, kmax, window_ms);
         return Norm {
-            c: need,
-            k,
-            s,
-            n: now_ms / s,
-            counts: [0; MAX_K],
+            c: need.c,
+            k: need.k,
+            s: need.s,
+            n: need.sub_window(now_ms),
+            counters: 0,
         };
     }
     let c = ((word >> 32) & 0xF) as u32 + 1;
-    let (k, s) = layout(c, kmax, window_ms);
+    let other;
+    let geo = if c == need.c {
+        need
+    } else {
+        other = Geometry::new(c, kmax, window_ms);
+        &other
+    };
+    let (k, s) = (geo.k, geo.s);
     let tag = (word >> TAG_SHIFT) & TAG_MASK;
-    let n_now = now_ms / s;
+    let n_now = geo.sub_window(now_ms);
     let d = n_now.wrapping_sub(tag) & TAG_MASK;
-    let mask = (1u64 << c) - 1;
-    let mut counts = [0u32; MAX_K];
-    let n = if d < HALF {
+    let width = k * c;
+    let live = if width >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << width) - 1
+    };
+    let (n, counters) = if d < HALF {
         // The word is `d` sub-windows behind now: every counter ages by `d`.
-        for i in 0..k as u64 {
-            let age = i + d;
-            if age < u64::from(k) {
-                counts[age as usize] = ((counters >> (i * u64::from(c))) & mask) as u32;
-            }
-        }
-        n_now
+        let aged = if d >= u64::from(k) {
+            0
+        } else {
+            (counters << (d as u32 * c)) & live
+        };
+        (n_now, aged)
     } else {
         // The word is ahead of `now`: the clock went backwards. Keep the word's own time.
-        for i in 0..k as u64 {
-            counts[i as usize] = ((counters >> (i * u64::from(c))) & mask) as u32;
-        }
-        n_now + (TAG_MASK + 1 - d)
+        (n_now + (TAG_MASK + 1 - d), counters & live)
     };
-    let norm = Norm { c, k, s, n, counts };
-    if c < need {
-        widen(&norm, need, kmax, window_ms, now_ms)
+    let norm = Norm {
+        c,
+        k,
+        s,
+        n,
+        counters,
+    };
+    if c < need.c {
+        widen(&norm, need.c, kmax, window_ms, now_ms)
     } else {
         norm
     }
@@ -215,25 +291,40 @@ fn widen(old: &Norm, c: u32, kmax: u32, window_ms: u64, now_ms: u64) -> Norm {
     let (k, s) = layout(c, kmax, window_ms);
     let newest_end = (old.n + 1).saturating_mul(old.s) - 1;
     let n = (now_ms / s).max(newest_end / s);
-    let mut counts = [0u32; MAX_K];
+    let mut fields = [0u64; MAX_K];
     for age in 0..old.k {
-        let v = old.counts[age as usize];
+        let v = old.field(age);
         if v == 0 {
             continue;
         }
         let m = old.n.saturating_sub(u64::from(age));
         let end = (m + 1).saturating_mul(old.s) - 1;
         let new_age = n.saturating_sub(end / s);
-        if new_age < u64::from(k) {
-            let slot = &mut counts[new_age as usize];
-            *slot = slot.saturating_add(v);
+        if let Some(f) = fields
+            .get_mut(new_age as usize)
+            .filter(|_| new_age < u64::from(k))
+        {
+            *f += u64::from(v);
         }
     }
-    Norm { c, k, s, n, counts }
+    let max = (1u64 << c) - 1;
+    let counters = fields
+        .iter()
+        .take(k as usize)
+        .enumerate()
+        .fold(0u64, |acc, (i, &v)| acc | (v.min(max) << (i as u32 * c)));
+    Norm {
+        c,
+        k,
+        s,
+        n,
+        counters,
+    }
 }
 
-/// Whether a stored word is structurally valid (used when verifying a file).
-pub(crate) fn word_is_valid(word: u64) -> bool {
+/// Whether a stored word is structurally valid for a store with `kmax` counters at most (used
+/// when opening a file).
+pub(crate) fn word_is_valid(word: u64, kmax: u32) -> bool {
     if word & FROZEN != 0 {
         return false;
     }
@@ -242,7 +333,7 @@ pub(crate) fn word_is_valid(word: u64) -> bool {
         return true;
     }
     let c = ((word >> 32) & 0xF) as u32 + 1;
-    let (k, _) = layout(c, u32::MAX, 1000);
+    let (k, _) = layout(c, kmax, 1000);
     // Bits above K counters must be clear.
     let used = k * c;
     used >= 32 || counters >> used == 0
@@ -318,6 +409,7 @@ mod tests {
         let mut n = fresh(60, now);
         assert!(n.try_add(60, 5));
         let (m, s) = (n.n, n.s);
+        assert_eq!(n.field(0), 5);
         let mut later = normalize(n.encode(), MIN, 60, 17, now + s);
         assert!(later.try_add(60, 2));
         assert!(later.undo(m, s, 5));
@@ -326,12 +418,37 @@ mod tests {
     }
 
     #[test]
+    fn sub_window_without_division_is_exact() {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        for s in [1u64, 3, 7, 63, 1000, 3750, 60_001, 5_400_000, 1_555_200_000] {
+            let g = Geometry {
+                c: 1,
+                k: 2,
+                s,
+                inv: 1.0 / s as f64,
+            };
+            for t in [0u64, 1, s - 1, s, s + 1, 1_700_000_000_000, (1 << 53) - 1] {
+                assert_eq!(g.sub_window(t), t / s, "t={t} s={s}");
+            }
+            for _ in 0..10_000 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let t = x >> 12;
+                assert_eq!(g.sub_window(t), t / s, "t={t} s={s}");
+            }
+        }
+    }
+
+    #[test]
     fn frozen_is_not_a_valid_word() {
-        assert!(!word_is_valid(FROZEN));
-        assert!(!word_is_valid(u64::MAX));
-        assert!(word_is_valid(0));
+        assert!(!word_is_valid(FROZEN, 17));
+        assert!(!word_is_valid(u64::MAX, 17));
+        assert!(word_is_valid(0, 17));
         let mut n = fresh(1000, 5_000_000);
         assert!(n.try_add(1000, 999));
-        assert!(word_is_valid(n.encode()));
+        assert!(word_is_valid(n.encode(), 17));
+        // Counter bits past K fields are refused.
+        assert!(!word_is_valid(n.encode() | (1 << 31), 17));
     }
 }
