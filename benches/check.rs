@@ -149,7 +149,7 @@ fn bench_existing(c: &mut Criterion) {
                 let k = &f.keys[f.order[i & mask] as usize];
                 // 200 ms per check and key on average: the quota is never reached, even counting
                 // the hour window's 2-hour span (65535 needs 16-bit counters, so K = 2).
-                t += 200 / n as u64 + u64::from(i % n == 0);
+                t += 200 / n as u64 + u64::from(i.is_multiple_of(n));
                 black_box(
                     f.store
                         .check_at(k.as_bytes(), &admit, 1, t)
@@ -228,7 +228,7 @@ fn two_threads(c: &mut Criterion, label: &str, f: &Fixture) {
                         for i in 0..iters as usize {
                             // Even keys for one thread, odd for the other.
                             let idx = (u64::from(order[i & mask]) & !1 | half) % n;
-                            t += 400 / n + u64::from(i as u64 % n == 0);
+                            t += 400 / n + u64::from((i as u64).is_multiple_of(n));
                             let k = &keys[idx as usize];
                             black_box(store.check_at(k.as_bytes(), &admit, 1, t).unwrap());
                         }

@@ -121,7 +121,7 @@ impl Limit {
         if self.window_ms > max {
             return Err(Error::InvalidLimit("a window must be at most 180 days"));
         }
-        if self.window_ms > MAX_MS_ENCODED && self.window_ms % 1000 != 0 {
+        if self.window_ms > MAX_MS_ENCODED && !self.window_ms.is_multiple_of(1000) {
             return Err(Error::InvalidLimit(
                 "a window longer than 4 hours must be a whole number of seconds",
             ));

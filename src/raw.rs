@@ -64,7 +64,7 @@ impl Map {
 }
 
 fn word_at<'a>(base: NonNull<u8>, len: usize, offset: usize) -> Option<&'a AtomicU64> {
-    if offset % 8 != 0 || offset.checked_add(8)? > len {
+    if !offset.is_multiple_of(8) || offset.checked_add(8)? > len {
         return None;
     }
     // SAFETY: `offset + 8 <= len`, so the 8 bytes are inside the map; the base is page aligned
@@ -145,28 +145,6 @@ impl Maps {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn words_are_bounds_checked() {
-        let maps = Maps::new(2, 4096);
-        assert!(maps.word(0, 0).is_none(), "no segment yet");
-        maps.push(Map::anon(4096).expect("anon map")).expect("push");
-        let w = maps.word(0, 8).expect("in bounds");
-        w.store(42, Ordering::Relaxed);
-        assert_eq!(maps.word(0, 8).map(|w| w.load(Ordering::Relaxed)), Some(42));
-        assert!(maps.word(0, 4090).is_none(), "crosses the end");
-        assert!(maps.word(0, 4).is_none(), "misaligned");
-        assert!(maps.word(1, 0).is_none(), "segment not mapped");
-        assert!(
-            maps.push(Map::anon(8192).expect("anon")).is_err(),
-            "wrong length"
-        );
-    }
-}
-
 /// An epoch-protected, replaceable heap value: lock-free readers, retiring replacements.
 ///
 /// The index tables live in these. Every value a cell ever held is freed either by `replace`
@@ -218,5 +196,27 @@ impl<T: Send + 'static> Drop for EpochCell<T> {
                 drop(s.into_owned());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_are_bounds_checked() {
+        let maps = Maps::new(2, 4096);
+        assert!(maps.word(0, 0).is_none(), "no segment yet");
+        maps.push(Map::anon(4096).expect("anon map")).expect("push");
+        let w = maps.word(0, 8).expect("in bounds");
+        w.store(42, Ordering::Relaxed);
+        assert_eq!(maps.word(0, 8).map(|w| w.load(Ordering::Relaxed)), Some(42));
+        assert!(maps.word(0, 4090).is_none(), "crosses the end");
+        assert!(maps.word(0, 4).is_none(), "misaligned");
+        assert!(maps.word(1, 0).is_none(), "segment not mapped");
+        assert!(
+            maps.push(Map::anon(8192).expect("anon")).is_err(),
+            "wrong length"
+        );
     }
 }

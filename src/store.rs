@@ -1020,7 +1020,7 @@ impl Core {
             return None;
         }
         // Padding after the key must be zero (the key compare reads whole words).
-        if key_len % 8 != 0 && kw.words.get(key_len / 8)? >> ((key_len % 8) * 8) != 0 {
+        if !key_len.is_multiple_of(8) && kw.words.get(key_len / 8)? >> ((key_len % 8) * 8) != 0 {
             return None;
         }
         let mut decoded = Vec::with_capacity(n);
