@@ -60,6 +60,29 @@ pub enum Error {
     CapacityExhausted,
     /// The options given to open a store are inconsistent.
     InvalidOptions(&'static str),
+    /// An `Idempotency-Key` header value is not a UUID v4 (HTTP 400).
+    InvalidIdempotencyKey(&'static str),
+    /// An idempotency scope is empty or longer than [`crate::MAX_SCOPE_LEN`].
+    InvalidScope {
+        /// The length of the rejected scope.
+        len: usize,
+    },
+    /// A response is larger than the store's maximum: serve it, it is just not stored. The
+    /// lease is left as it was (complete it with a smaller response, or abort it).
+    ResponseTooLarge {
+        /// The encoded size of the response.
+        len: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// The lease is no longer the key's: it expired and another request took the key over, or it
+    /// was aborted. Nothing was stored.
+    LeaseLost {
+        /// The key's current fencing number (0 if the key is gone).
+        current: u32,
+    },
+    /// The lease was already completed; the first response stays stored.
+    AlreadyCompleted,
 }
 
 impl fmt::Display for Error {
@@ -89,6 +112,21 @@ impl fmt::Display for Error {
             ),
             Error::CapacityExhausted => write!(f, "store capacity exhausted"),
             Error::InvalidOptions(why) => write!(f, "invalid options: {why}"),
+            Error::InvalidIdempotencyKey(why) => write!(f, "invalid Idempotency-Key: {why}"),
+            Error::InvalidScope { len } => write!(
+                f,
+                "invalid idempotency scope of {len} bytes (scopes are 1 to {} bytes)",
+                crate::MAX_SCOPE_LEN
+            ),
+            Error::ResponseTooLarge { len, max } => write!(
+                f,
+                "response of {len} bytes is larger than the {max} bytes the store keeps"
+            ),
+            Error::LeaseLost { current } => write!(
+                f,
+                "idempotency lease lost: the key was taken over or aborted (current fence {current})"
+            ),
+            Error::AlreadyCompleted => write!(f, "idempotency lease already completed"),
         }
     }
 }

@@ -23,6 +23,12 @@ pub(crate) const LINE: usize = 64;
 pub(crate) const MAX_ENTRY_LINES: u32 = 16;
 /// Entry kinds (byte 2 of an entry header).
 pub(crate) const KIND_WINDOWS: u8 = 1;
+/// Entry kind of an idempotency record.
+pub(crate) const KIND_IDEM: u8 = 2;
+/// `entry_lines` of a segment that holds response records (blobs) instead of entries.
+pub(crate) const BLOB_SEGMENT: u32 = 0;
+/// First word of a blob record: magic in the low half, payload length in the high half.
+pub(crate) const BLOB_MAGIC: u32 = u32::from_le_bytes(*b"TGBL");
 
 /// The decoded file header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,7 +104,7 @@ impl FileHeader {
 pub(crate) struct SegmentHeader {
     /// The segment's index in the file.
     pub index: u32,
-    /// Lines per entry in this segment (its size class).
+    /// Lines per entry in this segment (its size class), or [`BLOB_SEGMENT`].
     pub entry_lines: u32,
 }
 
@@ -140,7 +146,7 @@ impl SegmentHeader {
         if le32(b, 16) != FORMAT_VERSION {
             return Err("segment format version mismatch");
         }
-        if !(1..=MAX_ENTRY_LINES).contains(&h.entry_lines) {
+        if h.entry_lines > MAX_ENTRY_LINES {
             return Err("segment entry size out of range");
         }
         Ok(Some(h))

@@ -41,6 +41,7 @@ mod clock;
 mod decision;
 mod error;
 mod format;
+pub mod idempotency;
 mod index;
 mod limit;
 mod raw;
@@ -52,6 +53,9 @@ mod window;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use decision::{Decision, WindowState};
 pub use error::{Error, Result};
+pub use idempotency::{
+    Begin, Durability, Fingerprint, IdempotencyKey, Lease, StoredResponse, MAX_SCOPE_LEN,
+};
 pub use limit::{
     Limit, Limits, Mode, MAX_BUCKETED_LIMIT, MAX_EXACT_LIMIT, MAX_WINDOW, MAX_WINDOWS, MIN_WINDOW,
 };

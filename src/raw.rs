@@ -136,6 +136,14 @@ impl Maps {
         word_at(base, self.seg_len, offset)
     }
 
+    /// Flush bytes `offset..offset + len` of segment `seg` to the file (msync).
+    pub(crate) fn flush_range(&self, seg: usize, offset: usize, len: usize) -> io::Result<()> {
+        match self.owned.lock().get(seg) {
+            Some(m) => m.raw.flush_range(offset, len),
+            None => Ok(()),
+        }
+    }
+
     /// Flush every segment to the file.
     pub(crate) fn flush(&self) -> io::Result<()> {
         for m in self.owned.lock().iter() {

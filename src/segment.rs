@@ -13,7 +13,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
-use crate::format::{SegmentHeader, HEADER_LEN, LINE, MAX_ENTRY_LINES};
+use crate::format::{SegmentHeader, BLOB_SEGMENT, HEADER_LEN, LINE, MAX_ENTRY_LINES};
 use crate::raw::{Map, Maps};
 
 /// A view of one entry: its words, by index from its start.
@@ -49,6 +49,10 @@ struct Alloc {
     classes: Vec<Class>,
     /// Segments whose header was never written (a crash right after growing the file).
     blank: Vec<usize>,
+    /// The blob segment being filled and its next free line.
+    blob: Option<(usize, u64)>,
+    /// Lines of blob records written (live or dead: reclaimed by compaction).
+    blob_lines: u64,
 }
 
 /// The segments of a store and their allocator.
@@ -73,6 +77,8 @@ impl Segments {
             alloc: Mutex::new(Alloc {
                 classes: (0..=MAX_ENTRY_LINES).map(|_| Class::default()).collect(),
                 blank: Vec::new(),
+                blob: None,
+                blob_lines: 0,
             }),
             released: Arc::new(Mutex::new(Vec::new())),
         }
@@ -161,6 +167,63 @@ impl Segments {
                 }
             }
         }
+    }
+
+    /// Register blob segment `seg` (found at open) whose records end at line `next`.
+    pub(crate) fn adopt_blob(&self, seg: usize, next: u64) {
+        let mut a = self.alloc.lock();
+        a.blob_lines += next.saturating_sub(1);
+        if a.blob.is_none_or(|(s, _)| s < seg) {
+            a.blob = Some((seg, next));
+        }
+    }
+
+    /// The largest blob payload a record can hold.
+    pub(crate) fn max_blob(&self) -> usize {
+        ((self.seg_lines() - 1) as usize) * LINE - 16
+    }
+
+    /// Allocate `lines` contiguous lines for a blob record.
+    pub(crate) fn alloc_blob(&self, lines: u64) -> Result<u64> {
+        let seg_lines = self.seg_lines();
+        if lines == 0 || lines > seg_lines - 1 {
+            return Err(Error::InvalidOptions("blob larger than a segment"));
+        }
+        let mut a = self.alloc.lock();
+        a.blob_lines += lines;
+        if let Some((seg, next)) = a.blob {
+            if next + lines <= seg_lines {
+                a.blob = Some((seg, next + lines));
+                return Ok(seg as u64 * seg_lines + next);
+            }
+        }
+        let seg = match a.blank.pop() {
+            Some(s) => s,
+            None => self.grow()?,
+        };
+        self.write_segment_header(
+            seg,
+            SegmentHeader {
+                index: seg as u32,
+                entry_lines: BLOB_SEGMENT,
+            },
+        );
+        a.blob = Some((seg, 1 + lines));
+        Ok(seg as u64 * seg_lines + 1)
+    }
+
+    /// Byte offset in the file of global line `line` (for error reports).
+    pub(crate) fn file_offset(&self, line: u64) -> u64 {
+        let seg = line >> (self.seg_shift - 6);
+        HEADER_LEN + seg * self.seg_len() + (line & (self.seg_lines() - 1)) * LINE as u64
+    }
+
+    /// Flush `lines` lines from `line` to the file (msync).
+    pub(crate) fn flush_lines(&self, line: u64, lines: u64) -> Result<()> {
+        let seg = (line >> (self.seg_shift - 6)) as usize;
+        let off = ((line & (self.seg_lines() - 1)) as usize) * LINE;
+        self.maps.flush_range(seg, off, lines as usize * LINE)?;
+        Ok(())
     }
 
     /// Allocate an entry of `lines` lines; its words are zero... except the header word, which

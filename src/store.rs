@@ -12,8 +12,11 @@ use crate::clock::{Clock, ClockSource, ManualClock};
 use crate::decision::{Decision, WindowState};
 use crate::error::{Error, Result};
 use crate::format::{
-    entry_crc, header_low, EntryLayout, FileHeader, SegmentHeader, HEADER_LEN, HEADER_USED,
-    KIND_WINDOWS, LINE,
+    entry_crc, header_low, EntryLayout, FileHeader, SegmentHeader, BLOB_MAGIC, BLOB_SEGMENT,
+    HEADER_LEN, HEADER_USED, KIND_IDEM, KIND_WINDOWS, LINE,
+};
+use crate::idempotency::{
+    record_key, Begin, Durability, Fingerprint, IdemOptions, IdempotencyKey, Lease, StoredResponse,
 };
 use crate::index::Index;
 use crate::limit::{Descriptor, Limits, MAX_WINDOWS};
@@ -43,6 +46,7 @@ pub struct Options {
     segment_shift: u32,
     max_segments: usize,
     clock: ClockSource,
+    idem: IdemOptions,
 }
 
 impl Default for Options {
@@ -52,6 +56,7 @@ impl Default for Options {
             segment_shift: 22,
             max_segments: 16_384,
             clock: ClockSource::System,
+            idem: IdemOptions::default(),
         }
     }
 }
@@ -91,7 +96,40 @@ impl Options {
         self
     }
 
+    /// How long a completed idempotency record is replayed (default 24 h). After that the key
+    /// behaves as never seen.
+    pub fn idempotency_ttl(mut self, ttl: std::time::Duration) -> Self {
+        self.idem.ttl = ttl;
+        self
+    }
+
+    /// How long an idempotency lease stays in flight without `complete` or `abort` (default
+    /// 60 s, rounded up to whole seconds). After that the next `begin` takes the key over, so a
+    /// crashed handler never locks a key.
+    pub fn lease_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.idem.lease = timeout;
+        self
+    }
+
+    /// The largest encoded response kept for replay (default 1 MiB). A response record must fit
+    /// in one segment, so the effective maximum is at most the segment size minus 80 bytes.
+    pub fn max_response_bytes(mut self, max: usize) -> Self {
+        self.idem.max_response = max;
+        self
+    }
+
+    /// When `complete` returns ([`Durability::Process`] by default).
+    pub fn durability(mut self, d: Durability) -> Self {
+        self.idem.durability = d;
+        self
+    }
+
     fn validate(&self) -> Result<()> {
+        if self.idem.lease.is_zero() || self.idem.ttl.is_zero() {
+            return Err(Error::InvalidOptions(
+                "lease timeout and TTL must be positive",
+            ));
+        }
         if !(2..=31).contains(&self.sub_windows) {
             return Err(Error::InvalidOptions("sub_windows must be 2 to 31"));
         }
@@ -135,10 +173,11 @@ pub struct Stats {
 
 pub(crate) struct Core {
     pub(crate) segs: Segments,
-    index: Index,
-    hasher: ahash::RandomState,
+    pub(crate) index: Index,
+    pub(crate) hasher: ahash::RandomState,
     pub(crate) kmax: u32,
-    clock: ClockSource,
+    pub(crate) clock: ClockSource,
+    pub(crate) idem: IdemOptions,
     path: Option<PathBuf>,
     report: OpenReport,
     /// Checks that found their entry frozen and looked again (contention diagnostics).
@@ -151,7 +190,7 @@ pub(crate) struct Core {
 /// an example.
 #[derive(Clone)]
 pub struct Store {
-    core: Arc<Core>,
+    pub(crate) core: Arc<Core>,
 }
 
 impl std::fmt::Debug for Store {
@@ -287,6 +326,7 @@ impl Store {
             hasher: ahash::RandomState::new(),
             kmax: header.kmax,
             clock: opts.clock,
+            idem: opts.idem,
             path: Some(path),
             report: OpenReport::default(),
             retries: AtomicU64::new(0),
@@ -307,6 +347,7 @@ impl Store {
             hasher: ahash::RandomState::new(),
             kmax: opts.sub_windows + 1,
             clock: opts.clock,
+            idem: opts.idem,
             path: None,
             report: OpenReport::default(),
             retries: AtomicU64::new(0),
@@ -411,6 +452,61 @@ impl Store {
         std::time::Duration::from_millis(span.saturating_sub(limit.window_ms()))
     }
 
+    /// "Have I seen this Idempotency-Key?": start, replay, or refuse a keyed request of
+    /// `scope` (token or account) with the request's `fingerprint`, at the store's clock.
+    /// See the [`crate::idempotency`] module docs for the four outcomes.
+    ///
+    /// ```
+    /// use tollgate::{Begin, Fingerprint, IdempotencyKey, Options, Store, StoredResponse};
+    /// let store = Store::open_in_memory(Options::default()).unwrap();
+    /// let key = IdempotencyKey::parse("4d9c3a41-6bb7-4c4e-9a39-8f3c2d7e1f00").unwrap();
+    /// let fp = Fingerprint::of("POST", "/api/sms", b"{\"to\":\"+1555\"}");
+    /// let Begin::Started(lease) = store.begin(b"tok_abc", &key, &fp).unwrap() else { panic!() };
+    /// store.complete(&lease, &StoredResponse::new(201, "sent")).unwrap();
+    /// match store.begin(b"tok_abc", &key, &fp).unwrap() {
+    ///     Begin::Replay(r) => assert_eq!((r.status, r.body.as_slice()), (201, &b"sent"[..])),
+    ///     other => panic!("{other:?}"),
+    /// }
+    /// ```
+    pub fn begin(
+        &self,
+        scope: &[u8],
+        key: &IdempotencyKey,
+        fingerprint: &Fingerprint,
+    ) -> Result<Begin> {
+        self.begin_at(scope, key, fingerprint, self.core.clock.now_ms())
+    }
+
+    /// [`Store::begin`] at an explicit time.
+    pub fn begin_at(
+        &self,
+        scope: &[u8],
+        key: &IdempotencyKey,
+        fingerprint: &Fingerprint,
+        now_ms: u64,
+    ) -> Result<Begin> {
+        let k = record_key(scope, key)?;
+        self.core.idem_begin(&k, fingerprint, now_ms)
+    }
+
+    /// Store the response of a started request for replay (status, headers, body). Refused with
+    /// [`Error::LeaseLost`] if the lease expired and the key was taken over (or it was
+    /// aborted), [`Error::AlreadyCompleted`] if completed before, and
+    /// [`Error::ResponseTooLarge`] (nothing stored, the lease left as it was) above the maximum.
+    pub fn complete(&self, lease: &Lease, response: &StoredResponse) -> Result<()> {
+        self.complete_at(lease, response, self.core.clock.now_ms())
+    }
+
+    /// [`Store::complete`] at an explicit time (the TTL runs from `now_ms`).
+    pub fn complete_at(&self, lease: &Lease, response: &StoredResponse, now_ms: u64) -> Result<()> {
+        self.core.idem_complete(lease, response, now_ms)
+    }
+
+    /// Forget a started request, so that a retry runs it again.
+    pub fn abort(&self, lease: &Lease) -> Result<()> {
+        self.core.idem_abort(lease)
+    }
+
     /// Number of times a check found its entry moving and looked again.
     pub fn contention_retries(&self) -> u64 {
         self.core.retries.load(Ordering::Relaxed)
@@ -473,16 +569,23 @@ impl Core {
     }
 
     #[inline]
-    fn find(&self, hash: u64, key: &[u8], guard: &Guard) -> Option<u64> {
-        self.index.find(hash, guard, |line| self.matches(line, key))
+    pub(crate) fn find(&self, hash: u64, key: &[u8], guard: &Guard) -> Option<u64> {
+        self.find_kind(hash, key, KIND_WINDOWS, guard)
+    }
+
+    /// Find the entry of `kind` for `key` without a lock.
+    #[inline]
+    pub(crate) fn find_kind(&self, hash: u64, key: &[u8], kind: u8, guard: &Guard) -> Option<u64> {
+        self.index
+            .find(hash, guard, |line| self.matches(line, key, kind))
     }
 
     /// Whether the entry at `line` is a window entry for `key`.
     #[inline]
-    fn matches(&self, line: u64, key: &[u8]) -> bool {
+    fn matches(&self, line: u64, key: &[u8], kind: u8) -> bool {
         let e = self.segs.entry(line);
         let h = e.load(0);
-        if h as u8 as usize != key.len() || (h >> 16) as u8 != KIND_WINDOWS {
+        if h as u8 as usize != key.len() || (h >> 16) as u8 != kind {
             return false;
         }
         let n = ((h >> 8) & 0xFF) as usize;
@@ -580,7 +683,7 @@ impl Core {
         Ok(line)
     }
 
-    fn rehash(&self, line: u64) -> u64 {
+    pub(crate) fn rehash(&self, line: u64) -> u64 {
         let e = self.segs.entry(line);
         let h = e.load(0);
         let len = (h & 0xFF) as usize;
@@ -936,6 +1039,10 @@ impl Core {
                         continue;
                     }
                 };
+            if header.entry_lines == BLOB_SEGMENT {
+                self.segs.adopt_blob(seg, self.scan_blobs(seg));
+                continue;
+            }
             let mut free = Vec::new();
             let lines = u64::from(header.entry_lines);
             let mut at = 1;
@@ -947,12 +1054,22 @@ impl Core {
                     free.push(line);
                     continue;
                 }
-                match self.check_entry(&e, header.entry_lines) {
-                    Some((kw, frozen)) => {
+                let kind = (e.load(0) >> 16) as u8;
+                let checked = match kind {
+                    KIND_WINDOWS => self
+                        .check_entry(&e, header.entry_lines)
+                        .map(|(kw, frozen)| {
+                            let bytes = key_bytes(&kw);
+                            (bytes.get(..kw.len).unwrap_or(&[]).to_vec(), frozen)
+                        }),
+                    KIND_IDEM => self.check_idem_entry(&e, header.entry_lines),
+                    _ => None,
+                };
+                match checked {
+                    Some((key, frozen)) => {
                         let hash = self.rehash(line);
                         let mut lock = self.index.lock(hash);
-                        let bytes = key_bytes(&kw);
-                        match self.find(hash, bytes.get(..kw.len).unwrap_or(&[]), &guard) {
+                        match self.find_kind(hash, &key, kind, &guard) {
                             None => {
                                 lock.insert(hash, line, &guard, |l| self.rehash(l));
                                 report.entries += 1;
@@ -983,7 +1100,26 @@ impl Core {
         report
     }
 
-    fn clear_entry(&self, line: u64) {
+    /// The line after the last blob record of segment `seg` (scanned at open).
+    fn scan_blobs(&self, seg: usize) -> u64 {
+        let seg_lines = self.segs.seg_lines();
+        let mut at = 1u64;
+        while at < seg_lines {
+            let head = self.segs.entry(seg as u64 * seg_lines + at).load(0);
+            if head == 0 {
+                return at;
+            }
+            let len = head >> 32;
+            if head as u32 != BLOB_MAGIC || len as usize > self.segs.max_blob() {
+                // Not a record: nothing after it can be trusted to be free.
+                return seg_lines;
+            }
+            at += (16 + len).div_ceil(LINE as u64);
+        }
+        seg_lines
+    }
+
+    pub(crate) fn clear_entry(&self, line: u64) {
         if let Some(w) = self.segs.entry(line).w(0) {
             w.store(0, Ordering::Release);
         }

@@ -1,0 +1,520 @@
+//! The idempotency state machine on top of the store's entries.
+//!
+//! An idempotency record is an entry of kind 2 (layout in `docs/FORMAT.md`):
+//!
+//! ```text
+//! word 0      header: key_len | 0 | kind 2 | 0 | crc32 (over header, key, fingerprint)
+//! key         scope length, scope, UUID (zero padded to a word)
+//! 4 words     the request's SHA-256 fingerprint
+//! state       state 3 bits | fence 23 bits | deadline 38 bits (seconds since the epoch)
+//! response    line of the response record (0 = none)
+//! response    length u32 | crc32 u32 of the encoded response
+//! ```
+//!
+//! Every transition is one compare-and-swap of the state word, so two requests racing on one
+//! key always see one winner. The fingerprint is immutable: a key restarted with another
+//! fingerprint (after it expired or was aborted) gets a new entry, which replaces the old one in
+//! the index the way window entries move (the old one is marked dead first).
+
+use std::sync::atomic::Ordering;
+
+use crossbeam_epoch::Guard;
+
+use super::{Begin, Durability, Fingerprint, Lease, StoredResponse};
+use crate::error::{Error, Result};
+use crate::format::{entry_crc, header_low, BLOB_MAGIC, KIND_IDEM, LINE};
+use crate::segment::Entry;
+use crate::store::Core;
+
+pub(crate) const ST_VACANT: u64 = 0;
+pub(crate) const ST_INFLIGHT: u64 = 1;
+pub(crate) const ST_DONE: u64 = 2;
+pub(crate) const ST_DEAD: u64 = 3;
+pub(crate) const ST_COMPLETING: u64 = 4;
+const FENCE_MASK: u64 = (1 << 23) - 1;
+const DEADLINE_MASK: u64 = (1 << 38) - 1;
+
+#[inline]
+pub(crate) fn pack(state: u64, fence: u32, deadline_s: u64) -> u64 {
+    (state << 61) | ((u64::from(fence) & FENCE_MASK) << 38) | (deadline_s & DEADLINE_MASK)
+}
+
+#[inline]
+pub(crate) fn unpack(w: u64) -> (u64, u32, u64) {
+    (w >> 61, ((w >> 38) & FENCE_MASK) as u32, w & DEADLINE_MASK)
+}
+
+fn next_fence(f: u32) -> u32 {
+    let n = (u64::from(f) + 1) & FENCE_MASK;
+    if n == 0 {
+        1
+    } else {
+        n as u32
+    }
+}
+
+/// Deadline in whole seconds, rounded up: `now + dur` has certainly passed at `deadline * 1000`.
+fn deadline_s(now_ms: u64, dur_ms: u64) -> u64 {
+    now_ms.saturating_add(dur_ms).div_ceil(1000) & DEADLINE_MASK
+}
+
+/// Word offsets inside an idempotency entry.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct IdemLayout {
+    pub fp_at: usize,
+    pub state_at: usize,
+    pub lines: u32,
+}
+
+impl IdemLayout {
+    pub(crate) fn new(key_len: usize) -> IdemLayout {
+        let fp_at = 1 + key_len.div_ceil(8);
+        let state_at = fp_at + 4;
+        IdemLayout {
+            fp_at,
+            state_at,
+            lines: ((state_at + 3) * 8).div_ceil(LINE) as u32,
+        }
+    }
+}
+
+fn fp_words(fp: &Fingerprint) -> [u64; 4] {
+    let mut w = [0u64; 4];
+    for (x, c) in w.iter_mut().zip(fp.as_bytes().chunks_exact(8)) {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(c);
+        *x = u64::from_le_bytes(b);
+    }
+    w
+}
+
+impl Core {
+    fn idem_fp_matches(&self, e: &Entry<'_>, l: &IdemLayout, fp: &Fingerprint) -> bool {
+        fp_words(fp)
+            .iter()
+            .enumerate()
+            .all(|(i, &w)| e.load(l.fp_at + i) == w)
+    }
+
+    /// Write a complete idempotency entry; the header (with its crc) is stored last.
+    fn write_idem_entry(&self, key: &[u8], fp: &Fingerprint, state: u64) -> Result<u64> {
+        let l = IdemLayout::new(key.len());
+        let line = self.segs.alloc(l.lines)?;
+        let e = self.segs.entry(line);
+        let put = |i: usize, v: u64| {
+            if let Some(w) = e.w(i) {
+                w.store(v, Ordering::Relaxed);
+            }
+        };
+        for (i, c) in key.chunks(8).enumerate() {
+            let mut b = [0u8; 8];
+            if let Some(d) = b.get_mut(..c.len()) {
+                d.copy_from_slice(c);
+            }
+            put(1 + i, u64::from_le_bytes(b));
+        }
+        for (i, w) in fp_words(fp).iter().enumerate() {
+            put(l.fp_at + i, *w);
+        }
+        put(l.state_at, state);
+        put(l.state_at + 1, 0);
+        put(l.state_at + 2, 0);
+        let low = header_low(key.len(), 0, KIND_IDEM);
+        let mut crc_input = Vec::with_capacity(key.len() + 32);
+        crc_input.extend_from_slice(key);
+        crc_input.extend_from_slice(fp.as_bytes());
+        let crc = entry_crc(low, &[], &crc_input);
+        if let Some(w) = e.w(0) {
+            w.store(u64::from(low) | (u64::from(crc) << 32), Ordering::Release);
+        }
+        Ok(line)
+    }
+
+    pub(crate) fn idem_begin(&self, key: &[u8], fp: &Fingerprint, now_ms: u64) -> Result<Begin> {
+        let hash = self.hasher.hash_one(key);
+        let guard = crossbeam_epoch::pin();
+        let lease_ms = self.idem.lease.as_millis() as u64;
+        let mut spins = 0u32;
+        loop {
+            let Some(line) = self.find_kind(hash, key, KIND_IDEM, &guard) else {
+                let mut lock = self.index.lock(hash);
+                if self.find_kind(hash, key, KIND_IDEM, &guard).is_some() {
+                    continue;
+                }
+                let dl = deadline_s(now_ms, lease_ms);
+                let line = self.write_idem_entry(key, fp, pack(ST_INFLIGHT, 1, dl))?;
+                lock.insert(hash, line, &guard, |l| self.rehash(l));
+                return Ok(Begin::Started(lease(key, 1, fp, dl)));
+            };
+            let e = self.segs.entry(line);
+            let l = IdemLayout::new(key.len());
+            let Some(w) = e.w(l.state_at) else {
+                return Err(Error::Corrupt {
+                    offset: self.segs.file_offset(line),
+                    reason: "idempotency entry outside its segment",
+                });
+            };
+            let s = w.load(Ordering::Acquire);
+            let (state, fence, dl) = unpack(s);
+            let live = now_ms < dl.saturating_mul(1000);
+            let same = self.idem_fp_matches(&e, &l, fp);
+            match state {
+                ST_DEAD => {
+                    spins += 1;
+                    backoff(spins);
+                    continue;
+                }
+                ST_DONE if live => {
+                    return if same {
+                        Ok(Begin::Replay(self.read_response(&e, &l, line)?))
+                    } else {
+                        Ok(Begin::Mismatch)
+                    };
+                }
+                ST_COMPLETING => {
+                    return Ok(if same {
+                        Begin::InFlight
+                    } else {
+                        Begin::Mismatch
+                    })
+                }
+                ST_INFLIGHT if live => {
+                    return Ok(if same {
+                        Begin::InFlight
+                    } else {
+                        Begin::Mismatch
+                    })
+                }
+                _ => {}
+            }
+            // Vacant (aborted), or expired: the key is free. Take it over with a higher fence.
+            let nf = next_fence(fence);
+            let ndl = deadline_s(now_ms, lease_ms);
+            if same {
+                if w.compare_exchange(
+                    s,
+                    pack(ST_INFLIGHT, nf, ndl),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_ok()
+                {
+                    return Ok(Begin::Started(lease(key, nf, fp, ndl)));
+                }
+                continue;
+            }
+            // Another fingerprint: a new entry replaces this one.
+            let mut lock = self.index.lock(hash);
+            if self.find_kind(hash, key, KIND_IDEM, &guard) != Some(line) {
+                continue;
+            }
+            if w.compare_exchange(
+                s,
+                pack(ST_DEAD, fence, dl),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_err()
+            {
+                continue;
+            }
+            let new = match self.write_idem_entry(key, fp, pack(ST_INFLIGHT, nf, ndl)) {
+                Ok(n) => n,
+                Err(err) => {
+                    // Could not allocate: put the old record back as it was.
+                    w.store(s, Ordering::Release);
+                    return Err(err);
+                }
+            };
+            lock.replace(hash, line, new, &guard);
+            self.segs.release_later(line, l.lines, &guard);
+            return Ok(Begin::Started(lease(key, nf, fp, ndl)));
+        }
+    }
+
+    /// Find the record of a lease and its state word, following moves.
+    fn idem_lookup<'g>(
+        &'g self,
+        lease: &Lease,
+        guard: &Guard,
+    ) -> Option<(u64, Entry<'g>, IdemLayout)> {
+        let hash = self.hasher.hash_one(&lease.key);
+        let line = self.find_kind(hash, &lease.key, KIND_IDEM, guard)?;
+        Some((
+            line,
+            self.segs.entry(line),
+            IdemLayout::new(lease.key.len()),
+        ))
+    }
+
+    pub(crate) fn idem_complete(
+        &self,
+        lease: &Lease,
+        resp: &StoredResponse,
+        now_ms: u64,
+    ) -> Result<()> {
+        let max = self.idem.max_response.min(self.segs.max_blob());
+        let len = resp.encoded_len().unwrap_or(usize::MAX);
+        if len > max {
+            return Err(Error::ResponseTooLarge { len, max });
+        }
+        let guard = crossbeam_epoch::pin();
+        let mut spins = 0u32;
+        loop {
+            let Some((line, e, l)) = self.idem_lookup(lease, &guard) else {
+                return Err(Error::LeaseLost { current: 0 });
+            };
+            let Some(w) = e.w(l.state_at) else {
+                return Err(Error::LeaseLost { current: 0 });
+            };
+            let s = w.load(Ordering::Acquire);
+            let (state, fence, _) = unpack(s);
+            if state == ST_DEAD {
+                spins += 1;
+                backoff(spins);
+                continue;
+            }
+            if fence != lease.fence {
+                return Err(Error::LeaseLost { current: fence });
+            }
+            match state {
+                ST_DONE | ST_COMPLETING => return Err(Error::AlreadyCompleted),
+                ST_INFLIGHT => {}
+                _ => return Err(Error::LeaseLost { current: fence }),
+            }
+            // Claim the completion, so that a concurrent complete or take-over cannot interleave
+            // with the pointer writes below.
+            if w.compare_exchange(
+                s,
+                pack(ST_COMPLETING, fence, 0),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_err()
+            {
+                continue;
+            }
+            let bytes = resp.encode();
+            let crc = crc32fast::hash(&bytes);
+            let written = self.write_blob(&bytes, crc);
+            let (blob, lines) = match written {
+                Ok(x) => x,
+                Err(err) => {
+                    w.store(s, Ordering::Release);
+                    return Err(err);
+                }
+            };
+            if let (Some(p), Some(q)) = (e.w(l.state_at + 1), e.w(l.state_at + 2)) {
+                p.store(blob, Ordering::Relaxed);
+                q.store(
+                    bytes.len() as u64 | (u64::from(crc) << 32),
+                    Ordering::Relaxed,
+                );
+            }
+            let ttl_ms = self.idem.ttl.as_millis() as u64;
+            // Release: the pointer words and the record are visible with the new state.
+            w.store(
+                pack(ST_DONE, fence, deadline_s(now_ms, ttl_ms)),
+                Ordering::Release,
+            );
+            if self.idem.durability == Durability::Sync {
+                self.segs.flush_lines(blob, lines)?;
+                self.segs.flush_lines(line, u64::from(l.lines))?;
+            }
+            return Ok(());
+        }
+    }
+
+    pub(crate) fn idem_abort(&self, lease: &Lease) -> Result<()> {
+        let guard = crossbeam_epoch::pin();
+        let mut spins = 0u32;
+        loop {
+            let Some((_, e, l)) = self.idem_lookup(lease, &guard) else {
+                return Err(Error::LeaseLost { current: 0 });
+            };
+            let Some(w) = e.w(l.state_at) else {
+                return Err(Error::LeaseLost { current: 0 });
+            };
+            let s = w.load(Ordering::Acquire);
+            let (state, fence, _) = unpack(s);
+            if state == ST_DEAD {
+                spins += 1;
+                backoff(spins);
+                continue;
+            }
+            if fence != lease.fence {
+                return Err(Error::LeaseLost { current: fence });
+            }
+            match state {
+                ST_DONE | ST_COMPLETING => return Err(Error::AlreadyCompleted),
+                ST_INFLIGHT => {}
+                _ => return Err(Error::LeaseLost { current: fence }),
+            }
+            if w.compare_exchange(
+                s,
+                pack(ST_VACANT, fence, 0),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+            {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Write a blob record; returns its first line and its length in lines.
+    fn write_blob(&self, bytes: &[u8], crc: u32) -> Result<(u64, u64)> {
+        let lines = (16 + bytes.len()).div_ceil(LINE) as u64;
+        let line = self.segs.alloc_blob(lines)?;
+        let e = self.segs.entry(line);
+        for (i, c) in bytes.chunks(8).enumerate() {
+            let mut b = [0u8; 8];
+            if let Some(d) = b.get_mut(..c.len()) {
+                d.copy_from_slice(c);
+            }
+            if let Some(w) = e.w(2 + i) {
+                w.store(u64::from_le_bytes(b), Ordering::Relaxed);
+            }
+        }
+        if let (Some(w0), Some(w1)) = (e.w(0), e.w(1)) {
+            w1.store(u64::from(crc), Ordering::Relaxed);
+            w0.store(
+                u64::from(BLOB_MAGIC) | ((bytes.len() as u64) << 32),
+                Ordering::Release,
+            );
+        }
+        Ok((line, lines))
+    }
+
+    /// Read and check the response a completed record points at. A record that fails any check
+    /// is never replayed: the caller gets [`Error::Corrupt`].
+    fn read_response(&self, e: &Entry<'_>, l: &IdemLayout, line: u64) -> Result<StoredResponse> {
+        let corrupt = |reason| Error::Corrupt {
+            offset: self.segs.file_offset(line),
+            reason,
+        };
+        let blob = e.load(l.state_at + 1);
+        let meta = e.load(l.state_at + 2);
+        let (len, crc) = ((meta & 0xFFFF_FFFF) as usize, (meta >> 32) as u32);
+        if blob == 0 || len > self.segs.max_blob() {
+            return Err(corrupt(
+                "idempotency record without a valid response pointer",
+            ));
+        }
+        let b = self.segs.entry(blob);
+        let head = b.load(0);
+        if head as u32 != BLOB_MAGIC || (head >> 32) as usize != len || b.load(1) as u32 != crc {
+            return Err(corrupt("response record header does not match its entry"));
+        }
+        let mut bytes = Vec::with_capacity(len.div_ceil(8) * 8);
+        for i in 0..len.div_ceil(8) {
+            match b.w(2 + i) {
+                Some(w) => bytes.extend_from_slice(&w.load(Ordering::Relaxed).to_le_bytes()),
+                None => return Err(corrupt("response record crosses its segment")),
+            }
+        }
+        bytes.truncate(len);
+        if crc32fast::hash(&bytes) != crc {
+            return Err(corrupt("response record checksum mismatch"));
+        }
+        StoredResponse::decode(&bytes).ok_or_else(|| corrupt("response record does not decode"))
+    }
+
+    /// Check an idempotency entry read at open; fixes in-flight markers a crash left.
+    /// Returns the key bytes and whether the entry was dead (replaced).
+    pub(crate) fn check_idem_entry(
+        &self,
+        e: &Entry<'_>,
+        class_lines: u32,
+    ) -> Option<(Vec<u8>, bool)> {
+        let h = e.load(0);
+        let key_len = (h & 0xFF) as usize;
+        if (h >> 8) & 0xFF != 0
+            || (h >> 24) & 0xFF != 0
+            || key_len == 0
+            || key_len > crate::MAX_KEY_LEN
+        {
+            return None;
+        }
+        let l = IdemLayout::new(key_len);
+        if l.lines != class_lines {
+            return None;
+        }
+        let mut key = Vec::with_capacity(key_len.div_ceil(8) * 8);
+        for i in 0..key_len.div_ceil(8) {
+            key.extend_from_slice(&e.load(1 + i).to_le_bytes());
+        }
+        if key.get(key_len..)?.iter().any(|&b| b != 0) {
+            return None;
+        }
+        key.truncate(key_len);
+        let mut crc_input = key.clone();
+        for i in 0..4 {
+            crc_input.extend_from_slice(&e.load(l.fp_at + i).to_le_bytes());
+        }
+        if entry_crc(header_low(key_len, 0, KIND_IDEM), &[], &crc_input) != (h >> 32) as u32 {
+            return None;
+        }
+        let w = e.w(l.state_at)?;
+        let (state, fence, dl) = unpack(w.load(Ordering::Acquire));
+        let dead = match state {
+            ST_VACANT | ST_INFLIGHT | ST_DONE => false,
+            // A completion cut short by the crash: back in flight until its lease runs out.
+            ST_COMPLETING => {
+                w.store(pack(ST_INFLIGHT, fence, dl), Ordering::Release);
+                false
+            }
+            ST_DEAD => {
+                // Replaced, or about to be: if it is alone it is simply free again.
+                w.store(pack(ST_VACANT, fence, 0), Ordering::Release);
+                true
+            }
+            _ => return None,
+        };
+        Some((key, dead))
+    }
+}
+
+fn lease(key: &[u8], fence: u32, fp: &Fingerprint, deadline_s: u64) -> Lease {
+    Lease {
+        key: key.to_vec(),
+        fence,
+        fingerprint: *fp,
+        deadline_ms: deadline_s.saturating_mul(1000),
+    }
+}
+
+fn backoff(spins: u32) {
+    if spins > 64 {
+        std::thread::yield_now();
+    } else {
+        std::hint::spin_loop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_words_round_trip() {
+        for (st, f, d) in [
+            (ST_INFLIGHT, 1, 1_700_000_060),
+            (ST_DONE, (1 << 23) - 1, DEADLINE_MASK),
+            (ST_COMPLETING, 7, 0),
+        ] {
+            assert_eq!(unpack(pack(st, f, d)), (st, f, d));
+        }
+        assert_eq!(next_fence((1 << 23) - 1), 1);
+        assert_eq!(deadline_s(1_500, 1_000), 3);
+        assert_eq!(deadline_s(2_000, 1_000), 3);
+    }
+
+    #[test]
+    fn layouts() {
+        let l = IdemLayout::new(49);
+        assert_eq!((l.fp_at, l.state_at, l.lines), (8, 12, 2));
+        assert_eq!(IdemLayout::new(128).lines, 3);
+    }
+}
