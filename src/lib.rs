@@ -54,7 +54,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use decision::{Decision, WindowState};
 pub use error::{Error, Result};
 pub use idempotency::{
-    Begin, Durability, Fingerprint, IdempotencyKey, Lease, StoredResponse, MAX_SCOPE_LEN,
+    Begin, Durability, Fingerprint, IdempotencyKey, Lease, Replayed, StoredResponse, MAX_SCOPE_LEN,
 };
 pub use limit::{
     Limit, Limits, Mode, MAX_BUCKETED_LIMIT, MAX_EXACT_LIMIT, MAX_WINDOW, MAX_WINDOWS, MIN_WINDOW,

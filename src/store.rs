@@ -464,7 +464,7 @@ impl Store {
     /// let Begin::Started(lease) = store.begin(b"tok_abc", &key, &fp).unwrap() else { panic!() };
     /// store.complete(&lease, &StoredResponse::new(201, "sent")).unwrap();
     /// match store.begin(b"tok_abc", &key, &fp).unwrap() {
-    ///     Begin::Replay(r) => assert_eq!((r.status, r.body.as_slice()), (201, &b"sent"[..])),
+    ///     Begin::Replay(r) => assert_eq!((r.status(), r.body()), (201, &b"sent"[..])),
     ///     other => panic!("{other:?}"),
     /// }
     /// ```
@@ -486,7 +486,7 @@ impl Store {
         now_ms: u64,
     ) -> Result<Begin> {
         let k = record_key(scope, key)?;
-        self.core.idem_begin(&k, fingerprint, now_ms)
+        self.core.idem_begin(k.as_bytes(), fingerprint, now_ms)
     }
 
     /// Store the response of a started request for replay (status, headers, body). Refused with

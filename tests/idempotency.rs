@@ -23,6 +23,13 @@ fn fp(body: &str) -> Fingerprint {
     Fingerprint::of("POST", "/api/sms", body.as_bytes())
 }
 
+fn replayed(b: Begin) -> StoredResponse {
+    match b {
+        Begin::Replay(r) => r.to_response(),
+        other => panic!("expected Replay, got {other:?}"),
+    }
+}
+
 fn started(b: Begin) -> Lease {
     match b {
         Begin::Started(l) => l,
@@ -53,8 +60,8 @@ fn started_then_inflight_then_replay_then_mismatch() {
     let r = response(1024);
     store.complete_at(&lease, &r, T0 + 20).unwrap();
     assert_eq!(
-        store.begin_at(b"tok", &k, &f, T0 + 30).unwrap(),
-        Begin::Replay(r.clone())
+        replayed(store.begin_at(b"tok", &k, &f, T0 + 30).unwrap()),
+        r.clone()
     );
     assert_eq!(
         store.begin_at(b"tok", &k, &fp("b"), T0 + 30).unwrap(),
@@ -129,7 +136,7 @@ fn a_crashed_handler_does_not_lock_the_key_and_is_fenced_out() {
         .complete_at(&second, &response(6), T0 + 31_000)
         .unwrap();
     match store.begin_at(b"tok", &k, &f, T0 + 32_000).unwrap() {
-        Begin::Replay(r) => assert_eq!(r.body.len(), 6),
+        Begin::Replay(r) => assert_eq!(r.body().len(), 6),
         other => panic!("{other:?}"),
     }
 }
@@ -222,10 +229,7 @@ fn bad_input_and_misuse_are_typed_errors_that_lose_nothing() {
         Err(Error::AlreadyCompleted)
     ));
     assert!(matches!(store.abort(&lease), Err(Error::AlreadyCompleted)));
-    assert_eq!(
-        store.begin_at(b"tok", &k, &f, T0).unwrap(),
-        Begin::Replay(r)
-    );
+    assert_eq!(replayed(store.begin_at(b"tok", &k, &f, T0).unwrap()), r);
     // Keys at the maximum scope length, and responses at the maximum size, work.
     let max_scope = vec![b'm'; tollgate::MAX_SCOPE_LEN];
     let l2 = started(store.begin_at(&max_scope, &k, &f, T0).unwrap());
@@ -233,8 +237,8 @@ fn bad_input_and_misuse_are_typed_errors_that_lose_nothing() {
     big.body = vec![7; 4096 - 8];
     store.complete_at(&l2, &big, T0).unwrap();
     assert_eq!(
-        store.begin_at(&max_scope, &k, &f, T0).unwrap(),
-        Begin::Replay(big)
+        replayed(store.begin_at(&max_scope, &k, &f, T0).unwrap()),
+        big
     );
 }
 
@@ -254,8 +258,8 @@ fn records_survive_close_reopen_and_drop_without_close() {
         let store = Store::open(&path, Options::default()).unwrap();
         assert_eq!(store.open_report().entries, 2);
         assert_eq!(
-            store.begin_at(b"tok", &key(K1), &fp("a"), T0 + 1).unwrap(),
-            Begin::Replay(r.clone())
+            replayed(store.begin_at(b"tok", &key(K1), &fp("a"), T0 + 1).unwrap()),
+            r.clone()
         );
         assert_eq!(
             store.begin_at(b"tok", &key(K2), &fp("b"), T0 + 1).unwrap(),
@@ -267,11 +271,11 @@ fn records_survive_close_reopen_and_drop_without_close() {
     }
     let store = Store::open(&path, Options::default()).unwrap();
     assert_eq!(
-        store.begin_at(b"tok", &key(K1), &fp("a"), T0 + 3).unwrap(),
-        Begin::Replay(r)
+        replayed(store.begin_at(b"tok", &key(K1), &fp("a"), T0 + 3).unwrap()),
+        r
     );
     match store.begin_at(b"tok", &key(K2), &fp("b"), T0 + 3).unwrap() {
-        Begin::Replay(x) => assert_eq!(x.body.len(), 7),
+        Begin::Replay(x) => assert_eq!(x.body().len(), 7),
         other => panic!("{other:?}"),
     }
 }
@@ -310,7 +314,7 @@ fn many_responses_span_blob_segments_and_reopen() {
     let store = Store::open(&path, Options::default()).unwrap();
     for (i, k) in keys.iter().enumerate() {
         match store.begin_at(b"tok", k, &fp("a"), T0 + 1).unwrap() {
-            Begin::Replay(r) => assert_eq!(r.body.len(), 500 + i),
+            Begin::Replay(r) => assert_eq!(r.body().len(), 500 + i),
             other => panic!("{i}: {other:?}"),
         }
     }
@@ -464,7 +468,7 @@ proptest! {
                             model[ki] = Some(Rec::InFlight { body, fence: fences[ki], until: (now + 30_000).div_ceil(1000) * 1000 });
                             leases.push((ki, body, l));
                         }
-                        (Some(e), Begin::Replay(r)) => prop_assert_eq!(e, format!("replay {}", r.body.len())),
+                        (Some(e), Begin::Replay(r)) => prop_assert_eq!(e, format!("replay {}", r.body().len())),
                         (Some(e), Begin::InFlight) => prop_assert_eq!(e, "inflight"),
                         (Some(e), Begin::Mismatch) => prop_assert_eq!(e, "mismatch"),
                         (e, g) => prop_assert!(false, "expected {:?}, got {:?}", e, g),

