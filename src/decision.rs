@@ -100,6 +100,7 @@ pub struct Decision {
     pub(crate) binding: u8,
     pub(crate) len: u8,
     pub(crate) windows: [WindowState; MAX_WINDOWS],
+    pub(crate) capacity_exhausted: bool,
 }
 
 impl Decision {
@@ -133,6 +134,7 @@ impl Decision {
             binding: binding as u8,
             len: len as u8,
             windows,
+            capacity_exhausted: false,
         }
     }
 
@@ -191,6 +193,12 @@ impl Decision {
     /// violated one when rejected.
     pub fn binding(&self) -> &WindowState {
         self.bind()
+    }
+
+    /// True when the key is new and the store was full: the decision is the configured
+    /// [`crate::OnFull`] outcome and nothing was counted.
+    pub fn capacity_exhausted(&self) -> bool {
+        self.capacity_exhausted
     }
 
     /// Per-window detail, in the order of the [`crate::Limits`] set.

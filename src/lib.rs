@@ -38,6 +38,7 @@
 compile_error!("tollgate's file format is little-endian; big-endian targets are not supported");
 
 mod clock;
+mod compactor;
 mod decision;
 mod error;
 mod format;
@@ -51,6 +52,7 @@ mod sys;
 mod window;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use compactor::PassReport;
 pub use decision::{Decision, WindowState};
 pub use error::{Error, Result};
 pub use idempotency::{
@@ -59,4 +61,4 @@ pub use idempotency::{
 pub use limit::{
     Limit, Limits, Mode, MAX_BUCKETED_LIMIT, MAX_EXACT_LIMIT, MAX_WINDOW, MAX_WINDOWS, MIN_WINDOW,
 };
-pub use store::{OpenReport, Options, Stats, Store, MAX_KEY_LEN};
+pub use store::{OnFull, OpenReport, Options, Stats, Store, MAX_KEY_LEN};

@@ -51,8 +51,17 @@ struct Alloc {
     blank: Vec<usize>,
     /// The blob segment being filled and its next free line.
     blob: Option<(usize, u64)>,
-    /// Lines of blob records written (live or dead: reclaimed by compaction).
-    blob_lines: u64,
+    /// Per segment index: lines of blob records written, and lines of those still live.
+    blob_used: Vec<u64>,
+    blob_live: Vec<u64>,
+}
+
+/// How full the blob segments are (lines of 64 bytes).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct BlobUsage {
+    pub segments: u64,
+    pub used_lines: u64,
+    pub live_lines: u64,
 }
 
 /// The segments of a store and their allocator.
@@ -78,7 +87,8 @@ impl Segments {
                 classes: (0..=MAX_ENTRY_LINES).map(|_| Class::default()).collect(),
                 blank: Vec::new(),
                 blob: None,
-                blob_lines: 0,
+                blob_used: Vec::new(),
+                blob_live: Vec::new(),
             }),
             released: Arc::new(Mutex::new(Vec::new())),
         }
@@ -169,13 +179,88 @@ impl Segments {
         }
     }
 
-    /// Register blob segment `seg` (found at open) whose records end at line `next`.
+    /// Register blob segment `seg` (found at open) whose records end at line `next`. Its live
+    /// lines are added by [`Segments::blob_live_add`] as the entries pointing at it are read.
     pub(crate) fn adopt_blob(&self, seg: usize, next: u64) {
         let mut a = self.alloc.lock();
-        a.blob_lines += next.saturating_sub(1);
+        set_at(&mut a.blob_used, seg, next.saturating_sub(1));
         if a.blob.is_none_or(|(s, _)| s < seg) {
             a.blob = Some((seg, next));
         }
+    }
+
+    /// Count `lines` of the blob record at `line` as live.
+    pub(crate) fn blob_live_add(&self, line: u64, lines: u64) {
+        let seg = self.seg_of(line);
+        let mut a = self.alloc.lock();
+        let v = get_at(&a.blob_live, seg) + lines;
+        set_at(&mut a.blob_live, seg, v);
+    }
+
+    /// The blob record at `line` (of `lines` lines) is no longer referenced.
+    pub(crate) fn blob_dead(&self, line: u64, lines: u64) {
+        let seg = self.seg_of(line);
+        let mut a = self.alloc.lock();
+        let v = get_at(&a.blob_live, seg).saturating_sub(lines);
+        set_at(&mut a.blob_live, seg, v);
+    }
+
+    /// Blob segments, other than the one being filled, whose live lines are at most
+    /// `live_pct` percent of their used lines.
+    pub(crate) fn sparse_blob_segments(&self, live_pct: u64) -> Vec<usize> {
+        let a = self.alloc.lock();
+        let current = a.blob.map(|(s, _)| s);
+        a.blob_used
+            .iter()
+            .enumerate()
+            .filter(|&(seg, &used)| {
+                used > 0
+                    && Some(seg) != current
+                    && get_at(&a.blob_live, seg) * 100 <= used * live_pct
+            })
+            .map(|(seg, _)| seg)
+            .collect()
+    }
+
+    /// Blob space in use.
+    pub(crate) fn blob_usage(&self) -> BlobUsage {
+        let a = self.alloc.lock();
+        BlobUsage {
+            segments: a.blob_used.iter().filter(|&&u| u > 0).count() as u64,
+            used_lines: a.blob_used.iter().sum(),
+            live_lines: a.blob_live.iter().sum(),
+        }
+    }
+
+    /// Make blob segment `seg` (with no live record left, and no reader left that could hold
+    /// one) an empty, blank segment. Its records are zeroed first and its header last, so a
+    /// crash in between leaves either a blob segment (whose scan stops at the zeros) or a
+    /// blank one.
+    pub(crate) fn recycle_blob_segment(&self, seg: usize) {
+        let seg_lines = self.seg_lines();
+        for line in (1..seg_lines).rev() {
+            let e = self.entry(seg as u64 * seg_lines + line);
+            for i in 0..LINE / 8 {
+                if let Some(w) = e.w(i) {
+                    w.store(0, Ordering::Relaxed);
+                }
+            }
+        }
+        let head = self.entry(seg as u64 * seg_lines);
+        for i in 0..LINE / 8 {
+            if let Some(w) = head.w(i) {
+                w.store(0, Ordering::Release);
+            }
+        }
+        let mut a = self.alloc.lock();
+        set_at(&mut a.blob_used, seg, 0);
+        set_at(&mut a.blob_live, seg, 0);
+        a.blank.push(seg);
+    }
+
+    /// The segment index of global line `line`.
+    pub(crate) fn seg_of(&self, line: u64) -> usize {
+        (line >> (self.seg_shift - 6)) as usize
     }
 
     /// The largest blob payload a record can hold.
@@ -190,10 +275,11 @@ impl Segments {
             return Err(Error::InvalidOptions("blob larger than a segment"));
         }
         let mut a = self.alloc.lock();
-        a.blob_lines += lines;
         if let Some((seg, next)) = a.blob {
             if next + lines <= seg_lines {
                 a.blob = Some((seg, next + lines));
+                let used = get_at(&a.blob_used, seg) + lines;
+                set_at(&mut a.blob_used, seg, used);
                 return Ok(seg as u64 * seg_lines + next);
             }
         }
@@ -209,6 +295,7 @@ impl Segments {
             },
         );
         a.blob = Some((seg, 1 + lines));
+        set_at(&mut a.blob_used, seg, lines);
         Ok(seg as u64 * seg_lines + 1)
     }
 
@@ -324,5 +411,18 @@ impl Segments {
             })
             .sum();
         listed + a.blank.len() as u64 * seg_lines
+    }
+}
+
+fn get_at(v: &[u64], i: usize) -> u64 {
+    v.get(i).copied().unwrap_or(0)
+}
+
+fn set_at(v: &mut Vec<u64>, i: usize, x: u64) {
+    if v.len() <= i {
+        v.resize(i + 1, 0);
+    }
+    if let Some(p) = v.get_mut(i) {
+        *p = x;
     }
 }

@@ -7,8 +7,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crossbeam_epoch::Guard;
+use parking_lot::Mutex;
 
 use crate::clock::{Clock, ClockSource, ManualClock};
+use crate::compactor::{CompactorHandle, CompactorOptions, Counters, Cursor, PassReport};
 use crate::decision::{Decision, WindowState};
 use crate::error::{Error, Result};
 use crate::format::{
@@ -47,6 +49,20 @@ pub struct Options {
     max_segments: usize,
     clock: ClockSource,
     idem: IdemOptions,
+    compactor: CompactorOptions,
+    max_entries: Option<u64>,
+    on_full: OnFull,
+}
+
+/// What a check on a new key gets when the store is full and nothing can be expired.
+/// Keys already stored keep working either way, and no stored key is evicted to make room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnFull {
+    /// Fail closed: the request is rejected (`Retry-After: 1`), and counted nowhere.
+    #[default]
+    Reject,
+    /// Fail open: the request is admitted without being counted.
+    Admit,
 }
 
 impl Default for Options {
@@ -57,6 +73,9 @@ impl Default for Options {
             max_segments: 16_384,
             clock: ClockSource::System,
             idem: IdemOptions::default(),
+            compactor: CompactorOptions::default(),
+            max_entries: None,
+            on_full: OnFull::Reject,
         }
     }
 }
@@ -124,6 +143,39 @@ impl Options {
         self
     }
 
+    /// Run the background compactor (default: yes). Without it, call [`Store::expire_now`]
+    /// and [`Store::compact_now`] yourself.
+    pub fn compactor(mut self, enabled: bool) -> Self {
+        self.compactor.enabled = enabled;
+        self
+    }
+
+    /// How often the compactor wakes up when it finds little to do (default 250 ms).
+    pub fn compactor_interval(mut self, every: std::time::Duration) -> Self {
+        self.compactor.interval = every;
+        self
+    }
+
+    /// How many entries one compactor pass examines at most (default 2048).
+    pub fn compactor_budget(mut self, entries: u64) -> Self {
+        self.compactor.budget = entries.max(1);
+        self
+    }
+
+    /// The most entries (window keys and idempotency records together) the store holds. A new
+    /// key past it gets the [`OnFull`] outcome (checks) or [`Error::CapacityExhausted`]
+    /// (`begin`). The file itself is bounded by [`Options::max_segments`].
+    pub fn max_entries(mut self, n: u64) -> Self {
+        self.max_entries = Some(n);
+        self
+    }
+
+    /// What a check on a new key gets when the store is full ([`OnFull::Reject`] by default).
+    pub fn on_full(mut self, policy: OnFull) -> Self {
+        self.on_full = policy;
+        self
+    }
+
     fn validate(&self) -> Result<()> {
         if self.idem.lease.is_zero() || self.idem.ttl.is_zero() {
             return Err(Error::InvalidOptions(
@@ -158,17 +210,39 @@ pub struct OpenReport {
     pub blank_segments: u64,
 }
 
-/// A snapshot of a store's size.
+/// A snapshot of a store's size and of the compactor's work.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
-    /// Live entries in the index.
+    /// Live entries in the index (window keys and idempotency records).
     pub entries: u64,
+    /// Of which idempotency records.
+    pub idempotency_records: u64,
     /// Segments mapped.
     pub segments: u64,
     /// Bytes the segments take (plus the header page for a file).
     pub bytes: u64,
     /// Free lines (64 bytes each) ready for new entries.
     pub free_lines: u64,
+    /// Blob segments, and the lines in them written and still live.
+    pub blob_segments: u64,
+    /// Lines of response records written in blob segments.
+    pub blob_used_lines: u64,
+    /// Lines of response records still referenced.
+    pub blob_live_lines: u64,
+    /// Window entries expired so far.
+    pub expired_windows: u64,
+    /// Idempotency records expired so far (TTL, lease timeout, or aborted).
+    pub expired_records: u64,
+    /// Of which leases that timed out in flight.
+    pub expired_leases: u64,
+    /// Response records moved by compaction, and blob segments recycled.
+    pub moved_records: u64,
+    /// Blob segments emptied and reused.
+    pub recycled_segments: u64,
+    /// Expiry passes run.
+    pub passes: u64,
+    /// Duration of the last expiry pass, in microseconds.
+    pub last_pass_micros: u64,
 }
 
 pub(crate) struct Core {
@@ -182,6 +256,14 @@ pub(crate) struct Core {
     report: OpenReport,
     /// Checks that found their entry frozen and looked again (contention diagnostics).
     retries: AtomicU64,
+    /// Entries in the index.
+    pub(crate) live_entries: AtomicU64,
+    pub(crate) max_entries: Option<u64>,
+    on_full: OnFull,
+    pub(crate) counters: Counters,
+    pub(crate) cursor: Mutex<Cursor>,
+    /// Blob segments emptied by compaction, waiting for the epoch before reuse.
+    pub(crate) recycle: Arc<Mutex<Vec<usize>>>,
 }
 
 /// A tollgate store: sliding-window counters in a memory-mapped file (or anonymous memory).
@@ -191,6 +273,8 @@ pub(crate) struct Core {
 #[derive(Clone)]
 pub struct Store {
     pub(crate) core: Arc<Core>,
+    /// Stops and joins the compactor when the last clone goes.
+    _compactor: Arc<CompactorHandle>,
 }
 
 impl std::fmt::Debug for Store {
@@ -330,11 +414,16 @@ impl Store {
             path: Some(path),
             report: OpenReport::default(),
             retries: AtomicU64::new(0),
+            live_entries: AtomicU64::new(0),
+            max_entries: opts.max_entries,
+            on_full: opts.on_full,
+            counters: Counters::default(),
+            cursor: Mutex::new(Cursor::default()),
+            recycle: Arc::new(Mutex::new(Vec::new())),
         };
         core.report = core.recover(count);
-        Ok(Store {
-            core: Arc::new(core),
-        })
+        core.live_entries = AtomicU64::new(core.report.entries);
+        Ok(Store::start(core, opts.compactor))
     }
 
     /// A store in anonymous memory: nothing is written to disk and everything is gone when the
@@ -351,10 +440,47 @@ impl Store {
             path: None,
             report: OpenReport::default(),
             retries: AtomicU64::new(0),
+            live_entries: AtomicU64::new(0),
+            max_entries: opts.max_entries,
+            on_full: opts.on_full,
+            counters: Counters::default(),
+            cursor: Mutex::new(Cursor::default()),
+            recycle: Arc::new(Mutex::new(Vec::new())),
         };
-        Ok(Store {
-            core: Arc::new(core),
-        })
+        Ok(Store::start(core, opts.compactor))
+    }
+
+    fn start(core: Core, compactor: CompactorOptions) -> Store {
+        let core = Arc::new(core);
+        let handle = CompactorHandle::spawn(Arc::clone(&core), compactor);
+        Store {
+            core,
+            _compactor: Arc::new(handle),
+        }
+    }
+
+    /// Expire everything that is expired at `now_ms`: one full sweep of the store (the
+    /// compactor does the same in bounded steps). Returns what the sweep did.
+    pub fn expire_now(&self, now_ms: u64) -> PassReport {
+        let mut total = PassReport::default();
+        loop {
+            let r = self.core.expire_pass(now_ms, 4096);
+            total.examined += r.examined;
+            total.expired += r.expired;
+            if r.wrapped || r.examined == 0 {
+                total.wrapped = true;
+                return total;
+            }
+        }
+    }
+
+    /// Move live response records out of blob segments that are at least half dead, and reuse
+    /// those segments. Returns the number of records moved.
+    pub fn compact_now(&self) -> u64 {
+        // Two rounds: the second recycles segments the first emptied, once their readers left.
+        let moved = self.core.compact_blobs(50);
+        crossbeam_epoch::pin().flush();
+        moved + self.core.compact_blobs(50)
     }
 
     /// Flush everything to disk (msync) and close this handle. Other clones keep the store
@@ -392,11 +518,25 @@ impl Store {
         } else {
             0
         };
+        let c = &self.core.counters;
+        let blobs = self.core.segs.blob_usage();
+        let entries = self.core.index.len() as u64;
         Stats {
-            entries: self.core.index.len() as u64,
+            entries,
+            idempotency_records: self.core.count_records(),
             segments,
             bytes: header + segments * self.core.segs.seg_len(),
             free_lines: self.core.segs.free_lines(),
+            blob_segments: blobs.segments,
+            blob_used_lines: blobs.used_lines,
+            blob_live_lines: blobs.live_lines,
+            expired_windows: c.expired_windows.load(Ordering::Relaxed),
+            expired_records: c.expired_records.load(Ordering::Relaxed),
+            expired_leases: c.expired_leases.load(Ordering::Relaxed),
+            moved_records: c.moved_records.load(Ordering::Relaxed),
+            recycled_segments: c.recycled_segments.load(Ordering::Relaxed),
+            passes: c.passes.load(Ordering::Relaxed),
+            last_pass_micros: c.last_pass_ns.load(Ordering::Relaxed) / 1000,
         }
     }
 
@@ -550,7 +690,13 @@ impl Core {
         loop {
             let line = match self.find(hash, key, &guard) {
                 Some(line) => line,
-                None => self.insert(hash, key, limits, &guard)?,
+                None => match self.insert(hash, key, limits, &guard, now_ms) {
+                    Ok(line) => line,
+                    Err(Error::CapacityExhausted) => {
+                        return Ok(self.full_decision(limits, cost, now_ms))
+                    }
+                    Err(e) => return Err(e),
+                },
             };
             match self.apply(line, limits, cost, now_ms, &mut out) {
                 Applied::Done => return Ok(out),
@@ -563,7 +709,13 @@ impl Core {
                         std::hint::spin_loop();
                     }
                 }
-                Applied::Mismatch => self.migrate(hash, line, key, limits, &guard)?,
+                Applied::Mismatch => match self.migrate(hash, line, key, limits, &guard) {
+                    Ok(()) => {}
+                    Err(Error::CapacityExhausted) => {
+                        return Ok(self.full_decision(limits, cost, now_ms))
+                    }
+                    Err(e) => return Err(e),
+                },
             }
         }
     }
@@ -616,7 +768,15 @@ impl Core {
     }
 
     /// Find the key under its stripe lock, or write a new entry for it.
-    fn insert(&self, hash: u64, key: &[u8], limits: &Limits, guard: &Guard) -> Result<u64> {
+    fn insert(
+        &self,
+        hash: u64,
+        key: &[u8],
+        limits: &Limits,
+        guard: &Guard,
+        now_ms: u64,
+    ) -> Result<u64> {
+        self.make_room(now_ms)?;
         let mut lock = self.index.lock(hash);
         if let Some(line) = self.find(hash, key, guard) {
             return Ok(line);
@@ -624,7 +784,46 @@ impl Core {
         let kw = KeyWords::new(key)?;
         let line = self.write_entry(&kw, limits.descriptors(), |_, _| None)?;
         lock.insert(hash, line, guard, |l| self.rehash(l));
+        self.live_entries.fetch_add(1, Ordering::Relaxed);
         Ok(line)
+    }
+
+    /// `Ok` if a new entry may be added: below `max_entries`, or brought below it by a short
+    /// expiry pass. Never evicts a live entry.
+    pub(crate) fn make_room(&self, now_ms: u64) -> Result<()> {
+        let Some(max) = self.max_entries else {
+            return Ok(());
+        };
+        if self.live_entries.load(Ordering::Relaxed) < max {
+            return Ok(());
+        }
+        self.expire_pass(now_ms, 256);
+        if self.live_entries.load(Ordering::Relaxed) < max {
+            Ok(())
+        } else {
+            Err(Error::CapacityExhausted)
+        }
+    }
+
+    /// The decision for a new key when the store is full.
+    fn full_decision(&self, limits: &Limits, cost: u32, now_ms: u64) -> Decision {
+        let mut d = empty_decision(limits, cost, now_ms);
+        match self.on_full {
+            OnFull::Admit => {}
+            OnFull::Reject => {
+                for w in d.windows.iter_mut() {
+                    w.retry_after_ms = 1000;
+                }
+                d.finish(false, limits.len());
+            }
+        }
+        d.capacity_exhausted = true;
+        d
+    }
+
+    /// Idempotency records in the index (walks nothing: kept by the compactor and begin).
+    fn count_records(&self) -> u64 {
+        self.counters.records_live()
     }
 
     /// Write a complete entry for `kw` with `descs`; `state(i, word)` gives the initial state
@@ -1073,6 +1272,9 @@ impl Core {
                             None => {
                                 lock.insert(hash, line, &guard, |l| self.rehash(l));
                                 report.entries += 1;
+                                if kind == KIND_IDEM {
+                                    self.counters.live_records.fetch_add(1, Ordering::Relaxed);
+                                }
                             }
                             Some(other) => {
                                 report.duplicates += 1;

@@ -137,6 +137,7 @@ impl Core {
         let mut spins = 0u32;
         loop {
             let Some(line) = self.find_kind(hash, key, KIND_IDEM, &guard) else {
+                self.make_room(now_ms)?;
                 let mut lock = self.index.lock(hash);
                 if self.find_kind(hash, key, KIND_IDEM, &guard).is_some() {
                     continue;
@@ -144,6 +145,8 @@ impl Core {
                 let dl = deadline_s(now_ms, lease_ms);
                 let line = self.write_idem_entry(key, fp, pack(ST_INFLIGHT, 1, dl))?;
                 lock.insert(hash, line, &guard, |l| self.rehash(l));
+                self.live_entries.fetch_add(1, Ordering::Relaxed);
+                self.counters.live_records.fetch_add(1, Ordering::Relaxed);
                 return Ok(Begin::Started(lease(key, 1, fp, dl)));
             };
             let e = self.segs.entry(line);
@@ -226,6 +229,9 @@ impl Core {
                     return Err(err);
                 }
             };
+            if state == ST_DONE {
+                self.record_blob_dead(&e, &l);
+            }
             lock.replace(hash, line, new, &guard);
             self.segs.release_later(line, l.lines, &guard);
             return Ok(Begin::Started(lease(key, nf, fp, ndl)));
@@ -274,7 +280,7 @@ impl Core {
                 backoff(spins);
                 continue;
             }
-            if fence != lease.fence {
+            if fence != lease.fence || !self.idem_fp_matches(&e, &l, &lease.fingerprint) {
                 return Err(Error::LeaseLost { current: fence });
             }
             match state {
@@ -296,7 +302,7 @@ impl Core {
             }
             let bytes = resp.encode();
             let crc = crc32fast::hash(&bytes);
-            let written = self.write_blob(&bytes, crc);
+            let written = self.write_blob(&bytes, crc, line);
             let (blob, lines) = match written {
                 Ok(x) => x,
                 Err(err) => {
@@ -304,6 +310,7 @@ impl Core {
                     return Err(err);
                 }
             };
+            self.segs.blob_live_add(blob, lines);
             if let (Some(p), Some(q)) = (e.w(l.state_at + 1), e.w(l.state_at + 2)) {
                 p.store(blob, Ordering::Relaxed);
                 q.store(
@@ -342,7 +349,7 @@ impl Core {
                 backoff(spins);
                 continue;
             }
-            if fence != lease.fence {
+            if fence != lease.fence || !self.idem_fp_matches(&e, &l, &lease.fingerprint) {
                 return Err(Error::LeaseLost { current: fence });
             }
             match state {
@@ -364,7 +371,7 @@ impl Core {
     }
 
     /// Write a blob record; returns its first line and its length in lines.
-    fn write_blob(&self, bytes: &[u8], crc: u32) -> Result<(u64, u64)> {
+    fn write_blob(&self, bytes: &[u8], crc: u32, owner: u64) -> Result<(u64, u64)> {
         let lines = (16 + bytes.len()).div_ceil(LINE) as u64;
         let line = self.segs.alloc_blob(lines)?;
         let e = self.segs.entry(line);
@@ -378,7 +385,7 @@ impl Core {
             }
         }
         if let (Some(w0), Some(w1)) = (e.w(0), e.w(1)) {
-            w1.store(u64::from(crc), Ordering::Relaxed);
+            w1.store(u64::from(crc) | (owner << 32), Ordering::Relaxed);
             w0.store(
                 u64::from(BLOB_MAGIC) | ((bytes.len() as u64) << 32),
                 Ordering::Release,
@@ -459,7 +466,11 @@ impl Core {
         let w = e.w(l.state_at)?;
         let (state, fence, dl) = unpack(w.load(Ordering::Acquire));
         let dead = match state {
-            ST_VACANT | ST_INFLIGHT | ST_DONE => false,
+            ST_DONE => {
+                self.record_blob_live(e, &l);
+                false
+            }
+            ST_VACANT | ST_INFLIGHT => false,
             // A completion cut short by the crash: back in flight until its lease runs out.
             ST_COMPLETING => {
                 w.store(pack(ST_INFLIGHT, fence, dl), Ordering::Release);
@@ -473,6 +484,18 @@ impl Core {
             _ => return None,
         };
         Some((key, dead))
+    }
+}
+
+impl Core {
+    /// Account the response record of a completed entry as live (at open).
+    fn record_blob_live(&self, e: &Entry<'_>, l: &IdemLayout) {
+        let blob = e.load(l.state_at + 1);
+        let len = e.load(l.state_at + 2) & 0xFFFF_FFFF;
+        if blob != 0 {
+            self.segs
+                .blob_live_add(blob, (16 + len).div_ceil(LINE as u64));
+        }
     }
 }
 

@@ -322,6 +322,20 @@ fn widen(old: &Norm, c: u32, kmax: u32, window_ms: u64, now_ms: u64) -> Norm {
     }
 }
 
+/// Whether every count of `word` has aged out at `now_ms` (an empty word is expired). A word
+/// ahead of `now` (the clock went back) is not.
+pub(crate) fn word_expired(word: u64, window_ms: u64, kmax: u32, now_ms: u64) -> bool {
+    let word = word & !FROZEN;
+    if word & 0xFFFF_FFFF == 0 {
+        return true;
+    }
+    let c = ((word >> 32) & 0xF) as u32 + 1;
+    let g = Geometry::new(c, kmax, window_ms);
+    let tag = (word >> TAG_SHIFT) & TAG_MASK;
+    let d = g.sub_window(now_ms).wrapping_sub(tag) & TAG_MASK;
+    d < HALF && d >= u64::from(g.k)
+}
+
 /// Whether a stored word is structurally valid for a store with `kmax` counters at most (used
 /// when opening a file).
 pub(crate) fn word_is_valid(word: u64, kmax: u32) -> bool {
@@ -438,6 +452,23 @@ mod tests {
                 assert_eq!(g.sub_window(t), t / s, "t={t} s={s}");
             }
         }
+    }
+
+    #[test]
+    fn words_expire_when_every_count_aged_out() {
+        let now = 1_700_000_000_000;
+        let mut n = fresh(60, now);
+        assert!(n.try_add(60, 3));
+        let w = n.encode();
+        assert!(!word_expired(w, MIN, 17, now));
+        let reset = n.reset_ms(now);
+        assert!(!word_expired(w, MIN, 17, reset - 1));
+        assert!(word_expired(w, MIN, 17, reset));
+        assert!(
+            !word_expired(w, MIN, 17, now - 3_600_000),
+            "clock went back"
+        );
+        assert!(word_expired(0, MIN, 17, now));
     }
 
     #[test]
