@@ -73,26 +73,28 @@ pub(crate) struct Cursor {
 }
 
 impl Core {
+    /// Start the next pass from the beginning of the store.
+    pub(crate) fn reset_cursor(&self) {
+        *self.cursor.lock() = Cursor::default();
+    }
+
     /// Examine up to `budget` entries from the cursor and unlink the expired ones.
     pub(crate) fn expire_pass(&self, now_ms: u64, budget: u64) -> PassReport {
         let start = Instant::now();
         let mut report = PassReport::default();
         let mut cur = self.cursor.lock();
         let seg_lines = self.segs.seg_lines();
-        let mut segments_seen = 0usize;
         while report.examined < budget {
             let count = self.segs.count();
             if count == 0 {
                 break;
             }
             if cur.seg >= count {
+                // The end of the store: start over next pass.
                 cur.seg = 0;
                 cur.line = 0;
                 report.wrapped = true;
-                segments_seen += 1;
-                if segments_seen > 1 {
-                    break;
-                }
+                break;
             }
             let header =
                 SegmentHeader::decode(&self.segs.read_segment_header(cur.seg), cur.seg as u32);
@@ -107,8 +109,9 @@ impl Core {
             if cur.line < 1 {
                 cur.line = 1;
             }
+            let end = self.segs.scan_end(cur.seg);
             let guard = crossbeam_epoch::pin();
-            while cur.line + class <= seg_lines && report.examined < budget {
+            while cur.line + class <= end && report.examined < budget {
                 let line = cur.seg as u64 * seg_lines + cur.line;
                 cur.line += class;
                 report.examined += 1;
@@ -116,12 +119,16 @@ impl Core {
                     report.expired += 1;
                 }
             }
-            if cur.line + class > seg_lines {
+            if cur.line + class > end {
                 cur.seg += 1;
                 cur.line = 0;
             }
         }
         drop(cur);
+        if report.expired > 0 {
+            // Hand the unlinked entries to the epoch now, so their space comes back soon.
+            crossbeam_epoch::pin().flush();
+        }
         self.counters.passes.fetch_add(1, Ordering::Relaxed);
         self.counters
             .last_pass_ns
@@ -405,9 +412,39 @@ impl Core {
                 // Readers that loaded a pointer into this segment before the moves hold the
                 // epoch: recycle only after them.
                 let done = Arc::clone(&self.recycle);
-                guard.defer(move || done.lock().push(seg));
+                let pending = Arc::clone(&self.pending_recycle);
+                pending.fetch_add(1, Ordering::AcqRel);
+                guard.defer(move || {
+                    done.lock().push(seg);
+                    pending.fetch_sub(1, Ordering::AcqRel);
+                });
             }
         }
+        self.recycle_ready();
+        self.counters
+            .moved_records
+            .fetch_add(moved, Ordering::Relaxed);
+        moved
+    }
+
+    /// Give the epoch a few chances to move on, so that space unlinked by this thread comes
+    /// back now rather than on a later pass (a reader pinned elsewhere can still delay it).
+    pub(crate) fn settle(&self) {
+        for _ in 0..200 {
+            self.recycle_ready();
+            if self.segs.pending_releases() == 0
+                && self.pending_recycle.load(Ordering::Acquire) == 0
+                && self.recycle.lock().is_empty()
+            {
+                return;
+            }
+            crossbeam_epoch::pin().flush();
+            std::thread::yield_now();
+        }
+    }
+
+    /// Recycle the blob segments whose readers have all left.
+    pub(crate) fn recycle_ready(&self) {
         let ready: Vec<usize> = std::mem::take(&mut *self.recycle.lock());
         for seg in ready {
             self.segs.recycle_blob_segment(seg);
@@ -415,10 +452,6 @@ impl Core {
                 .recycled_segments
                 .fetch_add(1, Ordering::Relaxed);
         }
-        self.counters
-            .moved_records
-            .fetch_add(moved, Ordering::Relaxed);
-        moved
     }
 
     /// Move one record if it is live: `Some(true)` moved, `Some(false)` dead, `None` could not
@@ -522,12 +555,15 @@ fn run(core: Arc<Core>, stop: Arc<(Mutex<bool>, Condvar)>, opts: CompactorOption
         // checking for a stop request between passes.
         loop {
             let r = core.expire_pass(core.clock.now_ms(), opts.budget);
+            if r.wrapped && r.expired == 0 {
+                break;
+            }
             if r.expired * 4 < r.examined.max(1) || *lock.lock() {
                 break;
             }
         }
         tick += 1;
-        if tick % 8 == 0 {
+        if tick.is_multiple_of(8) {
             core.compact_blobs(50);
         }
     }

@@ -73,6 +73,8 @@ pub(crate) struct Segments {
     alloc: Mutex<Alloc>,
     /// Lines whose readers are gone, waiting to be handed out again.
     released: Arc<Mutex<Vec<(u64, u32)>>>,
+    /// Lines handed to the epoch and not yet released.
+    pending: Arc<AtomicU64>,
 }
 
 impl Segments {
@@ -91,6 +93,7 @@ impl Segments {
                 blob_live: Vec::new(),
             }),
             released: Arc::new(Mutex::new(Vec::new())),
+            pending: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -258,6 +261,16 @@ impl Segments {
         a.blank.push(seg);
     }
 
+    /// The line after the last one ever handed out in entry segment `seg` (so that scans skip
+    /// the untouched tail of the segment being filled).
+    pub(crate) fn scan_end(&self, seg: usize) -> u64 {
+        let a = self.alloc.lock();
+        a.classes
+            .iter()
+            .find_map(|c| c.current.filter(|&(s, _)| s == seg).map(|(_, next)| next))
+            .unwrap_or_else(|| self.seg_lines())
+    }
+
     /// The segment index of global line `line`.
     pub(crate) fn seg_of(&self, line: u64) -> usize {
         (line >> (self.seg_shift - 6)) as usize
@@ -359,7 +372,17 @@ impl Segments {
     /// Hand `line` back once every reader pinned now has finished.
     pub(crate) fn release_later(&self, line: u64, lines: u32, guard: &crossbeam_epoch::Guard) {
         let released = Arc::clone(&self.released);
-        guard.defer(move || released.lock().push((line, lines)));
+        let pending = Arc::clone(&self.pending);
+        pending.fetch_add(1, Ordering::AcqRel);
+        guard.defer(move || {
+            released.lock().push((line, lines));
+            pending.fetch_sub(1, Ordering::AcqRel);
+        });
+    }
+
+    /// Entries handed to the epoch whose space is not back yet.
+    pub(crate) fn pending_releases(&self) -> u64 {
+        self.pending.load(Ordering::Acquire)
     }
 
     fn zero(&self, line: u64, lines: u32) {

@@ -264,6 +264,8 @@ pub(crate) struct Core {
     pub(crate) cursor: Mutex<Cursor>,
     /// Blob segments emptied by compaction, waiting for the epoch before reuse.
     pub(crate) recycle: Arc<Mutex<Vec<usize>>>,
+    /// Blob segments handed to the epoch and not yet in `recycle`.
+    pub(crate) pending_recycle: Arc<AtomicU64>,
 }
 
 /// A tollgate store: sliding-window counters in a memory-mapped file (or anonymous memory).
@@ -420,6 +422,7 @@ impl Store {
             counters: Counters::default(),
             cursor: Mutex::new(Cursor::default()),
             recycle: Arc::new(Mutex::new(Vec::new())),
+            pending_recycle: Arc::new(AtomicU64::new(0)),
         };
         core.report = core.recover(count);
         core.live_entries = AtomicU64::new(core.report.entries);
@@ -446,6 +449,7 @@ impl Store {
             counters: Counters::default(),
             cursor: Mutex::new(Cursor::default()),
             recycle: Arc::new(Mutex::new(Vec::new())),
+            pending_recycle: Arc::new(AtomicU64::new(0)),
         };
         Ok(Store::start(core, opts.compactor))
     }
@@ -462,6 +466,7 @@ impl Store {
     /// Expire everything that is expired at `now_ms`: one full sweep of the store (the
     /// compactor does the same in bounded steps). Returns what the sweep did.
     pub fn expire_now(&self, now_ms: u64) -> PassReport {
+        self.core.reset_cursor();
         let mut total = PassReport::default();
         loop {
             let r = self.core.expire_pass(now_ms, 4096);
@@ -469,6 +474,7 @@ impl Store {
             total.expired += r.expired;
             if r.wrapped || r.examined == 0 {
                 total.wrapped = true;
+                self.core.settle();
                 return total;
             }
         }
@@ -477,10 +483,9 @@ impl Store {
     /// Move live response records out of blob segments that are at least half dead, and reuse
     /// those segments. Returns the number of records moved.
     pub fn compact_now(&self) -> u64 {
-        // Two rounds: the second recycles segments the first emptied, once their readers left.
         let moved = self.core.compact_blobs(50);
-        crossbeam_epoch::pin().flush();
-        moved + self.core.compact_blobs(50)
+        self.core.settle();
+        moved
     }
 
     /// Flush everything to disk (msync) and close this handle. Other clones keep the store
@@ -797,7 +802,7 @@ impl Core {
         if self.live_entries.load(Ordering::Relaxed) < max {
             return Ok(());
         }
-        self.expire_pass(now_ms, 256);
+        self.expire_pass(now_ms, 1024);
         if self.live_entries.load(Ordering::Relaxed) < max {
             Ok(())
         } else {

@@ -1,0 +1,427 @@
+//! The compactor: expiry, space reuse, safe unlinking under load, capacity, blob compaction.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{temp_store, T0};
+use tollgate::{
+    Begin, Clock, Fingerprint, IdempotencyKey, Limit, Limits, ManualClock, OnFull, Options, Store,
+    StoredResponse,
+};
+
+fn minute() -> Limits {
+    Limits::new(&[Limit::per_minute(10)]).unwrap()
+}
+
+fn idem_key(i: u64) -> IdempotencyKey {
+    let x = (u128::from(i) + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835);
+    IdempotencyKey::from_uuid(uuid::Builder::from_random_bytes(x.to_le_bytes()).into_uuid())
+        .unwrap()
+}
+
+/// Poll `cond` for up to 10 s (waiting for the background thread, not for simulated time).
+fn eventually(mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    false
+}
+
+#[test]
+fn expire_now_removes_only_what_has_fully_elapsed() {
+    let store = Store::open_in_memory(Options::default().compactor(false)).unwrap();
+    let limits = Limits::new(&[Limit::per_minute(10), Limit::per_hour(100)]).unwrap();
+    for i in 0..100u32 {
+        store
+            .check_at(format!("k{i}").as_bytes(), &limits, 1, T0)
+            .unwrap();
+    }
+    // One key stays busy.
+    store.check_at(b"busy", &limits, 1, T0 + 3_000_000).unwrap();
+    // After the minute window but inside the hour: nothing expires.
+    let r = store.expire_now(T0 + 120_000);
+    assert_eq!(r.expired, 0);
+    assert_eq!(store.stats().entries, 101);
+    // After the hour (plus its release delay), all but the busy key.
+    let r = store.expire_now(T0 + 2 * 3_600_000);
+    assert_eq!(r.expired, 100);
+    assert_eq!(store.stats().entries, 1);
+    assert_eq!(store.stats().expired_windows, 100);
+    assert_eq!(
+        store
+            .peek_at(b"busy", &limits, T0 + 3_000_001)
+            .unwrap()
+            .windows()[1]
+            .used(),
+        1
+    );
+    // An expired key reads as new, and counts again from zero.
+    let d = store
+        .check_at(b"k7", &limits, 1, T0 + 2 * 3_600_000)
+        .unwrap();
+    assert_eq!(d.windows()[1].used(), 1);
+}
+
+#[test]
+fn reads_never_see_expired_entries_before_the_compactor() {
+    let store = Store::open_in_memory(Options::default().compactor(false)).unwrap();
+    let limits = minute();
+    for _ in 0..10 {
+        store.check_at(b"k", &limits, 1, T0).unwrap();
+    }
+    assert!(!store.check_at(b"k", &limits, 1, T0 + 1).unwrap().allowed());
+    let d = store.check_at(b"k", &limits, 1, T0 + 10 * 60_000).unwrap();
+    assert!(d.allowed());
+    assert_eq!(d.windows()[0].used(), 1);
+    let k = idem_key(1);
+    let fp = Fingerprint::of("POST", "/x", b"");
+    let Begin::Started(l) = store.begin_at(b"t", &k, &fp, T0).unwrap() else {
+        panic!()
+    };
+    store
+        .complete_at(&l, &StoredResponse::new(200, "ok"), T0)
+        .unwrap();
+    assert!(matches!(
+        store.begin_at(b"t", &k, &fp, T0 + 25 * 3_600_000).unwrap(),
+        Begin::Started(_)
+    ));
+}
+
+#[test]
+fn freed_space_is_reused_so_the_file_stops_growing() {
+    let (_dir, path) = temp_store();
+    let store = Store::open(
+        &path,
+        Options::default().compactor(false).segment_size_log2(16),
+    )
+    .unwrap();
+    let limits = minute();
+    let mut t = T0;
+    let mut sizes = Vec::new();
+    for round in 0..20u64 {
+        for i in 0..2_000u64 {
+            store
+                .check_at(format!("r{round}-{i}").as_bytes(), &limits, 1, t)
+                .unwrap();
+        }
+        t += 10 * 60_000;
+        store.expire_now(t);
+        sizes.push(std::fs::metadata(&path).unwrap().len());
+    }
+    // The live set is one round (2000 keys, about two 64 KiB segments). Without reuse the file
+    // would grow by two segments a round; with it, it levels off. (A reader pinned by another
+    // test thread can delay a release by a pass: allow one segment of slack.)
+    assert!(
+        sizes[19] <= sizes[3] + 65_536,
+        "file kept growing: {sizes:?}"
+    );
+    assert_eq!(store.stats().entries, 0);
+}
+
+#[test]
+fn the_background_thread_expires_with_a_manual_clock() {
+    let clock = ManualClock::new(T0);
+    let store = Store::open_in_memory(
+        Options::default()
+            .clock(clock.clone())
+            .compactor_interval(Duration::from_millis(5))
+            .lease_timeout(Duration::from_secs(3_600)),
+    )
+    .unwrap();
+    let limits = minute();
+    for i in 0..1_000u32 {
+        store.check(format!("k{i}").as_bytes(), &limits, 1).unwrap();
+    }
+    let k = idem_key(9);
+    let fp = Fingerprint::of("POST", "/x", b"");
+    assert!(matches!(
+        store.begin(b"t", &k, &fp).unwrap(),
+        Begin::Started(_)
+    ));
+    assert_eq!(store.stats().entries, 1_001);
+    clock.advance_ms(2 * 60_000);
+    assert!(eventually(|| store.stats().entries == 1), "windows expire");
+    clock.advance_ms(3_600_000);
+    assert!(
+        eventually(|| store.stats().entries == 0),
+        "the abandoned lease expires"
+    );
+    let s = store.stats();
+    assert_eq!(
+        (s.expired_windows, s.expired_records, s.expired_leases),
+        (1_000, 1, 1)
+    );
+    assert!(s.passes > 0);
+}
+
+#[test]
+fn no_decision_is_ever_taken_on_another_keys_counters() {
+    // Four threads run bursts on their own keys while the clock jumps and the compactor
+    // expires and reuses entries as fast as it can. Each burst starts after the key's
+    // previous burst fully expired, so the counts seen must be exactly 1, 2, 3, ...
+    let clock = ManualClock::new(T0);
+    let store = Store::open_in_memory(
+        Options::default()
+            .clock(clock.clone())
+            .compactor_interval(Duration::from_millis(1))
+            .compactor_budget(256),
+    )
+    .unwrap();
+    let limits = Limits::new(&[Limit::per_minute(50)]).unwrap();
+    let span = 60_000 + store.release_delay(&Limit::per_minute(50)).as_millis() as u64;
+    let stop = Arc::new(AtomicBool::new(false));
+    let bursts = Arc::new(AtomicU64::new(0));
+    let driver = {
+        let (clock, stop) = (clock.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                clock.advance_ms(7_000);
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        })
+    };
+    let workers: Vec<_> = (0..4u64)
+        .map(|id| {
+            let (store, limits, clock, bursts) =
+                (store.clone(), limits.clone(), clock.clone(), bursts.clone());
+            std::thread::spawn(move || {
+                let keys: Vec<Vec<u8>> =
+                    (0..64).map(|k| format!("w{id}-{k}").into_bytes()).collect();
+                let mut last = vec![0u64; keys.len()];
+                let start = Instant::now();
+                let mut n = 0u64;
+                while n < 400 && start.elapsed() < Duration::from_secs(20) {
+                    for (k, key) in keys.iter().enumerate() {
+                        let now = clock.now_ms();
+                        // Two spans apart: the compactor has a whole span to unlink the key.
+                        if last[k] != 0 && now < last[k] + 2 * span {
+                            continue;
+                        }
+                        let burst = 1 + (n % 5) as u32;
+                        for j in 1..=burst {
+                            let d = store.check_at(key, &limits, 1, now).unwrap();
+                            assert!(d.allowed());
+                            assert_eq!(
+                                d.windows()[0].used(),
+                                j,
+                                "{:?} burst {n}",
+                                String::from_utf8_lossy(key)
+                            );
+                        }
+                        last[k] = now;
+                        n += 1;
+                        bursts.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    driver.join().unwrap();
+    assert!(bursts.load(Ordering::Relaxed) >= 1_000);
+    assert!(
+        store.stats().expired_windows > 0,
+        "the compactor ran concurrently"
+    );
+}
+
+#[test]
+fn a_full_store_fails_closed_or_open_and_keeps_its_keys() {
+    for policy in [OnFull::Reject, OnFull::Admit] {
+        let store = Store::open_in_memory(
+            Options::default()
+                .compactor(false)
+                .max_entries(100)
+                .on_full(policy),
+        )
+        .unwrap();
+        let limits = minute();
+        for i in 0..100u32 {
+            assert!(store
+                .check_at(format!("k{i}").as_bytes(), &limits, 1, T0)
+                .unwrap()
+                .allowed());
+        }
+        // A throttled key, to make sure it is never dropped to make room.
+        for _ in 0..9 {
+            store.check_at(b"k0", &limits, 1, T0).unwrap();
+        }
+        let d = store.check_at(b"new", &limits, 1, T0).unwrap();
+        assert!(d.capacity_exhausted());
+        assert_eq!(d.allowed(), policy == OnFull::Admit);
+        if policy == OnFull::Reject {
+            assert_eq!(d.retry_after(), Some(1));
+        }
+        assert_eq!(
+            store.stats().entries,
+            100,
+            "nothing counted for the new key"
+        );
+        // Keys already stored keep working; the throttled one stays throttled.
+        assert!(store.check_at(b"k5", &limits, 1, T0).unwrap().allowed());
+        assert!(!store.check_at(b"k0", &limits, 1, T0).unwrap().allowed());
+        // Idempotency records are refused with a typed error.
+        let fp = Fingerprint::of("POST", "/x", b"");
+        assert!(matches!(
+            store.begin_at(b"t", &idem_key(1), &fp, T0),
+            Err(tollgate::Error::CapacityExhausted)
+        ));
+        // Once entries can expire, new keys get room again (expired inline, no compactor).
+        let d = store
+            .check_at(b"new", &limits, 1, T0 + 10 * 60_000)
+            .unwrap();
+        assert!(!d.capacity_exhausted());
+        assert!(d.allowed());
+    }
+}
+
+#[test]
+fn a_flood_of_new_keys_past_capacity_never_grows_the_store() {
+    let store =
+        Store::open_in_memory(Options::default().compactor(false).max_entries(1_000)).unwrap();
+    let limits = minute();
+    for i in 0..20_000u32 {
+        store
+            .check_at(format!("flood-{i}").as_bytes(), &limits, 1, T0)
+            .unwrap();
+    }
+    let s = store.stats();
+    assert_eq!(s.entries, 1_000);
+    assert_eq!(s.segments, 1);
+}
+
+#[test]
+fn blob_segments_are_compacted_and_records_survive() {
+    let (_dir, path) = temp_store();
+    let opts = || {
+        Options::default()
+            .compactor(false)
+            .segment_size_log2(16)
+            .max_response_bytes(16_000)
+            .idempotency_ttl(Duration::from_secs(3600))
+    };
+    let fp = Fingerprint::of("POST", "/sms", b"{}");
+    let body = |i: u64| vec![(i % 251) as u8; 3_000 + i as usize];
+    {
+        let store = Store::open(&path, opts()).unwrap();
+        // 60 records at T0 (will expire), 20 at T0 + 50 min (stay), interleaved.
+        for i in 0..80u64 {
+            let t = if i % 4 == 3 { T0 + 50 * 60_000 } else { T0 };
+            let Begin::Started(l) = store.begin_at(b"tok", &idem_key(i), &fp, t).unwrap() else {
+                panic!()
+            };
+            store
+                .complete_at(&l, &StoredResponse::new(201, body(i)), t)
+                .unwrap();
+        }
+        let before = store.stats();
+        assert!(before.blob_segments >= 4, "{before:?}");
+        let r = store.expire_now(T0 + 61 * 60_000);
+        assert_eq!(r.expired, 60);
+        let moved = store.compact_now();
+        assert!(moved > 0);
+        let after = store.stats();
+        assert!(after.recycled_segments > 0, "{after:?}");
+        // The dead records' space is gone from the blob segments; the live ones are all there.
+        assert!(
+            after.blob_used_lines < before.blob_used_lines / 2,
+            "{before:?} -> {after:?}"
+        );
+        assert!(after.blob_live_lines <= after.blob_used_lines);
+        for i in (3..80u64).step_by(4) {
+            match store
+                .begin_at(b"tok", &idem_key(i), &fp, T0 + 62 * 60_000)
+                .unwrap()
+            {
+                Begin::Replay(r) => assert_eq!(r.body(), body(i).as_slice(), "record {i}"),
+                other => panic!("{i}: {other:?}"),
+            }
+        }
+        // New records reuse the recycled segments instead of growing the file.
+        let len = std::fs::metadata(&path).unwrap().len();
+        for i in 100..110u64 {
+            let Begin::Started(l) = store
+                .begin_at(b"tok", &idem_key(i), &fp, T0 + 62 * 60_000)
+                .unwrap()
+            else {
+                panic!()
+            };
+            store
+                .complete_at(&l, &StoredResponse::new(201, body(i)), T0 + 62 * 60_000)
+                .unwrap();
+        }
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), len);
+    }
+    let store = Store::open(&path, opts()).unwrap();
+    assert_eq!(store.open_report().corrupt_entries, 0);
+    for i in (3..80u64).step_by(4).chain(100..110) {
+        match store
+            .begin_at(b"tok", &idem_key(i), &fp, T0 + 63 * 60_000)
+            .unwrap()
+        {
+            Begin::Replay(r) => assert_eq!(r.body(), body(i).as_slice(), "record {i} after reopen"),
+            other => panic!("{i}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn churn_keeps_the_file_bounded() {
+    // A scaled-down version of the churn run in docs/PERFORMANCE.md: a steady live set of
+    // 2,000 tokens and 200 idempotency records, 200,000 distinct tokens and 20,000 records over
+    // 48 simulated hours, with the background compactor.
+    let (_dir, path) = temp_store();
+    let clock = ManualClock::new(T0);
+    let store = Store::open(
+        &path,
+        Options::default()
+            .clock(clock.clone())
+            .segment_size_log2(18)
+            .compactor_interval(Duration::from_millis(1))
+            .idempotency_ttl(Duration::from_secs(600)),
+    )
+    .unwrap();
+    let limits = Limits::new(&[Limit::per_minute(60), Limit::per_hour(1000)]).unwrap();
+    let fp = Fingerprint::of("POST", "/sms", b"{}");
+    let steps = 100u64;
+    let step_ms = 48 * 3_600_000 / steps;
+    for step in 0..steps {
+        for i in 0..2_000u64 {
+            store
+                .check(format!("tok-{step}-{i}").as_bytes(), &limits, 1)
+                .unwrap();
+        }
+        for i in 0..200u64 {
+            if let Begin::Started(l) = store
+                .begin(b"tok", &idem_key(step * 1_000 + i), &fp)
+                .unwrap()
+            {
+                store
+                    .complete(&l, &StoredResponse::new(200, vec![1u8; 900]))
+                    .unwrap();
+            }
+        }
+        clock.advance_ms(step_ms);
+        store.expire_now(clock.now_ms());
+        store.compact_now();
+    }
+    let s = store.stats();
+    let file = std::fs::metadata(&path).unwrap().len();
+    // Live set at the end: one step of keys (2,000 entries of one line, 200 records of two
+    // lines and a 1 KiB response): about 0.6 MB. The file must stay within a small multiple.
+    let live_bytes = 2_000 * 64 + 200 * (128 + 1024);
+    assert!(
+        file <= 8 * live_bytes as u64 + 4 * (1 << 18),
+        "file {file} B for {live_bytes} B live: {s:?}"
+    );
+}
