@@ -1,0 +1,101 @@
+//! Check latency while the compactor is idle and while it is busy expiring and reusing entries.
+//!
+//! A plain benchmark (no criterion): percentiles need every sample. One thread checks 200k
+//! existing keys in a random order and times each check; in the "busy" run a second thread
+//! creates short-lived keys and moves the clock so that the compactor (1 ms interval) always
+//! has entries to expire. Each timing includes one `Instant::now()` pair (about 25 ns here).
+//!
+//! Run: `cargo bench --bench compactor_latency`. Figures: docs/PERFORMANCE.md.
+
+use std::hint::black_box;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tollgate::{Clock, Limit, Limits, ManualClock, Options, Store};
+
+const T0: u64 = 1_700_000_000_000;
+const KEYS: u64 = 200_000;
+const SAMPLES: usize = 2_000_000;
+
+fn run(busy: bool) -> (Vec<u64>, tollgate::Stats) {
+    let clock = ManualClock::new(T0);
+    let store = Store::open_in_memory(
+        Options::default()
+            .clock(clock.clone())
+            .compactor_interval(Duration::from_millis(1)),
+    )
+    .unwrap();
+    // Steady keys live a day: the clock moves by minutes, they never expire.
+    let steady = Limits::new(&[Limit::per_day(65_000)]).unwrap();
+    let short = Limits::new(&[Limit::per_minute(10)]).unwrap();
+    let keys: Vec<[u8; 24]> = (0..KEYS)
+        .map(|i| {
+            let mut k = [b'k'; 24];
+            k[..8].copy_from_slice(&i.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_le_bytes());
+            k
+        })
+        .collect();
+    for k in &keys {
+        store.check(k, &steady, 1).unwrap();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let churn = busy.then(|| {
+        let (store, clock, stop, short) =
+            (store.clone(), clock.clone(), stop.clone(), short.clone());
+        std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                for _ in 0..5_000 {
+                    i += 1;
+                    store.check(&i.to_le_bytes(), &short, 1).unwrap();
+                }
+                clock.advance_ms(20_000);
+            }
+        })
+    });
+    let mut lat = Vec::with_capacity(SAMPLES);
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    for _ in 0..SAMPLES {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let k = &keys[(x % KEYS) as usize];
+        let now = clock.now_ms();
+        let t = Instant::now();
+        black_box(store.check_at(k, &steady, 1, now).unwrap());
+        lat.push(t.elapsed().as_nanos() as u64);
+    }
+    stop.store(true, Ordering::Relaxed);
+    if let Some(h) = churn {
+        h.join().unwrap();
+    }
+    lat.sort_unstable();
+    (lat, store.stats())
+}
+
+fn pct(v: &[u64], p: f64) -> u64 {
+    v[((v.len() as f64 * p) as usize).min(v.len() - 1)]
+}
+
+fn main() {
+    // `cargo test --benches` runs bench targets with `--test`: keep that quick.
+    if std::env::args().any(|a| a == "--test") {
+        return;
+    }
+    for busy in [false, true] {
+        let (lat, stats) = run(busy);
+        println!(
+            "compactor {:<4}: check p50 {} ns, p99 {} ns, p99.9 {} ns, max {} ns ({} samples; expired during run: {}, passes: {}, last pass {} us)",
+            if busy { "busy" } else { "idle" },
+            pct(&lat, 0.50),
+            pct(&lat, 0.99),
+            pct(&lat, 0.999),
+            lat.last().copied().unwrap_or(0),
+            lat.len(),
+            stats.expired_windows,
+            stats.passes,
+            stats.last_pass_micros,
+        );
+    }
+}
