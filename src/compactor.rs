@@ -383,10 +383,11 @@ impl Core {
     /// Move the live response records out of blob segments that are at most `live_pct` percent
     /// live, and recycle those segments once no reader can hold them. Returns records moved.
     pub(crate) fn compact_blobs(&self, live_pct: u64) -> u64 {
+        // One compaction at a time (the thread and `compact_now` may both call this).
+        let _one = self.compacting.lock();
         let mut moved = 0;
         let seg_lines = self.segs.seg_lines();
         for seg in self.segs.sparse_blob_segments(live_pct) {
-            let guard = crossbeam_epoch::pin();
             let mut at = 1u64;
             let mut clean = true;
             while at < seg_lines {
@@ -402,15 +403,22 @@ impl Core {
                 }
                 let lines = (16 + len).div_ceil(LINE as u64);
                 at += lines;
+                // A guard per record, so that reclamation elsewhere is never held up long.
+                let guard = crossbeam_epoch::pin();
                 match self.move_record(line, lines, &guard) {
                     Some(true) => moved += 1,
                     Some(false) => {}
                     None => clean = false,
                 }
             }
-            if clean {
+            // Recycle only a segment no entry points into any more. The scan above stops at a
+            // record whose header never got written (a crash while two records were being
+            // written), so the live count, not the scan, decides: records past such a gap stay
+            // counted, and the segment is kept.
+            if clean && self.segs.retire_blob_segment(seg) {
                 // Readers that loaded a pointer into this segment before the moves hold the
                 // epoch: recycle only after them.
+                let guard = crossbeam_epoch::pin();
                 let done = Arc::clone(&self.recycle);
                 let pending = Arc::clone(&self.pending_recycle);
                 pending.fetch_add(1, Ordering::AcqRel);
@@ -430,7 +438,8 @@ impl Core {
     /// Give the epoch a few chances to move on, so that space unlinked by this thread comes
     /// back now rather than on a later pass (a reader pinned elsewhere can still delay it).
     pub(crate) fn settle(&self) {
-        for _ in 0..200 {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_millis(250) {
             self.recycle_ready();
             if self.segs.pending_releases() == 0
                 && self.pending_recycle.load(Ordering::Acquire) == 0
@@ -491,7 +500,6 @@ impl Core {
         if let Some(p) = e.w(l.state_at + 1) {
             p.store(new, Ordering::Release);
         }
-        self.segs.blob_live_add(new, lines);
         self.segs.blob_dead(line, lines);
         Some(true)
     }

@@ -54,6 +54,9 @@ struct Alloc {
     /// Per segment index: lines of blob records written, and lines of those still live.
     blob_used: Vec<u64>,
     blob_live: Vec<u64>,
+    /// Per segment index: the line after the furthest live record seen (at open), so that a
+    /// gap left by a record whose header never got written does not hide the records after it.
+    blob_floor: Vec<u64>,
 }
 
 /// How full the blob segments are (lines of 64 bytes).
@@ -91,6 +94,7 @@ impl Segments {
                 blob: None,
                 blob_used: Vec::new(),
                 blob_live: Vec::new(),
+                blob_floor: Vec::new(),
             }),
             released: Arc::new(Mutex::new(Vec::new())),
             pending: Arc::new(AtomicU64::new(0)),
@@ -186,6 +190,7 @@ impl Segments {
     /// lines are added by [`Segments::blob_live_add`] as the entries pointing at it are read.
     pub(crate) fn adopt_blob(&self, seg: usize, next: u64) {
         let mut a = self.alloc.lock();
+        let next = next.max(get_at(&a.blob_floor, seg));
         set_at(&mut a.blob_used, seg, next.saturating_sub(1));
         if a.blob.is_none_or(|(s, _)| s < seg) {
             a.blob = Some((seg, next));
@@ -195,9 +200,12 @@ impl Segments {
     /// Count `lines` of the blob record at `line` as live.
     pub(crate) fn blob_live_add(&self, line: u64, lines: u64) {
         let seg = self.seg_of(line);
+        let end = (line & (self.seg_lines() - 1)) + lines;
         let mut a = self.alloc.lock();
         let v = get_at(&a.blob_live, seg) + lines;
         set_at(&mut a.blob_live, seg, v);
+        let floor = get_at(&a.blob_floor, seg).max(end);
+        set_at(&mut a.blob_floor, seg, floor);
     }
 
     /// The blob record at `line` (of `lines` lines) is no longer referenced.
@@ -223,6 +231,19 @@ impl Segments {
             })
             .map(|(seg, _)| seg)
             .collect()
+    }
+
+    /// Take blob segment `seg` out of use if no live line is left in it: `true` if it was, and
+    /// it must now be recycled (once, after the epoch). It is no longer listed as sparse.
+    pub(crate) fn retire_blob_segment(&self, seg: usize) -> bool {
+        let mut a = self.alloc.lock();
+        let current = a.blob.map(|(s, _)| s);
+        if get_at(&a.blob_live, seg) != 0 || get_at(&a.blob_used, seg) == 0 || current == Some(seg)
+        {
+            return false;
+        }
+        set_at(&mut a.blob_used, seg, 0);
+        true
     }
 
     /// Blob space in use.
@@ -258,6 +279,7 @@ impl Segments {
         let mut a = self.alloc.lock();
         set_at(&mut a.blob_used, seg, 0);
         set_at(&mut a.blob_live, seg, 0);
+        set_at(&mut a.blob_floor, seg, 0);
         a.blank.push(seg);
     }
 
@@ -281,7 +303,9 @@ impl Segments {
         ((self.seg_lines() - 1) as usize) * LINE - 16
     }
 
-    /// Allocate `lines` contiguous lines for a blob record.
+    /// Allocate `lines` contiguous lines for a blob record. The lines count as live from now
+    /// on, so that compaction never recycles a segment a record is still being written into;
+    /// the caller hands them back with [`Segments::blob_dead`] if it gives the record up.
     pub(crate) fn alloc_blob(&self, lines: u64) -> Result<u64> {
         let seg_lines = self.seg_lines();
         if lines == 0 || lines > seg_lines - 1 {
@@ -293,6 +317,8 @@ impl Segments {
                 a.blob = Some((seg, next + lines));
                 let used = get_at(&a.blob_used, seg) + lines;
                 set_at(&mut a.blob_used, seg, used);
+                let live = get_at(&a.blob_live, seg) + lines;
+                set_at(&mut a.blob_live, seg, live);
                 return Ok(seg as u64 * seg_lines + next);
             }
         }
@@ -309,6 +335,7 @@ impl Segments {
         );
         a.blob = Some((seg, 1 + lines));
         set_at(&mut a.blob_used, seg, lines);
+        set_at(&mut a.blob_live, seg, lines);
         Ok(seg as u64 * seg_lines + 1)
     }
 

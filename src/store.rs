@@ -266,6 +266,8 @@ pub(crate) struct Core {
     pub(crate) recycle: Arc<Mutex<Vec<usize>>>,
     /// Blob segments handed to the epoch and not yet in `recycle`.
     pub(crate) pending_recycle: Arc<AtomicU64>,
+    /// Held while response records are compacted.
+    pub(crate) compacting: Mutex<()>,
 }
 
 /// A tollgate store: sliding-window counters in a memory-mapped file (or anonymous memory).
@@ -423,6 +425,7 @@ impl Store {
             cursor: Mutex::new(Cursor::default()),
             recycle: Arc::new(Mutex::new(Vec::new())),
             pending_recycle: Arc::new(AtomicU64::new(0)),
+            compacting: Mutex::new(()),
         };
         core.report = core.recover(count);
         core.live_entries = AtomicU64::new(core.report.entries);
@@ -450,6 +453,7 @@ impl Store {
             cursor: Mutex::new(Cursor::default()),
             recycle: Arc::new(Mutex::new(Vec::new())),
             pending_recycle: Arc::new(AtomicU64::new(0)),
+            compacting: Mutex::new(()),
         };
         Ok(Store::start(core, opts.compactor))
     }
@@ -1229,6 +1233,7 @@ impl Core {
         let mut report = OpenReport::default();
         let guard = crossbeam_epoch::pin();
         let seg_lines = self.segs.seg_lines();
+        let mut blob_segments = Vec::new();
         for seg in 0..count {
             let header =
                 match SegmentHeader::decode(&self.segs.read_segment_header(seg), seg as u32) {
@@ -1244,7 +1249,8 @@ impl Core {
                     }
                 };
             if header.entry_lines == BLOB_SEGMENT {
-                self.segs.adopt_blob(seg, self.scan_blobs(seg));
+                // Adopted after the entries are read: their pointers say how far it is used.
+                blob_segments.push((seg, self.scan_blobs(seg)));
                 continue;
             }
             let mut free = Vec::new();
@@ -1303,6 +1309,9 @@ impl Core {
                 }
             }
             self.segs.adopt(seg, Some(header), free);
+        }
+        for (seg, scanned) in blob_segments {
+            self.segs.adopt_blob(seg, scanned);
         }
         report
     }

@@ -310,7 +310,6 @@ impl Core {
                     return Err(err);
                 }
             };
-            self.segs.blob_live_add(blob, lines);
             if let (Some(p), Some(q)) = (e.w(l.state_at + 1), e.w(l.state_at + 2)) {
                 p.store(blob, Ordering::Relaxed);
                 q.store(
