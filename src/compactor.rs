@@ -282,6 +282,9 @@ impl Core {
             return false;
         }
         lock.remove(hash, line, guard);
+        // A reader that still holds the line finds no key in it (and looks again); a reopen
+        // does not bring it back. The rest of the entry stays until the space is reused.
+        self.clear_entry(line);
         self.live_entries.fetch_sub(1, Ordering::Relaxed);
         self.segs.release_later(line, class, guard);
         self.counters
@@ -339,6 +342,9 @@ impl Core {
             self.counters.expired_leases.fetch_add(1, Ordering::Relaxed);
         }
         lock.remove(hash, line, guard);
+        // A reader that still holds the line finds no key in it (and looks again); a reopen
+        // does not bring it back. The rest of the entry stays until the space is reused.
+        self.clear_entry(line);
         self.live_entries.fetch_sub(1, Ordering::Relaxed);
         self.counters.live_records.fetch_sub(1, Ordering::Relaxed);
         self.segs.release_later(line, class, guard);
@@ -562,7 +568,7 @@ fn run(core: Arc<Core>, stop: Arc<(Mutex<bool>, Condvar)>, opts: CompactorOption
         // Keep going while passes find many expired entries (a quarter of what they look at),
         // checking for a stop request between passes.
         loop {
-            let r = core.expire_pass(core.clock.now_ms(), opts.budget);
+            let r = core.expire_pass(core.expiry_now(), opts.budget);
             if r.wrapped && r.expired == 0 {
                 break;
             }

@@ -44,6 +44,7 @@ mod error;
 mod format;
 pub mod idempotency;
 mod index;
+mod inspect;
 mod limit;
 mod raw;
 mod segment;
@@ -58,6 +59,7 @@ pub use error::{Error, Result};
 pub use idempotency::{
     Begin, Durability, Fingerprint, IdempotencyKey, Lease, Replayed, StoredResponse, MAX_SCOPE_LEN,
 };
+pub use inspect::{EntryView, RecordState, VerifyReport, WindowView};
 pub use limit::{
     Limit, Limits, Mode, MAX_BUCKETED_LIMIT, MAX_EXACT_LIMIT, MAX_WINDOW, MAX_WINDOWS, MIN_WINDOW,
 };

@@ -268,6 +268,11 @@ pub(crate) struct Core {
     pub(crate) pending_recycle: Arc<AtomicU64>,
     /// Held while response records are compacted.
     pub(crate) compacting: Mutex<()>,
+    /// The newest time any operation ran at (explicit or from the clock). The compactor never
+    /// judges expiry later than this: a caller that drives time itself (`check_at`) is never
+    /// overtaken by the store's own clock, which would unlink entries still live in the
+    /// caller's time and hand out fresh quota.
+    pub(crate) seen_ms: AtomicU64,
 }
 
 /// A tollgate store: sliding-window counters in a memory-mapped file (or anonymous memory).
@@ -426,6 +431,7 @@ impl Store {
             recycle: Arc::new(Mutex::new(Vec::new())),
             pending_recycle: Arc::new(AtomicU64::new(0)),
             compacting: Mutex::new(()),
+            seen_ms: AtomicU64::new(0),
         };
         core.report = core.recover(count);
         core.live_entries = AtomicU64::new(core.report.entries);
@@ -454,6 +460,7 @@ impl Store {
             recycle: Arc::new(Mutex::new(Vec::new())),
             pending_recycle: Arc::new(AtomicU64::new(0)),
             compacting: Mutex::new(()),
+            seen_ms: AtomicU64::new(0),
         };
         Ok(Store::start(core, opts.compactor))
     }
@@ -678,8 +685,23 @@ fn empty_decision(limits: &Limits, cost: u32, now_ms: u64) -> Decision {
 }
 
 impl Core {
+    /// Remember `now_ms` as the newest time seen (a read, and rarely a write).
+    #[inline]
+    pub(crate) fn saw(&self, now_ms: u64) {
+        if now_ms > self.seen_ms.load(Ordering::Relaxed) {
+            self.seen_ms.fetch_max(now_ms, Ordering::Relaxed);
+        }
+    }
+
+    /// The time the compactor judges expiry at: the clock, but never past the newest time an
+    /// operation ran at.
+    pub(crate) fn expiry_now(&self) -> u64 {
+        self.clock.now_ms().min(self.seen_ms.load(Ordering::Relaxed))
+    }
+
     fn check(&self, key: &[u8], limits: &Limits, cost: u32, now_ms: u64) -> Result<Decision> {
         check_key(key)?;
+        self.saw(now_ms);
         if cost > limits.min_limit() {
             return Err(Error::CostExceedsLimit {
                 cost,
@@ -1224,6 +1246,7 @@ impl Core {
             Some(())
         })?;
         lock.replace(hash, old, new_line, guard);
+        self.clear_entry(old);
         self.segs.release_later(old, old_layout.lines, guard);
         Ok(())
     }

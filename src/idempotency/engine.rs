@@ -131,6 +131,7 @@ impl Core {
     }
 
     pub(crate) fn idem_begin(&self, key: &[u8], fp: &Fingerprint, now_ms: u64) -> Result<Begin> {
+        self.saw(now_ms);
         let hash = self.hasher.hash_one(key);
         let guard = crossbeam_epoch::pin();
         let lease_ms = self.idem.lease.as_millis() as u64;
@@ -233,6 +234,7 @@ impl Core {
                 self.record_blob_dead(&e, &l);
             }
             lock.replace(hash, line, new, &guard);
+            self.clear_entry(line);
             self.segs.release_later(line, l.lines, &guard);
             return Ok(Begin::Started(lease(key, nf, fp, ndl)));
         }
@@ -259,6 +261,7 @@ impl Core {
         resp: &StoredResponse,
         now_ms: u64,
     ) -> Result<()> {
+        self.saw(now_ms);
         let max = self.idem.max_response.min(self.segs.max_blob());
         let len = resp.encoded_len().unwrap_or(usize::MAX);
         if len > max {
@@ -391,6 +394,13 @@ impl Core {
             );
         }
         Ok((line, lines))
+    }
+
+    /// Read and check the response of the completed record at `line`.
+    pub(crate) fn read_response_at(&self, line: u64) -> Result<Replayed> {
+        let e = self.segs.entry(line);
+        let l = IdemLayout::new((e.load(0) & 0xFF) as usize);
+        self.read_response(&e, &l, line)
     }
 
     /// Read and check the response a completed record points at. A record that fails any check

@@ -336,6 +336,15 @@ pub(crate) fn word_expired(word: u64, window_ms: u64, kmax: u32, now_ms: u64) ->
     d < HALF && d >= u64::from(g.k)
 }
 
+/// The count a stored word holds at `now_ms`, read with its own counter width (no limit needed:
+/// for inspection tools).
+pub(crate) fn word_count(word: u64, window_ms: u64, kmax: u32, now_ms: u64) -> u32 {
+    let word = word & !FROZEN;
+    let c = ((word >> 32) & 0xF) as u32 + 1;
+    let g = Geometry::new(c, kmax, window_ms);
+    normalize_with(word, &g, window_ms, kmax, now_ms).total()
+}
+
 /// Whether a stored word is structurally valid for a store with `kmax` counters at most (used
 /// when opening a file).
 pub(crate) fn word_is_valid(word: u64, kmax: u32) -> bool {

@@ -1,0 +1,547 @@
+//! `tollgate bench`: a db_bench-style load generator on the seed policies.
+//!
+//! Tokens are drawn from a Zipf distribution (a few hot tokens, a long tail), routes by weight
+//! from the policy's endpoint groups; a share of the POST requests carry an Idempotency-Key,
+//! some of them retries of a recent key (which replay). Each thread samples the latency of one
+//! operation in eight. The same token and route sequence then runs on governor's keyed limiter
+//! and, when a server answers, on Redis, so the figures are side by side from one run.
+
+use std::io::Write;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use tollgate::{Begin, Fingerprint, IdempotencyKey, Limit, Limits, Options, Store, StoredResponse};
+
+use crate::peers::{self, Redis, Reply};
+use crate::Res;
+
+struct Route {
+    name: &'static str,
+    limits: Limits,
+    /// Per-minute limit, for the peers (governor and Redis check one window).
+    per_minute: u32,
+    weight: u32,
+    post: bool,
+}
+
+fn policy(name: &str) -> Result<Vec<Route>, Box<dyn std::error::Error>> {
+    let r = |name, limits: &[Limit], per_minute, weight, post| -> Result<Route, tollgate::Error> {
+        Ok(Route {
+            name,
+            limits: Limits::new(limits)?,
+            per_minute,
+            weight,
+            post,
+        })
+    };
+    Ok(match name {
+        "zorio" => vec![
+            r("pbx-click-to-call", &[Limit::per_minute(10)], 10, 5, true)?,
+            r("pbx", &[Limit::per_minute(60)], 60, 30, false)?,
+            r("telesales", &[Limit::per_minute(120)], 120, 20, false)?,
+            r("autocall", &[Limit::per_minute(120)], 120, 20, true)?,
+            r("auth-login", &[Limit::per_minute(5).exact()], 5, 5, true)?,
+            r("auth", &[Limit::per_minute(30)], 30, 20, false)?,
+        ],
+        "erzycall" => vec![r(
+            "api",
+            &[Limit::per_minute(60), Limit::per_hour(1000)],
+            60,
+            1,
+            true,
+        )?],
+        other => return Err(format!("unknown policy {other:?} (zorio or erzycall)").into()),
+    })
+}
+
+struct Config {
+    policy: String,
+    tokens: usize,
+    threads: usize,
+    seconds: f64,
+    zipf: f64,
+    idempotent: f64,
+    retries: f64,
+    data: String,
+    peers: bool,
+    redis: String,
+    redis_conns: usize,
+}
+
+fn parse(args: &[String]) -> Result<Config, Box<dyn std::error::Error>> {
+    let mut c = Config {
+        policy: "zorio".into(),
+        tokens: 100_000,
+        threads: 2,
+        seconds: 10.0,
+        zipf: 1.1,
+        idempotent: 0.3,
+        retries: 0.1,
+        data: "tollgate-data".into(),
+        peers: true,
+        redis: std::env::var("TOLLGATE_REDIS").unwrap_or_else(|_| "127.0.0.1:6379".into()),
+        redis_conns: 50,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{a} needs a value"))
+        };
+        match a.as_str() {
+            "--policy" => c.policy = val()?,
+            "--tokens" => c.tokens = val()?.parse()?,
+            "--threads" => c.threads = val()?.parse()?,
+            "--seconds" => c.seconds = val()?.parse()?,
+            "--zipf" => c.zipf = val()?.parse()?,
+            "--idempotent" => c.idempotent = val()?.parse()?,
+            "--retries" => c.retries = val()?.parse()?,
+            "--data" => c.data = val()?,
+            "--redis" => c.redis = val()?,
+            "--redis-conns" => c.redis_conns = val()?.parse()?,
+            "--no-peers" => c.peers = false,
+            other => return Err(format!("unknown option {other}").into()),
+        }
+    }
+    if c.tokens == 0 || c.threads == 0 || c.seconds <= 0.0 {
+        return Err("tokens, threads and seconds must be positive".into());
+    }
+    Ok(c)
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Cumulative Zipf weights over `n` ranks.
+fn zipf_cdf(n: usize, s: f64) -> Vec<f64> {
+    let mut acc = 0.0;
+    let mut cdf: Vec<f64> = (0..n)
+        .map(|k| {
+            acc += 1.0 / ((k + 1) as f64).powf(s);
+            acc
+        })
+        .collect();
+    for v in cdf.iter_mut() {
+        *v /= acc;
+    }
+    cdf
+}
+
+struct Workload {
+    cdf: Vec<f64>,
+    routes: Vec<Route>,
+    route_cdf: Vec<u32>,
+}
+
+impl Workload {
+    fn pick(&self, rng: &mut Rng) -> (usize, usize) {
+        let u = rng.unit();
+        let token = self.cdf.partition_point(|&c| c < u).min(self.cdf.len() - 1);
+        let total = self.route_cdf.last().copied().unwrap_or(1).max(1);
+        let w = (rng.next() % u64::from(total)) as u32;
+        let route = self
+            .route_cdf
+            .partition_point(|&c| c <= w)
+            .min(self.routes.len() - 1);
+        (token, route)
+    }
+}
+
+fn key_into(buf: &mut [u8; 64], token: usize, route: &str) -> usize {
+    let mut w = std::io::Cursor::new(&mut buf[..]);
+    let _ = write!(w, "tok_{token:028x}:{route}");
+    w.position() as usize
+}
+
+#[derive(Default)]
+struct Totals {
+    allowed: AtomicU64,
+    rejected: AtomicU64,
+    started: AtomicU64,
+    replayed: AtomicU64,
+    conflicts: AtomicU64,
+}
+
+fn percentiles(mut v: Vec<u64>) -> (u64, u64, u64) {
+    if v.is_empty() {
+        return (0, 0, 0);
+    }
+    v.sort_unstable();
+    let p = |q: f64| v[((v.len() as f64 * q) as usize).min(v.len() - 1)];
+    (p(0.5), p(0.99), p(0.999))
+}
+
+fn progress(label: &str, start: Instant, secs: f64, ops: &AtomicU64, stop: &AtomicBool) {
+    let mut last = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(500));
+        let t = start.elapsed().as_secs_f64().min(secs);
+        let n = ops.load(Ordering::Relaxed);
+        let filled = ((t / secs) * 30.0) as usize;
+        eprint!(
+            "\r  {label:<22} [{}{}] {t:>5.1}/{secs:.0} s  {:>6.2} M ops/s ",
+            "#".repeat(filled),
+            " ".repeat(30 - filled.min(30)),
+            (n - last) as f64 / 0.5 / 1e6
+        );
+        last = n;
+    }
+    eprint!("\r{}\r", " ".repeat(90));
+}
+
+/// Run `f(thread, rng, deadline)` on `threads` threads for `secs` with a progress line.
+fn timed<F>(label: &str, threads: usize, secs: f64, ops: Arc<AtomicU64>, f: F) -> (f64, Vec<u64>)
+where
+    F: Fn(usize, &mut Rng, Instant, &AtomicU64) -> Vec<u64> + Sync,
+{
+    let stop = AtomicBool::new(false);
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(secs);
+    let mut samples = Vec::new();
+    std::thread::scope(|s| {
+        let p = s.spawn(|| progress(label, start, secs, &ops, &stop));
+        let hs: Vec<_> = (0..threads)
+            .map(|t| {
+                let (f, ops) = (&f, &ops);
+                s.spawn(move || {
+                    let mut rng =
+                        Rng(0x9E37_79B9_7F4A_7C15
+                            ^ (t as u64 + 1).wrapping_mul(0x2545_F491_4F6C_DD1D));
+                    f(t, &mut rng, deadline, ops)
+                })
+            })
+            .collect();
+        for h in hs {
+            samples.extend(h.join().unwrap_or_default());
+        }
+        stop.store(true, Ordering::Relaxed);
+        let _ = p.join();
+    });
+    (start.elapsed().as_secs_f64(), samples)
+}
+
+struct Row {
+    engine: String,
+    ops: u64,
+    secs: f64,
+    lat: (u64, u64, u64),
+}
+
+pub fn run(args: &[String]) -> Res {
+    let c = parse(args)?;
+    let routes = policy(&c.policy)?;
+    let mut acc = 0;
+    let route_cdf = routes.iter().map(|r| {
+        acc += r.weight;
+        acc
+    });
+    let w = Arc::new(Workload {
+        cdf: zipf_cdf(c.tokens, c.zipf),
+        route_cdf: route_cdf.collect(),
+        routes,
+    });
+    std::fs::create_dir_all(&c.data)?;
+    let path = format!("{}/bench.tg", c.data.trim_end_matches('/'));
+    let _ = std::fs::remove_file(&path);
+    let store = Store::open(&path, Options::default())?;
+    println!(
+        "tollgate bench: policy {}, {} tokens (Zipf s={}), {} threads, {} s; {:.0}% of POSTs keyed, {:.0}% of those retries",
+        c.policy, c.tokens, c.zipf, c.threads, c.seconds, c.idempotent * 100.0, c.retries * 100.0
+    );
+    println!("store: {path}");
+    let totals = Arc::new(Totals::default());
+    let ops = Arc::new(AtomicU64::new(0));
+    let response =
+        StoredResponse::new(201, vec![b'{'; 200]).with_header("content-type", "application/json");
+    let (secs, samples) = timed(
+        "tollgate",
+        c.threads,
+        c.seconds,
+        ops.clone(),
+        |t, rng, deadline, ops| {
+            let mut lat = Vec::new();
+            let mut buf = [0u8; 64];
+            let mut recent: Vec<(usize, IdempotencyKey)> = Vec::with_capacity(1024);
+            let mut next_key = (t as u128) << 64;
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                for _ in 0..256 {
+                    n += 1;
+                    let (token, ri) = w.pick(rng);
+                    let route = &w.routes[ri];
+                    let len = key_into(&mut buf, token, route.name);
+                    let sample = n % 8 == 0;
+                    let t0 = sample.then(Instant::now);
+                    let Ok(d) = store.check(&buf[..len], &route.limits, 1) else {
+                        continue;
+                    };
+                    if d.allowed() {
+                        totals.allowed.fetch_add(1, Ordering::Relaxed);
+                        if route.post && rng.unit() < c.idempotent {
+                            let retry = !recent.is_empty() && rng.unit() < c.retries;
+                            let (scope_token, key) = if retry {
+                                recent[(rng.next() as usize) % recent.len()]
+                            } else {
+                                next_key += 1;
+                                let x = next_key
+                                    .wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835);
+                                match IdempotencyKey::from_uuid(
+                                    uuid::Builder::from_random_bytes(x.to_le_bytes()).into_uuid(),
+                                ) {
+                                    Ok(k) => (token, k),
+                                    Err(_) => continue,
+                                }
+                            };
+                            let mut sbuf = [0u8; 64];
+                            let slen = key_into(&mut sbuf, scope_token, "");
+                            let fp = Fingerprint::from_bytes([0x5A; 32]);
+                            match store.begin(&sbuf[..slen], &key, &fp) {
+                                Ok(Begin::Started(lease)) => {
+                                    let _ = store.complete(&lease, &response);
+                                    totals.started.fetch_add(1, Ordering::Relaxed);
+                                    if recent.len() < 1024 {
+                                        recent.push((token, key));
+                                    } else {
+                                        let i = (rng.next() as usize) % 1024;
+                                        recent[i] = (token, key);
+                                    }
+                                }
+                                Ok(Begin::Replay(_)) => {
+                                    totals.replayed.fetch_add(1, Ordering::Relaxed);
+                                }
+                                Ok(_) => {
+                                    totals.conflicts.fetch_add(1, Ordering::Relaxed);
+                                }
+                                Err(_) => {}
+                            }
+                        }
+                    } else {
+                        totals.rejected.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if let Some(t0) = t0 {
+                        lat.push(t0.elapsed().as_nanos() as u64);
+                    }
+                }
+                ops.fetch_add(256, Ordering::Relaxed);
+            }
+            lat
+        },
+    );
+    let n = ops.load(Ordering::Relaxed);
+    let tl = percentiles(samples);
+    let stats = store.stats();
+    let file = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "tollgate: {n} requests in {secs:.1} s = {:.2} M/s; latency p50 {} ns, p99 {} ns, p99.9 {} ns",
+        n as f64 / secs / 1e6,
+        tl.0,
+        tl.1,
+        tl.2
+    );
+    println!(
+        "  decisions: {} admitted, {} rejected (429); idempotency: {} started+completed, {} replayed, {} in flight/mismatch",
+        totals.allowed.load(Ordering::Relaxed),
+        totals.rejected.load(Ordering::Relaxed),
+        totals.started.load(Ordering::Relaxed),
+        totals.replayed.load(Ordering::Relaxed),
+        totals.conflicts.load(Ordering::Relaxed),
+    );
+    println!(
+        "  store: {} entries ({} idempotency records), {} segments, file {:.1} MiB",
+        stats.entries,
+        stats.idempotency_records,
+        stats.segments,
+        file as f64 / 1048576.0
+    );
+    let mut rows = vec![Row {
+        engine: format!("tollgate ({} threads)", c.threads),
+        ops: n,
+        secs,
+        lat: tl,
+    }];
+    store.close()?;
+    if c.peers {
+        rows.push(bench_governor(&c, &w));
+        match Redis::connect(&c.redis) {
+            Ok(r) => {
+                drop(r);
+                rows.extend(bench_redis(&c, &w)?);
+            }
+            Err(e) => println!(
+                "redis: not reachable at {} ({e}); skipped. Start one with `.ci/redis-server.sh start`.",
+                c.redis
+            ),
+        }
+        println!("\n| engine (checks only for peers) | checks/s | p50 | p99 | p99.9 | tollgate ÷ engine |");
+        println!("|---|---|---|---|---|---|");
+        let base = n as f64 / secs;
+        for r in &rows {
+            let rate = r.ops as f64 / r.secs;
+            println!(
+                "| {} | {:.0} | {} ns | {} ns | {} ns | {:.2}× |",
+                r.engine,
+                rate,
+                r.lat.0,
+                r.lat.1,
+                r.lat.2,
+                base / rate.max(1e-9)
+            );
+        }
+    }
+    Ok(())
+}
+
+fn bench_governor(c: &Config, w: &Arc<Workload>) -> Row {
+    // One keyed limiter per route, on the route's per-minute limit; keys are the same strings.
+    let limiters: Vec<DefaultKeyedRateLimiter<String>> = w
+        .routes
+        .iter()
+        .map(|r| {
+            RateLimiter::keyed(Quota::per_minute(
+                NonZeroU32::new(r.per_minute).unwrap_or(NonZeroU32::MIN),
+            ))
+        })
+        .collect();
+    let ops = Arc::new(AtomicU64::new(0));
+    let (secs, samples) = timed(
+        "governor",
+        c.threads,
+        c.seconds,
+        ops.clone(),
+        |_, rng, deadline, ops| {
+            let mut lat = Vec::new();
+            let mut buf = [0u8; 64];
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                for _ in 0..256 {
+                    n += 1;
+                    let (token, ri) = w.pick(rng);
+                    let len = key_into(&mut buf, token, w.routes[ri].name);
+                    let key = String::from_utf8_lossy(&buf[..len]).into_owned();
+                    let sample = n % 8 == 0;
+                    let t0 = sample.then(Instant::now);
+                    std::hint::black_box(limiters[ri].check_key(&key).is_ok());
+                    if let Some(t0) = t0 {
+                        lat.push(t0.elapsed().as_nanos() as u64);
+                    }
+                }
+                ops.fetch_add(256, Ordering::Relaxed);
+            }
+            lat
+        },
+    );
+    let n = ops.load(Ordering::Relaxed);
+    let l = percentiles(samples);
+    println!(
+        "governor: {n} checks in {secs:.1} s = {:.2} M/s; latency p50 {} ns, p99 {} ns, p99.9 {} ns (key string built outside the timing)",
+        n as f64 / secs / 1e6,
+        l.0,
+        l.1,
+        l.2
+    );
+    Row {
+        engine: format!("governor 0.10 keyed ({} threads)", c.threads),
+        ops: n,
+        secs,
+        lat: l,
+    }
+}
+
+fn bench_redis(c: &Config, w: &Arc<Workload>) -> Result<Vec<Row>, Box<dyn std::error::Error>> {
+    let mut rows = Vec::new();
+    let secs = (c.seconds / 2.0).max(1.0);
+    let sha = peers::load_script(&mut Redis::connect(&c.redis)?)?;
+    for (label, conns, lua) in [
+        ("redis INCR+EXPIRE, 1 connection", 1usize, false),
+        ("redis sliding-window Lua, 1 connection", 1, true),
+        ("redis sliding-window Lua", c.redis_conns, true),
+    ] {
+        let ops = Arc::new(AtomicU64::new(0));
+        let failed = AtomicBool::new(false);
+        let (took, samples) = timed(label, conns, secs, ops.clone(), |t, rng, deadline, ops| {
+            let mut lat = Vec::new();
+            let Ok(mut r) = Redis::connect(&c.redis) else {
+                failed.store(true, Ordering::Relaxed);
+                return lat;
+            };
+            let mut buf = [0u8; 64];
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                n += 1;
+                let (token, ri) = w.pick(rng);
+                let route = &w.routes[ri];
+                let len = key_into(&mut buf, token, route.name);
+                let key = &buf[..len];
+                let t0 = Instant::now();
+                let ok = if lua {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_millis() as u64)
+                        .unwrap_or(0);
+                    let member = format!("{now}-{t}-{n}");
+                    r.cmd(&[
+                        b"EVALSHA",
+                        sha.as_bytes(),
+                        b"1",
+                        key,
+                        now.to_string().as_bytes(),
+                        b"60000",
+                        route.per_minute.to_string().as_bytes(),
+                        member.as_bytes(),
+                    ])
+                    .is_ok()
+                } else {
+                    match r.cmd(&[b"INCR", key]) {
+                        Ok(Reply::Int(1)) => r.cmd(&[b"PEXPIRE", key, b"60000"]).is_ok(),
+                        Ok(_) => true,
+                        Err(_) => false,
+                    }
+                };
+                if !ok {
+                    failed.store(true, Ordering::Relaxed);
+                    break;
+                }
+                if n % 8 == 0 {
+                    lat.push(t0.elapsed().as_nanos() as u64);
+                }
+                ops.fetch_add(1, Ordering::Relaxed);
+            }
+            lat
+        });
+        if failed.load(Ordering::Relaxed) {
+            println!("{label}: a command failed; skipped");
+            continue;
+        }
+        let n = ops.load(Ordering::Relaxed);
+        let l = percentiles(samples);
+        println!(
+            "{label}: {n} checks in {took:.1} s = {:.0}/s; latency p50 {} ns, p99 {} ns, p99.9 {} ns",
+            n as f64 / took,
+            l.0,
+            l.1,
+            l.2
+        );
+        rows.push(Row {
+            engine: format!("{label} ({conns} conns)"),
+            ops: n,
+            secs: took,
+            lat: l,
+        });
+    }
+    Ok(rows)
+}
