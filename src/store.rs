@@ -696,7 +696,9 @@ impl Core {
     /// The time the compactor judges expiry at: the clock, but never past the newest time an
     /// operation ran at.
     pub(crate) fn expiry_now(&self) -> u64 {
-        self.clock.now_ms().min(self.seen_ms.load(Ordering::Relaxed))
+        self.clock
+            .now_ms()
+            .min(self.seen_ms.load(Ordering::Relaxed))
     }
 
     fn check(&self, key: &[u8], limits: &Limits, cost: u32, now_ms: u64) -> Result<Decision> {
