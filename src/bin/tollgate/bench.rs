@@ -285,7 +285,7 @@ pub fn run(args: &[String]) -> Res {
                     let (token, ri) = w.pick(rng);
                     let route = &w.routes[ri];
                     let len = key_into(&mut buf, token, route.name);
-                    let sample = n % 8 == 0;
+                    let sample = n.is_multiple_of(8);
                     let t0 = sample.then(Instant::now);
                     let Ok(d) = store.check(&buf[..len], &route.limits, 1) else {
                         continue;
@@ -433,7 +433,7 @@ fn bench_governor(c: &Config, w: &Arc<Workload>) -> Row {
                     let (token, ri) = w.pick(rng);
                     let len = key_into(&mut buf, token, w.routes[ri].name);
                     let key = String::from_utf8_lossy(&buf[..len]).into_owned();
-                    let sample = n % 8 == 0;
+                    let sample = n.is_multiple_of(8);
                     let t0 = sample.then(Instant::now);
                     std::hint::black_box(limiters[ri].check_key(&key).is_ok());
                     if let Some(t0) = t0 {
@@ -516,7 +516,7 @@ fn bench_redis(c: &Config, w: &Arc<Workload>) -> Result<Vec<Row>, Box<dyn std::e
                     failed.store(true, Ordering::Relaxed);
                     break;
                 }
-                if n % 8 == 0 {
+                if n.is_multiple_of(8) {
                     lat.push(t0.elapsed().as_nanos() as u64);
                 }
                 ops.fetch_add(1, Ordering::Relaxed);
