@@ -356,6 +356,10 @@ impl Segments {
     /// Allocate an entry of `lines` lines; its words are zero... except the header word, which
     /// the caller writes last.
     pub(crate) fn alloc(&self, lines: u32) -> Result<u64> {
+        self.alloc_inner(lines, false)
+    }
+
+    fn alloc_inner(&self, lines: u32, retried: bool) -> Result<u64> {
         let released: Vec<(u64, u32)> = std::mem::take(&mut *self.released.lock());
         let mut a = self.alloc.lock();
         for (line, l) in released {
@@ -377,6 +381,19 @@ impl Segments {
                 }
                 return Ok(seg as u64 * seg_lines + next);
             }
+        }
+        // Before taking a new segment, give entries waiting for the epoch a chance to come
+        // back: reuse beats growth.
+        if !retried && a.blank.is_empty() && self.pending.load(Ordering::Acquire) > 0 {
+            drop(a);
+            for _ in 0..4 {
+                crossbeam_epoch::pin().flush();
+                if !self.released.lock().is_empty() {
+                    break;
+                }
+                std::thread::yield_now();
+            }
+            return self.alloc_inner(lines, true);
         }
         // A new segment for this class: a blank one left by a crash, or a new one.
         let seg = match a.blank.pop() {
