@@ -175,6 +175,12 @@ impl Segments {
     /// Register segment `seg` (found at open) as blank, or as a segment of `entry_lines` whose
     /// entries at `free_lines` are free.
     pub(crate) fn adopt(&self, seg: usize, header: Option<SegmentHeader>, free_lines: Vec<u64>) {
+        if header.is_none() {
+            // A segment whose header line is zero: normally one a crash left right after the
+            // file grew (all zero), but its body may hold old entries if only the header was
+            // lost. Zero it all before reuse, so that nothing in it is ever served.
+            self.zero_segment(seg);
+        }
         let mut a = self.alloc.lock();
         match header {
             None => a.blank.push(seg),
@@ -291,6 +297,21 @@ impl Segments {
             .iter()
             .find_map(|c| c.current.filter(|&(s, _)| s == seg).map(|(_, next)| next))
             .unwrap_or_else(|| self.seg_lines())
+    }
+
+    /// Zero every line of segment `seg` after its header line.
+    fn zero_segment(&self, seg: usize) {
+        let seg_lines = self.seg_lines();
+        for line in 1..seg_lines {
+            let e = self.entry(seg as u64 * seg_lines + line);
+            for i in 0..LINE / 8 {
+                if let Some(w) = e.w(i) {
+                    if w.load(Ordering::Relaxed) != 0 {
+                        w.store(0, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
     }
 
     /// The segment index of global line `line`.

@@ -34,6 +34,8 @@ const KEY_WORDS: usize = MAX_KEY_LEN / 8;
 const META_LOCK: u64 = 1 << 63;
 const META_FROZEN: u64 = 1 << 62;
 const META_HEAD: u64 = 0xFFFF_FFFF;
+/// Largest admission time an exact ring can hold (ms + 1): 10000-01-01.
+const MAX_RING_TIME: u64 = 253_402_300_800_000;
 
 /// How a store is opened.
 ///
@@ -1416,6 +1418,12 @@ impl Core {
                 frozen |= v & META_FROZEN != 0;
                 let head = v & META_HEAD;
                 if head >= u64::from(d.cap) || v & !(META_HEAD | META_LOCK | META_FROZEN) != 0 {
+                    return None;
+                }
+                // Ring times are ms since 1970 (+1): anything past the year 10000 was not
+                // written by tollgate.
+                let at = *layout.window_at.get(i)?;
+                if (0..d.cap as usize).any(|k| e.load(at + 1 + k) > MAX_RING_TIME) {
                     return None;
                 }
                 w.store(head, Ordering::Release);

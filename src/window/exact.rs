@@ -42,7 +42,7 @@ impl Ring {
                 continue;
             }
             let t = v - 1;
-            if t + window_ms > now_eff {
+            if t.saturating_add(window_ms) > now_eff {
                 if let Some(place) = times.get_mut(len) {
                     *place = t;
                     len += 1;
@@ -86,7 +86,7 @@ impl Eval {
             .checked_sub(1)
             .and_then(|i| self.times.get(i as usize))
         {
-            Some(&t) => t + window_ms,
+            Some(&t) => t.saturating_add(window_ms),
             None => now_ms,
         }
     }
@@ -99,10 +99,14 @@ impl Eval {
         };
         match self.times.get(needed as usize - 1) {
             Some(&t) if needed <= u64::from(self.len) => {
-                (t + window_ms).saturating_sub(now_ms).max(1)
+                t.saturating_add(window_ms).saturating_sub(now_ms).max(1)
             }
             // More than the ring can hold even when empty: a full window from the newest time.
-            _ => (self.now_eff + window_ms).saturating_sub(now_ms).max(1),
+            _ => self
+                .now_eff
+                .saturating_add(window_ms)
+                .saturating_sub(now_ms)
+                .max(1),
         }
     }
 }
