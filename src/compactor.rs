@@ -568,7 +568,12 @@ fn run(core: Arc<Core>, stop: Arc<(Mutex<bool>, Condvar)>, opts: CompactorOption
         // Keep going while passes find many expired entries (a quarter of what they look at),
         // checking for a stop request between passes.
         loop {
-            let r = core.expire_pass(core.expiry_now(), opts.budget);
+            // No operation yet since the store opened: no time to judge expiry at.
+            let now = core.expiry_now();
+            if now == 0 {
+                break;
+            }
+            let r = core.expire_pass(now, opts.budget);
             if r.wrapped && r.expired == 0 {
                 break;
             }

@@ -410,3 +410,26 @@ fn concurrent_compaction_never_recycles_a_live_record() {
         "compaction recycled segments"
     );
 }
+
+#[test]
+fn a_reopened_store_keeps_its_counts_before_any_request() {
+    // The compactor judges expiry at the newest time an operation ran at; right after open no
+    // operation has run, and it must not judge at all (it once judged at time 0 and unlinked
+    // every bucketed window of the file).
+    let (_dir, path) = temp_store();
+    let limits = minute();
+    {
+        let store = Store::open(&path, Options::default()).unwrap();
+        for _ in 0..3 {
+            store.check(b"k", &limits, 1).unwrap();
+        }
+    }
+    let store = Store::open(
+        &path,
+        Options::default().compactor_interval(Duration::from_millis(1)),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(200)); // let the compactor run many passes
+    assert_eq!(store.stats().expired_windows, 0);
+    assert_eq!(store.peek(b"k", &limits).unwrap().windows()[0].used(), 3);
+}
