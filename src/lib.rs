@@ -42,6 +42,8 @@ mod compactor;
 mod decision;
 mod error;
 mod format;
+#[cfg(feature = "gateway")]
+pub mod gateway;
 pub mod idempotency;
 mod index;
 mod inspect;

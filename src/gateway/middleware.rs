@@ -1,0 +1,788 @@
+//! The tower middleware: a [`GatewayLayer`] in front of any `Service` taking
+//! `Request<GatewayBody>`: an axum `Router` (`router.layer(gateway.layer())`) or a hyper
+//! service.
+//!
+//! Per request, in this order:
+//!
+//! 1. The bearer token (`Authorization: Bearer <token>`). Missing or malformed: 401 with
+//!    `WWW-Authenticate: Bearer`; longer than [`MAX_TOKEN_LEN`](super::MAX_TOKEN_LEN): 401.
+//! 2. The group: the most specific route of the policy ([`Policy::match_route`]). A request
+//!    matching no group is not rate-limited (and gets no rate-limit headers).
+//! 3. The concurrency cap, if configured: over it, 429 "Too many concurrent connections.".
+//! 4. For POST, PATCH and DELETE carrying `Idempotency-Key`: 400 on a malformed key; the body is
+//!    buffered (413 over `max_body_bytes`) and fingerprinted with method, path and query, and
+//!    body; then [`Store::begin`]: a replay, 409 while in flight, 422 on another body.
+//! 5. The rate check, with the group's cost: 429 with `Retry-After` and the configured body
+//!    when refused.
+//! 6. `If-Match` on a write, if `if_match` is on: 412 when stale.
+//! 7. The upstream. Its response gets the rate-limit headers; a keyed request's response is
+//!    stored for replay if its status is in `store_statuses` (else the lease is aborted, so a
+//!    retry runs again).
+//!
+//! Store calls are made directly on the executor's thread: they never block (no lock held
+//! across anything slow, no I/O but a rare file growth by one segment), so there is nothing
+//! to gain from `spawn_blocking`.
+
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, CONTENT_TYPE, ETAG, IF_MATCH, WWW_AUTHENTICATE};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http_body::Body;
+use parking_lot::RwLock;
+use tower::{Layer, Service};
+
+use super::body::{boxed, collect_capped, full, BoxError, Collected, GatewayBody};
+use super::headers::{
+    self, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, KEY_REUSED, RESOURCE_CHANGED, TOO_MANY_CONCURRENT,
+};
+use super::policy::{check_token, Group, Policy, RateKey, TokenError};
+use super::settings::{BodyStyle, NEVER_REPLAYED};
+use super::{ConcurrencyLimiter, PolicyError, Versions};
+use crate::{
+    Begin, Decision, Error, Fingerprint, IdempotencyKey, Lease, Limits, Store, StoredResponse,
+};
+
+/// The state shared by every request: the store, the current policy, the concurrency gauge
+/// and the versions.
+pub struct Gateway {
+    store: Store,
+    policy: RwLock<Arc<Policy>>,
+    limiter: ConcurrencyLimiter,
+    versions: Versions,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("store", &self.store)
+            .field("groups", &self.policy.read().groups().len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn cap_of(policy: &Policy) -> u32 {
+    policy
+        .settings()
+        .max_concurrent_per_token()
+        .unwrap_or(u32::MAX)
+}
+
+impl Gateway {
+    /// A gateway enforcing `policy` with `store`.
+    pub fn new(store: Store, policy: Policy) -> Arc<Gateway> {
+        let limiter = ConcurrencyLimiter::new(cap_of(&policy));
+        Arc::new(Gateway {
+            store,
+            policy: RwLock::new(Arc::new(policy)),
+            limiter,
+            versions: Versions::new(),
+        })
+    }
+
+    /// The layer to put in front of a service: `router.layer(gateway.layer())`.
+    pub fn layer(self: &Arc<Self>) -> GatewayLayer {
+        GatewayLayer::new(Arc::clone(self))
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> Arc<Policy> {
+        Arc::clone(&self.policy.read())
+    }
+
+    /// Put a new policy in force. Requests already running finish under the old one; counts
+    /// are kept (see [`Policy::reload`]).
+    pub fn set_policy(&self, policy: Policy) {
+        self.limiter.set_cap(cap_of(&policy));
+        *self.policy.write() = Arc::new(policy);
+    }
+
+    /// Load `path` and put it in force. On error the policy in force is unchanged.
+    pub fn reload(&self, path: impl AsRef<Path>) -> Result<(), PolicyError> {
+        self.set_policy(Policy::load(path)?);
+        Ok(())
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The concurrency gauge.
+    pub fn concurrency(&self) -> &ConcurrencyLimiter {
+        &self.limiter
+    }
+
+    /// The resource versions behind `If-Match`.
+    pub fn versions(&self) -> &Versions {
+        &self.versions
+    }
+}
+
+/// A `tower::Layer` wrapping a service in a [`GatewayService`].
+#[derive(Debug, Clone)]
+pub struct GatewayLayer {
+    gateway: Arc<Gateway>,
+}
+
+impl GatewayLayer {
+    /// A layer enforcing `gateway`'s policy.
+    pub fn new(gateway: Arc<Gateway>) -> GatewayLayer {
+        GatewayLayer { gateway }
+    }
+}
+
+impl<S> Layer<S> for GatewayLayer {
+    type Service = GatewayService<S>;
+
+    fn layer(&self, inner: S) -> GatewayService<S> {
+        GatewayService {
+            inner,
+            gateway: Arc::clone(&self.gateway),
+        }
+    }
+}
+
+/// The middleware service: see the module docs for what it does per request.
+#[derive(Debug, Clone)]
+pub struct GatewayService<S> {
+    inner: S,
+    gateway: Arc<Gateway>,
+}
+
+/// The upstream's future, boxed (see `handle`).
+type Upstream<B, E> = Pin<Box<dyn Future<Output = Result<Response<B>, E>> + Send>>;
+
+/// The future of a [`GatewayService`].
+pub type GatewayFuture<E> =
+    Pin<Box<dyn Future<Output = Result<Response<GatewayBody>, E>> + Send + 'static>>;
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for GatewayService<S>
+where
+    S: Service<Request<GatewayBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Body<Data = Bytes> + Send + 'static,
+    ReqBody::Error: Into<BoxError>,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    type Response = Response<GatewayBody>;
+    type Error = S::Error;
+    type Future = GatewayFuture<S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        // Use the service that was made ready; leave a fresh clone for the next call.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let gateway = Arc::clone(&self.gateway);
+        Box::pin(handle(gateway, inner, req))
+    }
+}
+
+/// The token of `Authorization: Bearer <token>` (the scheme is case-insensitive). `None` when
+/// the header is missing, not `Bearer`, or the token is empty or holds whitespace.
+pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, rest) = v.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let token = rest.trim_start_matches(' ');
+    if token.is_empty() || token.bytes().any(|b| !(0x21..=0x7E).contains(&b)) {
+        return None;
+    }
+    Some(token)
+}
+
+/// The rate-limit side of one request: its group, key and windows.
+struct Rate<'a> {
+    group: &'a Group,
+    key: RateKey,
+    limits: &'a Limits,
+}
+
+/// What one request needs to build its answers.
+struct Ctx<'a> {
+    gw: &'a Gateway,
+    policy: &'a Policy,
+    rate: Option<Rate<'a>>,
+}
+
+impl Ctx<'_> {
+    fn style(&self) -> BodyStyle {
+        self.policy.settings().body_style()
+    }
+
+    /// The rate-limit headers of `d`, or of a peek when the request was not counted.
+    /// `Retry-After` only when `retry` (a 429 of the rate check).
+    fn rate_headers(&self, headers: &mut HeaderMap, d: Option<&Decision>, retry: bool) {
+        let Some(rate) = &self.rate else { return };
+        let peeked;
+        let d = match d {
+            Some(d) => d,
+            None => match self.gw.store.peek(rate.key.as_bytes(), rate.limits) {
+                Ok(p) => {
+                    peeked = p;
+                    &peeked
+                }
+                Err(_) => return,
+            },
+        };
+        headers::insert_rate_limit(headers, d);
+        if !retry {
+            headers.remove(http::header::RETRY_AFTER);
+        }
+        if self.policy.settings().ietf_headers() {
+            headers::insert_ietf(headers, rate.group.name(), d, self.gw.store.now_ms());
+        }
+    }
+
+    /// A JSON refusal in the configured style, with the rate-limit headers (of `d`, or a peek).
+    fn refuse(
+        &self,
+        status: StatusCode,
+        code: &str,
+        message: &str,
+        d: Option<&Decision>,
+    ) -> Response<GatewayBody> {
+        let mut r = json(status, headers::error_body(self.style(), code, message));
+        self.rate_headers(r.headers_mut(), d, false);
+        r
+    }
+
+    /// The 429 of a refused rate check.
+    fn too_many_requests(&self, d: &Decision) -> Response<GatewayBody> {
+        let retry = d.retry_after().unwrap_or(1);
+        let mut r = json(
+            StatusCode::TOO_MANY_REQUESTS,
+            headers::too_many_requests(self.style(), retry),
+        );
+        self.rate_headers(r.headers_mut(), Some(d), true);
+        r
+    }
+}
+
+fn json(status: StatusCode, body: String) -> Response<GatewayBody> {
+    let mut r = Response::new(full(body));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// Aborts its lease when dropped without completing it: a refused, failed or abandoned
+/// request never leaves its key in flight until the lease times out.
+struct LeaseGuard<'a> {
+    store: &'a Store,
+    lease: Option<Lease>,
+}
+
+impl LeaseGuard<'_> {
+    fn complete(&mut self, response: &StoredResponse) {
+        if let Some(lease) = self.lease.take() {
+            if self.store.complete(&lease, response).is_err() {
+                // Too large to store, or the lease was lost: let a retry run again.
+                let _ = self.store.abort(&lease);
+            }
+        }
+    }
+}
+
+impl Drop for LeaseGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            let _ = self.store.abort(&lease);
+        }
+    }
+}
+
+fn is_write(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    )
+}
+
+fn is_idempotency_method(m: &Method) -> bool {
+    matches!(*m, Method::POST | Method::PATCH | Method::DELETE)
+}
+
+async fn handle<S, ReqBody, ResBody>(
+    gw: Arc<Gateway>,
+    mut inner: S,
+    req: Request<ReqBody>,
+) -> Result<Response<GatewayBody>, S::Error>
+where
+    S: Service<Request<GatewayBody>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send + 'static,
+    ReqBody: Body<Data = Bytes> + Send + 'static,
+    ReqBody::Error: Into<BoxError>,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    let policy = gw.policy();
+    let settings = policy.settings();
+    let method = req.method().clone();
+    let uri = req.uri().clone();
+    let path = uri.path();
+    let mut ctx = Ctx {
+        gw: &gw,
+        policy: &policy,
+        rate: None,
+    };
+
+    // 1. The token.
+    let token = match bearer_token(req.headers()) {
+        Some(t) => t.to_owned(),
+        None => {
+            let mut r = ctx.refuse(
+                StatusCode::UNAUTHORIZED,
+                "UNAUTHORIZED",
+                "Missing or malformed bearer token.",
+                None,
+            );
+            r.headers_mut()
+                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return Ok(r);
+        }
+    };
+    if let Err(e) = check_token(&token) {
+        let message = match e {
+            TokenError::TooLong { .. } => "Bearer token is too long.",
+            _ => "Missing or malformed bearer token.",
+        };
+        let mut r = ctx.refuse(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", message, None);
+        r.headers_mut()
+            .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return Ok(r);
+    }
+
+    // 2. The group.
+    if let Some(group) = policy.match_route(method.as_str(), path) {
+        if let Ok(key) = group.key(&token) {
+            ctx.rate = Some(Rate {
+                group,
+                key,
+                limits: group.limits_for(&token),
+            });
+        }
+    }
+
+    // 3. The concurrency cap; the guard is held until the response is ready.
+    let _slot = match settings.max_concurrent_per_token() {
+        None => None,
+        Some(_) => match gw.limiter.try_acquire(&token) {
+            Some(g) => Some(g),
+            None => {
+                return Ok(ctx.refuse(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "TOO_MANY_CONCURRENT_REQUESTS",
+                    TOO_MANY_CONCURRENT,
+                    None,
+                ))
+            }
+        },
+    };
+
+    // 4. Idempotency.
+    let mut lease = LeaseGuard {
+        store: &gw.store,
+        lease: None,
+    };
+    let keyed = is_idempotency_method(&method) && req.headers().contains_key(IDEMPOTENCY_KEY);
+    let req = if keyed {
+        let parsed = req
+            .headers()
+            .get(IDEMPOTENCY_KEY)
+            .and_then(|v| v.to_str().ok())
+            .map(IdempotencyKey::parse);
+        let key = match parsed {
+            Some(Ok(k)) => k,
+            _ => {
+                return Ok(ctx.refuse(
+                    StatusCode::BAD_REQUEST,
+                    "INVALID_IDEMPOTENCY_KEY",
+                    "Idempotency-Key must be a UUID v4.",
+                    None,
+                ))
+            }
+        };
+        let (parts, body) = req.into_parts();
+        let bytes = match collect_capped(body, settings.max_body_bytes()).await {
+            Collected::Whole(b) => b,
+            Collected::TooLarge(_) => {
+                return Ok(ctx.refuse(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "PAYLOAD_TOO_LARGE",
+                    &format!(
+                        "Request body is larger than {} bytes.",
+                        settings.max_body_bytes()
+                    ),
+                    None,
+                ))
+            }
+            Collected::Failed => {
+                return Ok(ctx.refuse(
+                    StatusCode::BAD_REQUEST,
+                    "BAD_REQUEST",
+                    "Could not read the request body.",
+                    None,
+                ))
+            }
+        };
+        let target = uri.path_and_query().map_or(path, |pq| pq.as_str());
+        let fp = Fingerprint::of(method.as_str(), target, &bytes);
+        match gw.store.begin(token.as_bytes(), &key, &fp) {
+            Ok(Begin::Started(l)) => lease.lease = Some(l),
+            Ok(Begin::Replay(stored)) => {
+                let mut d = None;
+                if settings.replay_spends_quota() {
+                    if let Some(rate) = &ctx.rate {
+                        match gw
+                            .store
+                            .check(rate.key.as_bytes(), rate.limits, rate.group.cost())
+                        {
+                            Ok(dec) if dec.allowed() => d = Some(dec),
+                            Ok(dec) => return Ok(ctx.too_many_requests(&dec)),
+                            Err(e) => return Ok(store_failure(&ctx, &e)),
+                        }
+                    }
+                }
+                return Ok(replay(&ctx, &stored, d.as_ref()));
+            }
+            Ok(Begin::InFlight) => {
+                return Ok(ctx.refuse(
+                    StatusCode::CONFLICT,
+                    "IDEMPOTENCY_KEY_IN_FLIGHT",
+                    "A request with this Idempotency-Key is still in progress.",
+                    None,
+                ))
+            }
+            Ok(Begin::Mismatch) => {
+                return Ok(ctx.refuse(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "IDEMPOTENCY_KEY_REUSED",
+                    KEY_REUSED,
+                    None,
+                ))
+            }
+            Err(e) => return Ok(store_failure(&ctx, &e)),
+        }
+        Request::from_parts(parts, full(bytes))
+    } else {
+        req.map(boxed)
+    };
+
+    // 5. The rate check.
+    let decision = match &ctx.rate {
+        None => None,
+        Some(rate) => match gw
+            .store
+            .check(rate.key.as_bytes(), rate.limits, rate.group.cost())
+        {
+            Ok(d) if d.allowed() => Some(d),
+            Ok(d) => return Ok(ctx.too_many_requests(&d)),
+            Err(e) => return Ok(store_failure(&ctx, &e)),
+        },
+    };
+
+    // 6. If-Match.
+    let versioned = settings.if_match() && ctx.rate.is_some();
+    let mut etag = None;
+    if versioned && is_write(&method) {
+        if let Some(v) = req.headers().get(IF_MATCH) {
+            match gw.versions.compare_and_bump(path, v.to_str().unwrap_or("")) {
+                Ok(tag) => etag = Some(tag),
+                Err(stale) => {
+                    let mut r = ctx.refuse(
+                        StatusCode::PRECONDITION_FAILED,
+                        "PRECONDITION_FAILED",
+                        RESOURCE_CHANGED,
+                        decision.as_ref(),
+                    );
+                    r.headers_mut()
+                        .insert(ETAG, stale.current.to_header_value());
+                    return Ok(r);
+                }
+            }
+        }
+    }
+
+    // 7. The upstream.
+    // Boxed as a `dyn Future + Send` here, where its type is concrete: this keeps rustc from
+    // asking for `Send` of the inner future "for any lifetime" of the boxed error type.
+    let upstream: Upstream<ResBody, S::Error> = Box::pin(inner.call(req));
+    let resp = upstream.await?;
+    let (mut parts, body) = resp.into_parts();
+    if versioned && parts.status.is_success() {
+        let tag = if is_write(&method) {
+            Some(etag.unwrap_or_else(|| gw.versions.bump(path)))
+        } else if matches!(method, Method::GET | Method::HEAD) {
+            Some(gw.versions.current(path))
+        } else {
+            None
+        };
+        if let Some(tag) = tag {
+            parts.headers.insert(ETAG, tag.to_header_value());
+        }
+    }
+    let body = if lease.lease.is_some() && settings.store_statuses().contains(parts.status.as_u16())
+    {
+        match collect_capped(body, settings.max_response_bytes()).await {
+            Collected::Whole(bytes) => {
+                lease.complete(&stored_response(
+                    parts.status.as_u16(),
+                    &parts.headers,
+                    settings.replay_headers(),
+                    &bytes,
+                ));
+                full(bytes)
+            }
+            // Served, not stored (the guard aborts the lease).
+            Collected::TooLarge(b) => b,
+            Collected::Failed => {
+                return Ok(ctx.refuse(
+                    StatusCode::BAD_GATEWAY,
+                    "BAD_GATEWAY",
+                    "The upstream response failed.",
+                    decision.as_ref(),
+                ))
+            }
+        }
+    } else {
+        boxed(body)
+    };
+    drop(lease);
+    let mut resp = Response::from_parts(parts, body);
+    ctx.rate_headers(resp.headers_mut(), decision.as_ref(), false);
+    Ok(resp)
+}
+
+/// The stored form of a response: its status, its allow-listed headers and its body.
+fn stored_response(
+    status: u16,
+    headers: &HeaderMap,
+    allow: &[HeaderName],
+    body: &Bytes,
+) -> StoredResponse {
+    let mut stored = StoredResponse::new(status, body.to_vec());
+    for name in allow {
+        if NEVER_REPLAYED.contains(&name.as_str()) {
+            continue;
+        }
+        for v in headers.get_all(name) {
+            stored
+                .headers
+                .push((name.as_str().to_owned(), v.as_bytes().to_vec()));
+        }
+    }
+    stored
+}
+
+/// A replay: the stored status, headers and body, marked `Idempotent-Replayed: true`, with
+/// the rate-limit headers of now (never those of the first exchange).
+fn replay(ctx: &Ctx<'_>, stored: &crate::Replayed, d: Option<&Decision>) -> Response<GatewayBody> {
+    let mut r = Response::new(full(Bytes::copy_from_slice(stored.body())));
+    *r.status_mut() = StatusCode::from_u16(stored.status()).unwrap_or(StatusCode::OK);
+    let h = r.headers_mut();
+    for (name, value) in stored.headers() {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(value),
+        ) else {
+            continue;
+        };
+        if !NEVER_REPLAYED.contains(&name.as_str()) {
+            h.append(name, value);
+        }
+    }
+    h.insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    ctx.rate_headers(h, d, false);
+    r
+}
+
+/// The answer when the store fails: 503 when it is full, 500 otherwise.
+fn store_failure(ctx: &Ctx<'_>, e: &Error) -> Response<GatewayBody> {
+    match e {
+        Error::CapacityExhausted => ctx.refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "UNAVAILABLE",
+            "The gateway is at capacity, try again later.",
+            None,
+        ),
+        _ => ctx.refuse(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "INTERNAL",
+            "The gateway could not check this request.",
+            None,
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ManualClock, Options};
+    use http_body_util::{BodyExt, Full};
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    const T0: u64 = 1_700_000_040_000;
+    const KEY: &str = "4d9c3a41-6bb7-4c4e-9a39-8f3c2d7e1f00";
+
+    /// An upstream that counts its calls and answers 201 "call <n>".
+    #[derive(Clone, Default)]
+    struct Counter(Arc<AtomicU64>);
+
+    impl Service<Request<GatewayBody>> for Counter {
+        type Response = Response<Full<Bytes>>;
+        type Error = std::convert::Infallible;
+        type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: Request<GatewayBody>) -> Self::Future {
+            let n = self.0.fetch_add(1, Ordering::SeqCst) + 1;
+            let mut r = Response::new(Full::new(Bytes::from(format!("call {n}"))));
+            *r.status_mut() = StatusCode::CREATED;
+            std::future::ready(Ok(r))
+        }
+    }
+
+    fn block_on<F: Future>(f: F) -> F::Output {
+        // Everything here is ready at once (buffered bodies, a synchronous store).
+        let mut f = std::pin::pin!(f);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        loop {
+            if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+                return v;
+            }
+        }
+    }
+
+    fn service(policy: &str) -> (GatewayService<Counter>, Counter) {
+        let store = Store::open_in_memory(Options::default().clock(ManualClock::new(T0))).unwrap();
+        let gateway = Gateway::new(store, Policy::from_toml_str(policy).unwrap());
+        let counter = Counter::default();
+        (gateway.layer().layer(counter.clone()), counter)
+    }
+
+    fn post(
+        svc: &mut GatewayService<Counter>,
+        key: Option<&str>,
+        body: &str,
+    ) -> (u16, HeaderMap, String) {
+        let mut req = Request::builder()
+            .method(Method::POST)
+            .uri("/api/sms")
+            .header(AUTHORIZATION, "Bearer tok");
+        if let Some(k) = key {
+            req = req.header(IDEMPOTENCY_KEY, k);
+        }
+        let req = req.body(Full::new(Bytes::from(body.to_owned()))).unwrap();
+        let resp = block_on(svc.call(req)).unwrap();
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = block_on(resp.into_body().collect()).unwrap().to_bytes();
+        (status, headers, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    const SMS: &str = r#"
+        [settings]
+        body_style = "error"
+        [settings.idempotency]
+        replay_spends_quota = SPENDS
+        [[group]]
+        name = "sms"
+        route = "/api/*"
+        windows = [{ limit = 2, window = "60s" }]
+    "#;
+
+    #[test]
+    fn replays_spend_no_quota_by_default() {
+        let (mut svc, counter) = service(&SMS.replace("SPENDS", "false"));
+        let (s, h, b) = post(&mut svc, Some(KEY), "hi");
+        assert_eq!((s, b.as_str()), (201, "call 1"));
+        assert_eq!(h[&headers::X_RATELIMIT_REMAINING], "1");
+        for _ in 0..5 {
+            let (s, h, b) = post(&mut svc, Some(KEY), "hi");
+            assert_eq!((s, b.as_str()), (201, "call 1"));
+            assert_eq!(h[&IDEMPOTENT_REPLAYED], "true");
+            assert_eq!(h[&headers::X_RATELIMIT_REMAINING], "1");
+        }
+        assert_eq!(counter.0.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn replays_spend_quota_when_configured() {
+        let (mut svc, counter) = service(&SMS.replace("SPENDS", "true"));
+        assert_eq!(post(&mut svc, Some(KEY), "hi").0, 201);
+        let (s, h, _) = post(&mut svc, Some(KEY), "hi");
+        assert_eq!(s, 201);
+        assert_eq!(h[&IDEMPOTENT_REPLAYED], "true");
+        assert_eq!(h[&headers::X_RATELIMIT_REMAINING], "0");
+        // The third counts over the limit of 2: 429 in the error style, and the record stays.
+        let (s, h, b) = post(&mut svc, Some(KEY), "hi");
+        assert_eq!(s, 429);
+        let retry: u64 = h[http::header::RETRY_AFTER]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(
+            b,
+            format!(
+                r#"{{"error": {{"code": "RATE_LIMITED", "message": "Rate limit exceeded. Retry after {retry}s"}}}}"#
+            )
+        );
+        assert!(h.get(&IDEMPOTENT_REPLAYED).is_none());
+        assert_eq!(counter.0.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn refusals_in_the_error_style() {
+        let (mut svc, _) = service(&SMS.replace("SPENDS", "false"));
+        let (s, _, b) = post(&mut svc, Some("nope"), "hi");
+        assert_eq!(s, 400);
+        assert_eq!(
+            b,
+            r#"{"error": {"code": "INVALID_IDEMPOTENCY_KEY", "message": "Idempotency-Key must be a UUID v4."}}"#
+        );
+        assert_eq!(post(&mut svc, Some(KEY), "a").0, 201);
+        let (s, h, b) = post(&mut svc, Some(KEY), "b");
+        assert_eq!(s, 422);
+        assert!(b.contains(KEY_REUSED), "{b}");
+        // Counted nothing, and says so.
+        assert_eq!(h[&headers::X_RATELIMIT_REMAINING], "1");
+        assert!(h.get(http::header::RETRY_AFTER).is_none());
+    }
+
+    #[test]
+    fn bearer_tokens() {
+        let mut h = HeaderMap::new();
+        assert_eq!(bearer_token(&h), None);
+        for (v, want) in [
+            ("Bearer abc", Some("abc")),
+            ("bearer  abc", Some("abc")),
+            ("BEARER abc.def-_~+/=", Some("abc.def-_~+/=")),
+            ("Bearer", None),
+            ("Bearer ", None),
+            ("Bearer a b", None),
+            ("Basic abc", None),
+            ("Bearerabc", None),
+        ] {
+            h.insert(AUTHORIZATION, HeaderValue::from_static(v));
+            assert_eq!(bearer_token(&h), want, "{v:?}");
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! Gateway integration: a policy table loaded from TOML, rate-limit headers, a per-token
+//! concurrency cap, versions for `If-Match`, and (feature `tower`) a tower middleware usable
+//! from axum and hyper.
+//!
+//! Feature `gateway` gives the parts that need no HTTP server plumbing: [`Policy`] (endpoint
+//! groups matched by route, per-token overrides, settings), [`headers`] (the header values and
+//! 429 bodies of a [`Decision`](crate::Decision)), [`ConcurrencyLimiter`] and [`Versions`].
+//! Feature `tower` adds `Gateway`, `GatewayLayer` and `GatewayService`: the middleware.
+//!
+//! ```
+//! use tollgate::gateway::Policy;
+//!
+//! let policy = Policy::from_toml_str(r#"
+//!     [[group]]
+//!     name = "pbx"
+//!     route = "/api/pbx/*"
+//!     windows = [{ limit = 60, window = "60s" }]
+//! "#)?;
+//! let group = policy.match_route("GET", "/api/pbx/calls").expect("matched");
+//! assert_eq!(group.name(), "pbx");
+//! let key = group.key("tok_abc")?; // the store key for (token, group), on the stack
+//! assert!(key.as_bytes().len() <= tollgate::MAX_KEY_LEN);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! The whole story (config file format, matching rules, headers, idempotency, the replay-quota
+//! decision, the concurrency cap and `If-Match`) is in `docs/GATEWAY.md`.
+
+mod concurrency;
+mod config;
+mod etag;
+pub mod headers;
+mod policy;
+mod settings;
+
+#[cfg(feature = "tower")]
+mod body;
+#[cfg(feature = "tower")]
+mod middleware;
+
+pub use concurrency::{ConcurrencyGuard, ConcurrencyLimiter};
+pub use config::PolicyError;
+pub use etag::{ETag, Stale, Versions};
+pub use policy::{Group, Policy, RateKey, Route, TokenError, MAX_GROUP_NAME_LEN, MAX_TOKEN_LEN};
+pub use settings::{BodyStyle, Settings, StatusSet};
+
+#[cfg(feature = "tower")]
+pub use body::{BoxError, GatewayBody};
+#[cfg(feature = "tower")]
+pub use middleware::{bearer_token, Gateway, GatewayFuture, GatewayLayer, GatewayService};

@@ -1,0 +1,940 @@
+//! The policy table: endpoint groups matched by route, per-token overrides, settings.
+//!
+//! Built once from a TOML file (see `docs/GATEWAY.md` for the format). Everything a request
+//! needs is prebuilt at load: one [`Limits`] per group and per override, and two hash maps for
+//! route matching, so matching a request and building its store key allocate nothing.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+
+use crate::{Limit, Limits, MAX_KEY_LEN};
+
+use super::config::{
+    parse_window, Locator, PolicyError, RawGroup, RawOverride, RawPolicy, RawWindow,
+};
+use super::settings::Settings;
+
+use toml::Spanned;
+
+/// The longest group name, in bytes.
+pub const MAX_GROUP_NAME_LEN: usize = 32;
+
+/// The longest bearer token, in bytes: a store key is `group name`, one separator byte and the
+/// token, and must fit in [`MAX_KEY_LEN`] bytes whatever the group.
+pub const MAX_TOKEN_LEN: usize = MAX_KEY_LEN - 1 - MAX_GROUP_NAME_LEN;
+
+/// The separator between the group name and the token in a store key. It cannot appear in
+/// either: group names are `[A-Za-z0-9_.-]`, and a header value never holds a NUL byte.
+const KEY_SEPARATOR: u8 = 0;
+
+/// A token that cannot be used as (part of) a store key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TokenError {
+    /// The token is empty.
+    Empty,
+    /// The token is longer than [`MAX_TOKEN_LEN`] bytes.
+    TooLong {
+        /// The length of the token.
+        len: usize,
+        /// The longest accepted.
+        max: usize,
+    },
+}
+
+impl fmt::Display for TokenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TokenError::Empty => write!(f, "empty token"),
+            TokenError::TooLong { len, max } => {
+                write!(
+                    f,
+                    "token of {len} bytes is longer than the {max} bytes accepted"
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for TokenError {}
+
+/// Check that `token` can be keyed: 1 to [`MAX_TOKEN_LEN`] bytes.
+pub(crate) fn check_token(token: &str) -> Result<(), TokenError> {
+    if token.is_empty() {
+        return Err(TokenError::Empty);
+    }
+    if token.len() > MAX_TOKEN_LEN {
+        return Err(TokenError::TooLong {
+            len: token.len(),
+            max: MAX_TOKEN_LEN,
+        });
+    }
+    Ok(())
+}
+
+/// The store key of one (token, group) pair, built on the stack.
+#[derive(Clone, Copy)]
+pub struct RateKey {
+    buf: [u8; MAX_KEY_LEN],
+    len: u8,
+}
+
+impl RateKey {
+    /// The key's bytes: group name, a NUL byte, the token.
+    pub fn as_bytes(&self) -> &[u8] {
+        self.buf.get(..usize::from(self.len)).unwrap_or(&[])
+    }
+}
+
+impl fmt::Debug for RateKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RateKey({:?})", String::from_utf8_lossy(self.as_bytes()))
+    }
+}
+
+/// How a group's route matches a path.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Route {
+    /// `/api/auth/login`: this path only.
+    Exact(Box<str>),
+    /// `/api/pbx/*`: the path `/api/pbx` and every path under `/api/pbx/`. `/*` is every
+    /// path (the prefix is empty).
+    Prefix(Box<str>),
+}
+
+impl Route {
+    /// Parse a config route: an absolute path, or a prefix ending in `/*`.
+    fn parse(s: &str) -> Result<Route, String> {
+        if !s.starts_with('/') {
+            return Err(format!("route {s:?} must start with '/'"));
+        }
+        if s.contains(['?', '#']) || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(format!(
+                "route {s:?} must be a path: no query, fragment or whitespace"
+            ));
+        }
+        if let Some(base) = s.strip_suffix("/*") {
+            if base.contains('*') {
+                return Err(format!(
+                    "route {s:?}: '*' is allowed only as a final \"/*\""
+                ));
+            }
+            return Ok(Route::Prefix(base.into()));
+        }
+        if s.contains('*') {
+            return Err(format!(
+                "route {s:?}: '*' is allowed only as a final \"/*\""
+            ));
+        }
+        Ok(Route::Exact(s.into()))
+    }
+}
+
+impl fmt::Display for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Route::Exact(p) => f.write_str(p),
+            Route::Prefix(p) => write!(f, "{p}/*"),
+        }
+    }
+}
+
+/// One endpoint group: a route, an optional method, its windows, its cost per request, and
+/// the per-token overrides of its windows.
+#[derive(Debug, Clone)]
+pub struct Group {
+    name: Box<str>,
+    route: Route,
+    method: Option<Box<str>>,
+    limits: Limits,
+    cost: u32,
+    overrides: HashMap<Box<str>, Limits>,
+}
+
+impl Group {
+    /// The group's name (part of every store key: renaming a group starts its counts afresh).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The group's route.
+    pub fn route(&self) -> &Route {
+        &self.route
+    }
+
+    /// The method the group is restricted to (upper case), if any.
+    pub fn method(&self) -> Option<&str> {
+        self.method.as_deref()
+    }
+
+    /// The group's windows, checked together.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The cost of one request (default 1).
+    pub fn cost(&self) -> u32 {
+        self.cost
+    }
+
+    /// The windows that apply to `token`: its override if it has one, else the group's.
+    pub fn limits_for(&self, token: &str) -> &Limits {
+        if self.overrides.is_empty() {
+            return &self.limits;
+        }
+        self.overrides.get(token).unwrap_or(&self.limits)
+    }
+
+    /// Whether `token` has an override in this group.
+    pub fn has_override(&self, token: &str) -> bool {
+        self.overrides.contains_key(token)
+    }
+
+    /// The store key of (`token`, this group), on the stack. Fails on an empty token or one
+    /// longer than [`MAX_TOKEN_LEN`] bytes.
+    pub fn key(&self, token: &str) -> Result<RateKey, TokenError> {
+        check_token(token)?;
+        let mut buf = [0u8; MAX_KEY_LEN];
+        let name = self.name.as_bytes();
+        let len = name.len() + 1 + token.len();
+        let parts: [&[u8]; 3] = [name, &[KEY_SEPARATOR], token.as_bytes()];
+        let mut at = 0;
+        for p in parts {
+            if let Some(dst) = buf.get_mut(at..at + p.len()) {
+                dst.copy_from_slice(p);
+            }
+            at += p.len();
+        }
+        Ok(RateKey {
+            buf,
+            len: len as u8,
+        })
+    }
+}
+
+/// Groups sharing one path: at most one without a method, and one per method.
+#[derive(Debug, Clone, Default)]
+struct Slot {
+    any: Option<usize>,
+    methods: Vec<(Box<str>, usize)>,
+}
+
+impl Slot {
+    /// The group for `method` here: the method-specific one first.
+    fn pick(&self, method: &str) -> Option<usize> {
+        self.methods
+            .iter()
+            .find(|(m, _)| &**m == method)
+            .map(|&(_, g)| g)
+            .or(self.any)
+    }
+}
+
+/// A loaded policy: groups, overrides, settings, and the route tables.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    groups: Vec<Group>,
+    exact: HashMap<Box<str>, Slot>,
+    prefix: HashMap<Box<str>, Slot>,
+    settings: Settings,
+}
+
+impl Policy {
+    /// Load a policy file. Errors name the file, line and column.
+    pub fn load(path: impl AsRef<Path>) -> Result<Policy, PolicyError> {
+        let path = path.as_ref();
+        let src = std::fs::read_to_string(path).map_err(|source| PolicyError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Policy::from_toml_str(&src).map_err(|e| e.with_file(path))
+    }
+
+    /// Replace this policy with the one in `path`. On error, this policy is unchanged.
+    ///
+    /// Counts are kept across a reload: a store key is the group's name and the token, and
+    /// the store keeps the counts of a key whose limit changes, for every window length the
+    /// old and new windows share. Renaming a group, changing a window's length, or switching a
+    /// window between exact and bucketed starts that window's counts afresh.
+    pub fn reload(&mut self, path: impl AsRef<Path>) -> Result<(), PolicyError> {
+        *self = Policy::load(path)?;
+        Ok(())
+    }
+
+    /// Parse a policy from TOML text. Errors name the line and column.
+    pub fn from_toml_str(src: &str) -> Result<Policy, PolicyError> {
+        let loc = Locator::new(src);
+        let raw: RawPolicy = toml::from_str(src).map_err(|e| loc.syntax(&e))?;
+        Policy::build(&raw, &loc)
+    }
+
+    fn build(raw: &RawPolicy, loc: &Locator<'_>) -> Result<Policy, PolicyError> {
+        let settings = Settings::from_raw(&raw.settings, loc)?;
+        let mut groups: Vec<Group> = Vec::with_capacity(raw.groups.len());
+        let mut exact: HashMap<Box<str>, Slot> = HashMap::new();
+        let mut prefix: HashMap<Box<str>, Slot> = HashMap::new();
+        let mut names: HashMap<String, usize> = HashMap::new();
+        for rg in &raw.groups {
+            let group = build_group(rg, loc)?;
+            if let Some(&other) = names.get(group.name()) {
+                let (line, _) = loc.line_col(
+                    raw.groups
+                        .get(other)
+                        .map_or(0, |g: &RawGroup| g.name.span().start),
+                );
+                return Err(loc.invalid(
+                    rg.name.span(),
+                    format!(
+                        "group name {:?} is already used (line {line})",
+                        group.name()
+                    ),
+                ));
+            }
+            let idx = groups.len();
+            let (table, key) = match &group.route {
+                Route::Exact(p) => (&mut exact, p.clone()),
+                Route::Prefix(p) => (&mut prefix, p.clone()),
+            };
+            let slot = table.entry(key).or_default();
+            let taken = match &group.method {
+                None => slot.any.replace(idx),
+                Some(m) => match slot.methods.iter().find(|(x, _)| x == m) {
+                    Some(&(_, g)) => Some(g),
+                    None => {
+                        slot.methods.push((m.clone(), idx));
+                        None
+                    }
+                },
+            };
+            if let Some(other) = taken {
+                let other_name = groups.get(other).map_or("?", |g| g.name());
+                return Err(loc.invalid(
+                    rg.route.span(),
+                    format!(
+                        "route {} {}is already the route of group {other_name:?}",
+                        group.route,
+                        group
+                            .method
+                            .as_deref()
+                            .map(|m| format!("with method {m} "))
+                            .unwrap_or_default(),
+                    ),
+                ));
+            }
+            names.insert(group.name().to_string(), idx);
+            groups.push(group);
+        }
+        for ro in &raw.overrides {
+            apply_override(ro, &mut groups, &names, loc)?;
+        }
+        Ok(Policy {
+            groups,
+            exact,
+            prefix,
+            settings,
+        })
+    }
+
+    /// The group of a request: the most specific match wins. An exact route beats a prefix;
+    /// a longer prefix beats a shorter one; at the same route, a group restricted to the
+    /// request's method beats one without a method. `None` when no group matches.
+    ///
+    /// Allocates nothing: one hash lookup for the exact path, then one per `/` of the path,
+    /// from the longest prefix to the shortest.
+    pub fn match_route(&self, method: &str, path: &str) -> Option<&Group> {
+        let idx = self.match_index(method, path)?;
+        self.groups.get(idx)
+    }
+
+    fn match_index(&self, method: &str, path: &str) -> Option<usize> {
+        if let Some(g) = self.exact.get(path).and_then(|s| s.pick(method)) {
+            return Some(g);
+        }
+        if self.prefix.is_empty() {
+            return None;
+        }
+        // The path itself (`/api/pbx` matches `/api/pbx/*`), then every prefix ending before
+        // a '/', longest first; the last one is "" (the route `/*`).
+        if let Some(g) = self.prefix.get(path).and_then(|s| s.pick(method)) {
+            return Some(g);
+        }
+        let bytes = path.as_bytes();
+        let mut end = bytes.len();
+        while end > 0 {
+            end -= 1;
+            if bytes.get(end) == Some(&b'/') {
+                let candidate = path.get(..end).unwrap_or("");
+                if let Some(g) = self.prefix.get(candidate).and_then(|s| s.pick(method)) {
+                    return Some(g);
+                }
+            }
+        }
+        None
+    }
+
+    /// Every group, in file order.
+    pub fn groups(&self) -> &[Group] {
+        &self.groups
+    }
+
+    /// The group named `name`.
+    pub fn group(&self, name: &str) -> Option<&Group> {
+        self.groups.iter().find(|g| &*g.name == name)
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+}
+
+/// Validate a group name: 1 to 32 bytes of `[A-Za-z0-9_.-]`.
+fn check_name(name: &Spanned<String>, loc: &Locator<'_>) -> Result<(), PolicyError> {
+    let n = name.get_ref();
+    if n.is_empty()
+        || n.len() > MAX_GROUP_NAME_LEN
+        || !n
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+    {
+        return Err(loc.invalid(
+            name.span(),
+            format!(
+                "group name {n:?} must be 1 to {MAX_GROUP_NAME_LEN} characters of A-Z, a-z, 0-9, '_', '-' or '.'"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Build the `Limits` of a `windows = [...]` array.
+fn build_limits(
+    windows: &Spanned<Vec<Spanned<RawWindow>>>,
+    loc: &Locator<'_>,
+) -> Result<Limits, PolicyError> {
+    let list = windows.get_ref();
+    if list.is_empty() {
+        return Err(loc.invalid(windows.span(), "windows must hold at least one window"));
+    }
+    if list.len() > crate::MAX_WINDOWS {
+        return Err(loc.invalid(
+            windows.span(),
+            format!("windows holds at most {} windows", crate::MAX_WINDOWS),
+        ));
+    }
+    let mut limits = Vec::with_capacity(list.len());
+    for w in list {
+        let raw = w.get_ref();
+        let ms =
+            parse_window(raw.window.get_ref()).map_err(|m| loc.invalid(raw.window.span(), m))?;
+        let mut l = Limit::new(raw.limit, std::time::Duration::from_millis(ms));
+        if raw.exact {
+            l = l.exact();
+        }
+        // Validate each window on its own, so the error points at it.
+        Limits::new(&[l]).map_err(|e| loc.invalid(w.span(), e.to_string()))?;
+        limits.push(l);
+    }
+    Limits::new(&limits).map_err(|e| loc.invalid(windows.span(), e.to_string()))
+}
+
+fn build_group(rg: &RawGroup, loc: &Locator<'_>) -> Result<Group, PolicyError> {
+    check_name(&rg.name, loc)?;
+    let route = Route::parse(rg.route.get_ref()).map_err(|m| loc.invalid(rg.route.span(), m))?;
+    let method = match &rg.method {
+        None => None,
+        Some(m) => {
+            let up = m.get_ref().trim().to_ascii_uppercase();
+            if up.is_empty() || !up.bytes().all(|b| b.is_ascii_uppercase()) {
+                return Err(loc.invalid(
+                    m.span(),
+                    format!(
+                        "invalid method {:?}: expected a name such as \"POST\"",
+                        m.get_ref()
+                    ),
+                ));
+            }
+            Some(up.into_boxed_str())
+        }
+    };
+    let limits = build_limits(&rg.windows, loc)?;
+    let cost = match &rg.cost {
+        None => 1,
+        Some(c) => *c.get_ref(),
+    };
+    if cost == 0 {
+        let span = rg.cost.as_ref().map_or(0..0, |c| c.span());
+        return Err(loc.invalid(span, "cost must be at least 1"));
+    }
+    if cost > limits.min_limit() {
+        let span = rg.cost.as_ref().map_or(0..0, |c| c.span());
+        return Err(loc.invalid(
+            span,
+            format!(
+                "cost {cost} is larger than the group's smallest limit {}: no request could ever be admitted",
+                limits.min_limit()
+            ),
+        ));
+    }
+    Ok(Group {
+        name: rg.name.get_ref().as_str().into(),
+        route,
+        method,
+        limits,
+        cost,
+        overrides: HashMap::new(),
+    })
+}
+
+fn apply_override(
+    ro: &RawOverride,
+    groups: &mut [Group],
+    names: &HashMap<String, usize>,
+    loc: &Locator<'_>,
+) -> Result<(), PolicyError> {
+    let token = ro.token.get_ref();
+    check_token(token).map_err(|e| loc.invalid(ro.token.span(), e.to_string()))?;
+    if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(loc.invalid(
+            ro.token.span(),
+            "a token cannot hold whitespace or control characters",
+        ));
+    }
+    let Some(&gi) = names.get(ro.group.get_ref().as_str()) else {
+        return Err(loc.invalid(
+            ro.group.span(),
+            format!("override of an unknown group {:?}", ro.group.get_ref()),
+        ));
+    };
+    let limits = build_limits(&ro.windows, loc)?;
+    let Some(group) = groups.get_mut(gi) else {
+        return Err(loc.invalid(ro.group.span(), "unknown group"));
+    };
+    if group.cost > limits.min_limit() {
+        return Err(loc.invalid(
+            ro.windows.span(),
+            format!(
+                "the group's cost {} is larger than this override's smallest limit {}",
+                group.cost,
+                limits.min_limit()
+            ),
+        ));
+    }
+    if group.overrides.contains_key(token.as_str()) {
+        return Err(loc.invalid(
+            ro.token.span(),
+            format!(
+                "token {token:?} already has an override for group {:?}",
+                group.name()
+            ),
+        ));
+    }
+    group.overrides.insert(token.as_str().into(), limits);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ManualClock, Options, Store};
+
+    const ZORIO: &str = include_str!("../../examples/policies/zorio.toml");
+    const ERZYCALL: &str = include_str!("../../examples/policies/erzycall.toml");
+
+    fn name<'a>(p: &'a Policy, method: &str, path: &str) -> Option<&'a str> {
+        p.match_route(method, path).map(|g| g.name())
+    }
+
+    #[test]
+    fn seed_policies_load() {
+        let z = Policy::from_toml_str(ZORIO).unwrap();
+        assert_eq!(z.groups().len(), 6);
+        let limit_of = |path: &str| {
+            let g = z.match_route("POST", path).unwrap();
+            let l = g.limits().as_slice()[0];
+            assert_eq!(l.window_ms(), 60_000);
+            l.limit()
+        };
+        assert_eq!(limit_of("/api/pbx/calls/click-to-call"), 10);
+        assert_eq!(limit_of("/api/pbx/extensions"), 60);
+        assert_eq!(limit_of("/api/telesales/leads"), 120);
+        assert_eq!(limit_of("/api/autocall/campaigns"), 120);
+        assert_eq!(limit_of("/api/auth/login"), 5);
+        assert_eq!(limit_of("/api/auth/refresh"), 30);
+        let login = z.match_route("POST", "/api/auth/login").unwrap();
+        assert_eq!(login.limits().as_slice()[0].mode(), crate::Mode::Exact);
+
+        let e = Policy::from_toml_str(ERZYCALL).unwrap();
+        let g = e.match_route("GET", "/v1/anything").unwrap();
+        let l = g.limits().as_slice();
+        assert_eq!((l[0].limit(), l[0].window_ms()), (60, 60_000));
+        assert_eq!((l[1].limit(), l[1].window_ms()), (1000, 3_600_000));
+    }
+
+    #[test]
+    fn most_specific_route_wins() {
+        let p = Policy::from_toml_str(
+            r#"
+            [[group]]
+            name = "all"
+            route = "/*"
+            windows = [{ limit = 1000, window = "60s" }]
+            [[group]]
+            name = "pbx"
+            route = "/api/pbx/*"
+            windows = [{ limit = 60, window = "60s" }]
+            [[group]]
+            name = "pbx-calls"
+            route = "/api/pbx/calls/*"
+            windows = [{ limit = 30, window = "60s" }]
+            [[group]]
+            name = "pbx-calls-post"
+            route = "/api/pbx/calls/*"
+            method = "post"
+            windows = [{ limit = 20, window = "60s" }]
+            [[group]]
+            name = "c2c"
+            route = "/api/pbx/calls/click-to-call"
+            windows = [{ limit = 10, window = "60s" }]
+            [[group]]
+            name = "c2c-delete"
+            route = "/api/pbx/calls/click-to-call"
+            method = "DELETE"
+            windows = [{ limit = 5, window = "60s" }]
+            [[group]]
+            name = "hangup"
+            route = "/api/pbx/calls/hangup"
+            method = "POST"
+            windows = [{ limit = 5, window = "60s" }]
+            "#,
+        )
+        .unwrap();
+        // Exact over any prefix; method-specific over method-less at the same route.
+        assert_eq!(
+            name(&p, "POST", "/api/pbx/calls/click-to-call"),
+            Some("c2c")
+        );
+        assert_eq!(
+            name(&p, "DELETE", "/api/pbx/calls/click-to-call"),
+            Some("c2c-delete")
+        );
+        // A longer prefix over a shorter; a method-specific prefix over the method-less one.
+        assert_eq!(name(&p, "GET", "/api/pbx/calls/42"), Some("pbx-calls"));
+        assert_eq!(
+            name(&p, "POST", "/api/pbx/calls/42"),
+            Some("pbx-calls-post")
+        );
+        assert_eq!(name(&p, "GET", "/api/pbx/extensions"), Some("pbx"));
+        // The prefix's own path matches it; a sibling sharing the text does not.
+        assert_eq!(name(&p, "GET", "/api/pbx"), Some("pbx"));
+        assert_eq!(name(&p, "GET", "/api/pbx/"), Some("pbx"));
+        assert_eq!(name(&p, "GET", "/api/pbxfoo"), Some("all"));
+        // An exact route restricted to another method falls through to the prefixes.
+        assert_eq!(name(&p, "GET", "/api/pbx/calls/hangup"), Some("pbx-calls"));
+        assert_eq!(name(&p, "POST", "/api/pbx/calls/hangup"), Some("hangup"));
+        assert_eq!(name(&p, "GET", "/"), Some("all"));
+        assert_eq!(name(&p, "GET", ""), Some("all"));
+        assert_eq!(name(&p, "GET", "/health"), Some("all"));
+        // Methods are compared as sent (upper case).
+        assert_eq!(name(&p, "post", "/api/pbx/calls/42"), Some("pbx-calls"));
+    }
+
+    #[test]
+    fn no_match_without_a_catch_all() {
+        let p = Policy::from_toml_str(ZORIO).unwrap();
+        assert_eq!(name(&p, "GET", "/health"), None);
+        assert_eq!(name(&p, "GET", "/api"), None);
+        assert_eq!(name(&p, "GET", "/api/auth/login/extra"), Some("auth"));
+    }
+
+    fn err(src: &str) -> PolicyError {
+        match Policy::from_toml_str(src) {
+            Ok(_) => panic!("accepted:\n{src}"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        let cases: &[(&str, usize, &str)] = &[
+            // TOML syntax error.
+            ("[[group]]\nname = \"a\"\nroute = \"/a\nwindows = []\n", 3, ""),
+            // Unknown key.
+            (
+                "[[group]]\nname = \"a\"\nroute = \"/a\"\nwindow = [{ limit = 1, window = \"1s\" }]\n",
+                4,
+                "unknown field",
+            ),
+            // Wrong type.
+            (
+                "[settings]\nietf_headers = \"yes\"\n",
+                2,
+                "",
+            ),
+            // Bad window unit.
+            (
+                "[[group]]\nname = \"a\"\nroute = \"/a\"\nwindows = [\n  { limit = 1, window = \"60x\" },\n]\n",
+                5,
+                "invalid window",
+            ),
+            // Exact above 32.
+            (
+                "[[group]]\nname = \"a\"\nroute = \"/a\"\n\nwindows = [{ limit = 33, window = \"60s\", exact = true }]\n",
+                5,
+                "at most 32",
+            ),
+            // Duplicate route.
+            (
+                "[[group]]\nname = \"a\"\nroute = \"/a/*\"\nwindows = [{ limit = 1, window = \"1s\" }]\n[[group]]\nname = \"b\"\nroute = \"/a/*\"\nwindows = [{ limit = 1, window = \"1s\" }]\n",
+                7,
+                "already the route",
+            ),
+            // Duplicate name.
+            (
+                "[[group]]\nname = \"a\"\nroute = \"/a\"\nwindows = [{ limit = 1, window = \"1s\" }]\n[[group]]\nname = \"a\"\nroute = \"/b\"\nwindows = [{ limit = 1, window = \"1s\" }]\n",
+                6,
+                "line 2",
+            ),
+            // Bad route.
+            (
+                "[[group]]\nname = \"a\"\nroute = \"/a/*/b\"\nwindows = [{ limit = 1, window = \"1s\" }]\n",
+                3,
+                "'*'",
+            ),
+            // Cost above the limit.
+            (
+                "[[group]]\nname = \"a\"\nroute = \"/a\"\nwindows = [{ limit = 5, window = \"1m\" }]\ncost = 6\n",
+                5,
+                "cost 6",
+            ),
+            // Override of an unknown group.
+            (
+                "[[group]]\nname = \"a\"\nroute = \"/a\"\nwindows = [{ limit = 5, window = \"1m\" }]\n\n[[override]]\ntoken = \"t\"\ngroup = \"nope\"\nwindows = [{ limit = 50, window = \"1m\" }]\n",
+                8,
+                "unknown group",
+            ),
+            // Bad body style.
+            ("[settings]\n\nbody_style = \"xml\"\n", 3, "body_style"),
+            // A header that is never replayed.
+            (
+                "[settings.idempotency]\nreplay_headers = [\"content-type\",\n  \"set-cookie\"]\n",
+                3,
+                "never replayed",
+            ),
+            // Bad status.
+            ("[settings.idempotency]\nstore_statuses = [\"2xx\", 700]\n", 2, "invalid status"),
+        ];
+        for (src, line, needle) in cases {
+            let e = err(src);
+            assert_eq!(e.line(), Some(*line), "{src}\n=> {e}");
+            assert!(e.to_string().contains(needle), "{e}");
+            assert!(
+                e.to_string().starts_with(&format!("line {line}, column ")),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn load_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "[[group]]\nname = 1\n").unwrap();
+        let e = Policy::load(&path).unwrap_err();
+        assert!(matches!(e, PolicyError::Syntax { line: 2, .. }), "{e:?}");
+        assert!(
+            e.to_string().starts_with(&format!("{}:2:", path.display())),
+            "{e}"
+        );
+        let missing = Policy::load(dir.path().join("missing.toml")).unwrap_err();
+        assert!(matches!(missing, PolicyError::Io { .. }));
+    }
+
+    const WITH_OVERRIDES: &str = r#"
+        [[group]]
+        name = "pbx"
+        route = "/api/pbx/*"
+        windows = [{ limit = 60, window = "60s" }]
+
+        [[group]]
+        name = "bulk"
+        route = "/api/pbx/bulk"
+        method = "POST"
+        windows = [{ limit = 100, window = "60s" }]
+        cost = 10
+
+        [[override]]
+        token = "tok_enterprise"
+        group = "pbx"
+        windows = [{ limit = 600, window = "60s" }, { limit = 10000, window = "1h" }]
+    "#;
+
+    #[test]
+    fn overrides_apply_to_their_token_and_group_only() {
+        let p = Policy::from_toml_str(WITH_OVERRIDES).unwrap();
+        let pbx = p.group("pbx").unwrap();
+        assert_eq!(pbx.limits_for("tok_enterprise").as_slice()[0].limit(), 600);
+        assert_eq!(pbx.limits_for("tok_enterprise").len(), 2);
+        assert!(pbx.has_override("tok_enterprise"));
+        assert_eq!(pbx.limits_for("tok_other").as_slice()[0].limit(), 60);
+        let bulk = p.group("bulk").unwrap();
+        assert_eq!(bulk.limits_for("tok_enterprise").as_slice()[0].limit(), 100);
+
+        // Through a store: the override's windows are the ones counted.
+        let store = Store::open_in_memory(Options::default().clock(ManualClock::new(T0))).unwrap();
+        let key = pbx.key("tok_enterprise").unwrap();
+        let d = store
+            .check(key.as_bytes(), pbx.limits_for("tok_enterprise"), pbx.cost())
+            .unwrap();
+        assert_eq!((d.limit(), d.remaining()), (600, 599));
+        let key = pbx.key("tok_other").unwrap();
+        let d = store
+            .check(key.as_bytes(), pbx.limits_for("tok_other"), pbx.cost())
+            .unwrap();
+        assert_eq!((d.limit(), d.remaining()), (60, 59));
+
+        // A duplicate override is refused, naming its line.
+        let dup = format!(
+            "{WITH_OVERRIDES}\n[[override]]\ntoken = \"tok_enterprise\"\ngroup = \"pbx\"\nwindows = [{{ limit = 1, window = \"1s\" }}]\n"
+        );
+        let e = err(&dup);
+        assert!(e.to_string().contains("already has an override"), "{e}");
+        let line = dup
+            .lines()
+            .position(|l| l.contains("token = \"tok_enterprise\""))
+            .unwrap();
+        let second = dup
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| l.contains("token = \"tok_enterprise\""))
+            .nth(1)
+            .unwrap()
+            .0;
+        assert!(second > line);
+        assert_eq!(e.line(), Some(second + 1));
+    }
+
+    const T0: u64 = 1_700_000_040_000;
+
+    #[test]
+    fn cost_counts_in_every_window() {
+        let p = Policy::from_toml_str(WITH_OVERRIDES).unwrap();
+        let bulk = p.match_route("POST", "/api/pbx/bulk").unwrap();
+        assert_eq!(bulk.cost(), 10);
+        assert_eq!(p.match_route("GET", "/api/pbx/bulk").unwrap().cost(), 1);
+        let store = Store::open_in_memory(Options::default()).unwrap();
+        let key = bulk.key("tok").unwrap();
+        for i in 1..=10u32 {
+            let d = store
+                .check_at(key.as_bytes(), bulk.limits_for("tok"), bulk.cost(), T0)
+                .unwrap();
+            assert!(d.allowed());
+            assert_eq!(d.remaining(), 100 - 10 * i);
+        }
+        let d = store
+            .check_at(key.as_bytes(), bulk.limits_for("tok"), bulk.cost(), T0)
+            .unwrap();
+        assert!(!d.allowed());
+        // A zero cost is refused at load.
+        let e = err("[[group]]\nname = \"a\"\nroute = \"/a\"\nwindows = [{ limit = 5, window = \"1m\" }]\ncost = 0\n");
+        assert_eq!(e.line(), Some(5));
+    }
+
+    #[test]
+    fn keys_are_on_the_stack_and_bounded() {
+        let p = Policy::from_toml_str(ZORIO).unwrap();
+        let g = p.group("pbx").unwrap();
+        let k = g.key("tok_abc").unwrap();
+        assert_eq!(k.as_bytes(), b"pbx\0tok_abc");
+        // Another group, same token: another key.
+        let other = p.group("telesales").unwrap().key("tok_abc").unwrap();
+        assert_ne!(k.as_bytes(), other.as_bytes());
+        let longest = "t".repeat(MAX_TOKEN_LEN);
+        let name32 = "g".repeat(MAX_GROUP_NAME_LEN);
+        let p32 = Policy::from_toml_str(&format!(
+            "[[group]]\nname = \"{name32}\"\nroute = \"/*\"\nwindows = [{{ limit = 5, window = \"1m\" }}]\n"
+        ))
+        .unwrap();
+        let k = p32.groups()[0].key(&longest).unwrap();
+        assert_eq!(k.as_bytes().len(), MAX_KEY_LEN);
+        let store = Store::open_in_memory(Options::default()).unwrap();
+        store
+            .check(k.as_bytes(), p32.groups()[0].limits(), 1)
+            .unwrap();
+        assert_eq!(
+            g.key(&format!("{longest}x")).unwrap_err(),
+            TokenError::TooLong {
+                len: MAX_TOKEN_LEN + 1,
+                max: MAX_TOKEN_LEN
+            }
+        );
+        assert_eq!(g.key("").unwrap_err(), TokenError::Empty);
+        // A too-long group name is refused at load.
+        let e = err(&format!(
+            "[[group]]\nname = \"{name32}x\"\nroute = \"/*\"\nwindows = [{{ limit = 5, window = \"1m\" }}]\n"
+        ));
+        assert_eq!(e.line(), Some(2));
+    }
+
+    #[test]
+    fn reload_keeps_the_counts_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy_path = dir.path().join("policy.toml");
+        let v1 = "[[group]]\nname = \"pbx\"\nroute = \"/api/pbx/*\"\nwindows = [{ limit = 60, window = \"60s\" }]\n";
+        std::fs::write(&policy_path, v1).unwrap();
+        let clock = ManualClock::new(T0);
+        let store = Store::open(
+            dir.path().join("store.tg"),
+            Options::default().clock(clock.clone()),
+        )
+        .unwrap();
+        let mut policy = Policy::load(&policy_path).unwrap();
+        for _ in 0..30 {
+            let g = policy.match_route("GET", "/api/pbx/x").unwrap();
+            let k = g.key("tok").unwrap();
+            assert!(store.check(k.as_bytes(), g.limits(), 1).unwrap().allowed());
+        }
+        clock.advance_ms(5_000);
+        // Raise the limit, same window length: the 30 made stay counted.
+        std::fs::write(&policy_path, v1.replace("limit = 60", "limit = 100")).unwrap();
+        policy.reload(&policy_path).unwrap();
+        let g = policy.match_route("GET", "/api/pbx/x").unwrap();
+        let k = g.key("tok").unwrap();
+        let d = store.check(k.as_bytes(), g.limits(), 1).unwrap();
+        assert_eq!((d.limit(), d.remaining()), (100, 69));
+        // Lower it under the count: refused at once.
+        std::fs::write(&policy_path, v1.replace("limit = 60", "limit = 20")).unwrap();
+        policy.reload(&policy_path).unwrap();
+        let g = policy.match_route("GET", "/api/pbx/x").unwrap();
+        let d = store.check(k.as_bytes(), g.limits(), 1).unwrap();
+        assert!(!d.allowed());
+        assert_eq!(d.limit(), 20);
+        // Add an hour window beside it: the minute window keeps its count.
+        std::fs::write(
+            &policy_path,
+            v1.replace(
+                "windows = [{ limit = 60, window = \"60s\" }]",
+                "windows = [{ limit = 50, window = \"60s\" }, { limit = 1000, window = \"1h\" }]",
+            ),
+        )
+        .unwrap();
+        policy.reload(&policy_path).unwrap();
+        let g = policy.match_route("GET", "/api/pbx/x").unwrap();
+        let d = store.check(k.as_bytes(), g.limits(), 1).unwrap();
+        assert!(d.allowed());
+        assert_eq!(d.windows()[0].used(), 32);
+        assert_eq!(d.windows()[1].used(), 1);
+        // A bad file leaves the policy as it was.
+        std::fs::write(&policy_path, "[[group]]\nname = \n").unwrap();
+        assert!(policy.reload(&policy_path).is_err());
+        assert_eq!(policy.group("pbx").unwrap().limits().len(), 2);
+        // And the counts survive reopening the store too.
+        drop(store);
+        let store =
+            Store::open(dir.path().join("store.tg"), Options::default().clock(clock)).unwrap();
+        let g = policy.group("pbx").unwrap();
+        let d = store.peek(k.as_bytes(), g.limits()).unwrap();
+        assert_eq!(d.windows()[0].used(), 32);
+    }
+}
