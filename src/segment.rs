@@ -206,6 +206,9 @@ impl Segments {
     /// Count `lines` of the blob record at `line` as live.
     pub(crate) fn blob_live_add(&self, line: u64, lines: u64) {
         let seg = self.seg_of(line);
+        if seg >= self.maps.capacity() {
+            return; // a damaged pointer: the record is refused when replayed
+        }
         let end = (line & (self.seg_lines() - 1)) + lines;
         let mut a = self.alloc.lock();
         let v = get_at(&a.blob_live, seg) + lines;
@@ -217,6 +220,9 @@ impl Segments {
     /// The blob record at `line` (of `lines` lines) is no longer referenced.
     pub(crate) fn blob_dead(&self, line: u64, lines: u64) {
         let seg = self.seg_of(line);
+        if seg >= self.maps.capacity() {
+            return;
+        }
         let mut a = self.alloc.lock();
         let v = get_at(&a.blob_live, seg).saturating_sub(lines);
         set_at(&mut a.blob_live, seg, v);

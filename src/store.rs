@@ -1220,7 +1220,7 @@ impl Core {
             }
         }
         let new_descs = limits.descriptors();
-        let new_line = self.write_entry(kw, new_descs, |i, out| {
+        let written = self.write_entry(kw, new_descs, |i, out| {
             let nd = Descriptor::decode(*new_descs.get(i)?)?;
             // The same window in the old entry: same length and mode.
             let j = decoded
@@ -1248,7 +1248,21 @@ impl Core {
                 *out.first_mut()? = e.load(at) & !FROZEN;
             }
             Some(())
-        })?;
+        });
+        let new_line = match written {
+            Ok(line) => line,
+            Err(err) => {
+                // The move failed (no space, or the new windows do not fit an entry): thaw the
+                // old entry, so the key keeps working with the windows it has.
+                for (i, d) in decoded.iter().enumerate() {
+                    if let Some(w) = e.w(old_layout.window_at[i]) {
+                        let bit = if d.exact { META_FROZEN } else { FROZEN };
+                        w.fetch_and(!bit, Ordering::AcqRel);
+                    }
+                }
+                return Err(err);
+            }
+        };
         lock.replace(hash, old, new_line, guard);
         self.clear_entry(old);
         self.segs.release_later(old, old_layout.lines, guard);
@@ -1385,6 +1399,10 @@ impl Core {
             *d = (e.load(1 + i / 2) >> ((i % 2) * 32)) as u32;
         }
         let descs = descs.get(..n)?;
+        // The unused high half of the last descriptor word (odd `n`) must be zero.
+        if n % 2 == 1 && e.load(1 + n / 2) >> 32 != 0 {
+            return None;
+        }
         let key_at = 1 + n.div_ceil(2);
         let mut kw = KeyWords {
             len: key_len,
