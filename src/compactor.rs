@@ -232,7 +232,7 @@ impl Core {
         let hash = self.rehash(line);
         let mut lock = self.index.lock(hash);
         let e = self.segs.entry(line);
-        if !self.index_points_at(hash, line, KIND_WINDOWS, guard) {
+        if !self.index_points_at(line, KIND_WINDOWS, guard) {
             return false;
         }
         // Freeze every window, each only if it is unchanged and still expired.
@@ -319,7 +319,7 @@ impl Core {
         }
         let hash = self.rehash(line);
         let mut lock = self.index.lock(hash);
-        if !self.index_points_at(hash, line, KIND_IDEM, guard) {
+        if !self.index_points_at(line, KIND_IDEM, guard) {
             return false;
         }
         let s = w.load(Ordering::Acquire);
@@ -361,29 +361,6 @@ impl Core {
         if blob != 0 {
             self.segs.blob_dead(blob, (16 + len).div_ceil(LINE as u64));
         }
-    }
-
-    /// Whether the index maps the key stored at `line` to `line` (caller holds the stripe lock).
-    fn index_points_at(
-        &self,
-        hash: u64,
-        line: u64,
-        kind: u8,
-        guard: &crossbeam_epoch::Guard,
-    ) -> bool {
-        let e = self.segs.entry(line);
-        let h = e.load(0);
-        let key_len = (h & 0xFF) as usize;
-        let n = ((h >> 8) & 0xFF) as usize;
-        let key_at = 1 + n.div_ceil(2);
-        let mut key = [0u8; crate::MAX_KEY_LEN];
-        for i in 0..key_len.div_ceil(8) {
-            if let Some(dst) = key.get_mut(i * 8..i * 8 + 8) {
-                dst.copy_from_slice(&e.load(key_at + i).to_le_bytes());
-            }
-        }
-        let key = key.get(..key_len).unwrap_or(&[]);
-        self.find_kind(hash, key, kind, guard) == Some(line)
     }
 
     /// Move the live response records out of blob segments that are at most `live_pct` percent
@@ -489,7 +466,7 @@ impl Core {
         let hash = self.rehash(owner);
         // Under the stripe lock nothing else changes a completed record's pointer.
         let _lock = self.index.lock(hash);
-        if !is_live(&e) || !self.index_points_at(hash, owner, KIND_IDEM, guard) {
+        if !is_live(&e) || !self.index_points_at(owner, KIND_IDEM, guard) {
             return Some(false);
         }
         let len = (b.load(0) >> 32) as usize;

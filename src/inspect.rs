@@ -163,28 +163,11 @@ impl Core {
                 if head == 0 || (kind != KIND_WINDOWS && kind != KIND_IDEM) {
                     continue;
                 }
-                if self.reachable(line, kind, &guard) {
+                if self.index_points_at(line, kind, &guard) {
                     f(line, kind);
                 }
             }
         }
-    }
-
-    fn reachable(&self, line: u64, kind: u8, guard: &crossbeam_epoch::Guard) -> bool {
-        let e = self.segs.entry(line);
-        let h = e.load(0);
-        let key_len = (h & 0xFF) as usize;
-        let n = ((h >> 8) & 0xFF) as usize;
-        let key_at = 1 + n.div_ceil(2);
-        let mut key = [0u8; crate::MAX_KEY_LEN];
-        for i in 0..key_len.div_ceil(8) {
-            if let Some(dst) = key.get_mut(i * 8..i * 8 + 8) {
-                dst.copy_from_slice(&e.load(key_at + i).to_le_bytes());
-            }
-        }
-        let key = key.get(..key_len).unwrap_or(&[]);
-        let hash = self.hasher.hash_one(key);
-        self.find_kind(hash, key, kind, guard) == Some(line)
     }
 
     fn visit(&self, now_ms: u64, f: &mut dyn FnMut(EntryView<'_>)) {
@@ -194,13 +177,8 @@ impl Core {
             let key_len = (h & 0xFF) as usize;
             let n = ((h >> 8) & 0xFF) as usize;
             let key_at = 1 + n.div_ceil(2);
-            let mut key = [0u8; crate::MAX_KEY_LEN];
-            for i in 0..key_len.div_ceil(8) {
-                if let Some(dst) = key.get_mut(i * 8..i * 8 + 8) {
-                    dst.copy_from_slice(&e.load(key_at + i).to_le_bytes());
-                }
-            }
-            let key = key.get(..key_len).unwrap_or(&[]);
+            let (key_buf, _) = self.entry_key(line);
+            let key = key_buf.get(..key_len).unwrap_or(&[]);
             if kind == KIND_WINDOWS {
                 let mut views = [WindowView {
                     window: Duration::ZERO,

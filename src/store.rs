@@ -917,21 +917,30 @@ impl Core {
         Ok(line)
     }
 
-    pub(crate) fn rehash(&self, line: u64) -> u64 {
+    /// The key stored in the entry at `line` (any kind), and its length.
+    pub(crate) fn entry_key(&self, line: u64) -> ([u8; MAX_KEY_LEN], usize) {
         let e = self.segs.entry(line);
         let h = e.load(0);
         let len = (h & 0xFF) as usize;
-        let n = ((h >> 8) & 0xFF) as usize;
-        let key_at = 1 + n.div_ceil(2);
-        let mut kw = KeyWords {
-            len,
-            words: [0; KEY_WORDS],
-        };
-        for (i, w) in kw.words.iter_mut().take(len.div_ceil(8)).enumerate() {
-            *w = e.load(key_at + i);
+        let key_at = 1 + ((h >> 8) & 0xFF).div_ceil(2) as usize;
+        let mut key = [0u8; MAX_KEY_LEN];
+        for (i, chunk) in key.chunks_exact_mut(8).take(len.div_ceil(8)).enumerate() {
+            chunk.copy_from_slice(&e.load(key_at + i).to_le_bytes());
         }
-        let bytes = key_bytes(&kw);
-        self.hasher.hash_one(bytes.get(..len).unwrap_or(&[]))
+        (key, len.min(MAX_KEY_LEN))
+    }
+
+    /// The hash of the key stored at `line`.
+    pub(crate) fn rehash(&self, line: u64) -> u64 {
+        let (key, len) = self.entry_key(line);
+        self.hasher.hash_one(key.get(..len).unwrap_or(&[]))
+    }
+
+    /// Whether the index maps the key stored at `line` to `line`.
+    pub(crate) fn index_points_at(&self, line: u64, kind: u8, guard: &Guard) -> bool {
+        let (key, len) = self.entry_key(line);
+        let key = key.get(..len).unwrap_or(&[]);
+        self.find_kind(self.hasher.hash_one(key), key, kind, guard) == Some(line)
     }
 
     /// The entry's layout if it holds exactly the windows of `limits`; `None` if they differ.
