@@ -486,7 +486,12 @@ fn bench_redis(c: &Config, w: &Arc<Workload>) -> Result<Vec<Row>, Box<dyn std::e
                 let (token, ri) = w.pick(rng);
                 let route = &w.routes[ri];
                 let len = key_into(&mut buf, token, route.name);
-                let key = &buf[..len];
+                // Separate key spaces: the fixed-window counters are strings, the sliding
+                // windows sorted sets.
+                let mut kb = Vec::with_capacity(len + 3);
+                kb.extend_from_slice(if lua { b"sw:" } else { b"fw:" });
+                kb.extend_from_slice(&buf[..len]);
+                let key = kb.as_slice();
                 let t0 = Instant::now();
                 let ok = if lua {
                     let now = std::time::SystemTime::now()
@@ -504,6 +509,7 @@ fn bench_redis(c: &Config, w: &Arc<Workload>) -> Result<Vec<Row>, Box<dyn std::e
                         route.per_minute.to_string().as_bytes(),
                         member.as_bytes(),
                     ])
+                    .map_err(|e| eprintln!("{label}: {e}"))
                     .is_ok()
                 } else {
                     match r.cmd(&[b"INCR", key]) {
