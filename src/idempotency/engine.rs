@@ -268,77 +268,66 @@ impl Core {
             return Err(Error::ResponseTooLarge { len, max });
         }
         let guard = crossbeam_epoch::pin();
-        let mut spins = 0u32;
-        loop {
-            let Some((line, e, l)) = self.idem_lookup(lease, &guard) else {
-                return Err(Error::LeaseLost { current: 0 });
-            };
-            let Some(w) = e.w(l.state_at) else {
-                return Err(Error::LeaseLost { current: 0 });
-            };
-            let s = w.load(Ordering::Acquire);
-            let (state, fence, _) = unpack(s);
-            if state == ST_DEAD {
-                spins += 1;
-                backoff(spins);
-                continue;
+        // Claim the completion, so that a concurrent complete or take-over cannot interleave
+        // with the pointer writes below.
+        let (line, e, l, w, s) =
+            self.claim_lease(lease, &guard, |fence| pack(ST_COMPLETING, fence, 0))?;
+        let fence = lease.fence;
+        let bytes = resp.encode();
+        let crc = crc32fast::hash(&bytes);
+        let written = self.write_blob(&bytes, crc, line);
+        let (blob, lines) = match written {
+            Ok(x) => x,
+            Err(err) => {
+                w.store(s, Ordering::Release);
+                return Err(err);
             }
-            if fence != lease.fence || !self.idem_fp_matches(&e, &l, &lease.fingerprint) {
-                return Err(Error::LeaseLost { current: fence });
-            }
-            match state {
-                ST_DONE | ST_COMPLETING => return Err(Error::AlreadyCompleted),
-                ST_INFLIGHT => {}
-                _ => return Err(Error::LeaseLost { current: fence }),
-            }
-            // Claim the completion, so that a concurrent complete or take-over cannot interleave
-            // with the pointer writes below.
-            if w.compare_exchange(
-                s,
-                pack(ST_COMPLETING, fence, 0),
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            )
-            .is_err()
-            {
-                continue;
-            }
-            let bytes = resp.encode();
-            let crc = crc32fast::hash(&bytes);
-            let written = self.write_blob(&bytes, crc, line);
-            let (blob, lines) = match written {
-                Ok(x) => x,
-                Err(err) => {
-                    w.store(s, Ordering::Release);
-                    return Err(err);
-                }
-            };
-            if let (Some(p), Some(q)) = (e.w(l.state_at + 1), e.w(l.state_at + 2)) {
-                p.store(blob, Ordering::Relaxed);
-                q.store(
-                    bytes.len() as u64 | (u64::from(crc) << 32),
-                    Ordering::Relaxed,
-                );
-            }
-            let ttl_ms = self.idem.ttl.as_millis() as u64;
-            // Release: the pointer words and the record are visible with the new state.
-            w.store(
-                pack(ST_DONE, fence, deadline_s(now_ms, ttl_ms)),
-                Ordering::Release,
+        };
+        if let (Some(p), Some(q)) = (e.w(l.state_at + 1), e.w(l.state_at + 2)) {
+            p.store(blob, Ordering::Relaxed);
+            q.store(
+                bytes.len() as u64 | (u64::from(crc) << 32),
+                Ordering::Relaxed,
             );
-            if self.idem.durability == Durability::Sync {
-                self.segs.flush_lines(blob, lines)?;
-                self.segs.flush_lines(line, u64::from(l.lines))?;
-            }
-            return Ok(());
         }
+        let ttl_ms = self.idem.ttl.as_millis() as u64;
+        // Release: the pointer words and the record are visible with the new state.
+        w.store(
+            pack(ST_DONE, fence, deadline_s(now_ms, ttl_ms)),
+            Ordering::Release,
+        );
+        if self.idem.durability == Durability::Sync {
+            self.segs.flush_lines(blob, lines)?;
+            self.segs.flush_lines(line, u64::from(l.lines))?;
+        }
+        Ok(())
     }
 
     pub(crate) fn idem_abort(&self, lease: &Lease) -> Result<()> {
         let guard = crossbeam_epoch::pin();
+        self.claim_lease(lease, &guard, |fence| pack(ST_VACANT, fence, 0))?;
+        Ok(())
+    }
+
+    /// Find the record of `lease`, check that the lease is still the key's and in flight, and
+    /// move its state word to `next(fence)` with one compare-and-swap. Returns the record's
+    /// line, entry, layout, state word and the state it had.
+    #[allow(clippy::type_complexity)]
+    fn claim_lease<'g>(
+        &'g self,
+        lease: &Lease,
+        guard: &'g Guard,
+        next: impl Fn(u32) -> u64,
+    ) -> Result<(
+        u64,
+        Entry<'g>,
+        IdemLayout,
+        &'g std::sync::atomic::AtomicU64,
+        u64,
+    )> {
         let mut spins = 0u32;
         loop {
-            let Some((_, e, l)) = self.idem_lookup(lease, &guard) else {
+            let Some((line, e, l)) = self.idem_lookup(lease, guard) else {
                 return Err(Error::LeaseLost { current: 0 });
             };
             let Some(w) = e.w(l.state_at) else {
@@ -359,15 +348,10 @@ impl Core {
                 ST_INFLIGHT => {}
                 _ => return Err(Error::LeaseLost { current: fence }),
             }
-            if w.compare_exchange(
-                s,
-                pack(ST_VACANT, fence, 0),
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            )
-            .is_ok()
+            if w.compare_exchange(s, next(fence), Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
             {
-                return Ok(());
+                return Ok((line, e, l, w, s));
             }
         }
     }
