@@ -216,7 +216,8 @@ impl Core {
             })
         } else {
             let w = e.load(at);
-            w & window::FROZEN == 0 && window::word_expired(w, d.window_ms, self.kmax, now_ms)
+            w & window::FROZEN == 0
+                && window::word_expired(w, d.window_ms, self.kmax, now_ms, self.seen_ms(now_ms))
         }
     }
 
@@ -257,7 +258,13 @@ impl Core {
             } else {
                 let cur = w.load(Ordering::Acquire);
                 if cur & window::FROZEN != 0
-                    || !window::word_expired(cur, d.window_ms, self.kmax, now_ms)
+                    || !window::word_expired(
+                        cur,
+                        d.window_ms,
+                        self.kmax,
+                        now_ms,
+                        self.seen_ms(now_ms),
+                    )
                     || w.compare_exchange(
                         cur,
                         cur | window::FROZEN,

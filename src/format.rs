@@ -17,6 +17,9 @@ pub(crate) const FORMAT_VERSION: u32 = 1;
 pub(crate) const HEADER_LEN: u64 = 4096;
 /// Bytes of the header that carry data (the rest of the page is zero).
 pub(crate) const HEADER_USED: usize = 64;
+/// Byte offset in the header page of the newest time the store has seen (ms since the Unix
+/// epoch, a live word outside the checked 64 bytes; see `docs/FORMAT.md`).
+pub(crate) const SEEN_AT: usize = HEADER_USED;
 /// One line: the unit of entry allocation, and a cache line.
 pub(crate) const LINE: usize = 64;
 /// The largest entry, in lines.

@@ -200,7 +200,13 @@ impl Core {
                             })
                             .count() as u32
                     } else {
-                        window::word_count(e.load(at), d.window_ms, self.kmax, now_ms)
+                        window::word_count(
+                            e.load(at),
+                            d.window_ms,
+                            self.kmax,
+                            now_ms,
+                            self.seen_ms(now_ms),
+                        )
                     };
                     expired &= used == 0;
                     *v = WindowView {

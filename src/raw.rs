@@ -57,6 +57,11 @@ impl Map {
         self.raw.len()
     }
 
+    /// The word at byte `offset` of this map (`None` if out of bounds or unaligned).
+    pub(crate) fn word(&self, offset: usize) -> Option<&AtomicU64> {
+        word_at(self.base(), self.len(), offset)
+    }
+
     /// Write the map's dirty pages to the file and wait (msync MS_SYNC).
     pub(crate) fn flush(&self) -> io::Result<()> {
         self.raw.flush()

@@ -15,13 +15,14 @@ use crate::decision::{Decision, WindowState};
 use crate::error::{Error, Result};
 use crate::format::{
     entry_crc, header_low, EntryLayout, FileHeader, SegmentHeader, BLOB_MAGIC, BLOB_SEGMENT,
-    HEADER_LEN, HEADER_USED, KIND_IDEM, KIND_WINDOWS, LINE,
+    HEADER_LEN, HEADER_USED, KIND_IDEM, KIND_WINDOWS, LINE, SEEN_AT,
 };
 use crate::idempotency::{
     record_key, Begin, Durability, Fingerprint, IdemOptions, IdempotencyKey, Lease, StoredResponse,
 };
 use crate::index::Index;
 use crate::limit::{Descriptor, Limits, MAX_WINDOWS};
+use crate::raw::Map;
 use crate::segment::{Entry, Segments};
 use crate::window::exact::Ring;
 use crate::window::{self, Norm, FROZEN};
@@ -270,11 +271,13 @@ pub(crate) struct Core {
     pub(crate) pending_recycle: Arc<AtomicU64>,
     /// Held while response records are compacted.
     pub(crate) compacting: Mutex<()>,
-    /// The newest time any operation ran at (explicit or from the clock). The compactor never
-    /// judges expiry later than this: a caller that drives time itself (`check_at`) is never
-    /// overtaken by the store's own clock, which would unlink entries still live in the
-    /// caller's time and hand out fresh quota.
-    pub(crate) seen_ms: AtomicU64,
+    /// The header page, mapped: its word at [`SEEN_AT`] is the newest time any operation ran at
+    /// (explicit or from the clock), kept across restarts. The compactor never judges expiry
+    /// later than this: a caller that drives time itself (`check_at`) is never overtaken by the
+    /// store's own clock, which would unlink entries still live in the caller's time and hand
+    /// out fresh quota. And a window word cannot have been written after it, which tells a
+    /// word written before a clock step back from one left alone for weeks (`window::age`).
+    header: Map,
 }
 
 /// A tollgate store: sliding-window counters in a memory-mapped file (or anonymous memory).
@@ -413,6 +416,7 @@ impl Store {
             // segment is used only after its whole length is allocated and synced).
             file.set_len(HEADER_LEN + count as u64 * seg_len)?;
         }
+        let header_map = Map::file(&file, 0, HEADER_LEN as usize)?;
         let segs = Segments::new(Some(file), header.seg_shift, opts.max_segments.max(count));
         segs.map_existing(count)?;
         let mut core = Core {
@@ -433,7 +437,7 @@ impl Store {
             recycle: Arc::new(Mutex::new(Vec::new())),
             pending_recycle: Arc::new(AtomicU64::new(0)),
             compacting: Mutex::new(()),
-            seen_ms: AtomicU64::new(0),
+            header: header_map,
         };
         core.report = core.recover(count);
         core.live_entries = AtomicU64::new(core.report.entries);
@@ -462,7 +466,7 @@ impl Store {
             recycle: Arc::new(Mutex::new(Vec::new())),
             pending_recycle: Arc::new(AtomicU64::new(0)),
             compacting: Mutex::new(()),
-            seen_ms: AtomicU64::new(0),
+            header: Map::anon(HEADER_LEN as usize)?,
         };
         Ok(Store::start(core, opts.compactor))
     }
@@ -690,17 +694,32 @@ impl Core {
     /// Remember `now_ms` as the newest time seen (a read, and rarely a write).
     #[inline]
     pub(crate) fn saw(&self, now_ms: u64) {
-        if now_ms > self.seen_ms.load(Ordering::Relaxed) {
-            self.seen_ms.fetch_max(now_ms, Ordering::Relaxed);
+        if let Some(w) = self.header.word(SEEN_AT) {
+            if now_ms > w.load(Ordering::Relaxed) {
+                w.fetch_max(now_ms, Ordering::Relaxed);
+            }
         }
     }
 
+    /// The newest time any operation ran at, and never earlier than `now_ms`.
+    #[inline]
+    pub(crate) fn seen_ms(&self, now_ms: u64) -> u64 {
+        // The word is always in the header page; were it not, "no bound" is the safe answer
+        // (a word ahead of now is then taken for a clock step back, which keeps counts).
+        self.header
+            .word(SEEN_AT)
+            .map_or(u64::MAX, |w| w.load(Ordering::Relaxed))
+            .max(now_ms)
+    }
+
     /// The time the compactor judges expiry at: the clock, but never past the newest time an
-    /// operation ran at.
+    /// operation ran at (0 before any operation ran).
     pub(crate) fn expiry_now(&self) -> u64 {
-        self.clock
-            .now_ms()
-            .min(self.seen_ms.load(Ordering::Relaxed))
+        let seen = self
+            .header
+            .word(SEEN_AT)
+            .map_or(0, |w| w.load(Ordering::Relaxed));
+        self.clock.now_ms().min(seen)
     }
 
     fn check(&self, key: &[u8], limits: &Limits, cost: u32, now_ms: u64) -> Result<Decision> {
@@ -1028,7 +1047,14 @@ impl Core {
                     unlock(lock);
                     return Applied::Moved;
                 }
-                let mut norm = window::normalize_with(cur, &geo, l.window_ms(), self.kmax, now_ms);
+                let mut norm = window::normalize_with(
+                    cur,
+                    &geo,
+                    l.window_ms(),
+                    self.kmax,
+                    now_ms,
+                    self.seen_ms(now_ms),
+                );
                 if !norm.try_add(l.limit(), cost) {
                     refused = Some(i);
                     break 'windows;
@@ -1106,7 +1132,14 @@ impl Core {
                 if cur & FROZEN != 0 {
                     break;
                 }
-                let mut norm = window::normalize(cur, l.window_ms(), l.limit(), self.kmax, now_ms);
+                let mut norm = window::normalize(
+                    cur,
+                    l.window_ms(),
+                    l.limit(),
+                    self.kmax,
+                    now_ms,
+                    self.seen_ms(now_ms),
+                );
                 if !norm.undo(m, s, cost) {
                     break;
                 }
@@ -1158,7 +1191,14 @@ impl Core {
                 crate::Mode::Bucketed => {
                     let word = e.load(at) & !FROZEN;
                     let geo = limits.geometry(i, self.kmax);
-                    let norm = window::normalize_with(word, &geo, l.window_ms(), self.kmax, now_ms);
+                    let norm = window::normalize_with(
+                        word,
+                        &geo,
+                        l.window_ms(),
+                        self.kmax,
+                        now_ms,
+                        self.seen_ms(now_ms),
+                    );
                     bucket_state(&norm, l.limit(), l.window_ms(), cost, now_ms)
                 }
                 crate::Mode::Exact => {

@@ -214,12 +214,51 @@ impl Norm {
     }
 }
 
+/// Where a word's newest sub-window lies relative to now's, in sub-windows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Age {
+    /// Now, or this many sub-windows before now.
+    Behind(u64),
+    /// This many sub-windows after now: the clock went backwards since the word was written.
+    Ahead(u64),
+}
+
+/// Place a word's 27-bit `tag` relative to `n_now`, the sub-window of now.
+///
+/// The tag only gives the word's sub-window modulo 2^27, so "a sub-windows ahead" and
+/// "2^27 - a behind" look alike. A word cannot have been written after `seen_ms`, the newest
+/// time the store has seen (kept in the file header, so it survives a restart): a reading
+/// ahead of now is taken only if it lands at or before `seen_ms` (and at most half the tag
+/// range ahead). Everything else is behind. So a key left alone for weeks reads as aged out
+/// (for a 1 s window, 2^26 sub-windows are only 24 to 49 days), while a clock that stepped
+/// back keeps the counts written before the step.
+#[inline]
+fn age(tag: u64, n_now: u64, geo: &Geometry, seen_ms: u64) -> Age {
+    let ahead = tag.wrapping_sub(n_now) & TAG_MASK;
+    if ahead != 0 && ahead <= HALF {
+        let lead = geo.sub_window(seen_ms).saturating_sub(n_now);
+        if ahead <= lead {
+            return Age::Ahead(ahead);
+        }
+    }
+    Age::Behind(n_now.wrapping_sub(tag) & TAG_MASK)
+}
+
 /// Decode `word` for a window of `window_ms` checked against `limit` at `now_ms`, with at most
-/// `kmax` counters. Widens the counters (merging old sub-windows forward, which only delays
-/// their release) when `limit` needs more bits than the word has.
-pub(crate) fn normalize(word: u64, window_ms: u64, limit: u32, kmax: u32, now_ms: u64) -> Norm {
+/// `kmax` counters; `seen_ms` is the newest time the store has seen (at least `now_ms`), which
+/// tells a word written before a clock step back from a word left alone for a long time.
+/// Widens the counters (merging old sub-windows forward, which only delays their release) when
+/// `limit` needs more bits than the word has.
+pub(crate) fn normalize(
+    word: u64,
+    window_ms: u64,
+    limit: u32,
+    kmax: u32,
+    now_ms: u64,
+    seen_ms: u64,
+) -> Norm {
     let geo = Geometry::new(bits_for(limit), kmax, window_ms);
-    normalize_with(word, &geo, window_ms, kmax, now_ms)
+    normalize_with(word, &geo, window_ms, kmax, now_ms, seen_ms)
 }
 
 /// [`normalize`] with the geometry of the limit's own counter width (`need`) given.
@@ -230,6 +269,7 @@ pub(crate) fn normalize_with(
     window_ms: u64,
     kmax: u32,
     now_ms: u64,
+    seen_ms: u64,
 ) -> Norm {
     let counters = word & 0xFFFF_FFFF;
     if counters == 0 {
@@ -252,24 +292,24 @@ pub(crate) fn normalize_with(
     let (k, s) = (geo.k, geo.s);
     let tag = (word >> TAG_SHIFT) & TAG_MASK;
     let n_now = geo.sub_window(now_ms);
-    let d = n_now.wrapping_sub(tag) & TAG_MASK;
     let width = k * c;
     let live = if width >= 64 {
         u64::MAX
     } else {
         (1u64 << width) - 1
     };
-    let (n, counters) = if d < HALF {
-        // The word is `d` sub-windows behind now: every counter ages by `d`.
-        let aged = if d >= u64::from(k) {
-            0
-        } else {
-            (counters << (d as u32 * c)) & live
-        };
-        (n_now, aged)
-    } else {
+    let (n, counters) = match age(tag, n_now, geo, seen_ms) {
+        Age::Behind(d) => {
+            // The word is `d` sub-windows behind now: every counter ages by `d`.
+            let aged = if d >= u64::from(k) {
+                0
+            } else {
+                (counters << (d as u32 * c)) & live
+            };
+            (n_now, aged)
+        }
         // The word is ahead of `now`: the clock went backwards. Keep the word's own time.
-        (n_now + (TAG_MASK + 1 - d), counters & live)
+        Age::Ahead(a) => (n_now + a, counters & live),
     };
     let norm = Norm {
         c,
@@ -323,8 +363,14 @@ fn widen(old: &Norm, c: u32, kmax: u32, window_ms: u64, now_ms: u64) -> Norm {
 }
 
 /// Whether every count of `word` has aged out at `now_ms` (an empty word is expired). A word
-/// ahead of `now` (the clock went back) is not.
-pub(crate) fn word_expired(word: u64, window_ms: u64, kmax: u32, now_ms: u64) -> bool {
+/// ahead of `now` (the clock went back; see [`normalize`] for `seen_ms`) is not.
+pub(crate) fn word_expired(
+    word: u64,
+    window_ms: u64,
+    kmax: u32,
+    now_ms: u64,
+    seen_ms: u64,
+) -> bool {
     let word = word & !FROZEN;
     if word & 0xFFFF_FFFF == 0 {
         return true;
@@ -332,17 +378,19 @@ pub(crate) fn word_expired(word: u64, window_ms: u64, kmax: u32, now_ms: u64) ->
     let c = ((word >> 32) & 0xF) as u32 + 1;
     let g = Geometry::new(c, kmax, window_ms);
     let tag = (word >> TAG_SHIFT) & TAG_MASK;
-    let d = g.sub_window(now_ms).wrapping_sub(tag) & TAG_MASK;
-    d < HALF && d >= u64::from(g.k)
+    match age(tag, g.sub_window(now_ms), &g, seen_ms) {
+        Age::Behind(d) => d >= u64::from(g.k),
+        Age::Ahead(_) => false,
+    }
 }
 
 /// The count a stored word holds at `now_ms`, read with its own counter width (no limit needed:
 /// for inspection tools).
-pub(crate) fn word_count(word: u64, window_ms: u64, kmax: u32, now_ms: u64) -> u32 {
+pub(crate) fn word_count(word: u64, window_ms: u64, kmax: u32, now_ms: u64, seen_ms: u64) -> u32 {
     let word = word & !FROZEN;
     let c = ((word >> 32) & 0xF) as u32 + 1;
     let g = Geometry::new(c, kmax, window_ms);
-    normalize_with(word, &g, window_ms, kmax, now_ms).total()
+    normalize_with(word, &g, window_ms, kmax, now_ms, seen_ms).total()
 }
 
 /// Whether a stored word is structurally valid for a store with `kmax` counters at most (used
@@ -369,7 +417,7 @@ mod tests {
     const MIN: u64 = 60_000;
 
     fn fresh(limit: u32, now: u64) -> Norm {
-        normalize(0, MIN, limit, 17, now)
+        normalize(0, MIN, limit, 17, now, now)
     }
 
     #[test]
@@ -377,11 +425,11 @@ mod tests {
         let now = 1_700_000_000_000;
         let mut word = 0;
         for i in 0..60 {
-            let mut n = normalize(word, MIN, 60, 17, now + i);
+            let mut n = normalize(word, MIN, 60, 17, now + i, now + i);
             assert!(n.try_add(60, 1), "request {i}");
             word = n.encode();
         }
-        let mut n = normalize(word, MIN, 60, 17, now + 100);
+        let mut n = normalize(word, MIN, 60, 17, now + 100, now + 100);
         assert_eq!(n.total(), 60);
         assert!(!n.try_add(60, 1));
     }
@@ -395,9 +443,9 @@ mod tests {
         let s = n.s;
         // Still counted just before W + s after the sub-window's start.
         let start = (now / s) * s;
-        let late = normalize(word, MIN, 60, 17, start + MIN + s - 1);
+        let late = normalize(word, MIN, 60, 17, start + MIN + s - 1, start + MIN + s - 1);
         assert_eq!(late.total(), 60);
-        let back = normalize(word, MIN, 60, 17, start + MIN + s);
+        let back = normalize(word, MIN, 60, 17, start + MIN + s, start + MIN + s);
         assert_eq!(back.total(), 0);
         assert_eq!(n.reset_ms(now), start + MIN + s);
     }
@@ -409,7 +457,7 @@ mod tests {
         assert!(n.try_add(10, 10));
         let word = n.encode();
         for back in [1, 1_000, 60_000, 3_600_000, 86_400_000] {
-            let v = normalize(word, MIN, 10, 17, now - back);
+            let v = normalize(word, MIN, 10, 17, now - back, now);
             assert_eq!(v.total(), 10, "clock moved back by {back} ms");
         }
     }
@@ -420,7 +468,7 @@ mod tests {
         let mut n = fresh(3, now);
         assert!(n.try_add(3, 3));
         let word = n.encode();
-        let wide = normalize(word, MIN, 60_000, 17, now + 1);
+        let wide = normalize(word, MIN, 60_000, 17, now + 1, now + 1);
         assert_eq!(wide.c, 16);
         assert_eq!(wide.total(), 3);
         assert!(wide.reset_ms(now) >= n.reset_ms(now));
@@ -433,7 +481,7 @@ mod tests {
         assert!(n.try_add(60, 5));
         let (m, s) = (n.n, n.s);
         assert_eq!(n.field(0), 5);
-        let mut later = normalize(n.encode(), MIN, 60, 17, now + s);
+        let mut later = normalize(n.encode(), MIN, 60, 17, now + s, now + s);
         assert!(later.try_add(60, 2));
         assert!(later.undo(m, s, 5));
         assert_eq!(later.total(), 2);
@@ -469,15 +517,44 @@ mod tests {
         let mut n = fresh(60, now);
         assert!(n.try_add(60, 3));
         let w = n.encode();
-        assert!(!word_expired(w, MIN, 17, now));
+        assert!(!word_expired(w, MIN, 17, now, now));
         let reset = n.reset_ms(now);
-        assert!(!word_expired(w, MIN, 17, reset - 1));
-        assert!(word_expired(w, MIN, 17, reset));
+        assert!(!word_expired(w, MIN, 17, reset - 1, reset - 1));
+        assert!(word_expired(w, MIN, 17, reset, reset));
         assert!(
-            !word_expired(w, MIN, 17, now - 3_600_000),
+            !word_expired(w, MIN, 17, now - 3_600_000, now),
             "clock went back"
         );
-        assert!(word_expired(0, MIN, 17, now));
+        assert!(word_expired(0, MIN, 17, now, now));
+    }
+
+    #[test]
+    fn a_word_left_alone_past_half_the_tag_range_reads_as_aged() {
+        // A 1 s window with 17 counters has 63 ms sub-windows: 2^26 of them are 48.9 days.
+        const SEC: u64 = 1_000;
+        const DAY: u64 = 86_400_000;
+        let t0 = 1_700_000_000_000;
+        let mut n = normalize(0, SEC, 1, 17, t0, t0);
+        assert_eq!(n.s, 63);
+        assert!(n.try_add(1, 1));
+        let w = n.encode();
+        for days in [1, 30, 48, 49, 60, 90, 97] {
+            let t = t0 + days * DAY;
+            assert_eq!(
+                normalize(w, SEC, 1, 17, t, t).total(),
+                0,
+                "{days} days later"
+            );
+            assert!(word_expired(w, SEC, 17, t, t), "{days} days later");
+        }
+        // The same word read after the clock stepped back keeps its count, as long as the
+        // store saw the time it was written.
+        for back in [SEC, 3_600_000, 30 * DAY] {
+            assert_eq!(normalize(w, SEC, 1, 17, t0 - back, t0).total(), 1);
+            assert!(!word_expired(w, SEC, 17, t0 - back, t0));
+        }
+        // A reading ahead of the newest time seen is impossible: the word is old instead.
+        assert_eq!(normalize(w, SEC, 1, 17, t0 - DAY, t0 - DAY).total(), 0);
     }
 
     #[test]
