@@ -32,7 +32,7 @@ use crate::idempotency::engine::{
 };
 use crate::limit::Descriptor;
 use crate::store::Core;
-use crate::window;
+use crate::window::{self, cell};
 
 /// Counters kept by the compactor and the store.
 #[derive(Default)]
@@ -206,14 +206,12 @@ impl Core {
     ) -> bool {
         let (at, d) = *slot;
         if d.exact {
+            // A first look without the lock; the freeze looks again under it.
             let meta = e.load(at);
-            if meta & (1 << 63 | 1 << 62) != 0 {
+            if meta & (cell::META_LOCK | cell::META_FROZEN) != 0 {
                 return false; // locked or moving: look again next time
             }
-            (0..d.cap as usize).all(|k| {
-                let v = e.load(at + 1 + k);
-                v == 0 || (v - 1).saturating_add(d.window_ms) <= now_ms
-            })
+            cell::ring_expired(&|k| e.w(k), at, d.cap, d.window_ms, now_ms)
         } else {
             let w = e.load(at);
             w & window::FROZEN == 0
@@ -246,44 +244,32 @@ impl Core {
                 break;
             };
             if d.exact {
-                let meta = w.load(Ordering::Acquire);
-                if meta & (1 << 63 | 1 << 62) != 0
-                    || !self.slot_expired(&e, slot, now_ms)
-                    || w.compare_exchange(meta, meta | 1 << 62, Ordering::AcqRel, Ordering::Acquire)
-                        .is_err()
-                {
+                // Under the ring's lock; the entry's first exact window comes first, and its
+                // lock is the one requests take for every ring of the entry.
+                if !cell::freeze_ring_if_expired(|k| e.w(k), at, d.cap, d.window_ms, now_ms) {
                     ok = false;
                     break;
                 }
-            } else {
-                let cur = w.load(Ordering::Acquire);
-                if cur & window::FROZEN != 0
-                    || !window::word_expired(
-                        cur,
-                        d.window_ms,
-                        self.kmax,
-                        now_ms,
-                        self.seen_ms(now_ms),
-                    )
-                    || w.compare_exchange(
-                        cur,
-                        cur | window::FROZEN,
-                        Ordering::AcqRel,
-                        Ordering::Acquire,
-                    )
-                    .is_err()
-                {
-                    ok = false;
-                    break;
-                }
+            } else if !cell::freeze_if_expired(
+                w,
+                d.window_ms,
+                self.kmax,
+                now_ms,
+                self.seen_ms(now_ms),
+            ) {
+                ok = false;
+                break;
             }
             frozen += 1;
         }
         if !ok {
             for (at, d) in windows.iter().take(frozen) {
                 if let Some(w) = e.w(*at) {
-                    let bit = if d.exact { 1 << 62 } else { window::FROZEN };
-                    w.fetch_and(!bit, Ordering::AcqRel);
+                    if d.exact {
+                        cell::thaw_meta(w);
+                    } else {
+                        cell::thaw(w);
+                    }
                 }
             }
             return false;

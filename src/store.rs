@@ -24,7 +24,7 @@ use crate::index::Index;
 use crate::limit::{Descriptor, Limits, MAX_WINDOWS};
 use crate::raw::Map;
 use crate::segment::{Entry, Segments};
-use crate::window::exact::Ring;
+use crate::window::cell::{self, META_FROZEN, META_HEAD, META_LOCK};
 use crate::window::{self, Norm, FROZEN};
 
 /// The longest key, in bytes.
@@ -32,9 +32,6 @@ pub const MAX_KEY_LEN: usize = 128;
 
 const KEY_WORDS: usize = MAX_KEY_LEN / 8;
 /// Meta word of an exact window: lock bit, frozen bit, head in the low 32 bits.
-const META_LOCK: u64 = 1 << 63;
-const META_FROZEN: u64 = 1 << 62;
-const META_HEAD: u64 = 0xFFFF_FFFF;
 /// Largest admission time an exact ring can hold (ms + 1): 10000-01-01.
 const MAX_RING_TIME: u64 = 253_402_300_800_000;
 
@@ -1014,8 +1011,8 @@ impl Core {
         let lock = if limits.has_exact() {
             let first = items.iter().position(|l| l.mode() == crate::Mode::Exact);
             let meta = first.and_then(|i| e.w(layout.window_at[i]));
-            match meta.map(lock_meta) {
-                Some(Some(m)) => Some(m),
+            match meta {
+                Some(m) if cell::lock_meta(m) => Some(m),
                 _ => return Applied::Moved,
             }
         } else {
@@ -1023,7 +1020,7 @@ impl Core {
         };
         let unlock = |m: Option<&AtomicU64>| {
             if let Some(m) = m {
-                m.fetch_and(!META_LOCK, Ordering::Release);
+                cell::unlock_meta(m);
             }
         };
 
@@ -1031,7 +1028,7 @@ impl Core {
         // Sub-window and sub-window length each bucketed window counted in, for undo.
         let mut added: [Option<(u64, u64)>; MAX_WINDOWS] = [None; MAX_WINDOWS];
         let mut refused: Option<usize> = None;
-        'windows: for (i, l) in items.iter().enumerate() {
+        for (i, l) in items.iter().enumerate() {
             if l.mode() == crate::Mode::Exact {
                 continue;
             }
@@ -1040,37 +1037,27 @@ impl Core {
                 break;
             };
             let geo = limits.geometry(i, self.kmax);
-            let mut cur = w.load(Ordering::Acquire);
-            loop {
-                if cur & FROZEN != 0 {
-                    self.undo(&e, &layout, items, &added, cost, now_ms);
+            let at = cell::At {
+                geo: &geo,
+                window_ms: l.window_ms(),
+                limit: l.limit(),
+                kmax: self.kmax,
+                now_ms,
+                seen_ms: self.seen_ms(now_ms),
+            };
+            match cell::add(w, &at, cost) {
+                cell::Added::Yes(norm) => {
+                    added[i] = Some((norm.n, norm.s));
+                    ws[i] = bucket_state(&norm, l.limit(), l.window_ms(), 0, now_ms);
+                }
+                cell::Added::Refused => {
+                    refused = Some(i);
+                    break;
+                }
+                cell::Added::Frozen => {
+                    self.undo(&e, &layout, limits, &added, cost, now_ms);
                     unlock(lock);
                     return Applied::Moved;
-                }
-                let mut norm = window::normalize_with(
-                    cur,
-                    &geo,
-                    l.window_ms(),
-                    self.kmax,
-                    now_ms,
-                    self.seen_ms(now_ms),
-                );
-                if !norm.try_add(l.limit(), cost) {
-                    refused = Some(i);
-                    break 'windows;
-                }
-                match w.compare_exchange_weak(
-                    cur,
-                    norm.encode(),
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                ) {
-                    Ok(_) => {
-                        added[i] = Some((norm.n, norm.s));
-                        ws[i] = bucket_state(&norm, l.limit(), l.window_ms(), 0, now_ms);
-                        break;
-                    }
-                    Err(x) => cur = x,
                 }
             }
         }
@@ -1081,7 +1068,7 @@ impl Core {
                 if l.mode() != crate::Mode::Exact {
                     continue;
                 }
-                let ring = read_ring(&e, layout.window_at[i], l.limit());
+                let ring = cell::read_ring(|k| e.w(k), layout.window_at[i], l.limit());
                 let ev = ring.eval(l.window_ms(), now_ms);
                 if !ev.fits(l.limit(), cost) {
                     refused = Some(i);
@@ -1093,7 +1080,12 @@ impl Core {
                 for (i, l) in items.iter().enumerate() {
                     if let Some((mut ring, t)) = rings[i] {
                         ring.push(t, cost);
-                        write_ring(&e, layout.window_at[i], &ring, i == first_exact(items));
+                        cell::write_ring(
+                            |k| e.w(k),
+                            layout.window_at[i],
+                            &ring,
+                            i == first_exact(items),
+                        );
                         let ev = ring.eval(l.window_ms(), now_ms);
                         ws[i] = exact_state(&ev, l.limit(), l.window_ms(), 0, now_ms);
                     }
@@ -1101,7 +1093,7 @@ impl Core {
             }
         }
         if refused.is_some() {
-            self.undo(&e, &layout, items, &added, cost, now_ms);
+            self.undo(&e, &layout, limits, &added, cost, now_ms);
             *out = self.snapshot_entry(&e, &layout, limits, cost, now_ms, refused);
             unlock(lock);
             return Applied::Done;
@@ -1116,43 +1108,25 @@ impl Core {
         &self,
         e: &Entry<'_>,
         layout: &EntryLayout,
-        items: &[crate::Limit],
+        limits: &Limits,
         added: &[Option<(u64, u64)>; MAX_WINDOWS],
         cost: u32,
         now_ms: u64,
     ) {
-        for (i, l) in items.iter().enumerate() {
+        for (i, l) in limits.as_slice().iter().enumerate() {
             let (Some((m, s)), Some(w)) = (added[i], e.w(layout.window_at[i])) else {
                 continue;
             };
-            let mut cur = w.load(Ordering::Acquire);
-            loop {
-                // A frozen word is being copied: the copy keeps the extra count (safe: it can
-                // only make the key stricter, never looser).
-                if cur & FROZEN != 0 {
-                    break;
-                }
-                let mut norm = window::normalize(
-                    cur,
-                    l.window_ms(),
-                    l.limit(),
-                    self.kmax,
-                    now_ms,
-                    self.seen_ms(now_ms),
-                );
-                if !norm.undo(m, s, cost) {
-                    break;
-                }
-                match w.compare_exchange_weak(
-                    cur,
-                    norm.encode(),
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                ) {
-                    Ok(_) => break,
-                    Err(x) => cur = x,
-                }
-            }
+            let geo = limits.geometry(i, self.kmax);
+            let at = cell::At {
+                geo: &geo,
+                window_ms: l.window_ms(),
+                limit: l.limit(),
+                kmax: self.kmax,
+                now_ms,
+                seen_ms: self.seen_ms(now_ms),
+            };
+            cell::take_back(w, &at, m, s, cost);
         }
     }
 
@@ -1202,7 +1176,7 @@ impl Core {
                     bucket_state(&norm, l.limit(), l.window_ms(), cost, now_ms)
                 }
                 crate::Mode::Exact => {
-                    let ring = read_ring(e, at, l.limit());
+                    let ring = cell::read_ring(|k| e.w(k), at, l.limit());
                     let ev = ring.eval(l.window_ms(), now_ms);
                     exact_state(&ev, l.limit(), l.window_ms(), cost, now_ms)
                 }
@@ -1259,12 +1233,12 @@ impl Core {
                 if d.exact {
                     // `None` means already frozen; otherwise we hold the lock, so no check is
                     // half-way through the ring when it freezes.
-                    if lock_meta(w).is_some() {
+                    if cell::lock_meta(w) {
                         w.fetch_or(META_FROZEN, Ordering::AcqRel);
-                        w.fetch_and(!META_LOCK, Ordering::Release);
+                        cell::unlock_meta(w);
                     }
                 } else {
-                    w.fetch_or(FROZEN, Ordering::AcqRel);
+                    cell::freeze(w);
                 }
             }
         }
@@ -1278,7 +1252,7 @@ impl Core {
             let at = *old_layout.window_at.get(j)?;
             if nd.exact {
                 let od = decoded.get(j)?;
-                let ring = read_ring(&e, at, od.cap);
+                let ring = cell::read_ring(|k| e.w(k), at, od.cap);
                 let mut times: Vec<u64> = ring
                     .slots
                     .iter()
@@ -1305,8 +1279,11 @@ impl Core {
                 // old entry, so the key keeps working with the windows it has.
                 for (i, d) in decoded.iter().enumerate() {
                     if let Some(w) = e.w(old_layout.window_at[i]) {
-                        let bit = if d.exact { META_FROZEN } else { FROZEN };
-                        w.fetch_and(!bit, Ordering::AcqRel);
+                        if d.exact {
+                            cell::thaw_meta(w);
+                        } else {
+                            cell::thaw(w);
+                        }
                     }
                 }
                 return Err(err);
@@ -1520,56 +1497,6 @@ fn first_exact(items: &[crate::Limit]) -> usize {
         .iter()
         .position(|l| l.mode() == crate::Mode::Exact)
         .unwrap_or(usize::MAX)
-}
-
-/// Take the lock bit of an exact window's meta word. `None` if the entry is frozen.
-fn lock_meta(w: &AtomicU64) -> Option<&AtomicU64> {
-    let mut spins = 0u32;
-    loop {
-        let cur = w.load(Ordering::Relaxed);
-        if cur & META_FROZEN != 0 {
-            return None;
-        }
-        if cur & META_LOCK == 0
-            && w.compare_exchange_weak(cur, cur | META_LOCK, Ordering::Acquire, Ordering::Relaxed)
-                .is_ok()
-        {
-            return Some(w);
-        }
-        spins += 1;
-        if spins > 64 {
-            std::thread::yield_now();
-        } else {
-            std::hint::spin_loop();
-        }
-    }
-}
-
-fn read_ring(e: &Entry<'_>, at: usize, cap: u32) -> Ring {
-    let cap = cap.min(crate::MAX_EXACT_LIMIT);
-    let mut ring = Ring {
-        slots: [0; crate::MAX_EXACT_LIMIT as usize],
-        cap,
-        head: (e.load(at) & META_HEAD) as u32 % cap.max(1),
-    };
-    for (k, s) in ring.slots.iter_mut().take(cap as usize).enumerate() {
-        *s = e.w(at + 1 + k).map_or(0, |w| w.load(Ordering::Relaxed));
-    }
-    ring
-}
-
-/// Store a ring's places and head. The meta word of the locking window keeps its lock bit
-/// (the caller releases it).
-fn write_ring(e: &Entry<'_>, at: usize, ring: &Ring, holds_lock: bool) {
-    for (k, &s) in ring.slots.iter().take(ring.cap as usize).enumerate() {
-        if let Some(w) = e.w(at + 1 + k) {
-            w.store(s, Ordering::Relaxed);
-        }
-    }
-    if let Some(m) = e.w(at) {
-        let lock = if holds_lock { META_LOCK } else { 0 };
-        m.store(u64::from(ring.head) | lock, Ordering::Release);
-    }
 }
 
 fn bucket_state(norm: &Norm, limit: u32, window_ms: u64, cost: u32, now_ms: u64) -> WindowState {

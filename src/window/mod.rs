@@ -31,6 +31,7 @@
 //!
 //! See [`exact`]: a ring of the timestamps of admitted requests.
 
+pub(crate) mod cell;
 pub(crate) mod exact;
 
 /// The most counters a word can hold (c = 1).
