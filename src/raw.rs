@@ -36,8 +36,9 @@ impl Map {
     pub(crate) fn anon(len: usize) -> io::Result<Map> {
         let m = MmapOptions::new().len(len).map_anon()?;
         let raw = MmapRaw::from(m);
-        // Transparent huge pages cut TLB misses on random access; refusal is harmless.
-        #[cfg(target_os = "linux")]
+        // Transparent huge pages cut TLB misses on random access; refusal is harmless. (Miri
+        // cannot run the madvise call, and the hint means nothing there.)
+        #[cfg(all(target_os = "linux", not(miri)))]
         let _ = raw.advise(memmap2::Advice::HugePage);
         Ok(Map { raw })
     }

@@ -39,7 +39,9 @@ impl ETag {
     }
 
     /// Whether `tag` (one entity tag as a client sends it, quotes included) is this one,
-    /// by strong comparison: a weak tag (`W/"..."`) never matches.
+    /// by strong comparison: the same characters as this tag's written form (RFC 9110
+    /// §8.8.3.2), so `"+a-1"` or `"a-01"` are other tags; a weak tag (`W/"..."`) never
+    /// matches. Allocates nothing.
     fn is(&self, tag: &str) -> bool {
         let Some(inner) = tag.strip_prefix('"').and_then(|t| t.strip_suffix('"')) else {
             return false;
@@ -47,8 +49,7 @@ impl ETag {
         let Some((epoch, version)) = inner.split_once('-') else {
             return false;
         };
-        u64::from_str_radix(epoch, 16).ok() == Some(self.epoch)
-            && version.parse::<u64>().ok() == Some(self.version)
+        written_as(epoch, 16, self.epoch) && written_as(version, 10, self.version)
     }
 
     /// The header value (`"…"`, quotes included).
@@ -57,6 +58,16 @@ impl ETag {
         http::HeaderValue::try_from(self.to_string())
             .unwrap_or_else(|_| http::HeaderValue::from_static("\"0-0\""))
     }
+}
+
+/// Whether `s` is exactly how `{:x}` (radix 16) or `{}` (radix 10) writes `value`: its digits
+/// only (lower-case hex), no sign, no leading zero.
+fn written_as(s: &str, radix: u32, value: u64) -> bool {
+    let canonical = s.bytes().all(|b| match radix {
+        16 => b.is_ascii_digit() || (b'a'..=b'f').contains(&b),
+        _ => b.is_ascii_digit(),
+    }) && (s.len() == 1 || !s.starts_with('0'));
+    canonical && u64::from_str_radix(s, radix).ok() == Some(value)
 }
 
 impl fmt::Display for ETag {
@@ -255,6 +266,35 @@ mod tests {
         assert!(e4.version() > e3.version());
         // Other resources are independent.
         assert_eq!(v.current("/other"), e0);
+    }
+
+    #[test]
+    fn strong_comparison_is_character_by_character() {
+        let t = ETag {
+            epoch: 0xab,
+            version: 7,
+        };
+        assert!(t.is("\"ab-7\""));
+        for other in [
+            "\"+ab-7\"",
+            "\"ab-+7\"",
+            "\"0ab-7\"",
+            "\"ab-07\"",
+            "\"AB-7\"",
+            "\"ab-7 \"",
+            "ab-7",
+            "W/\"ab-7\"",
+            "\"ab7\"",
+            "\"\"",
+        ] {
+            assert!(!t.is(other), "{other} matched");
+        }
+        let zero = ETag {
+            epoch: 0,
+            version: 0,
+        };
+        assert!(zero.is("\"0-0\""));
+        assert!(!zero.is("\"00-0\""));
     }
 
     #[test]
