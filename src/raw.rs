@@ -142,6 +142,32 @@ impl Maps {
         word_at(base, self.seg_len, offset)
     }
 
+    /// The words of segment `seg` from byte `offset` to the segment's end, as a slice of
+    /// atomics (empty if the segment is not mapped or `offset` is unaligned or past the end).
+    /// One lookup of the segment's base for all the words an entry reads.
+    #[inline]
+    pub(crate) fn words_from(&self, seg: usize, offset: usize) -> &[AtomicU64] {
+        let Some(base) = self
+            .bases
+            .get(seg)
+            .and_then(|b| NonNull::new(b.load(Ordering::Acquire)))
+        else {
+            return &[];
+        };
+        if !offset.is_multiple_of(8) || offset >= self.seg_len {
+            return &[];
+        }
+        let n = (self.seg_len - offset) / 8;
+        // SAFETY: the base is the start of a live map of `seg_len` bytes (published by `push`
+        // with Release, loaded here with Acquire), and `offset + 8 * n <= seg_len`, so the `n`
+        // words are inside it; the base is page aligned and `offset` a multiple of 8, so they
+        // are 8-aligned, and `AtomicU64` has the size and alignment of `u64`; the slice
+        // borrows `self`, which owns the map and never unmaps it while borrowed; and every
+        // access to mapped memory goes through atomics (interior mutability), so sharing the
+        // slice while other threads write the words is sound.
+        unsafe { std::slice::from_raw_parts(base.as_ptr().add(offset).cast::<AtomicU64>(), n) }
+    }
+
     /// Flush bytes `offset..offset + len` of segment `seg` to the file (msync).
     pub(crate) fn flush_range(&self, seg: usize, offset: usize, len: usize) -> io::Result<()> {
         match self.owned.lock().get(seg) {

@@ -16,19 +16,17 @@ use crate::error::{Error, Result};
 use crate::format::{SegmentHeader, BLOB_SEGMENT, HEADER_LEN, LINE, MAX_ENTRY_LINES};
 use crate::raw::{Map, Maps};
 
-/// A view of one entry: its words, by index from its start.
+/// A view of one entry: its words, by index from its start (to the end of its segment).
 #[derive(Clone, Copy)]
 pub(crate) struct Entry<'a> {
-    maps: &'a Maps,
-    seg: usize,
-    off: usize,
+    words: &'a [AtomicU64],
 }
 
 impl<'a> Entry<'a> {
     /// Word `i` of the entry (`None` past the segment's end).
     #[inline]
     pub(crate) fn w(&self, i: usize) -> Option<&'a AtomicU64> {
-        self.maps.word(self.seg, self.off + i * 8)
+        self.words.get(i)
     }
 
     /// Load word `i` (0 if out of range).
@@ -126,10 +124,10 @@ impl Segments {
     #[inline]
     pub(crate) fn entry(&self, line: u64) -> Entry<'_> {
         let shift = self.seg_shift - 6;
+        let seg = (line >> shift) as usize;
+        let off = ((line & (self.seg_lines() - 1)) as usize) * LINE;
         Entry {
-            maps: &self.maps,
-            seg: (line >> shift) as usize,
-            off: ((line & (self.seg_lines() - 1)) as usize) * LINE,
+            words: self.maps.words_from(seg, off),
         }
     }
 
