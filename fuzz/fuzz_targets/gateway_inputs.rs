@@ -46,7 +46,7 @@ fn path(input: &mut Input<'_>) -> String {
         p.push('/');
         p.push_str(input.pick(SEGMENTS));
     }
-    if p.is_empty() || input.byte() % 8 == 0 {
+    if p.is_empty() || input.byte().is_multiple_of(8) {
         p.push('/');
     }
     p
@@ -122,7 +122,7 @@ pub fn policy(data: &[u8]) {
     let mut text = String::new();
     for i in 0..n {
         let mut route = path(&mut input);
-        if input.byte() % 2 == 0 {
+        if input.byte().is_multiple_of(2) {
             route = format!("{}/*", route.trim_end_matches('/'));
         }
         let method = match input.byte() % 5 {
