@@ -45,10 +45,15 @@ impl Pool {
         })
     }
 
-    fn take(&self) -> Result<Connection> {
+    /// A connection: an idle one if there is one (`true`), else a new one.
+    fn take(&self) -> Result<(Connection, bool)> {
         if let Some(c) = self.idle.lock().pop() {
-            return Ok(c);
+            return Ok((c, true));
         }
+        Ok((self.connect()?, false))
+    }
+
+    fn connect(&self) -> Result<Connection> {
         let c = self
             .client
             .get_connection_with_timeout(self.connect_timeout)
@@ -67,19 +72,51 @@ impl Pool {
     }
 
     /// Run `f` on a pooled connection. A connection that saw an I/O error is dropped, not
-    /// reused (its stream may hold half a reply).
+    /// reused (its stream may hold half a reply), and so are the idle ones when it was closed
+    /// under us: the server went away, and every connection to it is dead.
     pub(crate) fn with<T>(
         &self,
         f: impl FnOnce(&mut Connection) -> std::result::Result<T, RedisError>,
     ) -> Result<T> {
-        let mut c = self.take()?;
-        match f(&mut c) {
+        let (mut c, _) = self.take()?;
+        let r = f(&mut c);
+        self.finish(c, r)
+    }
+
+    /// [`Pool::with`] for calls that may run twice: when a connection taken from the pool turns
+    /// out to be closed (the server restarted since it was opened), run `f` once more on a new
+    /// one. The hybrid batches (applied once by their sequence numbers) and checks (a second
+    /// count can only make the key stricter) go this way; idempotency transitions do not.
+    pub(crate) fn with_retry<T>(
+        &self,
+        mut f: impl FnMut(&mut Connection) -> std::result::Result<T, RedisError>,
+    ) -> Result<T> {
+        let (mut c, reused) = self.take()?;
+        let r = f(&mut c);
+        match r {
+            Err(e)
+                if reused && (e.is_connection_dropped() || e.is_io_error()) && !e.is_timeout() =>
+            {
+                drop(c);
+                self.idle.lock().clear();
+                let mut c = self.connect()?;
+                let r = f(&mut c);
+                self.finish(c, r)
+            }
+            r => self.finish(c, r),
+        }
+    }
+
+    fn finish<T>(&self, c: Connection, r: std::result::Result<T, RedisError>) -> Result<T> {
+        match r {
             Ok(v) => {
                 self.give_back(c);
                 Ok(v)
             }
             Err(e) => {
-                if !(e.is_io_error() || e.is_timeout() || e.is_connection_dropped()) {
+                if e.is_connection_dropped() {
+                    self.idle.lock().clear();
+                } else if !(e.is_io_error() || e.is_timeout()) {
                     self.give_back(c);
                 }
                 Err(map_err(e))

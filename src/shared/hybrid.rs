@@ -623,6 +623,15 @@ impl Inner {
         let now = self.local.now_ms();
         let msgs = self.collect(now);
         let mut result = Ok(());
+        if msgs.is_empty() {
+            // Nothing to send: still ask the server, so that "the last successful sync" means
+            // the server answered.
+            result = self
+                .shared
+                .pool()
+                .with_retry(|c| ::redis::cmd("PING").query::<String>(c))
+                .map(|_| ());
+        }
         for chunk in msgs.chunks(self.opts.max_keys_per_flush) {
             match self.send(chunk, now) {
                 Ok(replies) => self.apply(chunk, &replies),
@@ -705,7 +714,7 @@ impl Inner {
         }
         self.shared
             .pool()
-            .with(|c| match pipe.query::<Vec<Value>>(c) {
+            .with_retry(|c| match pipe.query::<Vec<Value>>(c) {
                 // NOSCRIPT (a new or restarted server): load the script and send again; the batch
                 // numbers make the second sending harmless.
                 Err(e) if conn::is_noscript(&e) => {

@@ -84,7 +84,7 @@ impl RedisStore {
     pub fn ping(&self) -> Result<()> {
         self.inner
             .pool
-            .with(|c| ::redis::cmd("PING").query::<String>(c))
+            .with_retry(|c| ::redis::cmd("PING").query::<String>(c))
             .map(|_| ())
     }
 
@@ -172,7 +172,7 @@ impl RedisStore {
         let reply = self
             .inner
             .pool
-            .with(|c| conn::eval(c, &self.inner.check, &k, &a))?;
+            .with_retry(|c| conn::eval(c, &self.inner.check, &k, &a))?;
         decide(&reply, limits, self.inner.kmax, cost, view, now_ms)
     }
 

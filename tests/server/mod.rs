@@ -44,3 +44,108 @@ pub fn prefix(test: &str) -> String {
         N.fetch_add(1, Ordering::Relaxed)
     )
 }
+
+/// A redis-server of the test's own, in a temporary directory, on a free loopback port, with
+/// every write fsynced to its append-only file before it answers. It can be killed (SIGKILL)
+/// and started again on the same files.
+pub struct Dedicated {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+impl Dedicated {
+    /// Start one, or `None` (after printing why) when `redis-server` is not installed outside
+    /// CI. Under CI a missing binary fails the test.
+    pub fn start(test: &str) -> Option<Dedicated> {
+        if std::process::Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            if std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false") {
+                panic!("CI is set but redis-server is not installed");
+            }
+            eprintln!(
+                "SKIPPED {test}: redis-server is not installed (apt-get install redis-server)"
+            );
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let mut d = Dedicated {
+            port,
+            dir: tempfile::tempdir().expect("temp dir"),
+            child: None,
+        };
+        d.restart();
+        Some(d)
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Start the server (again) on the same directory and wait until it answers.
+    pub fn restart(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let ok = RedisStore::open(&self.url(), RedisOptions::default())
+                .and_then(|s| s.ping())
+                .is_ok();
+            if ok {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not answer on port {}",
+                self.port
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL the server and wait for it to be gone.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Run one command on the server (test control: CLIENT PAUSE, DBSIZE, ...).
+    pub fn cmd(&self, args: &[&str]) -> redis::Value {
+        let client = redis::Client::open(self.url()).expect("client");
+        let mut con = client.get_connection().expect("connection");
+        let mut c = redis::cmd(args[0]);
+        for a in &args[1..] {
+            c.arg(*a);
+        }
+        c.query(&mut con).expect("command runs")
+    }
+}
+
+impl Drop for Dedicated {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
