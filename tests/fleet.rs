@@ -391,6 +391,9 @@ fn hybrid_fail_closed_refuses_once_the_server_is_gone_too_long() {
         .allowed());
 }
 
+/// A record whose `complete` returned `Ok`: scope, key, fingerprint, body.
+type Acked = (Vec<u8>, IdempotencyKey, Fingerprint, String);
+
 #[test]
 fn acknowledged_records_survive_a_server_kill() {
     let Some(mut srv) = server::Dedicated::start("records_survive") else {
@@ -398,7 +401,7 @@ fn acknowledged_records_survive_a_server_kill() {
     };
     let url = srv.url();
     let stop = Arc::new(AtomicBool::new(false));
-    let acked: Arc<Mutex<Vec<(Vec<u8>, IdempotencyKey, Fingerprint, String)>>> = Arc::default();
+    let acked: Arc<Mutex<Vec<Acked>>> = Arc::default();
     let failures = Arc::new(AtomicU64::new(0));
     let threads: Vec<_> = (0..N)
         .map(|t| {
