@@ -83,6 +83,21 @@ pub enum Error {
     },
     /// The lease was already completed; the first response stays stored.
     AlreadyCompleted,
+    /// The shared backend (Redis or Valkey) could not be reached or did not answer in time.
+    /// Whether the operation took effect there is unknown: a check may have been counted (which
+    /// can only make the key stricter), an idempotency transition may or may not have happened.
+    /// A gateway applies its fail-open or fail-closed policy.
+    BackendUnavailable {
+        /// What the client library reported.
+        reason: String,
+    },
+    /// The shared backend answered with an error, or with a reply tollgate does not understand
+    /// (a script error, a reply of the wrong shape, a stored response that does not decode).
+    /// A deployment problem, not a transient one.
+    Backend {
+        /// What went wrong.
+        reason: String,
+    },
 }
 
 impl fmt::Display for Error {
@@ -127,6 +142,10 @@ impl fmt::Display for Error {
                 "idempotency lease lost: the key was taken over or aborted (current fence {current})"
             ),
             Error::AlreadyCompleted => write!(f, "idempotency lease already completed"),
+            Error::BackendUnavailable { reason } => {
+                write!(f, "shared backend unavailable: {reason}")
+            }
+            Error::Backend { reason } => write!(f, "shared backend error: {reason}"),
         }
     }
 }

@@ -37,6 +37,7 @@
 #[cfg(not(target_endian = "little"))]
 compile_error!("tollgate's file format is little-endian; big-endian targets are not supported");
 
+mod backend;
 mod clock;
 mod compactor;
 mod decision;
@@ -50,10 +51,13 @@ mod inspect;
 mod limit;
 mod raw;
 mod segment;
+#[cfg(feature = "redis")]
+pub mod shared;
 mod store;
 mod sys;
 mod window;
 
+pub use backend::Backend;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use compactor::PassReport;
 pub use decision::{Decision, WindowState};

@@ -673,7 +673,7 @@ impl Store {
 }
 
 /// The decision for a key with no entry.
-fn empty_decision(limits: &Limits, cost: u32, now_ms: u64) -> Decision {
+pub(crate) fn empty_decision(limits: &Limits, cost: u32, now_ms: u64) -> Decision {
     let mut ws = [WindowState::default(); MAX_WINDOWS];
     for (w, l) in ws.iter_mut().zip(limits.as_slice()) {
         *w = WindowState {
@@ -1499,7 +1499,13 @@ fn first_exact(items: &[crate::Limit]) -> usize {
         .unwrap_or(usize::MAX)
 }
 
-fn bucket_state(norm: &Norm, limit: u32, window_ms: u64, cost: u32, now_ms: u64) -> WindowState {
+pub(crate) fn bucket_state(
+    norm: &Norm,
+    limit: u32,
+    window_ms: u64,
+    cost: u32,
+    now_ms: u64,
+) -> WindowState {
     let used = norm.total();
     let fits = u64::from(used) + u64::from(cost) <= u64::from(limit);
     WindowState {
@@ -1515,7 +1521,7 @@ fn bucket_state(norm: &Norm, limit: u32, window_ms: u64, cost: u32, now_ms: u64)
     }
 }
 
-fn exact_state(
+pub(crate) fn exact_state(
     ev: &crate::window::exact::Eval,
     limit: u32,
     window_ms: u64,

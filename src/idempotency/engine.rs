@@ -54,7 +54,7 @@ fn next_fence(f: u32) -> u32 {
 }
 
 /// Deadline in whole seconds, rounded up: `now + dur` has certainly passed at `deadline * 1000`.
-fn deadline_s(now_ms: u64, dur_ms: u64) -> u64 {
+pub(crate) fn deadline_s(now_ms: u64, dur_ms: u64) -> u64 {
     now_ms.saturating_add(dur_ms).div_ceil(1000) & DEADLINE_MASK
 }
 

@@ -1,0 +1,114 @@
+//! One interface over every place quotas and idempotency records can live.
+//!
+//! A gateway written against [`Backend`] runs unchanged on the embedded [`Store`] (one node),
+//! on the shared Redis / Valkey store (a fleet, exact) or on the hybrid store (a fleet, local
+//! answers reconciled in the background): `docs/DISTRIBUTED.md` says which to pick. The
+//! conformance suite (`tests/conformance.rs`) runs the same scenarios through this trait
+//! against each implementation, so that they cannot drift apart.
+
+use crate::decision::Decision;
+use crate::error::Result;
+use crate::idempotency::{Begin, Fingerprint, IdempotencyKey, Lease, StoredResponse};
+use crate::limit::Limits;
+use crate::store::Store;
+
+/// Sliding-window checks and idempotency records, wherever they are kept.
+///
+/// Every time-dependent operation has an `_at` form taking `now` in milliseconds since the Unix
+/// epoch; the plain forms read the backend's clock ([`Backend::now_ms`]).
+///
+/// ```
+/// use tollgate::{Backend, Limit, Limits, Options, Store};
+/// fn admit(b: &dyn Backend, token: &[u8], limits: &Limits) -> tollgate::Result<bool> {
+///     Ok(b.check(token, limits, 1)?.allowed())
+/// }
+/// let store = Store::open_in_memory(Options::default())?;
+/// let limits = Limits::new(&[Limit::per_minute(1)])?;
+/// assert!(admit(&store, b"tok", &limits)?);
+/// assert!(!admit(&store, b"tok", &limits)?);
+/// # Ok::<(), tollgate::Error>(())
+/// ```
+pub trait Backend: Send + Sync {
+    /// The backend's current time (ms since the Unix epoch).
+    fn now_ms(&self) -> u64;
+
+    /// Count a request of `cost` against every window of `limits` for `key` at `now_ms`:
+    /// admitted only if every window has room, and a rejected request consumes nothing. A cost
+    /// of 0 counts nothing and reports the current state.
+    fn check_at(&self, key: &[u8], limits: &Limits, cost: u32, now_ms: u64) -> Result<Decision>;
+
+    /// What a request of cost 1 would get at `now_ms`, without counting it.
+    fn peek_at(&self, key: &[u8], limits: &Limits, now_ms: u64) -> Result<Decision>;
+
+    /// Start, replay or refuse a keyed request (see [`crate::idempotency`]) at `now_ms`.
+    fn begin_at(
+        &self,
+        scope: &[u8],
+        key: &IdempotencyKey,
+        fingerprint: &Fingerprint,
+        now_ms: u64,
+    ) -> Result<Begin>;
+
+    /// Store the response of a started request for replay; the TTL runs from `now_ms`.
+    fn complete_at(&self, lease: &Lease, response: &StoredResponse, now_ms: u64) -> Result<()>;
+
+    /// Forget a started request, so that a retry runs it again.
+    fn abort(&self, lease: &Lease) -> Result<()>;
+
+    /// [`Backend::check_at`] at the backend's clock.
+    fn check(&self, key: &[u8], limits: &Limits, cost: u32) -> Result<Decision> {
+        self.check_at(key, limits, cost, self.now_ms())
+    }
+
+    /// [`Backend::peek_at`] at the backend's clock.
+    fn peek(&self, key: &[u8], limits: &Limits) -> Result<Decision> {
+        self.peek_at(key, limits, self.now_ms())
+    }
+
+    /// [`Backend::begin_at`] at the backend's clock.
+    fn begin(
+        &self,
+        scope: &[u8],
+        key: &IdempotencyKey,
+        fingerprint: &Fingerprint,
+    ) -> Result<Begin> {
+        self.begin_at(scope, key, fingerprint, self.now_ms())
+    }
+
+    /// [`Backend::complete_at`] at the backend's clock.
+    fn complete(&self, lease: &Lease, response: &StoredResponse) -> Result<()> {
+        self.complete_at(lease, response, self.now_ms())
+    }
+}
+
+impl Backend for Store {
+    fn now_ms(&self) -> u64 {
+        Store::now_ms(self)
+    }
+
+    fn check_at(&self, key: &[u8], limits: &Limits, cost: u32, now_ms: u64) -> Result<Decision> {
+        Store::check_at(self, key, limits, cost, now_ms)
+    }
+
+    fn peek_at(&self, key: &[u8], limits: &Limits, now_ms: u64) -> Result<Decision> {
+        Store::peek_at(self, key, limits, now_ms)
+    }
+
+    fn begin_at(
+        &self,
+        scope: &[u8],
+        key: &IdempotencyKey,
+        fingerprint: &Fingerprint,
+        now_ms: u64,
+    ) -> Result<Begin> {
+        Store::begin_at(self, scope, key, fingerprint, now_ms)
+    }
+
+    fn complete_at(&self, lease: &Lease, response: &StoredResponse, now_ms: u64) -> Result<()> {
+        Store::complete_at(self, lease, response, now_ms)
+    }
+
+    fn abort(&self, lease: &Lease) -> Result<()> {
+        Store::abort(self, lease)
+    }
+}

@@ -1,0 +1,862 @@
+//! The hybrid mode: answer from the embedded store, reconcile with the server in batches.
+//!
+//! # How a node decides
+//!
+//! For every key it has seen, a node keeps per window three sets of sub-window counts (the
+//! same sub-windows as the bucketed representation, `s = ceil(W / (K - 1))`):
+//!
+//! * `remote`: the fleet's counts as the server returned them at the last acknowledged sync
+//!   (this node's acknowledged counts included);
+//! * `inflight`: counts sent in a batch whose reply has not arrived;
+//! * `pending`: counts admitted since.
+//!
+//! A request of `cost` is admitted when, for every window, (1) the fleet view
+//! `remote + inflight + pending` has room for it, (2) this node's unsynchronised counts
+//! `inflight + pending` stay within the batch budget `B`, and (3) the embedded store admits it
+//! (local limits are always enforced). All three are judged under one lock of the key's shard,
+//! so a refused request counts nowhere.
+//!
+//! # The bound
+//!
+//! A node never holds more than `B` units the fleet has not acknowledged, and it admits only
+//! what fits under the limit in its view, which lacks at most the other nodes' unacknowledged
+//! units. So while the server answers, the fleet admits in any interval of a window's length at
+//! most `limit + (N - 1) × B` (N nodes). The flush interval `F` bounds how long a unit stays
+//! unacknowledged: a node admitting `r` units per second on the key holds at most
+//! `r × (F + round trip)` of them, so the overshoot is also at most `(N - 1) × r × (F + rtt)`,
+//! whichever is smaller. `tests/fleet.rs` drives three nodes on a real server against it.
+//!
+//! # When the server is unreachable
+//!
+//! Counts are kept (a batch is forgotten only once the server acknowledged it, and a batch is
+//! applied once however often it is resent: each carries a per-node sequence number the
+//! server remembers per key). For [`HybridOptions::stale_after`] the node goes on deciding with
+//! the budget, so the bound above holds; after that [`Unreachable::FailOpen`] drops the budget
+//! (each node still enforces the limit alone: the fleet admits at most `N × limit`) and
+//! [`Unreachable::FailClosed`] refuses every request until a sync succeeds.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use ::redis::{Script, Value};
+use parking_lot::{Condvar, Mutex};
+
+use super::conn::{self, array, bad_reply, uint};
+use super::keys;
+use super::store::RedisStore;
+use crate::decision::{Decision, WindowState};
+use crate::error::{Error, Result};
+use crate::idempotency::{Begin, Fingerprint, IdempotencyKey, Lease, StoredResponse};
+use crate::limit::{Limits, MAX_WINDOWS};
+use crate::store::Store;
+use crate::window;
+use crate::MAX_KEY_LEN;
+
+const SHARDS: usize = 64;
+
+/// What a hybrid node does once the server has not answered for
+/// [`HybridOptions::stale_after`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Unreachable {
+    /// Decide alone: the embedded store's limit (and the last fleet view, as it ages) still
+    /// apply on this node, so the fleet admits at most `N × limit` per window. Counts are kept
+    /// and sent when the server is back.
+    #[default]
+    FailOpen,
+    /// Refuse every request (nothing is counted) until a sync succeeds.
+    FailClosed,
+}
+
+/// How a [`HybridStore`] reconciles with the server.
+///
+/// ```
+/// use std::time::Duration;
+/// use tollgate::shared::{HybridOptions, Unreachable};
+/// let opts = HybridOptions::default()
+///     .flush_interval(Duration::from_millis(20))
+///     .batch(10)
+///     .on_unreachable(Unreachable::FailClosed, Duration::from_secs(2));
+/// # let _ = opts;
+/// ```
+#[derive(Debug, Clone)]
+pub struct HybridOptions {
+    flush_interval: Duration,
+    batch: u32,
+    max_keys_per_flush: usize,
+    stale_after: Duration,
+    unreachable: Unreachable,
+    background: bool,
+}
+
+impl Default for HybridOptions {
+    fn default() -> Self {
+        HybridOptions {
+            flush_interval: Duration::from_millis(50),
+            batch: 16,
+            max_keys_per_flush: 512,
+            stale_after: Duration::from_secs(5),
+            unreachable: Unreachable::FailOpen,
+            background: true,
+        }
+    }
+}
+
+impl HybridOptions {
+    /// How often the background thread syncs (default 50 ms). It also wakes early when a key
+    /// reaches its batch budget.
+    pub fn flush_interval(mut self, every: Duration) -> Self {
+        self.flush_interval = every;
+        self
+    }
+
+    /// The batch budget `B` (default 16): the most units of cost a node admits on one key's
+    /// window before the server acknowledged them. The fleet-wide overshoot is at most
+    /// `(N - 1) × B`; a node refuses (with `Retry-After` of one flush interval) past it until
+    /// the next sync, so size it at least `per-node rate × flush interval` for hot keys.
+    pub fn batch(mut self, units: u32) -> Self {
+        self.batch = units;
+        self
+    }
+
+    /// The most window counters sent in one pipelined round trip (default 512); a sync with
+    /// more sends several.
+    pub fn max_keys_per_flush(mut self, n: usize) -> Self {
+        self.max_keys_per_flush = n.max(1);
+        self
+    }
+
+    /// What to do when the last successful sync is older than `after` (default: fail open
+    /// after 5 s).
+    pub fn on_unreachable(mut self, policy: Unreachable, after: Duration) -> Self {
+        self.unreachable = policy;
+        self.stale_after = after;
+        self
+    }
+
+    /// Run the background sync thread (default: yes). Without it, call
+    /// [`HybridStore::sync_now`] yourself (tests, simulations).
+    pub fn background(mut self, enabled: bool) -> Self {
+        self.background = enabled;
+        self
+    }
+}
+
+/// Counts per absolute sub-window number.
+type Counts = Vec<(u64, u64)>;
+
+fn add(v: &mut Counts, n: u64, c: u64) {
+    match v.iter_mut().find(|(m, _)| *m == n) {
+        Some((_, x)) => *x += c,
+        None => v.push((n, c)),
+    }
+}
+
+/// The counts still in the window in sub-window `nn` (K sub-windows, as bucketed windows count).
+fn live(v: &Counts, nn: u64, k: u64) -> u64 {
+    v.iter().filter(|(n, _)| n + k > nn).map(|(_, c)| c).sum()
+}
+
+/// One window of one key on this node.
+#[derive(Debug, Clone)]
+struct Win {
+    window_ms: u64,
+    k: u64,
+    s: u64,
+    remote: Counts,
+    inflight: Counts,
+    /// Batch number of `inflight` (0 = nothing in flight).
+    seq: u64,
+    pending: Counts,
+    /// Checked since the last sync: refresh its fleet view even with nothing to send.
+    dirty: bool,
+}
+
+impl Win {
+    fn new(window_ms: u64, k: u64, s: u64) -> Win {
+        Win {
+            window_ms,
+            k,
+            s,
+            remote: Vec::new(),
+            inflight: Vec::new(),
+            seq: 0,
+            pending: Vec::new(),
+            dirty: true,
+        }
+    }
+
+    fn unsynced(&self, nn: u64) -> u64 {
+        live(&self.inflight, nn, self.k) + live(&self.pending, nn, self.k)
+    }
+
+    fn fleet(&self, nn: u64) -> u64 {
+        live(&self.remote, nn, self.k) + self.unsynced(nn)
+    }
+
+    /// The fleet view's state for a request of `cost` under `limit`, rounded as
+    /// [`window::Norm`] rounds (a sub-window stops counting at `(n + K) × s`).
+    fn state(&self, limit: u32, cost: u32, now_ms: u64) -> WindowState {
+        let nn = now_ms / self.s;
+        let mut all: Counts = Vec::with_capacity(self.k as usize);
+        for (n, c) in self
+            .remote
+            .iter()
+            .chain(&self.inflight)
+            .chain(&self.pending)
+        {
+            if n + self.k > nn && *c > 0 {
+                add(&mut all, *n, *c);
+            }
+        }
+        all.sort_unstable();
+        let used: u64 = all.iter().map(|(_, c)| c).sum();
+        let drop_ms = |n: u64| (n + self.k).saturating_mul(self.s);
+        let reset_ms = all.last().map_or(now_ms, |(n, _)| drop_ms(*n));
+        let needed = (used + u64::from(cost)).saturating_sub(u64::from(limit));
+        let retry_after_ms = if needed == 0 {
+            0
+        } else {
+            let mut freed = 0;
+            let mut at = reset_ms;
+            for (n, c) in &all {
+                freed += c;
+                if freed >= needed {
+                    at = drop_ms(*n);
+                    break;
+                }
+            }
+            at.saturating_sub(now_ms).max(1)
+        };
+        WindowState {
+            limit,
+            window_ms: self.window_ms,
+            used: u32::try_from(used).unwrap_or(u32::MAX),
+            reset_ms,
+            retry_after_ms,
+        }
+    }
+
+    /// Drop counts no node counts any more.
+    fn prune(&mut self, nn: u64) {
+        let k = self.k;
+        self.remote.retain(|(n, _)| n + k > nn);
+        self.pending.retain(|(n, _)| n + k > nn);
+    }
+
+    fn is_idle(&self, nn: u64) -> bool {
+        self.seq == 0 && !self.dirty && self.fleet(nn) == 0
+    }
+}
+
+#[derive(Debug, Default)]
+struct KeyState {
+    wins: Vec<Win>,
+}
+
+impl KeyState {
+    fn win(&mut self, window_ms: u64, k: u64, s: u64) -> &mut Win {
+        let at = match self
+            .wins
+            .iter()
+            .position(|w| w.window_ms == window_ms && w.s == s)
+        {
+            Some(i) => i,
+            None => {
+                self.wins.push(Win::new(window_ms, k, s));
+                self.wins.len() - 1
+            }
+        };
+        &mut self.wins[at]
+    }
+}
+
+/// What the hybrid store has done so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HybridStats {
+    /// Syncs that reached the server and were acknowledged.
+    pub syncs_ok: u64,
+    /// Syncs that failed (their counts were kept for the next one).
+    pub syncs_failed: u64,
+    /// Clock time of the last successful sync (ms since the epoch).
+    pub last_sync_ms: u64,
+    /// Units admitted here and not yet acknowledged by the server.
+    pub unsynced_units: u64,
+    /// Keys this node keeps fleet state for.
+    pub keys: u64,
+}
+
+struct Inner {
+    local: Store,
+    shared: RedisStore,
+    opts: HybridOptions,
+    kmax: u32,
+    node: String,
+    seq: AtomicU64,
+    shards: Vec<Mutex<HashMap<Vec<u8>, KeyState>>>,
+    hasher: ahash::RandomState,
+    flush: Script,
+    /// One sync at a time (the background thread and `sync_now`).
+    syncing: Mutex<()>,
+    last_ok_ms: AtomicU64,
+    syncs_ok: AtomicU64,
+    syncs_failed: AtomicU64,
+    wake: Condvar,
+    wake_flag: Mutex<bool>,
+    stop: AtomicBool,
+}
+
+/// A fleet-wide limiter that answers from this node's embedded [`Store`] and reconciles with a
+/// Redis / Valkey server in batches, in a background thread (module docs: the bound, the
+/// failure behaviour).
+///
+/// Idempotency records are not batched (a replay must be right the first time): `begin`,
+/// `complete` and `abort` go to the server as in [`RedisStore`].
+///
+/// ```no_run
+/// use tollgate::shared::{HybridOptions, HybridStore, RedisOptions, RedisStore};
+/// use tollgate::{Limit, Limits, Options, Store};
+/// let local = Store::open_in_memory(Options::default())?;
+/// let shared = RedisStore::open("redis://127.0.0.1:6379", RedisOptions::default())?;
+/// let node = HybridStore::new(local, shared, HybridOptions::default())?;
+/// let limits = Limits::new(&[Limit::per_minute(600)])?;
+/// assert!(node.check(b"token-abc", &limits, 1)?.allowed());
+/// # Ok::<(), tollgate::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct HybridStore {
+    inner: Arc<Inner>,
+    _thread: Arc<FlusherHandle>,
+}
+
+impl std::fmt::Debug for HybridStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HybridStore")
+            .field("node", &self.inner.node)
+            .field("opts", &self.inner.opts)
+            .finish_non_exhaustive()
+    }
+}
+
+struct FlusherHandle {
+    inner: Arc<Inner>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for FlusherHandle {
+    fn drop(&mut self) {
+        self.inner.stop.store(true, Ordering::SeqCst);
+        *self.inner.wake_flag.lock() = true;
+        self.inner.wake.notify_all();
+        if let Some(t) = self.thread.lock().take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl HybridStore {
+    /// A hybrid node over `local` (this node's embedded store, which also supplies the clock)
+    /// and `shared` (the fleet's server). Does not contact the server: the first sync does.
+    pub fn new(local: Store, shared: RedisStore, opts: HybridOptions) -> Result<HybridStore> {
+        if opts.batch == 0 || opts.flush_interval.is_zero() {
+            return Err(Error::InvalidOptions(
+                "the batch budget and the flush interval must be positive",
+            ));
+        }
+        let hasher = ahash::RandomState::new();
+        // A fresh identity per process: a restarted node starts its batch numbers anew.
+        let node = format!(
+            "{:016x}",
+            hasher.hash_one((std::process::id(), std::time::SystemTime::now()))
+        );
+        let kmax = local.core.kmax;
+        let now = local.now_ms();
+        let inner = Arc::new(Inner {
+            local,
+            shared,
+            kmax,
+            node,
+            seq: AtomicU64::new(1),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher,
+            flush: Script::new(include_str!("flush.lua")),
+            syncing: Mutex::new(()),
+            last_ok_ms: AtomicU64::new(now),
+            syncs_ok: AtomicU64::new(0),
+            syncs_failed: AtomicU64::new(0),
+            wake: Condvar::new(),
+            wake_flag: Mutex::new(false),
+            stop: AtomicBool::new(false),
+            opts,
+        });
+        let thread = if inner.opts.background {
+            let worker = Arc::clone(&inner);
+            let t = std::thread::Builder::new()
+                .name("tollgate-hybrid-sync".into())
+                .spawn(move || worker.run())
+                .map_err(Error::Io)?;
+            Some(t)
+        } else {
+            None
+        };
+        Ok(HybridStore {
+            _thread: Arc::new(FlusherHandle {
+                inner: Arc::clone(&inner),
+                thread: Mutex::new(thread),
+            }),
+            inner,
+        })
+    }
+
+    /// This node's embedded store.
+    pub fn local(&self) -> &Store {
+        &self.inner.local
+    }
+
+    /// The shared store it reconciles with.
+    pub fn shared(&self) -> &RedisStore {
+        &self.inner.shared
+    }
+
+    /// The current time of the embedded store's clock.
+    pub fn now_ms(&self) -> u64 {
+        self.inner.local.now_ms()
+    }
+
+    /// Counters of the syncs and of what is not yet acknowledged.
+    pub fn stats(&self) -> HybridStats {
+        let now = self.now_ms();
+        let mut unsynced = 0;
+        let mut keys = 0;
+        for shard in &self.inner.shards {
+            let map = shard.lock();
+            keys += map.len() as u64;
+            for st in map.values() {
+                for w in &st.wins {
+                    unsynced += w.unsynced(now / w.s);
+                }
+            }
+        }
+        HybridStats {
+            syncs_ok: self.inner.syncs_ok.load(Ordering::Relaxed),
+            syncs_failed: self.inner.syncs_failed.load(Ordering::Relaxed),
+            last_sync_ms: self.inner.last_ok_ms.load(Ordering::Relaxed),
+            unsynced_units: unsynced,
+            keys,
+        }
+    }
+
+    /// Send every unacknowledged count to the server now and refresh the fleet view of every
+    /// key checked since the last sync. On failure nothing is lost: the counts are sent again
+    /// by the next sync, and applied once.
+    pub fn sync_now(&self) -> Result<()> {
+        self.inner.sync()
+    }
+
+    /// Count a request against the fleet-wide limits, deciding locally (module docs).
+    pub fn check(&self, key: &[u8], limits: &Limits, cost: u32) -> Result<Decision> {
+        self.check_at(key, limits, cost, self.now_ms())
+    }
+
+    /// [`HybridStore::check`] at an explicit time.
+    pub fn check_at(
+        &self,
+        key: &[u8],
+        limits: &Limits,
+        cost: u32,
+        now_ms: u64,
+    ) -> Result<Decision> {
+        if key.is_empty() || key.len() > MAX_KEY_LEN {
+            return Err(Error::InvalidKey { len: key.len() });
+        }
+        if cost > limits.min_limit() {
+            return Err(Error::CostExceedsLimit {
+                cost,
+                limit: limits.min_limit(),
+            });
+        }
+        self.inner.check(key, limits, cost, cost, now_ms)
+    }
+
+    /// What a request of cost 1 would get now, without counting it.
+    pub fn peek(&self, key: &[u8], limits: &Limits) -> Result<Decision> {
+        self.peek_at(key, limits, self.now_ms())
+    }
+
+    /// [`HybridStore::peek`] at an explicit time.
+    pub fn peek_at(&self, key: &[u8], limits: &Limits, now_ms: u64) -> Result<Decision> {
+        if key.is_empty() || key.len() > MAX_KEY_LEN {
+            return Err(Error::InvalidKey { len: key.len() });
+        }
+        self.inner.check(key, limits, 0, 1, now_ms)
+    }
+}
+
+impl Inner {
+    fn shard(&self, key: &[u8]) -> &Mutex<HashMap<Vec<u8>, KeyState>> {
+        let i = (self.hasher.hash_one(key) as usize) % SHARDS;
+        &self.shards[i]
+    }
+
+    fn stale(&self, now_ms: u64) -> bool {
+        let last = self.last_ok_ms.load(Ordering::Relaxed);
+        now_ms.saturating_sub(last) > self.opts.stale_after.as_millis() as u64
+    }
+
+    fn geometry(&self, limit: u32, window_ms: u64) -> (u64, u64) {
+        let (k, s) = window::layout(window::bits_for(limit), self.kmax, window_ms);
+        (u64::from(k), s)
+    }
+
+    fn check(
+        &self,
+        key: &[u8],
+        limits: &Limits,
+        cost: u32,
+        view: u32,
+        now_ms: u64,
+    ) -> Result<Decision> {
+        let stale = self.stale(now_ms);
+        let closed = stale && self.opts.unreachable == Unreachable::FailClosed;
+        let budget = !stale;
+        let flush_ms = (self.opts.flush_interval.as_millis() as u64).max(1);
+        let mut map = self.shard(key).lock();
+        if !map.contains_key(key) {
+            map.insert(key.to_vec(), KeyState::default());
+        }
+        let st = map
+            .get_mut(key)
+            .ok_or_else(|| bad_reply("lost key state"))?;
+        let mut fleet = [WindowState::default(); MAX_WINDOWS];
+        let mut fleet_fits = true;
+        let mut over_budget = false;
+        for (i, l) in limits.as_slice().iter().enumerate() {
+            let (k, s) = self.geometry(l.limit(), l.window_ms());
+            let w = st.win(l.window_ms(), k, s);
+            w.dirty = true;
+            let mut ws = w.state(l.limit(), view, now_ms);
+            if cost > 0
+                && budget
+                && w.unsynced(now_ms / s) + u64::from(cost) > u64::from(self.opts.batch)
+            {
+                over_budget = true;
+                ws.retry_after_ms = ws.retry_after_ms.max(flush_ms);
+            }
+            fleet_fits &= ws.fits();
+            if let Some(f) = fleet.get_mut(i) {
+                *f = ws;
+            }
+        }
+        let try_local = cost > 0 && fleet_fits && !over_budget && !closed;
+        let local = self
+            .local
+            .check_at(key, limits, if try_local { cost } else { 0 }, now_ms)?;
+        let admitted = try_local && local.allowed();
+        if admitted {
+            for l in limits.as_slice() {
+                let (k, s) = self.geometry(l.limit(), l.window_ms());
+                let w = st.win(l.window_ms(), k, s);
+                add(&mut w.pending, now_ms / s, u64::from(cost));
+            }
+        }
+        drop(map);
+        if over_budget {
+            *self.wake_flag.lock() = true;
+            self.wake.notify_one();
+        }
+        // Each window as the stricter of the fleet view and the local store.
+        let mut ws = [WindowState::default(); MAX_WINDOWS];
+        for (i, (f, lw)) in fleet.iter().zip(local.windows()).enumerate() {
+            let local_fits = if try_local {
+                lw.fits()
+            } else {
+                lw.used() + view <= lw.limit()
+            };
+            let mut w = *f;
+            if admitted {
+                // The fleet view after this request.
+                w.used = w.used.saturating_add(cost);
+                w.reset_ms = w.reset_ms.max(lw.reset_ms());
+                w.retry_after_ms = 0;
+            } else if !local_fits {
+                w.retry_after_ms = w.retry_after_ms.max(lw.retry_after_ms().max(1));
+            }
+            w.used = w.used.max(lw.used());
+            w.reset_ms = w.reset_ms.max(lw.reset_ms());
+            if closed && cost > 0 {
+                w.retry_after_ms = w.retry_after_ms.max(flush_ms);
+            }
+            if let Some(slot) = ws.get_mut(i) {
+                *slot = w;
+            }
+        }
+        let allowed = if cost == 0 {
+            ws.iter().take(limits.len()).all(|w| w.fits())
+        } else {
+            admitted
+        };
+        Ok(Decision::from_windows(allowed, ws, limits.len()))
+    }
+
+    fn run(&self) {
+        loop {
+            {
+                let mut flag = self.wake_flag.lock();
+                if !*flag && !self.stop.load(Ordering::SeqCst) {
+                    self.wake.wait_for(&mut flag, self.opts.flush_interval);
+                }
+                *flag = false;
+            }
+            if self.stop.load(Ordering::SeqCst) {
+                return;
+            }
+            // A failed sync keeps its counts; the next one retries them.
+            let _ = self.sync();
+        }
+    }
+
+    /// One sync: collect, send in pipelined chunks, apply the replies.
+    fn sync(&self) -> Result<()> {
+        let _one = self.syncing.lock();
+        let now = self.local.now_ms();
+        let msgs = self.collect(now);
+        let mut result = Ok(());
+        if msgs.is_empty() {
+            // Nothing to send: still ask the server, so that "the last successful sync" means
+            // the server answered.
+            result = self
+                .shared
+                .pool()
+                .with_retry(|c| ::redis::cmd("PING").query::<String>(c))
+                .map(|_| ());
+        }
+        for chunk in msgs.chunks(self.opts.max_keys_per_flush) {
+            match self.send(chunk, now) {
+                Ok(replies) => self.apply(chunk, &replies),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        match result {
+            Ok(()) => {
+                self.last_ok_ms.fetch_max(now, Ordering::Relaxed);
+                self.syncs_ok.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {
+                self.syncs_failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        result
+    }
+
+    /// Move pending counts into batches (one per window with something to send or to
+    /// refresh) and forget idle windows.
+    fn collect(&self, now: u64) -> Vec<Msg> {
+        let mut msgs = Vec::new();
+        for shard in &self.shards {
+            let mut map = shard.lock();
+            map.retain(|key, st| {
+                st.wins.retain_mut(|w| {
+                    let nn = now / w.s;
+                    w.prune(nn);
+                    if w.seq == 0 && live(&w.pending, nn, w.k) > 0 {
+                        w.inflight = std::mem::take(&mut w.pending);
+                        w.seq = self.seq.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if w.seq != 0 || w.dirty {
+                        msgs.push(Msg {
+                            key: key.clone(),
+                            window_ms: w.window_ms,
+                            k: w.k,
+                            s: w.s,
+                            seq: w.seq,
+                            counts: w.inflight.clone(),
+                        });
+                        w.dirty = false;
+                        true
+                    } else {
+                        !w.is_idle(nn)
+                    }
+                });
+                !st.wins.is_empty()
+            });
+        }
+        msgs
+    }
+
+    fn send(&self, msgs: &[Msg], now: u64) -> Result<Vec<Value>> {
+        let prefix = &self.shared.options().prefix;
+        let mut pipe = ::redis::pipe();
+        for m in msgs {
+            let base = keys::base(prefix, &m.key);
+            let mut seen = keys::hybrid_seen(&base);
+            seen.push(b':');
+            seen.extend_from_slice(self.node.as_bytes());
+            let ttl = 2 * m.window_ms + 60_000;
+            let mut cmd = ::redis::cmd("EVALSHA");
+            cmd.arg(self.flush.get_hash())
+                .arg(2)
+                .arg(keys::hybrid(&base, m.window_ms, m.s))
+                .arg(seen)
+                .arg(m.seq)
+                .arg(now)
+                .arg(m.k)
+                .arg(m.s)
+                .arg(ttl);
+            for (n, c) in &m.counts {
+                cmd.arg(*n).arg(*c);
+            }
+            pipe.add_command(cmd);
+        }
+        self.shared
+            .pool()
+            .with_retry(|c| match pipe.query::<Vec<Value>>(c) {
+                // NOSCRIPT (a new or restarted server): load the script and send again; the batch
+                // numbers make the second sending harmless.
+                Err(e) if conn::is_noscript(&e) => {
+                    self.flush.prepare_invoke().load(c)?;
+                    pipe.query::<Vec<Value>>(c)
+                }
+                other => other,
+            })
+    }
+
+    fn apply(&self, msgs: &[Msg], replies: &[Value]) {
+        for (m, r) in msgs.iter().zip(replies) {
+            let Ok(counts) = parse_counts(r) else {
+                continue;
+            };
+            let mut map = self.shard(&m.key).lock();
+            let Some(st) = map.get_mut(&m.key) else {
+                continue;
+            };
+            if let Some(w) = st
+                .wins
+                .iter_mut()
+                .find(|w| w.window_ms == m.window_ms && w.s == m.s)
+            {
+                w.remote = counts;
+                if w.seq == m.seq {
+                    w.inflight.clear();
+                    w.seq = 0;
+                }
+            }
+        }
+    }
+}
+
+/// One window's batch for the server.
+struct Msg {
+    key: Vec<u8>,
+    window_ms: u64,
+    k: u64,
+    s: u64,
+    seq: u64,
+    counts: Counts,
+}
+
+fn parse_counts(v: &Value) -> Result<Counts> {
+    let a = array(Some(v))?;
+    let mut out = Vec::with_capacity(a.len() / 2);
+    for pair in a.chunks(2) {
+        out.push((uint(pair.first())?, uint(pair.get(1))?));
+    }
+    Ok(out)
+}
+
+impl crate::backend::Backend for HybridStore {
+    fn now_ms(&self) -> u64 {
+        HybridStore::now_ms(self)
+    }
+
+    fn check_at(&self, key: &[u8], limits: &Limits, cost: u32, now_ms: u64) -> Result<Decision> {
+        HybridStore::check_at(self, key, limits, cost, now_ms)
+    }
+
+    fn peek_at(&self, key: &[u8], limits: &Limits, now_ms: u64) -> Result<Decision> {
+        HybridStore::peek_at(self, key, limits, now_ms)
+    }
+
+    fn begin_at(
+        &self,
+        scope: &[u8],
+        key: &IdempotencyKey,
+        fingerprint: &Fingerprint,
+        now_ms: u64,
+    ) -> Result<Begin> {
+        self.inner.shared.begin_at(scope, key, fingerprint, now_ms)
+    }
+
+    fn complete_at(&self, lease: &Lease, response: &StoredResponse, now_ms: u64) -> Result<()> {
+        self.inner.shared.complete_at(lease, response, now_ms)
+    }
+
+    fn abort(&self, lease: &Lease) -> Result<()> {
+        self.inner.shared.abort(lease)
+    }
+}
+
+impl crate::backend::Backend for RedisStore {
+    fn now_ms(&self) -> u64 {
+        RedisStore::now_ms(self)
+    }
+
+    fn check_at(&self, key: &[u8], limits: &Limits, cost: u32, now_ms: u64) -> Result<Decision> {
+        RedisStore::check_at(self, key, limits, cost, now_ms)
+    }
+
+    fn peek_at(&self, key: &[u8], limits: &Limits, now_ms: u64) -> Result<Decision> {
+        RedisStore::peek_at(self, key, limits, now_ms)
+    }
+
+    fn begin_at(
+        &self,
+        scope: &[u8],
+        key: &IdempotencyKey,
+        fingerprint: &Fingerprint,
+        now_ms: u64,
+    ) -> Result<Begin> {
+        RedisStore::begin_at(self, scope, key, fingerprint, now_ms)
+    }
+
+    fn complete_at(&self, lease: &Lease, response: &StoredResponse, now_ms: u64) -> Result<()> {
+        RedisStore::complete_at(self, lease, response, now_ms)
+    }
+
+    fn abort(&self, lease: &Lease) -> Result<()> {
+        RedisStore::abort(self, lease)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_age_out_after_k_sub_windows() {
+        let mut v = Vec::new();
+        add(&mut v, 10, 3);
+        add(&mut v, 12, 2);
+        add(&mut v, 10, 1);
+        assert_eq!(live(&v, 12, 3), 6);
+        assert_eq!(live(&v, 13, 3), 2, "sub-window 10 stops counting at 13");
+        assert_eq!(live(&v, 15, 3), 0);
+    }
+
+    #[test]
+    fn fleet_state_rounds_like_a_bucketed_window() {
+        let mut w = Win::new(60_000, 17, 3750);
+        w.remote = vec![(100, 4)];
+        w.pending = vec![(101, 1)];
+        let st = w.state(5, 1, 101 * 3750 + 10);
+        assert_eq!(st.used, 5);
+        assert_eq!(st.reset_ms, (101 + 17) * 3750);
+        // One unit frees when sub-window 100 drops out.
+        assert_eq!(st.retry_after_ms, (100 + 17) * 3750 - (101 * 3750 + 10));
+        assert!(w.state(6, 1, 101 * 3750).fits());
+    }
+}

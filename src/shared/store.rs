@@ -1,0 +1,402 @@
+//! The shared store: every operation one script on the server, one round trip.
+
+use std::sync::Arc;
+
+use ::redis::{Script, Value};
+
+use super::conn::{self, array, bad_reply, int, uint, Pool};
+use super::keys;
+use super::options::RedisOptions;
+use crate::decision::{Decision, WindowState};
+use crate::error::{Error, Result};
+use crate::idempotency::engine::deadline_s;
+use crate::idempotency::{
+    record_key, Begin, Fingerprint, IdempotencyKey, Lease, Replayed, StoredResponse,
+};
+use crate::limit::{Limits, Mode, MAX_EXACT_LIMIT, MAX_WINDOWS};
+use crate::store::{bucket_state, exact_state};
+use crate::window::exact::Ring;
+use crate::window::{self, Norm};
+use crate::MAX_KEY_LEN;
+
+/// Extra time Redis keeps a key past the moment its content stops mattering, against clock
+/// skew between the nodes and the server (keys expire on the server's clock).
+const GC_SLACK_MS: u64 = 60_000;
+
+/// Sliding windows and idempotency records kept on a Redis or Valkey server and shared by every
+/// gateway node that opens it: a fleet-wide quota, exactly as one embedded [`Store`] would count
+/// it.
+///
+/// Each operation is one Lua script run atomically on the server (EVALSHA, one round trip);
+/// the script does the same arithmetic as the embedded store and the decision is finished by
+/// the same Rust code, so the two give the same [`Decision`] field by field
+/// (`tests/conformance.rs`). Time comes from the store's clock (or the `_at` argument), never
+/// from the server: see `docs/DISTRIBUTED.md` for what clock skew between nodes does.
+///
+/// `RedisStore` is `Send + Sync` and cheap to clone (clones share a connection pool).
+///
+/// ```no_run
+/// use tollgate::shared::{RedisOptions, RedisStore};
+/// use tollgate::{Limit, Limits};
+/// let store = RedisStore::open("redis://127.0.0.1:6379", RedisOptions::default())?;
+/// let limits = Limits::new(&[Limit::per_minute(60), Limit::per_hour(1000)])?;
+/// let d = store.check(b"token-abc", &limits, 1)?;
+/// println!("allowed {} remaining {}", d.allowed(), d.remaining());
+/// # Ok::<(), tollgate::Error>(())
+/// ```
+///
+/// [`Store`]: crate::Store
+#[derive(Clone, Debug)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    pool: Pool,
+    opts: RedisOptions,
+    kmax: u32,
+    check: Script,
+    begin: Script,
+    settle: Script,
+}
+
+impl RedisStore {
+    /// A store on the server at `url` (`redis://host:port/db`, `rediss://` is not built in).
+    /// Connections are opened when first needed: use [`RedisStore::ping`] to check the server
+    /// now.
+    pub fn open(url: &str, opts: RedisOptions) -> Result<RedisStore> {
+        opts.validate()?;
+        let pool = Pool::new(url, opts.max_idle, opts.connect_timeout, opts.io_timeout)?;
+        Ok(RedisStore {
+            inner: Arc::new(Inner {
+                pool,
+                kmax: opts.sub_windows + 1,
+                opts,
+                check: Script::new(include_str!("check.lua")),
+                begin: Script::new(include_str!("begin.lua")),
+                settle: Script::new(include_str!("settle.lua")),
+            }),
+        })
+    }
+
+    /// Ask the server whether it is there (PING).
+    pub fn ping(&self) -> Result<()> {
+        self.inner
+            .pool
+            .with_retry(|c| ::redis::cmd("PING").query::<String>(c))
+            .map(|_| ())
+    }
+
+    /// The current time of the store's clock (ms since the Unix epoch).
+    pub fn now_ms(&self) -> u64 {
+        self.inner.opts.clock.now_ms()
+    }
+
+    /// The options the store was opened with.
+    pub fn options(&self) -> &RedisOptions {
+        &self.inner.opts
+    }
+
+    pub(crate) fn pool(&self) -> &Pool {
+        &self.inner.pool
+    }
+
+    /// Count a request of `cost` against every window of `limits` for `key`, fleet-wide, at the
+    /// store's clock: as [`Store::check`](crate::Store::check).
+    pub fn check(&self, key: &[u8], limits: &Limits, cost: u32) -> Result<Decision> {
+        self.check_at(key, limits, cost, self.now_ms())
+    }
+
+    /// [`RedisStore::check`] at an explicit time.
+    pub fn check_at(
+        &self,
+        key: &[u8],
+        limits: &Limits,
+        cost: u32,
+        now_ms: u64,
+    ) -> Result<Decision> {
+        check_key(key)?;
+        if cost > limits.min_limit() {
+            return Err(Error::CostExceedsLimit {
+                cost,
+                limit: limits.min_limit(),
+            });
+        }
+        self.run_check(key, limits, cost, cost, now_ms)
+    }
+
+    /// What a request of cost 1 would get now, without counting it.
+    pub fn peek(&self, key: &[u8], limits: &Limits) -> Result<Decision> {
+        self.peek_at(key, limits, self.now_ms())
+    }
+
+    /// [`RedisStore::peek`] at an explicit time.
+    pub fn peek_at(&self, key: &[u8], limits: &Limits, now_ms: u64) -> Result<Decision> {
+        check_key(key)?;
+        self.run_check(key, limits, 0, 1, now_ms)
+    }
+
+    /// Run the check script with `cost` and report the windows as a request of `view` would
+    /// see them.
+    fn run_check(
+        &self,
+        key: &[u8],
+        limits: &Limits,
+        cost: u32,
+        view: u32,
+        now_ms: u64,
+    ) -> Result<Decision> {
+        let base = keys::base(&self.inner.opts.prefix, key);
+        let items = limits.as_slice();
+        let wkeys: Vec<Vec<u8>> = items.iter().map(|l| keys::window(&base, l)).collect();
+        let longest = items.iter().map(|l| l.window_ms()).max().unwrap_or(0);
+        let mut args: Vec<Vec<u8>> = vec![
+            now_ms.to_string().into_bytes(),
+            cost.to_string().into_bytes(),
+            self.inner.kmax.to_string().into_bytes(),
+            (2 * longest + GC_SLACK_MS).to_string().into_bytes(),
+        ];
+        for l in items {
+            args.push(l.window_ms().to_string().into_bytes());
+            args.push(l.limit().to_string().into_bytes());
+            args.push(if l.mode() == Mode::Exact {
+                b"1".to_vec()
+            } else {
+                b"0".to_vec()
+            });
+            args.push(window::bits_for(l.limit()).to_string().into_bytes());
+        }
+        let k: Vec<&[u8]> = wkeys.iter().map(Vec::as_slice).collect();
+        let a: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+        let reply = self
+            .inner
+            .pool
+            .with_retry(|c| conn::eval(c, &self.inner.check, &k, &a))?;
+        decide(&reply, limits, self.inner.kmax, cost, view, now_ms)
+    }
+
+    /// "Have I seen this Idempotency-Key?", fleet-wide: as [`Store::begin`](crate::Store::begin).
+    pub fn begin(
+        &self,
+        scope: &[u8],
+        key: &IdempotencyKey,
+        fingerprint: &Fingerprint,
+    ) -> Result<Begin> {
+        self.begin_at(scope, key, fingerprint, self.now_ms())
+    }
+
+    /// [`RedisStore::begin`] at an explicit time.
+    pub fn begin_at(
+        &self,
+        scope: &[u8],
+        key: &IdempotencyKey,
+        fingerprint: &Fingerprint,
+        now_ms: u64,
+    ) -> Result<Begin> {
+        let rk = record_key(scope, key)?;
+        let rkey = keys::record(&self.inner.opts.prefix, rk.as_bytes())
+            .ok_or(Error::InvalidScope { len: scope.len() })?;
+        let idem = &self.inner.opts.idem;
+        let lease_ms = idem.lease.as_millis() as u64;
+        let ttl_ms = idem.ttl.as_millis() as u64;
+        let dl = deadline_s(now_ms, lease_ms);
+        let (now_s, dl_s, gc_s) = (
+            now_ms.to_string(),
+            dl.to_string(),
+            (lease_ms + ttl_ms + GC_SLACK_MS).to_string(),
+        );
+        let args: [&[u8]; 4] = [
+            fingerprint.as_bytes(),
+            now_s.as_bytes(),
+            dl_s.as_bytes(),
+            gc_s.as_bytes(),
+        ];
+        let reply = self
+            .inner
+            .pool
+            .with(|c| conn::eval(c, &self.inner.begin, &[&rkey], &args))?;
+        let r = array(Some(&reply))?;
+        match int(r.first())? {
+            1 => Ok(Begin::Started(Lease {
+                key: rk.as_bytes().to_vec(),
+                fence: u32::try_from(uint(r.get(1))?).map_err(|_| bad_reply("a fence"))?,
+                fingerprint: *fingerprint,
+                deadline_ms: uint(r.get(2))?.saturating_mul(1000),
+            })),
+            2 => match r.get(2) {
+                Some(Value::BulkString(b)) => Replayed::new(b.clone())
+                    .map(Begin::Replay)
+                    .ok_or_else(|| bad_reply("a stored response that does not decode")),
+                _ => Err(bad_reply("a stored response")),
+            },
+            3 => Ok(Begin::InFlight),
+            4 => Ok(Begin::Mismatch),
+            _ => Err(bad_reply("a begin outcome")),
+        }
+    }
+
+    /// Store the response of a started request for replay: as
+    /// [`Store::complete`](crate::Store::complete).
+    ///
+    /// When this returns `Ok`, the server has the record in memory; how long it survives a
+    /// server crash depends on the server's persistence (`appendfsync always` for no loss, see
+    /// `docs/DISTRIBUTED.md`).
+    pub fn complete(&self, lease: &Lease, response: &StoredResponse) -> Result<()> {
+        self.complete_at(lease, response, self.now_ms())
+    }
+
+    /// [`RedisStore::complete`] at an explicit time (the TTL runs from `now_ms`).
+    pub fn complete_at(&self, lease: &Lease, response: &StoredResponse, now_ms: u64) -> Result<()> {
+        let max = self.inner.opts.idem.max_response;
+        let len = response.encoded_len().unwrap_or(usize::MAX);
+        if len > max {
+            return Err(Error::ResponseTooLarge { len, max });
+        }
+        let ttl_ms = self.inner.opts.idem.ttl.as_millis() as u64;
+        let dl = deadline_s(now_ms, ttl_ms);
+        let gc = (dl.saturating_mul(1000)).saturating_sub(now_ms) + GC_SLACK_MS;
+        self.settle(lease, 2, dl, &response.encode(), gc)
+    }
+
+    /// Forget a started request, so that a retry runs it again.
+    pub fn abort(&self, lease: &Lease) -> Result<()> {
+        let idem = &self.inner.opts.idem;
+        let gc = (idem.lease.as_millis() + idem.ttl.as_millis()) as u64 + GC_SLACK_MS;
+        self.settle(lease, 0, 0, b"", gc)
+    }
+
+    fn settle(&self, lease: &Lease, state: u8, dl: u64, resp: &[u8], gc: u64) -> Result<()> {
+        let rkey = keys::record(&self.inner.opts.prefix, &lease.key)
+            .ok_or(Error::LeaseLost { current: 0 })?;
+        let (fence, state, dl, gc) = (
+            lease.fence.to_string(),
+            state.to_string(),
+            dl.to_string(),
+            gc.to_string(),
+        );
+        let args: [&[u8]; 6] = [
+            fence.as_bytes(),
+            lease.fingerprint.as_bytes(),
+            state.as_bytes(),
+            dl.as_bytes(),
+            resp,
+            gc.as_bytes(),
+        ];
+        let reply = self
+            .inner
+            .pool
+            .with(|c| conn::eval(c, &self.inner.settle, &[&rkey], &args))?;
+        let r = array(Some(&reply))?;
+        match int(r.first())? {
+            0 => Ok(()),
+            1 => Err(Error::LeaseLost {
+                current: u32::try_from(uint(r.get(1))?).map_err(|_| bad_reply("a fence"))?,
+            }),
+            2 => Err(Error::AlreadyCompleted),
+            _ => Err(bad_reply("a settle outcome")),
+        }
+    }
+}
+
+fn check_key(key: &[u8]) -> Result<()> {
+    if key.is_empty() || key.len() > MAX_KEY_LEN {
+        return Err(Error::InvalidKey { len: key.len() });
+    }
+    Ok(())
+}
+
+/// A bucketed window's state as the script returns it: `[0, c, n, x0, .., x(k-1)]`.
+pub(crate) fn norm_of(v: &[Value], window_ms: u64, kmax: u32) -> Result<Norm> {
+    let c = u32::try_from(uint(v.get(1))?).map_err(|_| bad_reply("a counter width"))?;
+    if !(1..=16).contains(&c) {
+        return Err(bad_reply("a counter width of 1 to 16 bits"));
+    }
+    let (k, s) = window::layout(c, kmax, window_ms);
+    let n = uint(v.get(2))?;
+    let mask = (1u64 << c) - 1;
+    let mut counters = 0u64;
+    for age in 0..k {
+        let x = uint(v.get(3 + age as usize))?;
+        if x > mask {
+            return Err(bad_reply("a count wider than its counter"));
+        }
+        counters |= x << (age * c);
+    }
+    Ok(Norm {
+        c,
+        k,
+        s,
+        n,
+        counters,
+    })
+}
+
+/// An exact window's state as the script returns it: `[1, t1, .., tm]`, oldest first; the
+/// newest `limit` are kept, as the embedded ring keeps them.
+fn ring_of(v: &[Value], limit: u32) -> Result<Ring> {
+    let cap = limit.min(MAX_EXACT_LIMIT);
+    let times = v.get(1..).unwrap_or(&[]);
+    let skip = times.len().saturating_sub(cap as usize);
+    let mut ring = Ring {
+        slots: [0; MAX_EXACT_LIMIT as usize],
+        cap,
+        head: 0,
+    };
+    let mut len = 0usize;
+    for (slot, t) in ring.slots.iter_mut().zip(times.iter().skip(skip)) {
+        *slot = uint(Some(t))?.saturating_add(1);
+        len += 1;
+    }
+    ring.head = (len as u32) % cap.max(1);
+    Ok(ring)
+}
+
+/// The decision from the check script's reply, computed by the embedded store's own functions.
+fn decide(
+    reply: &Value,
+    limits: &Limits,
+    kmax: u32,
+    cost: u32,
+    view: u32,
+    now_ms: u64,
+) -> Result<Decision> {
+    let r = array(Some(reply))?;
+    let refused = uint(r.first())?;
+    let admitted = cost > 0 && refused == 0;
+    let view = if admitted { 0 } else { view };
+    let mut ws = [WindowState::default(); MAX_WINDOWS];
+    let mut all_fit = true;
+    for (i, l) in limits.as_slice().iter().enumerate() {
+        let st = array(r.get(2 + i))?;
+        let w = match l.mode() {
+            Mode::Bucketed => {
+                let norm = norm_of(st, l.window_ms(), kmax)?;
+                bucket_state(&norm, l.limit(), l.window_ms(), view, now_ms)
+            }
+            Mode::Exact => {
+                let ring = ring_of(st, l.limit())?;
+                let ev = ring.eval(l.window_ms(), now_ms);
+                exact_state(&ev, l.limit(), l.window_ms(), view, now_ms)
+            }
+        };
+        all_fit &= w.fits();
+        if let Some(slot) = ws.get_mut(i) {
+            *slot = w;
+        }
+    }
+    if admitted {
+        return Ok(Decision::from_windows(true, ws, limits.len()));
+    }
+    let allowed = all_fit && refused == 0;
+    if !allowed && all_fit {
+        // As in the embedded store: the refusing window reports a wait of at least 1 ms.
+        if let Some(w) = (refused as usize)
+            .checked_sub(1)
+            .and_then(|i| ws.get_mut(i))
+        {
+            w.retry_after_ms = w.retry_after_ms.max(1);
+        }
+    }
+    Ok(Decision::from_windows(allowed, ws, limits.len()))
+}
