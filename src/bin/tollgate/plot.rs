@@ -163,20 +163,28 @@ pub fn fmt_number(v: f64) -> String {
     }
 }
 
+/// Escape text for SVG.
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
 }
 
-/// Size of one panel and of its plotting area's margins, in pixels.
+/// Width of one panel, in pixels.
 const PANEL_W: f64 = 480.0;
+/// Height of one panel.
 const PANEL_H: f64 = 330.0;
+/// Margin left of the plotting area (tick labels, axis title).
 const LEFT: f64 = 72.0;
+/// Margin right of the plotting area.
 const RIGHT: f64 = 18.0;
+/// Margin above the plotting area (panel title, legend).
 const TOP: f64 = 50.0;
+/// Margin below the plotting area (tick labels, axis title).
 const BOTTOM: f64 = 52.0;
+/// Height of the figure's title and caption.
 const HEADER: f64 = 82.0;
+/// Space around and between panels.
 const GAP: f64 = 20.0;
 
 /// Render panels on a grid of `columns`, under a title and a caption of up to two lines
@@ -217,6 +225,7 @@ pub fn render(title: &str, caption: &str, panels: &[Panel], columns: usize) -> S
     s
 }
 
+/// Draw one panel with its top left corner at (`ox`, `oy`).
 fn panel(s: &mut String, p: &Panel, ox: f64, oy: f64) {
     let (x0, y0) = (ox + LEFT, oy + TOP);
     let (w, h) = (PANEL_W - LEFT - RIGHT, PANEL_H - TOP - BOTTOM);

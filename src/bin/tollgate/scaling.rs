@@ -13,8 +13,9 @@
 //!   runs, with the fastest and slowest round of all: on a shared VM one process can be much
 //!   slower than the next, and interleaving the runs spreads a slow spell over every point;
 //! * a point measured while other processes used more than `--max-others` cores (0.25 by
-//!   default; from `/proc/stat`) is measured again after a pause, up to `--retries` times,
-//!   and the quietest attempt is kept; the CSV says how busy the machine was for each point;
+//!   default; from `/proc/stat`) is measured again once the machine is quiet (or after a
+//!   minute's wait), up to `--retries` times, and the quietest attempt is kept; the CSV says
+//!   how busy the machine was for each point;
 //! * keys are 32 bytes built on the stack from their number: the timed loop allocates nothing
 //!   and reads no key table, so the cache misses measured are the engine's own;
 //! * time is explicit (`check_at`) and advances 200 ms per visit of a key on average, in 1 s
@@ -75,6 +76,7 @@ struct Config {
 /// One measurement point: keys in the store, windows per key, threads checking.
 type Point = (u64, usize, usize);
 
+/// Parse the options of `tollgate scaling` (everything after the subcommand).
 fn parse(args: &[String]) -> BoxResult<Config> {
     let mut c = Config {
         max_keys: 10_000_000,
@@ -137,6 +139,7 @@ struct Plan {
 }
 
 impl Plan {
+    /// The plan for key counts up to `max_keys`.
     fn new(max_keys: u64) -> Plan {
         let mut keys: Vec<u64> = KEY_COUNTS
             .iter()
@@ -218,10 +221,12 @@ struct Row {
 const CSV_HEADER: &str = "keys,windows,threads,checks_per_thread,rounds,runs,ns_per_check,ns_min,ns_max,mchecks_per_s,insert_ns_per_key,file_bytes,rss_growth_bytes,file_bytes_per_key,rss_bytes_per_key,rejected,load1,other_cpu_cores";
 
 impl Row {
+    /// File size over keys.
     fn file_per_key(&self) -> f64 {
         self.file_bytes as f64 / self.keys as f64
     }
 
+    /// RSS growth over keys.
     fn rss_per_key(&self) -> f64 {
         self.rss_bytes as f64 / self.keys as f64
     }
@@ -319,6 +324,7 @@ fn key(i: u64) -> [u8; 32] {
 struct Rng(u64);
 
 impl Rng {
+    /// A generator for `seed` (any value, 0 included).
     fn new(seed: u64) -> Rng {
         // splitmix64 of the seed, never 0.
         let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -327,6 +333,7 @@ impl Rng {
         Rng((z ^ (z >> 31)) | 1)
     }
 
+    /// The next 64 random bits.
     fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
@@ -363,6 +370,7 @@ struct SimClock {
 const JUMP_MS: u64 = 1_000;
 
 impl SimClock {
+    /// A clock at `T0` for one of `threads` threads checking `keys` keys.
     fn new(keys: u64, threads: usize) -> SimClock {
         SimClock {
             now: T0,
@@ -604,21 +612,41 @@ fn measure_in_child(c: &Config, data: &std::path::Path, (k, w, t): Point) -> Box
     Row::from_csv(line)
 }
 
+/// Wait until the whole machine uses at most `max_busy` cores over 2 seconds, for at most
+/// `limit`; returns the cores last seen busy.
+fn wait_for_quiet(max_busy: f64, limit: Duration, cores: usize) -> f64 {
+    let start = Instant::now();
+    loop {
+        let before = OtherLoad::start();
+        std::thread::sleep(Duration::from_secs(2));
+        // This process sleeps: everything counted is someone else's.
+        let busy = before.cores(cores);
+        if busy <= max_busy || start.elapsed() >= limit {
+            return busy;
+        }
+    }
+}
+
 /// Measure a point in a child process; while other processes use more than `max_others`
-/// cores during it, wait and measure again (up to `retries` times). Keeps the quietest
-/// attempt.
+/// cores during it, wait (up to a minute) for a quiet machine and measure again, up to
+/// `retries` times. Keeps the quietest attempt.
 fn measure_quietly(c: &Config, data: &std::path::Path, p: Point) -> BoxResult<Row> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut best = measure_in_child(c, data, p)?;
-    for attempt in 1..=c.retries {
+    for _ in 0..c.retries {
         if best.other_cores <= c.max_others {
             break;
         }
-        let pause = 10 * u64::from(attempt);
-        println!(
-            "      busy machine (other processes used {:.2} cores): measuring {},{},{} again in {pause} s",
+        print!(
+            "      busy machine (other processes used {:.2} cores): waiting to measure {},{},{} again ",
             best.other_cores, p.0, p.1, p.2
         );
-        std::thread::sleep(Duration::from_secs(pause));
+        let waited = Instant::now();
+        let busy = wait_for_quiet(c.max_others, Duration::from_secs(60), cores);
+        println!(
+            "({:.0} s, then {busy:.2} cores busy)",
+            waited.elapsed().as_secs_f64()
+        );
         let again = measure_in_child(c, data, p)?;
         if again.other_cores < best.other_cores {
             best = again;
@@ -745,6 +773,7 @@ type Point2 = (f64, f64);
 /// A spread at x: (x, low, high).
 type Spread = (f64, f64, f64);
 
+/// The colours of the first and second series of a panel.
 const BLUE: &str = "#1f6fb4";
 const RED: &str = "#d03a2c";
 
