@@ -102,6 +102,10 @@ fn bad_arguments_and_missing_files() {
     assert!(!ok);
     let (ok, out) = tollgate(&["bench", "--threads", "0"]);
     assert!(!ok, "{out}");
+    let (ok, out) = tollgate(&["scaling", "--runs", "0"]);
+    assert!(!ok && out.contains("must be positive"), "{out}");
+    let (ok, out) = tollgate(&["scaling", "--point", "10,5,1"]);
+    assert!(!ok && out.contains("1 to 4 windows"), "{out}");
 }
 
 #[test]
@@ -124,4 +128,62 @@ fn a_short_bench_runs() {
         out.contains("requests in") && out.contains("p99.9"),
         "{out}"
     );
+}
+
+#[test]
+fn a_tiny_scaling_run_writes_its_table_and_plot() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let (ok, text) = tollgate(&[
+        "scaling",
+        "--max-keys",
+        "1000",
+        "--checks",
+        "2000",
+        "--rounds",
+        "1",
+        "--runs",
+        "1",
+        // Never wait for a quiet machine here.
+        "--retries",
+        "0",
+        "--out",
+        out.to_str().unwrap(),
+        "--data",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(ok, "{text}");
+    let csv = std::fs::read_to_string(out.join("scaling.csv")).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    let header: Vec<&str> = lines[0].split(',').collect();
+    assert_eq!(&header[..3], ["keys", "windows", "threads"], "{csv}");
+    // Up to 1000 keys: 1000 keys on 1, 2 and 4 threads; 1 and 1000 keys with 1 to 4 windows.
+    assert_eq!(lines.len(), 1 + 10, "{csv}");
+    let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    for line in &lines[1..] {
+        let f: Vec<&str> = line.split(',').collect();
+        assert_eq!(f.len(), header.len(), "{line}");
+        assert_eq!(
+            f[col("rejected")],
+            "0",
+            "every timed check is admitted: {line}"
+        );
+        assert!(
+            f[col("ns_per_check")].parse::<f64>().unwrap() > 0.0,
+            "{line}"
+        );
+        // A 1000-key store is one 4 MiB segment and the header page.
+        if f[col("keys")] == "1000" {
+            assert_eq!(f[col("file_bytes")], "4198400", "{line}");
+        }
+    }
+    let svg = std::fs::read_to_string(out.join("scaling.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    assert!(svg.contains("bytes per key vs keys") && svg.contains("<polyline"));
+    // The store files went away with their directory.
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, [std::ffi::OsString::from("out")]);
 }

@@ -6,10 +6,13 @@
 //! tollgate dump FILE        every live entry as a JSON line
 //! tollgate compact FILE     expire, compact the response area, print the stats before/after
 //! tollgate bench [options]  a load generator on the seed policies, with peers in the same run
+//! tollgate scaling [opts]   cost per check vs keys, threads and windows; bytes per key; a plot
 //! ```
 
 mod bench;
 mod peers;
+mod plot;
+mod scaling;
 
 use std::process::ExitCode;
 
@@ -17,7 +20,7 @@ use tollgate::{EntryView, Options, RecordState, Store};
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage:\n  tollgate stat FILE\n  tollgate verify FILE\n  tollgate dump FILE\n  tollgate compact FILE\n  tollgate bench [--policy zorio|erzycall] [--tokens N] [--threads N] [--seconds S]\n                 [--zipf S] [--idempotent P] [--retries P] [--data DIR] [--no-peers]\n                 [--redis HOST:PORT] [--redis-conns N]"
+        "usage:\n  tollgate stat FILE\n  tollgate verify FILE\n  tollgate dump FILE\n  tollgate compact FILE\n  tollgate bench [--policy zorio|erzycall] [--tokens N] [--threads N] [--seconds S]\n                 [--zipf S] [--idempotent P] [--retries P] [--data DIR] [--no-peers]\n                 [--redis HOST:PORT] [--redis-conns N]\n  tollgate scaling [--max-keys N] [--checks N] [--rounds N] [--runs N]\n                   [--max-others CORES] [--retries N] [--out DIR] [--data DIR]"
     );
     ExitCode::from(2)
 }
@@ -29,6 +32,7 @@ fn main() -> ExitCode {
     };
     let result = match (cmd.as_str(), args.get(1)) {
         ("bench", _) => bench::run(&args[1..]),
+        ("scaling", _) => scaling::run(&args[1..]),
         ("stat", Some(f)) => stat(f),
         ("verify", Some(f)) => return verify(f),
         ("dump", Some(f)) => dump(f),
