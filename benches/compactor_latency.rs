@@ -22,7 +22,7 @@ const KEYS: u64 = 200_000;
 const SAMPLES: usize = 2_000_000;
 const BACKLOG: u64 = 2_000_000;
 
-fn run(busy: bool, compactor: bool, backlog: bool) -> (Vec<u64>, tollgate::Stats) {
+fn run(busy: bool, compactor: bool, backlog: bool, spin: bool) -> (Vec<u64>, tollgate::Stats) {
     let clock = ManualClock::new(T0);
     let store = Store::open_in_memory(
         Options::default()
@@ -53,6 +53,18 @@ fn run(busy: bool, compactor: bool, backlog: bool) -> (Vec<u64>, tollgate::Stats
         clock.advance_ms(120_000);
     }
     let stop = Arc::new(AtomicBool::new(false));
+    // A thread that only computes: the control for "two busy threads on two cores".
+    let spinner = spin.then(|| {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut x = 1u64;
+            while !stop.load(Ordering::Relaxed) {
+                for _ in 0..10_000 {
+                    x = black_box(x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1));
+                }
+            }
+        })
+    });
     let churn = busy.then(|| {
         let (store, clock, stop, short) =
             (store.clone(), clock.clone(), stop.clone(), short.clone());
@@ -80,7 +92,7 @@ fn run(busy: bool, compactor: bool, backlog: bool) -> (Vec<u64>, tollgate::Stats
         lat.push(t.elapsed().as_nanos() as u64);
     }
     stop.store(true, Ordering::Relaxed);
-    if let Some(h) = churn {
+    for h in [churn, spinner].into_iter().flatten() {
         h.join().unwrap();
     }
     lat.sort_unstable();
@@ -98,20 +110,24 @@ fn main() {
     }
     // The third run has the churn thread but no compactor: it tells the compactor's share of
     // the busy run's tail from the cost of three busy threads on two cores. The fourth has
-    // the compactor busy on a backlog and no third thread.
-    for (busy, compactor, backlog, label) in [
-        (false, true, false, "compactor idle"),
-        (true, true, false, "compactor busy"),
-        (true, false, false, "churn, no compactor"),
-        (false, true, true, "backlog, compactor"),
+    // the compactor busy on a backlog and no third thread; the fifth is its control: a second
+    // thread that only computes, and no compactor.
+    for (busy, compactor, backlog, spin, label) in [
+        (false, true, false, false, "compactor idle"),
+        (true, true, false, false, "compactor busy"),
+        (true, false, false, false, "churn, no compactor"),
+        (false, true, true, false, "backlog, compactor"),
+        (false, false, false, true, "spinner, no compactor"),
     ] {
-        let (lat, stats) = run(busy, compactor, backlog);
+        let (lat, stats) = run(busy, compactor, backlog, spin);
         println!(
-            "{label:<20}: check p50 {} ns, p99 {} ns, p99.9 {} ns, max {} ns ({} samples; expired during run: {}, passes: {}, last pass {} us, entries left {})",
+            "{label:<21}: check p50 {} ns, p99 {} ns, p99.9 {} ns, max {} ns, over 100 us: {}, over 1 ms: {} ({} samples; expired during run: {}, passes: {}, last pass {} us, entries left {})",
             pct(&lat, 0.50),
             pct(&lat, 0.99),
             pct(&lat, 0.999),
             lat.last().copied().unwrap_or(0),
+            lat.iter().filter(|&&ns| ns > 100_000).count(),
+            lat.iter().filter(|&&ns| ns > 1_000_000).count(),
             lat.len(),
             stats.expired_windows,
             stats.passes,

@@ -111,14 +111,20 @@ impl Core {
             }
             let end = self.segs.scan_end(cur.seg);
             let guard = crossbeam_epoch::pin();
+            let mut freed = Vec::new();
             while cur.line + class <= end && report.examined < budget {
                 let line = cur.seg as u64 * seg_lines + cur.line;
                 cur.line += class;
                 report.examined += 1;
-                if self.try_expire(line, class as u32, now_ms, &guard) {
+                if self.try_expire(line, now_ms, &guard) {
                     report.expired += 1;
+                    freed.push((line, class as u32));
                 }
             }
+            // One deferred release for the whole run of lines, not one per line: whichever
+            // thread next collects the epoch's garbage runs it, and that is often a thread in
+            // the middle of a check.
+            self.segs.release_all_later(freed, &guard);
             if cur.line + class > end {
                 cur.seg += 1;
                 cur.line = 0;
@@ -136,14 +142,9 @@ impl Core {
         report
     }
 
-    /// Unlink the entry at `line` if it is expired at `now_ms`.
-    fn try_expire(
-        &self,
-        line: u64,
-        class: u32,
-        now_ms: u64,
-        guard: &crossbeam_epoch::Guard,
-    ) -> bool {
+    /// Unlink the entry at `line` if it is expired at `now_ms`. On `true` the caller hands the
+    /// line to the epoch ([`Segments::release_all_later`](crate::segment::Segments)).
+    fn try_expire(&self, line: u64, now_ms: u64, guard: &crossbeam_epoch::Guard) -> bool {
         let e = self.segs.entry(line);
         let h = e.load(0);
         if h == 0 {
@@ -164,9 +165,9 @@ impl Core {
                 {
                     return false;
                 }
-                self.unlink_window(line, class, n, &windows, now_ms, guard)
+                self.unlink_window(line, n, &windows, now_ms, guard)
             }
-            KIND_IDEM => self.unlink_record(line, class, key_len, now_ms, guard),
+            KIND_IDEM => self.unlink_record(line, key_len, now_ms, guard),
             _ => false,
         }
     }
@@ -222,7 +223,6 @@ impl Core {
     fn unlink_window(
         &self,
         line: u64,
-        class: u32,
         n: usize,
         windows: &[(usize, Descriptor); crate::MAX_WINDOWS],
         now_ms: u64,
@@ -279,7 +279,7 @@ impl Core {
         // does not bring it back. The rest of the entry stays until the space is reused.
         self.clear_entry(line);
         self.live_entries.fetch_sub(1, Ordering::Relaxed);
-        self.segs.release_later(line, class, guard);
+        // The caller hands `line` to the epoch.
         self.counters
             .expired_windows
             .fetch_add(1, Ordering::Relaxed);
@@ -289,7 +289,6 @@ impl Core {
     fn unlink_record(
         &self,
         line: u64,
-        class: u32,
         key_len: usize,
         now_ms: u64,
         guard: &crossbeam_epoch::Guard,
@@ -340,7 +339,7 @@ impl Core {
         self.clear_entry(line);
         self.live_entries.fetch_sub(1, Ordering::Relaxed);
         self.counters.live_records.fetch_sub(1, Ordering::Relaxed);
-        self.segs.release_later(line, class, guard);
+        // The caller hands `line` to the epoch.
         self.counters
             .expired_records
             .fetch_add(1, Ordering::Relaxed);
@@ -522,6 +521,8 @@ impl CompactorHandle {
 }
 
 fn run(core: Arc<Core>, stop: Arc<(Mutex<bool>, Condvar)>, opts: CompactorOptions) {
+    // Background work: on a shared core, the threads answering checks go first.
+    crate::sys::lower_thread_priority();
     let (lock, cv) = &*stop;
     let mut tick = 0u64;
     loop {
@@ -550,6 +551,9 @@ fn run(core: Arc<Core>, stop: Arc<(Mutex<bool>, Condvar)>, opts: CompactorOption
             if r.expired * 4 < r.examined.max(1) || *lock.lock() {
                 break;
             }
+            // Between passes (each at most `budget` entries), let a thread waiting for this
+            // core run.
+            std::thread::yield_now();
         }
         tick += 1;
         if tick.is_multiple_of(8) {

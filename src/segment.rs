@@ -65,6 +65,21 @@ pub(crate) struct BlobUsage {
     pub live_lines: u64,
 }
 
+/// Lines whose readers are gone: single lines, and whole runs freed by the compactor. A run is
+/// handed over as it is (no copy, no growth of a shared list), because the thread that runs the
+/// epoch's deferred functions is often one in the middle of a check.
+#[derive(Default)]
+struct Released {
+    lines: Vec<(u64, u32)>,
+    runs: Vec<Vec<(u64, u32)>>,
+}
+
+impl Released {
+    fn is_empty(&self) -> bool {
+        self.lines.is_empty() && self.runs.is_empty()
+    }
+}
+
 /// The segments of a store and their allocator.
 pub(crate) struct Segments {
     maps: Maps,
@@ -73,7 +88,7 @@ pub(crate) struct Segments {
     max_segments: usize,
     alloc: Mutex<Alloc>,
     /// Lines whose readers are gone, waiting to be handed out again.
-    released: Arc<Mutex<Vec<(u64, u32)>>>,
+    released: Arc<Mutex<Released>>,
     /// Lines handed to the epoch and not yet released.
     pending: Arc<AtomicU64>,
 }
@@ -94,7 +109,7 @@ impl Segments {
                 blob_live: Vec::new(),
                 blob_floor: Vec::new(),
             }),
-            released: Arc::new(Mutex::new(Vec::new())),
+            released: Arc::new(Mutex::new(Released::default())),
             pending: Arc::new(AtomicU64::new(0)),
         }
     }
@@ -385,9 +400,9 @@ impl Segments {
     }
 
     fn alloc_inner(&self, lines: u32, retried: bool) -> Result<u64> {
-        let released: Vec<(u64, u32)> = std::mem::take(&mut *self.released.lock());
+        let released = std::mem::take(&mut *self.released.lock());
         let mut a = self.alloc.lock();
-        for (line, l) in released {
+        for (line, l) in released.runs.into_iter().flatten().chain(released.lines) {
             if let Some(c) = a.classes.get_mut(l as usize) {
                 c.free.push(line);
             }
@@ -444,8 +459,25 @@ impl Segments {
         let pending = Arc::clone(&self.pending);
         pending.fetch_add(1, Ordering::AcqRel);
         guard.defer(move || {
-            released.lock().push((line, lines));
+            released.lock().lines.push((line, lines));
             pending.fetch_sub(1, Ordering::AcqRel);
+        });
+    }
+
+    /// Hand every `(line, lines)` of `freed` back once every reader pinned now has finished:
+    /// one deferred function for all of them, which moves the run into the free list's queue
+    /// as it is.
+    pub(crate) fn release_all_later(&self, freed: Vec<(u64, u32)>, guard: &crossbeam_epoch::Guard) {
+        if freed.is_empty() {
+            return;
+        }
+        let released = Arc::clone(&self.released);
+        let pending = Arc::clone(&self.pending);
+        let n = freed.len() as u64;
+        pending.fetch_add(n, Ordering::AcqRel);
+        guard.defer(move || {
+            released.lock().runs.push(freed);
+            pending.fetch_sub(n, Ordering::AcqRel);
         });
     }
 

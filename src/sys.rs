@@ -39,6 +39,25 @@ fn std_realtime_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Give the calling thread a lower scheduling priority (nice 10): background work, such as the
+/// compactor, then gives way to the threads answering requests when they share a core.
+/// Best effort: a refusal changes nothing.
+#[cfg(target_os = "linux")]
+pub(crate) fn lower_thread_priority() {
+    // SAFETY: gettid takes no arguments and only returns the caller's thread id.
+    let tid = unsafe { libc::syscall(libc::SYS_gettid) };
+    let Ok(tid) = libc::id_t::try_from(tid) else {
+        return;
+    };
+    // SAFETY: setpriority reads no memory of ours; on Linux PRIO_PROCESS with a thread id
+    // applies to that one thread, which is the caller.
+    let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, 10) };
+}
+
+/// Give the calling thread a lower scheduling priority (not done on this platform).
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn lower_thread_priority() {}
+
 /// Make sure the blocks of `file` in `offset..offset + len` are allocated, so that a full disk
 /// is an error now and not a `SIGBUS` when the mapped pages are first written.
 #[cfg(target_os = "linux")]
