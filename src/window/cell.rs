@@ -50,52 +50,62 @@ pub(crate) trait WordCell {
     fn pause(spins: u32);
 }
 
-impl WordCell for std::sync::atomic::AtomicU64 {
-    #[inline]
-    fn load(&self, order: Ordering) -> u64 {
-        self.load(order)
-    }
-    #[inline]
-    fn compare_exchange_weak(
-        &self,
-        current: u64,
-        new: u64,
-        success: Ordering,
-        failure: Ordering,
-    ) -> Result<u64, u64> {
-        self.compare_exchange_weak(current, new, success, failure)
-    }
-    #[inline]
-    fn compare_exchange(
-        &self,
-        current: u64,
-        new: u64,
-        success: Ordering,
-        failure: Ordering,
-    ) -> Result<u64, u64> {
-        self.compare_exchange(current, new, success, failure)
-    }
-    #[inline]
-    fn fetch_or(&self, bits: u64, order: Ordering) -> u64 {
-        self.fetch_or(bits, order)
-    }
-    #[inline]
-    fn fetch_and(&self, bits: u64, order: Ordering) -> u64 {
-        self.fetch_and(bits, order)
-    }
-    #[inline]
-    fn store(&self, value: u64, order: Ordering) {
-        self.store(value, order)
-    }
-    #[inline]
-    fn pause(spins: u32) {
-        if spins > 64 {
-            std::thread::yield_now();
-        } else {
-            std::hint::spin_loop();
+/// `WordCell` for an atomic type with the standard method set (std's, and loom's in tests),
+/// with `pause` as given.
+macro_rules! word_cell {
+    ($ty:ty, $pause:expr) => {
+        impl WordCell for $ty {
+            #[inline]
+            fn load(&self, order: Ordering) -> u64 {
+                self.load(order)
+            }
+            #[inline]
+            fn compare_exchange_weak(
+                &self,
+                current: u64,
+                new: u64,
+                success: Ordering,
+                failure: Ordering,
+            ) -> Result<u64, u64> {
+                self.compare_exchange_weak(current, new, success, failure)
+            }
+            #[inline]
+            fn compare_exchange(
+                &self,
+                current: u64,
+                new: u64,
+                success: Ordering,
+                failure: Ordering,
+            ) -> Result<u64, u64> {
+                self.compare_exchange(current, new, success, failure)
+            }
+            #[inline]
+            fn fetch_or(&self, bits: u64, order: Ordering) -> u64 {
+                self.fetch_or(bits, order)
+            }
+            #[inline]
+            fn fetch_and(&self, bits: u64, order: Ordering) -> u64 {
+                self.fetch_and(bits, order)
+            }
+            #[inline]
+            fn store(&self, value: u64, order: Ordering) {
+                self.store(value, order)
+            }
+            #[inline]
+            fn pause(spins: u32) {
+                $pause(spins)
+            }
         }
-    }
+    };
 }
+
+word_cell!(std::sync::atomic::AtomicU64, |spins: u32| {
+    if spins > 64 {
+        std::thread::yield_now();
+    } else {
+        std::hint::spin_loop();
+    }
+});
 
 /// What [`add`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -335,41 +345,7 @@ mod loom_tests {
     use loom::sync::Arc;
     use loom::thread;
 
-    impl WordCell for LoomU64 {
-        fn load(&self, order: Ordering) -> u64 {
-            self.load(order)
-        }
-        fn compare_exchange_weak(
-            &self,
-            current: u64,
-            new: u64,
-            success: Ordering,
-            failure: Ordering,
-        ) -> Result<u64, u64> {
-            self.compare_exchange_weak(current, new, success, failure)
-        }
-        fn compare_exchange(
-            &self,
-            current: u64,
-            new: u64,
-            success: Ordering,
-            failure: Ordering,
-        ) -> Result<u64, u64> {
-            self.compare_exchange(current, new, success, failure)
-        }
-        fn fetch_or(&self, bits: u64, order: Ordering) -> u64 {
-            self.fetch_or(bits, order)
-        }
-        fn fetch_and(&self, bits: u64, order: Ordering) -> u64 {
-            self.fetch_and(bits, order)
-        }
-        fn store(&self, value: u64, order: Ordering) {
-            self.store(value, order)
-        }
-        fn pause(_spins: u32) {
-            thread::yield_now();
-        }
-    }
+    word_cell!(LoomU64, |_spins: u32| thread::yield_now());
 
     const T0: u64 = 1_700_000_000_000;
     const MINUTE: u64 = 60_000;
