@@ -250,13 +250,8 @@ impl Core {
                     ok = false;
                     break;
                 }
-            } else if !cell::freeze_if_expired(
-                w,
-                d.window_ms,
-                self.kmax,
-                now_ms,
-                self.seen_ms(now_ms),
-            ) {
+            } else if !cell::freeze_if_expired(w, d.window_ms, self.kmax, now_ms, self.seen_word())
+            {
                 ok = false;
                 break;
             }

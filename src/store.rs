@@ -698,7 +698,17 @@ impl Core {
         }
     }
 
-    /// The newest time any operation ran at, and never earlier than `now_ms`.
+    /// The header word holding the newest time any operation ran at. Whoever judges a window
+    /// word against it reads it after the window word (see `window::cell::At::seen`).
+    #[inline]
+    pub(crate) fn seen_word(&self) -> &AtomicU64 {
+        // The word is always in the header page; were it not, "no bound" is the safe answer.
+        static NO_BOUND: AtomicU64 = AtomicU64::new(u64::MAX);
+        self.header.word(SEEN_AT).unwrap_or(&NO_BOUND)
+    }
+
+    /// The newest time any operation ran at, and never earlier than `now_ms`. Read it after
+    /// the window word it is used with.
     #[inline]
     pub(crate) fn seen_ms(&self, now_ms: u64) -> u64 {
         // The word is always in the header page; were it not, "no bound" is the safe answer
@@ -1025,6 +1035,41 @@ impl Core {
         };
 
         let ws = &mut out.windows;
+        let seen = self.seen_word();
+        let at_of = |i: usize, l: &crate::Limit| cell::At {
+            geo: limits.geometry(i, self.kmax),
+            window_ms: l.window_ms(),
+            limit: l.limit(),
+            kmax: self.kmax,
+            now_ms,
+            seen,
+        };
+        // First judge every bucketed window without writing: a request that one of them
+        // refuses is answered from what was read, with nothing to take back.
+        let mut judged: [Option<(u64, Norm)>; MAX_WINDOWS] = [None; MAX_WINDOWS];
+        for (i, l) in items.iter().enumerate() {
+            if l.mode() == crate::Mode::Exact {
+                continue;
+            }
+            let Some(w) = e.w(layout.window_at[i]) else {
+                continue;
+            };
+            let cur = w.load(Ordering::Acquire);
+            if cur & FROZEN != 0 {
+                unlock(lock);
+                return Applied::Moved;
+            }
+            match cell::judge(cur, &at_of(i, l), cost) {
+                Some(norm) => judged[i] = Some((cur, norm)),
+                None => {
+                    *out = self.snapshot_entry(&e, &layout, limits, cost, now_ms, Some(i));
+                    unlock(lock);
+                    return Applied::Done;
+                }
+            }
+        }
+        // Then count in each: one compare-and-swap on the value judged, or, if the word changed
+        // in between, the full add (which judges again).
         // Sub-window and sub-window length each bucketed window counted in, for undo.
         let mut added: [Option<(u64, u64)>; MAX_WINDOWS] = [None; MAX_WINDOWS];
         let mut refused: Option<usize> = None;
@@ -1036,16 +1081,12 @@ impl Core {
                 refused = Some(i);
                 break;
             };
-            let geo = limits.geometry(i, self.kmax);
-            let at = cell::At {
-                geo: &geo,
-                window_ms: l.window_ms(),
-                limit: l.limit(),
-                kmax: self.kmax,
-                now_ms,
-                seen_ms: self.seen_ms(now_ms),
+            let result = match judged[i] {
+                Some((cur, norm)) if cell::commit(w, cur, &norm) => cell::Added::Yes(norm),
+                // The word changed since it was judged (or could not be read then).
+                _ => cell::add(w, &at_of(i, l), cost),
             };
-            match cell::add(w, &at, cost) {
+            match result {
                 cell::Added::Yes(norm) => {
                     added[i] = Some((norm.n, norm.s));
                     ws[i] = bucket_state(&norm, l.limit(), l.window_ms(), 0, now_ms);
@@ -1119,12 +1160,12 @@ impl Core {
             };
             let geo = limits.geometry(i, self.kmax);
             let at = cell::At {
-                geo: &geo,
+                geo,
                 window_ms: l.window_ms(),
                 limit: l.limit(),
                 kmax: self.kmax,
                 now_ms,
-                seen_ms: self.seen_ms(now_ms),
+                seen: self.seen_word(),
             };
             cell::take_back(w, &at, m, s, cost);
         }

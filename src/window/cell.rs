@@ -120,10 +120,10 @@ pub(crate) enum Added {
 }
 
 /// The window a word belongs to, and the time to read it at.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct At<'a> {
+#[derive(Debug)]
+pub(crate) struct At<'a, S: WordCell = std::sync::atomic::AtomicU64> {
     /// The geometry of the limit's own counter width.
-    pub geo: &'a Geometry,
+    pub geo: Geometry,
     /// The window's length.
     pub window_ms: u64,
     /// The window's limit.
@@ -132,23 +132,57 @@ pub(crate) struct At<'a> {
     pub kmax: u32,
     /// Now.
     pub now_ms: u64,
-    /// The newest time the store has seen (at least `now_ms`).
-    pub seen_ms: u64,
+    /// The newest time the store has seen (the header word). Read only after the window word:
+    /// a word read with Acquire comes with the newest time of the check that wrote it (which
+    /// raised this before its compare-and-swap), so reading it before the word could find it
+    /// older than the word and take the word for one left alone for weeks, dropping its counts.
+    pub seen: &'a S,
+}
+
+impl<S: WordCell> Clone for At<'_, S> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<S: WordCell> Copy for At<'_, S> {}
+
+impl<S: WordCell> At<'_, S> {
+    /// The newest time seen, read now (after the caller loaded the word), and at least now.
+    #[inline]
+    fn seen_after_word(&self) -> u64 {
+        self.seen.load(Ordering::Relaxed).max(self.now_ms)
+    }
+}
+
+/// Judge the word value `cur` (not frozen) for a request of `cost`: the window with the
+/// request counted, or `None` if it has no room. Writes nothing.
+#[inline]
+pub(crate) fn judge<S: WordCell>(cur: u64, at: &At<'_, S>, cost: u32) -> Option<Norm> {
+    let seen = at.seen_after_word();
+    let mut norm = normalize_with(cur, &at.geo, at.window_ms, at.kmax, at.now_ms, seen);
+    norm.try_add(at.limit, cost).then_some(norm)
+}
+
+/// Store what [`judge`] made of `cur`, if the word still holds `cur`: one compare-and-swap.
+#[inline]
+pub(crate) fn commit(w: &impl WordCell, cur: u64, judged: &Norm) -> bool {
+    w.compare_exchange(cur, judged.encode(), Ordering::AcqRel, Ordering::Acquire)
+        .is_ok()
 }
 
 /// Count `cost` in the window word `w` if it fits under the limit: one compare-and-swap, so
 /// the check and the increment are one atomic step.
 #[inline]
-pub(crate) fn add(w: &impl WordCell, at: &At<'_>, cost: u32) -> Added {
+pub(crate) fn add<S: WordCell>(w: &impl WordCell, at: &At<'_, S>, cost: u32) -> Added {
     let mut cur = w.load(Ordering::Acquire);
     loop {
         if cur & FROZEN != 0 {
             return Added::Frozen;
         }
-        let mut norm = normalize_with(cur, at.geo, at.window_ms, at.kmax, at.now_ms, at.seen_ms);
-        if !norm.try_add(at.limit, cost) {
+        let Some(norm) = judge(cur, at, cost) else {
             return Added::Refused;
-        }
+        };
         match w.compare_exchange_weak(cur, norm.encode(), Ordering::AcqRel, Ordering::Acquire) {
             Ok(_) => return Added::Yes(norm),
             Err(x) => cur = x,
@@ -160,13 +194,14 @@ pub(crate) fn add(w: &impl WordCell, at: &At<'_>, cost: u32) -> Added {
 /// word is left alone: the copy being made of it keeps the extra count, which can only make
 /// the key stricter. A sub-window that already aged out has nothing left to take.
 #[inline]
-pub(crate) fn take_back(w: &impl WordCell, at: &At<'_>, m: u64, s: u64, cost: u32) {
+pub(crate) fn take_back<S: WordCell>(w: &impl WordCell, at: &At<'_, S>, m: u64, s: u64, cost: u32) {
     let mut cur = w.load(Ordering::Acquire);
     loop {
         if cur & FROZEN != 0 {
             return;
         }
-        let mut norm = normalize(cur, at.window_ms, at.limit, at.kmax, at.now_ms, at.seen_ms);
+        let seen = at.seen_after_word();
+        let mut norm = normalize(cur, at.window_ms, at.limit, at.kmax, at.now_ms, seen);
         if !norm.undo(m, s, cost) {
             return;
         }
@@ -192,9 +227,11 @@ pub(crate) fn freeze_if_expired(
     window_ms: u64,
     kmax: u32,
     now_ms: u64,
-    seen_ms: u64,
+    seen: &impl WordCell,
 ) -> bool {
     let cur = w.load(Ordering::Acquire);
+    // The newest time seen, read after the word (see `At::seen`).
+    let seen_ms = seen.load(Ordering::Relaxed).max(now_ms);
     cur & FROZEN == 0
         && word_expired(cur, window_ms, kmax, now_ms, seen_ms)
         && w.compare_exchange(cur, cur | FROZEN, Ordering::AcqRel, Ordering::Acquire)
@@ -355,14 +392,17 @@ mod loom_tests {
         Geometry::new(bits_for(limit), KMAX, window_ms)
     }
 
-    fn at(geo: &Geometry, limit: u32, window_ms: u64, now_ms: u64) -> At<'_> {
+    /// The newest time seen, for `At`: the tests never move the clock back.
+    static SEEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+    fn at(geo: &Geometry, limit: u32, window_ms: u64, now_ms: u64) -> At<'static> {
         At {
-            geo,
+            geo: *geo,
             window_ms,
             limit,
             kmax: KMAX,
             now_ms,
-            seen_ms: now_ms,
+            seen: &SEEN,
         }
     }
 
@@ -500,7 +540,7 @@ mod loom_tests {
                 let g = geo(5, MINUTE);
                 add(&*w2, &at(&g, 5, MINUTE, later), 1)
             });
-            let frozen = freeze_if_expired(&*w, MINUTE, KMAX, later, later);
+            let frozen = freeze_if_expired(&*w, MINUTE, KMAX, later, &SEEN);
             let got = req.join().unwrap();
             match got {
                 Added::Yes(_) => assert!(!frozen, "unlinked an entry holding a counted request"),
@@ -578,6 +618,52 @@ mod loom_tests {
             let frozen = freeze_ring_if_expired(|i| words.get(i), 0, 1, MINUTE, later);
             let admitted = req.join().unwrap();
             assert!(!(admitted && frozen), "froze a ring holding a new request");
+        });
+    }
+
+    /// A check with a stale clock (another thread already counted at a later time) reads the
+    /// newest time seen after the window word, so it never takes the newer word for one left
+    /// alone for weeks and drops its counts (found by `tests/concurrency.rs` when the newest
+    /// time was read before the word).
+    #[test]
+    fn a_stale_clock_never_drops_a_newer_count() {
+        const SECOND: u64 = 1_000;
+        model(|| {
+            let mut n = normalize(0, SECOND, 5, KMAX, T0, T0);
+            assert!(n.try_add(5, 1));
+            let w = Arc::new(LoomU64::new(n.encode()));
+            let seen = Arc::new(LoomU64::new(T0));
+            let later = T0 + 10 * SECOND;
+            let (w2, seen2) = (Arc::clone(&w), Arc::clone(&seen));
+            let newer = thread::spawn(move || {
+                // What a check does: raise the newest time seen, then count.
+                seen2.fetch_max(later, Ordering::Relaxed);
+                let g = geo(5, SECOND);
+                let at = At {
+                    geo: g,
+                    window_ms: SECOND,
+                    limit: 5,
+                    kmax: KMAX,
+                    now_ms: later,
+                    seen: &*seen2,
+                };
+                matches!(add(&*w2, &at, 1), Added::Yes(_))
+            });
+            let g = geo(5, SECOND);
+            let stale = At {
+                geo: g,
+                window_ms: SECOND,
+                limit: 5,
+                kmax: KMAX,
+                now_ms: T0 + 1,
+                seen: &*seen,
+            };
+            let _ = add(&*w, &stale, 1);
+            assert!(newer.join().unwrap(), "room for it");
+            // The newer request is still counted at its own time.
+            let word = w.load(Ordering::Relaxed);
+            let total = normalize(word & !FROZEN, SECOND, 5, KMAX, later, later).total();
+            assert!(total >= 1, "the count made at the later time was dropped");
         });
     }
 }
