@@ -345,11 +345,15 @@ enum Applied {
     Mismatch,
 }
 
+/// How long `Store::open` keeps trying a lock that looks held before answering `Locked`.
+const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_millis(100);
+
 impl Store {
     /// Open the store file at `path`, creating it if it does not exist.
     ///
     /// Fails with [`Error::Locked`] if the file is open in another store, in this process or
-    /// another; with [`Error::NotAStore`], [`Error::UnsupportedVersion`] or [`Error::Corrupt`]
+    /// another (after trying for 100 ms: a lock released a moment ago can still look held
+    /// while a child process spawned meanwhile has not reached exec); with [`Error::NotAStore`], [`Error::UnsupportedVersion`] or [`Error::Corrupt`]
     /// if its header cannot be trusted. Entries that fail their checks are skipped and counted
     /// in [`Store::open_report`].
     pub fn open(path: impl AsRef<Path>, opts: Options) -> Result<Store> {
@@ -364,10 +368,20 @@ impl Store {
             .create(true)
             .truncate(false)
             .open(&path)?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => return Err(Error::Locked { path }),
-            Err(std::fs::TryLockError::Error(e)) => return Err(Error::Io(e)),
+        // The kernel drops a closed store's lock when the last descriptor of the file goes. A
+        // child this process is spawning at that moment holds a copy of every descriptor until
+        // it reaches exec, so a lock just released can look held for a moment: try for a
+        // little while before answering `Locked`.
+        let deadline = std::time::Instant::now() + LOCK_PATIENCE;
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => return Err(Error::Locked { path }),
+                Err(std::fs::TryLockError::Error(e)) => return Err(Error::Io(e)),
+            }
         }
         let len = file.metadata()?.len();
         let header = if len == 0 {
