@@ -1058,32 +1058,6 @@ impl Core {
             now_ms,
             seen,
         };
-        // First judge every bucketed window without writing: a request that one of them
-        // refuses is answered from what was read, with nothing to take back.
-        let mut judged: [Option<(u64, Norm)>; MAX_WINDOWS] = [None; MAX_WINDOWS];
-        for (i, l) in items.iter().enumerate() {
-            if l.mode() == crate::Mode::Exact {
-                continue;
-            }
-            let Some(w) = e.w(layout.window_at[i]) else {
-                continue;
-            };
-            let cur = w.load(Ordering::Acquire);
-            if cur & FROZEN != 0 {
-                unlock(lock);
-                return Applied::Moved;
-            }
-            match cell::judge(cur, &at_of(i, l), cost) {
-                Some(norm) => judged[i] = Some((cur, norm)),
-                None => {
-                    *out = self.snapshot_entry(&e, &layout, limits, cost, now_ms, Some(i));
-                    unlock(lock);
-                    return Applied::Done;
-                }
-            }
-        }
-        // Then count in each: one compare-and-swap on the value judged, or, if the word changed
-        // in between, the full add (which judges again).
         // Sub-window and sub-window length each bucketed window counted in, for undo.
         let mut added: [Option<(u64, u64)>; MAX_WINDOWS] = [None; MAX_WINDOWS];
         let mut refused: Option<usize> = None;
@@ -1095,11 +1069,7 @@ impl Core {
                 refused = Some(i);
                 break;
             };
-            let result = match judged[i] {
-                Some((cur, norm)) if cell::commit(w, cur, &norm) => cell::Added::Yes(norm),
-                // The word changed since it was judged (or could not be read then).
-                _ => cell::add(w, &at_of(i, l), cost),
-            };
+            let result = cell::add(w, &at_of(i, l), cost);
             match result {
                 cell::Added::Yes(norm) => {
                     added[i] = Some((norm.n, norm.s));

@@ -114,11 +114,9 @@ fn used_in(log: &[(u64, u32)], t: u64, lookback: u64) -> u64 {
 /// A clock that goes backwards is treated as standing still at the newest time the window's
 /// state was written at (`src/clock.rs`): `eff(now) = max(now, upd)`. Admissions are logged at
 /// their effective time. The state of a bucketed window is written when a request is admitted,
-/// and also when an exact window of the set refuses and the count is taken back (the word is
+/// and also when a later window of the set refuses and the count is taken back (the word is
 /// then re-encoded at its newest time, or zeroed if nothing is left in it, which forgets that
-/// time: the log starts again); a refusal by a bucketed window writes nothing (every bucketed
-/// window is judged before any is written). An exact window's state is written only on
-/// admissions.
+/// time: the log starts again). An exact window's state is written only on admissions.
 ///
 /// With the `max-seen-time` feature `upd` is instead the newest time any check of the key was
 /// made at, admitted or not (`wrote` still follows the store's writes).
@@ -403,16 +401,15 @@ impl Harness {
         } else {
             check_windows(ws, &d, cost, now, false);
             check_rejection(ws, &d, limits, &self.mem, &key, cost, now);
-            // A bucketed window that refuses is found before anything is written: nothing
-            // changes. An exact window that refuses does so after every bucketed window took
-            // the cost: they give it back, and their words are re-encoded at their newest time,
-            // or zeroed if nothing was left in them.
-            let bucketed_refused = ws
+            // Bucketed windows before the first refusing bucketed one (all of them if an exact
+            // window refused) took the cost and gave it back: their words were re-encoded, or
+            // zeroed if nothing was left in them.
+            let first_refusing = ws
                 .iter()
                 .zip(d.windows())
-                .any(|(w, got)| !w.exact && !got.fits());
-            let gave_back = if bucketed_refused { 0 } else { ws.len() };
-            for (w, got) in ws.iter_mut().zip(d.windows()).take(gave_back) {
+                .position(|(w, got)| !w.exact && !got.fits())
+                .unwrap_or(ws.len());
+            for (w, got) in ws.iter_mut().zip(d.windows()).take(first_refusing) {
                 if w.exact {
                     continue;
                 }

@@ -164,13 +164,6 @@ pub(crate) fn judge<S: WordCell>(cur: u64, at: &At<'_, S>, cost: u32) -> Option<
     norm.try_add(at.limit, cost).then_some(norm)
 }
 
-/// Store what [`judge`] made of `cur`, if the word still holds `cur`: one compare-and-swap.
-#[inline]
-pub(crate) fn commit(w: &impl WordCell, cur: u64, judged: &Norm) -> bool {
-    w.compare_exchange(cur, judged.encode(), Ordering::AcqRel, Ordering::Acquire)
-        .is_ok()
-}
-
 /// Count `cost` in the window word `w` if it fits under the limit: one compare-and-swap, so
 /// the check and the increment are one atomic step.
 #[inline]
