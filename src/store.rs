@@ -353,7 +353,8 @@ impl Store {
     ///
     /// Fails with [`Error::Locked`] if the file is open in another store, in this process or
     /// another (after trying for 100 ms: a lock released a moment ago can still look held
-    /// while a child process spawned meanwhile has not reached exec); with [`Error::NotAStore`], [`Error::UnsupportedVersion`] or [`Error::Corrupt`]
+    /// while a child process spawned meanwhile has not reached exec); with
+    /// [`Error::NotAStore`], [`Error::UnsupportedVersion`] or [`Error::Corrupt`]
     /// if its header cannot be trusted. Entries that fail their checks are skipped and counted
     /// in [`Store::open_report`].
     pub fn open(path: impl AsRef<Path>, opts: Options) -> Result<Store> {
