@@ -297,9 +297,9 @@ impl std::fmt::Debug for Store {
     }
 }
 
-/// Refuse an empty or over-long key.
+/// Refuse an empty or over-long key (every backend's first step).
 #[inline]
-fn check_key(key: &[u8]) -> Result<()> {
+pub(crate) fn check_key(key: &[u8]) -> Result<()> {
     if key.is_empty() || key.len() > MAX_KEY_LEN {
         return Err(Error::InvalidKey { len: key.len() });
     }
@@ -706,10 +706,9 @@ impl Core {
     /// Remember `now_ms` as the newest time seen (a read, and rarely a write).
     #[inline]
     pub(crate) fn saw(&self, now_ms: u64) {
-        if let Some(w) = self.header.word(SEEN_AT) {
-            if now_ms > w.load(Ordering::Relaxed) {
-                w.fetch_max(now_ms, Ordering::Relaxed);
-            }
+        let w = self.seen_word();
+        if now_ms > w.load(Ordering::Relaxed) {
+            w.fetch_max(now_ms, Ordering::Relaxed);
         }
     }
 
@@ -717,7 +716,9 @@ impl Core {
     /// word against it reads it after the window word (see `window::cell::At::seen`).
     #[inline]
     pub(crate) fn seen_word(&self) -> &AtomicU64 {
-        // The word is always in the header page; were it not, "no bound" is the safe answer.
+        // The word is always in the header page; were it not, "no bound" is the safe answer
+        // (a word ahead of now is then taken for a clock step back, which keeps counts; and
+        // raising it to a time below u64::MAX changes nothing).
         static NO_BOUND: AtomicU64 = AtomicU64::new(u64::MAX);
         self.header.word(SEEN_AT).unwrap_or(&NO_BOUND)
     }
@@ -726,12 +727,7 @@ impl Core {
     /// the window word it is used with.
     #[inline]
     pub(crate) fn seen_ms(&self, now_ms: u64) -> u64 {
-        // The word is always in the header page; were it not, "no bound" is the safe answer
-        // (a word ahead of now is then taken for a clock step back, which keeps counts).
-        self.header
-            .word(SEEN_AT)
-            .map_or(u64::MAX, |w| w.load(Ordering::Relaxed))
-            .max(now_ms)
+        self.seen_word().load(Ordering::Relaxed).max(now_ms)
     }
 
     /// The time the compactor judges expiry at: the clock, but never past the newest time an

@@ -51,9 +51,8 @@ use crate::decision::{Decision, WindowState};
 use crate::error::{Error, Result};
 use crate::idempotency::{Begin, Fingerprint, IdempotencyKey, Lease, StoredResponse};
 use crate::limit::{Limits, MAX_WINDOWS};
-use crate::store::Store;
+use crate::store::{check_key, Store};
 use crate::window;
-use crate::MAX_KEY_LEN;
 
 const SHARDS: usize = 64;
 
@@ -468,9 +467,7 @@ impl HybridStore {
         cost: u32,
         now_ms: u64,
     ) -> Result<Decision> {
-        if key.is_empty() || key.len() > MAX_KEY_LEN {
-            return Err(Error::InvalidKey { len: key.len() });
-        }
+        check_key(key)?;
         if cost > limits.min_limit() {
             return Err(Error::CostExceedsLimit {
                 cost,
@@ -487,9 +484,7 @@ impl HybridStore {
 
     /// [`HybridStore::peek`] at an explicit time.
     pub fn peek_at(&self, key: &[u8], limits: &Limits, now_ms: u64) -> Result<Decision> {
-        if key.is_empty() || key.len() > MAX_KEY_LEN {
-            return Err(Error::InvalidKey { len: key.len() });
-        }
+        check_key(key)?;
         self.inner.check(key, limits, 0, 1, now_ms)
     }
 }

@@ -14,10 +14,9 @@ use crate::idempotency::{
     record_key, Begin, Fingerprint, IdempotencyKey, Lease, Replayed, StoredResponse,
 };
 use crate::limit::{Limits, Mode, MAX_EXACT_LIMIT, MAX_WINDOWS};
-use crate::store::{bucket_state, exact_state};
+use crate::store::{bucket_state, check_key, exact_state};
 use crate::window::exact::Ring;
 use crate::window::{self, Norm};
-use crate::MAX_KEY_LEN;
 
 /// Extra time Redis keeps a key past the moment its content stops mattering, against clock
 /// skew between the nodes and the server (keys expire on the server's clock).
@@ -297,13 +296,6 @@ impl RedisStore {
             _ => Err(bad_reply("a settle outcome")),
         }
     }
-}
-
-fn check_key(key: &[u8]) -> Result<()> {
-    if key.is_empty() || key.len() > MAX_KEY_LEN {
-        return Err(Error::InvalidKey { len: key.len() });
-    }
-    Ok(())
 }
 
 /// A bucketed window's state as the script returns it: `[0, c, n, x0, .., x(k-1)]`.
