@@ -4,26 +4,24 @@ use std::time::Duration;
 
 use crate::limit::MAX_WINDOWS;
 
-/// The binding window: the most restrictive (least remaining, then latest reset) when
-/// admitted; the violated window that keeps the request out the longest when rejected.
+/// The binding window: the most restrictive (least remaining, then latest reset; the first
+/// of equals) when admitted; the violated window that keeps the request out the longest (the
+/// last of equals) when rejected, or the first window if none is violated. A plain loop: the
+/// iterator-adapter form compiled to an out-of-line fold on the check path.
 #[inline]
 fn binding_of(allowed: bool, live: &[WindowState]) -> usize {
-    if allowed {
-        live.iter()
-            .enumerate()
-            .min_by(|(_, a), (_, b)| {
-                a.remaining()
-                    .cmp(&b.remaining())
-                    .then(b.reset_ms.cmp(&a.reset_ms))
-            })
-            .map_or(0, |(i, _)| i)
-    } else {
-        live.iter()
-            .enumerate()
-            .filter(|(_, w)| !w.fits())
-            .max_by_key(|(_, w)| w.retry_after_ms)
-            .map_or(0, |(i, _)| i)
+    let mut best: Option<(usize, &WindowState)> = None;
+    for (i, w) in live.iter().enumerate() {
+        let better = match best {
+            None => allowed || !w.fits(),
+            Some((_, b)) if allowed => (w.remaining(), b.reset_ms) < (b.remaining(), w.reset_ms),
+            Some((_, b)) => !w.fits() && w.retry_after_ms >= b.retry_after_ms,
+        };
+        if better {
+            best = Some((i, w));
+        }
     }
+    best.map_or(0, |(i, _)| i)
 }
 
 /// The state of one window after a check (or a peek).
@@ -110,25 +108,7 @@ impl Decision {
         windows: [WindowState; MAX_WINDOWS],
         len: usize,
     ) -> Decision {
-        let live = windows.get(..len).unwrap_or(&[]);
-        let binding = if allowed {
-            // The most restrictive window: least remaining, then the latest reset.
-            live.iter()
-                .enumerate()
-                .min_by(|(_, a), (_, b)| {
-                    a.remaining()
-                        .cmp(&b.remaining())
-                        .then(b.reset_ms.cmp(&a.reset_ms))
-                })
-                .map_or(0, |(i, _)| i)
-        } else {
-            // The violated window that keeps the request out the longest.
-            live.iter()
-                .enumerate()
-                .filter(|(_, w)| !w.fits())
-                .max_by_key(|(_, w)| w.retry_after_ms)
-                .map_or(0, |(i, _)| i)
-        };
+        let binding = binding_of(allowed, windows.get(..len).unwrap_or(&[]));
         Decision {
             allowed,
             binding: binding as u8,
@@ -137,6 +117,22 @@ impl Decision {
             capacity_exhausted: false,
         }
     }
+
+    /// A decision with no windows yet, to be filled in place and settled with
+    /// [`Decision::finish`].
+    pub(crate) const BLANK: Decision = Decision {
+        allowed: true,
+        binding: 0,
+        len: 0,
+        windows: [WindowState {
+            limit: 0,
+            window_ms: 0,
+            used: 0,
+            reset_ms: 0,
+            retry_after_ms: 0,
+        }; MAX_WINDOWS],
+        capacity_exhausted: false,
+    };
 
     /// Settle `allowed` and the binding window once `windows` is filled in place.
     #[inline]
@@ -204,5 +200,69 @@ impl Decision {
     /// Per-window detail, in the order of the [`crate::Limits`] set.
     pub fn windows(&self) -> &[WindowState] {
         self.windows.get(..self.len as usize).unwrap_or(&[])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The binding window as first written, with iterator adapters: the reference.
+    fn reference(allowed: bool, live: &[WindowState]) -> usize {
+        if allowed {
+            live.iter()
+                .enumerate()
+                .min_by(|(_, a), (_, b)| {
+                    a.remaining()
+                        .cmp(&b.remaining())
+                        .then(b.reset_ms.cmp(&a.reset_ms))
+                })
+                .map_or(0, |(i, _)| i)
+        } else {
+            live.iter()
+                .enumerate()
+                .filter(|(_, w)| !w.fits())
+                .max_by_key(|(_, w)| w.retry_after_ms)
+                .map_or(0, |(i, _)| i)
+        }
+    }
+
+    #[test]
+    fn binding_window_matches_the_reference_on_every_small_case() {
+        // Every combination of up to 3 windows over small values, ties included.
+        let mut states = Vec::new();
+        for used in 0..3u32 {
+            for reset_ms in 0..2u64 {
+                for retry_after_ms in 0..3u64 {
+                    states.push(WindowState {
+                        limit: 2,
+                        window_ms: 1000,
+                        used,
+                        reset_ms,
+                        retry_after_ms,
+                    });
+                }
+            }
+        }
+        let mut cases = 0;
+        for &a in &states {
+            for &b in &states {
+                for &c in &states {
+                    let all = [a, b, c];
+                    for len in 0..=3 {
+                        for allowed in [true, false] {
+                            let live = &all[..len];
+                            assert_eq!(
+                                binding_of(allowed, live),
+                                reference(allowed, live),
+                                "{allowed} {live:?}"
+                            );
+                            cases += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(cases, 18 * 18 * 18 * 4 * 2);
     }
 }

@@ -269,13 +269,17 @@ pub(crate) struct Core {
     /// Held while response records are compacted.
     pub(crate) compacting: Mutex<()>,
     /// The header page, mapped: its word at [`SEEN_AT`] is the newest time any operation ran at
-    /// (explicit or from the clock), kept across restarts. The compactor never judges expiry
+    /// (explicit or from the clock), rounded up by less than [`SEEN_GRANULE_MS`] + 1, kept
+    /// across restarts. The compactor never judges expiry
     /// later than this: a caller that drives time itself (`check_at`) is never overtaken by the
     /// store's own clock, which would unlink entries still live in the caller's time and hand
     /// out fresh quota. And a window word cannot have been written after it, which tells a
     /// word written before a clock step back from one left alone for weeks (`window::age`).
     header: Map,
 }
+
+/// The header's newest-time word moves in steps of this many milliseconds (a power of two).
+pub(crate) const SEEN_GRANULE_MS: u64 = 1024;
 
 /// A tollgate store: sliding-window counters in a memory-mapped file (or anonymous memory).
 ///
@@ -703,12 +707,18 @@ pub(crate) fn empty_decision(limits: &Limits, cost: u32, now_ms: u64) -> Decisio
 }
 
 impl Core {
-    /// Remember `now_ms` as the newest time seen (a read, and rarely a write).
+    /// Remember `now_ms` as the newest time seen: a read, and about once a second of advancing
+    /// time a write. The word holds the newest time rounded up past the next multiple of
+    /// [`SEEN_GRANULE_MS`] (strictly above it), so checks in the same second share one value
+    /// and do not all write the shared header line.
     #[inline]
     pub(crate) fn saw(&self, now_ms: u64) {
         let w = self.seen_word();
-        if now_ms > w.load(Ordering::Relaxed) {
-            w.fetch_max(now_ms, Ordering::Relaxed);
+        if now_ms >= w.load(Ordering::Relaxed) {
+            w.fetch_max(
+                (now_ms | (SEEN_GRANULE_MS - 1)).saturating_add(1),
+                Ordering::Relaxed,
+            );
         }
     }
 
@@ -723,21 +733,24 @@ impl Core {
         self.header.word(SEEN_AT).unwrap_or(&NO_BOUND)
     }
 
-    /// The newest time any operation ran at, and never earlier than `now_ms`. Read it after
-    /// the window word it is used with.
+    /// A bound on the newest time any operation ran at (at most a granule above it), and never
+    /// earlier than `now_ms`. Read it after the window word it is used with.
     #[inline]
     pub(crate) fn seen_ms(&self, now_ms: u64) -> u64 {
         self.seen_word().load(Ordering::Relaxed).max(now_ms)
     }
 
     /// The time the compactor judges expiry at: the clock, but never past the newest time an
-    /// operation ran at (0 before any operation ran).
+    /// operation ran at (0 before any operation ran). The word is up to one granule above that
+    /// time, so one granule is taken off: expiry is then at most a second late, never early.
     pub(crate) fn expiry_now(&self) -> u64 {
         let seen = self
             .header
             .word(SEEN_AT)
             .map_or(0, |w| w.load(Ordering::Relaxed));
-        self.clock.now_ms().min(seen)
+        self.clock
+            .now_ms()
+            .min(seen.saturating_sub(SEEN_GRANULE_MS))
     }
 
     fn check(&self, key: &[u8], limits: &Limits, cost: u32, now_ms: u64) -> Result<Decision> {
@@ -758,7 +771,7 @@ impl Core {
             });
         }
         let mut spins = 0u32;
-        let mut out = Decision::from_windows(true, [WindowState::default(); MAX_WINDOWS], 0);
+        let mut out = Decision::BLANK;
         loop {
             let line = match self.find(hash, key, &guard) {
                 Some(line) => line,
@@ -1058,6 +1071,8 @@ impl Core {
         // Sub-window and sub-window length each bucketed window counted in, for undo.
         let mut added: [Option<(u64, u64)>; MAX_WINDOWS] = [None; MAX_WINDOWS];
         let mut refused: Option<usize> = None;
+        // The refusing window as it was judged.
+        let mut refused_as: Option<Norm> = None;
         for (i, l) in items.iter().enumerate() {
             if l.mode() == crate::Mode::Exact {
                 continue;
@@ -1072,8 +1087,9 @@ impl Core {
                     added[i] = Some((norm.n, norm.s));
                     ws[i] = bucket_state(&norm, l.limit(), l.window_ms(), 0, now_ms);
                 }
-                cell::Added::Refused => {
+                cell::Added::Refused(as_is) => {
                     refused = Some(i);
+                    refused_as = Some(as_is);
                     break;
                 }
                 cell::Added::Frozen => {
@@ -1113,6 +1129,29 @@ impl Core {
                     }
                 }
             }
+        }
+        if let (Some(i), Some(as_is), None) = (refused, refused_as, lock) {
+            // Only bucketed windows, and window `i` refused: the decision reports window `i`
+            // as it was judged, and the others as they are once the cost is taken back.
+            self.undo(&e, &layout, limits, &added, cost, now_ms);
+            for (j, l) in items.iter().enumerate() {
+                let norm = if j == i {
+                    as_is
+                } else {
+                    let word = e.load(layout.window_at[j]) & !FROZEN;
+                    window::normalize_with(
+                        word,
+                        &limits.geometry(j, self.kmax),
+                        l.window_ms(),
+                        self.kmax,
+                        now_ms,
+                        self.seen_ms(now_ms),
+                    )
+                };
+                ws[j] = bucket_state(&norm, l.limit(), l.window_ms(), cost, now_ms);
+            }
+            out.finish(false, items.len());
+            return Applied::Done;
         }
         if refused.is_some() {
             self.undo(&e, &layout, limits, &added, cost, now_ms);

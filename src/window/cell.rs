@@ -112,8 +112,8 @@ word_cell!(std::sync::atomic::AtomicU64, |spins: u32| {
 pub(crate) enum Added {
     /// Counted; the window as it stands after the request.
     Yes(Norm),
-    /// Not counted: the window has no room for the cost.
-    Refused,
+    /// Not counted: the window has no room for the cost; the window as it was judged.
+    Refused(Norm),
     /// Not counted: the word is frozen (its entry is moving or being removed); look the key
     /// up again.
     Frozen,
@@ -155,13 +155,18 @@ impl<S: WordCell> At<'_, S> {
     }
 }
 
-/// Judge the word value `cur` (not frozen) for a request of `cost`: the window with the
-/// request counted, or `None` if it has no room. Writes nothing.
+/// Judge the word value `cur` (not frozen) for a request of `cost`: `Ok` with the window with
+/// the request counted, or `Err` with the window as it is if it has no room. Writes nothing.
 #[inline]
-pub(crate) fn judge<S: WordCell>(cur: u64, at: &At<'_, S>, cost: u32) -> Option<Norm> {
+pub(crate) fn judge<S: WordCell>(cur: u64, at: &At<'_, S>, cost: u32) -> Result<Norm, Norm> {
     let seen = at.seen_after_word();
     let mut norm = normalize_with(cur, &at.geo, at.window_ms, at.kmax, at.now_ms, seen);
-    norm.try_add(at.limit, cost).then_some(norm)
+    // `try_add` changes nothing when it refuses.
+    if norm.try_add(at.limit, cost) {
+        Ok(norm)
+    } else {
+        Err(norm)
+    }
 }
 
 /// Count `cost` in the window word `w` if it fits under the limit: one compare-and-swap, so
@@ -173,8 +178,9 @@ pub(crate) fn add<S: WordCell>(w: &impl WordCell, at: &At<'_, S>, cost: u32) -> 
         if cur & FROZEN != 0 {
             return Added::Frozen;
         }
-        let Some(norm) = judge(cur, at, cost) else {
-            return Added::Refused;
+        let norm = match judge(cur, at, cost) {
+            Ok(norm) => norm,
+            Err(as_is) => return Added::Refused(as_is),
         };
         match w.compare_exchange_weak(cur, norm.encode(), Ordering::AcqRel, Ordering::Acquire) {
             Ok(_) => return Added::Yes(norm),
@@ -502,7 +508,7 @@ mod loom_tests {
                                 admitted.fetch_add(1, Ordering::Relaxed);
                             }
                             Added::Frozen => {}
-                            Added::Refused => panic!("room for both"),
+                            Added::Refused(_) => panic!("room for both"),
                         }
                     })
                 })
@@ -538,7 +544,7 @@ mod loom_tests {
             match got {
                 Added::Yes(_) => assert!(!frozen, "unlinked an entry holding a counted request"),
                 Added::Frozen => assert!(frozen),
-                Added::Refused => panic!("an expired window has room"),
+                Added::Refused(_) => panic!("an expired window has room"),
             }
         });
     }
