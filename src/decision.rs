@@ -121,7 +121,8 @@ impl Decision {
     /// A decision with no windows yet, to be filled in place and settled with
     /// [`Decision::finish`].
     pub(crate) const BLANK: Decision = Decision {
-        allowed: true,
+        // All zero, so that it is written with a few vector stores rather than copied.
+        allowed: false,
         binding: 0,
         len: 0,
         windows: [WindowState {
