@@ -872,6 +872,8 @@ impl Core {
     }
 
     /// Find the key under its stripe lock, or write a new entry for it.
+    #[cold]
+    #[inline(never)]
     fn insert(
         &self,
         hash: u64,
@@ -910,6 +912,8 @@ impl Core {
     }
 
     /// The decision for a new key when the store is full.
+    #[cold]
+    #[inline(never)]
     fn full_decision(&self, limits: &Limits, cost: u32, now_ms: u64) -> Decision {
         let mut d = empty_decision(limits, cost, now_ms);
         match self.on_full {
@@ -1045,9 +1049,103 @@ impl Core {
     }
 
     /// Count `cost` in every window of the entry at `line`, all or nothing; the decision goes
-    /// to `out`.
+    /// to `out`. Sets with only bucketed windows (the usual case) take this short path; sets
+    /// with an exact window take [`Core::apply_with_exact`].
     #[inline]
     fn apply(
+        &self,
+        line: u64,
+        limits: &Limits,
+        cost: u32,
+        now_ms: u64,
+        out: &mut Decision,
+    ) -> Applied {
+        if limits.has_exact() {
+            return self.apply_with_exact(line, limits, cost, now_ms, out);
+        }
+        let e = self.segs.entry(line);
+        let Some(layout) = self.layout_for(&e, limits) else {
+            return Applied::Mismatch;
+        };
+        let items = limits.as_slice();
+        let seen = self.seen_word();
+        // Sub-window and sub-window length each window counted in, for undo.
+        let mut added: [Option<(u64, u64)>; MAX_WINDOWS] = [None; MAX_WINDOWS];
+        for (i, l) in items.iter().enumerate() {
+            let at = cell::At {
+                geo: limits.geometry(i, self.kmax),
+                window_ms: l.window_ms(),
+                limit: l.limit(),
+                kmax: self.kmax,
+                now_ms,
+                seen,
+            };
+            let result = match e.w(layout.window_at[i]) {
+                Some(w) => cell::add(w, &at, cost),
+                // Not reached: `layout_for` placed every window inside the entry.
+                None => cell::Added::Frozen,
+            };
+            match result {
+                cell::Added::Yes(norm) => {
+                    added[i] = Some((norm.n, norm.s));
+                    out.windows[i] = bucket_state(&norm, l.limit(), l.window_ms(), 0, now_ms);
+                }
+                cell::Added::Refused(as_is) => {
+                    self.refuse(&e, &layout, limits, &added, (i, as_is), cost, now_ms, out);
+                    return Applied::Done;
+                }
+                cell::Added::Frozen => {
+                    self.undo(&e, &layout, limits, &added, cost, now_ms);
+                    return Applied::Moved;
+                }
+            }
+        }
+        out.finish(true, items.len());
+        Applied::Done
+    }
+
+    /// The rejection of a set of bucketed windows, window `refused.0` having refused (it was
+    /// `refused.1` when judged): take back the cost from the windows that counted it, and
+    /// report window `i` as it was judged and the others as they are once the cost is back.
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    fn refuse(
+        &self,
+        e: &Entry<'_>,
+        layout: &EntryLayout,
+        limits: &Limits,
+        added: &[Option<(u64, u64)>; MAX_WINDOWS],
+        refused: (usize, Norm),
+        cost: u32,
+        now_ms: u64,
+        out: &mut Decision,
+    ) {
+        self.undo(e, layout, limits, added, cost, now_ms);
+        let items = limits.as_slice();
+        for (j, l) in items.iter().enumerate() {
+            let norm = if j == refused.0 {
+                refused.1
+            } else {
+                let word = e.load(layout.window_at[j]) & !FROZEN;
+                window::normalize_with(
+                    word,
+                    &limits.geometry(j, self.kmax),
+                    l.window_ms(),
+                    self.kmax,
+                    now_ms,
+                    self.seen_ms(now_ms),
+                )
+            };
+            out.windows[j] = bucket_state(&norm, l.limit(), l.window_ms(), cost, now_ms);
+        }
+        out.finish(false, items.len());
+    }
+
+    /// [`Core::apply`] for a set with at least one exact window: the exact windows are judged
+    /// and written under the lock bit of the first one's meta word, after every bucketed
+    /// window took the cost.
+    #[inline(never)]
+    fn apply_with_exact(
         &self,
         line: u64,
         limits: &Limits,
@@ -1090,8 +1188,6 @@ impl Core {
         // Sub-window and sub-window length each bucketed window counted in, for undo.
         let mut added: [Option<(u64, u64)>; MAX_WINDOWS] = [None; MAX_WINDOWS];
         let mut refused: Option<usize> = None;
-        // The refusing window as it was judged.
-        let mut refused_as: Option<Norm> = None;
         for (i, l) in items.iter().enumerate() {
             if l.mode() == crate::Mode::Exact {
                 continue;
@@ -1106,9 +1202,8 @@ impl Core {
                     added[i] = Some((norm.n, norm.s));
                     ws[i] = bucket_state(&norm, l.limit(), l.window_ms(), 0, now_ms);
                 }
-                cell::Added::Refused(as_is) => {
+                cell::Added::Refused(_) => {
                     refused = Some(i);
-                    refused_as = Some(as_is);
                     break;
                 }
                 cell::Added::Frozen => {
@@ -1148,29 +1243,6 @@ impl Core {
                     }
                 }
             }
-        }
-        if let (Some(i), Some(as_is), None) = (refused, refused_as, lock) {
-            // Only bucketed windows, and window `i` refused: the decision reports window `i`
-            // as it was judged, and the others as they are once the cost is taken back.
-            self.undo(&e, &layout, limits, &added, cost, now_ms);
-            for (j, l) in items.iter().enumerate() {
-                let norm = if j == i {
-                    as_is
-                } else {
-                    let word = e.load(layout.window_at[j]) & !FROZEN;
-                    window::normalize_with(
-                        word,
-                        &limits.geometry(j, self.kmax),
-                        l.window_ms(),
-                        self.kmax,
-                        now_ms,
-                        self.seen_ms(now_ms),
-                    )
-                };
-                ws[j] = bucket_state(&norm, l.limit(), l.window_ms(), cost, now_ms);
-            }
-            out.finish(false, items.len());
-            return Applied::Done;
         }
         if refused.is_some() {
             self.undo(&e, &layout, limits, &added, cost, now_ms);
@@ -1278,6 +1350,8 @@ impl Core {
 
     /// Move the entry at `old` to a new entry shaped for `limits`, keeping the state of every
     /// window both shapes share.
+    #[cold]
+    #[inline(never)]
     fn migrate(
         &self,
         hash: u64,
