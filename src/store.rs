@@ -1120,7 +1120,9 @@ impl Core {
         now_ms: u64,
         out: &mut Decision,
     ) {
-        self.undo(e, layout, limits, added, cost, now_ms);
+        if added.iter().any(Option::is_some) {
+            self.undo(e, layout, limits, added, cost, now_ms);
+        }
         let items = limits.as_slice();
         for (j, l) in items.iter().enumerate() {
             let norm = if j == refused.0 {
