@@ -1697,3 +1697,55 @@ pub(crate) fn exact_state(
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_newest_time_word_bounds_every_time_from_above_and_expiry_from_below() {
+        let day = 86_400_000;
+        let clock = ManualClock::new(1_700_000_000_000 + day);
+        let store = Store::open_in_memory(Options::default().clock(clock.clone()).compactor(false))
+            .unwrap();
+        let core = &store.core;
+        assert_eq!(
+            core.expiry_now(),
+            0,
+            "no operation yet: nothing to judge at"
+        );
+        let mut newest = 0u64;
+        let mut writes = 0;
+        let mut last = core.seen_ms(0);
+        for t in (0..5_000u64).map(|i| 1_700_000_000_000 + i * 37) {
+            core.saw(t);
+            newest = newest.max(t);
+            let word = core.seen_ms(0);
+            // Above the newest time by 1 to 1024 ms: never below it, never far above it.
+            assert!(
+                word > newest && word - newest <= SEEN_GRANULE_MS,
+                "{t} {word}"
+            );
+            // The compactor judges at most at the newest time, and at most a granule late.
+            let judged = core.expiry_now();
+            assert!(
+                judged <= newest && newest - judged < SEEN_GRANULE_MS,
+                "{t} {judged}"
+            );
+            if word != last {
+                writes += 1;
+                last = word;
+            }
+        }
+        // 5 000 times 37 ms apart span 185 s: about one write per second, not one per call.
+        assert!((180..=186).contains(&writes), "{writes} writes");
+        // An older time changes nothing; the clock behind the newest time bounds expiry.
+        core.saw(1_600_000_000_000);
+        assert_eq!(core.seen_ms(0), last);
+        clock.set_ms(1_700_000_000_500);
+        assert_eq!(core.expiry_now(), 1_700_000_000_500);
+        // The very end of time saturates instead of wrapping.
+        core.saw(u64::MAX - 3);
+        assert_eq!(core.seen_ms(0), u64::MAX);
+    }
+}

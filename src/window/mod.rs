@@ -277,6 +277,21 @@ pub(crate) fn normalize_with(
     now_ms: u64,
     seen_ms: u64,
 ) -> Norm {
+    decode(word, need, window_ms, kmax, now_ms, seen_ms, true)
+}
+
+/// [`normalize_with`]; `shortcut` takes the short way for a word of now's sub-window (the
+/// tests compare it with the long way).
+#[inline]
+fn decode(
+    word: u64,
+    need: &Geometry,
+    window_ms: u64,
+    kmax: u32,
+    now_ms: u64,
+    seen_ms: u64,
+    shortcut: bool,
+) -> Norm {
     let counters = word & 0xFFFF_FFFF;
     if counters == 0 {
         return Norm {
@@ -304,7 +319,7 @@ pub(crate) fn normalize_with(
     } else {
         (1u64 << width) - 1
     };
-    if tag == n_now & TAG_MASK && c == need.c {
+    if shortcut && tag == n_now & TAG_MASK && c == need.c {
         // Written in now's sub-window, at the width the limit needs (a busy key's usual
         // case): nothing ages and nothing widens.
         return Norm {
@@ -503,6 +518,51 @@ mod tests {
         assert!(later.undo(m, s, 5));
         assert_eq!(later.total(), 2);
         assert!(!later.undo(m + 100, s, 1));
+    }
+
+    #[test]
+    fn the_short_way_for_a_word_of_now_decodes_like_the_long_way() {
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut short = 0;
+        for _ in 0..200_000 {
+            let limit = (next() % 65_535) as u32 + 1;
+            let window_ms = [1_000u64, 60_000, 3_600_000, 86_400_000][(next() % 4) as usize];
+            let kmax = [3u32, 9, 17, 32][(next() % 4) as usize];
+            let need = Geometry::new(bits_for(limit), kmax, window_ms);
+            let written = 1_700_000_000_000 + next() % 10_000_000;
+            // Now: often in the sub-window the word was written in, sometimes later or earlier.
+            let now = match next() % 4 {
+                0 => written + next() % window_ms,
+                1 => written.saturating_sub(next() % window_ms),
+                _ => written,
+            };
+            // A word as a store writes it: the limit's width, or any other (a limit that
+            // changed); any counters.
+            let c = match next() % 2 {
+                0 => need.c,
+                _ => (next() % 16) as u32 + 1,
+            };
+            let g = Geometry::new(c, kmax, window_ms);
+            let tag = g.sub_window(written) & TAG_MASK;
+            let word = (tag << TAG_SHIFT) | (u64::from(c - 1) << 32) | (next() & 0xFFFF_FFFF);
+            let seen = now.max(written) + next() % 2_048;
+            if tag == g.sub_window(now) & TAG_MASK && c == need.c && word & 0xFFFF_FFFF != 0 {
+                short += 1;
+            }
+            assert_eq!(
+                decode(word, &need, window_ms, kmax, now, seen, true),
+                decode(word, &need, window_ms, kmax, now, seen, false),
+                "word {word:#x} limit {limit} window {window_ms} kmax {kmax} now {now}"
+            );
+        }
+        // The short way was taken often enough to mean something.
+        assert!(short > 40_000, "short way taken {short} times");
     }
 
     #[test]
