@@ -762,6 +762,19 @@ impl Core {
             .min(seen.saturating_sub(SEEN_GRANULE_MS))
     }
 
+    /// Window `i` of `limits` (which is `l`), judged at `now_ms` on this store.
+    #[inline]
+    fn at(&self, limits: &Limits, i: usize, l: &crate::Limit, now_ms: u64) -> cell::At<'_> {
+        cell::At {
+            geo: limits.geometry(i, self.kmax),
+            window_ms: l.window_ms(),
+            limit: l.limit(),
+            kmax: self.kmax,
+            now_ms,
+            seen: self.seen_word(),
+        }
+    }
+
     /// Check and count; the decision goes to `out` (which starts as [`Decision::BLANK`]).
     fn check(
         &self,
@@ -1068,18 +1081,10 @@ impl Core {
             return Applied::Mismatch;
         };
         let items = limits.as_slice();
-        let seen = self.seen_word();
         // Sub-window and sub-window length each window counted in, for undo.
         let mut added: [Option<(u64, u64)>; MAX_WINDOWS] = [None; MAX_WINDOWS];
         for (i, l) in items.iter().enumerate() {
-            let at = cell::At {
-                geo: limits.geometry(i, self.kmax),
-                window_ms: l.window_ms(),
-                limit: l.limit(),
-                kmax: self.kmax,
-                now_ms,
-                seen,
-            };
+            let at = self.at(limits, i, l, now_ms);
             let result = match e.w(layout.window_at[i]) {
                 Some(w) => cell::add(w, &at, cost),
                 // Not reached: `layout_for` placed every window inside the entry.
@@ -1106,7 +1111,7 @@ impl Core {
 
     /// The rejection of a set of bucketed windows, window `refused.0` having refused (it was
     /// `refused.1` when judged): take back the cost from the windows that counted it, and
-    /// report window `i` as it was judged and the others as they are once the cost is back.
+    /// report that window as it was judged and the others as they are once the cost is back.
     #[inline]
     #[allow(clippy::too_many_arguments)]
     fn refuse(
@@ -1178,15 +1183,6 @@ impl Core {
         };
 
         let ws = &mut out.windows;
-        let seen = self.seen_word();
-        let at_of = |i: usize, l: &crate::Limit| cell::At {
-            geo: limits.geometry(i, self.kmax),
-            window_ms: l.window_ms(),
-            limit: l.limit(),
-            kmax: self.kmax,
-            now_ms,
-            seen,
-        };
         // Sub-window and sub-window length each bucketed window counted in, for undo.
         let mut added: [Option<(u64, u64)>; MAX_WINDOWS] = [None; MAX_WINDOWS];
         let mut refused: Option<usize> = None;
@@ -1198,7 +1194,7 @@ impl Core {
                 refused = Some(i);
                 break;
             };
-            let result = cell::add(w, &at_of(i, l), cost);
+            let result = cell::add(w, &self.at(limits, i, l, now_ms), cost);
             match result {
                 cell::Added::Yes(norm) => {
                     added[i] = Some((norm.n, norm.s));
@@ -1271,16 +1267,7 @@ impl Core {
             let (Some((m, s)), Some(w)) = (added[i], e.w(layout.window_at[i])) else {
                 continue;
             };
-            let geo = limits.geometry(i, self.kmax);
-            let at = cell::At {
-                geo,
-                window_ms: l.window_ms(),
-                limit: l.limit(),
-                kmax: self.kmax,
-                now_ms,
-                seen: self.seen_word(),
-            };
-            cell::take_back(w, &at, m, s, cost);
+            cell::take_back(w, &self.at(limits, i, l, now_ms), m, s, cost);
         }
     }
 
