@@ -269,9 +269,9 @@ pub(crate) struct Core {
     /// Held while response records are compacted.
     pub(crate) compacting: Mutex<()>,
     /// The header page, mapped: its word at [`SEEN_AT`] is the newest time any operation ran at
-    /// (explicit or from the clock), rounded up by less than [`SEEN_GRANULE_MS`] + 1, kept
-    /// across restarts. The compactor never judges expiry
-    /// later than this: a caller that drives time itself (`check_at`) is never overtaken by the
+    /// (explicit or from the clock), rounded up to the next multiple of [`SEEN_GRANULE_MS`]
+    /// above it, kept across restarts. The compactor never judges expiry later than that
+    /// newest time: a caller that drives time itself (`check_at`) is never overtaken by the
     /// store's own clock, which would unlink entries still live in the caller's time and hand
     /// out fresh quota. And a window word cannot have been written after it, which tells a
     /// word written before a clock step back from one left alone for weeks (`window::age`).
