@@ -29,6 +29,12 @@ impl<'a> Entry<'a> {
         self.words.get(i)
     }
 
+    /// Words `i .. i + n` of the entry (`None` past the segment's end).
+    #[inline]
+    pub(crate) fn run(&self, i: usize, n: usize) -> Option<&'a [AtomicU64]> {
+        self.words.get(i..i.checked_add(n)?)
+    }
+
     /// Load word `i` (0 if out of range).
     #[inline]
     pub(crate) fn load(&self, i: usize) -> u64 {

@@ -858,20 +858,17 @@ impl Core {
             return false;
         }
         let n = ((h >> 8) & 0xFF) as usize;
-        let key_at = 1 + n.div_ceil(2);
-        let word_eq = |i: usize, want: u64| {
-            e.w(key_at + i)
-                .is_some_and(|x| x.load(Ordering::Relaxed) == want)
+        // The key's words, fetched as one run (one bounds check, not one per word).
+        let Some(words) = e.run(1 + n.div_ceil(2), key.len().div_ceil(8)) else {
+            return false;
         };
         let mut chunks = key.chunks_exact(8);
-        let mut i = 0;
-        for c in chunks.by_ref() {
+        for (c, w) in chunks.by_ref().zip(words) {
             let mut b = [0u8; 8];
             b.copy_from_slice(c);
-            if !word_eq(i, u64::from_le_bytes(b)) {
+            if w.load(Ordering::Relaxed) != u64::from_le_bytes(b) {
                 return false;
             }
-            i += 1;
         }
         let rest = chunks.remainder();
         if rest.is_empty() {
@@ -881,7 +878,9 @@ impl Core {
         if let Some(dst) = b.get_mut(..rest.len()) {
             dst.copy_from_slice(rest);
         }
-        word_eq(i, u64::from_le_bytes(b))
+        words
+            .last()
+            .is_some_and(|w| w.load(Ordering::Relaxed) == u64::from_le_bytes(b))
     }
 
     /// Find the key under its stripe lock, or write a new entry for it.
