@@ -1687,6 +1687,7 @@ pub(crate) fn exact_state(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Limit;
 
     #[test]
     fn the_newest_time_word_bounds_every_time_from_above_and_expiry_from_below() {
@@ -1733,5 +1734,52 @@ mod tests {
         // The very end of time saturates instead of wrapping.
         core.saw(u64::MAX - 3);
         assert_eq!(core.seen_ms(0), u64::MAX);
+    }
+
+    #[test]
+    fn every_key_length_finds_its_own_entry_and_no_other() {
+        // Keys of every length from 1 to the maximum, each a prefix of the next (so a wrong
+        // length check or a wrong last word would find a neighbour's entry), and a twin of
+        // each differing only in its last byte.
+        let store = Store::open_in_memory(Options::default().compactor(false)).unwrap();
+        let limits = Limits::new(&[Limit::per_minute(1000)]).unwrap();
+        let now = 1_700_000_000_000;
+        let base: Vec<u8> = (0..MAX_KEY_LEN as u32)
+            .map(|i| b'a' + (i % 26) as u8)
+            .collect();
+        for len in 1..=MAX_KEY_LEN {
+            let key = &base[..len];
+            let mut twin = key.to_vec();
+            twin[len - 1] ^= 0x20;
+            // `len` checks of the key, one of its twin.
+            for _ in 0..len % 7 + 1 {
+                store.check_at(key, &limits, 1, now).unwrap();
+            }
+            store.check_at(&twin, &limits, 1, now).unwrap();
+        }
+        let core = &store.core;
+        let guard = crossbeam_epoch::pin();
+        for len in 1..=MAX_KEY_LEN {
+            let key = &base[..len];
+            let mut twin = key.to_vec();
+            twin[len - 1] ^= 0x20;
+            let used = |k: &[u8]| store.peek_at(k, &limits, now).unwrap().windows()[0].used();
+            assert_eq!(used(key), (len % 7 + 1) as u32, "key of {len} bytes");
+            assert_eq!(used(&twin), 1, "twin of {len} bytes");
+            // The comparison itself, on the key's entry: different hashes keep the lookups
+            // above from ever comparing a key with a neighbour's entry.
+            let line = core.find(core.hasher.hash_one(key), key, &guard).unwrap();
+            assert!(core.matches(line, key, KIND_WINDOWS));
+            assert!(!core.matches(line, key, KIND_IDEM));
+            assert!(
+                !core.matches(line, &twin, KIND_WINDOWS),
+                "twin of {len} bytes"
+            );
+            assert!(!core.matches(line, &base[..len - 1], KIND_WINDOWS));
+            if len < MAX_KEY_LEN {
+                assert!(!core.matches(line, &base[..len + 1], KIND_WINDOWS));
+            }
+        }
+        assert_eq!(store.stats().entries, 2 * MAX_KEY_LEN as u64);
     }
 }
