@@ -1,9 +1,10 @@
-//! How much of a check's cost at 1M keys is the engine's layout: tollgate and governor beside
-//! two toy tables in the same run, on the same keys.
+//! How much of a check's cost is the engine's layout and its locked instructions: tollgate and
+//! governor beside toy tables in the same run, on the same keys.
 //!
 //! ```sh
 //! cargo run --release --example layout_probe            # 1M keys
 //! cargo run --release --example layout_probe -- 100000  # another key count
+//! cargo run --release --example layout_probe -- 1       # one hot key
 //! ```
 //!
 //! The toy tables are not rate limiters anyone should use (no persistence, no growth, no
@@ -14,13 +15,19 @@
 //! * `one-miss`: the line is found from the key's hash alone (open addressing over lines).
 //! * `two-miss`: the same lines, reached through a separate index array (one word per line,
 //!   in another allocation), as tollgate reaches its entries today.
+//! * `no-pin`: `one-miss` without the epoch pin (nothing could then free a line safely).
+//! * `one-cas`: `one-miss` with both windows' counters in one word, one compare-and-swap.
+//! * `bare`: `one-cas` without the pin: the fewest locked instructions (one) any atomic
+//!   two-window check can make, and one line touched.
 //! * `harness`: only the harness's own work (pick a key, hash it).
 //!
 //! Each is timed twice: `loop`, checks one after another (the criterion bench's shape, where
 //! the processor overlaps one check's cache misses with the next one's when the code between
 //! them is short), and `chained`, where each check's key depends on the previous answer, so
 //! checks cannot overlap: the latency of one check, as a gateway that does other work between
-//! checks sees it. docs/PERFORMANCE.md has the figures from this machine.
+//! checks sees it. The chain holds for tollgate and the pinned toys (their chained figures are
+//! well above their loop figures at 1M keys); for `no-pin` the two came out close, so its
+//! chained figure is not a latency. docs/PERFORMANCE.md has the figures from this machine.
 
 use std::hint::black_box;
 use std::num::NonZeroU32;
@@ -79,7 +86,14 @@ impl Table {
     }
 
     /// Count one request in both windows if both have room (inserting the key if new).
-    fn check(&self, key: &[u8], now_ms: u64, limit: u64) -> bool {
+    /// `PIN`: pin a crossbeam-epoch guard first. `PACKED`: both windows' counters in one word,
+    /// one compare-and-swap for the two (the table must be used only this way).
+    fn check<const PIN: bool, const PACKED: bool>(
+        &self,
+        key: &[u8],
+        now_ms: u64,
+        limit: u64,
+    ) -> bool {
         let hash = self.hasher.hash_one(key);
         let mut words = [0u64; 4];
         for (w, chunk) in words.iter_mut().zip(key.chunks(8)) {
@@ -88,7 +102,7 @@ impl Table {
             *w = u64::from_le_bytes(b);
         }
         let head = (hash >> 48) | (key.len() as u64) << 16 | 1 << 32;
-        let _guard = crossbeam_epoch::pin();
+        let _guard = PIN.then(crossbeam_epoch::pin);
         let mut place = hash as usize & self.mask;
         loop {
             let line = self.line(place);
@@ -107,6 +121,9 @@ impl Table {
                         .zip(words)
                         .all(|(w, v)| w.load(Ordering::Relaxed) == v) =>
                 {
+                    if PACKED {
+                        return count_both(&line.windows[0], now_ms / 60_000, now_ms / 3_600_000);
+                    }
                     return [60_000u64, 3_600_000]
                         .iter()
                         .zip(&line.windows)
@@ -142,6 +159,34 @@ fn count(w: &AtomicU64, window: u64, limit: u64) -> bool {
     }
 }
 
+/// Two fixed-window counters in one word, one compare-and-swap for both: per window an 8-bit
+/// window number and a 24-bit count (`minute << 56 | count << 32 | hour << 24 | count`). The
+/// probe runs fewer than 2^24 checks on one key in one window, so a count never fills.
+fn count_both(w: &AtomicU64, minute: u64, hour: u64) -> bool {
+    const FULL: u64 = (1 << 24) - 1;
+    let mut cur = w.load(Ordering::Acquire);
+    loop {
+        let m = if cur >> 56 == minute & 0xFF {
+            (cur >> 32) & FULL
+        } else {
+            0
+        };
+        let h = if (cur >> 24) & 0xFF == hour & 0xFF {
+            cur & FULL
+        } else {
+            0
+        };
+        if m >= FULL || h >= FULL {
+            return false;
+        }
+        let new = (minute & 0xFF) << 56 | (m + 1) << 32 | (hour & 0xFF) << 24 | (h + 1);
+        match w.compare_exchange_weak(cur, new, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return true,
+            Err(now) => cur = now,
+        }
+    }
+}
+
 fn xorshift(mut x: u64) -> u64 {
     x ^= x << 13;
     x ^= x >> 7;
@@ -156,6 +201,8 @@ struct Engines {
     governor: DefaultKeyedRateLimiter<String>,
     one_miss: Table,
     two_miss: Table,
+    /// One-miss lines with both windows in one word.
+    packed: Table,
 }
 
 impl Engines {
@@ -171,8 +218,21 @@ impl Engines {
                 .check_at(k.as_bytes(), &self.limits, 1, now_ms)
                 .is_ok_and(|d| d.allowed()),
             "governor" => self.governor.check_key(k).is_ok(),
-            "one-miss" => self.one_miss.check(k.as_bytes(), now_ms, 1 << 30),
-            "two-miss" => self.two_miss.check(k.as_bytes(), now_ms, 1 << 30),
+            "one-miss" => self
+                .one_miss
+                .check::<true, false>(k.as_bytes(), now_ms, 1 << 30),
+            "two-miss" => self
+                .two_miss
+                .check::<true, false>(k.as_bytes(), now_ms, 1 << 30),
+            "no-pin" => self
+                .one_miss
+                .check::<false, false>(k.as_bytes(), now_ms, 1 << 30),
+            "one-cas" => self
+                .packed
+                .check::<true, true>(k.as_bytes(), now_ms, 1 << 30),
+            "bare" => self
+                .packed
+                .check::<false, true>(k.as_bytes(), now_ms, 1 << 30),
             _ => black_box(self.one_miss.hasher.hash_one(k.as_bytes())) & 1 == 0,
         }
     }
@@ -215,17 +275,20 @@ fn main() {
         )),
         one_miss: Table::new(lines, false),
         two_miss: Table::new(lines, true),
+        packed: Table::new(lines, false),
         keys,
     };
     for k in &e.keys {
-        for which in ["tollgate", "governor", "one-miss", "two-miss"] {
+        for which in ["tollgate", "governor", "one-miss", "two-miss", "one-cas"] {
             e.check(which, k, T0);
         }
     }
     println!("{n} keys of 32 bytes, {CHECKS} checks per figure, ns per check");
     println!("{:<10} {:>8} {:>8}", "", "loop", "chained");
     for round in 0..2 {
-        for which in ["tollgate", "governor", "one-miss", "two-miss", "harness"] {
+        for which in [
+            "tollgate", "governor", "one-miss", "two-miss", "no-pin", "one-cas", "bare", "harness",
+        ] {
             let looped = run::<false>(&e, which, round);
             let chained = run::<true>(&e, which, round);
             println!("{which:<10} {looped:>8.1} {chained:>8.1}");
