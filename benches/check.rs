@@ -6,7 +6,9 @@
 //! * `at_limit/*`: 60 per minute on the real clock, so nearly every check is a rejection
 //!   (tollgate: 60/min AND 1000/h; governor: 60/min);
 //! * `*/hot`, `*/100k`, `*/1M`: one key, or keys drawn in a random order from 100k or 1M;
-//! * `two_threads/*`: two threads on disjoint halves of the keys (throughput is per check);
+//! * `two_threads/*`: two threads on disjoint halves of the keys, and the same loop on one
+//!   thread over all of them, so that their throughputs compare (criterion's throughput line
+//!   is per check in both);
 //! * `new_key`: the first check of a key never seen;
 //! * `peek`: a read-only peek on an existing key;
 //! * `clock/*`: the cost of reading each clock.
@@ -18,7 +20,6 @@
 
 use std::hint::black_box;
 use std::num::NonZeroU32;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -210,57 +211,65 @@ fn bench_existing(c: &mut Criterion) {
     }
 }
 
-/// Two threads, each on its own half of the keys; time per check (two run at once).
-fn two_threads(c: &mut Criterion, label: &str, f: &Fixture) {
-    let mut g = c.benchmark_group("two_threads");
-    g.throughput(Throughput::Elements(2));
-    let keys = Arc::new(f.keys.clone());
-    let order = Arc::new(f.order.clone());
-    let store = f.store.clone();
-    g.bench_function(BenchmarkId::new("tollgate", label), |b| {
-        b.iter_custom(|iters| {
-            let start = Instant::now();
-            std::thread::scope(|s| {
-                for half in 0..2u64 {
-                    let (keys, order, store) = (&keys, &order, &store);
-                    s.spawn(move || {
-                        let admit = admit_limits();
-                        let mask = order.len() - 1;
-                        let n = keys.len() as u64;
-                        let mut t = T0 + 10_000_000 * (half + 1);
-                        for i in 0..iters as usize {
-                            // Even keys for one thread, odd for the other.
-                            let idx = (u64::from(order[i & mask]) & !1 | half) % n;
-                            t += 400 / n + u64::from((i as u64).is_multiple_of(n));
-                            let k = &keys[idx as usize];
+/// `threads` threads (1 or 2), each on its share of the keys (even and odd when two), each
+/// making `iters` checks; one spawn per sample either way, so that the two rows differ only
+/// in the number of threads. With `store`, tollgate checks; without, governor.
+fn run_threads(
+    threads: u64,
+    iters: u64,
+    keys: &[String],
+    order: &[u32],
+    store: Option<&Store>,
+    gov: &DefaultKeyedRateLimiter<String>,
+) -> Duration {
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for share in 0..threads {
+            s.spawn(move || {
+                let admit = admit_limits();
+                let mask = order.len() - 1;
+                let n = keys.len() as u64;
+                // Each key is visited every n checks in all, as in the one-thread rows: a thread
+                // moves its time on by `threads` steps of the one-thread rows per check.
+                let mut t = T0 + 10_000_000 * (share + 1);
+                for i in 0..iters as usize {
+                    let raw = u64::from(order[i & mask]);
+                    let idx = if threads == 1 {
+                        raw % n
+                    } else {
+                        (raw & !1 | share) % n
+                    };
+                    let k = &keys[idx as usize];
+                    match store {
+                        Some(store) => {
+                            t += threads * 200 / n + u64::from((i as u64).is_multiple_of(n));
                             black_box(store.check_at(k.as_bytes(), &admit, 1, t).unwrap());
                         }
-                    });
-                }
-            });
-            start.elapsed()
-        })
-    });
-    let gov = &f.gov_admit;
-    g.bench_function(BenchmarkId::new("governor", label), |b| {
-        b.iter_custom(|iters| {
-            let start = Instant::now();
-            std::thread::scope(|s| {
-                for half in 0..2u64 {
-                    let (keys, order) = (&keys, &order);
-                    s.spawn(move || {
-                        let mask = order.len() - 1;
-                        let n = keys.len() as u64;
-                        for i in 0..iters as usize {
-                            let idx = (u64::from(order[i & mask]) & !1 | half) % n;
-                            black_box(gov.check_key(&keys[idx as usize]).is_ok());
+                        None => {
+                            black_box(gov.check_key(k).is_ok());
                         }
-                    });
+                    }
                 }
             });
-            start.elapsed()
-        })
+        }
     });
+    start.elapsed()
+}
+
+/// Two threads, each on its own half of the keys (time per two checks, one per thread), beside
+/// the same loop on one thread (time per check), for the scaling ratio.
+fn two_threads(c: &mut Criterion, label: &str, f: &Fixture) {
+    let mut g = c.benchmark_group("two_threads");
+    let (keys, order, store, gov) = (&f.keys[..], &f.order[..], &f.store, &f.gov_admit);
+    for (threads, name) in [(1u64, "one thread"), (2, "two threads")] {
+        g.throughput(Throughput::Elements(threads));
+        g.bench_function(BenchmarkId::new(format!("tollgate, {name}"), label), |b| {
+            b.iter_custom(|iters| run_threads(threads, iters, keys, order, Some(store), gov))
+        });
+        g.bench_function(BenchmarkId::new(format!("governor, {name}"), label), |b| {
+            b.iter_custom(|iters| run_threads(threads, iters, keys, order, None, gov))
+        });
+    }
     g.finish();
 }
 
