@@ -25,9 +25,9 @@
 //! the processor overlaps one check's cache misses with the next one's when the code between
 //! them is short), and `chained`, where each check's key depends on the previous answer, so
 //! checks cannot overlap: the latency of one check, as a gateway that does other work between
-//! checks sees it. The chain holds for tollgate and the pinned toys (their chained figures are
-//! well above their loop figures at 1M keys); for `no-pin` the two came out close, so its
-//! chained figure is not a latency. docs/PERFORMANCE.md has the figures from this machine.
+//! checks sees it. At 1M keys, `no-pin`'s chained figure came out barely above its loop figure
+//! and below what the other toys' chains cost (why is not established): read it as a loop
+//! figure. docs/PERFORMANCE.md has the figures from this machine.
 
 use std::hint::black_box;
 use std::num::NonZeroU32;
