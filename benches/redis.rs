@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tollgate::shared::{HybridOptions, HybridStore, RedisOptions, RedisStore};
+use tollgate::fleet::{HybridOptions, HybridStore, RedisOptions, RedisStore};
 use tollgate::{Backend, Limit, Limits, Options, Store};
 
 const TOKENS: u64 = 10_000;

@@ -7,10 +7,36 @@
 //! against each implementation, so that they cannot drift apart.
 
 use crate::decision::Decision;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::idempotency::{Begin, Fingerprint, IdempotencyKey, Lease, StoredResponse};
 use crate::limit::Limits;
-use crate::store::Store;
+
+/// The longest key, in bytes.
+pub const MAX_KEY_LEN: usize = 128;
+
+/// Refuse an empty or over-long key: the first step of every backend's every operation.
+#[inline]
+pub(crate) fn check_key(key: &[u8]) -> Result<()> {
+    if key.is_empty() || key.len() > MAX_KEY_LEN {
+        return Err(Error::InvalidKey { len: key.len() });
+    }
+    Ok(())
+}
+
+/// Refuse a check no backend can answer: a bad key, or a cost above the smallest limit (it
+/// could never be admitted). Every backend's `check_at` starts here, before it touches
+/// anything stored.
+#[inline]
+pub(crate) fn check_request(key: &[u8], limits: &Limits, cost: u32) -> Result<()> {
+    check_key(key)?;
+    if cost > limits.min_limit() {
+        return Err(Error::CostExceedsLimit {
+            cost,
+            limit: limits.min_limit(),
+        });
+    }
+    Ok(())
+}
 
 /// Sliding-window checks and idempotency records, wherever they are kept.
 ///
@@ -78,37 +104,5 @@ pub trait Backend: Send + Sync {
     /// [`Backend::complete_at`] at the backend's clock.
     fn complete(&self, lease: &Lease, response: &StoredResponse) -> Result<()> {
         self.complete_at(lease, response, self.now_ms())
-    }
-}
-
-impl Backend for Store {
-    fn now_ms(&self) -> u64 {
-        Store::now_ms(self)
-    }
-
-    fn check_at(&self, key: &[u8], limits: &Limits, cost: u32, now_ms: u64) -> Result<Decision> {
-        Store::check_at(self, key, limits, cost, now_ms)
-    }
-
-    fn peek_at(&self, key: &[u8], limits: &Limits, now_ms: u64) -> Result<Decision> {
-        Store::peek_at(self, key, limits, now_ms)
-    }
-
-    fn begin_at(
-        &self,
-        scope: &[u8],
-        key: &IdempotencyKey,
-        fingerprint: &Fingerprint,
-        now_ms: u64,
-    ) -> Result<Begin> {
-        Store::begin_at(self, scope, key, fingerprint, now_ms)
-    }
-
-    fn complete_at(&self, lease: &Lease, response: &StoredResponse, now_ms: u64) -> Result<()> {
-        Store::complete_at(self, lease, response, now_ms)
-    }
-
-    fn abort(&self, lease: &Lease) -> Result<()> {
-        Store::abort(self, lease)
     }
 }

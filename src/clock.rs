@@ -31,7 +31,7 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     #[inline]
     fn now_ms(&self) -> u64 {
-        crate::sys::coarse_realtime_ms()
+        crate::storage::sys::coarse_realtime_ms()
     }
 }
 
@@ -88,7 +88,7 @@ impl ClockSource {
     #[inline]
     pub(crate) fn now_ms(&self) -> u64 {
         match self {
-            ClockSource::System => crate::sys::coarse_realtime_ms(),
+            ClockSource::System => crate::storage::sys::coarse_realtime_ms(),
             ClockSource::Manual(c) => c.now_ms(),
             ClockSource::Custom(c) => c.now_ms(),
         }

@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use crate::limit::MAX_WINDOWS;
+use crate::limit::{Limits, MAX_WINDOWS};
+use crate::window::exact::Eval;
+use crate::window::Norm;
 
 /// The binding window: the most restrictive (least remaining, then latest reset; the first
 /// of equals) when admitted; the violated window that keeps the request out the longest (the
@@ -201,6 +203,66 @@ impl Decision {
     /// Per-window detail, in the order of the [`crate::Limits`] set.
     pub fn windows(&self) -> &[WindowState] {
         self.windows.get(..self.len as usize).unwrap_or(&[])
+    }
+}
+
+/// The decision for a key with no entry.
+pub(crate) fn empty_decision(limits: &Limits, cost: u32, now_ms: u64) -> Decision {
+    let mut ws = [WindowState::default(); MAX_WINDOWS];
+    for (w, l) in ws.iter_mut().zip(limits.as_slice()) {
+        *w = WindowState {
+            limit: l.limit(),
+            window_ms: l.window_ms(),
+            used: 0,
+            reset_ms: now_ms,
+            retry_after_ms: u64::from(cost > l.limit()),
+        };
+    }
+    Decision::from_windows(cost <= limits.min_limit(), ws, limits.len())
+}
+
+/// A bucketed window's state for the headers, from its decoded word.
+pub(crate) fn bucket_state(
+    norm: &Norm,
+    limit: u32,
+    window_ms: u64,
+    cost: u32,
+    now_ms: u64,
+) -> WindowState {
+    let used = norm.total();
+    let fits = u64::from(used) + u64::from(cost) <= u64::from(limit);
+    WindowState {
+        limit,
+        window_ms,
+        used,
+        reset_ms: norm.reset_ms(now_ms),
+        retry_after_ms: if fits {
+            0
+        } else {
+            norm.retry_ms(limit, cost, now_ms)
+        },
+    }
+}
+
+/// An exact window's state for the headers, from its evaluated ring.
+pub(crate) fn exact_state(
+    ev: &Eval,
+    limit: u32,
+    window_ms: u64,
+    cost: u32,
+    now_ms: u64,
+) -> WindowState {
+    let fits = ev.fits(limit, cost);
+    WindowState {
+        limit,
+        window_ms,
+        used: ev.len,
+        reset_ms: ev.reset_ms(window_ms, now_ms),
+        retry_after_ms: if fits {
+            0
+        } else {
+            ev.retry_ms(limit, cost, window_ms, now_ms)
+        },
     }
 }
 

@@ -1,8 +1,8 @@
 //! # tollgate
 //!
-//! An embedded key-value engine for API gateways: sliding-window rate-limit counters (and, in
-//! later releases, idempotency entries) in a memory-mapped file, asked on every request "may
-//! this token make this request now?".
+//! An embedded key-value engine for API gateways: sliding-window rate-limit counters and
+//! idempotency records in a memory-mapped file, asked on every request "may this token make
+//! this request now?" and "have I seen this Idempotency-Key?".
 //!
 //! * **Exact where it matters**: the default window never admits more than its limit in any
 //!   interval of the window's length, and releases quota at most one sub-window late
@@ -30,37 +30,43 @@
 //! ```
 
 #![deny(missing_docs)]
-#![deny(clippy::unwrap_used, clippy::expect_used)]
-#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+#![deny(unsafe_code)]
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+#![cfg_attr(
+    test,
+    allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
 #![warn(unsafe_op_in_unsafe_fn)]
 
 #[cfg(not(target_endian = "little"))]
 compile_error!("tollgate's file format is little-endian; big-endian targets are not supported");
 
+// The public face: what a gateway meets.
 mod backend;
 mod clock;
-mod compactor;
 mod decision;
 mod error;
-mod format;
-#[cfg(feature = "gateway")]
-pub mod gateway;
 pub mod idempotency;
-mod index;
 mod inspect;
 mod limit;
-mod raw;
-mod segment;
-#[cfg(feature = "redis")]
-pub mod shared;
+mod options;
 mod store;
-mod sys;
+
+// The machinery, one level down: the engine over the storage, and the window arithmetic.
+mod engine;
+mod storage;
 mod window;
 
-pub use backend::Backend;
+// Beside the engine, depending on it and never the other way round.
+#[cfg(feature = "redis")]
+pub mod fleet;
+#[cfg(feature = "gateway")]
+pub mod gateway;
+
+pub use backend::{Backend, MAX_KEY_LEN};
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use compactor::PassReport;
 pub use decision::{Decision, WindowState};
+pub use engine::{OpenReport, PassReport};
 pub use error::{Error, Result};
 pub use idempotency::{
     Begin, Durability, Fingerprint, IdempotencyKey, Lease, Replayed, StoredResponse, MAX_SCOPE_LEN,
@@ -69,4 +75,5 @@ pub use inspect::{EntryView, RecordState, VerifyReport, WindowView};
 pub use limit::{
     Limit, Limits, Mode, MAX_BUCKETED_LIMIT, MAX_EXACT_LIMIT, MAX_WINDOW, MAX_WINDOWS, MIN_WINDOW,
 };
-pub use store::{OnFull, OpenReport, Options, Stats, Store, MAX_KEY_LEN};
+pub use options::{OnFull, Options};
+pub use store::{Stats, Store};

@@ -257,7 +257,7 @@ impl Limits {
         let mut has_exact = false;
         for (i, l) in limits.iter().enumerate() {
             l.validate()?;
-            if limits[..i].iter().any(|o| o.window_ms == l.window_ms) {
+            if limits.iter().take(i).any(|o| o.window_ms == l.window_ms) {
                 return Err(Error::InvalidLimit(
                     "two windows of a set have the same length",
                 ));

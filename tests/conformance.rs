@@ -17,7 +17,7 @@ mod server;
 use std::time::Duration;
 
 use proptest::prelude::*;
-use tollgate::shared::{HybridOptions, HybridStore, RedisOptions, RedisStore};
+use tollgate::fleet::{HybridOptions, HybridStore, RedisOptions, RedisStore};
 use tollgate::{
     Backend, Begin, Error, Fingerprint, IdempotencyKey, Lease, Limit, Limits, Options, Store,
     StoredResponse,

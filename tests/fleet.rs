@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
-use tollgate::shared::{HybridOptions, HybridStore, RedisOptions, RedisStore, Unreachable};
+use tollgate::fleet::{HybridOptions, HybridStore, RedisOptions, RedisStore, Unreachable};
 use tollgate::{
     Begin, Error, Fingerprint, IdempotencyKey, Limit, Limits, ManualClock, Options, Store,
     StoredResponse,

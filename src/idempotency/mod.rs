@@ -26,7 +26,7 @@
 //! is collision resistant, and at a few hundred MB/s it costs little next to a request.
 
 mod codec;
-pub(crate) mod engine;
+pub(crate) mod record;
 
 use std::fmt;
 use std::time::Duration;

@@ -7,7 +7,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tollgate::shared::{RedisOptions, RedisStore};
+use tollgate::fleet::{RedisOptions, RedisStore};
 
 /// The server's URL, or `None` (after printing why) when the test should be skipped.
 pub fn url(test: &str) -> Option<String> {

@@ -226,9 +226,111 @@ impl EntryLayout {
     }
 }
 
-/// The header word of an entry: everything but the crc.
-pub(crate) fn header_low(key_len: usize, n: usize, kind: u8) -> u32 {
-    (key_len as u32 & 0xFF) | ((n as u32 & 0xFF) << 8) | (u32::from(kind) << 16)
+/// The header word of an entry (word 0), the one place it is encoded and decoded:
+///
+/// ```text
+///  bits 0..8    key length in bytes (1 to 128)
+///  bits 8..16   number of windows (window entries; 0 for idempotency records)
+///  bits 16..24  kind: KIND_WINDOWS or KIND_IDEM (0 = a free line)
+///  bits 24..32  reserved, zero
+///  bits 32..64  crc32 of the entry's immutable part (see `entry_crc`)
+/// ```
+///
+/// The word is stored last when an entry is written (with `Release`), and zeroed first when it
+/// is cleared, so a non-zero header means the entry is complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct EntryHeader {
+    /// The key's length in bytes.
+    pub key_len: usize,
+    /// Windows in a window entry (0 in an idempotency record).
+    pub windows: usize,
+    /// [`KIND_WINDOWS`], [`KIND_IDEM`], or anything else for a line that holds no entry.
+    pub kind: u8,
+    /// Must be zero.
+    pub reserved: u8,
+    /// The entry's crc32.
+    pub crc: u32,
+}
+
+impl EntryHeader {
+    /// A header for a new entry (its crc filled in by [`EntryHeader::with_crc`]).
+    #[inline]
+    pub(crate) fn new(key_len: usize, windows: usize, kind: u8) -> EntryHeader {
+        EntryHeader {
+            key_len: key_len & 0xFF,
+            windows: windows & 0xFF,
+            kind,
+            reserved: 0,
+            crc: 0,
+        }
+    }
+
+    /// Decode a header word.
+    #[inline]
+    pub(crate) fn decode(word: u64) -> EntryHeader {
+        EntryHeader {
+            key_len: (word & 0xFF) as usize,
+            windows: ((word >> 8) & 0xFF) as usize,
+            kind: (word >> 16) as u8,
+            reserved: (word >> 24) as u8,
+            crc: (word >> 32) as u32,
+        }
+    }
+
+    /// The low half of the word: everything but the crc (what the crc covers first).
+    #[inline]
+    pub(crate) fn low(&self) -> u32 {
+        (self.key_len as u32 & 0xFF)
+            | ((self.windows as u32 & 0xFF) << 8)
+            | (u32::from(self.kind) << 16)
+            | (u32::from(self.reserved) << 24)
+    }
+
+    /// The same header carrying `crc`.
+    #[inline]
+    pub(crate) fn with_crc(self, crc: u32) -> EntryHeader {
+        EntryHeader { crc, ..self }
+    }
+
+    /// The header word.
+    #[inline]
+    pub(crate) fn encode(&self) -> u64 {
+        u64::from(self.low()) | (u64::from(self.crc) << 32)
+    }
+
+    /// Words the key takes, zero padded to a word.
+    #[inline]
+    pub(crate) fn key_words(&self) -> usize {
+        self.key_len.div_ceil(8)
+    }
+}
+
+/// The first word of a response record in a blob segment: [`BLOB_MAGIC`] in the low half, the
+/// payload's length in the high half. A zero word ends a segment's records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BlobHeader {
+    /// Bytes of payload after the record's two head words.
+    pub len: u64,
+}
+
+impl BlobHeader {
+    /// Decode a record's first word: `None` if it does not start a record.
+    #[inline]
+    pub(crate) fn decode(word: u64) -> Option<BlobHeader> {
+        (word as u32 == BLOB_MAGIC).then_some(BlobHeader { len: word >> 32 })
+    }
+
+    /// The record's first word.
+    #[inline]
+    pub(crate) fn encode(&self) -> u64 {
+        u64::from(BLOB_MAGIC) | (self.len << 32)
+    }
+
+    /// Lines the record takes (two head words and the payload).
+    #[inline]
+    pub(crate) fn lines(&self) -> u64 {
+        (16 + self.len).div_ceil(LINE as u64)
+    }
 }
 
 /// The crc32 of an entry: over the low 4 header bytes, the descriptors and the key.

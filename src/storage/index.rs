@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crossbeam_epoch::Guard;
 use parking_lot::{Mutex, MutexGuard};
 
-use crate::raw::EpochCell;
+use super::raw::EpochCell;
 
 /// Number of stripes (a power of two).
 pub(crate) const STRIPES: usize = 64;
@@ -95,9 +95,13 @@ impl Index {
 
     #[inline]
     fn stripe(&self, hash: u64) -> &Stripe {
+        // The top bits of the hash: below `STRIPES` by construction, the table's length.
         let i = (hash >> STRIPE_SHIFT) as usize;
-        // `i < STRIPES` by construction; the fallback is never taken.
-        self.stripes.get(i).unwrap_or_else(|| &self.stripes[0])
+        #[expect(
+            clippy::indexing_slicing,
+            reason = "`i` has 64 - STRIPE_SHIFT bits, so it is below STRIPES, the slice's length"
+        )]
+        &self.stripes[i]
     }
 
     /// Find the entry for `hash` whose line satisfies `matches`, without a lock.

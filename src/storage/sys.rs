@@ -1,6 +1,6 @@
 //! Calls into the operating system that the standard library does not offer.
 //!
-//! This module and [`crate::raw`] are the only places in the crate that say `unsafe`.
+//! This module and [`super::raw`] are the only places in the crate that say `unsafe`.
 
 use std::fs::File;
 use std::io;

@@ -7,14 +7,15 @@ use ::redis::{Script, Value};
 use super::conn::{self, array, bad_reply, int, uint, Pool};
 use super::keys;
 use super::options::RedisOptions;
+use crate::backend::{check_key, check_request};
+use crate::decision::{bucket_state, exact_state};
 use crate::decision::{Decision, WindowState};
 use crate::error::{Error, Result};
-use crate::idempotency::engine::deadline_s;
+use crate::idempotency::record::deadline_s;
 use crate::idempotency::{
     record_key, Begin, Fingerprint, IdempotencyKey, Lease, Replayed, StoredResponse,
 };
 use crate::limit::{Limits, Mode, MAX_EXACT_LIMIT, MAX_WINDOWS};
-use crate::store::{bucket_state, check_key, exact_state};
 use crate::window::exact::Ring;
 use crate::window::{self, Norm};
 
@@ -35,7 +36,7 @@ const GC_SLACK_MS: u64 = 60_000;
 /// `RedisStore` is `Send + Sync` and cheap to clone (clones share a connection pool).
 ///
 /// ```no_run
-/// use tollgate::shared::{RedisOptions, RedisStore};
+/// use tollgate::fleet::{RedisOptions, RedisStore};
 /// use tollgate::{Limit, Limits};
 /// let store = RedisStore::open("redis://127.0.0.1:6379", RedisOptions::default())?;
 /// let limits = Limits::new(&[Limit::per_minute(60), Limit::per_hour(1000)])?;
@@ -70,7 +71,7 @@ impl RedisStore {
         Ok(RedisStore {
             inner: Arc::new(Inner {
                 pool,
-                kmax: opts.sub_windows + 1,
+                kmax: opts.common.sub_windows + 1,
                 opts,
                 check: Script::new(include_str!("check.lua")),
                 begin: Script::new(include_str!("begin.lua")),
@@ -89,7 +90,7 @@ impl RedisStore {
 
     /// The current time of the store's clock (ms since the Unix epoch).
     pub fn now_ms(&self) -> u64 {
-        self.inner.opts.clock.now_ms()
+        self.inner.opts.common.clock.now_ms()
     }
 
     /// The options the store was opened with.
@@ -115,13 +116,7 @@ impl RedisStore {
         cost: u32,
         now_ms: u64,
     ) -> Result<Decision> {
-        check_key(key)?;
-        if cost > limits.min_limit() {
-            return Err(Error::CostExceedsLimit {
-                cost,
-                limit: limits.min_limit(),
-            });
-        }
+        check_request(key, limits, cost)?;
         self.run_check(key, limits, cost, cost, now_ms)
     }
 
@@ -196,7 +191,7 @@ impl RedisStore {
         let rk = record_key(scope, key)?;
         let rkey = keys::record(&self.inner.opts.prefix, rk.as_bytes())
             .ok_or(Error::InvalidScope { len: scope.len() })?;
-        let idem = &self.inner.opts.idem;
+        let idem = &self.inner.opts.common.idem;
         let lease_ms = idem.lease.as_millis() as u64;
         let ttl_ms = idem.ttl.as_millis() as u64;
         let dl = deadline_s(now_ms, lease_ms);
@@ -247,12 +242,12 @@ impl RedisStore {
 
     /// [`RedisStore::complete`] at an explicit time (the TTL runs from `now_ms`).
     pub fn complete_at(&self, lease: &Lease, response: &StoredResponse, now_ms: u64) -> Result<()> {
-        let max = self.inner.opts.idem.max_response;
+        let max = self.inner.opts.common.idem.max_response;
         let len = response.encoded_len().unwrap_or(usize::MAX);
         if len > max {
             return Err(Error::ResponseTooLarge { len, max });
         }
-        let ttl_ms = self.inner.opts.idem.ttl.as_millis() as u64;
+        let ttl_ms = self.inner.opts.common.idem.ttl.as_millis() as u64;
         let dl = deadline_s(now_ms, ttl_ms);
         let gc = (dl.saturating_mul(1000)).saturating_sub(now_ms) + GC_SLACK_MS;
         self.settle(lease, 2, dl, &response.encode(), gc)
@@ -260,7 +255,7 @@ impl RedisStore {
 
     /// Forget a started request, so that a retry runs it again.
     pub fn abort(&self, lease: &Lease) -> Result<()> {
-        let idem = &self.inner.opts.idem;
+        let idem = &self.inner.opts.common.idem;
         let gc = (idem.lease.as_millis() + idem.ttl.as_millis()) as u64 + GC_SLACK_MS;
         self.settle(lease, 0, 0, b"", gc)
     }

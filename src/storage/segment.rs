@@ -12,9 +12,9 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+use super::format::{SegmentHeader, BLOB_SEGMENT, HEADER_LEN, LINE, MAX_ENTRY_LINES};
+use super::raw::{Map, Maps};
 use crate::error::{Error, Result};
-use crate::format::{SegmentHeader, BLOB_SEGMENT, HEADER_LEN, LINE, MAX_ENTRY_LINES};
-use crate::raw::{Map, Maps};
 
 /// A view of one entry: its words, by index from its start (to the end of its segment).
 #[derive(Clone, Copy)]
@@ -509,7 +509,7 @@ impl Segments {
         let map = match &self.file {
             Some(f) => {
                 let off = HEADER_LEN + idx as u64 * self.seg_len();
-                crate::sys::allocate(f, off, self.seg_len())?;
+                crate::storage::sys::allocate(f, off, self.seg_len())?;
                 // The new length must be durable before anything in it is acknowledged.
                 f.sync_data()?;
                 Map::file(f, off, 1 << self.seg_shift)?

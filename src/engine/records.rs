@@ -1,15 +1,6 @@
-//! The idempotency state machine on top of the store's entries.
-//!
-//! An idempotency record is an entry of kind 2 (layout in `docs/FORMAT.md`):
-//!
-//! ```text
-//! word 0      header: key_len | 0 | kind 2 | 0 | crc32 (over header, key, fingerprint)
-//! key         scope length, scope, UUID (zero padded to a word)
-//! 4 words     the request's SHA-256 fingerprint
-//! state       state 3 bits | fence 23 bits | deadline 38 bits (seconds since the epoch)
-//! response    line of the response record (0 = none)
-//! response    length u32 | crc32 u32 of the encoded response
-//! ```
+//! The idempotency state machine on top of the store's entries: begin, complete, abort,
+//! replay, and the check of a record read back at open. The record's words are encoded and
+//! decoded by `idempotency/record.rs`; this file moves them.
 //!
 //! Every transition is one compare-and-swap of the state word, so two requests racing on one
 //! key always see one winner. The fingerprint is immutable: a key restarted with another
@@ -20,73 +11,16 @@ use std::sync::atomic::Ordering;
 
 use crossbeam_epoch::Guard;
 
-use super::{Begin, Durability, Fingerprint, Lease, Replayed, StoredResponse};
+use super::core::Core;
+use crate::backend::MAX_KEY_LEN;
 use crate::error::{Error, Result};
-use crate::format::{entry_crc, header_low, BLOB_MAGIC, KIND_IDEM, LINE};
-use crate::segment::Entry;
-use crate::store::Core;
-
-pub(crate) const ST_VACANT: u64 = 0;
-pub(crate) const ST_INFLIGHT: u64 = 1;
-pub(crate) const ST_DONE: u64 = 2;
-pub(crate) const ST_DEAD: u64 = 3;
-pub(crate) const ST_COMPLETING: u64 = 4;
-const FENCE_MASK: u64 = (1 << 23) - 1;
-const DEADLINE_MASK: u64 = (1 << 38) - 1;
-
-#[inline]
-pub(crate) fn pack(state: u64, fence: u32, deadline_s: u64) -> u64 {
-    (state << 61) | ((u64::from(fence) & FENCE_MASK) << 38) | (deadline_s & DEADLINE_MASK)
-}
-
-#[inline]
-pub(crate) fn unpack(w: u64) -> (u64, u32, u64) {
-    (w >> 61, ((w >> 38) & FENCE_MASK) as u32, w & DEADLINE_MASK)
-}
-
-fn next_fence(f: u32) -> u32 {
-    let n = (u64::from(f) + 1) & FENCE_MASK;
-    if n == 0 {
-        1
-    } else {
-        n as u32
-    }
-}
-
-/// Deadline in whole seconds, rounded up: `now + dur` has certainly passed at `deadline * 1000`.
-pub(crate) fn deadline_s(now_ms: u64, dur_ms: u64) -> u64 {
-    now_ms.saturating_add(dur_ms).div_ceil(1000) & DEADLINE_MASK
-}
-
-/// Word offsets inside an idempotency entry.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct IdemLayout {
-    pub fp_at: usize,
-    pub state_at: usize,
-    pub lines: u32,
-}
-
-impl IdemLayout {
-    pub(crate) fn new(key_len: usize) -> IdemLayout {
-        let fp_at = 1 + key_len.div_ceil(8);
-        let state_at = fp_at + 4;
-        IdemLayout {
-            fp_at,
-            state_at,
-            lines: ((state_at + 3) * 8).div_ceil(LINE) as u32,
-        }
-    }
-}
-
-fn fp_words(fp: &Fingerprint) -> [u64; 4] {
-    let mut w = [0u64; 4];
-    for (x, c) in w.iter_mut().zip(fp.as_bytes().chunks_exact(8)) {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(c);
-        *x = u64::from_le_bytes(b);
-    }
-    w
-}
+use crate::idempotency::record::{
+    deadline_s, fp_words, next_fence, pack, record_crc, unpack, IdemLayout, ResponseMeta,
+    ST_COMPLETING, ST_DEAD, ST_DONE, ST_INFLIGHT, ST_VACANT,
+};
+use crate::idempotency::{Begin, Durability, Fingerprint, Lease, Replayed, StoredResponse};
+use crate::storage::format::{BlobHeader, EntryHeader, KIND_IDEM};
+use crate::storage::segment::Entry;
 
 impl Core {
     fn idem_fp_matches(&self, e: &Entry<'_>, l: &IdemLayout, fp: &Fingerprint) -> bool {
@@ -119,13 +53,10 @@ impl Core {
         put(l.state_at, state);
         put(l.state_at + 1, 0);
         put(l.state_at + 2, 0);
-        let low = header_low(key.len(), 0, KIND_IDEM);
-        let mut crc_input = Vec::with_capacity(key.len() + 32);
-        crc_input.extend_from_slice(key);
-        crc_input.extend_from_slice(fp.as_bytes());
-        let crc = entry_crc(low, &[], &crc_input);
+        let header =
+            EntryHeader::new(key.len(), 0, KIND_IDEM).with_crc(record_crc(key, fp.as_bytes()));
         if let Some(w) = e.w(0) {
-            w.store(u64::from(low) | (u64::from(crc) << 32), Ordering::Release);
+            w.store(header.encode(), Ordering::Release);
         }
         Ok(line)
     }
@@ -285,10 +216,11 @@ impl Core {
         };
         if let (Some(p), Some(q)) = (e.w(l.state_at + 1), e.w(l.state_at + 2)) {
             p.store(blob, Ordering::Relaxed);
-            q.store(
-                bytes.len() as u64 | (u64::from(crc) << 32),
-                Ordering::Relaxed,
-            );
+            let meta = ResponseMeta {
+                len: bytes.len() as u32,
+                crc,
+            };
+            q.store(meta.encode(), Ordering::Relaxed);
         }
         let ttl_ms = self.idem.ttl.as_millis() as u64;
         // Release: the pointer words and the record are visible with the new state.
@@ -358,7 +290,10 @@ impl Core {
 
     /// Write a blob record; returns its first line and its length in lines.
     fn write_blob(&self, bytes: &[u8], crc: u32, owner: u64) -> Result<(u64, u64)> {
-        let lines = (16 + bytes.len()).div_ceil(LINE) as u64;
+        let head = BlobHeader {
+            len: bytes.len() as u64,
+        };
+        let lines = head.lines();
         let line = self.segs.alloc_blob(lines)?;
         let e = self.segs.entry(line);
         for (i, c) in bytes.chunks(8).enumerate() {
@@ -372,10 +307,7 @@ impl Core {
         }
         if let (Some(w0), Some(w1)) = (e.w(0), e.w(1)) {
             w1.store(u64::from(crc) | (owner << 32), Ordering::Relaxed);
-            w0.store(
-                u64::from(BLOB_MAGIC) | ((bytes.len() as u64) << 32),
-                Ordering::Release,
-            );
+            w0.store(head.encode(), Ordering::Release);
         }
         Ok((line, lines))
     }
@@ -383,7 +315,7 @@ impl Core {
     /// Read and check the response of the completed record at `line`.
     pub(crate) fn read_response_at(&self, line: u64) -> Result<Replayed> {
         let e = self.segs.entry(line);
-        let l = IdemLayout::new((e.load(0) & 0xFF) as usize);
+        let l = IdemLayout::new(EntryHeader::decode(e.load(0)).key_len);
         self.read_response(&e, &l, line)
     }
 
@@ -395,16 +327,16 @@ impl Core {
             reason,
         };
         let blob = e.load(l.state_at + 1);
-        let meta = e.load(l.state_at + 2);
-        let (len, crc) = ((meta & 0xFFFF_FFFF) as usize, (meta >> 32) as u32);
+        let meta = ResponseMeta::decode(e.load(l.state_at + 2));
+        let (len, crc) = (meta.len as usize, meta.crc);
         if blob == 0 || len > self.segs.max_blob() {
             return Err(corrupt(
                 "idempotency record without a valid response pointer",
             ));
         }
         let b = self.segs.entry(blob);
-        let head = b.load(0);
-        if head as u32 != BLOB_MAGIC || (head >> 32) as usize != len || b.load(1) as u32 != crc {
+        let head = BlobHeader::decode(b.load(0));
+        if head.is_none_or(|h| h.len as usize != len) || b.load(1) as u32 != crc {
             return Err(corrupt("response record header does not match its entry"));
         }
         let mut bytes = Vec::with_capacity(len.div_ceil(8) * 8);
@@ -428,13 +360,9 @@ impl Core {
         e: &Entry<'_>,
         class_lines: u32,
     ) -> Option<(Vec<u8>, bool)> {
-        let h = e.load(0);
-        let key_len = (h & 0xFF) as usize;
-        if (h >> 8) & 0xFF != 0
-            || (h >> 24) & 0xFF != 0
-            || key_len == 0
-            || key_len > crate::MAX_KEY_LEN
-        {
+        let h = EntryHeader::decode(e.load(0));
+        let key_len = h.key_len;
+        if h.windows != 0 || h.reserved != 0 || key_len == 0 || key_len > MAX_KEY_LEN {
             return None;
         }
         let l = IdemLayout::new(key_len);
@@ -449,11 +377,11 @@ impl Core {
             return None;
         }
         key.truncate(key_len);
-        let mut crc_input = key.clone();
+        let mut fp = Vec::with_capacity(32);
         for i in 0..4 {
-            crc_input.extend_from_slice(&e.load(l.fp_at + i).to_le_bytes());
+            fp.extend_from_slice(&e.load(l.fp_at + i).to_le_bytes());
         }
-        if entry_crc(header_low(key_len, 0, KIND_IDEM), &[], &crc_input) != (h >> 32) as u32 {
+        if record_crc(&key, &fp) != h.crc {
             return None;
         }
         let w = e.w(l.state_at)?;
@@ -484,10 +412,9 @@ impl Core {
     /// Account the response record of a completed entry as live (at open).
     fn record_blob_live(&self, e: &Entry<'_>, l: &IdemLayout) {
         let blob = e.load(l.state_at + 1);
-        let len = e.load(l.state_at + 2) & 0xFFFF_FFFF;
+        let len = u64::from(ResponseMeta::decode(e.load(l.state_at + 2)).len);
         if blob != 0 {
-            self.segs
-                .blob_live_add(blob, (16 + len).div_ceil(LINE as u64));
+            self.segs.blob_live_add(blob, BlobHeader { len }.lines());
         }
     }
 }
@@ -506,31 +433,5 @@ fn backoff(spins: u32) {
         std::thread::yield_now();
     } else {
         std::hint::spin_loop();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn state_words_round_trip() {
-        for (st, f, d) in [
-            (ST_INFLIGHT, 1, 1_700_000_060),
-            (ST_DONE, (1 << 23) - 1, DEADLINE_MASK),
-            (ST_COMPLETING, 7, 0),
-        ] {
-            assert_eq!(unpack(pack(st, f, d)), (st, f, d));
-        }
-        assert_eq!(next_fence((1 << 23) - 1), 1);
-        assert_eq!(deadline_s(1_500, 1_000), 3);
-        assert_eq!(deadline_s(2_000, 1_000), 3);
-    }
-
-    #[test]
-    fn layouts() {
-        let l = IdemLayout::new(49);
-        assert_eq!((l.fp_at, l.state_at, l.lines), (8, 12, 2));
-        assert_eq!(IdemLayout::new(128).lines, 3);
     }
 }

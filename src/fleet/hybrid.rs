@@ -47,11 +47,12 @@ use parking_lot::{Condvar, Mutex};
 use super::conn::{self, array, bad_reply, uint};
 use super::keys;
 use super::store::RedisStore;
+use crate::backend::{check_key, check_request};
 use crate::decision::{Decision, WindowState};
 use crate::error::{Error, Result};
 use crate::idempotency::{Begin, Fingerprint, IdempotencyKey, Lease, StoredResponse};
 use crate::limit::{Limits, MAX_WINDOWS};
-use crate::store::{check_key, Store};
+use crate::store::Store;
 use crate::window;
 
 const SHARDS: usize = 64;
@@ -73,7 +74,7 @@ pub enum Unreachable {
 ///
 /// ```
 /// use std::time::Duration;
-/// use tollgate::shared::{HybridOptions, Unreachable};
+/// use tollgate::fleet::{HybridOptions, Unreachable};
 /// let opts = HybridOptions::default()
 ///     .flush_interval(Duration::from_millis(20))
 ///     .batch(10)
@@ -268,6 +269,10 @@ impl KeyState {
                 self.wins.len() - 1
             }
         };
+        #[expect(
+            clippy::indexing_slicing,
+            reason = "`at` was found in `wins` or is the place just pushed"
+        )]
         &mut self.wins[at]
     }
 }
@@ -315,7 +320,7 @@ struct Inner {
 /// `complete` and `abort` go to the server as in [`RedisStore`].
 ///
 /// ```no_run
-/// use tollgate::shared::{HybridOptions, HybridStore, RedisOptions, RedisStore};
+/// use tollgate::fleet::{HybridOptions, HybridStore, RedisOptions, RedisStore};
 /// use tollgate::{Limit, Limits, Options, Store};
 /// let local = Store::open_in_memory(Options::default())?;
 /// let shared = RedisStore::open("redis://127.0.0.1:6379", RedisOptions::default())?;
@@ -370,7 +375,7 @@ impl HybridStore {
             "{:016x}",
             hasher.hash_one((std::process::id(), std::time::SystemTime::now()))
         );
-        let kmax = local.core.kmax;
+        let kmax = local.sub_window_cap();
         let now = local.now_ms();
         let inner = Arc::new(Inner {
             local,
@@ -467,13 +472,7 @@ impl HybridStore {
         cost: u32,
         now_ms: u64,
     ) -> Result<Decision> {
-        check_key(key)?;
-        if cost > limits.min_limit() {
-            return Err(Error::CostExceedsLimit {
-                cost,
-                limit: limits.min_limit(),
-            });
-        }
+        check_request(key, limits, cost)?;
         self.inner.check(key, limits, cost, cost, now_ms)
     }
 
@@ -492,6 +491,10 @@ impl HybridStore {
 impl Inner {
     fn shard(&self, key: &[u8]) -> &Mutex<HashMap<Vec<u8>, KeyState>> {
         let i = (self.hasher.hash_one(key) as usize) % SHARDS;
+        #[expect(
+            clippy::indexing_slicing,
+            reason = "`i` is taken modulo SHARDS, the number of shards made at construction"
+        )]
         &self.shards[i]
     }
 

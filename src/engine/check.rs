@@ -1,0 +1,451 @@
+//! The check path: count a request in every window of a key, all or nothing, and say what
+//! goes in the response headers; and the same answer without counting (peek).
+//!
+//! A set of bucketed windows (the usual case) takes the short path, [`Core::apply`]: one
+//! compare-and-swap per window, and if a later window refuses, the cost is taken back from the
+//! earlier ones. A set with an exact window takes [`Core::apply_with_exact`], under the lock
+//! bit of the first exact window's meta word. The word protocols themselves are
+//! `window::cell`'s, the same functions loom checks.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::core::Core;
+use crate::backend::{check_key, check_request};
+use crate::decision::{bucket_state, empty_decision, exact_state, Decision, WindowState};
+use crate::error::{Error, Result};
+use crate::limit::{Limit, Limits, Mode, MAX_WINDOWS};
+use crate::options::OnFull;
+use crate::storage::format::EntryLayout;
+use crate::storage::segment::Entry;
+use crate::window::cell;
+use crate::window::{self, Norm, FROZEN};
+
+/// What applying a check to an entry came to.
+enum Applied {
+    /// The decision is in the caller's `Decision`.
+    Done,
+    /// The entry is frozen (moving): look the key up again.
+    Moved,
+    /// The entry holds other windows than the limits asked for: move it to the new layout.
+    Mismatch,
+}
+
+impl Core {
+    /// What a request of cost 1 would get at `now_ms`, without counting it.
+    pub(crate) fn peek(&self, key: &[u8], limits: &Limits, now_ms: u64) -> Result<Decision> {
+        check_key(key)?;
+        let guard = crossbeam_epoch::pin();
+        let hash = self.hasher.hash_one(key);
+        match self.find(hash, key, &guard) {
+            Some(line) => Ok(self.snapshot(line, limits, 1, now_ms, None)),
+            None => Ok(empty_decision(limits, 1, now_ms)),
+        }
+    }
+
+    /// How late a bucketed window of `limit` may release quota on this store (one
+    /// sub-window); zero for an exact window.
+    pub(crate) fn release_delay(&self, limit: &Limit) -> std::time::Duration {
+        if limit.mode() == Mode::Exact {
+            return std::time::Duration::ZERO;
+        }
+        let (k, s) = window::layout(
+            window::bits_for(limit.limit()),
+            self.kmax,
+            limit.window_ms(),
+        );
+        // Counted span is K sub-windows; the window itself is at most (K - 1) * s.
+        let span = u64::from(k) * s;
+        std::time::Duration::from_millis(span.saturating_sub(limit.window_ms()))
+    }
+
+    /// Window `i` of `limits` (which is `l`), judged at `now_ms` on this store.
+    #[inline]
+    fn at(&self, limits: &Limits, i: usize, l: &Limit, now_ms: u64) -> cell::At<'_> {
+        cell::At {
+            geo: limits.geometry(i, self.kmax),
+            window_ms: l.window_ms(),
+            limit: l.limit(),
+            kmax: self.kmax,
+            now_ms,
+            seen: self.seen_word(),
+        }
+    }
+
+    /// Check and count; the decision goes to `out` (which starts as [`Decision::BLANK`]).
+    pub(crate) fn check(
+        &self,
+        key: &[u8],
+        limits: &Limits,
+        cost: u32,
+        now_ms: u64,
+        out: &mut Decision,
+    ) -> Result<()> {
+        check_request(key, limits, cost)?;
+        self.saw(now_ms);
+        let hash = self.hasher.hash_one(key);
+        let guard = crossbeam_epoch::pin();
+        if cost == 0 {
+            *out = match self.find(hash, key, &guard) {
+                Some(line) => self.snapshot(line, limits, 0, now_ms, None),
+                None => empty_decision(limits, 0, now_ms),
+            };
+            return Ok(());
+        }
+        let mut spins = 0u32;
+        loop {
+            let line = match self.find(hash, key, &guard) {
+                Some(line) => line,
+                None => match self.insert(hash, key, limits, &guard, now_ms) {
+                    Ok(line) => line,
+                    Err(Error::CapacityExhausted) => {
+                        *out = self.full_decision(limits, cost, now_ms);
+                        return Ok(());
+                    }
+                    Err(e) => return Err(e),
+                },
+            };
+            match self.apply(line, limits, cost, now_ms, out) {
+                Applied::Done => return Ok(()),
+                Applied::Moved => {
+                    self.retries.fetch_add(1, Ordering::Relaxed);
+                    spins += 1;
+                    if spins > 64 {
+                        std::thread::yield_now();
+                    } else {
+                        std::hint::spin_loop();
+                    }
+                }
+                Applied::Mismatch => match self.migrate(hash, line, key, limits, &guard) {
+                    Ok(()) => {}
+                    Err(Error::CapacityExhausted) => {
+                        *out = self.full_decision(limits, cost, now_ms);
+                        return Ok(());
+                    }
+                    Err(e) => return Err(e),
+                },
+            }
+        }
+    }
+
+    /// The decision for a new key when the store is full.
+    #[cold]
+    #[inline(never)]
+    fn full_decision(&self, limits: &Limits, cost: u32, now_ms: u64) -> Decision {
+        let mut d = empty_decision(limits, cost, now_ms);
+        match self.on_full {
+            OnFull::Admit => {}
+            OnFull::Reject => {
+                for w in d.windows.iter_mut() {
+                    w.retry_after_ms = 1000;
+                }
+                d.finish(false, limits.len());
+            }
+        }
+        d.capacity_exhausted = true;
+        d
+    }
+
+    /// Count `cost` in every window of the entry at `line`, all or nothing; the decision goes
+    /// to `out`. Sets with only bucketed windows (the usual case) take this short path; sets
+    /// with an exact window take [`Core::apply_with_exact`].
+    #[inline]
+    #[expect(
+        clippy::indexing_slicing,
+        reason = "window indexes are below limits.len() <= MAX_WINDOWS, the length of every array indexed here"
+    )]
+    fn apply(
+        &self,
+        line: u64,
+        limits: &Limits,
+        cost: u32,
+        now_ms: u64,
+        out: &mut Decision,
+    ) -> Applied {
+        if limits.has_exact() {
+            return self.apply_with_exact(line, limits, cost, now_ms, out);
+        }
+        let e = self.segs.entry(line);
+        let Some(layout) = self.layout_for(&e, limits) else {
+            return Applied::Mismatch;
+        };
+        let items = limits.as_slice();
+        // Sub-window and sub-window length each window counted in, for undo.
+        let mut added: [Option<(u64, u64)>; MAX_WINDOWS] = [None; MAX_WINDOWS];
+        for (i, l) in items.iter().enumerate() {
+            let at = self.at(limits, i, l, now_ms);
+            let result = match e.w(layout.window_at[i]) {
+                Some(w) => cell::add(w, &at, cost),
+                // Not reached: `layout_for` placed every window inside the entry.
+                None => cell::Added::Frozen,
+            };
+            match result {
+                cell::Added::Yes(norm) => {
+                    added[i] = Some((norm.n, norm.s));
+                    out.windows[i] = bucket_state(&norm, l.limit(), l.window_ms(), 0, now_ms);
+                }
+                cell::Added::Refused(as_is) => {
+                    self.refuse(&e, &layout, limits, &added, (i, as_is), cost, now_ms, out);
+                    return Applied::Done;
+                }
+                cell::Added::Frozen => {
+                    self.undo(&e, &layout, limits, &added, cost, now_ms);
+                    return Applied::Moved;
+                }
+            }
+        }
+        out.finish(true, items.len());
+        Applied::Done
+    }
+
+    /// The rejection of a set of bucketed windows, window `refused.0` having refused (it was
+    /// `refused.1` when judged): take back the cost from the windows that counted it, and
+    /// report that window as it was judged and the others as they are once the cost is back.
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    #[expect(
+        clippy::indexing_slicing,
+        reason = "window indexes are below limits.len() <= MAX_WINDOWS, the length of every array indexed here"
+    )]
+    fn refuse(
+        &self,
+        e: &Entry<'_>,
+        layout: &EntryLayout,
+        limits: &Limits,
+        added: &[Option<(u64, u64)>; MAX_WINDOWS],
+        refused: (usize, Norm),
+        cost: u32,
+        now_ms: u64,
+        out: &mut Decision,
+    ) {
+        if added.iter().any(Option::is_some) {
+            self.undo(e, layout, limits, added, cost, now_ms);
+        }
+        let items = limits.as_slice();
+        for (j, l) in items.iter().enumerate() {
+            let norm = if j == refused.0 {
+                refused.1
+            } else {
+                let word = e.load(layout.window_at[j]) & !FROZEN;
+                window::normalize_with(
+                    word,
+                    &limits.geometry(j, self.kmax),
+                    l.window_ms(),
+                    self.kmax,
+                    now_ms,
+                    self.seen_ms(now_ms),
+                )
+            };
+            out.windows[j] = bucket_state(&norm, l.limit(), l.window_ms(), cost, now_ms);
+        }
+        out.finish(false, items.len());
+    }
+
+    /// [`Core::apply`] for a set with at least one exact window: the exact windows are judged
+    /// and written under the lock bit of the first one's meta word, after every bucketed
+    /// window took the cost.
+    #[inline(never)]
+    #[expect(
+        clippy::indexing_slicing,
+        reason = "window indexes are below limits.len() <= MAX_WINDOWS, the length of every array indexed here"
+    )]
+    fn apply_with_exact(
+        &self,
+        line: u64,
+        limits: &Limits,
+        cost: u32,
+        now_ms: u64,
+        out: &mut Decision,
+    ) -> Applied {
+        let e = self.segs.entry(line);
+        let Some(layout) = self.layout_for(&e, limits) else {
+            return Applied::Mismatch;
+        };
+        let items = limits.as_slice();
+        // Exact windows are guarded by the lock bit of the first one's meta word.
+        let lock = if limits.has_exact() {
+            let first = items.iter().position(|l| l.mode() == Mode::Exact);
+            let meta = first.and_then(|i| e.w(layout.window_at[i]));
+            match meta {
+                Some(m) if cell::lock_meta(m) => Some(m),
+                _ => return Applied::Moved,
+            }
+        } else {
+            None
+        };
+        let unlock = |m: Option<&AtomicU64>| {
+            if let Some(m) = m {
+                cell::unlock_meta(m);
+            }
+        };
+
+        let ws = &mut out.windows;
+        // Sub-window and sub-window length each bucketed window counted in, for undo.
+        let mut added: [Option<(u64, u64)>; MAX_WINDOWS] = [None; MAX_WINDOWS];
+        let mut refused: Option<usize> = None;
+        for (i, l) in items.iter().enumerate() {
+            if l.mode() == Mode::Exact {
+                continue;
+            }
+            let Some(w) = e.w(layout.window_at[i]) else {
+                refused = Some(i);
+                break;
+            };
+            let result = cell::add(w, &self.at(limits, i, l, now_ms), cost);
+            match result {
+                cell::Added::Yes(norm) => {
+                    added[i] = Some((norm.n, norm.s));
+                    ws[i] = bucket_state(&norm, l.limit(), l.window_ms(), 0, now_ms);
+                }
+                cell::Added::Refused(_) => {
+                    refused = Some(i);
+                    break;
+                }
+                cell::Added::Frozen => {
+                    self.undo(&e, &layout, limits, &added, cost, now_ms);
+                    unlock(lock);
+                    return Applied::Moved;
+                }
+            }
+        }
+        if refused.is_none() && lock.is_some() {
+            // Every bucketed window took the cost: now the exact ones, under the lock.
+            let mut rings = [None; MAX_WINDOWS];
+            for (i, l) in items.iter().enumerate() {
+                if l.mode() != Mode::Exact {
+                    continue;
+                }
+                let ring = cell::read_ring(|k| e.w(k), layout.window_at[i], l.limit());
+                let ev = ring.eval(l.window_ms(), now_ms);
+                if !ev.fits(l.limit(), cost) {
+                    refused = Some(i);
+                    break;
+                }
+                rings[i] = Some((ring, ev.now_eff));
+            }
+            if refused.is_none() {
+                for (i, l) in items.iter().enumerate() {
+                    if let Some((mut ring, t)) = rings[i] {
+                        ring.push(t, cost);
+                        cell::write_ring(
+                            |k| e.w(k),
+                            layout.window_at[i],
+                            &ring,
+                            i == first_exact(items),
+                        );
+                        let ev = ring.eval(l.window_ms(), now_ms);
+                        ws[i] = exact_state(&ev, l.limit(), l.window_ms(), 0, now_ms);
+                    }
+                }
+            }
+        }
+        if refused.is_some() {
+            self.undo(&e, &layout, limits, &added, cost, now_ms);
+            *out = self.snapshot_entry(&e, &layout, limits, cost, now_ms, refused);
+            unlock(lock);
+            return Applied::Done;
+        }
+        unlock(lock);
+        out.finish(true, items.len());
+        Applied::Done
+    }
+
+    /// Take back the cost added to bucketed windows.
+    #[expect(
+        clippy::indexing_slicing,
+        reason = "window indexes are below limits.len() <= MAX_WINDOWS, the length of every array indexed here"
+    )]
+    fn undo(
+        &self,
+        e: &Entry<'_>,
+        layout: &EntryLayout,
+        limits: &Limits,
+        added: &[Option<(u64, u64)>; MAX_WINDOWS],
+        cost: u32,
+        now_ms: u64,
+    ) {
+        for (i, l) in limits.as_slice().iter().enumerate() {
+            let (Some((m, s)), Some(w)) = (added[i], e.w(layout.window_at[i])) else {
+                continue;
+            };
+            cell::take_back(w, &self.at(limits, i, l, now_ms), m, s, cost);
+        }
+    }
+
+    /// The state of the entry at `line` without changing it.
+    pub(crate) fn snapshot(
+        &self,
+        line: u64,
+        limits: &Limits,
+        cost: u32,
+        now_ms: u64,
+        refused: Option<usize>,
+    ) -> Decision {
+        let e = self.segs.entry(line);
+        match self.layout_for(&e, limits) {
+            Some(layout) => self.snapshot_entry(&e, &layout, limits, cost, now_ms, refused),
+            // Windows of another shape: the request would move the entry; report it as fresh
+            // for the windows that are new (the move keeps the windows both shapes share).
+            None => empty_decision(limits, cost, now_ms),
+        }
+    }
+
+    #[expect(
+        clippy::indexing_slicing,
+        reason = "window indexes are below limits.len() <= MAX_WINDOWS, the length of every array indexed here"
+    )]
+    fn snapshot_entry(
+        &self,
+        e: &Entry<'_>,
+        layout: &EntryLayout,
+        limits: &Limits,
+        cost: u32,
+        now_ms: u64,
+        refused: Option<usize>,
+    ) -> Decision {
+        let mut ws = [WindowState::default(); MAX_WINDOWS];
+        let mut all_fit = true;
+        for (i, l) in limits.as_slice().iter().enumerate() {
+            let at = layout.window_at[i];
+            ws[i] = match l.mode() {
+                Mode::Bucketed => {
+                    let word = e.load(at) & !FROZEN;
+                    let geo = limits.geometry(i, self.kmax);
+                    let norm = window::normalize_with(
+                        word,
+                        &geo,
+                        l.window_ms(),
+                        self.kmax,
+                        now_ms,
+                        self.seen_ms(now_ms),
+                    );
+                    bucket_state(&norm, l.limit(), l.window_ms(), cost, now_ms)
+                }
+                Mode::Exact => {
+                    let ring = cell::read_ring(|k| e.w(k), at, l.limit());
+                    let ev = ring.eval(l.window_ms(), now_ms);
+                    exact_state(&ev, l.limit(), l.window_ms(), cost, now_ms)
+                }
+            };
+            all_fit &= ws[i].fits();
+        }
+        let allowed = all_fit && refused.is_none();
+        if let (false, Some(i)) = (allowed, refused) {
+            // The window that refused under contention may look free again by now: it still
+            // is the reason for this rejection.
+            if all_fit {
+                if let Some(w) = ws.get_mut(i) {
+                    w.retry_after_ms = w.retry_after_ms.max(1);
+                }
+            }
+        }
+        Decision::from_windows(allowed, ws, limits.len())
+    }
+}
+
+/// The position of the first exact window (`usize::MAX` if none).
+fn first_exact(items: &[Limit]) -> usize {
+    items
+        .iter()
+        .position(|l| l.mode() == Mode::Exact)
+        .unwrap_or(usize::MAX)
+}

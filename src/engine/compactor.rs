@@ -1,0 +1,87 @@
+//! The background compactor thread: it runs expiry passes (`expire.rs`) while they keep
+//! finding work and sleeps otherwise, and now and then compacts response records
+//! (`blobs.rs`). Like Redis's active expiry it runs another pass at once while passes find
+//! many expired entries, and it lowers its own priority so the threads answering checks go
+//! first. Dropping the handle stops and joins it.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use parking_lot::{Condvar, Mutex};
+
+use super::core::Core;
+use crate::options::CompactorOptions;
+
+/// The compactor thread; stopped and joined when dropped.
+pub(crate) struct CompactorHandle {
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl CompactorHandle {
+    /// Start the thread over `core`.
+    pub(crate) fn spawn(core: Arc<Core>, opts: CompactorOptions) -> CompactorHandle {
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        if !opts.enabled {
+            return CompactorHandle { stop, thread: None };
+        }
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("tollgate-compactor".into())
+            .spawn(move || run(core, flag, opts))
+            .ok();
+        CompactorHandle { stop, thread }
+    }
+}
+
+fn run(core: Arc<Core>, stop: Arc<(Mutex<bool>, Condvar)>, opts: CompactorOptions) {
+    // Background work: on a shared core, the threads answering checks go first.
+    crate::storage::sys::lower_thread_priority();
+    let (lock, cv) = &*stop;
+    let mut tick = 0u64;
+    loop {
+        {
+            let mut stopped = lock.lock();
+            if *stopped {
+                return;
+            }
+            cv.wait_for(&mut stopped, opts.interval);
+            if *stopped {
+                return;
+            }
+        }
+        // Keep going while passes find many expired entries (a quarter of what they look at),
+        // checking for a stop request between passes.
+        loop {
+            // No operation yet since the store opened: no time to judge expiry at.
+            let now = core.expiry_now();
+            if now == 0 {
+                break;
+            }
+            let r = core.expire_pass(now, opts.budget);
+            if r.wrapped && r.expired == 0 {
+                break;
+            }
+            if r.expired * 4 < r.examined.max(1) || *lock.lock() {
+                break;
+            }
+            // Between passes (each at most `budget` entries), let a thread waiting for this
+            // core run.
+            std::thread::yield_now();
+        }
+        tick += 1;
+        if tick.is_multiple_of(8) {
+            core.compact_blobs(50);
+        }
+    }
+}
+
+impl Drop for CompactorHandle {
+    fn drop(&mut self) {
+        *self.stop.0.lock() = true;
+        self.stop.1.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

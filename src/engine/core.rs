@@ -1,0 +1,100 @@
+//! The engine's state: one [`Core`] per open store.
+//!
+//! `Core` is the data every part of the engine shares: the mapped segments, the index, the
+//! clock, the options and the counters. Each part adds its methods in a file of its own (the
+//! check path in `check.rs`, lookup in `lookup.rs`, entry moves in `moves.rs`, recovery in
+//! `recovery.rs`, idempotency records in `records.rs`, expiry in `expire.rs`, response
+//! compaction in `blobs.rs`, inspection in `inspect.rs`), and none of them is imported back
+//! here: this file depends only on storage and on the public option types.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use super::counters::{Counters, Cursor};
+use crate::clock::ClockSource;
+use crate::idempotency::IdemOptions;
+use crate::options::OnFull;
+use crate::storage::index::Index;
+use crate::storage::raw::Map;
+use crate::storage::segment::Segments;
+
+/// The engine of one store (see the module docs).
+pub(crate) struct Core {
+    pub(crate) segs: Segments,
+    pub(crate) index: Index,
+    pub(crate) hasher: ahash::RandomState,
+    pub(crate) kmax: u32,
+    pub(crate) clock: ClockSource,
+    pub(crate) idem: IdemOptions,
+    pub(crate) path: Option<PathBuf>,
+    /// Checks that found their entry frozen and looked again (contention diagnostics).
+    pub(crate) retries: AtomicU64,
+    /// Entries in the index.
+    pub(crate) live_entries: AtomicU64,
+    pub(crate) max_entries: Option<u64>,
+    pub(crate) on_full: OnFull,
+    pub(crate) counters: Counters,
+    pub(crate) cursor: Mutex<Cursor>,
+    /// Blob segments emptied by compaction, waiting for the epoch before reuse.
+    pub(crate) recycle: Arc<Mutex<Vec<usize>>>,
+    /// Blob segments handed to the epoch and not yet in `recycle`.
+    pub(crate) pending_recycle: Arc<AtomicU64>,
+    /// Held while response records are compacted.
+    pub(crate) compacting: Mutex<()>,
+    /// The header page, mapped: its word at `SEEN_AT` is the newest time any operation ran at
+    /// (explicit or from the clock), rounded up to the next multiple of `SEEN_GRANULE_MS`
+    /// above it, kept across restarts. The compactor never judges expiry later than that
+    /// newest time: a caller that drives time itself (`check_at`) is never overtaken by the
+    /// store's own clock, which would unlink entries still live in the caller's time and hand
+    /// out fresh quota. And a window word cannot have been written after it, which tells a
+    /// word written before a clock step back from one left alone for weeks (`window::age`).
+    pub(crate) header: Map,
+}
+
+/// What a [`Core`] is made of, besides its empty bookkeeping.
+pub(crate) struct Parts<'a> {
+    /// The segments, mapped (or the anonymous ones of an in-memory store).
+    pub segs: Segments,
+    /// The header page (anonymous for an in-memory store).
+    pub header: Map,
+    /// Most sub-window counters per bucketed window, as fixed in the file header.
+    pub kmax: u32,
+    /// The file, or `None` in memory.
+    pub path: Option<&'a Path>,
+    /// The store's clock.
+    pub clock: ClockSource,
+    /// Idempotency settings.
+    pub idem: IdemOptions,
+    /// The most entries, if bounded.
+    pub max_entries: Option<u64>,
+    /// What a new key gets when the store is full.
+    pub on_full: OnFull,
+}
+
+impl Core {
+    /// A core over `parts` with an empty index (recovery fills it for a file).
+    pub(crate) fn new(parts: Parts<'_>) -> Core {
+        Core {
+            segs: parts.segs,
+            index: Index::new(),
+            hasher: ahash::RandomState::new(),
+            kmax: parts.kmax,
+            clock: parts.clock,
+            idem: parts.idem,
+            path: parts.path.map(Path::to_path_buf),
+            retries: AtomicU64::new(0),
+            live_entries: AtomicU64::new(0),
+            max_entries: parts.max_entries,
+            on_full: parts.on_full,
+            counters: Counters::default(),
+            cursor: Mutex::new(Cursor::default()),
+            recycle: Arc::new(Mutex::new(Vec::new())),
+            pending_recycle: Arc::new(AtomicU64::new(0)),
+            compacting: Mutex::new(()),
+            header: parts.header,
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! The window entry: the one codec that writes an entry for a key and its windows, finds
+//! where its windows are, and checks one read back from the file. The header word is
+//! [`EntryHeader`]'s; the order of the words is [`EntryLayout`]'s (`storage/format.rs`).
+
+use std::sync::atomic::Ordering;
+
+use super::core::Core;
+use crate::backend::MAX_KEY_LEN;
+use crate::error::{Error, Result};
+use crate::limit::{Descriptor, Limits, MAX_WINDOWS};
+use crate::storage::format::{entry_crc, EntryHeader, EntryLayout, KIND_WINDOWS, LINE};
+use crate::storage::segment::Entry;
+use crate::window::cell::{META_FROZEN, META_HEAD, META_LOCK};
+use crate::window::{self, FROZEN};
+
+/// Words of the longest key.
+const KEY_WORDS: usize = MAX_KEY_LEN / 8;
+/// Largest admission time an exact ring can hold (ms + 1): 10000-01-01.
+const MAX_RING_TIME: u64 = 253_402_300_800_000;
+
+/// A key split into words, as entries store it.
+pub(crate) struct KeyWords {
+    pub(crate) len: usize,
+    words: [u64; KEY_WORDS],
+}
+
+impl KeyWords {
+    /// The words of `key` (refused if empty or too long).
+    pub(crate) fn new(key: &[u8]) -> Result<KeyWords> {
+        if key.is_empty() || key.len() > MAX_KEY_LEN {
+            return Err(Error::InvalidKey { len: key.len() });
+        }
+        let mut words = [0u64; KEY_WORDS];
+        for (w, chunk) in words.iter_mut().zip(key.chunks(8)) {
+            let mut b = [0u8; 8];
+            if let Some(dst) = b.get_mut(..chunk.len()) {
+                dst.copy_from_slice(chunk);
+            }
+            *w = u64::from_le_bytes(b);
+        }
+        Ok(KeyWords {
+            len: key.len(),
+            words,
+        })
+    }
+
+    fn n_words(&self) -> usize {
+        self.len.div_ceil(8)
+    }
+
+    /// The key's bytes.
+    pub(crate) fn bytes(&self) -> ([u8; MAX_KEY_LEN], usize) {
+        let mut b = [0u8; MAX_KEY_LEN];
+        for (chunk, w) in b.chunks_exact_mut(8).zip(self.words.iter()) {
+            chunk.copy_from_slice(&w.to_le_bytes());
+        }
+        (b, self.len)
+    }
+}
+
+/// The raw descriptors of a window entry with `n` windows (two to a word after the header).
+#[inline]
+pub(crate) fn raw_descriptors(e: &Entry<'_>, n: usize) -> [u32; MAX_WINDOWS] {
+    let mut descs = [0u32; MAX_WINDOWS];
+    for (i, d) in descs.iter_mut().take(n).enumerate() {
+        *d = (e.load(1 + i / 2) >> ((i % 2) * 32)) as u32;
+    }
+    descs
+}
+
+impl Core {
+    /// Write a complete entry for `kw` with `descs`; `state(i, word)` gives the initial state
+    /// words of window `i` (`None` = empty). The header word, with the crc, is stored last.
+    pub(crate) fn write_entry(
+        &self,
+        kw: &KeyWords,
+        descs: &[u32],
+        state: impl Fn(usize, &mut [u64]) -> Option<()>,
+    ) -> Result<u64> {
+        let mut decoded = [Descriptor {
+            window_ms: 0,
+            exact: false,
+            cap: 0,
+        }; MAX_WINDOWS];
+        for (d, &raw) in decoded.iter_mut().zip(descs) {
+            *d = Descriptor::decode(raw).ok_or(Error::InvalidLimit("bad descriptor"))?;
+        }
+        let decoded = decoded.get(..descs.len()).unwrap_or(&[]);
+        let layout = EntryLayout::new(decoded, kw.len).ok_or(Error::InvalidLimit(
+            "the key and its windows do not fit in an entry",
+        ))?;
+        let line = self.segs.alloc(layout.lines)?;
+        let e = self.segs.entry(line);
+        let store = |i: usize, v: u64| {
+            if let Some(w) = e.w(i) {
+                w.store(v, Ordering::Relaxed);
+            }
+        };
+        for (i, pair) in descs.chunks(2).enumerate() {
+            let lo = u64::from(pair.first().copied().unwrap_or(0));
+            let hi = u64::from(pair.get(1).copied().unwrap_or(0));
+            store(1 + i, lo | (hi << 32));
+        }
+        for (i, &w) in kw.words.iter().take(kw.n_words()).enumerate() {
+            store(layout.key_at + i, w);
+        }
+        let mut buf = [0u64; 1 + crate::MAX_EXACT_LIMIT as usize];
+        for (i, d) in decoded.iter().enumerate() {
+            let at = layout.window_at.get(i).copied().unwrap_or(0);
+            let words = buf.get_mut(..d.words()).unwrap_or(&mut []);
+            words.fill(0);
+            let _ = state(i, words);
+            for (j, &v) in words.iter().enumerate() {
+                store(at + j, v);
+            }
+        }
+        let (key_bytes, len) = kw.bytes();
+        let header = EntryHeader::new(kw.len, descs.len(), KIND_WINDOWS);
+        let crc = entry_crc(header.low(), descs, key_bytes.get(..len).unwrap_or(&[]));
+        // Release: everything above is visible to whoever sees the header (and, later, the
+        // index entry that points here).
+        if let Some(w) = e.w(0) {
+            w.store(header.with_crc(crc).encode(), Ordering::Release);
+        }
+        Ok(line)
+    }
+
+    /// The entry's layout if it holds exactly the windows of `limits`; `None` if they differ.
+    #[inline]
+    pub(crate) fn layout_for(&self, e: &Entry<'_>, limits: &Limits) -> Option<EntryLayout> {
+        let h = EntryHeader::decode(e.load(0));
+        let n = h.windows;
+        if n != limits.len() {
+            return None;
+        }
+        for (i, &want) in limits.desc_words().iter().enumerate() {
+            if e.load(1 + i) != want {
+                return None;
+            }
+        }
+        let key_len = h.key_len;
+        let key_at = 1 + n.div_ceil(2);
+        let state_at = key_at + key_len.div_ceil(8);
+        let mut window_at = [0usize; MAX_WINDOWS];
+        for (i, place) in window_at.iter_mut().enumerate().take(n) {
+            *place = state_at + limits.rel_at(i);
+        }
+        let words = state_at + limits.state_words();
+        Some(EntryLayout {
+            n,
+            key_len,
+            key_at,
+            state_at,
+            window_at,
+            words,
+            lines: (words * 8).div_ceil(LINE) as u32,
+        })
+    }
+
+    /// Check one entry read at open: crc, descriptors, state words. Clears lock bits. Returns
+    /// its key and whether it was frozen (a move was under way).
+    pub(crate) fn check_entry(&self, e: &Entry<'_>, class_lines: u32) -> Option<(KeyWords, bool)> {
+        let h = EntryHeader::decode(e.load(0));
+        let (key_len, n) = (h.key_len, h.windows);
+        if h.kind != KIND_WINDOWS || h.reserved != 0 || n == 0 || n > MAX_WINDOWS {
+            return None;
+        }
+        if key_len == 0 || key_len > MAX_KEY_LEN {
+            return None;
+        }
+        let descs = raw_descriptors(e, n);
+        let descs = descs.get(..n)?;
+        // The unused high half of the last descriptor word (odd `n`) must be zero.
+        if n % 2 == 1 && e.load(1 + n / 2) >> 32 != 0 {
+            return None;
+        }
+        let key_at = 1 + n.div_ceil(2);
+        let mut kw = KeyWords {
+            len: key_len,
+            words: [0; KEY_WORDS],
+        };
+        for (i, w) in kw.words.iter_mut().take(key_len.div_ceil(8)).enumerate() {
+            *w = e.load(key_at + i);
+        }
+        let (bytes, _) = kw.bytes();
+        if entry_crc(h.low(), descs, bytes.get(..key_len)?) != h.crc {
+            return None;
+        }
+        // Padding after the key must be zero (the key compare reads whole words).
+        if !key_len.is_multiple_of(8) && kw.words.get(key_len / 8)? >> ((key_len % 8) * 8) != 0 {
+            return None;
+        }
+        let mut decoded = Vec::with_capacity(n);
+        for &d in descs {
+            decoded.push(Descriptor::decode(d)?);
+        }
+        let layout = EntryLayout::new(&decoded, key_len)?;
+        if layout.lines != class_lines {
+            return None;
+        }
+        let mut frozen = false;
+        for (i, d) in decoded.iter().enumerate() {
+            let w = e.w(*layout.window_at.get(i)?)?;
+            let v = w.load(Ordering::Acquire);
+            if d.exact {
+                frozen |= v & META_FROZEN != 0;
+                let head = v & META_HEAD;
+                if head >= u64::from(d.cap) || v & !(META_HEAD | META_LOCK | META_FROZEN) != 0 {
+                    return None;
+                }
+                // Ring times are ms since 1970 (+1): anything past the year 10000 was not
+                // written by tollgate.
+                let at = *layout.window_at.get(i)?;
+                if (0..d.cap as usize).any(|k| e.load(at + 1 + k) > MAX_RING_TIME) {
+                    return None;
+                }
+                w.store(head, Ordering::Release);
+            } else {
+                frozen |= v & FROZEN != 0;
+                let clean = v & !FROZEN;
+                if !window::word_is_valid(clean, self.kmax) {
+                    return None;
+                }
+                w.store(clean, Ordering::Release);
+            }
+        }
+        Some((kw, frozen))
+    }
+}

@@ -1,0 +1,307 @@
+//! Expiry: unlink what is past its window or TTL, so its space can be reused. The compactor
+//! thread (`compactor.rs`) runs these passes; `Store::expire_now` runs one full sweep.
+//!
+//! * **Expiry**: a window entry whose every window has fully elapsed since its last request
+//!   (it is indistinguishable from a key never seen), an idempotency record past its TTL, an
+//!   in-flight lease past its timeout, and an aborted record are unlinked from the index; their
+//!   space returns to the free lists once every reader that might still hold them has finished
+//!   (crossbeam-epoch). Reads never depend on this: an expired window reads as empty and an
+//!   expired record as free, whether the compactor has reached them or not.
+//! * **Bounded work**: a pass examines at most `budget` entries from a cursor that resumes
+//!   where the last pass stopped; like Redis's active expiry, the thread runs another pass at
+//!   once while passes keep finding many expired entries, and otherwise sleeps. The only lock
+//!   a pass takes is one index stripe, for the few instructions of one unlink.
+//! * **Unlinking without losing a request**: under the stripe lock every state word of the
+//!   entry is frozen by a compare-and-swap that succeeds only if the word is unchanged and
+//!   still expired; a concurrent check that updated a word makes the freeze fail (the entry
+//!   stays), and a check that meets a frozen word looks the key up again and starts afresh.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use super::core::Core;
+use super::counters::Cursor;
+use super::entry::raw_descriptors;
+use crate::idempotency::record::{
+    pack, unpack, IdemLayout, ST_DEAD, ST_DONE, ST_INFLIGHT, ST_VACANT,
+};
+use crate::limit::{Descriptor, MAX_WINDOWS};
+use crate::storage::format::{EntryHeader, SegmentHeader, BLOB_SEGMENT, KIND_IDEM, KIND_WINDOWS};
+use crate::storage::segment::Entry;
+use crate::window::{self, cell};
+
+/// What one expiry pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PassReport {
+    /// Entries looked at.
+    pub examined: u64,
+    /// Entries unlinked (their space is reused after the epoch).
+    pub expired: u64,
+    /// Whether the pass reached the end of the store (and wrapped to the start).
+    pub wrapped: bool,
+}
+
+impl Core {
+    /// Start the next pass from the beginning of the store.
+    pub(crate) fn reset_cursor(&self) {
+        *self.cursor.lock() = Cursor::default();
+    }
+
+    /// Examine up to `budget` entries from the cursor and unlink the expired ones.
+    pub(crate) fn expire_pass(&self, now_ms: u64, budget: u64) -> PassReport {
+        let start = Instant::now();
+        let mut report = PassReport::default();
+        let mut cur = self.cursor.lock();
+        let seg_lines = self.segs.seg_lines();
+        while report.examined < budget {
+            let count = self.segs.count();
+            if count == 0 {
+                break;
+            }
+            if cur.seg >= count {
+                // The end of the store: start over next pass.
+                cur.seg = 0;
+                cur.line = 0;
+                report.wrapped = true;
+                break;
+            }
+            let header =
+                SegmentHeader::decode(&self.segs.read_segment_header(cur.seg), cur.seg as u32);
+            let class = match header {
+                Ok(Some(h)) if h.entry_lines != BLOB_SEGMENT => u64::from(h.entry_lines),
+                _ => {
+                    cur.seg += 1;
+                    cur.line = 0;
+                    continue;
+                }
+            };
+            if cur.line < 1 {
+                cur.line = 1;
+            }
+            let end = self.segs.scan_end(cur.seg);
+            let guard = crossbeam_epoch::pin();
+            let mut freed = Vec::new();
+            while cur.line + class <= end && report.examined < budget {
+                let line = cur.seg as u64 * seg_lines + cur.line;
+                cur.line += class;
+                report.examined += 1;
+                if self.try_expire(line, now_ms, &guard) {
+                    report.expired += 1;
+                    freed.push((line, class as u32));
+                }
+            }
+            // One deferred release for the whole run of lines, not one per line: whichever
+            // thread next collects the epoch's garbage runs it, and that is often a thread in
+            // the middle of a check.
+            self.segs.release_all_later(freed, &guard);
+            if cur.line + class > end {
+                cur.seg += 1;
+                cur.line = 0;
+            }
+        }
+        drop(cur);
+        if report.expired > 0 {
+            // Hand the unlinked entries to the epoch now, so their space comes back soon.
+            crossbeam_epoch::pin().flush();
+        }
+        self.counters.passes.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .last_pass_ns
+            .store(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        report
+    }
+
+    /// Unlink the entry at `line` if it is expired at `now_ms`. On `true` the caller hands the
+    /// line to the epoch ([`Segments::release_all_later`](crate::storage::segment::Segments)).
+    fn try_expire(&self, line: u64, now_ms: u64, guard: &crossbeam_epoch::Guard) -> bool {
+        let e = self.segs.entry(line);
+        let head = e.load(0);
+        if head == 0 {
+            return false;
+        }
+        let h = EntryHeader::decode(head);
+        let (key_len, n) = (h.key_len, h.windows);
+        match h.kind {
+            KIND_WINDOWS => {
+                let Some(windows) = self.window_slots(&e, n, key_len) else {
+                    return false;
+                };
+                if !windows
+                    .iter()
+                    .take(n)
+                    .all(|w| self.slot_expired(&e, w, now_ms))
+                {
+                    return false;
+                }
+                self.unlink_window(line, n, &windows, now_ms, guard)
+            }
+            KIND_IDEM => self.unlink_record(line, key_len, now_ms, guard),
+            _ => false,
+        }
+    }
+
+    /// The state slots of a window entry: (first word, descriptor).
+    fn window_slots(
+        &self,
+        e: &Entry<'_>,
+        n: usize,
+        key_len: usize,
+    ) -> Option<[(usize, Descriptor); MAX_WINDOWS]> {
+        if n == 0 || n > MAX_WINDOWS {
+            return None;
+        }
+        let mut out = [(
+            0usize,
+            Descriptor {
+                window_ms: 1000,
+                exact: false,
+                cap: 0,
+            },
+        ); MAX_WINDOWS];
+        let mut at = 1 + n.div_ceil(2) + key_len.div_ceil(8);
+        let descs = raw_descriptors(e, n);
+        for (slot, &raw) in out.iter_mut().zip(descs.iter()).take(n) {
+            let d = Descriptor::decode(raw)?;
+            *slot = (at, d);
+            at += d.words();
+        }
+        Some(out)
+    }
+
+    fn slot_expired(&self, e: &Entry<'_>, slot: &(usize, Descriptor), now_ms: u64) -> bool {
+        let (at, d) = *slot;
+        if d.exact {
+            // A first look without the lock; the freeze looks again under it.
+            let meta = e.load(at);
+            if meta & (cell::META_LOCK | cell::META_FROZEN) != 0 {
+                return false; // locked or moving: look again next time
+            }
+            cell::ring_expired(&|k| e.w(k), at, d.cap, d.window_ms, now_ms)
+        } else {
+            let w = e.load(at);
+            w & window::FROZEN == 0
+                && window::word_expired(w, d.window_ms, self.kmax, now_ms, self.seen_ms(now_ms))
+        }
+    }
+
+    fn unlink_window(
+        &self,
+        line: u64,
+        n: usize,
+        windows: &[(usize, Descriptor); MAX_WINDOWS],
+        now_ms: u64,
+        guard: &crossbeam_epoch::Guard,
+    ) -> bool {
+        let hash = self.rehash(line);
+        let mut lock = self.index.lock(hash);
+        let e = self.segs.entry(line);
+        if !self.index_points_at(line, KIND_WINDOWS, guard) {
+            return false;
+        }
+        // Freeze every window, each only if it is unchanged and still expired.
+        let mut frozen = 0usize;
+        let mut ok = true;
+        for slot in windows.iter().take(n) {
+            let (at, d) = *slot;
+            let Some(w) = e.w(at) else {
+                ok = false;
+                break;
+            };
+            if d.exact {
+                // Under the ring's lock; the entry's first exact window comes first, and its
+                // lock is the one requests take for every ring of the entry.
+                if !cell::freeze_ring_if_expired(|k| e.w(k), at, d.cap, d.window_ms, now_ms) {
+                    ok = false;
+                    break;
+                }
+            } else if !cell::freeze_if_expired(w, d.window_ms, self.kmax, now_ms, self.seen_word())
+            {
+                ok = false;
+                break;
+            }
+            frozen += 1;
+        }
+        if !ok {
+            for (at, d) in windows.iter().take(frozen) {
+                if let Some(w) = e.w(*at) {
+                    if d.exact {
+                        cell::thaw_meta(w);
+                    } else {
+                        cell::thaw(w);
+                    }
+                }
+            }
+            return false;
+        }
+        lock.remove(hash, line, guard);
+        // A reader that still holds the line finds no key in it (and looks again); a reopen
+        // does not bring it back. The rest of the entry stays until the space is reused.
+        self.clear_entry(line);
+        self.live_entries.fetch_sub(1, Ordering::Relaxed);
+        // The caller hands `line` to the epoch.
+        self.counters
+            .expired_windows
+            .fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    pub(crate) fn unlink_record(
+        &self,
+        line: u64,
+        key_len: usize,
+        now_ms: u64,
+        guard: &crossbeam_epoch::Guard,
+    ) -> bool {
+        let l = IdemLayout::new(key_len);
+        let e = self.segs.entry(line);
+        let Some(w) = e.w(l.state_at) else {
+            return false;
+        };
+        let expired = |s: u64| {
+            let (state, _, dl) = unpack(s);
+            match state {
+                ST_VACANT => true,
+                ST_INFLIGHT | ST_DONE => now_ms >= dl.saturating_mul(1000),
+                _ => false,
+            }
+        };
+        if !expired(w.load(Ordering::Acquire)) {
+            return false;
+        }
+        let hash = self.rehash(line);
+        let mut lock = self.index.lock(hash);
+        if !self.index_points_at(line, KIND_IDEM, guard) {
+            return false;
+        }
+        let s = w.load(Ordering::Acquire);
+        let (state, fence, dl) = unpack(s);
+        if !expired(s)
+            || w.compare_exchange(
+                s,
+                pack(ST_DEAD, fence, dl),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_err()
+        {
+            return false;
+        }
+        if state == ST_DONE {
+            self.record_blob_dead(&e, &l);
+        }
+        if state == ST_INFLIGHT {
+            self.counters.expired_leases.fetch_add(1, Ordering::Relaxed);
+        }
+        lock.remove(hash, line, guard);
+        // A reader that still holds the line finds no key in it (and looks again); a reopen
+        // does not bring it back. The rest of the entry stays until the space is reused.
+        self.clear_entry(line);
+        self.live_entries.fetch_sub(1, Ordering::Relaxed);
+        self.counters.live_records.fetch_sub(1, Ordering::Relaxed);
+        // The caller hands `line` to the epoch.
+        self.counters
+            .expired_records
+            .fetch_add(1, Ordering::Relaxed);
+        true
+    }
+}

@@ -1,0 +1,174 @@
+//! Walking the live entries of a store, for [`Store::visit`](crate::Store::visit),
+//! [`Store::verify`](crate::Store::verify) and the `tollgate` command. Not on any request path.
+
+use std::time::Duration;
+
+use super::core::Core;
+use super::entry::raw_descriptors;
+use crate::idempotency::record::{
+    unpack, IdemLayout, ResponseMeta, ST_COMPLETING, ST_DEAD, ST_DONE, ST_INFLIGHT,
+};
+use crate::inspect::{EntryView, RecordState, VerifyReport, WindowView};
+use crate::limit::{Descriptor, MAX_WINDOWS};
+use crate::storage::format::{EntryHeader, SegmentHeader, BLOB_SEGMENT, KIND_IDEM, KIND_WINDOWS};
+use crate::window;
+
+impl Core {
+    /// Call `f(line, kind)` for every entry the index reaches.
+    pub(crate) fn for_each_live(&self, mut f: impl FnMut(u64, u8)) {
+        let guard = crossbeam_epoch::pin();
+        let seg_lines = self.segs.seg_lines();
+        for seg in 0..self.segs.count() {
+            let h = SegmentHeader::decode(&self.segs.read_segment_header(seg), seg as u32);
+            let class = match h {
+                Ok(Some(h)) if h.entry_lines != BLOB_SEGMENT => u64::from(h.entry_lines),
+                _ => continue,
+            };
+            let end = self.segs.scan_end(seg);
+            let mut at = 1;
+            while at + class <= end {
+                let line = seg as u64 * seg_lines + at;
+                at += class;
+                let head = self.segs.entry(line).load(0);
+                let kind = EntryHeader::decode(head).kind;
+                if head == 0 || (kind != KIND_WINDOWS && kind != KIND_IDEM) {
+                    continue;
+                }
+                if self.index_points_at(line, kind, &guard) {
+                    f(line, kind);
+                }
+            }
+        }
+    }
+
+    pub(crate) fn visit(&self, now_ms: u64, f: &mut dyn FnMut(EntryView<'_>)) {
+        self.for_each_live(|line, kind| {
+            let e = self.segs.entry(line);
+            let h = EntryHeader::decode(e.load(0));
+            let (key_len, n) = (h.key_len, h.windows);
+            let key_at = 1 + n.div_ceil(2);
+            let (key_buf, _) = self.entry_key(line);
+            let key = key_buf.get(..key_len).unwrap_or(&[]);
+            if kind == KIND_WINDOWS {
+                let mut views = [WindowView {
+                    window: Duration::ZERO,
+                    exact: false,
+                    used: 0,
+                }; MAX_WINDOWS];
+                let mut at = key_at + key_len.div_ceil(8);
+                let mut expired = true;
+                let descs = raw_descriptors(&e, n);
+                for (v, &raw) in views.iter_mut().zip(descs.iter()).take(n) {
+                    let Some(d) = Descriptor::decode(raw) else {
+                        return;
+                    };
+                    let used = if d.exact {
+                        (0..d.cap as usize)
+                            .filter(|&k| {
+                                let t = e.load(at + 1 + k);
+                                t != 0 && (t - 1).saturating_add(d.window_ms) > now_ms
+                            })
+                            .count() as u32
+                    } else {
+                        window::word_count(
+                            e.load(at),
+                            d.window_ms,
+                            self.kmax,
+                            now_ms,
+                            self.seen_ms(now_ms),
+                        )
+                    };
+                    expired &= used == 0;
+                    *v = WindowView {
+                        window: Duration::from_millis(d.window_ms),
+                        exact: d.exact,
+                        used,
+                    };
+                    at += d.words();
+                }
+                f(EntryView::Windows {
+                    key,
+                    windows: views.get(..n).unwrap_or(&[]),
+                    expired,
+                });
+            } else {
+                let l = IdemLayout::new(key_len);
+                let (state, fence, dl) = unpack(e.load(l.state_at));
+                let scope_len = key.first().copied().unwrap_or(0) as usize;
+                let scope = key.get(1..1 + scope_len).unwrap_or(&[]);
+                let uuid = key
+                    .get(1 + scope_len..1 + scope_len + 16)
+                    .and_then(|b| uuid::Uuid::from_slice(b).ok())
+                    .unwrap_or_default();
+                let state_view = match state {
+                    ST_DONE => RecordState::Completed,
+                    ST_INFLIGHT => RecordState::InFlight,
+                    ST_COMPLETING | ST_DEAD => RecordState::Changing,
+                    _ => RecordState::Vacant,
+                };
+                let deadline_ms = dl.saturating_mul(1000);
+                f(EntryView::Idempotency {
+                    scope,
+                    key: uuid,
+                    state: state_view,
+                    fence,
+                    deadline_ms,
+                    response_len: (state == ST_DONE)
+                        .then(|| ResponseMeta::decode(e.load(l.state_at + 2)).len),
+                    expired: state_view == RecordState::Vacant
+                        || (matches!(state_view, RecordState::InFlight | RecordState::Completed)
+                            && now_ms >= deadline_ms),
+                });
+            }
+        });
+    }
+
+    /// Check every live entry and read back every stored response.
+    pub(crate) fn verify(&self) -> VerifyReport {
+        let mut report = VerifyReport::default();
+        let core = self;
+        core.for_each_live(|line, kind| {
+            report.entries += 1;
+            if kind == KIND_IDEM {
+                let e = core.segs.entry(line);
+                let l = IdemLayout::new(EntryHeader::decode(e.load(0)).key_len);
+                if unpack(e.load(l.state_at)).0 == ST_DONE {
+                    match core.read_response_at(line) {
+                        Ok(_) => report.responses += 1,
+                        Err(err) => report
+                            .problems
+                            .push((core.segs.file_offset(line), err.to_string())),
+                    }
+                }
+            } else if kind == KIND_WINDOWS {
+                let e = core.segs.entry(line);
+                let h = EntryHeader::decode(e.load(0));
+                let n = h.windows;
+                let mut at = 1 + n.div_ceil(2) + h.key_words();
+                for &raw in raw_descriptors(&e, n).iter().take(n) {
+                    match Descriptor::decode(raw) {
+                        Some(d) => {
+                            if !d.exact
+                                && !window::word_is_valid(e.load(at) & !window::FROZEN, core.kmax)
+                            {
+                                report.problems.push((
+                                    core.segs.file_offset(line),
+                                    "invalid window word".into(),
+                                ));
+                            }
+                            at += d.words();
+                        }
+                        None => {
+                            report.problems.push((
+                                core.segs.file_offset(line),
+                                "invalid window descriptor".into(),
+                            ));
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        report
+    }
+}

@@ -1,0 +1,187 @@
+//! Key to entry: the lock-free probe of the index and the comparison of the stored key, the
+//! insert of a new key under its stripe lock, and the bound on the number of entries.
+
+use std::sync::atomic::Ordering;
+
+use crossbeam_epoch::Guard;
+
+use super::core::Core;
+use super::entry::KeyWords;
+use crate::backend::MAX_KEY_LEN;
+use crate::error::{Error, Result};
+use crate::limit::Limits;
+use crate::storage::format::{EntryHeader, KIND_WINDOWS};
+
+impl Core {
+    #[inline]
+    pub(crate) fn find(&self, hash: u64, key: &[u8], guard: &Guard) -> Option<u64> {
+        self.find_kind(hash, key, KIND_WINDOWS, guard)
+    }
+
+    /// Find the entry of `kind` for `key` without a lock.
+    #[inline]
+    pub(crate) fn find_kind(&self, hash: u64, key: &[u8], kind: u8, guard: &Guard) -> Option<u64> {
+        self.index
+            .find(hash, guard, |line| self.matches(line, key, kind))
+    }
+
+    /// Whether the entry at `line` is a window entry for `key`.
+    #[inline]
+    pub(crate) fn matches(&self, line: u64, key: &[u8], kind: u8) -> bool {
+        let e = self.segs.entry(line);
+        let h = EntryHeader::decode(e.load(0));
+        if h.key_len != key.len() || h.kind != kind {
+            return false;
+        }
+        let n = h.windows;
+        // The key's words, fetched as one run (one bounds check, not one per word).
+        let Some(words) = e.run(1 + n.div_ceil(2), key.len().div_ceil(8)) else {
+            return false;
+        };
+        let mut chunks = key.chunks_exact(8);
+        for (c, w) in chunks.by_ref().zip(words) {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(c);
+            if w.load(Ordering::Relaxed) != u64::from_le_bytes(b) {
+                return false;
+            }
+        }
+        let rest = chunks.remainder();
+        if rest.is_empty() {
+            return true;
+        }
+        let mut b = [0u8; 8];
+        if let Some(dst) = b.get_mut(..rest.len()) {
+            dst.copy_from_slice(rest);
+        }
+        words
+            .last()
+            .is_some_and(|w| w.load(Ordering::Relaxed) == u64::from_le_bytes(b))
+    }
+
+    /// Find the key under its stripe lock, or write a new entry for it.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn insert(
+        &self,
+        hash: u64,
+        key: &[u8],
+        limits: &Limits,
+        guard: &Guard,
+        now_ms: u64,
+    ) -> Result<u64> {
+        self.make_room(now_ms)?;
+        let mut lock = self.index.lock(hash);
+        if let Some(line) = self.find(hash, key, guard) {
+            return Ok(line);
+        }
+        let kw = KeyWords::new(key)?;
+        let line = self.write_entry(&kw, limits.descriptors(), |_, _| None)?;
+        lock.insert(hash, line, guard, |l| self.rehash(l));
+        self.live_entries.fetch_add(1, Ordering::Relaxed);
+        Ok(line)
+    }
+
+    /// `Ok` if a new entry may be added: below `max_entries`, or brought below it by a short
+    /// expiry pass. Never evicts a live entry.
+    pub(crate) fn make_room(&self, now_ms: u64) -> Result<()> {
+        let Some(max) = self.max_entries else {
+            return Ok(());
+        };
+        if self.live_entries.load(Ordering::Relaxed) < max {
+            return Ok(());
+        }
+        self.expire_pass(now_ms, 1024);
+        if self.live_entries.load(Ordering::Relaxed) < max {
+            Ok(())
+        } else {
+            Err(Error::CapacityExhausted)
+        }
+    }
+
+    /// The key stored in the entry at `line` (any kind), and its length.
+    pub(crate) fn entry_key(&self, line: u64) -> ([u8; MAX_KEY_LEN], usize) {
+        let e = self.segs.entry(line);
+        let h = EntryHeader::decode(e.load(0));
+        let len = h.key_len;
+        let key_at = 1 + h.windows.div_ceil(2);
+        let mut key = [0u8; MAX_KEY_LEN];
+        for (i, chunk) in key.chunks_exact_mut(8).take(len.div_ceil(8)).enumerate() {
+            chunk.copy_from_slice(&e.load(key_at + i).to_le_bytes());
+        }
+        (key, len.min(MAX_KEY_LEN))
+    }
+
+    /// The hash of the key stored at `line`.
+    pub(crate) fn rehash(&self, line: u64) -> u64 {
+        let (key, len) = self.entry_key(line);
+        self.hasher.hash_one(key.get(..len).unwrap_or(&[]))
+    }
+
+    /// Whether the index maps the key stored at `line` to `line`.
+    pub(crate) fn index_points_at(&self, line: u64, kind: u8, guard: &Guard) -> bool {
+        let (key, len) = self.entry_key(line);
+        let key = key.get(..len).unwrap_or(&[]);
+        self.find_kind(self.hasher.hash_one(key), key, kind, guard) == Some(line)
+    }
+
+    pub(crate) fn clear_entry(&self, line: u64) {
+        if let Some(w) = self.segs.entry(line).w(0) {
+            w.store(0, Ordering::Release);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::backend::MAX_KEY_LEN;
+    use crate::storage::format::{KIND_IDEM, KIND_WINDOWS};
+    use crate::{Limit, Limits, Options, Store};
+
+    #[test]
+    fn every_key_length_finds_its_own_entry_and_no_other() {
+        // Keys of every length from 1 to the maximum, each a prefix of the next (so a wrong
+        // length check or a wrong last word would find a neighbour's entry), and a twin of
+        // each differing only in its last byte.
+        let store = Store::open_in_memory(Options::default().compactor(false)).unwrap();
+        let limits = Limits::new(&[Limit::per_minute(1000)]).unwrap();
+        let now = 1_700_000_000_000;
+        let base: Vec<u8> = (0..MAX_KEY_LEN as u32)
+            .map(|i| b'a' + (i % 26) as u8)
+            .collect();
+        for len in 1..=MAX_KEY_LEN {
+            let key = &base[..len];
+            let mut twin = key.to_vec();
+            twin[len - 1] ^= 0x20;
+            // `len` checks of the key, one of its twin.
+            for _ in 0..len % 7 + 1 {
+                store.check_at(key, &limits, 1, now).unwrap();
+            }
+            store.check_at(&twin, &limits, 1, now).unwrap();
+        }
+        let core = &store.core;
+        let guard = crossbeam_epoch::pin();
+        for len in 1..=MAX_KEY_LEN {
+            let key = &base[..len];
+            let mut twin = key.to_vec();
+            twin[len - 1] ^= 0x20;
+            let used = |k: &[u8]| store.peek_at(k, &limits, now).unwrap().windows()[0].used();
+            assert_eq!(used(key), (len % 7 + 1) as u32, "key of {len} bytes");
+            assert_eq!(used(&twin), 1, "twin of {len} bytes");
+            // The comparison itself, on the key's entry: different hashes keep the lookups
+            // above from ever comparing a key with a neighbour's entry.
+            let line = core.find(core.hasher.hash_one(key), key, &guard).unwrap();
+            assert!(core.matches(line, key, KIND_WINDOWS));
+            assert!(!core.matches(line, key, KIND_IDEM));
+            assert!(
+                !core.matches(line, &twin, KIND_WINDOWS),
+                "twin of {len} bytes"
+            );
+            assert!(!core.matches(line, &base[..len - 1], KIND_WINDOWS));
+            if len < MAX_KEY_LEN {
+                assert!(!core.matches(line, &base[..len + 1], KIND_WINDOWS));
+            }
+        }
+        assert_eq!(store.stats().entries, 2 * MAX_KEY_LEN as u64);
+    }
+}

@@ -1,0 +1,115 @@
+//! Moving a window entry to a new set of windows, when a key is checked with other limits
+//! than its entry holds (a policy change): freeze the old entry, write the new one with the
+//! state of every window both sets share, switch the index, release the old lines after the
+//! epoch. A crash at any point leaves one live copy: recovery keeps the unfrozen one.
+
+use std::sync::atomic::Ordering;
+
+use crossbeam_epoch::Guard;
+
+use super::core::Core;
+use super::entry::{raw_descriptors, KeyWords};
+use crate::error::{Error, Result};
+use crate::limit::{Descriptor, Limits};
+use crate::storage::format::{EntryHeader, EntryLayout};
+use crate::window::cell::{self, META_FROZEN};
+use crate::window::FROZEN;
+
+impl Core {
+    /// Move the entry at `old` to a new entry shaped for `limits`, keeping the state of every
+    /// window both shapes share.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn migrate(
+        &self,
+        hash: u64,
+        old: u64,
+        key: &[u8],
+        limits: &Limits,
+        guard: &Guard,
+    ) -> Result<()> {
+        let kw = &KeyWords::new(key)?;
+        let mut lock = self.index.lock(hash);
+        if self.find(hash, key, guard) != Some(old) {
+            return Ok(()); // someone else moved it
+        }
+        let e = self.segs.entry(old);
+        let n = EntryHeader::decode(e.load(0)).windows;
+        let old_descs = raw_descriptors(&e, n);
+        let old_descs = old_descs.get(..n).unwrap_or(&[]);
+        let decoded: Vec<Descriptor> = old_descs
+            .iter()
+            .filter_map(|&d| Descriptor::decode(d))
+            .collect();
+        let old_layout = EntryLayout::new(&decoded, kw.len).ok_or(Error::Corrupt {
+            offset: old,
+            reason: "entry descriptors",
+        })?;
+        // Freeze the old entry: exact windows by their meta word, bucketed by the frozen bit.
+        for (d, &at) in decoded.iter().zip(&old_layout.window_at) {
+            if let Some(w) = e.w(at) {
+                if d.exact {
+                    // `None` means already frozen; otherwise we hold the lock, so no check is
+                    // half-way through the ring when it freezes.
+                    if cell::lock_meta(w) {
+                        w.fetch_or(META_FROZEN, Ordering::AcqRel);
+                        cell::unlock_meta(w);
+                    }
+                } else {
+                    cell::freeze(w);
+                }
+            }
+        }
+        let new_descs = limits.descriptors();
+        let written = self.write_entry(kw, new_descs, |i, out| {
+            let nd = Descriptor::decode(*new_descs.get(i)?)?;
+            // The same window in the old entry: same length and mode.
+            let j = decoded
+                .iter()
+                .position(|d| d.window_ms == nd.window_ms && d.exact == nd.exact)?;
+            let at = *old_layout.window_at.get(j)?;
+            if nd.exact {
+                let od = decoded.get(j)?;
+                let ring = cell::read_ring(|k| e.w(k), at, od.cap);
+                let mut times: Vec<u64> = ring
+                    .slots
+                    .iter()
+                    .take(od.cap as usize)
+                    .copied()
+                    .filter(|&v| v != 0)
+                    .collect();
+                times.sort_unstable();
+                let keep = times.len().saturating_sub(nd.cap as usize);
+                let kept = times.get(keep..).unwrap_or(&[]);
+                for (k, &t) in kept.iter().enumerate() {
+                    *out.get_mut(1 + k)? = t;
+                }
+                *out.first_mut()? = (kept.len() as u64) % u64::from(nd.cap.max(1));
+            } else {
+                *out.first_mut()? = e.load(at) & !FROZEN;
+            }
+            Some(())
+        });
+        let new_line = match written {
+            Ok(line) => line,
+            Err(err) => {
+                // The move failed (no space, or the new windows do not fit an entry): thaw the
+                // old entry, so the key keeps working with the windows it has.
+                for (d, &at) in decoded.iter().zip(&old_layout.window_at) {
+                    if let Some(w) = e.w(at) {
+                        if d.exact {
+                            cell::thaw_meta(w);
+                        } else {
+                            cell::thaw(w);
+                        }
+                    }
+                }
+                return Err(err);
+            }
+        };
+        lock.replace(hash, old, new_line, guard);
+        self.clear_entry(old);
+        self.segs.release_later(old, old_layout.lines, guard);
+        Ok(())
+    }
+}

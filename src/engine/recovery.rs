@@ -1,0 +1,134 @@
+//! Opening a file: read every segment, check every entry (crc, descriptors, state words),
+//! clear what a crash left half done (lock bits, frozen copies, completions cut short) and
+//! rebuild the index. What fails a check is counted and never served.
+
+use std::sync::atomic::Ordering;
+
+use super::core::Core;
+use crate::storage::format::{
+    BlobHeader, EntryHeader, SegmentHeader, BLOB_SEGMENT, KIND_IDEM, KIND_WINDOWS,
+};
+
+/// What opening a store found (entries recovered, records skipped).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OpenReport {
+    /// Entries loaded into the index.
+    pub entries: u64,
+    /// Entries whose checksum or structure failed: skipped, never served.
+    pub corrupt_entries: u64,
+    /// Segments whose header failed: skipped whole, never served, never reused.
+    pub corrupt_segments: u64,
+    /// Entries found twice (a crash while an entry moved): the newer copy is kept.
+    pub duplicates: u64,
+    /// Segments whose header was never written (a crash while growing): reused.
+    pub blank_segments: u64,
+}
+
+impl Core {
+    /// Scan the mapped segments, check every entry and rebuild the index.
+    pub(crate) fn recover(&self, count: usize) -> OpenReport {
+        let mut report = OpenReport::default();
+        let guard = crossbeam_epoch::pin();
+        let seg_lines = self.segs.seg_lines();
+        let mut blob_segments = Vec::new();
+        for seg in 0..count {
+            let header =
+                match SegmentHeader::decode(&self.segs.read_segment_header(seg), seg as u32) {
+                    Ok(Some(h)) => h,
+                    Ok(None) => {
+                        report.blank_segments += 1;
+                        self.segs.adopt(seg, None, Vec::new());
+                        continue;
+                    }
+                    Err(_) => {
+                        report.corrupt_segments += 1;
+                        continue;
+                    }
+                };
+            if header.entry_lines == BLOB_SEGMENT {
+                // Adopted after the entries are read: their pointers say how far it is used.
+                blob_segments.push((seg, self.scan_blobs(seg)));
+                continue;
+            }
+            let mut free = Vec::new();
+            let lines = u64::from(header.entry_lines);
+            let mut at = 1;
+            while at + lines <= seg_lines {
+                let line = seg as u64 * seg_lines + at;
+                at += lines;
+                let e = self.segs.entry(line);
+                let head = e.load(0);
+                if head == 0 {
+                    free.push(line);
+                    continue;
+                }
+                let kind = EntryHeader::decode(head).kind;
+                let checked = match kind {
+                    KIND_WINDOWS => self
+                        .check_entry(&e, header.entry_lines)
+                        .map(|(kw, frozen)| {
+                            let (bytes, len) = kw.bytes();
+                            (bytes.get(..len).unwrap_or(&[]).to_vec(), frozen)
+                        }),
+                    KIND_IDEM => self.check_idem_entry(&e, header.entry_lines),
+                    _ => None,
+                };
+                match checked {
+                    Some((key, frozen)) => {
+                        let hash = self.rehash(line);
+                        let mut lock = self.index.lock(hash);
+                        match self.find_kind(hash, &key, kind, &guard) {
+                            None => {
+                                lock.insert(hash, line, &guard, |l| self.rehash(l));
+                                report.entries += 1;
+                                if kind == KIND_IDEM {
+                                    self.counters.live_records.fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
+                            Some(other) => {
+                                report.duplicates += 1;
+                                if !frozen {
+                                    // The frozen copy is the one that was being moved away.
+                                    lock.replace(hash, other, line, &guard);
+                                    self.clear_entry(other);
+                                    free.push(other);
+                                } else {
+                                    self.clear_entry(line);
+                                    free.push(line);
+                                }
+                            }
+                        }
+                    }
+                    None => {
+                        report.corrupt_entries += 1;
+                        self.clear_entry(line);
+                        free.push(line);
+                    }
+                }
+            }
+            self.segs.adopt(seg, Some(header), free);
+        }
+        for (seg, scanned) in blob_segments {
+            self.segs.adopt_blob(seg, scanned);
+        }
+        report
+    }
+
+    /// The line after the last blob record of segment `seg` (scanned at open).
+    fn scan_blobs(&self, seg: usize) -> u64 {
+        let seg_lines = self.segs.seg_lines();
+        let mut at = 1u64;
+        while at < seg_lines {
+            let head = self.segs.entry(seg as u64 * seg_lines + at).load(0);
+            if head == 0 {
+                return at;
+            }
+            match BlobHeader::decode(head) {
+                Some(b) if b.len as usize <= self.segs.max_blob() => at += b.lines(),
+                // Not a record: nothing after it can be trusted to be free.
+                _ => return seg_lines,
+            }
+        }
+        seg_lines
+    }
+}

@@ -1,0 +1,230 @@
+//! How a store is set up: [`Options`] for the embedded store, and the settings every backend
+//! shares (counting, clock, idempotency), written once.
+//!
+//! Every backend's options type ([`Options`] here, `fleet::RedisOptions` for Redis) holds a
+//! [`Common`] and gets the same builder methods for it from [`common_builders!`], so a setting
+//! means the same thing, is documented once and is validated once whichever backend it is
+//! given to.
+
+use std::time::Duration;
+
+use crate::clock::ClockSource;
+use crate::error::{Error, Result};
+use crate::idempotency::IdemOptions;
+
+/// The settings every backend shares.
+#[derive(Debug, Clone)]
+pub(crate) struct Common {
+    /// Most sub-windows of a bucketed window.
+    pub sub_windows: u32,
+    /// Where time comes from.
+    pub clock: ClockSource,
+    /// Idempotency records: TTL, lease timeout, largest response, durability.
+    pub idem: IdemOptions,
+}
+
+impl Default for Common {
+    fn default() -> Self {
+        Common {
+            sub_windows: crate::limit::DEFAULT_SUB_WINDOWS,
+            clock: ClockSource::System,
+            idem: IdemOptions::default(),
+        }
+    }
+}
+
+impl Common {
+    /// Refuse settings no backend can run with.
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.idem.lease.is_zero() || self.idem.ttl.is_zero() {
+            return Err(Error::InvalidOptions(
+                "lease timeout and TTL must be positive",
+            ));
+        }
+        if !(2..=31).contains(&self.sub_windows) {
+            return Err(Error::InvalidOptions("sub_windows must be 2 to 31"));
+        }
+        Ok(())
+    }
+}
+
+/// The builder methods of [`Common`]'s settings, for an options type with a `common: Common`
+/// field. One definition, so every backend documents and applies them alike.
+macro_rules! common_builders {
+    () => {
+        /// The most sub-windows a bucketed window is split into (2 to 31, default 16). More
+        /// sub-windows release quota sooner after the window passes (at most `W / B` late), as
+        /// far as the limit's counter width allows (`docs/ACCURACY.md`). An embedded store fixes
+        /// it when its file is created; every node of a fleet must use the same value.
+        pub fn sub_windows(mut self, b: u32) -> Self {
+            self.common.sub_windows = b;
+            self
+        }
+
+        /// Drive the store with a manual clock (tests, simulations).
+        pub fn clock(mut self, clock: $crate::ManualClock) -> Self {
+            self.common.clock = $crate::clock::ClockSource::Manual(clock);
+            self
+        }
+
+        /// Drive the store with any clock.
+        pub fn custom_clock(mut self, clock: std::sync::Arc<dyn $crate::Clock>) -> Self {
+            self.common.clock = $crate::clock::ClockSource::Custom(clock);
+            self
+        }
+
+        /// How long a completed idempotency record is replayed (default 24 h). After that the
+        /// key behaves as never seen.
+        pub fn idempotency_ttl(mut self, ttl: std::time::Duration) -> Self {
+            self.common.idem.ttl = ttl;
+            self
+        }
+
+        /// How long an idempotency lease stays in flight without `complete` or `abort`
+        /// (default 60 s, rounded up to whole seconds). After that the next `begin` takes the
+        /// key over, so a crashed handler never locks a key.
+        pub fn lease_timeout(mut self, timeout: std::time::Duration) -> Self {
+            self.common.idem.lease = timeout;
+            self
+        }
+
+        /// The largest encoded response kept for replay (default 1 MiB). In an embedded store a
+        /// response record must fit in one segment, so the effective maximum is at most the
+        /// segment size minus 80 bytes.
+        pub fn max_response_bytes(mut self, max: usize) -> Self {
+            self.common.idem.max_response = max;
+            self
+        }
+    };
+}
+pub(crate) use common_builders;
+
+/// How a store is opened.
+///
+/// ```
+/// use tollgate::{ManualClock, Options};
+/// let opts = Options::default().sub_windows(8).clock(ManualClock::new(0));
+/// # let _ = opts;
+/// ```
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub(crate) common: Common,
+    pub(crate) segment_shift: u32,
+    pub(crate) max_segments: usize,
+    pub(crate) compactor: CompactorOptions,
+    pub(crate) max_entries: Option<u64>,
+    pub(crate) on_full: OnFull,
+}
+
+/// What a check on a new key gets when the store is full and nothing can be expired.
+/// Keys already stored keep working either way, and no stored key is evicted to make room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnFull {
+    /// Fail closed: the request is rejected (`Retry-After: 1`), and counted nowhere.
+    #[default]
+    Reject,
+    /// Fail open: the request is admitted without being counted.
+    Admit,
+}
+
+/// Compactor settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CompactorOptions {
+    pub enabled: bool,
+    pub interval: Duration,
+    pub budget: u64,
+}
+
+impl Default for CompactorOptions {
+    fn default() -> Self {
+        CompactorOptions {
+            enabled: true,
+            interval: Duration::from_millis(250),
+            budget: 2_048,
+        }
+    }
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            common: Common::default(),
+            segment_shift: 22,
+            max_segments: 16_384,
+            compactor: CompactorOptions::default(),
+            max_entries: None,
+            on_full: OnFull::Reject,
+        }
+    }
+}
+
+impl Options {
+    common_builders!();
+
+    /// Size of one segment of the file, as a power of two (16 = 64 KiB to 30 = 1 GiB; default
+    /// 22 = 4 MiB). The file grows one segment at a time. Fixed when the file is created.
+    pub fn segment_size_log2(mut self, shift: u32) -> Self {
+        self.segment_shift = shift;
+        self
+    }
+
+    /// The most segments the store may grow to (default 16384). With the default segment size
+    /// that is 64 GiB; a store that needs more space gets [`Error::CapacityExhausted`].
+    pub fn max_segments(mut self, n: usize) -> Self {
+        self.max_segments = n;
+        self
+    }
+
+    /// When `complete` returns ([`Durability::Process`](crate::Durability::Process) by
+    /// default).
+    pub fn durability(mut self, d: crate::Durability) -> Self {
+        self.common.idem.durability = d;
+        self
+    }
+
+    /// Run the background compactor (default: yes). Without it, call
+    /// [`Store::expire_now`](crate::Store::expire_now) and
+    /// [`Store::compact_now`](crate::Store::compact_now) yourself.
+    pub fn compactor(mut self, enabled: bool) -> Self {
+        self.compactor.enabled = enabled;
+        self
+    }
+
+    /// How often the compactor wakes up when it finds little to do (default 250 ms).
+    pub fn compactor_interval(mut self, every: Duration) -> Self {
+        self.compactor.interval = every;
+        self
+    }
+
+    /// How many entries one compactor pass examines at most (default 2048).
+    pub fn compactor_budget(mut self, entries: u64) -> Self {
+        self.compactor.budget = entries.max(1);
+        self
+    }
+
+    /// The most entries (window keys and idempotency records together) the store holds. A new
+    /// key past it gets the [`OnFull`] outcome (checks) or [`Error::CapacityExhausted`]
+    /// (`begin`). The file itself is bounded by [`Options::max_segments`].
+    pub fn max_entries(mut self, n: u64) -> Self {
+        self.max_entries = Some(n);
+        self
+    }
+
+    /// What a check on a new key gets when the store is full ([`OnFull::Reject`] by default).
+    pub fn on_full(mut self, policy: OnFull) -> Self {
+        self.on_full = policy;
+        self
+    }
+
+    /// Refuse settings the embedded store cannot run with.
+    pub(crate) fn validate(&self) -> Result<()> {
+        self.common.validate()?;
+        if !(16..=30).contains(&self.segment_shift) {
+            return Err(Error::InvalidOptions("segment_size_log2 must be 16 to 30"));
+        }
+        if self.max_segments == 0 || self.max_segments > 1 << 20 {
+            return Err(Error::InvalidOptions("max_segments must be 1 to 2^20"));
+        }
+        Ok(())
+    }
+}

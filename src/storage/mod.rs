@@ -1,0 +1,25 @@
+//! Storage: bytes on disk and in memory, with no knowledge of windows or records.
+//!
+//! * [`file`]: create, lock and trim the store file, read and write its header;
+//! * [`format`]: the on-disk layout, one codec per structure (file header, segment header,
+//!   entry header word, entry layout, blob record head);
+//! * [`segment`]: the file grows by segments, entries are allocated from them in size classes;
+//! * [`index`]: the in-memory key-hash → entry table with lock-free lookups;
+//! * [`raw`] and [`sys`]: mapped memory and system calls, the only modules allowed `unsafe`.
+//!
+//! The engine (`crate::engine`) builds on these; nothing here imports the engine.
+
+pub(crate) mod file;
+pub(crate) mod format;
+pub(crate) mod index;
+#[allow(
+    unsafe_code,
+    reason = "the one door to mapped memory: every block argued in its `// SAFETY:` comment"
+)]
+pub(crate) mod raw;
+pub(crate) mod segment;
+#[allow(
+    unsafe_code,
+    reason = "system calls std does not offer: every block argued in its `// SAFETY:` comment"
+)]
+pub(crate) mod sys;
