@@ -66,8 +66,9 @@ pub fn upstream(state: Upstream) -> Router {
         .with_state(state)
 }
 
-/// The gateway in front of `router`.
-pub fn app(gateway: &Arc<Gateway>, router: Router) -> Router {
+/// The gateway in front of `router`, on any backend (the embedded store here; a Redis one in
+/// `tests/gateway_redis.rs`).
+pub fn app<B: tollgate::Backend + 'static>(gateway: &Arc<Gateway<B>>, router: Router) -> Router {
     router.layer(gateway.layer())
 }
 

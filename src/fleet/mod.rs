@@ -19,9 +19,11 @@
 mod conn;
 mod hybrid;
 mod keys;
+mod ledger;
 mod options;
 mod store;
 
-pub use hybrid::{HybridOptions, HybridStats, HybridStore, Unreachable};
+pub use hybrid::{HybridStats, HybridStore};
+pub use options::{HybridOptions, Unreachable};
 pub use options::RedisOptions;
 pub use store::RedisStore;

@@ -85,3 +85,91 @@ impl RedisOptions {
         Ok(())
     }
 }
+
+/// What a hybrid node does once the server has not answered for
+/// [`HybridOptions::stale_after`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Unreachable {
+    /// Decide alone: the embedded store's limit (and the last fleet view, as it ages) still
+    /// apply on this node, so the fleet admits at most `N × limit` per window. Counts are kept
+    /// and sent when the server is back.
+    #[default]
+    FailOpen,
+    /// Refuse every request (nothing is counted) until a sync succeeds.
+    FailClosed,
+}
+
+/// How a [`HybridStore`] reconciles with the server.
+///
+/// ```
+/// use std::time::Duration;
+/// use tollgate::fleet::{HybridOptions, Unreachable};
+/// let opts = HybridOptions::default()
+///     .flush_interval(Duration::from_millis(20))
+///     .batch(10)
+///     .on_unreachable(Unreachable::FailClosed, Duration::from_secs(2));
+/// # let _ = opts;
+/// ```
+#[derive(Debug, Clone)]
+pub struct HybridOptions {
+    pub(crate) flush_interval: Duration,
+    pub(crate) batch: u32,
+    pub(crate) max_keys_per_flush: usize,
+    pub(crate) stale_after: Duration,
+    pub(crate) unreachable: Unreachable,
+    pub(crate) background: bool,
+}
+
+impl Default for HybridOptions {
+    fn default() -> Self {
+        HybridOptions {
+            flush_interval: Duration::from_millis(50),
+            batch: 16,
+            max_keys_per_flush: 512,
+            stale_after: Duration::from_secs(5),
+            unreachable: Unreachable::FailOpen,
+            background: true,
+        }
+    }
+}
+
+impl HybridOptions {
+    /// How often the background thread syncs (default 50 ms). It also wakes early when a key
+    /// reaches its batch budget.
+    pub fn flush_interval(mut self, every: Duration) -> Self {
+        self.flush_interval = every;
+        self
+    }
+
+    /// The batch budget `B` (default 16): the most units of cost a node admits on one key's
+    /// window before the server acknowledged them. The fleet-wide overshoot is at most
+    /// `(N - 1) × B`; a node refuses (with `Retry-After` of one flush interval) past it until
+    /// the next sync, so size it at least `per-node rate × flush interval` for hot keys.
+    pub fn batch(mut self, units: u32) -> Self {
+        self.batch = units;
+        self
+    }
+
+    /// The most window counters sent in one pipelined round trip (default 512); a sync with
+    /// more sends several.
+    pub fn max_keys_per_flush(mut self, n: usize) -> Self {
+        self.max_keys_per_flush = n.max(1);
+        self
+    }
+
+    /// What to do when the last successful sync is older than `after` (default: fail open
+    /// after 5 s).
+    pub fn on_unreachable(mut self, policy: Unreachable, after: Duration) -> Self {
+        self.unreachable = policy;
+        self.stale_after = after;
+        self
+    }
+
+    /// Run the background sync thread (default: yes). Without it, call
+    /// [`HybridStore::sync_now`] yourself (tests, simulations).
+    pub fn background(mut self, enabled: bool) -> Self {
+        self.background = enabled;
+        self
+    }
+}
+

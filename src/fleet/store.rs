@@ -387,3 +387,35 @@ fn decide(
     }
     Ok(Decision::from_windows(allowed, ws, limits.len()))
 }
+
+impl crate::backend::Backend for RedisStore {
+    fn now_ms(&self) -> u64 {
+        RedisStore::now_ms(self)
+    }
+
+    fn check_at(&self, key: &[u8], limits: &Limits, cost: u32, now_ms: u64) -> Result<Decision> {
+        RedisStore::check_at(self, key, limits, cost, now_ms)
+    }
+
+    fn peek_at(&self, key: &[u8], limits: &Limits, now_ms: u64) -> Result<Decision> {
+        RedisStore::peek_at(self, key, limits, now_ms)
+    }
+
+    fn begin_at(
+        &self,
+        scope: &[u8],
+        key: &IdempotencyKey,
+        fingerprint: &Fingerprint,
+        now_ms: u64,
+    ) -> Result<Begin> {
+        RedisStore::begin_at(self, scope, key, fingerprint, now_ms)
+    }
+
+    fn complete_at(&self, lease: &Lease, response: &StoredResponse, now_ms: u64) -> Result<()> {
+        RedisStore::complete_at(self, lease, response, now_ms)
+    }
+
+    fn abort(&self, lease: &Lease) -> Result<()> {
+        RedisStore::abort(self, lease)
+    }
+}

@@ -44,19 +44,23 @@ use super::policy::{check_token, Group, Policy, RateKey, TokenError};
 use super::settings::{BodyStyle, NEVER_REPLAYED};
 use super::{ConcurrencyLimiter, PolicyError, Versions};
 use crate::{
-    Begin, Decision, Error, Fingerprint, IdempotencyKey, Lease, Limits, Store, StoredResponse,
+    Backend, Begin, Decision, Error, Fingerprint, IdempotencyKey, Lease, Limits, Store,
+    StoredResponse,
 };
 
-/// The state shared by every request: the store, the current policy, the concurrency gauge
+/// The state shared by every request: the backend, the current policy, the concurrency gauge
 /// and the versions.
-pub struct Gateway {
-    store: Store,
+///
+/// The backend is any [`Backend`]: the embedded [`Store`] (the default type), or, with the
+/// `redis` feature, `fleet::RedisStore` or `fleet::HybridStore` for a fleet of gateways.
+pub struct Gateway<B: Backend = Store> {
+    store: B,
     policy: RwLock<Arc<Policy>>,
     limiter: ConcurrencyLimiter,
     versions: Versions,
 }
 
-impl std::fmt::Debug for Gateway {
+impl<B: Backend + std::fmt::Debug> std::fmt::Debug for Gateway<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Gateway")
             .field("store", &self.store)
@@ -72,9 +76,9 @@ fn cap_of(policy: &Policy) -> u32 {
         .unwrap_or(u32::MAX)
 }
 
-impl Gateway {
-    /// A gateway enforcing `policy` with `store`.
-    pub fn new(store: Store, policy: Policy) -> Arc<Gateway> {
+impl<B: Backend + 'static> Gateway<B> {
+    /// A gateway enforcing `policy` with `store` (any [`Backend`]).
+    pub fn new(store: B, policy: Policy) -> Arc<Gateway<B>> {
         let limiter = ConcurrencyLimiter::new(cap_of(&policy));
         Arc::new(Gateway {
             store,
@@ -85,7 +89,7 @@ impl Gateway {
     }
 
     /// The layer to put in front of a service: `router.layer(gateway.layer())`.
-    pub fn layer(self: &Arc<Self>) -> GatewayLayer {
+    pub fn layer(self: &Arc<Self>) -> GatewayLayer<B> {
         GatewayLayer::new(Arc::clone(self))
     }
 
@@ -107,8 +111,8 @@ impl Gateway {
         Ok(())
     }
 
-    /// The store.
-    pub fn store(&self) -> &Store {
+    /// The backend.
+    pub fn store(&self) -> &B {
         &self.store
     }
 
@@ -124,22 +128,37 @@ impl Gateway {
 }
 
 /// A `tower::Layer` wrapping a service in a [`GatewayService`].
-#[derive(Debug, Clone)]
-pub struct GatewayLayer {
-    gateway: Arc<Gateway>,
+pub struct GatewayLayer<B: Backend = Store> {
+    gateway: Arc<Gateway<B>>,
 }
 
-impl GatewayLayer {
+impl<B: Backend> Clone for GatewayLayer<B> {
+    fn clone(&self) -> Self {
+        GatewayLayer {
+            gateway: Arc::clone(&self.gateway),
+        }
+    }
+}
+
+impl<B: Backend + std::fmt::Debug> std::fmt::Debug for GatewayLayer<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayLayer")
+            .field("gateway", &self.gateway)
+            .finish()
+    }
+}
+
+impl<B: Backend> GatewayLayer<B> {
     /// A layer enforcing `gateway`'s policy.
-    pub fn new(gateway: Arc<Gateway>) -> GatewayLayer {
+    pub fn new(gateway: Arc<Gateway<B>>) -> GatewayLayer<B> {
         GatewayLayer { gateway }
     }
 }
 
-impl<S> Layer<S> for GatewayLayer {
-    type Service = GatewayService<S>;
+impl<S, B: Backend> Layer<S> for GatewayLayer<B> {
+    type Service = GatewayService<S, B>;
 
-    fn layer(&self, inner: S) -> GatewayService<S> {
+    fn layer(&self, inner: S) -> GatewayService<S, B> {
         GatewayService {
             inner,
             gateway: Arc::clone(&self.gateway),
@@ -148,10 +167,27 @@ impl<S> Layer<S> for GatewayLayer {
 }
 
 /// The middleware service: see the module docs for what it does per request.
-#[derive(Debug, Clone)]
-pub struct GatewayService<S> {
+pub struct GatewayService<S, B: Backend = Store> {
     inner: S,
-    gateway: Arc<Gateway>,
+    gateway: Arc<Gateway<B>>,
+}
+
+impl<S: Clone, B: Backend> Clone for GatewayService<S, B> {
+    fn clone(&self) -> Self {
+        GatewayService {
+            inner: self.inner.clone(),
+            gateway: Arc::clone(&self.gateway),
+        }
+    }
+}
+
+impl<S: std::fmt::Debug, B: Backend + std::fmt::Debug> std::fmt::Debug for GatewayService<S, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayService")
+            .field("inner", &self.inner)
+            .field("gateway", &self.gateway)
+            .finish()
+    }
 }
 
 /// The upstream's future, boxed (see `handle`).
@@ -161,8 +197,9 @@ type Upstream<B, E> = Pin<Box<dyn Future<Output = Result<Response<B>, E>> + Send
 pub type GatewayFuture<E> =
     Pin<Box<dyn Future<Output = Result<Response<GatewayBody>, E>> + Send + 'static>>;
 
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for GatewayService<S>
+impl<S, B, ReqBody, ResBody> Service<Request<ReqBody>> for GatewayService<S, B>
 where
+    B: Backend + 'static,
     S: Service<Request<GatewayBody>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
@@ -212,7 +249,7 @@ struct Rate<'a> {
 
 /// What one request needs to build its answers.
 struct Ctx<'a> {
-    gw: &'a Gateway,
+    store: &'a dyn Backend,
     policy: &'a Policy,
     rate: Option<Rate<'a>>,
 }
@@ -229,7 +266,7 @@ impl Ctx<'_> {
         let peeked;
         let d = match d {
             Some(d) => d,
-            None => match self.gw.store.peek(rate.key.as_bytes(), rate.limits) {
+            None => match self.store.peek(rate.key.as_bytes(), rate.limits) {
                 Ok(p) => {
                     peeked = p;
                     &peeked
@@ -242,7 +279,7 @@ impl Ctx<'_> {
             headers.remove(http::header::RETRY_AFTER);
         }
         if self.policy.settings().ietf_headers() {
-            headers::insert_ietf(headers, rate.group.name(), d, self.gw.store.now_ms());
+            headers::insert_ietf(headers, rate.group.name(), d, self.store.now_ms());
         }
     }
 
@@ -282,7 +319,7 @@ fn json(status: StatusCode, body: String) -> Response<GatewayBody> {
 /// Aborts its lease when dropped without completing it: a refused, failed or abandoned
 /// request never leaves its key in flight until the lease times out.
 struct LeaseGuard<'a> {
-    store: &'a Store,
+    store: &'a dyn Backend,
     lease: Option<Lease>,
 }
 
@@ -316,12 +353,13 @@ fn is_idempotency_method(m: &Method) -> bool {
     matches!(*m, Method::POST | Method::PATCH | Method::DELETE)
 }
 
-async fn handle<S, ReqBody, ResBody>(
-    gw: Arc<Gateway>,
+async fn handle<S, B, ReqBody, ResBody>(
+    gw: Arc<Gateway<B>>,
     mut inner: S,
     req: Request<ReqBody>,
 ) -> Result<Response<GatewayBody>, S::Error>
 where
+    B: Backend + 'static,
     S: Service<Request<GatewayBody>, Response = Response<ResBody>> + Send + 'static,
     S::Future: Send + 'static,
     ReqBody: Body<Data = Bytes> + Send + 'static,
@@ -335,7 +373,7 @@ where
     let uri = req.uri().clone();
     let path = uri.path();
     let mut ctx = Ctx {
-        gw: &gw,
+        store: &gw.store,
         policy: &policy,
         rate: None,
     };
@@ -629,160 +667,5 @@ fn store_failure(ctx: &Ctx<'_>, e: &Error) -> Response<GatewayBody> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::{ManualClock, Options};
-    use http_body_util::{BodyExt, Full};
-    use std::sync::atomic::{AtomicU64, Ordering};
-
-    const T0: u64 = 1_700_000_040_000;
-    const KEY: &str = "4d9c3a41-6bb7-4c4e-9a39-8f3c2d7e1f00";
-
-    /// An upstream that counts its calls and answers 201 "call <n>".
-    #[derive(Clone, Default)]
-    struct Counter(Arc<AtomicU64>);
-
-    impl Service<Request<GatewayBody>> for Counter {
-        type Response = Response<Full<Bytes>>;
-        type Error = std::convert::Infallible;
-        type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
-
-        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-            Poll::Ready(Ok(()))
-        }
-
-        fn call(&mut self, _: Request<GatewayBody>) -> Self::Future {
-            let n = self.0.fetch_add(1, Ordering::SeqCst) + 1;
-            let mut r = Response::new(Full::new(Bytes::from(format!("call {n}"))));
-            *r.status_mut() = StatusCode::CREATED;
-            std::future::ready(Ok(r))
-        }
-    }
-
-    fn block_on<F: Future>(f: F) -> F::Output {
-        // Everything here is ready at once (buffered bodies, a synchronous store).
-        let mut f = std::pin::pin!(f);
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        loop {
-            if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-                return v;
-            }
-        }
-    }
-
-    fn service(policy: &str) -> (GatewayService<Counter>, Counter) {
-        let store = Store::open_in_memory(Options::default().clock(ManualClock::new(T0))).unwrap();
-        let gateway = Gateway::new(store, Policy::from_toml_str(policy).unwrap());
-        let counter = Counter::default();
-        (gateway.layer().layer(counter.clone()), counter)
-    }
-
-    fn post(
-        svc: &mut GatewayService<Counter>,
-        key: Option<&str>,
-        body: &str,
-    ) -> (u16, HeaderMap, String) {
-        let mut req = Request::builder()
-            .method(Method::POST)
-            .uri("/api/sms")
-            .header(AUTHORIZATION, "Bearer tok");
-        if let Some(k) = key {
-            req = req.header(IDEMPOTENCY_KEY, k);
-        }
-        let req = req.body(Full::new(Bytes::from(body.to_owned()))).unwrap();
-        let resp = block_on(svc.call(req)).unwrap();
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let body = block_on(resp.into_body().collect()).unwrap().to_bytes();
-        (status, headers, String::from_utf8_lossy(&body).into_owned())
-    }
-
-    const SMS: &str = r#"
-        [settings]
-        body_style = "error"
-        [settings.idempotency]
-        replay_spends_quota = SPENDS
-        [[group]]
-        name = "sms"
-        route = "/api/*"
-        windows = [{ limit = 2, window = "60s" }]
-    "#;
-
-    #[test]
-    fn replays_spend_no_quota_by_default() {
-        let (mut svc, counter) = service(&SMS.replace("SPENDS", "false"));
-        let (s, h, b) = post(&mut svc, Some(KEY), "hi");
-        assert_eq!((s, b.as_str()), (201, "call 1"));
-        assert_eq!(h[&headers::X_RATELIMIT_REMAINING], "1");
-        for _ in 0..5 {
-            let (s, h, b) = post(&mut svc, Some(KEY), "hi");
-            assert_eq!((s, b.as_str()), (201, "call 1"));
-            assert_eq!(h[&IDEMPOTENT_REPLAYED], "true");
-            assert_eq!(h[&headers::X_RATELIMIT_REMAINING], "1");
-        }
-        assert_eq!(counter.0.load(Ordering::SeqCst), 1);
-    }
-
-    #[test]
-    fn replays_spend_quota_when_configured() {
-        let (mut svc, counter) = service(&SMS.replace("SPENDS", "true"));
-        assert_eq!(post(&mut svc, Some(KEY), "hi").0, 201);
-        let (s, h, _) = post(&mut svc, Some(KEY), "hi");
-        assert_eq!(s, 201);
-        assert_eq!(h[&IDEMPOTENT_REPLAYED], "true");
-        assert_eq!(h[&headers::X_RATELIMIT_REMAINING], "0");
-        // The third counts over the limit of 2: 429 in the error style, and the record stays.
-        let (s, h, b) = post(&mut svc, Some(KEY), "hi");
-        assert_eq!(s, 429);
-        let retry: u64 = h[http::header::RETRY_AFTER]
-            .to_str()
-            .unwrap()
-            .parse()
-            .unwrap();
-        assert_eq!(
-            b,
-            format!(
-                r#"{{"error": {{"code": "RATE_LIMITED", "message": "Rate limit exceeded. Retry after {retry}s"}}}}"#
-            )
-        );
-        assert!(h.get(&IDEMPOTENT_REPLAYED).is_none());
-        assert_eq!(counter.0.load(Ordering::SeqCst), 1);
-    }
-
-    #[test]
-    fn refusals_in_the_error_style() {
-        let (mut svc, _) = service(&SMS.replace("SPENDS", "false"));
-        let (s, _, b) = post(&mut svc, Some("nope"), "hi");
-        assert_eq!(s, 400);
-        assert_eq!(
-            b,
-            r#"{"error": {"code": "INVALID_IDEMPOTENCY_KEY", "message": "Idempotency-Key must be a UUID v4."}}"#
-        );
-        assert_eq!(post(&mut svc, Some(KEY), "a").0, 201);
-        let (s, h, b) = post(&mut svc, Some(KEY), "b");
-        assert_eq!(s, 422);
-        assert!(b.contains(KEY_REUSED), "{b}");
-        // Counted nothing, and says so.
-        assert_eq!(h[&headers::X_RATELIMIT_REMAINING], "1");
-        assert!(h.get(http::header::RETRY_AFTER).is_none());
-    }
-
-    #[test]
-    fn bearer_tokens() {
-        let mut h = HeaderMap::new();
-        assert_eq!(bearer_token(&h), None);
-        for (v, want) in [
-            ("Bearer abc", Some("abc")),
-            ("bearer  abc", Some("abc")),
-            ("BEARER abc.def-_~+/=", Some("abc.def-_~+/=")),
-            ("Bearer", None),
-            ("Bearer ", None),
-            ("Bearer a b", None),
-            ("Basic abc", None),
-            ("Bearerabc", None),
-        ] {
-            h.insert(AUTHORIZATION, HeaderValue::from_static(v));
-            assert_eq!(bearer_token(&h), want, "{v:?}");
-        }
-    }
-}
+#[path = "middleware_tests.rs"]
+mod tests;

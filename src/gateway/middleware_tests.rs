@@ -1,0 +1,157 @@
+//! Unit tests of `middleware.rs`, kept beside it in a file of their own.
+
+use super::*;
+use crate::{ManualClock, Options};
+use http_body_util::{BodyExt, Full};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+const T0: u64 = 1_700_000_040_000;
+const KEY: &str = "4d9c3a41-6bb7-4c4e-9a39-8f3c2d7e1f00";
+
+/// An upstream that counts its calls and answers 201 "call <n>".
+#[derive(Clone, Default)]
+struct Counter(Arc<AtomicU64>);
+
+impl Service<Request<GatewayBody>> for Counter {
+    type Response = Response<Full<Bytes>>;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Request<GatewayBody>) -> Self::Future {
+        let n = self.0.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut r = Response::new(Full::new(Bytes::from(format!("call {n}"))));
+        *r.status_mut() = StatusCode::CREATED;
+        std::future::ready(Ok(r))
+    }
+}
+
+fn block_on<F: Future>(f: F) -> F::Output {
+    // Everything here is ready at once (buffered bodies, a synchronous store).
+    let mut f = std::pin::pin!(f);
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    loop {
+        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+    }
+}
+
+fn service(policy: &str) -> (GatewayService<Counter>, Counter) {
+    let store = Store::open_in_memory(Options::default().clock(ManualClock::new(T0))).unwrap();
+    let gateway = Gateway::new(store, Policy::from_toml_str(policy).unwrap());
+    let counter = Counter::default();
+    (gateway.layer().layer(counter.clone()), counter)
+}
+
+fn post(
+    svc: &mut GatewayService<Counter>,
+    key: Option<&str>,
+    body: &str,
+) -> (u16, HeaderMap, String) {
+    let mut req = Request::builder()
+        .method(Method::POST)
+        .uri("/api/sms")
+        .header(AUTHORIZATION, "Bearer tok");
+    if let Some(k) = key {
+        req = req.header(IDEMPOTENCY_KEY, k);
+    }
+    let req = req.body(Full::new(Bytes::from(body.to_owned()))).unwrap();
+    let resp = block_on(svc.call(req)).unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = block_on(resp.into_body().collect()).unwrap().to_bytes();
+    (status, headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+const SMS: &str = r#"
+    [settings]
+    body_style = "error"
+    [settings.idempotency]
+    replay_spends_quota = SPENDS
+    [[group]]
+    name = "sms"
+    route = "/api/*"
+    windows = [{ limit = 2, window = "60s" }]
+"#;
+
+#[test]
+fn replays_spend_no_quota_by_default() {
+    let (mut svc, counter) = service(&SMS.replace("SPENDS", "false"));
+    let (s, h, b) = post(&mut svc, Some(KEY), "hi");
+    assert_eq!((s, b.as_str()), (201, "call 1"));
+    assert_eq!(h[&headers::X_RATELIMIT_REMAINING], "1");
+    for _ in 0..5 {
+        let (s, h, b) = post(&mut svc, Some(KEY), "hi");
+        assert_eq!((s, b.as_str()), (201, "call 1"));
+        assert_eq!(h[&IDEMPOTENT_REPLAYED], "true");
+        assert_eq!(h[&headers::X_RATELIMIT_REMAINING], "1");
+    }
+    assert_eq!(counter.0.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn replays_spend_quota_when_configured() {
+    let (mut svc, counter) = service(&SMS.replace("SPENDS", "true"));
+    assert_eq!(post(&mut svc, Some(KEY), "hi").0, 201);
+    let (s, h, _) = post(&mut svc, Some(KEY), "hi");
+    assert_eq!(s, 201);
+    assert_eq!(h[&IDEMPOTENT_REPLAYED], "true");
+    assert_eq!(h[&headers::X_RATELIMIT_REMAINING], "0");
+    // The third counts over the limit of 2: 429 in the error style, and the record stays.
+    let (s, h, b) = post(&mut svc, Some(KEY), "hi");
+    assert_eq!(s, 429);
+    let retry: u64 = h[http::header::RETRY_AFTER]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        b,
+        format!(
+            r#"{{"error": {{"code": "RATE_LIMITED", "message": "Rate limit exceeded. Retry after {retry}s"}}}}"#
+        )
+    );
+    assert!(h.get(&IDEMPOTENT_REPLAYED).is_none());
+    assert_eq!(counter.0.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn refusals_in_the_error_style() {
+    let (mut svc, _) = service(&SMS.replace("SPENDS", "false"));
+    let (s, _, b) = post(&mut svc, Some("nope"), "hi");
+    assert_eq!(s, 400);
+    assert_eq!(
+        b,
+        r#"{"error": {"code": "INVALID_IDEMPOTENCY_KEY", "message": "Idempotency-Key must be a UUID v4."}}"#
+    );
+    assert_eq!(post(&mut svc, Some(KEY), "a").0, 201);
+    let (s, h, b) = post(&mut svc, Some(KEY), "b");
+    assert_eq!(s, 422);
+    assert!(b.contains(KEY_REUSED), "{b}");
+    // Counted nothing, and says so.
+    assert_eq!(h[&headers::X_RATELIMIT_REMAINING], "1");
+    assert!(h.get(http::header::RETRY_AFTER).is_none());
+}
+
+#[test]
+fn bearer_tokens() {
+    let mut h = HeaderMap::new();
+    assert_eq!(bearer_token(&h), None);
+    for (v, want) in [
+        ("Bearer abc", Some("abc")),
+        ("bearer  abc", Some("abc")),
+        ("BEARER abc.def-_~+/=", Some("abc.def-_~+/=")),
+        ("Bearer", None),
+        ("Bearer ", None),
+        ("Bearer a b", None),
+        ("Basic abc", None),
+        ("Bearerabc", None),
+    ] {
+        h.insert(AUTHORIZATION, HeaderValue::from_static(v));
+        assert_eq!(bearer_token(&h), want, "{v:?}");
+    }
+}

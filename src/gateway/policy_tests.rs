@@ -1,0 +1,403 @@
+//! Unit tests of `policy.rs`, kept beside it in a file of their own.
+
+use super::*;
+use crate::{ManualClock, Options, Store};
+
+const ZORIO: &str = include_str!("../../examples/policies/zorio.toml");
+const ERZYCALL: &str = include_str!("../../examples/policies/erzycall.toml");
+
+fn name<'a>(p: &'a Policy, method: &str, path: &str) -> Option<&'a str> {
+    p.match_route(method, path).map(|g| g.name())
+}
+
+#[test]
+fn seed_policies_load() {
+    let z = Policy::from_toml_str(ZORIO).unwrap();
+    assert_eq!(z.groups().len(), 6);
+    let limit_of = |path: &str| {
+        let g = z.match_route("POST", path).unwrap();
+        let l = g.limits().as_slice()[0];
+        assert_eq!(l.window_ms(), 60_000);
+        l.limit()
+    };
+    assert_eq!(limit_of("/api/pbx/calls/click-to-call"), 10);
+    assert_eq!(limit_of("/api/pbx/extensions"), 60);
+    assert_eq!(limit_of("/api/telesales/leads"), 120);
+    assert_eq!(limit_of("/api/autocall/campaigns"), 120);
+    assert_eq!(limit_of("/api/auth/login"), 5);
+    assert_eq!(limit_of("/api/auth/refresh"), 30);
+    let login = z.match_route("POST", "/api/auth/login").unwrap();
+    assert_eq!(login.limits().as_slice()[0].mode(), crate::Mode::Exact);
+
+    let e = Policy::from_toml_str(ERZYCALL).unwrap();
+    let g = e.match_route("GET", "/v1/anything").unwrap();
+    let l = g.limits().as_slice();
+    assert_eq!((l[0].limit(), l[0].window_ms()), (60, 60_000));
+    assert_eq!((l[1].limit(), l[1].window_ms()), (1000, 3_600_000));
+}
+
+#[test]
+fn most_specific_route_wins() {
+    let p = Policy::from_toml_str(
+        r#"
+        [[group]]
+        name = "all"
+        route = "/*"
+        windows = [{ limit = 1000, window = "60s" }]
+        [[group]]
+        name = "pbx"
+        route = "/api/pbx/*"
+        windows = [{ limit = 60, window = "60s" }]
+        [[group]]
+        name = "pbx-calls"
+        route = "/api/pbx/calls/*"
+        windows = [{ limit = 30, window = "60s" }]
+        [[group]]
+        name = "pbx-calls-post"
+        route = "/api/pbx/calls/*"
+        method = "post"
+        windows = [{ limit = 20, window = "60s" }]
+        [[group]]
+        name = "c2c"
+        route = "/api/pbx/calls/click-to-call"
+        windows = [{ limit = 10, window = "60s" }]
+        [[group]]
+        name = "c2c-delete"
+        route = "/api/pbx/calls/click-to-call"
+        method = "DELETE"
+        windows = [{ limit = 5, window = "60s" }]
+        [[group]]
+        name = "hangup"
+        route = "/api/pbx/calls/hangup"
+        method = "POST"
+        windows = [{ limit = 5, window = "60s" }]
+        "#,
+    )
+    .unwrap();
+    // Exact over any prefix; method-specific over method-less at the same route.
+    assert_eq!(
+        name(&p, "POST", "/api/pbx/calls/click-to-call"),
+        Some("c2c")
+    );
+    assert_eq!(
+        name(&p, "DELETE", "/api/pbx/calls/click-to-call"),
+        Some("c2c-delete")
+    );
+    // A longer prefix over a shorter; a method-specific prefix over the method-less one.
+    assert_eq!(name(&p, "GET", "/api/pbx/calls/42"), Some("pbx-calls"));
+    assert_eq!(
+        name(&p, "POST", "/api/pbx/calls/42"),
+        Some("pbx-calls-post")
+    );
+    assert_eq!(name(&p, "GET", "/api/pbx/extensions"), Some("pbx"));
+    // The prefix's own path matches it; a sibling sharing the text does not.
+    assert_eq!(name(&p, "GET", "/api/pbx"), Some("pbx"));
+    assert_eq!(name(&p, "GET", "/api/pbx/"), Some("pbx"));
+    assert_eq!(name(&p, "GET", "/api/pbxfoo"), Some("all"));
+    // An exact route restricted to another method falls through to the prefixes.
+    assert_eq!(name(&p, "GET", "/api/pbx/calls/hangup"), Some("pbx-calls"));
+    assert_eq!(name(&p, "POST", "/api/pbx/calls/hangup"), Some("hangup"));
+    assert_eq!(name(&p, "GET", "/"), Some("all"));
+    assert_eq!(name(&p, "GET", ""), Some("all"));
+    assert_eq!(name(&p, "GET", "/health"), Some("all"));
+    // Methods are compared as sent (upper case).
+    assert_eq!(name(&p, "post", "/api/pbx/calls/42"), Some("pbx-calls"));
+}
+
+#[test]
+fn no_match_without_a_catch_all() {
+    let p = Policy::from_toml_str(ZORIO).unwrap();
+    assert_eq!(name(&p, "GET", "/health"), None);
+    assert_eq!(name(&p, "GET", "/api"), None);
+    assert_eq!(name(&p, "GET", "/api/auth/login/extra"), Some("auth"));
+}
+
+fn err(src: &str) -> PolicyError {
+    match Policy::from_toml_str(src) {
+        Ok(_) => panic!("accepted:\n{src}"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn errors_name_the_line() {
+    let cases: &[(&str, usize, &str)] = &[
+        // TOML syntax error.
+        ("[[group]]\nname = \"a\"\nroute = \"/a\nwindows = []\n", 3, ""),
+        // Unknown key.
+        (
+            "[[group]]\nname = \"a\"\nroute = \"/a\"\nwindow = [{ limit = 1, window = \"1s\" }]\n",
+            4,
+            "unknown field",
+        ),
+        // Wrong type.
+        (
+            "[settings]\nietf_headers = \"yes\"\n",
+            2,
+            "",
+        ),
+        // Bad window unit.
+        (
+            "[[group]]\nname = \"a\"\nroute = \"/a\"\nwindows = [\n  { limit = 1, window = \"60x\" },\n]\n",
+            5,
+            "invalid window",
+        ),
+        // Exact above 32.
+        (
+            "[[group]]\nname = \"a\"\nroute = \"/a\"\n\nwindows = [{ limit = 33, window = \"60s\", exact = true }]\n",
+            5,
+            "at most 32",
+        ),
+        // Duplicate route.
+        (
+            "[[group]]\nname = \"a\"\nroute = \"/a/*\"\nwindows = [{ limit = 1, window = \"1s\" }]\n[[group]]\nname = \"b\"\nroute = \"/a/*\"\nwindows = [{ limit = 1, window = \"1s\" }]\n",
+            7,
+            "already the route",
+        ),
+        // Duplicate name.
+        (
+            "[[group]]\nname = \"a\"\nroute = \"/a\"\nwindows = [{ limit = 1, window = \"1s\" }]\n[[group]]\nname = \"a\"\nroute = \"/b\"\nwindows = [{ limit = 1, window = \"1s\" }]\n",
+            6,
+            "line 2",
+        ),
+        // Bad route.
+        (
+            "[[group]]\nname = \"a\"\nroute = \"/a/*/b\"\nwindows = [{ limit = 1, window = \"1s\" }]\n",
+            3,
+            "'*'",
+        ),
+        // Cost above the limit.
+        (
+            "[[group]]\nname = \"a\"\nroute = \"/a\"\nwindows = [{ limit = 5, window = \"1m\" }]\ncost = 6\n",
+            5,
+            "cost 6",
+        ),
+        // Override of an unknown group.
+        (
+            "[[group]]\nname = \"a\"\nroute = \"/a\"\nwindows = [{ limit = 5, window = \"1m\" }]\n\n[[override]]\ntoken = \"t\"\ngroup = \"nope\"\nwindows = [{ limit = 50, window = \"1m\" }]\n",
+            8,
+            "unknown group",
+        ),
+        // Bad body style.
+        ("[settings]\n\nbody_style = \"xml\"\n", 3, "body_style"),
+        // A header that is never replayed.
+        (
+            "[settings.idempotency]\nreplay_headers = [\"content-type\",\n  \"set-cookie\"]\n",
+            3,
+            "never replayed",
+        ),
+        // Bad status.
+        ("[settings.idempotency]\nstore_statuses = [\"2xx\", 700]\n", 2, "invalid status"),
+    ];
+    for (src, line, needle) in cases {
+        let e = err(src);
+        assert_eq!(e.line(), Some(*line), "{src}\n=> {e}");
+        assert!(e.to_string().contains(needle), "{e}");
+        assert!(
+            e.to_string().starts_with(&format!("line {line}, column ")),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn load_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[[group]]\nname = 1\n").unwrap();
+    let e = Policy::load(&path).unwrap_err();
+    assert!(matches!(e, PolicyError::Syntax { line: 2, .. }), "{e:?}");
+    assert!(
+        e.to_string().starts_with(&format!("{}:2:", path.display())),
+        "{e}"
+    );
+    let missing = Policy::load(dir.path().join("missing.toml")).unwrap_err();
+    assert!(matches!(missing, PolicyError::Io { .. }));
+}
+
+const WITH_OVERRIDES: &str = r#"
+    [[group]]
+    name = "pbx"
+    route = "/api/pbx/*"
+    windows = [{ limit = 60, window = "60s" }]
+
+    [[group]]
+    name = "bulk"
+    route = "/api/pbx/bulk"
+    method = "POST"
+    windows = [{ limit = 100, window = "60s" }]
+    cost = 10
+
+    [[override]]
+    token = "tok_enterprise"
+    group = "pbx"
+    windows = [{ limit = 600, window = "60s" }, { limit = 10000, window = "1h" }]
+"#;
+
+#[test]
+fn overrides_apply_to_their_token_and_group_only() {
+    let p = Policy::from_toml_str(WITH_OVERRIDES).unwrap();
+    let pbx = p.group("pbx").unwrap();
+    assert_eq!(pbx.limits_for("tok_enterprise").as_slice()[0].limit(), 600);
+    assert_eq!(pbx.limits_for("tok_enterprise").len(), 2);
+    assert!(pbx.has_override("tok_enterprise"));
+    assert_eq!(pbx.limits_for("tok_other").as_slice()[0].limit(), 60);
+    let bulk = p.group("bulk").unwrap();
+    assert_eq!(bulk.limits_for("tok_enterprise").as_slice()[0].limit(), 100);
+
+    // Through a store: the override's windows are the ones counted.
+    let store = Store::open_in_memory(Options::default().clock(ManualClock::new(T0))).unwrap();
+    let key = pbx.key("tok_enterprise").unwrap();
+    let d = store
+        .check(key.as_bytes(), pbx.limits_for("tok_enterprise"), pbx.cost())
+        .unwrap();
+    assert_eq!((d.limit(), d.remaining()), (600, 599));
+    let key = pbx.key("tok_other").unwrap();
+    let d = store
+        .check(key.as_bytes(), pbx.limits_for("tok_other"), pbx.cost())
+        .unwrap();
+    assert_eq!((d.limit(), d.remaining()), (60, 59));
+
+    // A duplicate override is refused, naming its line.
+    let dup = format!(
+        "{WITH_OVERRIDES}\n[[override]]\ntoken = \"tok_enterprise\"\ngroup = \"pbx\"\nwindows = [{{ limit = 1, window = \"1s\" }}]\n"
+    );
+    let e = err(&dup);
+    assert!(e.to_string().contains("already has an override"), "{e}");
+    let line = dup
+        .lines()
+        .position(|l| l.contains("token = \"tok_enterprise\""))
+        .unwrap();
+    let second = dup
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.contains("token = \"tok_enterprise\""))
+        .nth(1)
+        .unwrap()
+        .0;
+    assert!(second > line);
+    assert_eq!(e.line(), Some(second + 1));
+}
+
+const T0: u64 = 1_700_000_040_000;
+
+#[test]
+fn cost_counts_in_every_window() {
+    let p = Policy::from_toml_str(WITH_OVERRIDES).unwrap();
+    let bulk = p.match_route("POST", "/api/pbx/bulk").unwrap();
+    assert_eq!(bulk.cost(), 10);
+    assert_eq!(p.match_route("GET", "/api/pbx/bulk").unwrap().cost(), 1);
+    let store = Store::open_in_memory(Options::default()).unwrap();
+    let key = bulk.key("tok").unwrap();
+    for i in 1..=10u32 {
+        let d = store
+            .check_at(key.as_bytes(), bulk.limits_for("tok"), bulk.cost(), T0)
+            .unwrap();
+        assert!(d.allowed());
+        assert_eq!(d.remaining(), 100 - 10 * i);
+    }
+    let d = store
+        .check_at(key.as_bytes(), bulk.limits_for("tok"), bulk.cost(), T0)
+        .unwrap();
+    assert!(!d.allowed());
+    // A zero cost is refused at load.
+    let e = err("[[group]]\nname = \"a\"\nroute = \"/a\"\nwindows = [{ limit = 5, window = \"1m\" }]\ncost = 0\n");
+    assert_eq!(e.line(), Some(5));
+}
+
+#[test]
+fn keys_are_on_the_stack_and_bounded() {
+    let p = Policy::from_toml_str(ZORIO).unwrap();
+    let g = p.group("pbx").unwrap();
+    let k = g.key("tok_abc").unwrap();
+    assert_eq!(k.as_bytes(), b"pbx\0tok_abc");
+    // Another group, same token: another key.
+    let other = p.group("telesales").unwrap().key("tok_abc").unwrap();
+    assert_ne!(k.as_bytes(), other.as_bytes());
+    let longest = "t".repeat(MAX_TOKEN_LEN);
+    let name32 = "g".repeat(MAX_GROUP_NAME_LEN);
+    let p32 = Policy::from_toml_str(&format!(
+        "[[group]]\nname = \"{name32}\"\nroute = \"/*\"\nwindows = [{{ limit = 5, window = \"1m\" }}]\n"
+    ))
+    .unwrap();
+    let k = p32.groups()[0].key(&longest).unwrap();
+    assert_eq!(k.as_bytes().len(), MAX_KEY_LEN);
+    let store = Store::open_in_memory(Options::default()).unwrap();
+    store
+        .check(k.as_bytes(), p32.groups()[0].limits(), 1)
+        .unwrap();
+    assert_eq!(
+        g.key(&format!("{longest}x")).unwrap_err(),
+        TokenError::TooLong {
+            len: MAX_TOKEN_LEN + 1,
+            max: MAX_TOKEN_LEN
+        }
+    );
+    assert_eq!(g.key("").unwrap_err(), TokenError::Empty);
+    // A too-long group name is refused at load.
+    let e = err(&format!(
+        "[[group]]\nname = \"{name32}x\"\nroute = \"/*\"\nwindows = [{{ limit = 5, window = \"1m\" }}]\n"
+    ));
+    assert_eq!(e.line(), Some(2));
+}
+
+#[test]
+fn reload_keeps_the_counts_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy_path = dir.path().join("policy.toml");
+    let v1 = "[[group]]\nname = \"pbx\"\nroute = \"/api/pbx/*\"\nwindows = [{ limit = 60, window = \"60s\" }]\n";
+    std::fs::write(&policy_path, v1).unwrap();
+    let clock = ManualClock::new(T0);
+    let store = Store::open(
+        dir.path().join("store.tg"),
+        Options::default().clock(clock.clone()),
+    )
+    .unwrap();
+    let mut policy = Policy::load(&policy_path).unwrap();
+    for _ in 0..30 {
+        let g = policy.match_route("GET", "/api/pbx/x").unwrap();
+        let k = g.key("tok").unwrap();
+        assert!(store.check(k.as_bytes(), g.limits(), 1).unwrap().allowed());
+    }
+    clock.advance_ms(5_000);
+    // Raise the limit, same window length: the 30 made stay counted.
+    std::fs::write(&policy_path, v1.replace("limit = 60", "limit = 100")).unwrap();
+    policy.reload(&policy_path).unwrap();
+    let g = policy.match_route("GET", "/api/pbx/x").unwrap();
+    let k = g.key("tok").unwrap();
+    let d = store.check(k.as_bytes(), g.limits(), 1).unwrap();
+    assert_eq!((d.limit(), d.remaining()), (100, 69));
+    // Lower it under the count: refused at once.
+    std::fs::write(&policy_path, v1.replace("limit = 60", "limit = 20")).unwrap();
+    policy.reload(&policy_path).unwrap();
+    let g = policy.match_route("GET", "/api/pbx/x").unwrap();
+    let d = store.check(k.as_bytes(), g.limits(), 1).unwrap();
+    assert!(!d.allowed());
+    assert_eq!(d.limit(), 20);
+    // Add an hour window beside it: the minute window keeps its count.
+    std::fs::write(
+        &policy_path,
+        v1.replace(
+            "windows = [{ limit = 60, window = \"60s\" }]",
+            "windows = [{ limit = 50, window = \"60s\" }, { limit = 1000, window = \"1h\" }]",
+        ),
+    )
+    .unwrap();
+    policy.reload(&policy_path).unwrap();
+    let g = policy.match_route("GET", "/api/pbx/x").unwrap();
+    let d = store.check(k.as_bytes(), g.limits(), 1).unwrap();
+    assert!(d.allowed());
+    assert_eq!(d.windows()[0].used(), 32);
+    assert_eq!(d.windows()[1].used(), 1);
+    // A bad file leaves the policy as it was.
+    std::fs::write(&policy_path, "[[group]]\nname = \n").unwrap();
+    assert!(policy.reload(&policy_path).is_err());
+    assert_eq!(policy.group("pbx").unwrap().limits().len(), 2);
+    // And the counts survive reopening the store too.
+    drop(store);
+    let store =
+        Store::open(dir.path().join("store.tg"), Options::default().clock(clock)).unwrap();
+    let g = policy.group("pbx").unwrap();
+    let d = store.peek(k.as_bytes(), g.limits()).unwrap();
+    assert_eq!(d.windows()[0].used(), 32);
+}
