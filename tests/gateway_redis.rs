@@ -27,9 +27,7 @@ const C2C: &str = "/api/pbx/calls/click-to-call";
 
 /// One gateway instance on its own `RedisStore` (same server, same prefix), on a free port.
 async fn node(url: &str, prefix: &str, clock: &ManualClock) -> SocketAddr {
-    let opts = RedisOptions::default()
-        .prefix(prefix)
-        .clock(clock.clone());
+    let opts = RedisOptions::default().prefix(prefix).clock(clock.clone());
     let store = RedisStore::open(url, opts).expect("redis store");
     let policy = Policy::load(example::ZORIO_POLICY).expect("the Zorio policy loads");
     let gateway = Gateway::new(store, policy);
@@ -127,5 +125,10 @@ async fn two_gateways_on_one_redis_share_quota_and_idempotency_keys() {
         Some("true")
     );
     let other = send(&client, b, "tok_idem", &[key], r#"{"to":"+1666"}"#).await;
-    assert_eq!(other.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", other.body);
+    assert_eq!(
+        other.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        other.body
+    );
 }

@@ -58,7 +58,6 @@ use crate::window;
 
 const SHARDS: usize = 64;
 
-
 /// What the hybrid store has done so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct HybridStats {

@@ -24,6 +24,6 @@ mod options;
 mod store;
 
 pub use hybrid::{HybridStats, HybridStore};
-pub use options::{HybridOptions, Unreachable};
 pub use options::RedisOptions;
+pub use options::{HybridOptions, Unreachable};
 pub use store::RedisStore;

@@ -395,8 +395,7 @@ fn reload_keeps_the_counts_made() {
     assert_eq!(policy.group("pbx").unwrap().limits().len(), 2);
     // And the counts survive reopening the store too.
     drop(store);
-    let store =
-        Store::open(dir.path().join("store.tg"), Options::default().clock(clock)).unwrap();
+    let store = Store::open(dir.path().join("store.tg"), Options::default().clock(clock)).unwrap();
     let g = policy.group("pbx").unwrap();
     let d = store.peek(k.as_bytes(), g.limits()).unwrap();
     assert_eq!(d.windows()[0].used(), 32);
