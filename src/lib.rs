@@ -37,6 +37,7 @@
 #[cfg(not(target_endian = "little"))]
 compile_error!("tollgate's file format is little-endian; big-endian targets are not supported");
 
+mod admin;
 mod backend;
 mod clock;
 mod compactor;
@@ -51,12 +52,14 @@ mod inspect;
 mod limit;
 mod raw;
 mod segment;
+mod snapshot;
 #[cfg(feature = "redis")]
 pub mod shared;
 mod store;
 mod sys;
 mod window;
 
+pub use admin::{KeyReport, KeyWindow, RecordReport, SubWindow};
 pub use backend::Backend;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use compactor::PassReport;
@@ -69,4 +72,5 @@ pub use inspect::{EntryView, RecordState, VerifyReport, WindowView};
 pub use limit::{
     Limit, Limits, Mode, MAX_BUCKETED_LIMIT, MAX_EXACT_LIMIT, MAX_WINDOW, MAX_WINDOWS, MIN_WINDOW,
 };
+pub use snapshot::FileShape;
 pub use store::{OnFull, OpenReport, Options, Stats, Store, MAX_KEY_LEN};

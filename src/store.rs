@@ -362,15 +362,22 @@ impl Store {
     /// if its header cannot be trusted. Entries that fail their checks are skipped and counted
     /// in [`Store::open_report`].
     pub fn open(path: impl AsRef<Path>, opts: Options) -> Result<Store> {
+        Store::open_file(path.as_ref(), opts, false)
+    }
+
+    /// [`Store::open`], or with `read_only` a view that takes no lock and writes nothing to
+    /// the file (`src/snapshot.rs`): the file is opened for reading, mapped privately, never
+    /// created, truncated or grown.
+    pub(crate) fn open_file(path: &Path, opts: Options, read_only: bool) -> Result<Store> {
         opts.validate()?;
-        let path = path.as_ref().to_path_buf();
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let path = path.to_path_buf();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !read_only) {
             std::fs::create_dir_all(dir)?;
         }
         let mut file = OpenOptions::new()
             .read(true)
-            .write(true)
-            .create(true)
+            .write(!read_only)
+            .create(!read_only)
             .truncate(false)
             .open(&path)?;
         // The kernel drops a closed store's lock when the last descriptor of the file goes. A
@@ -378,7 +385,7 @@ impl Store {
         // it reaches exec, so a lock just released can look held for a moment: try for a
         // little while before answering `Locked`.
         let deadline = std::time::Instant::now() + LOCK_PATIENCE;
-        loop {
+        while !read_only {
             match file.try_lock() {
                 Ok(()) => break,
                 Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
@@ -389,6 +396,11 @@ impl Store {
             }
         }
         let len = file.metadata()?.len();
+        if len == 0 && read_only {
+            return Err(Error::NotAStore {
+                reason: "empty file",
+            });
+        }
         let header = if len == 0 {
             let h = FileHeader {
                 seg_shift: opts.segment_shift,
@@ -427,13 +439,20 @@ impl Store {
         } else {
             (body / seg_len) as usize
         };
-        if len > HEADER_LEN && body % seg_len != 0 {
+        if len > HEADER_LEN && body % seg_len != 0 && !read_only {
             // A crash while growing left a partial segment: nothing in it was ever used (a
             // segment is used only after its whole length is allocated and synced).
             file.set_len(HEADER_LEN + count as u64 * seg_len)?;
         }
-        let header_map = Map::file(&file, 0, HEADER_LEN as usize)?;
-        let segs = Segments::new(Some(file), header.seg_shift, opts.max_segments.max(count));
+        let header_map = if read_only {
+            Map::file_private(&file, 0, HEADER_LEN as usize)?
+        } else {
+            Map::file(&file, 0, HEADER_LEN as usize)?
+        };
+        let mut segs = Segments::new(Some(file), header.seg_shift, opts.max_segments.max(count));
+        if read_only {
+            segs.set_private();
+        }
         segs.map_existing(count)?;
         let mut core = Core {
             segs,
