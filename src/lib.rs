@@ -52,9 +52,9 @@ mod inspect;
 mod limit;
 mod raw;
 mod segment;
-mod snapshot;
 #[cfg(feature = "redis")]
 pub mod shared;
+mod snapshot;
 mod store;
 mod sys;
 mod window;

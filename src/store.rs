@@ -371,7 +371,10 @@ impl Store {
     pub(crate) fn open_file(path: &Path, opts: Options, read_only: bool) -> Result<Store> {
         opts.validate()?;
         let path = path.to_path_buf();
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !read_only) {
+        if let Some(dir) = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty() && !read_only)
+        {
             std::fs::create_dir_all(dir)?;
         }
         let mut file = OpenOptions::new()
@@ -385,7 +388,10 @@ impl Store {
         // it reaches exec, so a lock just released can look held for a moment: try for a
         // little while before answering `Locked`.
         let deadline = std::time::Instant::now() + LOCK_PATIENCE;
-        while !read_only {
+        loop {
+            if read_only {
+                break; // a read-only view takes no lock
+            }
             match file.try_lock() {
                 Ok(()) => break,
                 Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {

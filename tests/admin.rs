@@ -40,7 +40,10 @@ fn inspect_key_reports_every_window() {
     let minute = &r.windows[0];
     assert_eq!(minute.window.as_secs(), 60);
     assert!(!minute.exact);
-    assert_eq!((minute.limit, minute.used, minute.left), (Some(60), 3, Some(57)));
+    assert_eq!(
+        (minute.limit, minute.used, minute.left),
+        (Some(60), 3, Some(57))
+    );
     assert!(minute.reset_ms > now && minute.reset_ms <= T0 + 2000 + 60_000 + 60_000);
     assert_eq!(minute.sub_windows.iter().map(|s| s.used).sum::<u32>(), 3);
     assert!(!minute.sub_window.is_zero());
@@ -142,7 +145,10 @@ fn inspect_and_delete_a_record() {
     let store = Store::open_in_memory(opts().idempotency_ttl(std::time::Duration::from_secs(3600)))
         .unwrap();
     let key = complete(&store, b"acct", 502);
-    let r = store.inspect_record(b"acct", &key, T0 + 1000).unwrap().unwrap();
+    let r = store
+        .inspect_record(b"acct", &key, T0 + 1000)
+        .unwrap()
+        .unwrap();
     assert_eq!(r.state, RecordState::Completed);
     assert_eq!(r.status, Some(502));
     assert!(r.deadline_ms >= T0 + 3_600_000 && !r.expired);
@@ -197,7 +203,10 @@ fn a_read_only_view_opens_a_held_store_and_writes_nothing() {
     assert_eq!(r.windows[0].used, 4);
     let key = IdempotencyKey::parse(KEY).unwrap();
     assert_eq!(
-        view.inspect_record(b"acct", &key, T0).unwrap().unwrap().status,
+        view.inspect_record(b"acct", &key, T0)
+            .unwrap()
+            .unwrap()
+            .status,
         Some(201)
     );
     assert!(view.verify().problems.is_empty());
@@ -205,9 +214,18 @@ fn a_read_only_view_opens_a_held_store_and_writes_nothing() {
     view.check_at(b"tok", &ls, 1, T0).unwrap();
     assert!(view.delete_key(b"tok").unwrap());
     drop(view);
-    assert_eq!(std::fs::read(&path).unwrap(), before, "the file is unchanged");
     assert_eq!(
-        owner.inspect_key(b"tok", None, T0).unwrap().unwrap().windows[0].used,
+        std::fs::read(&path).unwrap(),
+        before,
+        "the file is unchanged"
+    );
+    assert_eq!(
+        owner
+            .inspect_key(b"tok", None, T0)
+            .unwrap()
+            .unwrap()
+            .windows[0]
+            .used,
         4
     );
     // The owner keeps working.
@@ -238,7 +256,11 @@ fn a_read_only_view_does_not_repair_a_truncated_file() {
     let view = Store::open_read_only(&path, opts()).unwrap();
     assert!(!view.verify().problems.is_empty(), "the cut-off response");
     drop(view);
-    assert_eq!(std::fs::metadata(&path).unwrap().len(), cut, "not truncated further");
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().len(),
+        cut,
+        "not truncated further"
+    );
     assert!(matches!(
         Store::open_read_only(path.with_extension("missing"), opts()),
         Err(Error::Io(_))

@@ -58,10 +58,12 @@ fn policy(name: &str) -> Result<Vec<Route>, Box<dyn std::error::Error>> {
 
 /// Options of `tollgate bench`.
 #[derive(Debug, Clone, clap::Args)]
-#[command(after_help = "Peers: governor's keyed limiter is measured in the same run when the \
+#[command(
+    after_help = "Peers: governor's keyed limiter is measured in the same run when the \
 command is built with the cargo feature `bench`, Redis (through the `redis` crate) with the \
 feature `redis` and a server answering at --redis.\n\n\
-Example:\n  tollgate bench --policy erzycall --threads 2 --seconds 5")]
+Example:\n  tollgate bench --policy erzycall --threads 2 --seconds 5"
+)]
 pub struct Config {
     /// The seed policy to drive: zorio or erzycall.
     #[arg(long, default_value = "zorio", value_parser = ["zorio", "erzycall"])]
@@ -91,7 +93,12 @@ pub struct Config {
     #[arg(long = "no-peers", action = clap::ArgAction::SetFalse)]
     peers: bool,
     /// The Redis server of the Redis peer.
-    #[arg(long, env = "TOLLGATE_REDIS", default_value = "127.0.0.1:6379", value_name = "HOST:PORT")]
+    #[arg(
+        long,
+        env = "TOLLGATE_REDIS",
+        default_value = "127.0.0.1:6379",
+        value_name = "HOST:PORT"
+    )]
     redis: String,
     /// Connections of the Redis peer's many-connection run.
     #[arg(long = "redis-conns", default_value_t = 50, value_name = "N")]
@@ -476,7 +483,9 @@ fn bench_redis(c: &Config, w: &Arc<Workload>) -> Result<Vec<Row>, Box<dyn std::e
     let mut rows = Vec::new();
     let secs = (c.seconds / 2.0).max(1.0);
     let script = redis::Script::new(peers::SLIDING_WINDOW_LUA);
-    script.prepare_invoke().load(&mut peers::connect(&c.redis)?)?;
+    script
+        .prepare_invoke()
+        .load(&mut peers::connect(&c.redis)?)?;
     for (label, conns, lua) in [
         ("redis INCR+EXPIRE, 1 connection", 1usize, false),
         ("redis sliding-window Lua, 1 connection", 1, true),

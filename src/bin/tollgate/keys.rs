@@ -79,7 +79,13 @@ fn window_json(w: &KeyWindow, now: u64) -> serde_json::Value {
     })
 }
 
-pub fn inspect(path: &Path, key: &str, scope: Option<&str>, limits: &[Limit], as_json: bool) -> Res {
+pub fn inspect(
+    path: &Path,
+    key: &str,
+    scope: Option<&str>,
+    limits: &[Limit],
+    as_json: bool,
+) -> Res {
     let store = view(path)?;
     let now = store.now_ms();
     if let Some(scope) = scope {
@@ -87,7 +93,9 @@ pub fn inspect(path: &Path, key: &str, scope: Option<&str>, limits: &[Limit], as
         let r = store.inspect_record(scope.as_bytes(), &ik, now)?;
         if as_json {
             let doc = match r {
-                None => json!({"kind": "idempotency", "scope": scope, "key": key, "found": false, "now_ms": now}),
+                None => {
+                    json!({"kind": "idempotency", "scope": scope, "key": key, "found": false, "now_ms": now})
+                }
                 Some(r) => json!({
                     "kind": "idempotency",
                     "scope": scope,
@@ -192,7 +200,14 @@ pub fn inspect(path: &Path, key: &str, scope: Option<&str>, limits: &[Limit], as
         );
         if w.exact {
             let times: Vec<String> = w.sub_windows.iter().map(|s| rel(s.start_ms, now)).collect();
-            println!("    requests in the window: {}", if times.is_empty() { "none".into() } else { times.join(", ") });
+            println!(
+                "    requests in the window: {}",
+                if times.is_empty() {
+                    "none".into()
+                } else {
+                    times.join(", ")
+                }
+            );
         } else {
             let counts: Vec<String> = w.sub_windows.iter().map(|s| s.used.to_string()).collect();
             println!(
@@ -210,10 +225,10 @@ fn humantime(d: Duration) -> String {
     let ms = d.as_millis() as u64;
     match ms {
         0 => "0s".into(),
-        _ if ms % 86_400_000 == 0 => format!("{}d", ms / 86_400_000),
-        _ if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
-        _ if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
-        _ if ms % 1000 == 0 => format!("{}s", ms / 1000),
+        _ if ms.is_multiple_of(86_400_000) => format!("{}d", ms / 86_400_000),
+        _ if ms.is_multiple_of(3_600_000) => format!("{}h", ms / 3_600_000),
+        _ if ms.is_multiple_of(60_000) => format!("{}m", ms / 60_000),
+        _ if ms.is_multiple_of(1000) => format!("{}s", ms / 1000),
         _ => format!("{ms}ms"),
     }
 }

@@ -157,10 +157,19 @@ pub fn verify(path: &Path, all: bool, as_json: bool) -> Result<bool, Box<dyn std
     pb.finish_and_clear();
     let mut by_kind: BTreeMap<String, u64> = BTreeMap::new();
     if r.corrupt_entries > 0 {
-        by_kind.insert("entry failed its checks at open (skipped)".into(), r.corrupt_entries);
+        by_kind.insert(
+            "entry failed its checks at open (skipped)".into(),
+            r.corrupt_entries,
+        );
     }
     if r.corrupt_segments > 0 {
-        by_kind.insert("segment header failed its checks at open (skipped)".into(), r.corrupt_segments);
+        by_kind.insert(
+            "segment header failed its checks at open (skipped)".into(),
+            r.corrupt_segments,
+        );
+    }
+    if shape.is_truncated() {
+        by_kind.insert("file cut short (a partial segment at the end)".into(), 1);
     }
     for (_, what) in &v.problems {
         *by_kind.entry(kind_of(what)).or_default() += 1;
@@ -171,7 +180,7 @@ pub fn verify(path: &Path, all: bool, as_json: bool) -> Result<bool, Box<dyn std
     let bytes_affected = r.corrupt_segments * shape.segment_len
         + shape.partial_bytes
         + (r.corrupt_entries + v.problems.len() as u64) * LINE;
-    let ok = corrupt == 0 && !shape.is_truncated();
+    let ok = corrupt == 0;
     let shown = if all {
         v.problems.len()
     } else {

@@ -139,7 +139,9 @@ enum Cmd {
     )]
     Scaling(scaling::Config),
     /// Shell completions for bash, zsh, fish, elvish or powershell, on standard output.
-    #[command(after_help = "Example:\n  tollgate completions bash > /etc/bash_completion.d/tollgate")]
+    #[command(
+        after_help = "Example:\n  tollgate completions bash > /etc/bash_completion.d/tollgate"
+    )]
     Completions {
         /// The shell.
         shell: clap_complete::Shell,
@@ -167,7 +169,9 @@ fn main() -> ExitCode {
             scope,
             limits,
             json,
-        } => exists(&file).and_then(|()| keys::inspect(&file, &key, scope.as_deref(), &limits, json)),
+        } => {
+            exists(&file).and_then(|()| keys::inspect(&file, &key, scope.as_deref(), &limits, json))
+        }
         Cmd::Delete {
             file,
             key,
@@ -190,7 +194,12 @@ fn main() -> ExitCode {
         Cmd::Bench(c) => bench::run(&c),
         Cmd::Scaling(c) => scaling::run(&c),
         Cmd::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "tollgate", &mut std::io::stdout());
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "tollgate",
+                &mut std::io::stdout(),
+            );
             Ok(())
         }
     };
@@ -217,7 +226,10 @@ fn usage_error(e: &clap::Error) -> ExitCode {
         _ => {
             let text = e.render().to_string();
             let first = text.lines().next().unwrap_or("error: bad arguments");
-            eprintln!("tollgate: {} (see tollgate --help)", first.trim_start_matches("error: "));
+            eprintln!(
+                "tollgate: {} (see tollgate --help)",
+                first.trim_start_matches("error: ")
+            );
             ExitCode::from(2)
         }
     }
