@@ -49,8 +49,8 @@ impl Checker for Tg {
 }
 
 struct Lua {
-    r: peers::Redis,
-    sha: String,
+    r: redis::Connection,
+    script: redis::Script,
     n: u64,
 }
 
@@ -65,17 +65,14 @@ impl Checker for Lua {
         kb.extend_from_slice(k);
         let member = format!("{now}-{}", self.n);
         matches!(
-            self.r.cmd(&[
-                b"EVALSHA",
-                self.sha.as_bytes(),
-                b"1",
-                &kb,
-                now.to_string().as_bytes(),
-                b"60000",
-                b"100",
-                member.as_bytes(),
-            ]),
-            Ok(peers::Reply::Int(1))
+            self.script
+                .key(kb)
+                .arg(now)
+                .arg(60000)
+                .arg(100)
+                .arg(member)
+                .invoke::<i64>(&mut self.r),
+            Ok(1)
         )
     }
 }
@@ -211,14 +208,18 @@ fn main() {
         .trim_start_matches("redis://")
         .trim_end_matches('/')
         .to_string();
-    let sha = peers::load_script(&mut peers::Redis::connect(&addr).unwrap()).unwrap();
+    let script = redis::Script::new(peers::SLIDING_WINDOW_LUA);
+    script
+        .prepare_invoke()
+        .load(&mut peers::connect(&addr).unwrap())
+        .unwrap();
     rows.push(measure(
         "hand-written sliding-window Lua (sorted set)",
         secs,
         &|| {
             Box::new(Lua {
-                r: peers::Redis::connect(&addr).unwrap(),
-                sha: sha.clone(),
+                r: peers::connect(&addr).unwrap(),
+                script: script.clone(),
                 n: 0,
             })
         },

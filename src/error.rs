@@ -58,6 +58,9 @@ pub enum Error {
     },
     /// The store reached its configured capacity and nothing could be reclaimed.
     CapacityExhausted,
+    /// The store is a read-only view ([`crate::Store::open_read_only`]): it cannot grow, and
+    /// nothing it does reaches the file.
+    ReadOnly,
     /// The options given to open a store are inconsistent.
     InvalidOptions(&'static str),
     /// An `Idempotency-Key` header value is not a UUID v4 (HTTP 400).
@@ -126,6 +129,7 @@ impl fmt::Display for Error {
                 "cost {cost} exceeds the limit {limit}: the request can never be admitted"
             ),
             Error::CapacityExhausted => write!(f, "store capacity exhausted"),
+            Error::ReadOnly => write!(f, "the store is a read-only view and cannot grow"),
             Error::InvalidOptions(why) => write!(f, "invalid options: {why}"),
             Error::InvalidIdempotencyKey(why) => write!(f, "invalid Idempotency-Key: {why}"),
             Error::InvalidScope { len } => write!(

@@ -42,6 +42,7 @@
 compile_error!("tollgate's file format is little-endian; big-endian targets are not supported");
 
 // The public face: what a gateway meets.
+mod admin;
 mod backend;
 mod clock;
 mod decision;
@@ -50,6 +51,7 @@ pub mod idempotency;
 mod inspect;
 mod limit;
 mod options;
+mod snapshot;
 mod store;
 
 // The machinery, one level down: the engine over the storage, and the window arithmetic.
@@ -63,6 +65,7 @@ pub mod fleet;
 #[cfg(feature = "gateway")]
 pub mod gateway;
 
+pub use admin::{KeyReport, KeyWindow, RecordReport, SubWindow};
 pub use backend::{Backend, MAX_KEY_LEN};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use decision::{Decision, WindowState};
@@ -76,4 +79,5 @@ pub use limit::{
     Limit, Limits, Mode, MAX_BUCKETED_LIMIT, MAX_EXACT_LIMIT, MAX_WINDOW, MAX_WINDOWS, MIN_WINDOW,
 };
 pub use options::{OnFull, Options};
+pub use snapshot::FileShape;
 pub use store::{Stats, Store};

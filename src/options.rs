@@ -97,6 +97,10 @@ macro_rules! common_builders {
         }
     };
 }
+#[cfg_attr(
+    not(feature = "redis"),
+    allow(unused_imports, reason = "used by fleet::RedisOptions")
+)]
 pub(crate) use common_builders;
 
 /// How a store is opened.

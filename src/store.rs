@@ -16,7 +16,7 @@ use crate::error::Result;
 use crate::idempotency::{record_key, Begin, Fingerprint, IdempotencyKey, Lease, StoredResponse};
 use crate::limit::Limits;
 use crate::options::{CompactorOptions, Options};
-use crate::storage::file;
+use crate::storage::file::{self, Access};
 use crate::storage::format::{FileHeader, HEADER_LEN};
 use crate::storage::raw::Map;
 use crate::storage::segment::Segments;
@@ -53,8 +53,12 @@ impl Store {
     /// if its header cannot be trusted. Entries that fail their checks are skipped and counted
     /// in [`Store::open_report`].
     pub fn open(path: impl AsRef<Path>, opts: Options) -> Result<Store> {
+        Store::open_file(path.as_ref(), opts, Access::Write)
+    }
+
+    /// Open as the writer or as a read-only view (`snapshot.rs`).
+    pub(crate) fn open_file(path: &Path, opts: Options, access: Access) -> Result<Store> {
         opts.validate()?;
-        let path = path.as_ref();
         let opened = file::open(
             path,
             FileHeader {
@@ -62,13 +66,17 @@ impl Store {
                 kmax: opts.common.sub_windows + 1,
                 created_ms: opts.common.clock.now_ms(),
             },
+            access,
         )?;
         let count = opened.segments;
-        let segs = Segments::new(
+        let mut segs = Segments::new(
             Some(opened.file),
             opened.header.seg_shift,
             opts.max_segments.max(count),
         );
+        if access == Access::ReadOnly {
+            segs.set_private();
+        }
         segs.map_existing(count)?;
         let core = Core::new(Parts {
             segs,
@@ -295,6 +303,10 @@ impl Store {
     }
 
     /// Most sub-window counters per bucketed window on this store (as fixed in its file).
+    #[cfg_attr(
+        not(feature = "redis"),
+        allow(dead_code, reason = "used by fleet::HybridStore")
+    )]
     pub(crate) fn sub_window_cap(&self) -> u32 {
         self.core.kmax
     }

@@ -8,6 +8,24 @@ use std::process::Command;
 use common::{temp_store, T0};
 use tollgate::{Begin, Fingerprint, IdempotencyKey, Limit, Limits, Options, Store, StoredResponse};
 
+/// Exit code, standard output and standard error of one run.
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(args)
+        .output()
+        .expect("run tollgate");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text.trim())
+        .unwrap_or_else(|e| panic!("not one JSON document ({e}): {text}"))
+}
+
 fn tollgate(args: &[&str]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
         .args(args)
@@ -186,4 +204,293 @@ fn a_tiny_scaling_run_writes_its_table_and_plot() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(left, [std::ffi::OsString::from("out")]);
+}
+
+const SUBCOMMANDS: [&str; 9] = [
+    "stat",
+    "verify",
+    "dump",
+    "inspect",
+    "delete",
+    "compact",
+    "bench",
+    "scaling",
+    "completions",
+];
+
+#[test]
+fn every_subcommand_explains_itself() {
+    for args in [&["--help"][..], &["help"], &["-h"]] {
+        let (code, out, _) = run(args);
+        assert_eq!(code, 0, "{args:?}: {out}");
+        for sub in SUBCOMMANDS {
+            assert!(out.contains(sub), "{args:?} lists {sub}: {out}");
+        }
+    }
+    let (code, out, _) = run(&["--version"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        out.trim(),
+        format!("tollgate {}", env!("CARGO_PKG_VERSION"))
+    );
+    for sub in SUBCOMMANDS {
+        let (code, long, _) = run(&[sub, "--help"]);
+        assert_eq!(code, 0, "{sub} --help: {long}");
+        assert!(long.contains("Usage: tollgate"), "{sub}: {long}");
+        assert!(
+            long.contains("Example"),
+            "{sub} --help has an example: {long}"
+        );
+        let (code, via_help, _) = run(&["help", sub]);
+        assert_eq!(code, 0, "help {sub}");
+        assert_eq!(via_help, long, "help {sub} is {sub} --help");
+    }
+    // Options with their defaults.
+    let (_, out, _) = run(&["bench", "--help"]);
+    assert!(
+        out.contains("[default: zorio]") && out.contains("[default: 10]"),
+        "{out}"
+    );
+    let (_, out, _) = run(&["scaling", "--help"]);
+    assert!(out.contains("[default: 10000000]"), "{out}");
+    let (_, out, _) = run(&["inspect", "--help"]);
+    assert!(
+        out.contains("--scope") && out.contains("--limit") && out.contains("--json"),
+        "{out}"
+    );
+}
+
+#[test]
+fn usage_errors_are_one_line_and_exit_2() {
+    let (dir, path) = temp_store();
+    build_store(&path);
+    let p = path.to_str().unwrap();
+    for args in [
+        &["stat", "--frob", p][..],
+        &["frobnicate"],
+        &["stat"],
+        &["inspect", p],
+        &["bench", "--threads", "many"],
+    ] {
+        let (code, out, err) = run(args);
+        assert_eq!(code, 2, "{args:?}: {out}{err}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+        assert!(out.is_empty(), "{args:?}: {out}");
+    }
+    let missing = dir.path().join("missing.tg");
+    for sub in ["stat", "verify", "dump", "compact"] {
+        let (code, out, err) = run(&[sub, missing.to_str().unwrap()]);
+        assert_eq!(code, 2, "{sub}: {out}{err}");
+        assert_eq!(
+            err.trim(),
+            format!("tollgate: {}: no such file", missing.display())
+        );
+    }
+    assert!(!missing.exists(), "nothing created");
+}
+
+#[test]
+fn completions_for_a_shell() {
+    let (code, out, _) = run(&["completions", "bash"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("_tollgate") && out.contains("inspect"),
+        "{out}"
+    );
+    let (code, _, _) = run(&["completions", "tcsh-9"]);
+    assert_eq!(code, 2);
+}
+
+#[test]
+fn json_output_parses() {
+    let (_dir, path) = temp_store();
+    build_store(&path);
+    let p = path.to_str().unwrap();
+    let (code, out, _) = run(&["stat", p, "--json"]);
+    assert_eq!(code, 0);
+    let v = json(&out);
+    assert_eq!(v["window_entries"]["live"], 10);
+    assert_eq!(v["window_entries"]["expired"], 1);
+    assert_eq!(v["idempotency_records"]["completed"], 1);
+    assert_eq!(v["truncated"], false);
+    let (code, out, _) = run(&["verify", p, "--json"]);
+    assert_eq!(code, 0);
+    let v = json(&out);
+    assert_eq!(
+        (v["ok"].clone(), v["entries_checked"].clone()),
+        (true.into(), 12.into())
+    );
+    assert_eq!(v["findings"].as_array().unwrap().len(), 0);
+    let (code, out, _) = run(&["dump", p, "--json"]);
+    assert_eq!(code, 0);
+    for line in out.lines() {
+        json(line);
+    }
+    let (code, out, _) = run(&[
+        "inspect", p, "tok-3", "--limit", "60/1m", "--limit", "1000/1h", "--json",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let v = json(&out);
+    assert_eq!(v["found"], true);
+    let w = &v["windows"][0];
+    assert_eq!(
+        (w["limit"].clone(), w["used"].clone(), w["left"].clone()),
+        (60.into(), 4.into(), 56.into())
+    );
+    assert_eq!(v["windows"][1]["window_ms"], 3_600_000);
+    let (_, out, _) = run(&["inspect", p, "nobody", "--json"]);
+    assert_eq!(json(&out)["found"], false);
+    let (code, out, _) = run(&["inspect", p, KEY, "--scope", "acct", "--json"]);
+    assert_eq!(code, 0, "{out}");
+    let v = json(&out);
+    assert_eq!(v["state"], "completed");
+    assert_eq!(v["status"], 201);
+    assert!(v["left_ms"].as_u64().unwrap() > 0);
+}
+
+const KEY: &str = "4d9c3a41-6bb7-4c4e-9a39-8f3c2d7e1f00";
+
+#[test]
+fn a_live_store_is_inspected_while_its_owner_holds_it() {
+    let (_dir, path) = temp_store();
+    build_store(&path);
+    let p = path.to_str().unwrap();
+    // This process holds the store open with the writer lock, as a running gateway does.
+    let owner = Store::open(&path, Options::default().compactor(false)).unwrap();
+    let limits = Limits::new(&[Limit::per_minute(60), Limit::per_hour(1000)]).unwrap();
+    owner.check(b"live-token", &limits, 1).unwrap();
+    owner.check(b"live-token", &limits, 1).unwrap();
+    let before = std::fs::read(&path).unwrap();
+    let (code, out, err) = run(&[
+        "inspect",
+        p,
+        "live-token",
+        "--limit",
+        "60/1m",
+        "--limit",
+        "1000/1h",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.starts_with("live-token: 2/60 per 1m (58 left), 2/1000 per 1h (998 left)"),
+        "{out}"
+    );
+    assert!(out.contains("sub-windows of"), "{out}");
+    let (code, out, _) = run(&["inspect", p, KEY, "--scope", "acct"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("completed with status 201"), "{out}");
+    for args in [&["stat", p][..], &["verify", p], &["dump", p]] {
+        let (code, out, err) = run(args);
+        assert_eq!(code, 0, "{args:?}: {out}{err}");
+    }
+    let (_, out, _) = run(&["stat", p]);
+    assert!(out.contains("window entries       11 live"), "{out}");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        before,
+        "the views wrote nothing"
+    );
+    // Changing the store needs the writer lock, and says so.
+    for args in [&["compact", p][..], &["delete", p, "live-token", "--yes"]] {
+        let (code, out, err) = run(args);
+        assert_eq!(code, 1, "{args:?}: {out}{err}");
+        assert!(
+            err.contains("held open by another process") && err.contains("writer lock"),
+            "{err}"
+        );
+    }
+    assert!(owner.check(b"live-token", &limits, 1).unwrap().allowed());
+}
+
+#[test]
+fn delete_one_key_or_record() {
+    let (_dir, path) = temp_store();
+    build_store(&path);
+    let p = path.to_str().unwrap();
+    let (code, out, err) = run(&["delete", p, "tok-3"]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("refusing without --yes"), "{err}");
+    let (_, out, _) = run(&["inspect", p, "tok-3"]);
+    assert!(out.starts_with("tok-3: 4 per 1m"), "still there: {out}");
+    let (code, out, _) = run(&["delete", p, "tok-3", "--yes"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("deleted the counters of tok-3"), "{out}");
+    let (_, out, _) = run(&["inspect", p, "tok-3"]);
+    assert!(out.contains("no counters"), "{out}");
+    let (code, out, _) = run(&["delete", p, KEY, "--scope", "acct", "--yes"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("deleted the idempotency record"), "{out}");
+    let (_, out, _) = run(&["inspect", p, KEY, "--scope", "acct"]);
+    assert!(out.contains("no idempotency record"), "{out}");
+    let (_, out, _) = run(&["stat", p]);
+    assert!(out.contains("window entries       9 live"), "{out}");
+    let (code, _, err) = run(&["delete", p, "not-a-uuid", "--scope", "acct", "--yes"]);
+    assert_eq!(code, 1, "{err}");
+}
+
+#[test]
+fn verify_summarizes_a_truncated_file() {
+    let (_dir, path) = temp_store();
+    let store = Store::open(&path, Options::default().compactor(false)).unwrap();
+    let now = store.now_ms();
+    let fp = Fingerprint::of("POST", "/sms", b"{}");
+    for i in 0..30u32 {
+        let key =
+            IdempotencyKey::parse(&format!("4d9c3a41-6bb7-4c4e-9a39-8f3c2d7e{i:04x}")).unwrap();
+        let Begin::Started(l) = store.begin_at(b"acct", &key, &fp, now).unwrap() else {
+            panic!()
+        };
+        store
+            .complete_at(&l, &StoredResponse::new(200, vec![1u8; 100]), now)
+            .unwrap();
+    }
+    store.close().unwrap();
+    let len = std::fs::metadata(&path).unwrap().len();
+    let cut = len - (len - 4096) / 4;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(cut)
+        .unwrap();
+    let p = path.to_str().unwrap();
+    let (code, out, _) = run(&["verify", p]);
+    assert_eq!(code, 1, "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].contains("30 entries and 0 stored responses checked"),
+        "{out}"
+    );
+    assert!(lines[1].starts_with("file cut short"), "{out}");
+    assert!(out.contains("bytes affected"), "{out}");
+    assert!(out.contains("      30  "), "30 findings of one kind: {out}");
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("  byte ")).count(),
+        20,
+        "{out}"
+    );
+    assert!(out.contains("and 10 more like these"), "{out}");
+    assert!(out.trim_end().ends_with("CORRUPT"));
+    assert!(out.lines().count() < 30, "short: {out}");
+    let (code, out, _) = run(&["verify", p, "--all"]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("  byte ")).count(),
+        30,
+        "{out}"
+    );
+    let (code, out, _) = run(&["verify", p, "--json"]);
+    assert_eq!(code, 1);
+    let v = json(&out);
+    assert_eq!(
+        (v["ok"].clone(), v["truncated"].clone()),
+        (false.into(), true.into())
+    );
+    assert_eq!(v["findings_total"], 30);
+    assert_eq!(v["findings"].as_array().unwrap().len(), 20);
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().len(),
+        cut,
+        "verify changed nothing"
+    );
 }

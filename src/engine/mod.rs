@@ -18,9 +18,11 @@
 //! | `compactor.rs` | the background thread that runs expiry and compaction |
 //! | `counters.rs` | the bookkeeping the store and the compactor share |
 //! | `inspect.rs` | walking live entries for `visit`, `verify` and the command |
+//! | `admin.rs` | one key at a time: inspect or delete a key's counters or one record |
 //!
 //! The public [`Store`](crate::Store) is a short facade over this module.
 
+mod admin;
 mod blobs;
 mod check;
 mod compactor;

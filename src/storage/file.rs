@@ -29,21 +29,40 @@ pub(crate) struct Opened {
     pub header_map: Map,
 }
 
-/// Open the store file at `path`, creating it (and its directory) with `new_header` if it does
-/// not exist; lock it; check its header; cut off a partial segment left by a crash while
-/// growing.
-pub(crate) fn open(path: &Path, new_header: FileHeader) -> Result<Opened> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+/// How a store file is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// The writer: creates the file if needed and holds its exclusive lock.
+    Write,
+    /// A read-only view of a file another process may hold open: no lock, nothing created,
+    /// trimmed or written; every map is a private copy-on-write map, so recovery's fixes stay
+    /// in this process.
+    ReadOnly,
+}
+
+/// Open the store file at `path`: as the writer, create it (and its directory) with
+/// `new_header` if it does not exist, lock it, check its header and cut off a partial segment
+/// left by a crash while growing; as a read-only view, only open and check it.
+pub(crate) fn open(path: &Path, new_header: FileHeader, access: Access) -> Result<Opened> {
+    let write = access == Access::Write;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && write) {
         std::fs::create_dir_all(dir)?;
     }
     let mut file = OpenOptions::new()
         .read(true)
-        .write(true)
-        .create(true)
+        .write(write)
+        .create(write)
         .truncate(false)
         .open(path)?;
-    lock(&file, path)?;
+    if write {
+        lock(&file, path)?;
+    }
     let len = file.metadata()?.len();
+    if len == 0 && !write {
+        return Err(Error::NotAStore {
+            reason: "empty file",
+        });
+    }
     let header = if len == 0 {
         create(&mut file, path, new_header)?;
         new_header
@@ -57,12 +76,16 @@ pub(crate) fn open(path: &Path, new_header: FileHeader) -> Result<Opened> {
     } else {
         (body / seg_len) as usize
     };
-    if len > HEADER_LEN && body % seg_len != 0 {
+    if len > HEADER_LEN && body % seg_len != 0 && write {
         // A crash while growing left a partial segment: nothing in it was ever used (a
         // segment is used only after its whole length is allocated and synced).
         file.set_len(HEADER_LEN + segments as u64 * seg_len)?;
     }
-    let header_map = Map::file(&file, 0, HEADER_LEN as usize)?;
+    let header_map = if write {
+        Map::file(&file, 0, HEADER_LEN as usize)?
+    } else {
+        Map::file_private(&file, 0, HEADER_LEN as usize)?
+    };
     Ok(Opened {
         file,
         header,

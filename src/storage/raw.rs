@@ -49,6 +49,20 @@ impl Map {
         Ok(Map { raw })
     }
 
+    /// A private copy-on-write map of `file` bytes `offset..offset + len`, for read-only views
+    /// (`Store::open_read_only`): what this process writes stays in its own memory and never
+    /// reaches the file, which may be open for reading only.
+    pub(crate) fn file_private(file: &File, offset: u64, len: usize) -> io::Result<Map> {
+        // SAFETY: memmap2 marks file maps unsafe because the file can change under the map (a
+        // running store writes it while a read-only view looks). Every access to the map goes
+        // through atomics (module docs), so a change from outside is seen as some value, which
+        // readers validate, never as a data race in this process.
+        let m = unsafe { MmapOptions::new().offset(offset).len(len).map_copy(file)? };
+        Ok(Map {
+            raw: MmapRaw::from(m),
+        })
+    }
+
     fn base(&self) -> NonNull<u8> {
         // An mmap that succeeded never returns a null address.
         NonNull::new(self.raw.as_mut_ptr()).unwrap_or(NonNull::dangling())

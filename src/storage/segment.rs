@@ -97,6 +97,9 @@ pub(crate) struct Segments {
     released: Arc<Mutex<Released>>,
     /// Lines handed to the epoch and not yet released.
     pending: Arc<AtomicU64>,
+    /// Segments are private copy-on-write maps of a file open for reading (a read-only view):
+    /// the file is never grown or written.
+    private: bool,
 }
 
 impl Segments {
@@ -117,7 +120,13 @@ impl Segments {
             }),
             released: Arc::new(Mutex::new(Released::default())),
             pending: Arc::new(AtomicU64::new(0)),
+            private: false,
         }
+    }
+
+    /// Map the file's segments as private copy-on-write maps (read-only views).
+    pub(crate) fn set_private(&mut self) {
+        self.private = true;
     }
 
     /// Lines per segment.
@@ -179,6 +188,11 @@ impl Segments {
     pub(crate) fn map_existing(&self, count: usize) -> Result<()> {
         for i in 0..count {
             let map = match &self.file {
+                Some(f) if self.private => Map::file_private(
+                    f,
+                    HEADER_LEN + i as u64 * self.seg_len(),
+                    1 << self.seg_shift,
+                )?,
                 Some(f) => Map::file(
                     f,
                     HEADER_LEN + i as u64 * self.seg_len(),
@@ -505,6 +519,9 @@ impl Segments {
         let idx = self.maps.count();
         if idx >= self.max_segments.min(self.maps.capacity()) {
             return Err(Error::CapacityExhausted);
+        }
+        if self.private {
+            return Err(Error::ReadOnly);
         }
         let map = match &self.file {
             Some(f) => {

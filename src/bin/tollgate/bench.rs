@@ -7,21 +7,20 @@
 //! and, when a server answers, on Redis, so the figures are side by side from one run.
 
 use std::io::Write;
-use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tollgate::{Begin, Fingerprint, IdempotencyKey, Limit, Limits, Options, Store, StoredResponse};
 
-use crate::peers::{self, Redis, Reply};
+use crate::progress;
 use crate::Res;
 
 struct Route {
     name: &'static str,
     limits: Limits,
     /// Per-minute limit, for the peers (governor and Redis check one window).
+    #[cfg_attr(not(any(feature = "bench", feature = "redis")), allow(dead_code))]
     per_minute: u32,
     weight: u32,
     post: bool,
@@ -57,60 +56,63 @@ fn policy(name: &str) -> Result<Vec<Route>, Box<dyn std::error::Error>> {
     })
 }
 
-struct Config {
+/// Options of `tollgate bench`.
+#[derive(Debug, Clone, clap::Args)]
+#[command(
+    after_help = "Peers: governor's keyed limiter is measured in the same run when the \
+command is built with the cargo feature `bench`, Redis (through the `redis` crate) with the \
+feature `redis` and a server answering at --redis.\n\n\
+Example:\n  tollgate bench --policy erzycall --threads 2 --seconds 5"
+)]
+pub struct Config {
+    /// The seed policy to drive: zorio or erzycall.
+    #[arg(long, default_value = "zorio", value_parser = ["zorio", "erzycall"])]
     policy: String,
+    /// Distinct tokens (drawn from a Zipf distribution).
+    #[arg(long, default_value_t = 100_000, value_name = "N")]
     tokens: usize,
+    /// Threads making requests.
+    #[arg(long, default_value_t = 2, value_name = "N")]
     threads: usize,
+    /// How long each engine runs.
+    #[arg(long, default_value_t = 10.0, value_name = "S")]
     seconds: f64,
+    /// The Zipf exponent of the token distribution.
+    #[arg(long, default_value_t = 1.1, value_name = "S")]
     zipf: f64,
+    /// Share of POST requests that carry an Idempotency-Key.
+    #[arg(long, default_value_t = 0.3, value_name = "P")]
     idempotent: f64,
+    /// Share of keyed requests that retry a recent key (and replay).
+    #[arg(long, default_value_t = 0.1, value_name = "P")]
     retries: f64,
+    /// Directory of the store file (bench.tg, made afresh).
+    #[arg(long, default_value = "tollgate-data", value_name = "DIR")]
     data: String,
+    /// Measure tollgate alone.
+    #[arg(long = "no-peers", action = clap::ArgAction::SetFalse)]
     peers: bool,
+    /// The Redis server of the Redis peer.
+    #[arg(
+        long,
+        env = "TOLLGATE_REDIS",
+        default_value = "127.0.0.1:6379",
+        value_name = "HOST:PORT"
+    )]
     redis: String,
+    /// Connections of the Redis peer's many-connection run.
+    #[arg(long = "redis-conns", default_value_t = 50, value_name = "N")]
     redis_conns: usize,
 }
 
-fn parse(args: &[String]) -> Result<Config, Box<dyn std::error::Error>> {
-    let mut c = Config {
-        policy: "zorio".into(),
-        tokens: 100_000,
-        threads: 2,
-        seconds: 10.0,
-        zipf: 1.1,
-        idempotent: 0.3,
-        retries: 0.1,
-        data: "tollgate-data".into(),
-        peers: true,
-        redis: std::env::var("TOLLGATE_REDIS").unwrap_or_else(|_| "127.0.0.1:6379".into()),
-        redis_conns: 50,
-    };
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut val = || {
-            it.next()
-                .cloned()
-                .ok_or_else(|| format!("{a} needs a value"))
-        };
-        match a.as_str() {
-            "--policy" => c.policy = val()?,
-            "--tokens" => c.tokens = val()?.parse()?,
-            "--threads" => c.threads = val()?.parse()?,
-            "--seconds" => c.seconds = val()?.parse()?,
-            "--zipf" => c.zipf = val()?.parse()?,
-            "--idempotent" => c.idempotent = val()?.parse()?,
-            "--retries" => c.retries = val()?.parse()?,
-            "--data" => c.data = val()?,
-            "--redis" => c.redis = val()?,
-            "--redis-conns" => c.redis_conns = val()?.parse()?,
-            "--no-peers" => c.peers = false,
-            other => return Err(format!("unknown option {other}").into()),
+impl Config {
+    /// The checks clap cannot express.
+    fn validate(&self) -> Res {
+        if self.tokens == 0 || self.threads == 0 || self.seconds.is_nan() || self.seconds <= 0.0 {
+            return Err("tokens, threads and seconds must be positive".into());
         }
+        Ok(())
     }
-    if c.tokens == 0 || c.threads == 0 || c.seconds <= 0.0 {
-        return Err("tokens, threads and seconds must be positive".into());
-    }
-    Ok(c)
 }
 
 struct Rng(u64);
@@ -187,21 +189,17 @@ fn percentiles(mut v: Vec<u64>) -> (u64, u64, u64) {
 }
 
 fn progress(label: &str, start: Instant, secs: f64, ops: &AtomicU64, stop: &AtomicBool) {
+    let pb = progress::bar((secs * 10.0).ceil() as u64, label);
     let mut last = 0u64;
     while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(500));
+        std::thread::sleep(Duration::from_millis(100));
         let t = start.elapsed().as_secs_f64().min(secs);
         let n = ops.load(Ordering::Relaxed);
-        let filled = ((t / secs) * 30.0) as usize;
-        eprint!(
-            "\r  {label:<22} [{}{}] {t:>5.1}/{secs:.0} s  {:>6.2} M ops/s ",
-            "#".repeat(filled),
-            " ".repeat(30 - filled.min(30)),
-            (n - last) as f64 / 0.5 / 1e6
-        );
+        pb.set_position((t * 10.0) as u64);
+        pb.set_message(format!("{:.2} M ops/s", (n - last) as f64 / 0.1 / 1e6));
         last = n;
     }
-    eprint!("\r{}\r", " ".repeat(90));
+    pb.finish_and_clear();
 }
 
 /// Run `f(thread, rng, deadline)` on `threads` threads for `secs` with a progress line.
@@ -242,8 +240,8 @@ struct Row {
     lat: (u64, u64, u64),
 }
 
-pub fn run(args: &[String]) -> Res {
-    let c = parse(args)?;
+pub fn run(c: &Config) -> Res {
+    c.validate()?;
     let routes = policy(&c.policy)?;
     let mut acc = 0;
     let route_cdf = routes.iter().map(|r| {
@@ -376,17 +374,7 @@ pub fn run(args: &[String]) -> Res {
     }];
     store.close()?;
     if c.peers {
-        rows.push(bench_governor(&c, &w));
-        match Redis::connect(&c.redis) {
-            Ok(r) => {
-                drop(r);
-                rows.extend(bench_redis(&c, &w)?);
-            }
-            Err(e) => println!(
-                "redis: not reachable at {} ({e}); skipped. Start one with `.ci/redis-server.sh start`.",
-                c.redis
-            ),
-        }
+        peers_into(c, &w, &mut rows)?;
         println!("\n| engine (checks only for peers) | checks/s | p50 | p99 | p99.9 | tollgate ÷ engine |");
         println!("|---|---|---|---|---|---|");
         let base = n as f64 / secs;
@@ -406,7 +394,34 @@ pub fn run(args: &[String]) -> Res {
     Ok(())
 }
 
+/// Run the peers this command was built with, in the same run, adding their rows.
+fn peers_into(c: &Config, w: &Arc<Workload>, rows: &mut Vec<Row>) -> Res {
+    #[cfg(feature = "bench")]
+    rows.push(bench_governor(c, w));
+    #[cfg(not(feature = "bench"))]
+    println!("governor: not built into this command (cargo feature `bench`: `cargo run --release --features bench -- bench`); skipped.");
+    #[cfg(feature = "redis")]
+    match crate::peers::connect(&c.redis) {
+        Ok(con) => {
+            drop(con);
+            rows.extend(bench_redis(c, w)?);
+        }
+        Err(e) => println!(
+            "redis: not reachable at {} ({e}); skipped. Start one with `.ci/redis-server.sh start`.",
+            c.redis
+        ),
+    }
+    #[cfg(not(feature = "redis"))]
+    println!("redis: not built into this command (cargo feature `redis`); skipped.");
+    let _ = (c, w, &rows);
+    Ok(())
+}
+
+#[cfg(feature = "bench")]
 fn bench_governor(c: &Config, w: &Arc<Workload>) -> Row {
+    use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+    use std::num::NonZeroU32;
+
     // One keyed limiter per route, on the route's per-minute limit; keys are the same strings.
     let limiters: Vec<DefaultKeyedRateLimiter<String>> = w
         .routes
@@ -462,10 +477,15 @@ fn bench_governor(c: &Config, w: &Arc<Workload>) -> Row {
     }
 }
 
+#[cfg(feature = "redis")]
 fn bench_redis(c: &Config, w: &Arc<Workload>) -> Result<Vec<Row>, Box<dyn std::error::Error>> {
+    use crate::peers;
     let mut rows = Vec::new();
     let secs = (c.seconds / 2.0).max(1.0);
-    let sha = peers::load_script(&mut Redis::connect(&c.redis)?)?;
+    let script = redis::Script::new(peers::SLIDING_WINDOW_LUA);
+    script
+        .prepare_invoke()
+        .load(&mut peers::connect(&c.redis)?)?;
     for (label, conns, lua) in [
         ("redis INCR+EXPIRE, 1 connection", 1usize, false),
         ("redis sliding-window Lua, 1 connection", 1, true),
@@ -475,7 +495,7 @@ fn bench_redis(c: &Config, w: &Arc<Workload>) -> Result<Vec<Row>, Box<dyn std::e
         let failed = AtomicBool::new(false);
         let (took, samples) = timed(label, conns, secs, ops.clone(), |t, rng, deadline, ops| {
             let mut lat = Vec::new();
-            let Ok(mut r) = Redis::connect(&c.redis) else {
+            let Ok(mut r) = peers::connect(&c.redis) else {
                 failed.store(true, Ordering::Relaxed);
                 return lat;
             };
@@ -499,21 +519,22 @@ fn bench_redis(c: &Config, w: &Arc<Workload>) -> Result<Vec<Row>, Box<dyn std::e
                         .map(|d| d.as_millis() as u64)
                         .unwrap_or(0);
                     let member = format!("{now}-{t}-{n}");
-                    r.cmd(&[
-                        b"EVALSHA",
-                        sha.as_bytes(),
-                        b"1",
-                        key,
-                        now.to_string().as_bytes(),
-                        b"60000",
-                        route.per_minute.to_string().as_bytes(),
-                        member.as_bytes(),
-                    ])
-                    .map_err(|e| eprintln!("{label}: {e}"))
-                    .is_ok()
+                    script
+                        .key(key)
+                        .arg(now)
+                        .arg(60000)
+                        .arg(route.per_minute)
+                        .arg(member)
+                        .invoke::<i64>(&mut r)
+                        .map_err(|e| eprintln!("{label}: {e}"))
+                        .is_ok()
                 } else {
-                    match r.cmd(&[b"INCR", key]) {
-                        Ok(Reply::Int(1)) => r.cmd(&[b"PEXPIRE", key, b"60000"]).is_ok(),
+                    match redis::cmd("INCR").arg(key).query::<i64>(&mut r) {
+                        Ok(1) => redis::cmd("PEXPIRE")
+                            .arg(key)
+                            .arg(60000)
+                            .query::<i64>(&mut r)
+                            .is_ok(),
                         Ok(_) => true,
                         Err(_) => false,
                     }

@@ -1,224 +1,269 @@
-//! The `tollgate` command: look inside a store, and a load generator.
-//!
-//! ```text
-//! tollgate stat FILE        entries by kind, live and expired, file size, segments, free space
-//! tollgate verify FILE      check every entry and stored response; exit 1 on corruption
-//! tollgate dump FILE        every live entry as a JSON line
-//! tollgate compact FILE     expire, compact the response area, print the stats before/after
-//! tollgate bench [options]  a load generator on the seed policies, with peers in the same run
-//! tollgate scaling [opts]   cost per check vs keys, threads and windows; bytes per key; a plot
-//! ```
+//! The `tollgate` command: look inside a store (also one a running gateway holds open), change
+//! one key, and a load generator. `tollgate --help` lists the subcommands, `tollgate help
+//! SUBCOMMAND` explains one; `docs/CLI.md` documents the JSON output.
 
 mod bench;
+mod keys;
+mod look;
+#[cfg(feature = "redis")]
 mod peers;
 mod plot;
+mod progress;
 mod scaling;
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use tollgate::{EntryView, Options, RecordState, Store};
+use clap::{CommandFactory, Parser, Subcommand};
 
-fn usage() -> ExitCode {
-    eprintln!(
-        "usage:\n  tollgate stat FILE\n  tollgate verify FILE\n  tollgate dump FILE\n  tollgate compact FILE\n  tollgate bench [--policy zorio|erzycall] [--tokens N] [--threads N] [--seconds S]\n                 [--zipf S] [--idempotent P] [--retries P] [--data DIR] [--no-peers]\n                 [--redis HOST:PORT] [--redis-conns N]\n  tollgate scaling [--max-keys N] [--checks N] [--rounds N] [--runs N]\n                   [--max-others CORES] [--retries N] [--out DIR] [--data DIR]"
-    );
-    ExitCode::from(2)
+/// The result of a subcommand: exit 0, or the error printed as one line and exit 1.
+type Res = Result<(), Box<dyn std::error::Error>>;
+
+const LIVE_NOTE: &str = "Works on a store that a running gateway holds open: the file is read \
+through a read-only view that takes no lock and writes nothing. The view is a snapshot that \
+may miss writes made while it reads.";
+
+/// Look inside a tollgate store file, change one key, or generate load.
+///
+/// stat, verify, dump and inspect work on a store that a running gateway holds open (a
+/// read-only snapshot, nothing written); compact and delete need the store to themselves.
+#[derive(Parser)]
+#[command(
+    name = "tollgate",
+    version,
+    propagate_version = true,
+    arg_required_else_help = true,
+    after_help = "Examples:\n  tollgate stat tollgate-data/gateway.tg\n  tollgate inspect tollgate-data/gateway.tg 'token-abc:/api/pbx' --limit 60/1m\n  tollgate verify tollgate-data/gateway.tg --json\n  tollgate help inspect"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Entries by kind (live and expired), file size, segments, free space.
+    #[command(
+        long_about = format!("Entries by kind (live and expired), file size, segments, free space, and what opening the file found.\n\n{LIVE_NOTE}"),
+        after_help = "Example:\n  tollgate stat tollgate-data/gateway.tg --json | jq .window_entries"
+    )]
+    Stat {
+        /// The store file.
+        file: PathBuf,
+        /// One JSON document instead of text (fields in docs/CLI.md).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check every entry and stored response; exit 1 on any corruption.
+    #[command(
+        long_about = format!("Check every entry and every stored response (crc32 and structure), and the file's length against its header. Prints a summary first (entries checked, corrupt entries by kind, bytes affected, whether the file is cut short), then the first 20 findings. Exit 0 when clean, 1 on any corruption.\n\n{LIVE_NOTE}"),
+        after_help = "Example:\n  tollgate verify tollgate-data/gateway.tg || echo corrupt"
+    )]
+    Verify {
+        /// The store file.
+        file: PathBuf,
+        /// Print every finding, not only the first 20.
+        #[arg(long)]
+        all: bool,
+        /// One JSON document instead of text (fields in docs/CLI.md).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every live entry as a JSON line.
+    #[command(
+        long_about = format!("Every live entry (window counters and idempotency records) as one JSON object per line.\n\n{LIVE_NOTE}"),
+        after_help = "Example:\n  tollgate dump tollgate-data/gateway.tg | grep '\"kind\":\"idempotency\"'"
+    )]
+    Dump {
+        /// The store file.
+        file: PathBuf,
+        /// JSON lines (the only output of dump; accepted for symmetry with the others).
+        #[arg(long)]
+        json: bool,
+    },
+    /// What the store knows about one key: every window, or an idempotency record.
+    #[command(
+        long_about = format!("What the store knows about one key. A rate-limit key: every window with its limit, used, left, reset time and sub-window counts (the file does not keep a bucketed window's limit: give the policy's limits with --limit to see limit and left). With --scope, KEY is an Idempotency-Key (a UUID) and the record's state is shown: in flight with its lease deadline, or completed with its status and the time left before it expires.\n\n{LIVE_NOTE}"),
+        after_help = "Examples:\n  tollgate inspect tollgate-data/gateway.tg 'token-abc:/api/pbx' --limit 60/1m --limit 1000/1h\n  tollgate inspect tollgate-data/gateway.tg 4d9c3a41-6bb7-4c4e-9a39-8f3c2d7e1f00 --scope token-abc --json"
+    )]
+    Inspect {
+        /// The store file.
+        file: PathBuf,
+        /// The rate-limit key, or with --scope the Idempotency-Key.
+        key: String,
+        /// The idempotency scope (token or account): inspect a record instead of counters.
+        #[arg(long, value_name = "S")]
+        scope: Option<String>,
+        /// A limit of the key's policy, LIMIT/WINDOW (60/1m, 1000/1h, 5/10s:exact); repeat for
+        /// each window.
+        #[arg(long = "limit", value_name = "LIMIT/WINDOW", value_parser = keys::parse_limit)]
+        limits: Vec<tollgate::Limit>,
+        /// One JSON document instead of text (fields in docs/CLI.md).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove one key's counters, or with --scope one idempotency record.
+    #[command(
+        long_about = "Remove one key's counters (its next request starts from a full quota), or with --scope one idempotency record (a cached response is forgotten: the next request with the key runs again). Needs the writer lock: stop the process that holds the store, or call Store::delete_key / Store::delete_record from its admin endpoint. Refuses without --yes.",
+        after_help = "Example:\n  tollgate delete tollgate-data/gateway.tg 4d9c3a41-6bb7-4c4e-9a39-8f3c2d7e1f00 --scope token-abc --yes"
+    )]
+    Delete {
+        /// The store file.
+        file: PathBuf,
+        /// The rate-limit key, or with --scope the Idempotency-Key.
+        key: String,
+        /// The idempotency scope: delete a record instead of counters.
+        #[arg(long, value_name = "S")]
+        scope: Option<String>,
+        /// Really delete.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Expire and compact now; print the stats before and after.
+    #[command(
+        long_about = "Expire every expired entry, compact the response area, and print the stats before and after. Needs the writer lock: it fails, saying so, while another process holds the store open.",
+        after_help = "Example:\n  tollgate compact tollgate-data/bench.tg"
+    )]
+    Compact {
+        /// The store file.
+        file: PathBuf,
+    },
+    /// A load generator on the seed policies, with peers in the same run.
+    #[command(
+        long_about = "A db_bench-style load generator: Zipf-distributed tokens on the seed policies' routes, idempotency keys and retries, on a fresh store under --data; then the same sequence on the peers built into this command."
+    )]
+    Bench(bench::Config),
+    /// Cost per check vs keys, threads and windows; bytes per key; a plot.
+    #[command(
+        long_about = "How the cost of a check grows with keys (1k to 10M), threads and windows per key, and the bytes a key takes. Writes scaling.csv and scaling.svg to --out."
+    )]
+    Scaling(scaling::Config),
+    /// Shell completions for bash, zsh, fish, elvish or powershell, on standard output.
+    #[command(
+        after_help = "Example:\n  tollgate completions bash > /etc/bash_completion.d/tollgate"
+    )]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let Some(cmd) = args.first() else {
-        return usage();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => return usage_error(&e),
     };
-    let result = match (cmd.as_str(), args.get(1)) {
-        ("bench", _) => bench::run(&args[1..]),
-        ("scaling", _) => scaling::run(&args[1..]),
-        ("stat", Some(f)) => stat(f),
-        ("verify", Some(f)) => return verify(f),
-        ("dump", Some(f)) => dump(f),
-        ("compact", Some(f)) => compact(f),
-        _ => return usage(),
+    let result = match cli.cmd {
+        Cmd::Stat { file, json } => exists(&file).and_then(|()| look::stat(&file, json)),
+        Cmd::Verify { file, all, json } => {
+            return match exists(&file).and_then(|()| look::verify(&file, all, json)) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(e) => fail("verify", e),
+            };
+        }
+        Cmd::Dump { file, json: _ } => exists(&file).and_then(|()| look::dump(&file)),
+        Cmd::Inspect {
+            file,
+            key,
+            scope,
+            limits,
+            json,
+        } => {
+            exists(&file).and_then(|()| keys::inspect(&file, &key, scope.as_deref(), &limits, json))
+        }
+        Cmd::Delete {
+            file,
+            key,
+            scope,
+            yes,
+        } => {
+            if !yes {
+                eprintln!(
+                    "tollgate delete: refusing without --yes (this removes {}; see tollgate delete --help)",
+                    match &scope {
+                        Some(s) => format!("the idempotency record {key} of scope {s}"),
+                        None => format!("every counter of the key {key}"),
+                    }
+                );
+                return ExitCode::from(2);
+            }
+            exists(&file).and_then(|()| keys::delete(&file, &key, scope.as_deref()))
+        }
+        Cmd::Compact { file } => exists(&file).and_then(|()| look::compact(&file)),
+        Cmd::Bench(c) => bench::run(&c),
+        Cmd::Scaling(c) => scaling::run(&c),
+        Cmd::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "tollgate",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+        Err(e) if e.is::<Missing>() => {
             eprintln!("tollgate: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(2)
+        }
+        Err(e) => fail("", e),
+    }
+}
+
+/// A usage error as one line (exit 2); help and version as clap prints them (exit 0).
+fn usage_error(e: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            ExitCode::from(if e.exit_code() == 0 { 0 } else { 2 })
+        }
+        _ => {
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("error: bad arguments");
+            eprintln!(
+                "tollgate: {} (see tollgate --help)",
+                first.trim_start_matches("error: ")
+            );
+            ExitCode::from(2)
         }
     }
 }
 
-type Res = Result<(), Box<dyn std::error::Error>>;
-
-/// Open an existing store for inspection (no background compactor).
-fn open(path: &str) -> Result<Store, Box<dyn std::error::Error>> {
-    if !std::path::Path::new(path).exists() {
-        return Err(format!("{path}: no such file").into());
+fn fail(what: &str, e: Box<dyn std::error::Error>) -> ExitCode {
+    if e.is::<Missing>() {
+        eprintln!("tollgate: {e}");
+        return ExitCode::from(2);
     }
-    Ok(Store::open(path, Options::default().compactor(false))?)
-}
-
-fn stat(path: &str) -> Res {
-    let store = open(path)?;
-    let now = store.now_ms();
-    let (mut windows, mut windows_expired) = (0u64, 0u64);
-    let (mut records, mut records_expired, mut in_flight, mut completed) = (0u64, 0u64, 0u64, 0u64);
-    store.visit(now, |e| match e {
-        EntryView::Windows { expired, .. } => {
-            windows += 1;
-            windows_expired += u64::from(expired);
-        }
-        EntryView::Idempotency { state, expired, .. } => {
-            records += 1;
-            records_expired += u64::from(expired);
-            in_flight += u64::from(state == RecordState::InFlight && !expired);
-            completed += u64::from(state == RecordState::Completed && !expired);
-        }
-    });
-    let s = store.stats();
-    let r = store.open_report();
-    let file = std::fs::metadata(path)?.len();
-    println!("file                 {path}");
-    println!(
-        "size                 {file} bytes ({:.1} MiB)",
-        file as f64 / 1048576.0
-    );
-    println!(
-        "segments             {} ({} holding responses)",
-        s.segments, s.blob_segments
-    );
-    println!(
-        "window entries       {} live, {} expired (not yet reclaimed)",
-        windows - windows_expired,
-        windows_expired
-    );
-    println!(
-        "idempotency records  {} live ({} completed, {} in flight), {} expired",
-        records - records_expired,
-        completed,
-        in_flight,
-        records_expired
-    );
-    println!(
-        "free space           {} lines ({:.1} MiB)",
-        s.free_lines,
-        s.free_lines as f64 * 64.0 / 1048576.0
-    );
-    println!(
-        "response area        {:.1} MiB written, {:.1} MiB live",
-        s.blob_used_lines as f64 * 64.0 / 1048576.0,
-        s.blob_live_lines as f64 * 64.0 / 1048576.0
-    );
-    println!(
-        "at open              {} entries, {} corrupt entries skipped, {} corrupt segments skipped, {} duplicates",
-        r.entries, r.corrupt_entries, r.corrupt_segments, r.duplicates
-    );
-    Ok(())
-}
-
-fn verify(path: &str) -> ExitCode {
-    let store = match open(path) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("tollgate verify: {path}: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let r = store.open_report();
-    let v = store.verify();
-    println!(
-        "{path}: {} entries and {} stored responses checked; at open: {} corrupt entries, {} corrupt segments",
-        v.entries, v.responses, r.corrupt_entries, r.corrupt_segments
-    );
-    for (offset, what) in &v.problems {
-        println!("  byte {offset}: {what}");
-    }
-    if v.problems.is_empty() && r.corrupt_entries == 0 && r.corrupt_segments == 0 {
-        println!("ok");
-        ExitCode::SUCCESS
+    if what.is_empty() {
+        eprintln!("tollgate: {e}");
     } else {
-        println!("CORRUPT");
-        ExitCode::FAILURE
+        eprintln!("tollgate {what}: {e}");
+    }
+    ExitCode::FAILURE
+}
+
+/// A store file that is not there (a usage error: exit 2).
+#[derive(Debug)]
+struct Missing(PathBuf);
+
+impl std::fmt::Display for Missing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: no such file", self.0.display())
     }
 }
 
-/// JSON string of arbitrary bytes: UTF-8 as text, other bytes as \u00XX.
-fn json_str(b: &[u8]) -> String {
-    let mut s = String::with_capacity(b.len() + 2);
-    s.push('"');
-    for ch in String::from_utf8_lossy(b).chars() {
-        match ch {
-            '"' => s.push_str("\\\""),
-            '\\' => s.push_str("\\\\"),
-            c if (c as u32) < 0x20 => s.push_str(&format!("\\u{:04x}", c as u32)),
-            c => s.push(c),
-        }
-    }
-    s.push('"');
-    s
-}
+impl std::error::Error for Missing {}
 
-fn dump(path: &str) -> Res {
-    let store = open(path)?;
-    let now = store.now_ms();
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    let mut err = None;
-    store.visit(now, |e| {
-        use std::io::Write;
-        let line = match e {
-            EntryView::Windows { key, windows, expired } => {
-                let ws: Vec<String> = windows
-                    .iter()
-                    .map(|w| {
-                        format!(
-                            "{{\"window_ms\":{},\"mode\":\"{}\",\"used\":{}}}",
-                            w.window.as_millis(),
-                            if w.exact { "exact" } else { "bucketed" },
-                            w.used
-                        )
-                    })
-                    .collect();
-                format!("{{\"kind\":\"windows\",\"key\":{},\"expired\":{expired},\"windows\":[{}]}}", json_str(key), ws.join(","))
-            }
-            EntryView::Idempotency { scope, key, state, fence, deadline_ms, response_len, expired } => format!(
-                "{{\"kind\":\"idempotency\",\"scope\":{},\"key\":\"{}\",\"state\":\"{}\",\"fence\":{fence},\"deadline_ms\":{deadline_ms},\"response_len\":{},\"expired\":{expired}}}",
-                json_str(scope),
-                key.hyphenated(),
-                match state {
-                    RecordState::Vacant => "vacant",
-                    RecordState::InFlight => "in_flight",
-                    RecordState::Completed => "completed",
-                    RecordState::Changing => "changing",
-                },
-                response_len.map_or("null".to_string(), |n| n.to_string()),
-            ),
-        };
-        if let Err(e) = writeln!(out, "{line}") {
-            err.get_or_insert(e);
-        }
-    });
-    match err {
-        // A closed pipe (`tollgate dump f | head`) is not an error.
-        Some(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
-        _ => Ok(()),
+fn exists(path: &Path) -> Res {
+    if path.is_file() {
+        Ok(())
+    } else {
+        Err(Box::new(Missing(path.to_path_buf())))
     }
-}
-
-fn compact(path: &str) -> Res {
-    let store = open(path)?;
-    let before = store.stats();
-    let size_before = std::fs::metadata(path)?.len();
-    let r = store.expire_now(store.now_ms());
-    let moved = store.compact_now();
-    let after = store.stats();
-    store.flush()?;
-    println!(
-        "expired {} entries ({} examined); moved {} stored responses; recycled {} response segments",
-        r.expired, r.examined, moved, after.recycled_segments
-    );
-    println!(
-        "entries {} -> {}; free lines {} -> {}; file {} bytes (the file is never shrunk: freed space is reused)",
-        before.entries, after.entries, before.free_lines, after.free_lines, size_before
-    );
-    Ok(())
 }

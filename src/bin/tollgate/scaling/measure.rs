@@ -244,8 +244,9 @@ fn round(
 /// Measure one point in this process.
 pub(super) fn measure(c: &Config, (keys, windows, threads): Point) -> BoxResult<Row> {
     let limits = limits(windows)?;
-    std::fs::create_dir_all(&c.data)?;
-    let path = c.data.join(format!(
+    let dir = c.data_dir();
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!(
         "scaling-{keys}-{windows}-{threads}-{}.tg",
         std::process::id()
     ));

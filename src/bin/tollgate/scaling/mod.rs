@@ -31,6 +31,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::plot;
+use crate::progress;
 use crate::Res;
 use measure::{load1, measure, OtherLoad};
 use row::{combine, Row, CSV_HEADER};
@@ -45,72 +46,68 @@ const KEY_COUNTS: [u64; 5] = [1_000, 10_000, 100_000, 1_000_000, 10_000_000];
 const THREADS: [usize; 3] = [1, 2, 4];
 
 /// Options of `tollgate scaling`.
-#[derive(Debug, Clone, PartialEq)]
-struct Config {
+#[derive(Debug, Clone, PartialEq, clap::Args)]
+#[command(after_help = "Example:\n  tollgate scaling --max-keys 100000 --runs 1 --out docs")]
+pub struct Config {
+    /// The largest key count of the sweep (1k, 10k, ... up to this).
+    #[arg(long, default_value_t = 10_000_000, value_name = "N")]
     max_keys: u64,
+    /// Timed checks per thread in each round.
+    #[arg(long, default_value_t = 2_000_000, value_name = "N")]
     checks: u64,
+    /// Timed rounds per point (the median is reported).
+    #[arg(long, default_value_t = 5, value_name = "N")]
     rounds: u32,
+    /// Runs of the whole plan (each point reports the median of its runs).
+    #[arg(long, default_value_t = 3, value_name = "N")]
     runs: u32,
+    /// Measure a point again while other processes use more than this many cores.
+    #[arg(long, default_value_t = 0.25, value_name = "CORES")]
     max_others: f64,
+    /// How many times a point is measured again on a busy machine.
+    #[arg(long, default_value_t = 4, value_name = "N")]
     retries: u32,
+    /// Where scaling.csv and scaling.svg are written.
+    #[arg(long, default_value = "tollgate-data", value_name = "DIR")]
     out: PathBuf,
-    data: PathBuf,
-    /// Set in a child process: measure this one point and print it.
+    /// Where the store files of the points are made (removed after) [default: the system's
+    /// temporary directory].
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// Measure this one point and print it (what the child processes run).
+    #[arg(long, value_name = "KEYS,WINDOWS,THREADS", value_parser = parse_point, hide = true)]
     point: Option<Point>,
 }
 
 /// One measurement point: keys in the store, windows per key, threads checking.
 type Point = (u64, usize, usize);
 
-/// Parse the options of `tollgate scaling` (everything after the subcommand).
-fn parse(args: &[String]) -> BoxResult<Config> {
-    let mut c = Config {
-        max_keys: 10_000_000,
-        checks: 2_000_000,
-        rounds: 5,
-        runs: 3,
-        max_others: 0.25,
-        retries: 4,
-        out: PathBuf::from("tollgate-data"),
-        data: std::env::temp_dir(),
-        point: None,
+fn parse_point(v: &str) -> Result<Point, String> {
+    let f: Vec<&str> = v.split(',').collect();
+    let [k, w, t] = f.as_slice() else {
+        return Err(format!("--point wants KEYS,WINDOWS,THREADS, not {v:?}"));
     };
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut val = || {
-            it.next()
-                .cloned()
-                .ok_or_else(|| format!("{a} needs a value"))
-        };
-        match a.as_str() {
-            "--max-keys" => c.max_keys = val()?.parse()?,
-            "--checks" => c.checks = val()?.parse()?,
-            "--rounds" => c.rounds = val()?.parse()?,
-            "--runs" => c.runs = val()?.parse()?,
-            "--max-others" => c.max_others = val()?.parse()?,
-            "--retries" => c.retries = val()?.parse()?,
-            "--out" => c.out = val()?.into(),
-            "--data" => c.data = val()?.into(),
-            "--point" => {
-                let v = val()?;
-                let f: Vec<&str> = v.split(',').collect();
-                let [k, w, t] = f.as_slice() else {
-                    return Err(format!("--point wants KEYS,WINDOWS,THREADS, not {v:?}").into());
-                };
-                c.point = Some((k.parse()?, w.parse()?, t.parse()?));
+    let num = |s: &str| s.trim().parse::<u64>().map_err(|e| format!("{s:?}: {e}"));
+    Ok((num(k)?, num(w)? as usize, num(t)? as usize))
+}
+
+impl Config {
+    /// The checks clap cannot express: positive counts, a point's shape.
+    fn validate(&self) -> BoxResult<()> {
+        if self.max_keys == 0 || self.checks == 0 || self.rounds == 0 || self.runs == 0 {
+            return Err("max-keys, checks, rounds and runs must be positive".into());
+        }
+        if let Some((k, w, t)) = self.point {
+            if k == 0 || !(1..=4).contains(&w) || t == 0 {
+                return Err("a point needs keys > 0, 1 to 4 windows and threads > 0".into());
             }
-            other => return Err(format!("unknown option {other}").into()),
         }
+        Ok(())
     }
-    if c.max_keys == 0 || c.checks == 0 || c.rounds == 0 || c.runs == 0 {
-        return Err("max-keys, checks, rounds and runs must be positive".into());
+
+    fn data_dir(&self) -> PathBuf {
+        self.data.clone().unwrap_or_else(std::env::temp_dir)
     }
-    if let Some((k, w, t)) = c.point {
-        if k == 0 || !(1..=4).contains(&w) || t == 0 {
-            return Err("a point needs keys > 0, 1 to 4 windows and threads > 0".into());
-        }
-    }
-    Ok(c)
 }
 
 /// Which points the sweeps need, and which key counts each sweep uses.
@@ -255,10 +252,10 @@ fn print_row(label: &str, row: &Row) {
     );
 }
 
-/// `tollgate scaling [--max-keys N] [--checks N] [--rounds N] [--runs N] [--max-others CORES]
-/// [--retries N] [--out DIR] [--data DIR]`.
-pub fn run(args: &[String]) -> Res {
-    let c = parse(args)?;
+/// `tollgate scaling`: the options are in [`Config`].
+pub fn run(c: &Config) -> Res {
+    c.validate()?;
+    let c = c.clone();
     if let Some(p) = c.point {
         let row = measure(&c, p)?;
         println!("point,{}", row.to_csv());
@@ -276,7 +273,7 @@ pub fn run(args: &[String]) -> Res {
         load1()
     );
     let data = c
-        .data
+        .data_dir()
         .join(format!("tollgate-scaling-{}", std::process::id()));
     std::fs::create_dir_all(&data)?;
     println!("store files under {} (removed after)", data.display());
@@ -294,19 +291,23 @@ pub fn run(args: &[String]) -> Res {
         "others"
     );
     let mut all: Vec<Vec<Row>> = vec![Vec::with_capacity(c.runs as usize); points.len()];
+    let pb = progress::bar(points.len() as u64 * u64::from(c.runs), "points measured");
     for run in 1..=c.runs {
         for (p, runs) in points.iter().zip(all.iter_mut()) {
             let row = match measure_quietly(&c, &data, *p) {
                 Ok(r) => r,
                 Err(e) => {
+                    pb.finish_and_clear();
                     let _ = std::fs::remove_dir_all(&data);
                     return Err(e);
                 }
             };
-            print_row(&format!("{run}/{}", c.runs), &row);
+            pb.suspend(|| print_row(&format!("{run}/{}", c.runs), &row));
+            pb.inc(1);
             runs.push(row);
         }
     }
+    pb.finish_and_clear();
     let _ = std::fs::remove_dir_all(&data);
     let rows: Vec<Row> = all.iter().filter_map(|r| combine(r)).collect();
     if c.runs > 1 {
@@ -350,8 +351,17 @@ pub fn run(args: &[String]) -> Res {
 mod tests {
     use super::*;
 
-    fn args(s: &str) -> Vec<String> {
-        s.split_whitespace().map(String::from).collect()
+    #[derive(clap::Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        c: Config,
+    }
+
+    fn parse(s: &str) -> BoxResult<Config> {
+        use clap::Parser;
+        let w = Wrap::try_parse_from(std::iter::once("scaling").chain(s.split_whitespace()))?;
+        w.c.validate()?;
+        Ok(w.c)
     }
 
     #[test]
@@ -380,16 +390,16 @@ mod tests {
 
     #[test]
     fn options_parse() {
-        let c = parse(&args("--max-keys 1000 --checks 10 --rounds 1 --out o")).unwrap();
+        let c = parse("--max-keys 1000 --checks 10 --rounds 1 --out o").unwrap();
         assert_eq!((c.max_keys, c.checks, c.rounds), (1000, 10, 1));
         assert_eq!(c.out, PathBuf::from("o"));
-        let c = parse(&args("--point 100,3,2")).unwrap();
+        let c = parse("--point 100,3,2").unwrap();
         assert_eq!(c.point, Some((100, 3, 2)));
-        assert!(parse(&args("--point 100,5,1")).is_err());
-        assert!(parse(&args("--point 100,2")).is_err());
-        assert!(parse(&args("--checks 0")).is_err());
-        let c = parse(&args("--max-others 2 --retries 0")).unwrap();
+        assert!(parse("--point 100,5,1").is_err());
+        assert!(parse("--point 100,2").is_err());
+        assert!(parse("--checks 0").is_err());
+        let c = parse("--max-others 2 --retries 0").unwrap();
         assert_eq!((c.max_others, c.retries), (2.0, 0));
-        assert!(parse(&args("--frob")).is_err());
+        assert!(parse("--frob").is_err());
     }
 }

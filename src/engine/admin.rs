@@ -1,0 +1,264 @@
+//! One key at a time, for `Store::inspect_key`, `inspect_record`, `delete_key` and
+//! `delete_record` (`src/admin.rs` has the public side and the protocol's argument): read
+//! every window or the record of one key, or remove it under the protocol the compactor
+//! unlinks with.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::core::Core;
+use super::entry::raw_descriptors;
+use crate::admin::{KeyReport, KeyWindow, RecordReport, SubWindow};
+use crate::backend::check_key;
+use crate::error::{Error, Result};
+use crate::idempotency::record::{
+    pack, unpack, IdemLayout, ResponseMeta, ST_COMPLETING, ST_DEAD, ST_DONE, ST_INFLIGHT,
+};
+use crate::idempotency::{record_key, IdempotencyKey};
+use crate::inspect::RecordState;
+use crate::limit::{Descriptor, Limits, Mode};
+use crate::storage::format::{EntryHeader, SegmentHeader, KIND_IDEM, KIND_WINDOWS};
+use crate::window::{self, cell, Geometry, FROZEN};
+
+impl Core {
+    /// Every window the store keeps for rate-limit `key` at `now_ms`: counts, reset times and
+    /// the sub-window state. `limits` (the key's policy, if known) supplies the limits that
+    /// the file does not keep. `None` if the store holds no counters for the key. Reads only.
+    pub(crate) fn inspect_key(
+        &self,
+        key: &[u8],
+        limits: Option<&Limits>,
+        now_ms: u64,
+    ) -> Result<Option<KeyReport>> {
+        check_key(key)?;
+        let core = self;
+        let guard = crossbeam_epoch::pin();
+        let hash = core.hasher.hash_one(key);
+        let Some(line) = core.find_kind(hash, key, KIND_WINDOWS, &guard) else {
+            return Ok(None);
+        };
+        let offset = core.segs.file_offset(line);
+        let e = core.segs.entry(line);
+        let slots = window_slots(core, line)?;
+        let seen_ms = core.seen_ms(now_ms);
+        let mut windows = Vec::with_capacity(slots.len());
+        for (at, d) in slots {
+            let given = limits.and_then(|ls| {
+                ls.as_slice()
+                    .iter()
+                    .find(|l| l.window_ms() == d.window_ms && (l.mode() == Mode::Exact) == d.exact)
+                    .map(|l| l.limit())
+            });
+            let mut w = KeyWindow {
+                window: Duration::from_millis(d.window_ms),
+                exact: d.exact,
+                limit: given,
+                used: 0,
+                left: None,
+                reset_ms: now_ms,
+                sub_window: Duration::ZERO,
+                sub_windows: Vec::new(),
+            };
+            if d.exact {
+                let ring = cell::read_ring(|k| e.w(k), at, d.cap);
+                let ev = ring.eval(d.window_ms, now_ms);
+                let times = ev.times.get(..ev.len as usize).unwrap_or(&[]);
+                w.limit = w.limit.or(Some(d.cap));
+                w.used = ev.len;
+                w.reset_ms = times
+                    .last()
+                    .map_or(now_ms, |t| t.saturating_add(d.window_ms));
+                w.sub_windows = times
+                    .iter()
+                    .map(|&t| SubWindow {
+                        start_ms: t,
+                        used: 1,
+                    })
+                    .collect();
+            } else {
+                let word = e.load(at) & !FROZEN;
+                let c = ((word >> 32) & 0xF) as u32 + 1;
+                let geo = Geometry::new(c, core.kmax, d.window_ms);
+                let norm =
+                    window::normalize_with(word, &geo, d.window_ms, core.kmax, now_ms, seen_ms);
+                w.used = norm.total();
+                w.reset_ms = norm.reset_ms(now_ms);
+                w.sub_window = Duration::from_millis(norm.s);
+                w.sub_windows = (0..norm.k)
+                    .map(|age| SubWindow {
+                        start_ms: norm.n.saturating_sub(u64::from(age)).saturating_mul(norm.s),
+                        used: norm.field(age),
+                    })
+                    .collect();
+            }
+            w.left = w.limit.map(|l| l.saturating_sub(w.used));
+            windows.push(w);
+        }
+        Ok(Some(KeyReport { offset, windows }))
+    }
+
+    /// The idempotency record of `key` in `scope` at `now_ms`, or `None` if the store holds
+    /// none. Reads only.
+    pub(crate) fn inspect_record(
+        &self,
+        scope: &[u8],
+        key: &IdempotencyKey,
+        now_ms: u64,
+    ) -> Result<Option<RecordReport>> {
+        let rk = record_key(scope, key)?;
+        let k = rk.as_bytes();
+        let core = self;
+        let guard = crossbeam_epoch::pin();
+        let Some(line) = core.find_kind(core.hasher.hash_one(k), k, KIND_IDEM, &guard) else {
+            return Ok(None);
+        };
+        let l = IdemLayout::new(k.len());
+        let e = core.segs.entry(line);
+        let (st, fence, dl) = unpack(e.load(l.state_at));
+        let state = match st {
+            ST_DONE => RecordState::Completed,
+            ST_INFLIGHT => RecordState::InFlight,
+            ST_COMPLETING | ST_DEAD => RecordState::Changing,
+            _ => RecordState::Vacant,
+        };
+        let deadline_ms = dl.saturating_mul(1000);
+        let done = st == ST_DONE;
+        Ok(Some(RecordReport {
+            offset: core.segs.file_offset(line),
+            state,
+            fence,
+            deadline_ms,
+            status: if done {
+                core.read_response_at(line).ok().map(|r| r.status())
+            } else {
+                None
+            },
+            response_len: done.then(|| ResponseMeta::decode(e.load(l.state_at + 2)).len),
+            expired: state == RecordState::Vacant
+                || (matches!(state, RecordState::InFlight | RecordState::Completed)
+                    && now_ms >= deadline_ms),
+        }))
+    }
+
+    /// Remove every counter of rate-limit `key`: its next check starts from a fresh quota.
+    /// Safe against checks of the same key running meanwhile (module docs). Returns whether
+    /// the store held counters for the key.
+    pub(crate) fn delete_key(&self, key: &[u8]) -> Result<bool> {
+        check_key(key)?;
+        let core = self;
+        let guard = crossbeam_epoch::pin();
+        let hash = core.hasher.hash_one(key);
+        let mut lock = core.index.lock(hash);
+        let Some(line) = core.find_kind(hash, key, KIND_WINDOWS, &guard) else {
+            return Ok(false);
+        };
+        let slots = window_slots(core, line)?;
+        let e = core.segs.entry(line);
+        // Freeze every window, as a move does: from here on no check counts in this entry.
+        for (at, d) in &slots {
+            if let Some(w) = e.w(*at) {
+                if d.exact {
+                    // `false` means frozen already; otherwise the ring's lock is ours, so no
+                    // check is half-way through the ring when it freezes.
+                    if cell::lock_meta(w) {
+                        w.fetch_or(cell::META_FROZEN, Ordering::AcqRel);
+                        cell::unlock_meta(w);
+                    }
+                } else {
+                    cell::freeze(w);
+                }
+            }
+        }
+        let lines = entry_lines(core, line)?;
+        lock.remove(hash, line, &guard);
+        core.clear_entry(line);
+        core.live_entries.fetch_sub(1, Ordering::Relaxed);
+        core.segs.release_later(line, lines, &guard);
+        Ok(true)
+    }
+
+    /// Remove the idempotency record of `key` in `scope`, whatever its state: a cached
+    /// response is forgotten (the next request with the key runs again), and a lease in flight
+    /// is lost (its holder's `complete` fails with [`Error::LeaseLost`]). Returns whether the
+    /// store held the record. A record that is being completed at this instant is waited for.
+    pub(crate) fn delete_record(&self, scope: &[u8], key: &IdempotencyKey) -> Result<bool> {
+        let rk = record_key(scope, key)?;
+        let k = rk.as_bytes();
+        let core = self;
+        let guard = crossbeam_epoch::pin();
+        let hash = core.hasher.hash_one(k);
+        let l = IdemLayout::new(k.len());
+        let mut spins = 0u32;
+        loop {
+            let mut lock = core.index.lock(hash);
+            let Some(line) = core.find_kind(hash, k, KIND_IDEM, &guard) else {
+                return Ok(false);
+            };
+            let e = core.segs.entry(line);
+            let Some(w) = e.w(l.state_at) else {
+                return Err(Error::Corrupt {
+                    offset: core.segs.file_offset(line),
+                    reason: "idempotency entry outside its segment",
+                });
+            };
+            let s = w.load(Ordering::Acquire);
+            let (state, fence, dl) = unpack(s);
+            // A completion in progress finishes in a few instructions: let it, then remove.
+            if state == ST_COMPLETING
+                || w.compare_exchange(
+                    s,
+                    pack(ST_DEAD, fence, dl),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_err()
+            {
+                drop(lock);
+                spins += 1;
+                if spins > 1000 {
+                    std::thread::yield_now();
+                }
+                continue;
+            }
+            if state == ST_DONE {
+                core.record_blob_dead(&e, &l);
+            }
+            lock.remove(hash, line, &guard);
+            core.clear_entry(line);
+            core.live_entries.fetch_sub(1, Ordering::Relaxed);
+            core.counters.live_records.fetch_sub(1, Ordering::Relaxed);
+            core.segs.release_later(line, l.lines, &guard);
+            return Ok(true);
+        }
+    }
+}
+
+/// The windows of the window entry at `line`: (first state word, descriptor) each.
+fn window_slots(core: &Core, line: u64) -> Result<Vec<(usize, Descriptor)>> {
+    let e = core.segs.entry(line);
+    let h = EntryHeader::decode(e.load(0));
+    let n = h.windows;
+    let mut at = 1 + n.div_ceil(2) + h.key_words();
+    let mut out = Vec::with_capacity(n);
+    for &raw in raw_descriptors(&e, n).iter().take(n) {
+        let d = Descriptor::decode(raw).ok_or(Error::Corrupt {
+            offset: core.segs.file_offset(line),
+            reason: "window descriptor",
+        })?;
+        out.push((at, d));
+        at += d.words();
+    }
+    Ok(out)
+}
+
+/// The size class (lines per entry) of the segment holding `line`.
+fn entry_lines(core: &Core, line: u64) -> Result<u32> {
+    let seg = core.segs.seg_of(line);
+    match SegmentHeader::decode(&core.segs.read_segment_header(seg), seg as u32) {
+        Ok(Some(h)) => Ok(h.entry_lines),
+        _ => Err(Error::Corrupt {
+            offset: core.segs.file_offset(line),
+            reason: "segment header",
+        }),
+    }
+}
