@@ -9,10 +9,8 @@
 use crate::decision::Decision;
 use crate::error::{Error, Result};
 use crate::idempotency::{Begin, Fingerprint, IdempotencyKey, Lease, StoredResponse};
+use crate::key::MAX_KEY_LEN;
 use crate::limit::Limits;
-
-/// The longest key, in bytes.
-pub const MAX_KEY_LEN: usize = 128;
 
 /// Refuse an empty or over-long key: the first step of every backend's every operation.
 #[inline]

@@ -121,7 +121,7 @@ impl fmt::Display for Error {
             Error::InvalidKey { len } => write!(
                 f,
                 "invalid key of {len} bytes (keys are 1 to {} bytes)",
-                crate::MAX_KEY_LEN
+                crate::key::MAX_KEY_LEN
             ),
             Error::InvalidLimit(why) => write!(f, "invalid limit: {why}"),
             Error::CostExceedsLimit { cost, limit } => write!(
@@ -135,7 +135,7 @@ impl fmt::Display for Error {
             Error::InvalidScope { len } => write!(
                 f,
                 "invalid idempotency scope of {len} bytes (scopes are 1 to {} bytes)",
-                crate::MAX_SCOPE_LEN
+                crate::key::MAX_SCOPE_LEN
             ),
             Error::ResponseTooLarge { len, max } => write!(
                 f,

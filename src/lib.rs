@@ -49,6 +49,7 @@ mod decision;
 mod error;
 pub mod idempotency;
 mod inspect;
+mod key;
 mod limit;
 mod options;
 mod snapshot;
@@ -66,7 +67,7 @@ pub mod fleet;
 pub mod gateway;
 
 pub use admin::{KeyReport, KeyWindow, RecordReport, SubWindow};
-pub use backend::{Backend, MAX_KEY_LEN};
+pub use backend::Backend;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use decision::{Decision, WindowState};
 pub use engine::{OpenReport, PassReport};
@@ -75,6 +76,7 @@ pub use idempotency::{
     Begin, Durability, Fingerprint, IdempotencyKey, Lease, Replayed, StoredResponse, MAX_SCOPE_LEN,
 };
 pub use inspect::{EntryView, RecordState, VerifyReport, WindowView};
+pub use key::MAX_KEY_LEN;
 pub use limit::{
     Limit, Limits, Mode, MAX_BUCKETED_LIMIT, MAX_EXACT_LIMIT, MAX_WINDOW, MAX_WINDOWS, MIN_WINDOW,
 };

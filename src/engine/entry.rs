@@ -5,8 +5,8 @@
 use std::sync::atomic::Ordering;
 
 use super::core::Core;
-use crate::backend::MAX_KEY_LEN;
 use crate::error::{Error, Result};
+use crate::key::MAX_KEY_LEN;
 use crate::limit::{Descriptor, Limits, MAX_WINDOWS};
 use crate::storage::format::{entry_crc, EntryHeader, EntryLayout, KIND_WINDOWS, LINE};
 use crate::storage::segment::Entry;

@@ -7,8 +7,8 @@ use crossbeam_epoch::Guard;
 
 use super::core::Core;
 use super::entry::KeyWords;
-use crate::backend::MAX_KEY_LEN;
 use crate::error::{Error, Result};
+use crate::key::MAX_KEY_LEN;
 use crate::limit::Limits;
 use crate::storage::format::{EntryHeader, KIND_WINDOWS};
 
@@ -134,7 +134,7 @@ impl Core {
 
 #[cfg(test)]
 mod tests {
-    use crate::backend::MAX_KEY_LEN;
+    use crate::key::MAX_KEY_LEN;
     use crate::storage::format::{KIND_IDEM, KIND_WINDOWS};
     use crate::{Limit, Limits, Options, Store};
 

@@ -12,13 +12,13 @@ use std::sync::atomic::Ordering;
 use crossbeam_epoch::Guard;
 
 use super::core::Core;
-use crate::backend::MAX_KEY_LEN;
 use crate::error::{Error, Result};
 use crate::idempotency::record::{
     deadline_s, fp_words, next_fence, pack, record_crc, unpack, IdemLayout, ResponseMeta,
     ST_COMPLETING, ST_DEAD, ST_DONE, ST_INFLIGHT, ST_VACANT,
 };
 use crate::idempotency::{Begin, Durability, Fingerprint, Lease, Replayed, StoredResponse};
+use crate::key::MAX_KEY_LEN;
 use crate::storage::format::{BlobHeader, EntryHeader, KIND_IDEM};
 use crate::storage::segment::Entry;
 

@@ -37,8 +37,7 @@ use crate::error::{Error, Result};
 
 pub use codec::{Replayed, StoredResponse};
 
-/// The longest scope, in bytes.
-pub const MAX_SCOPE_LEN: usize = crate::MAX_KEY_LEN - 17;
+pub use crate::key::MAX_SCOPE_LEN;
 
 /// A validated `Idempotency-Key` header value: a UUID version 4.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
