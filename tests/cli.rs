@@ -277,6 +277,25 @@ fn usage_errors_are_one_line_and_exit_2() {
         assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
         assert!(out.is_empty(), "{args:?}: {out}");
     }
+    // The line names the help that explains the mistake: the subcommand's own, when the
+    // command line names one.
+    for (args, help) in [
+        (&["stat", "--bogus"][..], "tollgate stat --help"),
+        (&["stat", "--bogus", p], "tollgate stat --help"),
+        (&["inspect", p], "tollgate inspect --help"),
+        (&["bench", "--threads", "many"], "tollgate bench --help"),
+        (&["frobnicate"], "tollgate --help"),
+        (&["--bogus"], "tollgate --help"),
+    ] {
+        let (code, _, err) = run(args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(&format!("see '{help}'")), "{args:?}: {err}");
+    }
+    let (_, _, err) = run(&["stat", "--bogus"]);
+    assert!(err.starts_with("tollgate: unexpected argument '--bogus'"), "{err}");
+    let (_, _, err) = run(&["inspect", p]);
+    assert!(err.contains("not provided: <KEY> (see"), "{err}");
     let missing = dir.path().join("missing.tg");
     for sub in ["stat", "verify", "dump", "compact"] {
         let (code, out, err) = run(&[sub, missing.to_str().unwrap()]);

@@ -180,7 +180,7 @@ fn main() -> ExitCode {
         } => {
             if !yes {
                 eprintln!(
-                    "tollgate delete: refusing without --yes (this removes {}; see tollgate delete --help)",
+                    "tollgate delete: refusing without --yes (this removes {}; see 'tollgate delete --help')",
                     match &scope {
                         Some(s) => format!("the idempotency record {key} of scope {s}"),
                         None => format!("every counter of the key {key}"),
@@ -225,14 +225,43 @@ fn usage_error(e: &clap::Error) -> ExitCode {
         }
         _ => {
             let text = e.render().to_string();
-            let first = text.lines().next().unwrap_or("error: bad arguments");
+            let mut lines = text.lines();
+            let mut first = lines
+                .next()
+                .unwrap_or("error: bad arguments")
+                .trim_end()
+                .to_string();
+            // "the following required arguments were not provided:" lists them below.
+            if first.ends_with(':') {
+                let listed: Vec<&str> = lines
+                    .take_while(|l| !l.trim().is_empty())
+                    .map(str::trim)
+                    .collect();
+                first = format!("{} {}", first, listed.join(" "));
+            }
+            let help = match subcommand_of(std::env::args().skip(1)) {
+                Some(sub) => format!("tollgate {sub} --help"),
+                None => "tollgate --help".to_string(),
+            };
             eprintln!(
-                "tollgate: {} (see tollgate --help)",
+                "tollgate: {} (see '{help}')",
                 first.trim_start_matches("error: ")
             );
             ExitCode::from(2)
         }
     }
+}
+
+/// The subcommand a command line names: its first argument that is not an option, if that is
+/// one of the subcommands (not `help`); `None` otherwise (`tollgate --frob`, `tollgate
+/// frobnicate`), so that a usage error points at the help that explains it.
+fn subcommand_of(args: impl IntoIterator<Item = String>) -> Option<String> {
+    let first = args.into_iter().find(|a| !a.starts_with('-'))?;
+    let cli = Cli::command();
+    let known = cli
+        .get_subcommands()
+        .any(|c| c.get_name() == first && first != "help");
+    known.then_some(first)
 }
 
 fn fail(what: &str, e: Box<dyn std::error::Error>) -> ExitCode {
