@@ -114,8 +114,12 @@ impl Store {
     /// Remove the idempotency record of `key` in `scope`, whatever its state: a cached
     /// response is forgotten (the next request with the key runs again), and a lease in flight
     /// is lost (its holder's `complete` fails with [`Error::LeaseLost`](crate::Error::LeaseLost)).
-    /// Returns whether the store held the record. A record that is being completed at this
-    /// instant is waited for.
+    /// Returns whether the store held the record.
+    ///
+    /// A record that is being completed at this instant is waited for, a bounded number of
+    /// tries (no clock is read): a completion that has not finished by then fails the call
+    /// with [`Error::Busy`](crate::Error::Busy) and nothing is changed. Call again shortly
+    /// (an admin endpoint answers 503 with `Retry-After: 1`, say).
     pub fn delete_record(&self, scope: &[u8], key: &IdempotencyKey) -> Result<bool> {
         self.core.delete_record(scope, key)
     }

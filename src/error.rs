@@ -86,6 +86,13 @@ pub enum Error {
     },
     /// The lease was already completed; the first response stays stored.
     AlreadyCompleted,
+    /// The entry is being changed by another request at this instant and did not settle
+    /// within a bounded wait ([`crate::Store::delete_record`] on a record whose completion is
+    /// still writing its response). Nothing was changed: try again shortly.
+    Busy {
+        /// Byte offset in the file of the entry.
+        offset: u64,
+    },
     /// The shared backend (Redis or Valkey) could not be reached or did not answer in time.
     /// Whether the operation took effect there is unknown: a check may have been counted (which
     /// can only make the key stricter), an idempotency transition may or may not have happened.
@@ -146,6 +153,10 @@ impl fmt::Display for Error {
                 "idempotency lease lost: the key was taken over or aborted (current fence {current})"
             ),
             Error::AlreadyCompleted => write!(f, "idempotency lease already completed"),
+            Error::Busy { offset } => write!(
+                f,
+                "the entry at byte offset {offset} is being changed by another request (a completion in progress); nothing was changed, try again"
+            ),
             Error::BackendUnavailable { reason } => {
                 write!(f, "shared backend unavailable: {reason}")
             }

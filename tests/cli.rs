@@ -293,7 +293,10 @@ fn usage_errors_are_one_line_and_exit_2() {
         assert!(err.contains(&format!("see '{help}'")), "{args:?}: {err}");
     }
     let (_, _, err) = run(&["stat", "--bogus"]);
-    assert!(err.starts_with("tollgate: unexpected argument '--bogus'"), "{err}");
+    assert!(
+        err.starts_with("tollgate: unexpected argument '--bogus'"),
+        "{err}"
+    );
     let (_, _, err) = run(&["inspect", p]);
     assert!(err.contains("not provided: <KEY> (see"), "{err}");
     let missing = dir.path().join("missing.tg");

@@ -180,7 +180,8 @@ impl Core {
     /// Remove the idempotency record of `key` in `scope`, whatever its state: a cached
     /// response is forgotten (the next request with the key runs again), and a lease in flight
     /// is lost (its holder's `complete` fails with [`Error::LeaseLost`]). Returns whether the
-    /// store held the record. A record that is being completed at this instant is waited for.
+    /// store held the record. A record that is being completed at this instant is waited for,
+    /// up to [`DELETE_TRIES`] tries; then [`Error::Busy`].
     pub(crate) fn delete_record(&self, scope: &[u8], key: &IdempotencyKey) -> Result<bool> {
         let rk = record_key(scope, key)?;
         let k = rk.as_bytes();
@@ -188,7 +189,7 @@ impl Core {
         let guard = crossbeam_epoch::pin();
         let hash = core.hasher.hash_one(k);
         let l = IdemLayout::new(k.len());
-        let mut spins = 0u32;
+        let mut tries = 0u32;
         loop {
             let mut lock = core.index.lock(hash);
             let Some(line) = core.find_kind(hash, k, KIND_IDEM, &guard) else {
@@ -203,7 +204,9 @@ impl Core {
             };
             let s = w.load(Ordering::Acquire);
             let (state, fence, dl) = unpack(s);
-            // A completion in progress finishes in a few instructions: let it, then remove.
+            // A completion in progress writes its response and then the state word: let it
+            // finish, then remove. Not for ever: a completer that does not finish (its thread
+            // stopped, or a store growing very slowly) leaves the caller an error to act on.
             if state == ST_COMPLETING
                 || w.compare_exchange(
                     s,
@@ -214,9 +217,16 @@ impl Core {
                 .is_err()
             {
                 drop(lock);
-                spins += 1;
-                if spins > 1000 {
+                tries += 1;
+                if tries >= DELETE_TRIES {
+                    return Err(Error::Busy {
+                        offset: core.segs.file_offset(line),
+                    });
+                }
+                if tries > DELETE_SPINS {
                     std::thread::yield_now();
+                } else {
+                    std::hint::spin_loop();
                 }
                 continue;
             }
@@ -232,6 +242,15 @@ impl Core {
         }
     }
 }
+
+/// Tries of [`Core::delete_record`] on a record that is changing, spinning, before it yields
+/// the processor between tries.
+const DELETE_SPINS: u32 = 1_000;
+/// Tries of [`Core::delete_record`] on a record that is changing before it gives up with
+/// [`Error::Busy`]: a count, not a time, so no clock is read; with the processor yielded
+/// between tries this is some tens of milliseconds or more, where a completion takes
+/// microseconds (a store that grows for it, a few milliseconds).
+const DELETE_TRIES: u32 = 100_000;
 
 /// The windows of the window entry at `line`: (first state word, descriptor) each.
 fn window_slots(core: &Core, line: u64) -> Result<Vec<(usize, Descriptor)>> {
@@ -260,5 +279,73 @@ fn entry_lines(core: &Core, line: u64) -> Result<u32> {
             offset: core.segs.file_offset(line),
             reason: "segment header",
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::idempotency::{Begin, Fingerprint, StoredResponse};
+    use crate::options::Options;
+    use crate::store::Store;
+
+    const T0: u64 = 1_700_000_040_000;
+
+    /// The state word of the record of `key` in `scope`.
+    fn state_word(store: &Store, scope: &[u8], key: &IdempotencyKey) -> (u64, usize) {
+        let core = &store.core;
+        let rk = record_key(scope, key).expect("record key");
+        let k = rk.as_bytes();
+        let guard = crossbeam_epoch::pin();
+        let line = core
+            .find_kind(core.hasher.hash_one(k), k, KIND_IDEM, &guard)
+            .expect("the record is there");
+        let at = IdemLayout::new(k.len()).state_at;
+        (line, at)
+    }
+
+    #[test]
+    fn delete_record_gives_up_on_a_record_stuck_mid_completion() {
+        let store = Store::open_in_memory(Options::default().compactor(false)).expect("store");
+        let key = IdempotencyKey::parse("4d9c3a41-6bb7-4c4e-9a39-8f3c2d7e1f00").expect("key");
+        let fp = Fingerprint::of("POST", "/sms", b"{}");
+        let Ok(Begin::Started(lease)) = store.begin_at(b"acct", &key, &fp, T0) else {
+            panic!("a fresh key starts");
+        };
+        // Put the record where `complete` has it while it writes the response: claimed, the
+        // state word ST_COMPLETING, and leave it there (a completer that never finishes).
+        let (line, at) = state_word(&store, b"acct", &key);
+        let e = store.core.segs.entry(line);
+        let w = e.w(at).expect("state word");
+        let before = w.load(Ordering::Acquire);
+        let (state, fence, _) = unpack(before);
+        assert_eq!(state, ST_INFLIGHT);
+        w.store(pack(ST_COMPLETING, fence, 0), Ordering::Release);
+
+        match store.delete_record(b"acct", &key) {
+            Err(Error::Busy { offset }) => {
+                assert_eq!(offset, store.core.segs.file_offset(line));
+            }
+            other => panic!("expected Busy, got {other:?}"),
+        }
+        // Nothing changed: the record is still there, still changing.
+        let r = store
+            .inspect_record(b"acct", &key, T0)
+            .expect("inspect")
+            .expect("still there");
+        assert_eq!(r.state, RecordState::Changing);
+
+        // The completion "finishes" (the lease is back in flight): the delete goes through,
+        // and the lease's holder finds it lost.
+        w.store(before, Ordering::Release);
+        assert!(store.delete_record(b"acct", &key).expect("delete"));
+        assert!(store
+            .inspect_record(b"acct", &key, T0)
+            .expect("inspect")
+            .is_none());
+        assert!(matches!(
+            store.complete_at(&lease, &StoredResponse::new(201, b"x".to_vec()), T0),
+            Err(Error::LeaseLost { .. })
+        ));
     }
 }
