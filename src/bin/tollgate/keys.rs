@@ -79,10 +79,29 @@ fn window_json(w: &KeyWindow, now: u64) -> serde_json::Value {
     })
 }
 
+/// The store key of rate-limit `key`: the key itself, or with a gateway group the gateway's
+/// key of (token `key`, the group): the group's name, a NUL byte, the token (docs/GATEWAY.md,
+/// "Tokens and keys"). A NUL cannot be typed in an argument, hence `--group`.
+fn store_key(key: &str, group: Option<&str>) -> Vec<u8> {
+    match group {
+        Some(g) => [g.as_bytes(), &[0], key.as_bytes()].concat(),
+        None => key.as_bytes().to_vec(),
+    }
+}
+
+/// How a rate-limit key is named in text output.
+fn label(key: &str, group: Option<&str>) -> String {
+    match group {
+        Some(g) => format!("{key} in group {g}"),
+        None => key.to_string(),
+    }
+}
+
 pub fn inspect(
     path: &Path,
     key: &str,
     scope: Option<&str>,
+    group: Option<&str>,
     limits: &[Limit],
     as_json: bool,
 ) -> Res {
@@ -155,9 +174,9 @@ pub fn inspect(
     } else {
         Some(Limits::new(limits)?)
     };
-    let r = store.inspect_key(key.as_bytes(), set.as_ref(), now)?;
+    let r = store.inspect_key(&store_key(key, group), set.as_ref(), now)?;
     if as_json {
-        let doc = match r {
+        let mut doc = match r {
             None => json!({"kind": "windows", "key": key, "found": false, "now_ms": now}),
             Some(r) => json!({
                 "kind": "windows",
@@ -168,9 +187,13 @@ pub fn inspect(
                 "windows": r.windows.iter().map(|w| window_json(w, now)).collect::<Vec<_>>(),
             }),
         };
+        if let (Some(g), Some(obj)) = (group, doc.as_object_mut()) {
+            obj.insert("group".into(), g.into());
+        }
         println!("{doc}");
         return Ok(());
     }
+    let key = label(key, group);
     let Some(r) = r else {
         println!("{key}: no counters (never seen, expired, or deleted): a full quota");
         return Ok(());
@@ -233,7 +256,7 @@ fn humantime(d: Duration) -> String {
     }
 }
 
-pub fn delete(path: &Path, key: &str, scope: Option<&str>) -> Res {
+pub fn delete(path: &Path, key: &str, scope: Option<&str>, group: Option<&str>) -> Res {
     let store = writer(path, "delete")?;
     let (found, what) = match scope {
         Some(scope) => {
@@ -244,8 +267,8 @@ pub fn delete(path: &Path, key: &str, scope: Option<&str>) -> Res {
             )
         }
         None => (
-            store.delete_key(key.as_bytes())?,
-            format!("the counters of {key}"),
+            store.delete_key(&store_key(key, group))?,
+            format!("the counters of {}", label(key, group)),
         ),
     };
     store.flush()?;

@@ -33,7 +33,7 @@ may miss writes made while it reads.";
     version,
     propagate_version = true,
     arg_required_else_help = true,
-    after_help = "Examples:\n  tollgate stat tollgate-data/gateway.tg\n  tollgate inspect tollgate-data/gateway.tg 'token-abc:/api/pbx' --limit 60/1m\n  tollgate verify tollgate-data/gateway.tg --json\n  tollgate help inspect"
+    after_help = "Examples:\n  tollgate stat tollgate-data/gateway.tg\n  tollgate inspect tollgate-data/gateway.tg tok_demo --group pbx --limit 60/1m\n  tollgate verify tollgate-data/gateway.tg --json\n  tollgate help inspect"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -84,7 +84,7 @@ enum Cmd {
     /// What the store knows about one key: every window, or an idempotency record.
     #[command(
         long_about = format!("What the store knows about one key. A rate-limit key: every window with its limit, used, left, reset time and sub-window counts (the file does not keep a bucketed window's limit: give the policy's limits with --limit to see limit and left). With --scope, KEY is an Idempotency-Key (a UUID) and the record's state is shown: in flight with its lease deadline, or completed with its status and the time left before it expires.\n\n{LIVE_NOTE}"),
-        after_help = "Examples:\n  tollgate inspect tollgate-data/gateway.tg 'token-abc:/api/pbx' --limit 60/1m --limit 1000/1h\n  tollgate inspect tollgate-data/gateway.tg 4d9c3a41-6bb7-4c4e-9a39-8f3c2d7e1f00 --scope token-abc --json"
+        after_help = "Examples:\n  tollgate inspect tollgate-data/gateway.tg tok_demo --group pbx --limit 60/1m\n  tollgate inspect tollgate-data/bench.tg 'tok_000000000000000000000000002a:pbx' --limit 60/1m\n  tollgate inspect tollgate-data/gateway.tg 4d9c3a41-6bb7-4c4e-9a39-8f3c2d7e1f00 --scope token-abc --json"
     )]
     Inspect {
         /// The store file.
@@ -92,8 +92,12 @@ enum Cmd {
         /// The rate-limit key, or with --scope the Idempotency-Key.
         key: String,
         /// The idempotency scope (token or account): inspect a record instead of counters.
-        #[arg(long, value_name = "S")]
+        #[arg(long, value_name = "S", conflicts_with = "group")]
         scope: Option<String>,
+        /// A gateway endpoint group: KEY is a bearer token, and the counters are those the
+        /// gateway keeps for (token, group).
+        #[arg(long, value_name = "NAME")]
+        group: Option<String>,
         /// A limit of the key's policy, LIMIT/WINDOW (60/1m, 1000/1h, 5/10s:exact); repeat for
         /// each window.
         #[arg(long = "limit", value_name = "LIMIT/WINDOW", value_parser = keys::parse_limit)]
@@ -113,8 +117,12 @@ enum Cmd {
         /// The rate-limit key, or with --scope the Idempotency-Key.
         key: String,
         /// The idempotency scope: delete a record instead of counters.
-        #[arg(long, value_name = "S")]
+        #[arg(long, value_name = "S", conflicts_with = "group")]
         scope: Option<String>,
+        /// A gateway endpoint group: KEY is a bearer token, and the counters are those the
+        /// gateway keeps for (token, group).
+        #[arg(long, value_name = "NAME")]
+        group: Option<String>,
         /// Really delete.
         #[arg(long)]
         yes: bool,
@@ -167,15 +175,24 @@ fn main() -> ExitCode {
             file,
             key,
             scope,
+            group,
             limits,
             json,
-        } => {
-            exists(&file).and_then(|()| keys::inspect(&file, &key, scope.as_deref(), &limits, json))
-        }
+        } => exists(&file).and_then(|()| {
+            keys::inspect(
+                &file,
+                &key,
+                scope.as_deref(),
+                group.as_deref(),
+                &limits,
+                json,
+            )
+        }),
         Cmd::Delete {
             file,
             key,
             scope,
+            group,
             yes,
         } => {
             if !yes {
@@ -183,12 +200,16 @@ fn main() -> ExitCode {
                     "tollgate delete: refusing without --yes (this removes {}; see 'tollgate delete --help')",
                     match &scope {
                         Some(s) => format!("the idempotency record {key} of scope {s}"),
-                        None => format!("every counter of the key {key}"),
+                        None => match &group {
+                            Some(g) => format!("every counter of the token {key} in group {g}"),
+                            None => format!("every counter of the key {key}"),
+                        },
                     }
                 );
                 return ExitCode::from(2);
             }
-            exists(&file).and_then(|()| keys::delete(&file, &key, scope.as_deref()))
+            exists(&file)
+                .and_then(|()| keys::delete(&file, &key, scope.as_deref(), group.as_deref()))
         }
         Cmd::Compact { file } => exists(&file).and_then(|()| look::compact(&file)),
         Cmd::Bench(c) => bench::run(&c),
