@@ -123,24 +123,43 @@ impl Store {
     /// Expire everything that is expired at `now_ms`: one full sweep of the store (the
     /// compactor does the same in bounded steps). Returns what the sweep did.
     pub fn expire_now(&self, now_ms: u64) -> PassReport {
+        self.expire_now_with(now_ms, |_, _| {})
+    }
+
+    /// [`Store::expire_now`] with its position, for a progress bar over a large file:
+    /// `progress(done, total)` is called after each bounded step of the sweep (4096 entries),
+    /// `done` being the segments swept so far of the `total` mapped, and `(total, total)` at
+    /// the end.
+    pub fn expire_now_with(&self, now_ms: u64, mut progress: impl FnMut(u64, u64)) -> PassReport {
         self.core.reset_cursor();
         let mut total = PassReport::default();
         loop {
             let r = self.core.expire_pass(now_ms, 4096);
             total.examined += r.examined;
             total.expired += r.expired;
+            let segments = self.core.segs.count() as u64;
             if r.wrapped || r.examined == 0 {
                 total.wrapped = true;
+                progress(segments, segments);
                 self.core.settle();
                 return total;
             }
+            let at = self.core.cursor.lock().seg as u64;
+            progress(at.min(segments), segments);
         }
     }
 
     /// Move live response records out of blob segments that are at least half dead, and reuse
     /// those segments. Returns the number of records moved.
     pub fn compact_now(&self) -> u64 {
-        let moved = self.core.compact_blobs(50);
+        self.compact_now_with(|_, _| {})
+    }
+
+    /// [`Store::compact_now`] with its position: `progress(done, total)` is called after each
+    /// response segment it empties, of the `total` found at least half dead when it starts
+    /// (never called when there is none).
+    pub fn compact_now_with(&self, mut progress: impl FnMut(u64, u64)) -> u64 {
+        let moved = self.core.compact_blobs_with(50, &mut progress);
         self.core.settle();
         moved
     }

@@ -266,3 +266,85 @@ fn a_read_only_view_does_not_repair_a_truncated_file() {
         Err(Error::Io(_))
     ));
 }
+
+/// The calls a progress hook received.
+fn recorded() -> (
+    std::rc::Rc<std::cell::RefCell<Vec<(u64, u64)>>>,
+    impl FnMut(u64, u64),
+) {
+    let calls = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let c = std::rc::Rc::clone(&calls);
+    (calls, move |done, total| c.borrow_mut().push((done, total)))
+}
+
+#[test]
+fn verify_expire_and_compact_report_their_position() {
+    // Small segments (64 KiB), so that thousands of entries and responses span many.
+    let clock = ManualClock::new(T0);
+    let store = Store::open_in_memory(
+        Options::default()
+            .compactor(false)
+            .clock(clock.clone())
+            .segment_size_log2(16)
+            .idempotency_ttl(std::time::Duration::from_secs(60)),
+    )
+    .unwrap();
+    let ls = limits();
+    for i in 0..9000u32 {
+        store
+            .check_at(format!("tok-{i}").as_bytes(), &ls, 1, T0)
+            .unwrap();
+    }
+    let fp = Fingerprint::of("POST", "/sms", b"{}");
+    for i in 0..200u32 {
+        let key =
+            IdempotencyKey::parse(&format!("4d9c3a41-6bb7-4c4e-9a39-8f3c2d7e{i:04x}")).unwrap();
+        let Begin::Started(l) = store.begin_at(b"acct", &key, &fp, T0).unwrap() else {
+            panic!("a fresh key starts")
+        };
+        store
+            .complete_at(&l, &StoredResponse::new(201, vec![7u8; 2000]), T0)
+            .unwrap();
+    }
+    let segments = store.stats().segments;
+    assert!(segments > 4, "the store spans many segments: {segments}");
+
+    // verify: once per segment, in order, ending at the total; the same report as verify().
+    let (calls, hook) = recorded();
+    let report = store.verify_with(hook);
+    assert_eq!(report, store.verify());
+    assert_eq!(report.entries, 9200);
+    let expected: Vec<(u64, u64)> = (1..=segments).map(|d| (d, segments)).collect();
+    assert_eq!(*calls.borrow(), expected);
+
+    // expire: several steps (4096 entries each: 9200 take three), never backwards, ending at (total, total).
+    let (calls, hook) = recorded();
+    let r = store.expire_now_with(T0 + 3_600_000, hook);
+    assert_eq!(r.expired, 9200, "every window and record has expired");
+    let calls = calls.borrow().clone();
+    assert_eq!(calls.last(), Some(&(segments, segments)), "{calls:?}");
+    assert_eq!(calls.len(), 3, "{calls:?}");
+    assert!(
+        calls
+            .windows(2)
+            .all(|w| w[0].0 <= w[1].0 && w[0].1 == w[1].1),
+        "{calls:?}"
+    );
+
+    // compact: one call per response segment emptied, 1 to total.
+    let (calls, hook) = recorded();
+    let moved = store.compact_now_with(hook);
+    assert_eq!(moved, 0, "every response is dead: nothing to move");
+    let calls = calls.borrow().clone();
+    let total = calls.first().map_or(0, |c| c.1);
+    assert!(
+        total >= 2,
+        "the responses spanned several segments: {calls:?}"
+    );
+    let expected: Vec<(u64, u64)> = (1..=total).map(|d| (d, total)).collect();
+    assert_eq!(calls, expected);
+    // Nothing left to compact: no call.
+    let (calls, hook) = recorded();
+    store.compact_now_with(hook);
+    assert!(calls.borrow().is_empty());
+}

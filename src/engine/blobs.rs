@@ -25,11 +25,23 @@ impl Core {
     /// Move the live response records out of blob segments that are at most `live_pct` percent
     /// live, and recycle those segments once no reader can hold them. Returns records moved.
     pub(crate) fn compact_blobs(&self, live_pct: u64) -> u64 {
+        self.compact_blobs_with(live_pct, &mut |_, _| {})
+    }
+
+    /// [`Core::compact_blobs`], calling `progress(done, total)` after each segment it works on
+    /// (`total`: the sparse segments found when it starts).
+    pub(crate) fn compact_blobs_with(
+        &self,
+        live_pct: u64,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> u64 {
         // One compaction at a time (the thread and `compact_now` may both call this).
         let _one = self.compacting.lock();
         let mut moved = 0;
         let seg_lines = self.segs.seg_lines();
-        for seg in self.segs.sparse_blob_segments(live_pct) {
+        let sparse = self.segs.sparse_blob_segments(live_pct);
+        let total = sparse.len() as u64;
+        for (done, seg) in sparse.into_iter().enumerate() {
             let mut at = 1u64;
             let mut clean = true;
             while at < seg_lines {
@@ -68,6 +80,7 @@ impl Core {
                     pending.fetch_sub(1, Ordering::AcqRel);
                 });
             }
+            progress(done as u64 + 1, total);
         }
         self.recycle_ready();
         self.counters

@@ -1,5 +1,5 @@
 //! Walking the live entries of a store, for [`Store::visit`](crate::Store::visit),
-//! [`Store::verify`](crate::Store::verify) and the `tollgate` command. Not on any request path.
+//! [`Store::verify_with`](crate::Store::verify_with) and the `tollgate` command. Not on any request path.
 
 use std::time::Duration;
 
@@ -15,28 +15,51 @@ use crate::window;
 
 impl Core {
     /// Call `f(line, kind)` for every entry the index reaches.
-    pub(crate) fn for_each_live(&self, mut f: impl FnMut(u64, u8)) {
+    pub(crate) fn for_each_live(&self, f: impl FnMut(u64, u8)) {
+        self.for_each_live_with(f, &mut |_, _| {});
+    }
+
+    /// [`Core::for_each_live`], calling `progress(done, total)` after each segment (`total`:
+    /// the segments mapped when the walk starts; response segments count, with no entry).
+    pub(crate) fn for_each_live_with(
+        &self,
+        mut f: impl FnMut(u64, u8),
+        progress: &mut dyn FnMut(u64, u64),
+    ) {
         let guard = crossbeam_epoch::pin();
         let seg_lines = self.segs.seg_lines();
-        for seg in 0..self.segs.count() {
-            let h = SegmentHeader::decode(&self.segs.read_segment_header(seg), seg as u32);
-            let class = match h {
-                Ok(Some(h)) if h.entry_lines != BLOB_SEGMENT => u64::from(h.entry_lines),
-                _ => continue,
-            };
-            let end = self.segs.scan_end(seg);
-            let mut at = 1;
-            while at + class <= end {
-                let line = seg as u64 * seg_lines + at;
-                at += class;
-                let head = self.segs.entry(line).load(0);
-                let kind = EntryHeader::decode(head).kind;
-                if head == 0 || (kind != KIND_WINDOWS && kind != KIND_IDEM) {
-                    continue;
-                }
-                if self.index_points_at(line, kind, &guard) {
-                    f(line, kind);
-                }
+        let total = self.segs.count();
+        for seg in 0..total {
+            self.walk_segment(seg, seg_lines, &mut f, &guard);
+            progress(seg as u64 + 1, total as u64);
+        }
+    }
+
+    /// The live entries of segment `seg`, for [`Core::for_each_live_with`].
+    fn walk_segment(
+        &self,
+        seg: usize,
+        seg_lines: u64,
+        f: &mut impl FnMut(u64, u8),
+        guard: &crossbeam_epoch::Guard,
+    ) {
+        let h = SegmentHeader::decode(&self.segs.read_segment_header(seg), seg as u32);
+        let class = match h {
+            Ok(Some(h)) if h.entry_lines != BLOB_SEGMENT => u64::from(h.entry_lines),
+            _ => return,
+        };
+        let end = self.segs.scan_end(seg);
+        let mut at = 1;
+        while at + class <= end {
+            let line = seg as u64 * seg_lines + at;
+            at += class;
+            let head = self.segs.entry(line).load(0);
+            let kind = EntryHeader::decode(head).kind;
+            if head == 0 || (kind != KIND_WINDOWS && kind != KIND_IDEM) {
+                continue;
+            }
+            if self.index_points_at(line, kind, guard) {
+                f(line, kind);
             }
         }
     }
@@ -123,52 +146,59 @@ impl Core {
         });
     }
 
-    /// Check every live entry and read back every stored response.
-    pub(crate) fn verify(&self) -> VerifyReport {
+    /// Check every live entry and read back every stored response, calling `progress(done,
+    /// total)` after each segment.
+    pub(crate) fn verify_with(&self, progress: &mut dyn FnMut(u64, u64)) -> VerifyReport {
         let mut report = VerifyReport::default();
         let core = self;
-        core.for_each_live(|line, kind| {
-            report.entries += 1;
-            if kind == KIND_IDEM {
-                let e = core.segs.entry(line);
-                let l = IdemLayout::new(EntryHeader::decode(e.load(0)).key_len);
-                if unpack(e.load(l.state_at)).0 == ST_DONE {
-                    match core.read_response_at(line) {
-                        Ok(_) => report.responses += 1,
-                        Err(err) => report
-                            .problems
-                            .push((core.segs.file_offset(line), err.to_string())),
+        core.for_each_live_with(
+            |line, kind| {
+                report.entries += 1;
+                if kind == KIND_IDEM {
+                    let e = core.segs.entry(line);
+                    let l = IdemLayout::new(EntryHeader::decode(e.load(0)).key_len);
+                    if unpack(e.load(l.state_at)).0 == ST_DONE {
+                        match core.read_response_at(line) {
+                            Ok(_) => report.responses += 1,
+                            Err(err) => report
+                                .problems
+                                .push((core.segs.file_offset(line), err.to_string())),
+                        }
                     }
-                }
-            } else if kind == KIND_WINDOWS {
-                let e = core.segs.entry(line);
-                let h = EntryHeader::decode(e.load(0));
-                let n = h.windows;
-                let mut at = 1 + n.div_ceil(2) + h.key_words();
-                for &raw in raw_descriptors(&e, n).iter().take(n) {
-                    match Descriptor::decode(raw) {
-                        Some(d) => {
-                            if !d.exact
-                                && !window::word_is_valid(e.load(at) & !window::FROZEN, core.kmax)
-                            {
+                } else if kind == KIND_WINDOWS {
+                    let e = core.segs.entry(line);
+                    let h = EntryHeader::decode(e.load(0));
+                    let n = h.windows;
+                    let mut at = 1 + n.div_ceil(2) + h.key_words();
+                    for &raw in raw_descriptors(&e, n).iter().take(n) {
+                        match Descriptor::decode(raw) {
+                            Some(d) => {
+                                if !d.exact
+                                    && !window::word_is_valid(
+                                        e.load(at) & !window::FROZEN,
+                                        core.kmax,
+                                    )
+                                {
+                                    report.problems.push((
+                                        core.segs.file_offset(line),
+                                        "invalid window word".into(),
+                                    ));
+                                }
+                                at += d.words();
+                            }
+                            None => {
                                 report.problems.push((
                                     core.segs.file_offset(line),
-                                    "invalid window word".into(),
+                                    "invalid window descriptor".into(),
                                 ));
+                                break;
                             }
-                            at += d.words();
-                        }
-                        None => {
-                            report.problems.push((
-                                core.segs.file_offset(line),
-                                "invalid window descriptor".into(),
-                            ));
-                            break;
                         }
                     }
                 }
-            }
-        });
+            },
+            progress,
+        );
         report
     }
 }

@@ -150,10 +150,15 @@ fn kind_of(what: &str) -> String {
 /// `tollgate verify`: `Ok(true)` when the store is clean.
 pub fn verify(path: &Path, all: bool, as_json: bool) -> Result<bool, Box<dyn std::error::Error>> {
     let shape = FileShape::of(path)?;
-    let pb = progress::spinner(&format!("verifying {}", path.display()));
+    let pb = progress::spinner(&format!("opening {}", path.display()));
     let store = view(path)?;
+    pb.finish_and_clear();
     let r = store.open_report();
-    let v = store.verify();
+    let pb = progress::bar(store.stats().segments, "verifying (segments)");
+    let v = store.verify_with(|done, total| {
+        pb.set_length(total);
+        pb.set_position(done);
+    });
     pb.finish_and_clear();
     let mut by_kind: BTreeMap<String, u64> = BTreeMap::new();
     if r.corrupt_entries > 0 {
@@ -316,9 +321,19 @@ pub fn compact(path: &Path) -> Res {
     let store = writer(path, "compact")?;
     let before = store.stats();
     let size_before = std::fs::metadata(path)?.len();
-    let pb = progress::spinner(&format!("compacting {}", path.display()));
-    let r = store.expire_now(store.now_ms());
-    let moved = store.compact_now();
+    let pb = progress::bar(before.segments, "expiring (segments)");
+    let r = store.expire_now_with(store.now_ms(), |done, total| {
+        pb.set_length(total);
+        pb.set_position(done);
+    });
+    pb.finish_and_clear();
+    let pb = progress::bar(0, "compacting responses");
+    let moved = store.compact_now_with(|done, total| {
+        pb.set_length(total);
+        pb.set_position(done);
+    });
+    pb.finish_and_clear();
+    let pb = progress::spinner(&format!("flushing {}", path.display()));
     let after = store.stats();
     store.flush()?;
     pb.finish_and_clear();
