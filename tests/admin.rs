@@ -268,11 +268,11 @@ fn a_read_only_view_does_not_repair_a_truncated_file() {
 }
 
 /// The calls a progress hook received.
-fn recorded() -> (
-    std::rc::Rc<std::cell::RefCell<Vec<(u64, u64)>>>,
-    impl FnMut(u64, u64),
-) {
-    let calls = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+type Calls = std::rc::Rc<std::cell::RefCell<Vec<(u64, u64)>>>;
+
+/// A progress hook that records its calls.
+fn recorded() -> (Calls, impl FnMut(u64, u64)) {
+    let calls = Calls::default();
     let c = std::rc::Rc::clone(&calls);
     (calls, move |done, total| c.borrow_mut().push((done, total)))
 }
