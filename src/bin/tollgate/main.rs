@@ -83,7 +83,7 @@ enum Cmd {
     },
     /// What the store knows about one key: every window, or an idempotency record.
     #[command(
-        long_about = format!("What the store knows about one key. A rate-limit key: every window with its limit, used, left, reset time and sub-window counts (the file does not keep a bucketed window's limit: give the policy's limits with --limit to see limit and left). With --scope, KEY is an Idempotency-Key (a UUID) and the record's state is shown: in flight with its lease deadline, or completed with its status and the time left before it expires.\n\n{LIVE_NOTE}"),
+        long_about = format!("What the store knows about one key. A rate-limit key: every window with its limit, used, left, reset time and sub-window counts (the file does not keep a bucketed window's limit: give the policy's limits with --limit to see limit and left). With --group, KEY is a bearer token and the counters are those a gateway keeps for (token, group). With --scope, KEY is an Idempotency-Key (a UUID) and the record's state is shown: in flight with its lease deadline, or completed with its status and the time left before it expires.\n\n{LIVE_NOTE}"),
         after_help = "Examples:\n  tollgate inspect tollgate-data/gateway.tg tok_demo --group pbx --limit 60/1m\n  tollgate inspect tollgate-data/bench.tg 'tok_000000000000000000000000002a:pbx' --limit 60/1m\n  tollgate inspect tollgate-data/gateway.tg 4d9c3a41-6bb7-4c4e-9a39-8f3c2d7e1f00 --scope token-abc --json"
     )]
     Inspect {
