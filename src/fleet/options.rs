@@ -87,7 +87,7 @@ impl RedisOptions {
 }
 
 /// What a hybrid node does once the server has not answered for
-/// [`HybridOptions::stale_after`].
+/// [`HybridOptions::on_unreachable`]'s `after`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Unreachable {
     /// Decide alone: the embedded store's limit (and the last fleet view, as it ages) still
@@ -99,7 +99,7 @@ pub enum Unreachable {
     FailClosed,
 }
 
-/// How a [`HybridStore`] reconciles with the server.
+/// How a [`HybridStore`](super::HybridStore) reconciles with the server.
 ///
 /// ```
 /// use std::time::Duration;
@@ -166,7 +166,7 @@ impl HybridOptions {
     }
 
     /// Run the background sync thread (default: yes). Without it, call
-    /// [`HybridStore::sync_now`] yourself (tests, simulations).
+    /// [`HybridStore::sync_now`](super::HybridStore::sync_now) yourself (tests, simulations).
     pub fn background(mut self, enabled: bool) -> Self {
         self.background = enabled;
         self
