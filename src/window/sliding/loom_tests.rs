@@ -1,0 +1,204 @@
+//! Model checks with loom of the very functions the store will run (`proto.rs`), on loom's
+//! `AtomicU64` (its `WordCell` impl is in `cell.rs`): every interleaving of the threads below,
+//! across a rotation of the ring, in the packed layout and the wide one (base word).
+
+use loom::sync::atomic::AtomicU64 as LoomU64;
+use loom::sync::Arc;
+use loom::thread;
+
+use super::*;
+
+/// A small packed shape (limit 3 over 1 s, 16 sub-windows of 63 ms: one ring word) and a wide
+/// one (1 000 000 over 1 s: base word and 5 ring words).
+fn shapes() -> [Slide; 2] {
+    [
+        Slide::new(3, 1_000, 16).unwrap(),
+        Slide::new(1_000_000, 1_000, 16).unwrap(),
+    ]
+}
+
+/// The start of a sub-window near 2023.
+fn t1(geo: &Slide) -> u64 {
+    (1_700_000_000_000 / geo.g) * geo.g
+}
+
+fn model(f: impl Fn() + Sync + Send + 'static) {
+    let mut b = loom::model::Builder::new();
+    b.preemption_bound = Some(2);
+    b.check(f);
+}
+
+fn words(geo: &Slide) -> Arc<Vec<LoomU64>> {
+    Arc::new((0..geo.words()).map(|_| LoomU64::new(0)).collect())
+}
+
+fn win<'a>(w: &'a [LoomU64], geo: &Slide) -> Window<'a, LoomU64> {
+    Window::new(w, geo).unwrap()
+}
+
+/// With `room` left of the limit (the rest used at t1), three threads race: two in the next
+/// sub-window (one of them rotates the ring, under the lock) and one with a clock still in the
+/// old one. Exactly `room` are admitted, and the window counts each admitted request once.
+fn racing_adds(geo: Slide) {
+    model(move || {
+        let w = words(&geo);
+        let t = t1(&geo);
+        let limit = geo.limit;
+        assert!(matches!(
+            add(&win(&w, &geo), &geo, t, limit - 2),
+            Added::Yes { .. }
+        ));
+        let admitted = Arc::new(LoomU64::new(0));
+        let hs: Vec<_> = [t + geo.g, t + geo.g + 1, t]
+            .into_iter()
+            .map(|now| {
+                let (w, admitted) = (Arc::clone(&w), Arc::clone(&admitted));
+                thread::spawn(move || {
+                    if let Added::Yes { .. } = add(&win(&w, &geo), &geo, now, 1) {
+                        admitted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join().unwrap();
+        }
+        assert_eq!(admitted.load(std::sync::atomic::Ordering::Relaxed), 2);
+        let s = snapshot(&win(&w, &geo), &geo);
+        assert_eq!(s.used(&geo, t + geo.g), u64::from(limit));
+        assert_eq!(s.n, geo.sub_window(t) + 1);
+    });
+}
+
+#[test]
+fn racing_adds_across_a_rotation_never_pass_the_limit() {
+    racing_adds(shapes()[0]);
+}
+
+#[test]
+fn racing_adds_across_a_rotation_never_pass_the_limit_wide() {
+    racing_adds(shapes()[1]);
+}
+
+/// One request is counted in sub-window n and taken back while another is counted in n + 1
+/// (rotating the first one's count into the ring, or not yet): the take-back finds it in the
+/// head or in the ring, and only the second request stays counted.
+fn add_and_take_back(geo: Slide) {
+    model(move || {
+        let w = words(&geo);
+        let t = t1(&geo);
+        let w2 = Arc::clone(&w);
+        let undo = thread::spawn(move || {
+            let x = win(&w2, &geo);
+            match add(&x, &geo, t, 1) {
+                Added::Yes { m, .. } => take_back(&x, &geo, m, 1),
+                other => panic!("room for it: {other:?}"),
+            }
+        });
+        let kept = add(&win(&w, &geo), &geo, t + geo.g, 1);
+        assert!(matches!(kept, Added::Yes { .. }));
+        undo.join().unwrap();
+        let s = snapshot(&win(&w, &geo), &geo);
+        assert_eq!(s.used(&geo, t + geo.g), 1);
+        assert_eq!(s.count(&geo, geo.sub_window(t)), 0);
+    });
+}
+
+#[test]
+fn take_back_across_a_rotation() {
+    add_and_take_back(shapes()[0]);
+}
+
+#[test]
+fn take_back_across_a_rotation_wide() {
+    add_and_take_back(shapes()[1]);
+}
+
+/// The entry moves (freeze, then copy) while two requests are counted, one of which rotates
+/// the ring. The frozen copy holds every admitted request, a request that met the frozen head
+/// was not counted, and nothing changes after the freeze.
+#[test]
+fn a_frozen_window_takes_no_more_counts() {
+    let geo = shapes()[0];
+    model(move || {
+        let w = words(&geo);
+        let t = t1(&geo);
+        assert!(matches!(add(&win(&w, &geo), &geo, t, 1), Added::Yes { .. }));
+        let admitted = Arc::new(LoomU64::new(0));
+        let hs: Vec<_> = [t + geo.g, t]
+            .into_iter()
+            .map(|now| {
+                let (w, admitted) = (Arc::clone(&w), Arc::clone(&admitted));
+                thread::spawn(move || match add(&win(&w, &geo), &geo, now, 1) {
+                    Added::Yes { .. } => {
+                        admitted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Added::Frozen => {}
+                    Added::Refused { .. } => panic!("room for both"),
+                })
+            })
+            .collect();
+        let copy = freeze(&win(&w, &geo), &geo);
+        for h in hs {
+            h.join().unwrap();
+        }
+        let a = admitted.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(copy.used(&geo, t + geo.g), 1 + a);
+        assert_eq!(snapshot(&win(&w, &geo), &geo), copy);
+    });
+}
+
+/// The compactor freezes an expired window while a request arrives (and rotates it): either
+/// the request is counted and the freeze fails, or the freeze wins and the request finds the
+/// head frozen. Never both.
+#[test]
+fn the_compactor_never_unlinks_a_counted_request() {
+    let geo = shapes()[0];
+    model(move || {
+        let w = words(&geo);
+        let t = t1(&geo);
+        assert!(matches!(add(&win(&w, &geo), &geo, t, 1), Added::Yes { .. }));
+        let later = t + 18 * geo.g;
+        let w2 = Arc::clone(&w);
+        let req = thread::spawn(move || add(&win(&w2, &geo), &geo, later, 1));
+        let frozen = freeze_if_expired(&win(&w, &geo), &geo, later);
+        match req.join().unwrap() {
+            Added::Yes { .. } => assert!(!frozen, "unlinked a window holding a request"),
+            Added::Frozen => assert!(frozen),
+            Added::Refused { .. } => panic!("an expired window has room"),
+        }
+    });
+}
+
+/// A reader (seqlock snapshot) racing with a rotation sees the state before it or after it,
+/// never a mix.
+fn reader_sees_whole_states(geo: Slide) {
+    model(move || {
+        let w = words(&geo);
+        let t = t1(&geo);
+        assert!(matches!(add(&win(&w, &geo), &geo, t, 1), Added::Yes { .. }));
+        let n0 = geo.sub_window(t);
+        let w2 = Arc::clone(&w);
+        let writer = thread::spawn(move || add(&win(&w2, &geo), &geo, t + geo.g, 1));
+        let s = snapshot(&win(&w, &geo), &geo);
+        let at = t + geo.g;
+        if s.n == n0 {
+            assert_eq!((s.cur, s.older, s.used(&geo, at)), (1, 0, 1));
+        } else {
+            assert_eq!(s.n, n0 + 1);
+            assert_eq!((s.cur, s.older, s.used(&geo, at)), (1, 1, 2));
+            assert_eq!(s.count(&geo, n0), 1);
+        }
+        assert!(matches!(writer.join().unwrap(), Added::Yes { .. }));
+    });
+}
+
+#[test]
+fn a_reader_sees_a_rotation_whole() {
+    reader_sees_whole_states(shapes()[0]);
+}
+
+#[test]
+fn a_reader_sees_a_rotation_whole_wide() {
+    reader_sees_whole_states(shapes()[1]);
+}
