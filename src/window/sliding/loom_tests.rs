@@ -23,8 +23,14 @@ fn t1(geo: &Slide) -> u64 {
 }
 
 fn model(f: impl Fn() + Sync + Send + 'static) {
+    model_bounded(2, f);
+}
+
+/// Three threads with spin loops need a lower preemption bound and more branches per run.
+fn model_bounded(preemptions: usize, f: impl Fn() + Sync + Send + 'static) {
     let mut b = loom::model::Builder::new();
-    b.preemption_bound = Some(2);
+    b.preemption_bound = Some(preemptions);
+    b.max_branches = 100_000;
     b.check(f);
 }
 
@@ -36,22 +42,24 @@ fn win<'a>(w: &'a [LoomU64], geo: &Slide) -> Window<'a, LoomU64> {
     Window::new(w, geo).unwrap()
 }
 
-/// With `room` left of the limit (the rest used at t1), three threads race: two in the next
-/// sub-window (one of them rotates the ring, under the lock) and one with a clock still in the
-/// old one. Exactly `room` are admitted, and the window counts each admitted request once.
-fn racing_adds(geo: Slide) {
-    model(move || {
+/// With `room` left of the limit (the rest used at t1), threads race at the given times (in
+/// the next sub-window: one of them rotates the ring, under the lock; in the old one: counted
+/// in the head). Exactly `room` are admitted, and the window counts each admitted request
+/// once.
+fn racing_adds(geo: Slide, room: u32, times: &'static [u64], preemptions: usize) {
+    model_bounded(preemptions, move || {
         let w = words(&geo);
         let t = t1(&geo);
         let limit = geo.limit;
         assert!(matches!(
-            add(&win(&w, &geo), &geo, t, limit - 2),
+            add(&win(&w, &geo), &geo, t, limit - room),
             Added::Yes { .. }
         ));
         let admitted = Arc::new(LoomU64::new(0));
-        let hs: Vec<_> = [t + geo.g, t + geo.g + 1, t]
-            .into_iter()
-            .map(|now| {
+        let hs: Vec<_> = times
+            .iter()
+            .map(|&dt| {
+                let now = t + dt * geo.g + dt;
                 let (w, admitted) = (Arc::clone(&w), Arc::clone(&admitted));
                 thread::spawn(move || {
                     if let Added::Yes { .. } = add(&win(&w, &geo), &geo, now, 1) {
@@ -63,21 +71,32 @@ fn racing_adds(geo: Slide) {
         for h in hs {
             h.join().unwrap();
         }
-        assert_eq!(admitted.load(std::sync::atomic::Ordering::Relaxed), 2);
+        assert_eq!(
+            admitted.load(std::sync::atomic::Ordering::Relaxed),
+            u64::from(room)
+        );
         let s = snapshot(&win(&w, &geo), &geo);
         assert_eq!(s.used(&geo, t + geo.g), u64::from(limit));
-        assert_eq!(s.n, geo.sub_window(t) + 1);
+        // Rotated only if a request of the next sub-window was admitted.
+        assert!(s.n == geo.sub_window(t) || s.n == geo.sub_window(t) + 1);
     });
 }
 
+// Times are given in sub-windows after t1 (0: the old one, 1: the next).
+
 #[test]
-fn racing_adds_across_a_rotation_never_pass_the_limit() {
-    racing_adds(shapes()[0]);
+fn two_racing_adds_across_a_rotation_never_pass_the_limit() {
+    racing_adds(shapes()[0], 1, &[1, 0], 2);
 }
 
 #[test]
-fn racing_adds_across_a_rotation_never_pass_the_limit_wide() {
-    racing_adds(shapes()[1]);
+fn two_racing_adds_across_a_rotation_never_pass_the_limit_wide() {
+    racing_adds(shapes()[1], 1, &[1, 0], 2);
+}
+
+#[test]
+fn three_racing_adds_across_a_rotation_never_pass_the_limit() {
+    racing_adds(shapes()[0], 2, &[1, 1, 0], 1);
 }
 
 /// One request is counted in sub-window n and taken back while another is counted in n + 1

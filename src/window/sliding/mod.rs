@@ -34,8 +34,8 @@
 //!   and a base word holds all of `n`. Either way the full sub-window number is known exactly:
 //!   there is no wrap-around to disambiguate and no guess from an idle gap.
 //!
-//! Words per window: `1 + wide + ⌈B·c/64⌉`. At B = 64: limit 1 → 2 words, 60 → 7, 1 000 → 11,
-//! 1 000 000 → 21 (wide below a window of about 4.6 h... see [`Slide::words`]).
+//! Words per window: `1 + wide + ⌈B·c/64⌉`. At B = 64: limit 1 → 2 words, 60 → 7, 1 000 → 11
+//! (12 for a 1 s window, which is wide), 1 000 000 → 22 (always wide). See [`Slide::words`].
 //!
 //! # The counting rule and its two bounds
 //!
