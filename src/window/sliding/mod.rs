@@ -57,6 +57,8 @@ mod model;
 #[cfg(test)]
 mod tests;
 
+// The store's entry points once it is integrated.
+#[allow(unused_imports)]
 pub(crate) use proto::{
     add, freeze, freeze_if_expired, recover, snapshot, take_back, thaw, Added, Recovered, Window,
 };
@@ -180,7 +182,10 @@ impl Slide {
     /// `(cur, older)` of a head word.
     #[inline]
     pub(crate) fn fields(&self, head: u64) -> (u64, u64) {
-        (head & self.field_mask(), (head >> self.c) & self.field_mask())
+        (
+            head & self.field_mask(),
+            (head >> self.c) & self.field_mask(),
+        )
     }
 
     /// The head's full sub-window number, from its tag and (wide layout) the base word. A

@@ -219,8 +219,7 @@ pub(crate) fn add<C: WordCell>(w: &Window<'_, C>, geo: &Slide, now_ms: u64, cost
         if total + cost64 > limit {
             return Added::Refused { used: total };
         }
-        if w
-            .head
+        if w.head
             .compare_exchange(s.raw, s.raw | LOCK, Acquire, Relaxed)
             .is_err()
         {
@@ -288,8 +287,7 @@ pub(crate) fn take_back<C: WordCell>(w: &Window<'_, C>, geo: &Slide, m: u64, cos
                 }
             }
         }
-        if w
-            .head
+        if w.head
             .compare_exchange(h, h | LOCK, Acquire, Relaxed)
             .is_err()
         {

@@ -40,7 +40,12 @@ fn out_of_range_shapes_are_refused() {
 /// The memory budget of issue 15: ErzyCall's pair in 19 words, one 60/min window in 11.
 #[test]
 fn words_per_window() {
-    let rows = [(1u32, MIN, 2usize), (60, MIN, 7), (1_000, HOUR, 11), (1_000, MIN, 11)];
+    let rows = [
+        (1u32, MIN, 2usize),
+        (60, MIN, 7),
+        (1_000, HOUR, 11),
+        (1_000, MIN, 11),
+    ];
     for (limit, w, words) in rows {
         assert_eq!(slide(limit, w).words(), words, "{limit} per {w} ms");
     }
@@ -198,7 +203,12 @@ fn lateness_table() {
         (65_535, "65 535"),
         (1_000_000, "1 000 000"),
     ] {
-        for (w, wname) in [(1_000, "1 s"), (MIN, "1 min"), (HOUR, "1 h"), (DAY, "1 day")] {
+        for (w, wname) in [
+            (1_000, "1 s"),
+            (MIN, "1 min"),
+            (HOUR, "1 h"),
+            (DAY, "1 day"),
+        ] {
             let geo = slide(limit, w);
             let mut worst = 0;
             for start in [0u64, 1, geo.g / 2, geo.g - 1] {
@@ -305,7 +315,10 @@ fn frozen_windows_take_nothing_and_expire_for_the_compactor() {
     let geo = slide(60, MIN);
     let words = cells(&geo);
     let w = win(&words, &geo);
-    assert!(freeze_if_expired(&w, &geo, T0), "an empty window is expired");
+    assert!(
+        freeze_if_expired(&w, &geo, T0),
+        "an empty window is expired"
+    );
     assert_eq!(add(&w, &geo, T0, 1), Added::Frozen);
     thaw(&w);
     let Added::Yes { m, .. } = add(&w, &geo, T0, 2) else {
@@ -314,13 +327,20 @@ fn frozen_windows_take_nothing_and_expire_for_the_compactor() {
     assert!(!freeze_if_expired(&w, &geo, T0 + MIN));
     let reset = snapshot(&w, &geo).reset_ms(&geo, T0);
     assert!(!freeze_if_expired(&w, &geo, reset - 1));
-    assert!(!freeze_if_expired(&w, &geo, T0 - DAY), "the clock went back");
+    assert!(
+        !freeze_if_expired(&w, &geo, T0 - DAY),
+        "the clock went back"
+    );
     let copy = freeze(&w, &geo);
     assert!(copy.frozen());
     assert_eq!(copy.used(&geo, T0), 2);
     assert_eq!(add(&w, &geo, T0, 1), Added::Frozen);
     take_back(&w, &geo, m, 2);
-    assert_eq!(snapshot(&w, &geo).used(&geo, T0), 2, "no take-back once frozen");
+    assert_eq!(
+        snapshot(&w, &geo).used(&geo, T0),
+        2,
+        "no take-back once frozen"
+    );
     thaw(&w);
     assert!(freeze_if_expired(&w, &geo, reset));
 }
@@ -351,7 +371,12 @@ fn recovery_never_under_counts_a_half_done_rotation() {
         assert!(s.n >= n);
         // Full until n + B + 1, when everything counted before the crash is gone anyway.
         for at in [t + 9 * geo.g, (n + u64::from(geo.b)) * geo.g + geo.g - 1] {
-            assert_eq!(add(&w, &geo, at, 1), Added::Refused { used: s.used(&geo, at) });
+            assert_eq!(
+                add(&w, &geo, at, 1),
+                Added::Refused {
+                    used: s.used(&geo, at)
+                }
+            );
             assert!(s.used(&geo, at) >= u64::from(limit));
         }
         assert!(matches!(
@@ -392,7 +417,7 @@ fn eight_threads_never_pass_the_limit() {
                         let now = clock.fetch_add(x % 4, Ordering::Relaxed);
                         let cost = 1 + (x >> 8) as u32 % 3;
                         if let Added::Yes { m, .. } = add(&w, geo, now, cost) {
-                            if (x >> 16) % 16 == 0 {
+                            if (x >> 16).is_multiple_of(16) {
                                 take_back(&w, geo, m, cost);
                             } else {
                                 log.push((now.max(m * geo.g), m, cost));
@@ -417,7 +442,11 @@ fn eight_threads_never_pass_the_limit() {
             sum -= u64::from(all[lo].2);
             lo += 1;
         }
-        assert!(sum <= u64::from(LIMIT), "{sum} in the window ending {}", all[i].0);
+        assert!(
+            sum <= u64::from(LIMIT),
+            "{sum} in the window ending {}",
+            all[i].0
+        );
     }
     let end = clock.load(Ordering::Relaxed);
     let s = snapshot(&win(&words, &geo), &geo);
