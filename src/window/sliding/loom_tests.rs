@@ -221,3 +221,78 @@ fn a_reader_sees_a_rotation_whole() {
 fn a_reader_sees_a_rotation_whole_wide() {
     reader_sees_whole_states(shapes()[1]);
 }
+
+/// Two requests over two windows (a minute of 3 with one used, an hour of 2 with one used, the
+/// hour in the wide layout): each adds to the minute, then the hour, and takes the minute
+/// back if the hour refuses. One of them comes in the minute's next sub-window (it rotates the
+/// minute's ring, so the other's take-back may find its count in the ring). Exactly one is
+/// admitted, counted once in both windows; the refused one leaves no trace.
+#[test]
+fn several_windows_are_all_or_nothing_across_a_rotation() {
+    let minute = Slide::new(3, 60_000, 16).unwrap();
+    let hour = Slide::new(1_000_000, 3_600_000, 16).unwrap();
+    assert!(hour.wide());
+    model(move || {
+        let (mw, hw) = (words(&minute), words(&hour));
+        let t = t1(&minute);
+        assert!(matches!(
+            add(&win(&mw, &minute), &minute, t, 1),
+            Added::Yes { .. }
+        ));
+        assert!(matches!(
+            add(&win(&hw, &hour), &hour, t, 999_999),
+            Added::Yes { .. }
+        ));
+        let admitted = Arc::new(LoomU64::new(0));
+        let hs: Vec<_> = [t, t + minute.g]
+            .into_iter()
+            .map(|now| {
+                let (mw, hw, admitted) = (Arc::clone(&mw), Arc::clone(&hw), Arc::clone(&admitted));
+                thread::spawn(move || {
+                    let m = win(&mw, &minute);
+                    let Added::Yes { m: sub, .. } = add(&m, &minute, now, 1) else {
+                        return;
+                    };
+                    match add(&win(&hw, &hour), &hour, now, 1) {
+                        Added::Yes { .. } => {
+                            admitted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        _ => take_back(&m, &minute, sub, 1),
+                    }
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join().unwrap();
+        }
+        assert_eq!(admitted.load(std::sync::atomic::Ordering::Relaxed), 1);
+        let at = t + minute.g;
+        assert_eq!(snapshot(&win(&mw, &minute), &minute).used(&minute, at), 2);
+        assert_eq!(snapshot(&win(&hw, &hour), &hour).used(&hour, at), 1_000_000);
+    });
+}
+
+/// A take-back from the ring (under the lock) races with a freeze: the frozen copy either
+/// still holds the count or does not, and nothing changes after the freeze.
+#[test]
+fn a_take_back_racing_a_freeze_changes_nothing_after_it() {
+    let geo = shapes()[0];
+    model(move || {
+        let w = words(&geo);
+        let t = t1(&geo);
+        let Added::Yes { m, .. } = add(&win(&w, &geo), &geo, t, 1) else {
+            panic!("room");
+        };
+        assert!(matches!(
+            add(&win(&w, &geo), &geo, t + geo.g, 1),
+            Added::Yes { .. }
+        ));
+        let w2 = Arc::clone(&w);
+        let undo = thread::spawn(move || take_back(&win(&w2, &geo), &geo, m, 1));
+        let copy = freeze(&win(&w, &geo), &geo);
+        undo.join().unwrap();
+        let used = copy.used(&geo, t + geo.g);
+        assert!(used == 1 || used == 2);
+        assert_eq!(snapshot(&win(&w, &geo), &geo), copy);
+    });
+}

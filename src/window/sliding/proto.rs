@@ -252,8 +252,8 @@ pub(crate) fn add<C: WordCell>(w: &Window<'_, C>, geo: &Slide, now_ms: u64, cost
 }
 
 /// Take back `cost` that [`add`] counted in sub-window `m` (a later window of the same request
-/// refused it: all or nothing). In the head's sub-window it is one compare-and-swap; in an
-/// older one it rewrites that ring counter under the lock. A frozen window is left alone (the
+/// refused it: all or nothing). In the head's sub-window it is one compare-and-swap (packed
+/// layout); in an older one, or in the wide layout, it is done under the lock. A frozen window is left alone (the
 /// copy keeps the count: stricter, never looser); a sub-window that has aged out has nothing
 /// left to take. Never takes more than the counter holds.
 pub(crate) fn take_back<C: WordCell>(w: &Window<'_, C>, geo: &Slide, m: u64, cost: u32) {
@@ -274,7 +274,12 @@ pub(crate) fn take_back<C: WordCell>(w: &Window<'_, C>, geo: &Slide, m: u64, cos
         if m > n_h || n_h - m > b {
             return;
         }
-        if m == n_h {
+        // In the packed layout the head's bits name its sub-window, so a compare-and-swap
+        // from `h` takes from sub-window `m` and no other. In the wide layout two rotations
+        // `2^(62-2c)` sub-windows apart could leave the same head bits between the load and the
+        // swap; take-backs are rare, so there it always goes under the lock, where the base
+        // cannot change.
+        if m == n_h && !geo.wide() {
             let take = geo.fields(h).0.min(u64::from(cost));
             if take == 0 {
                 return;
