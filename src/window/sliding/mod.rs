@@ -89,7 +89,11 @@ pub(crate) const MAX_RING_WORDS: usize = (MAX_B * MAX_C / 64) as usize;
 
 /// The shape of one sliding window, precomputed per (limit, window, B) so that a check does
 /// not divide: the sub-window of a time comes from [`Geometry::sub_window`]'s reciprocal
-/// multiply, exact for every time below 2^53 (checked in `tests.rs`).
+/// multiply. That is exact here: times are clamped to [`MAX_TIME_MS`] `< 2^48`, so `t` is
+/// exact as an `f64`; `1/g` and the product are each rounded once (relative error below
+/// `2^-53` each), so the estimate is within `(t/g)·2^-52 < 1` of `t/g` (`g >= 4`), its
+/// truncation is off by at most one, and the two comparisons of `sub_window` correct that
+/// (checked at random and boundary times for random `g` in `tests.rs`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct Slide {
     /// The limit.

@@ -6,7 +6,9 @@
 //! A busy key's checks land in the head's own sub-window. The head holds that sub-window's
 //! count (`cur`) *and* the sum of the `B` older ones (`older`), so the check reads the head,
 //! judges `cur + older + cost <= limit` and adds `cost` to `cur` with one compare-and-swap on
-//! that one word. The ring is not read.
+//! that one word. The ring is not read. (In the wide layout the check also loads the base
+//! word, next to the head, to know the head's full sub-window number; it still swaps only the
+//! head.)
 //!
 //! Only the first admitted check of a new sub-window (once per sub-window at most, `B + 1`
 //! times per window) rewrites the ring: it *rotates*. It first judges from a consistent
