@@ -275,6 +275,28 @@ impl Snap {
         }
     }
 
+    /// Whether the copy is one the protocols can leave behind (for a store opening a file, and
+    /// the tests): not locked, `cur` and every ring counter at most the limit, `older` the sum
+    /// of the ring (capped at the field's maximum, as [`recover`] leaves it), no bit set past
+    /// the last ring counter, and in the wide layout a base word that agrees with the tag.
+    pub(crate) fn is_consistent(&self, geo: &Slide) -> bool {
+        let limit = u64::from(geo.limit);
+        let ring = self.ring.get(..geo.ring_words).unwrap_or(&[]);
+        let sum: u64 = (0..geo.b).map(|i| geo.slot(ring, i)).sum();
+        let used_bits = (geo.b * geo.c) as usize;
+        let tail_clear = match ring.last() {
+            Some(&last) if used_bits % 64 != 0 => last >> (used_bits % 64) == 0,
+            _ => true,
+        };
+        self.raw & LOCK == 0
+            && self.cur <= limit
+            && (0..geo.b).all(|i| geo.slot(ring, i) <= limit)
+            && self.older == sum.min(geo.field_mask())
+            && tail_clear
+            && (!geo.wide
+                || self.base & geo.tag_mask() == (self.raw >> (2 * geo.c)) & geo.tag_mask())
+    }
+
     /// Whether the head is frozen.
     pub(crate) fn frozen(&self) -> bool {
         self.raw & FROZEN != 0

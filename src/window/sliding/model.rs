@@ -148,6 +148,7 @@ proptest! {
             let win = Window::new(&words, &geo).unwrap();
             let eff = log.newest().map_or(now, |t| t.max(now));
             let before = snapshot(&win, &geo);
+            prop_assert!(before.is_consistent(&geo), "{:?}", before);
             let counted = before.used(&geo, now);
             // Never under-counts the last window; never counts what left it more than the
             // release delay ago.
@@ -245,6 +246,8 @@ proptest! {
             prop_assert!(log1.used(e1, w1) <= u64::from(l1));
             prop_assert!(log2.used(e2, w2) <= u64::from(l2));
             // Both windows count the admitted requests, and no trace of refused ones.
+            prop_assert!(snapshot(&x1, &g1).is_consistent(&g1));
+            prop_assert!(snapshot(&x2, &g2).is_consistent(&g2));
             for (x, g, ww, log, e) in [(&x1, &g1, w1, &log1, seen1.max(now)), (&x2, &g2, w2, &log2, seen2.max(now))] {
                 let used = snapshot(x, g).used(g, now);
                 prop_assert!(used >= log.used(e, ww), "under-count");

@@ -366,8 +366,10 @@ fn recovery_never_under_counts_a_half_done_rotation() {
         if geo.wide() {
             words[1].store(n + 3, Ordering::Relaxed);
         }
+        assert!(!Snap::decode(&geo, h | LOCK, 0, [0; MAX_RING_WORDS]).is_consistent(&geo));
         assert_eq!(recover(&w, &geo), Recovered::WasLocked);
         let s = snapshot(&w, &geo);
+        assert!(s.is_consistent(&geo));
         assert!(s.n >= n);
         // Full until n + B + 1, when everything counted before the crash is gone anyway.
         for at in [t + 9 * geo.g, (n + u64::from(geo.b)) * geo.g + geo.g - 1] {
@@ -457,4 +459,27 @@ fn eight_threads_never_pass_the_limit() {
         .map(|e| u64::from(e.2))
         .sum();
     assert_eq!(s.used(&geo, end), live);
+}
+
+#[test]
+fn damaged_words_are_not_consistent() {
+    let geo = Slide::new(60, MIN, 17).unwrap(); // 17 × 6 bits: the second ring word has a tail
+    let words = cells(&geo);
+    let w = win(&words, &geo);
+    assert!(matches!(add(&w, &geo, T0, 5), Added::Yes { .. }));
+    assert!(matches!(add(&w, &geo, T0 + geo.g, 7), Added::Yes { .. }));
+    let good = snapshot(&w, &geo);
+    assert!(good.is_consistent(&geo));
+    let mut bad = good;
+    bad.older += 1;
+    assert!(!bad.is_consistent(&geo), "older is not the ring's sum");
+    let mut bad = good;
+    bad.ring[1] |= 1 << 63;
+    assert!(!bad.is_consistent(&geo), "a bit past the last counter");
+    let mut bad = good;
+    geo.set_slot(&mut bad.ring, 3, 63);
+    bad.older += 63;
+    assert!(!bad.is_consistent(&geo), "a counter over the limit");
+    let bad = Snap::decode(&geo, good.raw | 61, good.base, good.ring);
+    assert!(!bad.is_consistent(&geo), "cur over the limit");
 }
