@@ -285,7 +285,7 @@ impl Snap {
         let sum: u64 = (0..geo.b).map(|i| geo.slot(ring, i)).sum();
         let used_bits = (geo.b * geo.c) as usize;
         let tail_clear = match ring.last() {
-            Some(&last) if used_bits % 64 != 0 => last >> (used_bits % 64) == 0,
+            Some(&last) if !used_bits.is_multiple_of(64) => last >> (used_bits % 64) == 0,
             _ => true,
         };
         self.raw & LOCK == 0
