@@ -248,7 +248,11 @@ proptest! {
             // Both windows count the admitted requests, and no trace of refused ones.
             prop_assert!(snapshot(&x1, &g1).is_consistent(&g1));
             prop_assert!(snapshot(&x2, &g2).is_consistent(&g2));
-            for (x, g, ww, log, e) in [(&x1, &g1, w1, &log1, seen1.max(now)), (&x2, &g2, w2, &log2, seen2.max(now))] {
+            let both = [
+                (&x1, &g1, w1, &log1, seen1.max(now)),
+                (&x2, &g2, w2, &log2, seen2.max(now)),
+            ];
+            for (x, g, ww, log, e) in both {
                 let used = snapshot(x, g).used(g, now);
                 prop_assert!(used >= log.used(e, ww), "under-count");
                 prop_assert!(used <= log.used(e, ww + g.release_delay_ms()), "over-count");

@@ -255,9 +255,9 @@ pub(crate) fn add<C: WordCell>(w: &Window<'_, C>, geo: &Slide, now_ms: u64, cost
 
 /// Take back `cost` that [`add`] counted in sub-window `m` (a later window of the same request
 /// refused it: all or nothing). In the head's sub-window it is one compare-and-swap (packed
-/// layout); in an older one, or in the wide layout, it is done under the lock. A frozen window is left alone (the
-/// copy keeps the count: stricter, never looser); a sub-window that has aged out has nothing
-/// left to take. Never takes more than the counter holds.
+/// layout); in an older one, or in the wide layout, it is done under the lock. A frozen
+/// window is left alone (the copy keeps the count: stricter, never looser); a sub-window that
+/// has aged out has nothing left to take. Never takes more than the counter holds.
 pub(crate) fn take_back<C: WordCell>(w: &Window<'_, C>, geo: &Slide, m: u64, cost: u32) {
     let b = u64::from(geo.b);
     let mut spins = 0u32;
