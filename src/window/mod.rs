@@ -33,6 +33,7 @@
 
 pub(crate) mod cell;
 pub(crate) mod exact;
+pub(crate) mod sliding;
 
 /// The most counters a word can hold (c = 1).
 pub(crate) const MAX_K: usize = 32;

@@ -1,0 +1,404 @@
+//! The sliding window of `B` sub-windows (issue 15): the planned default representation.
+//!
+//! # Why it exists
+//!
+//! The bucketed word of [`super`] packs all of a window's counters in one 64-bit word, so a
+//! large limit gets two or three wide sub-windows and quota comes back up to a whole window
+//! late (the ErzyCall client, 60/min and 1000/h, gets 540 of the 1 020 requests an exact log
+//! admits). This module keeps `B` (default 64, any of 16..=256) sub-windows of `g = ⌈W/B⌉` ms,
+//! each counter exactly as wide as the limit needs, bit-packed across several words, so quota
+//! comes back at most `g + B - 1` ms late for every limit. It is not wired into the store yet:
+//! it is a self-contained module with its proofs, to be put into the entry layout afterwards.
+//!
+//! # The words of one window
+//!
+//! ```text
+//! head   63  62  61 ........... 2c   2c-1 ...... c   c-1 ....... 0
+//!       +---+---+----------------+----------------+---------------+
+//!       | F | L | tag (62-2c)    | older (c bits) | cur (c bits)  |
+//!       +---+---+----------------+----------------+---------------+
+//! base   the full sub-window number n (only in the "wide" layout, see below)
+//! ring   B counters of c bits, counter i at bits i*c .. (i+1)*c of the ring words taken as
+//!        one little-endian bit string (a counter may straddle two words)
+//! ```
+//!
+//! * `c = ⌈log2(limit + 1)⌉` (1 to 24 bits; limits 1 to [`MAX_LIMIT`]).
+//! * `n` is the head's sub-window number (`⌊t / g⌋` of the newest counted time); `cur` counts
+//!   sub-window `n`; ring counter `m mod B` counts sub-window `m` for `m` in `n-B ..= n-1`;
+//!   `older` is the sum of the `B` ring counters (so a check reads only the head).
+//! * `F` is [`FROZEN`] (the entry is moving or being unlinked; same contract as the bucketed
+//!   word); `L` is [`LOCK`], held only while the ring is rewritten (see [`proto`]).
+//! * **Packed** layout: when every sub-window number up to year 9999 fits in `62 - 2c` bits,
+//!   the tag *is* `n` and there is no base word. **Wide** layout otherwise (large limits on
+//!   short windows, e.g. 1 000 000 per second): the tag holds the low `62 - 2c` bits of `n`
+//!   and a base word holds all of `n`. Either way the full sub-window number is known exactly:
+//!   there is no wrap-around to disambiguate and no guess from an idle gap.
+//!
+//! Words per window: `1 + wide + ⌈B·c/64⌉`. At B = 64: limit 1 → 2 words, 60 → 7, 1 000 → 11
+//! (12 for a 1 s window, which is wide), 1 000 000 → 22 (always wide). See [`Slide::words`].
+//!
+//! # The counting rule and its two bounds
+//!
+//! A request is judged at the effective sub-window `ne = max(⌊now/g⌋, n)` (a clock behind the
+//! head counts in the head's sub-window: later release, never earlier) against the counts of
+//! sub-windows `ne-B ..= ne`. Those cover every time after `ne·g - B·g ≤ now - W`, so every
+//! earlier admission less than `W` before is counted: **never over the limit**. A request
+//! counted in sub-window `m` (made at `t ≥ m·g`) stops counting at `(m+B+1)·g ≤ t + W +
+//! ((B+1)·g - W)`, and `(B+1)·g - W ≤ g + B - 1`: **quota comes back at most `⌈W/B⌉ + B - 1`
+//! ms late**. `docs/ACCURACY.md` has the proofs; `tests.rs` and `model.rs` check them.
+#![allow(dead_code)] // Not called by the store until it is integrated (issue 15).
+
+mod proto;
+
+#[cfg(test)]
+mod loom_tests;
+#[cfg(test)]
+mod model;
+#[cfg(test)]
+mod tests;
+
+// The store's entry points once it is integrated.
+#[allow(unused_imports)]
+pub(crate) use proto::{
+    add, freeze, freeze_if_expired, recover, snapshot, take_back, thaw, Added, Recovered, Window,
+};
+
+use super::{Geometry, FROZEN};
+
+/// Head word: held by whoever rewrites the ring (rotation, a take-back from an older
+/// sub-window, recovery). Never held across anything that can block.
+pub(crate) const LOCK: u64 = 1 << 62;
+/// The fewest sub-windows a window may have.
+pub(crate) const MIN_B: u32 = 16;
+/// The most sub-windows a window may have.
+pub(crate) const MAX_B: u32 = 256;
+/// The default number of sub-windows.
+pub(crate) const DEFAULT_B: u32 = 64;
+/// The largest limit (24-bit counters).
+pub(crate) const MAX_LIMIT: u32 = (1 << MAX_C) - 1;
+/// The shortest window.
+pub(crate) const MIN_WINDOW_MS: u64 = 1_000;
+/// The longest window.
+pub(crate) const MAX_WINDOW_MS: u64 = 86_400_000;
+/// 9999-12-31T23:59:59.999Z: later times are read as this one (the clock stands still, which
+/// is the safe reading of a clock that is wrong).
+pub(crate) const MAX_TIME_MS: u64 = 253_402_300_799_999;
+const MAX_C: u32 = 24;
+/// The most ring words a window can have (`B = 256`, 24-bit counters).
+pub(crate) const MAX_RING_WORDS: usize = (MAX_B * MAX_C / 64) as usize;
+
+/// The shape of one sliding window, precomputed per (limit, window, B) so that a check does
+/// not divide: the sub-window of a time comes from [`Geometry::sub_window`]'s reciprocal
+/// multiply. That is exact here: times are clamped to [`MAX_TIME_MS`] `< 2^48`, so `t` is
+/// exact as an `f64`; `1/g` and the product are each rounded once (relative error below
+/// `2^-53` each), so the estimate is within `(t/g)·2^-52 < 1` of `t/g` (`g >= 4`), its
+/// truncation is off by at most one, and the two comparisons of `sub_window` correct that
+/// (checked at random and boundary times for random `g` in `tests.rs`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Slide {
+    /// The limit.
+    pub limit: u32,
+    /// The window's length in ms.
+    pub window_ms: u64,
+    /// Number of sub-windows `B` (the ring's length).
+    pub b: u32,
+    /// Sub-window length `⌈W/B⌉` ms.
+    pub g: u64,
+    /// Counter width in bits.
+    pub c: u32,
+    tag_bits: u32,
+    wide: bool,
+    ring_words: usize,
+    geo: Geometry,
+}
+
+impl Slide {
+    /// The shape for `limit` per `window_ms` with `b` sub-windows; `None` when a value is out
+    /// of range (limit 1..=[`MAX_LIMIT`], window [`MIN_WINDOW_MS`]..=[`MAX_WINDOW_MS`], `b`
+    /// [`MIN_B`]..=[`MAX_B`]).
+    pub(crate) fn new(limit: u32, window_ms: u64, b: u32) -> Option<Slide> {
+        if !(1..=MAX_LIMIT).contains(&limit)
+            || !(MIN_WINDOW_MS..=MAX_WINDOW_MS).contains(&window_ms)
+            || !(MIN_B..=MAX_B).contains(&b)
+        {
+            return None;
+        }
+        let g = window_ms.div_ceil(u64::from(b));
+        let c = 32 - limit.leading_zeros();
+        let tag_bits = 62 - 2 * c;
+        let wide = (MAX_TIME_MS / g) >> tag_bits != 0;
+        Some(Slide {
+            limit,
+            window_ms,
+            b,
+            g,
+            c,
+            tag_bits,
+            wide,
+            ring_words: (b * c).div_ceil(64) as usize,
+            geo: Geometry {
+                c,
+                k: b,
+                s: g,
+                inv: 1.0 / g as f64,
+            },
+        })
+    }
+
+    /// Words the window takes in an entry: the head, the base word if the layout is wide,
+    /// and the ring.
+    pub(crate) fn words(&self) -> usize {
+        1 + usize::from(self.wide) + self.ring_words
+    }
+
+    /// Whether the layout has a base word (word 1) holding the full sub-window number.
+    pub(crate) fn wide(&self) -> bool {
+        self.wide
+    }
+
+    /// Words of the ring.
+    pub(crate) fn ring_words(&self) -> usize {
+        self.ring_words
+    }
+
+    /// How late quota can come back compared with an exact log: `(B+1)·g - W`, at most
+    /// `⌈W/B⌉ + B - 1` ms.
+    pub(crate) fn release_delay_ms(&self) -> u64 {
+        (u64::from(self.b) + 1) * self.g - self.window_ms
+    }
+
+    /// The sub-window of `now_ms` (times after [`MAX_TIME_MS`] read as it).
+    #[inline]
+    pub(crate) fn sub_window(&self, now_ms: u64) -> u64 {
+        self.geo.sub_window(now_ms.min(MAX_TIME_MS))
+    }
+
+    #[inline]
+    fn field_mask(&self) -> u64 {
+        (1u64 << self.c) - 1
+    }
+
+    #[inline]
+    fn tag_mask(&self) -> u64 {
+        (1u64 << self.tag_bits) - 1
+    }
+
+    /// `(cur, older)` of a head word.
+    #[inline]
+    pub(crate) fn fields(&self, head: u64) -> (u64, u64) {
+        (
+            head & self.field_mask(),
+            (head >> self.c) & self.field_mask(),
+        )
+    }
+
+    /// The head's full sub-window number, from its tag and (wide layout) the base word. A
+    /// base that disagrees with the tag (a rotation half done, or a damaged file) gives the
+    /// newest number at or before the base with the tag's low bits: never older than the
+    /// head's real number when the base was written first or not at all (see `proto`).
+    #[inline]
+    pub(crate) fn head_n(&self, head: u64, base: u64) -> u64 {
+        let tag = (head >> (2 * self.c)) & self.tag_mask();
+        if !self.wide {
+            return tag;
+        }
+        let back = base.wrapping_sub(tag) & self.tag_mask();
+        base.saturating_sub(back)
+    }
+
+    /// Encode a head word (no lock, not frozen).
+    #[inline]
+    pub(crate) fn encode(&self, n: u64, cur: u64, older: u64) -> u64 {
+        let m = self.field_mask();
+        ((n & self.tag_mask()) << (2 * self.c)) | ((older & m) << self.c) | (cur & m)
+    }
+
+    /// Counter `i` of a ring held as words.
+    #[inline]
+    pub(crate) fn slot(&self, ring: &[u64], i: u32) -> u64 {
+        let bit = i as usize * self.c as usize;
+        let (w, off) = (bit / 64, bit % 64);
+        let mut v = ring.get(w).copied().unwrap_or(0) >> off;
+        if off + self.c as usize > 64 {
+            v |= ring.get(w + 1).copied().unwrap_or(0) << (64 - off);
+        }
+        v & self.field_mask()
+    }
+
+    /// Set counter `i` of a ring held as words to `v` (cut to the counter's width).
+    #[inline]
+    pub(crate) fn set_slot(&self, ring: &mut [u64], i: u32, v: u64) {
+        let m = self.field_mask();
+        let v = v & m;
+        let bit = i as usize * self.c as usize;
+        let (w, off) = (bit / 64, bit % 64);
+        if let Some(x) = ring.get_mut(w) {
+            *x = (*x & !(m << off)) | (v << off);
+        }
+        if off + self.c as usize > 64 {
+            let spill = 64 - off;
+            if let Some(x) = ring.get_mut(w + 1) {
+                *x = (*x & !(m >> spill)) | (v >> spill);
+            }
+        }
+    }
+}
+
+/// A consistent copy of a window's words (see [`snapshot`]), decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Snap {
+    /// The head word as read, flags included.
+    pub raw: u64,
+    /// The base word as read (0 in the packed layout).
+    pub base: u64,
+    /// The head's full sub-window number.
+    pub n: u64,
+    /// Count of sub-window `n`.
+    pub cur: u64,
+    /// Sum of the ring counters (sub-windows `n-B ..= n-1`).
+    pub older: u64,
+    /// The ring words (the first [`Slide::ring_words`] are used).
+    pub ring: [u64; MAX_RING_WORDS],
+}
+
+impl Snap {
+    /// Decode a head, base and ring.
+    pub(crate) fn decode(geo: &Slide, raw: u64, base: u64, ring: [u64; MAX_RING_WORDS]) -> Snap {
+        let (cur, older) = geo.fields(raw);
+        Snap {
+            raw,
+            base,
+            n: geo.head_n(raw, base),
+            cur,
+            older,
+            ring,
+        }
+    }
+
+    /// Whether the copy is one the protocols can leave behind (for a store opening a file, and
+    /// the tests): not locked, `cur` and every ring counter at most the limit, `older` the sum
+    /// of the ring (capped at the field's maximum, as [`recover`] leaves it), no bit set past
+    /// the last ring counter, and in the wide layout a base word that agrees with the tag.
+    pub(crate) fn is_consistent(&self, geo: &Slide) -> bool {
+        let limit = u64::from(geo.limit);
+        let ring = self.ring.get(..geo.ring_words).unwrap_or(&[]);
+        let sum: u64 = (0..geo.b).map(|i| geo.slot(ring, i)).sum();
+        let used_bits = (geo.b * geo.c) as usize;
+        let tail_clear = match ring.last() {
+            Some(&last) if !used_bits.is_multiple_of(64) => last >> (used_bits % 64) == 0,
+            _ => true,
+        };
+        self.raw & LOCK == 0
+            && self.cur <= limit
+            && (0..geo.b).all(|i| geo.slot(ring, i) <= limit)
+            && self.older == sum.min(geo.field_mask())
+            && tail_clear
+            && (!geo.wide
+                || self.base & geo.tag_mask() == (self.raw >> (2 * geo.c)) & geo.tag_mask())
+    }
+
+    /// Whether the head is frozen.
+    pub(crate) fn frozen(&self) -> bool {
+        self.raw & FROZEN != 0
+    }
+
+    /// The effective sub-window at `now_ms`: now's, or the head's if the clock is behind it.
+    #[inline]
+    pub(crate) fn eff(&self, geo: &Slide, now_ms: u64) -> u64 {
+        geo.sub_window(now_ms).max(self.n)
+    }
+
+    /// The count held for absolute sub-window `m`.
+    #[inline]
+    pub(crate) fn count(&self, geo: &Slide, m: u64) -> u64 {
+        if m == self.n {
+            self.cur
+        } else if m < self.n && self.n - m <= u64::from(geo.b) {
+            geo.slot(&self.ring, (m % u64::from(geo.b)) as u32)
+        } else {
+            0
+        }
+    }
+
+    /// The window's count at effective sub-window `ne >= n`: sub-windows `ne-B ..= ne`.
+    pub(crate) fn total_at(&self, geo: &Slide, ne: u64) -> u64 {
+        if ne <= self.n {
+            return self.cur + self.older;
+        }
+        let lo = ne.saturating_sub(u64::from(geo.b));
+        (lo.max(self.n.saturating_sub(u64::from(geo.b)))..=self.n)
+            .map(|m| self.count(geo, m))
+            .sum()
+    }
+
+    /// The count at `now_ms`.
+    pub(crate) fn used(&self, geo: &Slide, now_ms: u64) -> u64 {
+        self.total_at(geo, self.eff(geo, now_ms))
+    }
+
+    /// Whether the count is 0 now and so in any future (the compactor may unlink it).
+    pub(crate) fn expired(&self, geo: &Slide, now_ms: u64) -> bool {
+        self.used(geo, now_ms) == 0
+    }
+
+    /// When sub-window `m`'s count stops counting.
+    #[inline]
+    fn drop_ms(geo: &Slide, m: u64) -> u64 {
+        (m + u64::from(geo.b) + 1).saturating_mul(geo.g)
+    }
+
+    /// Milliseconds from `now_ms` until a request of `cost` fits if nothing else is counted
+    /// meanwhile (0 if it fits now; at least 1 otherwise). Walks the live sub-windows from the
+    /// oldest. Never earlier than an exact log over the same admissions, and at most
+    /// [`Slide::release_delay_ms`] later. A cost above the limit never fits: the answer is
+    /// then the time the window is empty.
+    pub(crate) fn retry_ms(&self, geo: &Slide, cost: u32, now_ms: u64) -> u64 {
+        let ne = self.eff(geo, now_ms);
+        let total = self.total_at(geo, ne);
+        let needed = (total + u64::from(cost)).saturating_sub(u64::from(geo.limit));
+        if needed == 0 {
+            return 0;
+        }
+        let mut freed = 0;
+        let lo = ne.saturating_sub(u64::from(geo.b));
+        for m in lo..=ne {
+            freed += self.count(geo, m);
+            if freed >= needed {
+                return Self::drop_ms(geo, m).saturating_sub(now_ms).max(1);
+            }
+        }
+        Self::drop_ms(geo, ne).saturating_sub(now_ms).max(1)
+    }
+
+    /// UTC ms at which the window is back to its full limit (its newest counted request drops
+    /// out); `now_ms` if it is empty. Like [`super::Norm::reset_ms`].
+    pub(crate) fn reset_ms(&self, geo: &Slide, now_ms: u64) -> u64 {
+        let ne = self.eff(geo, now_ms);
+        let lo = ne.saturating_sub(u64::from(geo.b));
+        (lo..=ne)
+            .rev()
+            .find(|&m| self.count(geo, m) != 0)
+            .map_or(now_ms, |m| Self::drop_ms(geo, m))
+    }
+
+    /// Move the head to sub-window `to > n`: `cur` goes to its ring counter, the counters of
+    /// the sub-windows that age out are cleared, `older` is summed again and `cur` is 0.
+    pub(crate) fn rotate(&mut self, geo: &Slide, to: u64) {
+        if to <= self.n {
+            return;
+        }
+        let b = u64::from(geo.b);
+        let ring = &mut self.ring[..geo.ring_words.min(MAX_RING_WORDS)];
+        if to - self.n > b {
+            ring.fill(0);
+        } else {
+            geo.set_slot(ring, (self.n % b) as u32, self.cur);
+            for m in self.n + 1..to {
+                geo.set_slot(ring, (m % b) as u32, 0);
+            }
+        }
+        self.older = (0..geo.b).map(|i| geo.slot(ring, i)).sum();
+        self.cur = 0;
+        self.n = to;
+    }
+}

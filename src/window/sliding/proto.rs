@@ -1,0 +1,404 @@
+//! The protocols on a sliding window's words, written once over [`WordCell`] so that the store
+//! (std atomics in mapped memory) and the loom tests run the very same functions.
+//!
+//! # Why a check is one compare-and-swap, and why the lock bit is harmless
+//!
+//! A busy key's checks land in the head's own sub-window. The head holds that sub-window's
+//! count (`cur`) *and* the sum of the `B` older ones (`older`), so the check reads the head,
+//! judges `cur + older + cost <= limit` and adds `cost` to `cur` with one compare-and-swap on
+//! that one word. The ring is not read. (In the wide layout the check also loads the base
+//! word, next to the head, to know the head's full sub-window number; it still swaps only the
+//! head.)
+//!
+//! Only the first admitted check of a new sub-window (once per sub-window at most, `B + 1`
+//! times per window) rewrites the ring: it *rotates*. It first judges from a consistent
+//! snapshot (so a refusal writes nothing), then takes the lock bit [`LOCK`] of the head by a
+//! compare-and-swap from the very head value it judged, rewrites at most `B` ring counters (a
+//! few dozen plain stores to words it has just read), and publishes the new head — with its
+//! own cost counted — by one release store, which also drops the lock. The lock is held over a
+//! bounded run of loads and stores on memory the caller already holds: no system call, no
+//! allocation, no other lock, no wait for anything, and no path that can panic (every index is
+//! checked with `get`). While it is held, checks of that one window spin (then yield after 64
+//! tries) for as long as those stores take; every other key is unaffected. A take-back from an
+//! older sub-window takes it the same way. A thread that dies while holding it leaves the head
+//! locked; nothing in a live process waits on a dead thread's lock except the other checks of
+//! that key, which is the same exposure as a crash, handled at the next open by [`recover`].
+//!
+//! # Readers
+//!
+//! [`snapshot`] is a seqlock read: head, base, ring, then head and base again; it retries
+//! while locked or if either changed. Ring and base are written (release) only under the lock,
+//! which the writer takes before its first ring store, so a reader that saw any new ring value
+//! sees the head locked or changed on its second read. In the packed layout the tag is the
+//! full sub-window number and only grows, and `older` only shrinks between rotations, so a
+//! head can never come back to a value it had after the ring changed; in the wide layout the
+//! base, re-read last, tells two rotations apart.
+//!
+//! # Frozen
+//!
+//! [`FROZEN`] on the head has the bucketed word's contract: once set, no request is counted in
+//! the window (`add` answers [`Added::Frozen`]; the caller looks the key up again), no ring is
+//! rewritten, and the window's words are the copy to make. [`freeze`] waits for the lock to be
+//! free (a rotation never takes more than a few hundred ns), so it never freezes a half-written
+//! ring, and a locked head cannot be frozen under a rotation (whose release store would
+//! clear the bit).
+
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
+
+use super::{Slide, Snap, FROZEN, LOCK, MAX_RING_WORDS};
+use crate::window::cell::WordCell;
+
+/// The cells of one window: the head, the base word (wide layout only), the ring.
+#[derive(Debug)]
+pub(crate) struct Window<'a, C: WordCell> {
+    head: &'a C,
+    base: Option<&'a C>,
+    ring: &'a [C],
+}
+
+impl<C: WordCell> Clone for Window<'_, C> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<C: WordCell> Copy for Window<'_, C> {}
+
+impl<'a, C: WordCell> Window<'a, C> {
+    /// The window made of `words` (at least [`Slide::words`] of them, in the order head, base,
+    /// ring); `None` if there are too few.
+    pub(crate) fn new(words: &'a [C], geo: &Slide) -> Option<Window<'a, C>> {
+        let (head, rest) = words.split_first()?;
+        let (base, rest) = if geo.wide() {
+            let (b, r) = rest.split_first()?;
+            (Some(b), r)
+        } else {
+            (None, rest)
+        };
+        Some(Window {
+            head,
+            base,
+            ring: rest.get(..geo.ring_words())?,
+        })
+    }
+
+    #[inline]
+    fn load_base(&self) -> u64 {
+        self.base.map_or(0, |b| b.load(Acquire))
+    }
+
+    fn load_ring(&self) -> [u64; MAX_RING_WORDS] {
+        let mut ring = [0; MAX_RING_WORDS];
+        for (d, s) in ring.iter_mut().zip(self.ring) {
+            *d = s.load(Acquire);
+        }
+        ring
+    }
+
+    /// Write the ring words that differ from `old`, then the base, then the head (which drops
+    /// the lock). Only under the lock.
+    fn publish(&self, geo: &Slide, old: &[u64; MAX_RING_WORDS], s: &Snap) {
+        for ((cell, o), n) in self.ring.iter().zip(old).zip(&s.ring) {
+            if o != n {
+                cell.store(*n, Release);
+            }
+        }
+        if let Some(b) = self.base {
+            b.store(s.n, Release);
+        }
+        self.head.store(geo.encode(s.n, s.cur, s.older), Release);
+    }
+}
+
+/// What [`add`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Added {
+    /// Counted in sub-window `m` (give it to [`take_back`] to undo); `used` is the window's
+    /// count with it, `reset_ms` when the window is next back to its full limit.
+    Yes {
+        /// The sub-window the cost was counted in.
+        m: u64,
+        /// The count after the request.
+        used: u64,
+        /// When the window is empty again if nothing more is counted.
+        reset_ms: u64,
+    },
+    /// Not counted, nothing written: no room. `used` is the count it was judged against; ask
+    /// [`snapshot`] then [`Snap::retry_ms`] for the wait.
+    Refused {
+        /// The count judged.
+        used: u64,
+    },
+    /// Not counted: the window is frozen (its entry is moving or being removed); look the key
+    /// up again.
+    Frozen,
+}
+
+/// Read a consistent copy of the window (seqlock-style; see the module doc). Waits while the
+/// lock is held.
+pub(crate) fn snapshot<C: WordCell>(w: &Window<'_, C>, geo: &Slide) -> Snap {
+    let mut spins = 0u32;
+    loop {
+        let h1 = w.head.load(Acquire);
+        if h1 & LOCK == 0 {
+            let b1 = w.load_base();
+            let ring = w.load_ring();
+            let h2 = w.head.load(Acquire);
+            let b2 = w.load_base();
+            if h1 == h2 && b1 == b2 {
+                return Snap::decode(geo, h1, b1, ring);
+            }
+        }
+        spins += 1;
+        C::pause(spins);
+    }
+}
+
+/// Count `cost` in the window at `now_ms` if it fits under the limit.
+///
+/// In the head's sub-window (or with a clock behind it) this is one compare-and-swap on the
+/// head. The first admitted request of a later sub-window rotates the ring under the lock bit
+/// and is counted by the same store that publishes the rotation. A refused request writes
+/// nothing. A `cost` of 0 writes nothing and is always admitted.
+pub(crate) fn add<C: WordCell>(w: &Window<'_, C>, geo: &Slide, now_ms: u64, cost: u32) -> Added {
+    let n_now = geo.sub_window(now_ms);
+    let cost64 = u64::from(cost);
+    let limit = u64::from(geo.limit);
+    let mut spins = 0u32;
+    let mut h = w.head.load(Acquire);
+    loop {
+        if h & FROZEN != 0 {
+            return Added::Frozen;
+        }
+        if h & LOCK != 0 {
+            spins += 1;
+            C::pause(spins);
+            h = w.head.load(Acquire);
+            continue;
+        }
+        let n_h = geo.head_n(h, w.load_base());
+        if n_h >= n_now {
+            // The common case: the head's own sub-window. One CAS on the head.
+            let (cur, older) = geo.fields(h);
+            let total = cur + older;
+            if total + cost64 > limit {
+                return Added::Refused { used: total };
+            }
+            if cost == 0 {
+                let s = snapshot(w, geo);
+                return Added::Yes {
+                    m: s.n,
+                    used: s.used(geo, now_ms),
+                    reset_ms: s.reset_ms(geo, now_ms),
+                };
+            }
+            // `cur + cost <= limit < 2^c`: the field cannot carry into `older`.
+            match w.head.compare_exchange_weak(h, h + cost64, AcqRel, Acquire) {
+                Ok(_) => {
+                    return Added::Yes {
+                        m: n_h,
+                        used: total + cost64,
+                        reset_ms: Snap::drop_ms(geo, n_h),
+                    }
+                }
+                Err(x) => {
+                    h = x;
+                    continue;
+                }
+            }
+        }
+        // A later sub-window: judge on a consistent copy first, so that a refusal writes
+        // nothing.
+        let s = snapshot(w, geo);
+        if s.frozen() {
+            return Added::Frozen;
+        }
+        if s.n >= n_now {
+            h = s.raw;
+            continue;
+        }
+        let total = s.total_at(geo, n_now);
+        if total + cost64 > limit {
+            return Added::Refused { used: total };
+        }
+        if w.head
+            .compare_exchange(s.raw, s.raw | LOCK, Acquire, Relaxed)
+            .is_err()
+        {
+            h = w.head.load(Acquire);
+            continue;
+        }
+        // Under the lock: base and ring cannot change any more; read them again (the copy
+        // above is only known consistent with the head's value, which a wide layout's base
+        // tells apart from an older identical one).
+        let mut locked = Snap::decode(geo, s.raw, w.load_base(), w.load_ring());
+        let old = locked.ring;
+        locked.rotate(geo, n_now);
+        let total = locked.cur + locked.older;
+        let fits = total + cost64 <= limit;
+        if fits {
+            locked.cur += cost64;
+        }
+        let m = locked.n;
+        w.publish(geo, &old, &locked);
+        return if fits {
+            Added::Yes {
+                m,
+                used: total + cost64,
+                reset_ms: locked.reset_ms(geo, now_ms),
+            }
+        } else {
+            Added::Refused { used: total }
+        };
+    }
+}
+
+/// Take back `cost` that [`add`] counted in sub-window `m` (a later window of the same request
+/// refused it: all or nothing). In the head's sub-window it is one compare-and-swap (packed
+/// layout); in an older one, or in the wide layout, it is done under the lock. A frozen
+/// window is left alone (the copy keeps the count: stricter, never looser); a sub-window that
+/// has aged out has nothing left to take. Never takes more than the counter holds.
+pub(crate) fn take_back<C: WordCell>(w: &Window<'_, C>, geo: &Slide, m: u64, cost: u32) {
+    let b = u64::from(geo.b);
+    let mut spins = 0u32;
+    let mut h = w.head.load(Acquire);
+    loop {
+        if h & FROZEN != 0 || cost == 0 {
+            return;
+        }
+        if h & LOCK != 0 {
+            spins += 1;
+            C::pause(spins);
+            h = w.head.load(Acquire);
+            continue;
+        }
+        let n_h = geo.head_n(h, w.load_base());
+        if m > n_h || n_h - m > b {
+            return;
+        }
+        // In the packed layout the head's bits name its sub-window, so a compare-and-swap
+        // from `h` takes from sub-window `m` and no other. In the wide layout two rotations
+        // `2^(62-2c)` sub-windows apart could leave the same head bits between the load and the
+        // swap; take-backs are rare, so there it always goes under the lock, where the base
+        // cannot change.
+        if m == n_h && !geo.wide() {
+            let take = geo.fields(h).0.min(u64::from(cost));
+            if take == 0 {
+                return;
+            }
+            match w.head.compare_exchange_weak(h, h - take, AcqRel, Acquire) {
+                Ok(_) => return,
+                Err(x) => {
+                    h = x;
+                    continue;
+                }
+            }
+        }
+        if w.head
+            .compare_exchange(h, h | LOCK, Acquire, Relaxed)
+            .is_err()
+        {
+            h = w.head.load(Acquire);
+            continue;
+        }
+        let mut s = Snap::decode(geo, h, w.load_base(), w.load_ring());
+        let old = s.ring;
+        if m < s.n && s.n - m <= b {
+            let i = (m % b) as u32;
+            let have = geo.slot(&s.ring, i);
+            let take = have.min(u64::from(cost));
+            geo.set_slot(&mut s.ring, i, have - take);
+            s.older = s.older.saturating_sub(take);
+        } else if m == s.n {
+            s.cur = s.cur.saturating_sub(u64::from(cost));
+        }
+        w.publish(geo, &old, &s);
+        return;
+    }
+}
+
+/// Freeze the window (its entry is about to be copied or unlinked) and return its frozen
+/// contents: from here on nothing is counted in it. Waits for a rotation in progress to end.
+pub(crate) fn freeze<C: WordCell>(w: &Window<'_, C>, geo: &Slide) -> Snap {
+    let mut spins = 0u32;
+    loop {
+        let h = w.head.load(Acquire);
+        if h & FROZEN != 0 {
+            return snapshot(w, geo);
+        }
+        if h & LOCK == 0
+            && w.head
+                .compare_exchange(h, h | FROZEN, AcqRel, Acquire)
+                .is_ok()
+        {
+            return snapshot(w, geo);
+        }
+        spins += 1;
+        C::pause(spins);
+    }
+}
+
+/// Freeze the window only if its count is 0 at `now_ms` and so in any future (the compactor
+/// unlinking an entry). Judged on a consistent copy, frozen by a compare-and-swap from the
+/// head value judged, then judged again on the frozen words (which thaws it if a rotation
+/// that happened in between made the head look the same): a request counted at any moment
+/// before the freeze makes it fail.
+pub(crate) fn freeze_if_expired<C: WordCell>(w: &Window<'_, C>, geo: &Slide, now_ms: u64) -> bool {
+    let s = snapshot(w, geo);
+    if s.frozen()
+        || !s.expired(geo, now_ms)
+        || w.head
+            .compare_exchange(s.raw, s.raw | FROZEN, AcqRel, Acquire)
+            .is_err()
+    {
+        return false;
+    }
+    if snapshot(w, geo).expired(geo, now_ms) {
+        return true;
+    }
+    thaw(w);
+    false
+}
+
+/// Clear the frozen bit (a move or an unlink that did not go ahead).
+pub(crate) fn thaw<C: WordCell>(w: &Window<'_, C>) {
+    w.head.fetch_and(!FROZEN, AcqRel);
+}
+
+/// What [`recover`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Recovered {
+    /// Nothing to do (the frozen bit, if any, was cleared).
+    Clean,
+    /// The head was locked: a rotation or a take-back was cut short by the crash. The window
+    /// now counts as full up to the head's sub-window (see [`recover`]).
+    WasLocked,
+}
+
+/// Run at open, before any other thread sees the window. Clears the frozen bit (a crash while
+/// frozen loses nothing: the words keep their values), and repairs a head left locked.
+///
+/// A locked head still has the fields it had before the lock was taken (its sub-window `n`,
+/// `cur`, `older`); the ring may be partly rewritten and, in the wide layout, the base may
+/// already hold the new number. Every request the words stand for was made in a sub-window
+/// `<= n'`, where `n'` is the newest number consistent with the tag at or before the base
+/// (`n' >= n`). Recovery sets the head to `n'` with `cur = limit` (full) and `older` the sum
+/// of the ring as it is: the window refuses everything until `n' + B + 1`, by which time every
+/// request it stood for has aged out, so nothing is under-counted however far the ring got.
+/// **Cost of a crash mid-rotation: that key refuses for at most one window plus one
+/// sub-window after the sub-window the rotation started from.**
+pub(crate) fn recover<C: WordCell>(w: &Window<'_, C>, geo: &Slide) -> Recovered {
+    let h = w.head.load(Acquire) & !FROZEN;
+    if h & LOCK == 0 {
+        w.head.store(h, Release);
+        return Recovered::Clean;
+    }
+    let mut s = Snap::decode(geo, h & !LOCK, w.load_base(), w.load_ring());
+    let old = s.ring;
+    let ring_sum: u64 = (0..geo.b).map(|i| geo.slot(&s.ring, i)).sum();
+    s.cur = u64::from(geo.limit);
+    s.older = ring_sum.min((1u64 << geo.c) - 1);
+    // Every ring word is rewritten by `publish` only where it changed: none here.
+    w.publish(geo, &old, &s);
+    Recovered::WasLocked
+}
