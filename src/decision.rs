@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::limit::{Limits, MAX_WINDOWS};
 use crate::window::exact::Eval;
-use crate::window::Norm;
+use crate::window::sliding::{Slide, Snap};
 
 /// The binding window: the most restrictive (least remaining, then latest reset; the first
 /// of equals) when admitted; the violated window that keeps the request out the longest (the
@@ -221,25 +221,21 @@ pub(crate) fn empty_decision(limits: &Limits, cost: u32, now_ms: u64) -> Decisio
     Decision::from_windows(cost <= limits.min_limit(), ws, limits.len())
 }
 
-/// A bucketed window's state for the headers, from its decoded word.
-pub(crate) fn bucket_state(
-    norm: &Norm,
-    limit: u32,
-    window_ms: u64,
-    cost: u32,
-    now_ms: u64,
-) -> WindowState {
-    let used = norm.total();
-    let fits = u64::from(used) + u64::from(cost) <= u64::from(limit);
+/// A sliding window's state for the headers, from a consistent copy of its words (the
+/// embedded store's, or one the fleet rebuilt from a script's counts): the same function for
+/// every backend, so that they answer alike field by field.
+pub(crate) fn sliding_state(snap: &Snap, geo: &Slide, cost: u32, now_ms: u64) -> WindowState {
+    let used = snap.used(geo, now_ms);
+    let fits = used + u64::from(cost) <= u64::from(geo.limit);
     WindowState {
-        limit,
-        window_ms,
-        used,
-        reset_ms: norm.reset_ms(now_ms),
+        limit: geo.limit,
+        window_ms: geo.window_ms,
+        used: u32::try_from(used).unwrap_or(u32::MAX),
+        reset_ms: snap.reset_ms(geo, now_ms),
         retry_after_ms: if fits {
             0
         } else {
-            norm.retry_ms(limit, cost, now_ms)
+            snap.retry_ms(geo, cost, now_ms)
         },
     }
 }

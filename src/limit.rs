@@ -3,17 +3,17 @@
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::window::{bits_for, Geometry};
+use crate::window::sliding::{self, Slide};
 
 /// The default number of sub-windows ([`crate::Options::sub_windows`]).
-pub(crate) const DEFAULT_SUB_WINDOWS: u32 = 16;
+pub(crate) const DEFAULT_SUB_WINDOWS: u32 = sliding::DEFAULT_B;
 
 /// The most windows a [`Limits`] set may hold.
 pub const MAX_WINDOWS: usize = 4;
 /// The largest limit of a window in the default (sub-window counter) representation.
-pub const MAX_BUCKETED_LIMIT: u32 = 65_535;
+pub const MAX_BUCKETED_LIMIT: u32 = sliding::MAX_LIMIT;
 /// The largest limit of a window in the exact (timestamp log) representation.
-pub const MAX_EXACT_LIMIT: u32 = 32;
+pub const MAX_EXACT_LIMIT: u32 = 64;
 /// The shortest window: one second.
 pub const MIN_WINDOW: Duration = Duration::from_secs(1);
 /// The longest window: 180 days.
@@ -25,9 +25,10 @@ const MAX_MS_ENCODED: u64 = (1 << 24) - 1;
 /// How a window counts its requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Mode {
-    /// Sub-window counters packed in one atomic word (the default). Never admits more than the
-    /// limit in any interval of the window's length; may release quota late by at most one
-    /// sub-window (see `docs/ACCURACY.md`). Limits up to [`MAX_BUCKETED_LIMIT`].
+    /// `B` sub-window counters (64 by default, [`crate::Options::sub_windows`]), each as wide
+    /// as the limit needs (the default). Never admits more than the limit in any interval of
+    /// the window's length; releases quota at most one sub-window (`⌈W/B⌉` ms) plus `B` ms
+    /// late (see `docs/ACCURACY.md`). Limits up to [`MAX_BUCKETED_LIMIT`].
     Bucketed,
     /// A log of the timestamps of admitted requests: exact both ways. Limits up to
     /// [`MAX_EXACT_LIMIT`]; meant for small limits such as 5 logins per minute.
@@ -128,10 +129,10 @@ impl Limit {
         }
         match self.mode {
             Mode::Bucketed if self.limit > MAX_BUCKETED_LIMIT => Err(Error::InvalidLimit(
-                "a bucketed limit must be at most 65535 per window (use a shorter window)",
+                "a limit must be at most 16777215 per window (use a shorter window)",
             )),
             Mode::Exact if self.limit > MAX_EXACT_LIMIT => Err(Error::InvalidLimit(
-                "an exact limit must be at most 32 per window",
+                "an exact limit must be at most 64 per window",
             )),
             _ => Ok(()),
         }
@@ -145,11 +146,11 @@ impl Limit {
             (0u32, self.window_ms as u32)
         };
         let exact = u32::from(self.mode == Mode::Exact);
-        let cap = match self.mode {
+        let low = match self.mode {
             Mode::Exact => self.limit - 1,
-            Mode::Bucketed => 0,
+            Mode::Bucketed => sliding::counter_bits(self.limit),
         };
-        (exact << 31) | (unit_s << 30) | ((value & 0xFF_FFFF) << 6) | (cap & 0x3F)
+        (exact << 31) | (unit_s << 30) | ((value & 0xFF_FFFF) << 6) | (low & 0x3F)
     }
 }
 
@@ -158,8 +159,10 @@ impl Limit {
 pub(crate) struct Descriptor {
     pub window_ms: u64,
     pub exact: bool,
-    /// Ring capacity of an exact window (0 for bucketed windows).
+    /// Ring capacity of an exact window (0 for sliding windows).
     pub cap: u32,
+    /// Counter width of a sliding window, in bits (0 for exact windows).
+    pub bits: u32,
 }
 
 impl Descriptor {
@@ -169,32 +172,40 @@ impl Descriptor {
         let unit_s = (d >> 30) & 1 == 1;
         let value = u64::from((d >> 6) & 0xFF_FFFF);
         let window_ms = if unit_s { value * 1000 } else { value };
-        let cap_bits = d & 0x3F;
+        let low = d & 0x3F;
         let min = MIN_WINDOW.as_millis() as u64;
         let max = MAX_WINDOW.as_millis() as u64;
         if window_ms < min || window_ms > max {
             return None;
         }
-        if !exact && cap_bits != 0 {
-            return None;
-        }
-        let cap = if exact { cap_bits + 1 } else { 0 };
-        if cap > MAX_EXACT_LIMIT {
+        let (cap, bits) = if exact { (low + 1, 0) } else { (0, low) };
+        if cap > MAX_EXACT_LIMIT || (!exact && !(1..=sliding::MAX_BITS).contains(&bits)) {
             return None;
         }
         Some(Descriptor {
             window_ms,
             exact,
             cap,
+            bits,
         })
     }
 
-    /// Number of 8-byte state words this window occupies in an entry.
-    pub(crate) fn words(&self) -> usize {
+    /// The shape of a sliding window with `b` sub-windows (`None` for an exact window, or `b`
+    /// out of range).
+    pub(crate) fn slide(&self, b: u32) -> Option<Slide> {
+        if self.exact {
+            return None;
+        }
+        Slide::for_width(self.bits, self.window_ms, b)
+    }
+
+    /// Number of 8-byte state words this window occupies in an entry of a store with `b`
+    /// sub-windows per window (0 if `b` is out of range).
+    pub(crate) fn words(&self, b: u32) -> usize {
         if self.exact {
             1 + self.cap as usize
         } else {
-            1
+            self.slide(b).map_or(0, |s| s.words())
         }
     }
 }
@@ -214,13 +225,15 @@ impl Descriptor {
 pub struct Limits {
     items: [Limit; MAX_WINDOWS],
     descriptors: [u32; MAX_WINDOWS],
-    /// Counter geometry of each window for the default precision, so checks do not divide.
-    geometry: [Geometry; MAX_WINDOWS],
+    /// The shape of each sliding window with the default number of sub-windows, so checks do
+    /// not divide (`None` for exact windows).
+    slides: [Option<Slide>; MAX_WINDOWS],
     /// The descriptors as an entry stores them: two per word.
     desc_words: [u64; MAX_WINDOWS.div_ceil(2)],
-    /// State word offset of each window from the first window's.
+    /// State word offset of each window from the first window's, with the default number of
+    /// sub-windows.
     rel_at: [u16; MAX_WINDOWS],
-    /// State words of all windows.
+    /// State words of all windows, likewise.
     state_words: u16,
     len: u8,
     min_limit: u32,
@@ -252,7 +265,7 @@ impl Limits {
         }
         let mut items = [Limit::new(1, MIN_WINDOW); MAX_WINDOWS];
         let mut descriptors = [0u32; MAX_WINDOWS];
-        let mut geometry = [Geometry::new(1, DEFAULT_SUB_WINDOWS + 1, 1000); MAX_WINDOWS];
+        let mut slides = [None; MAX_WINDOWS];
         let mut min_limit = u32::MAX;
         let mut has_exact = false;
         for (i, l) in limits.iter().enumerate() {
@@ -265,11 +278,18 @@ impl Limits {
             if let (Some(slot), Some(d), Some(g)) = (
                 items.get_mut(i),
                 descriptors.get_mut(i),
-                geometry.get_mut(i),
+                slides.get_mut(i),
             ) {
                 *slot = *l;
                 *d = l.descriptor();
-                *g = Geometry::new(bits_for(l.limit), DEFAULT_SUB_WINDOWS + 1, l.window_ms);
+                *g = match l.mode {
+                    Mode::Bucketed => Some(
+                        Slide::new(l.limit, l.window_ms, DEFAULT_SUB_WINDOWS).ok_or(
+                            Error::InvalidLimit("a window must be 1 second to 180 days"),
+                        )?,
+                    ),
+                    Mode::Exact => None,
+                };
             }
             min_limit = min_limit.min(l.limit);
             has_exact |= l.mode == Mode::Exact;
@@ -282,17 +302,17 @@ impl Limits {
         }
         let mut rel_at = [0u16; MAX_WINDOWS];
         let mut at = 0u16;
-        for (r, l) in rel_at.iter_mut().zip(limits) {
+        for ((r, l), g) in rel_at.iter_mut().zip(limits).zip(&slides) {
             *r = at;
-            at += match l.mode {
-                Mode::Exact => 1 + l.limit as u16,
-                Mode::Bucketed => 1,
+            at += match g {
+                Some(g) => g.words() as u16,
+                None => 1 + l.limit as u16,
             };
         }
         Ok(Limits {
             items,
             descriptors,
-            geometry,
+            slides,
             desc_words,
             rel_at,
             state_words: at,
@@ -326,20 +346,15 @@ impl Limits {
         self.descriptors.get(..self.len as usize).unwrap_or(&[])
     }
 
-    /// The counter geometry of window `i` for a store with `kmax` counters at most.
+    /// The shape of sliding window `i` in a store with `b` sub-windows per window (`None` for
+    /// an exact window).
     #[inline]
-    pub(crate) fn geometry(&self, i: usize, kmax: u32) -> Geometry {
-        match self.geometry.get(i) {
-            Some(g) if kmax == DEFAULT_SUB_WINDOWS + 1 => *g,
-            _ => {
-                let l = self
-                    .items
-                    .get(i)
-                    .copied()
-                    .unwrap_or(Limit::new(1, MIN_WINDOW));
-                Geometry::new(bits_for(l.limit), kmax, l.window_ms)
-            }
+    pub(crate) fn slide(&self, i: usize, b: u32) -> Option<Slide> {
+        let pre = self.slides.get(i).copied().flatten()?;
+        if b == DEFAULT_SUB_WINDOWS {
+            return Some(pre);
         }
+        Slide::new(pre.limit, pre.window_ms, b)
     }
 
     /// The descriptor words an entry for this set holds (`len.div_ceil(2)` of them).
@@ -348,16 +363,32 @@ impl Limits {
         self.desc_words.get(..self.len().div_ceil(2)).unwrap_or(&[])
     }
 
-    /// State words of all windows together.
+    /// State words of all windows together, with `b` sub-windows per window.
     #[inline]
-    pub(crate) fn state_words(&self) -> usize {
-        self.state_words as usize
+    pub(crate) fn state_words(&self, b: u32) -> usize {
+        if b == DEFAULT_SUB_WINDOWS {
+            return self.state_words as usize;
+        }
+        (0..self.len()).map(|i| self.words_of(i, b)).sum()
     }
 
-    /// Offset of window `i`'s state from the first window's, in words.
+    /// Offset of window `i`'s state from the first window's, in words, with `b` sub-windows
+    /// per window.
     #[inline]
-    pub(crate) fn rel_at(&self, i: usize) -> usize {
-        self.rel_at.get(i).map_or(0, |&r| r as usize)
+    pub(crate) fn rel_at(&self, i: usize, b: u32) -> usize {
+        if b == DEFAULT_SUB_WINDOWS {
+            return self.rel_at.get(i).map_or(0, |&r| r as usize);
+        }
+        (0..i).map(|j| self.words_of(j, b)).sum()
+    }
+
+    /// State words of window `i` with `b` sub-windows per window.
+    fn words_of(&self, i: usize, b: u32) -> usize {
+        match (self.slide(i, b), self.items.get(i)) {
+            (Some(g), _) => g.words(),
+            (None, Some(l)) => 1 + l.limit as usize,
+            (None, None) => 0,
+        }
     }
 
     pub(crate) fn has_exact(&self) -> bool {

@@ -79,11 +79,18 @@ pub(crate) const MAX_LIMIT: u32 = (1 << MAX_C) - 1;
 /// The shortest window.
 pub(crate) const MIN_WINDOW_MS: u64 = 1_000;
 /// The longest window.
-pub(crate) const MAX_WINDOW_MS: u64 = 86_400_000;
+pub(crate) const MAX_WINDOW_MS: u64 = 180 * 86_400_000;
 /// 9999-12-31T23:59:59.999Z: later times are read as this one (the clock stands still, which
 /// is the safe reading of a clock that is wrong).
 pub(crate) const MAX_TIME_MS: u64 = 253_402_300_799_999;
 const MAX_C: u32 = 24;
+/// The widest counter, in bits.
+pub(crate) const MAX_BITS: u32 = MAX_C;
+
+/// The counter width a limit needs (1 to [`MAX_BITS`] bits for limits 1 to [`MAX_LIMIT`]).
+pub(crate) fn counter_bits(limit: u32) -> u32 {
+    (32 - limit.leading_zeros()).clamp(1, MAX_C)
+}
 /// The most ring words a window can have (`B = 256`, 24-bit counters).
 pub(crate) const MAX_RING_WORDS: usize = (MAX_B * MAX_C / 64) as usize;
 
@@ -143,6 +150,21 @@ impl Slide {
                 inv: 1.0 / g as f64,
             },
         })
+    }
+
+    /// The shape of a window whose counters are `c` bits wide (as an entry's descriptor
+    /// records it): the shape of the largest limit of that width, which has the same words.
+    pub(crate) fn for_width(c: u32, window_ms: u64, b: u32) -> Option<Slide> {
+        if !(1..=MAX_C).contains(&c) {
+            return None;
+        }
+        Slide::new(((1u64 << c) - 1) as u32, window_ms, b)
+    }
+
+    /// The same shape judged against `limit`, which must need no more than its counter width
+    /// (`None` otherwise).
+    pub(crate) fn with_limit(&self, limit: u32) -> Option<Slide> {
+        (limit >= 1 && counter_bits(limit) <= self.c).then_some(Slide { limit, ..*self })
     }
 
     /// Words the window takes in an entry: the head, the base word if the layout is wide,
@@ -379,6 +401,67 @@ impl Snap {
             .rev()
             .find(|&m| self.count(geo, m) != 0)
             .map_or(now_ms, |m| Self::drop_ms(geo, m))
+    }
+
+    /// A copy built from plain counts: the head's sub-window `n`, its count `cur`, and the
+    /// counts of sub-windows `n-B ..= n-1`, oldest first (missing ones are 0, extra ones are
+    /// ignored). The fleet's scripts keep a window in this form; the decision is then made by
+    /// the very functions the embedded store uses. Counts are cut to the counter width.
+    pub(crate) fn from_counts(geo: &Slide, n: u64, cur: u64, older: &[u64]) -> Snap {
+        let mut ring = [0u64; MAX_RING_WORDS];
+        let b = u64::from(geo.b);
+        let used = &mut ring[..geo.ring_words.min(MAX_RING_WORDS)];
+        for (i, &v) in older.iter().take(geo.b as usize).enumerate() {
+            // Oldest first: position i is sub-window n - B + i.
+            let m = (n + i as u64).wrapping_sub(b);
+            if n + (i as u64) >= b {
+                geo.set_slot(used, (m % b) as u32, v.min(geo.field_mask()));
+            }
+        }
+        let sum: u64 = (0..geo.b).map(|i| geo.slot(used, i)).sum();
+        Snap {
+            raw: geo.encode(n, cur.min(geo.field_mask()), sum.min(geo.field_mask())),
+            base: if geo.wide { n } else { 0 },
+            n,
+            cur: cur.min(geo.field_mask()),
+            older: sum.min(geo.field_mask()),
+            ring,
+        }
+    }
+
+    /// The same counts in the words of `to`, a window of the same length and `B` with another
+    /// counter width (its limit changed): head (unlocked, not frozen), base, ring, in entry
+    /// order; counts wider than `to`'s counters are cut to its maximum (still at least its
+    /// limit, so nothing is released early). `None` if the shapes differ otherwise.
+    pub(crate) fn reshape(&self, from: &Slide, to: &Slide) -> Option<[u64; 2 + MAX_RING_WORDS]> {
+        if from.g != to.g || from.b != to.b {
+            return None;
+        }
+        let mut out = [0u64; 2 + MAX_RING_WORDS];
+        let b = u64::from(to.b);
+        let mut ring = [0u64; MAX_RING_WORDS];
+        let used = &mut ring[..to.ring_words.min(MAX_RING_WORDS)];
+        for m in self.n.saturating_sub(b)..self.n {
+            let v = self.count(from, m).min(to.field_mask());
+            to.set_slot(used, (m % b) as u32, v);
+        }
+        let sum: u64 = (0..to.b).map(|i| to.slot(used, i)).sum();
+        let head = to.encode(self.n, self.cur.min(to.field_mask()), sum.min(to.field_mask()));
+        let mut at = 0;
+        let mut put = |v: u64| {
+            if let Some(w) = out.get_mut(at) {
+                *w = v;
+            }
+            at += 1;
+        };
+        put(head);
+        if to.wide {
+            put(self.n);
+        }
+        for &w in used.iter() {
+            put(w);
+        }
+        Some(out)
     }
 
     /// Move the head to sub-window `to > n`: `cur` goes to its ring counter, the counters of
