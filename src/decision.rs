@@ -6,18 +6,21 @@ use crate::limit::{Limits, MAX_WINDOWS};
 use crate::window::exact::Eval;
 use crate::window::sliding::{Slide, Snap};
 
-/// The binding window: the most restrictive (least remaining, then latest reset; the first
-/// of equals) when admitted; the violated window that keeps the request out the longest (the
-/// last of equals) when rejected, or the first window if none is violated. A plain loop: the
-/// iterator-adapter form compiled to an out-of-line fold on the check path.
+/// The binding window, the one whose limit, remaining and reset go in the headers: the one
+/// with the fewest units left (what the client can still send now); of equals, a violated one
+/// first, then the one that resets latest, then the first. The same rule admitted or not, so
+/// `remaining` is never more than any window has left. A plain loop: the iterator-adapter form
+/// compiled to an out-of-line fold on the check path.
 #[inline]
-fn binding_of(allowed: bool, live: &[WindowState]) -> usize {
+fn binding_of(live: &[WindowState]) -> usize {
     let mut best: Option<(usize, &WindowState)> = None;
     for (i, w) in live.iter().enumerate() {
         let better = match best {
-            None => allowed || !w.fits(),
-            Some((_, b)) if allowed => (w.remaining(), b.reset_ms) < (b.remaining(), w.reset_ms),
-            Some((_, b)) => !w.fits() && w.retry_after_ms >= b.retry_after_ms,
+            None => true,
+            Some((_, b)) => {
+                (w.remaining(), w.fits(), std::cmp::Reverse(w.reset_ms))
+                    < (b.remaining(), b.fits(), std::cmp::Reverse(b.reset_ms))
+            }
         };
         if better {
             best = Some((i, w));
@@ -110,7 +113,7 @@ impl Decision {
         windows: [WindowState; MAX_WINDOWS],
         len: usize,
     ) -> Decision {
-        let binding = binding_of(allowed, windows.get(..len).unwrap_or(&[]));
+        let binding = binding_of(windows.get(..len).unwrap_or(&[]));
         Decision {
             allowed,
             binding: binding as u8,
@@ -142,7 +145,7 @@ impl Decision {
     pub(crate) fn finish(&mut self, allowed: bool, len: usize) {
         self.allowed = allowed;
         self.len = len as u8;
-        self.binding = binding_of(allowed, self.windows.get(..len).unwrap_or(&[])) as u8;
+        self.binding = binding_of(self.windows.get(..len).unwrap_or(&[])) as u8;
     }
 
     fn bind(&self) -> &WindowState {
@@ -266,24 +269,18 @@ pub(crate) fn exact_state(
 mod tests {
     use super::*;
 
-    /// The binding window as first written, with iterator adapters: the reference.
-    fn reference(allowed: bool, live: &[WindowState]) -> usize {
-        if allowed {
-            live.iter()
-                .enumerate()
-                .min_by(|(_, a), (_, b)| {
-                    a.remaining()
-                        .cmp(&b.remaining())
-                        .then(b.reset_ms.cmp(&a.reset_ms))
-                })
-                .map_or(0, |(i, _)| i)
-        } else {
-            live.iter()
-                .enumerate()
-                .filter(|(_, w)| !w.fits())
-                .max_by_key(|(_, w)| w.retry_after_ms)
-                .map_or(0, |(i, _)| i)
-        }
+    /// The binding window written with iterator adapters: the reference. Fewest left; of
+    /// equals a violated one, then the latest reset, then the first.
+    fn reference(live: &[WindowState]) -> usize {
+        live.iter()
+            .enumerate()
+            .min_by(|(_, a), (_, b)| {
+                a.remaining()
+                    .cmp(&b.remaining())
+                    .then(a.fits().cmp(&b.fits()))
+                    .then(b.reset_ms.cmp(&a.reset_ms))
+            })
+            .map_or(0, |(i, _)| i)
     }
 
     #[test]
@@ -309,19 +306,13 @@ mod tests {
                 for &c in &states {
                     let all = [a, b, c];
                     for len in 0..=3 {
-                        for allowed in [true, false] {
-                            let live = &all[..len];
-                            assert_eq!(
-                                binding_of(allowed, live),
-                                reference(allowed, live),
-                                "{allowed} {live:?}"
-                            );
-                            cases += 1;
-                        }
+                        let live = &all[..len];
+                        assert_eq!(binding_of(live), reference(live), "{live:?}");
+                        cases += 1;
                     }
                 }
             }
         }
-        assert_eq!(cases, 18 * 18 * 18 * 4 * 2);
+        assert_eq!(cases, 18 * 18 * 18 * 4);
     }
 }

@@ -41,8 +41,10 @@ impl Common {
                 "lease timeout and TTL must be positive",
             ));
         }
-        if !(2..=31).contains(&self.sub_windows) {
-            return Err(Error::InvalidOptions("sub_windows must be 2 to 31"));
+        if !(crate::window::sliding::MIN_B..=crate::window::sliding::MAX_B)
+            .contains(&self.sub_windows)
+        {
+            return Err(Error::InvalidOptions("sub_windows must be 16 to 256"));
         }
         Ok(())
     }
@@ -52,10 +54,10 @@ impl Common {
 /// field. One definition, so every backend documents and applies them alike.
 macro_rules! common_builders {
     () => {
-        /// The most sub-windows a bucketed window is split into (2 to 31, default 16). More
-        /// sub-windows release quota sooner after the window passes (at most `W / B` late), as
-        /// far as the limit's counter width allows (`docs/ACCURACY.md`). An embedded store fixes
-        /// it when its file is created; every node of a fleet must use the same value.
+        /// The sub-windows `B` a window is split into (16 to 256, default 64). A window of
+        /// length `W` gives quota back at most `⌈W/B⌉ + B` ms late; each sub-window costs a
+        /// counter as wide as the limit needs (`docs/ACCURACY.md`). An embedded store fixes it
+        /// when its file is created; every node of a fleet must use the same value.
         pub fn sub_windows(mut self, b: u32) -> Self {
             self.common.sub_windows = b;
             self

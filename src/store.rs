@@ -63,7 +63,7 @@ impl Store {
             path,
             FileHeader {
                 seg_shift: opts.segment_shift,
-                kmax: opts.common.sub_windows + 1,
+                sub_windows: opts.common.sub_windows,
                 created_ms: opts.common.clock.now_ms(),
             },
             access,
@@ -81,7 +81,7 @@ impl Store {
         let core = Core::new(Parts {
             segs,
             header: opened.header_map,
-            kmax: opened.header.kmax,
+            b: opened.header.sub_windows,
             path: Some(path),
             clock: opts.common.clock,
             idem: opts.common.idem,
@@ -100,7 +100,7 @@ impl Store {
         let core = Core::new(Parts {
             segs: Segments::new(None, opts.segment_shift, opts.max_segments),
             header: Map::anon(HEADER_LEN as usize)?,
-            kmax: opts.common.sub_windows + 1,
+            b: opts.common.sub_windows,
             path: None,
             clock: opts.common.clock,
             idem: opts.common.idem,
@@ -321,13 +321,13 @@ impl Store {
         self.core.idem_abort(lease)
     }
 
-    /// Most sub-window counters per bucketed window on this store (as fixed in its file).
+    /// Sub-windows per sliding window on this store (as fixed in its file).
     #[cfg_attr(
         not(feature = "redis"),
         allow(dead_code, reason = "used by fleet::HybridStore")
     )]
     pub(crate) fn sub_window_cap(&self) -> u32 {
-        self.core.kmax
+        self.core.b
     }
 
     /// Number of times a check found its entry moving and looked again.

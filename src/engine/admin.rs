@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::core::Core;
-use super::entry::raw_descriptors;
+use super::entry::{raw_descriptors, sliding_window};
 use crate::admin::{KeyReport, KeyWindow, RecordReport, SubWindow};
 use crate::backend::check_key;
 use crate::error::{Error, Result};
@@ -18,7 +18,7 @@ use crate::idempotency::{record_key, IdempotencyKey};
 use crate::inspect::RecordState;
 use crate::limit::{Descriptor, Limits, Mode};
 use crate::storage::format::{EntryHeader, SegmentHeader, KIND_IDEM, KIND_WINDOWS};
-use crate::window::{self, cell, Geometry, FROZEN};
+use crate::window::{cell, sliding};
 
 impl Core {
     /// Every window the store keeps for rate-limit `key` at `now_ms`: counts, reset times and
@@ -40,7 +40,6 @@ impl Core {
         let offset = core.segs.file_offset(line);
         let e = core.segs.entry(line);
         let slots = window_slots(core, line)?;
-        let seen_ms = core.seen_ms(now_ms);
         let mut windows = Vec::with_capacity(slots.len());
         for (at, d) in slots {
             let given = limits.and_then(|ls| {
@@ -76,20 +75,30 @@ impl Core {
                     })
                     .collect();
             } else {
-                let word = e.load(at) & !FROZEN;
-                let c = ((word >> 32) & 0xF) as u32 + 1;
-                let geo = Geometry::new(c, core.kmax, d.window_ms);
-                let norm =
-                    window::normalize_with(word, &geo, d.window_ms, core.kmax, now_ms, seen_ms);
-                w.used = norm.total();
-                w.reset_ms = norm.reset_ms(now_ms);
-                w.sub_window = Duration::from_millis(norm.s);
-                w.sub_windows = (0..norm.k)
-                    .map(|age| SubWindow {
-                        start_ms: norm.n.saturating_sub(u64::from(age)).saturating_mul(norm.s),
-                        used: norm.field(age),
-                    })
-                    .collect();
+                // Judged against the policy's limit when it is given (and fits the counters).
+                let width = d.slide(core.b);
+                let geo = match (width, given) {
+                    (Some(g), Some(l)) => g.with_limit(l).or(width),
+                    (g, _) => g,
+                };
+                let snap = geo.and_then(|g| {
+                    let win = sliding_window(&e, at, &g)?;
+                    Some((sliding::snapshot(&win, &g), g))
+                });
+                if let Some((snap, g)) = snap {
+                    let ne = snap.eff(&g, now_ms);
+                    w.used = u32::try_from(snap.used(&g, now_ms)).unwrap_or(u32::MAX);
+                    w.reset_ms = snap.reset_ms(&g, now_ms);
+                    w.sub_window = Duration::from_millis(g.g);
+                    // Newest first, the sub-windows that count now.
+                    w.sub_windows = (ne.saturating_sub(u64::from(g.b))..=ne)
+                        .rev()
+                        .map(|m| SubWindow {
+                            start_ms: m.saturating_mul(g.g),
+                            used: u32::try_from(snap.count(&g, m)).unwrap_or(u32::MAX),
+                        })
+                        .collect();
+                }
             }
             w.left = w.limit.map(|l| l.saturating_sub(w.used));
             windows.push(w);
@@ -164,8 +173,10 @@ impl Core {
                         w.fetch_or(cell::META_FROZEN, Ordering::AcqRel);
                         cell::unlock_meta(w);
                     }
-                } else {
-                    cell::freeze(w);
+                } else if let Some(win) =
+                    d.slide(core.b).and_then(|geo| Some((sliding_window(&e, *at, &geo)?, geo)))
+                {
+                    sliding::freeze(&win.0, &win.1);
                 }
             }
         }
@@ -265,7 +276,7 @@ fn window_slots(core: &Core, line: u64) -> Result<Vec<(usize, Descriptor)>> {
             reason: "window descriptor",
         })?;
         out.push((at, d));
-        at += d.words();
+        at += d.words(core.b);
     }
     Ok(out)
 }

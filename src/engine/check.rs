@@ -7,18 +7,19 @@
 //! bit of the first exact window's meta word. The word protocols themselves are
 //! `window::cell`'s, the same functions loom checks.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 use super::core::Core;
 use crate::backend::{check_key, check_request};
-use crate::decision::{bucket_state, empty_decision, exact_state, Decision, WindowState};
+use crate::decision::{empty_decision, exact_state, sliding_state, Decision, WindowState};
 use crate::error::{Error, Result};
 use crate::limit::{Limit, Limits, Mode, MAX_WINDOWS};
 use crate::options::OnFull;
 use crate::storage::format::EntryLayout;
 use crate::storage::segment::Entry;
+use super::entry::sliding_window;
 use crate::window::cell;
-use crate::window::{self, Norm, FROZEN};
+use crate::window::sliding::{self, Added, Slide};
 
 /// What applying a check to an entry came to.
 enum Applied {
@@ -42,33 +43,14 @@ impl Core {
         }
     }
 
-    /// How late a bucketed window of `limit` may release quota on this store (one
-    /// sub-window); zero for an exact window.
+    /// How late a sliding window of `limit` may release quota on this store (one sub-window
+    /// and the rounding of `W` into `B` whole milliseconds); zero for an exact window.
     pub(crate) fn release_delay(&self, limit: &Limit) -> std::time::Duration {
-        if limit.mode() == Mode::Exact {
-            return std::time::Duration::ZERO;
-        }
-        let (k, s) = window::layout(
-            window::bits_for(limit.limit()),
-            self.kmax,
-            limit.window_ms(),
-        );
-        // Counted span is K sub-windows; the window itself is at most (K - 1) * s.
-        let span = u64::from(k) * s;
-        std::time::Duration::from_millis(span.saturating_sub(limit.window_ms()))
-    }
-
-    /// Window `i` of `limits` (which is `l`), judged at `now_ms` on this store.
-    #[inline]
-    fn at(&self, limits: &Limits, i: usize, l: &Limit, now_ms: u64) -> cell::At<'_> {
-        cell::At {
-            geo: limits.geometry(i, self.kmax),
-            window_ms: l.window_ms(),
-            limit: l.limit(),
-            kmax: self.kmax,
-            now_ms,
-            seen: self.seen_word(),
-        }
+        let slide = match limit.mode() {
+            Mode::Exact => None,
+            Mode::Bucketed => Slide::new(limit.limit(), limit.window_ms(), self.b),
+        };
+        std::time::Duration::from_millis(slide.map_or(0, |g| g.release_delay_ms()))
     }
 
     /// Check and count; the decision goes to `out` (which starts as [`Decision::BLANK`]).
@@ -146,8 +128,9 @@ impl Core {
     }
 
     /// Count `cost` in every window of the entry at `line`, all or nothing; the decision goes
-    /// to `out`. Sets with only bucketed windows (the usual case) take this short path; sets
-    /// with an exact window take [`Core::apply_with_exact`].
+    /// to `out`. Sets of sliding windows (the usual case) take this short path: one
+    /// compare-and-swap per window in the head's sub-window. Sets with an exact window take
+    /// [`Core::apply_with_exact`].
     #[inline]
     #[expect(
         clippy::indexing_slicing,
@@ -169,26 +152,35 @@ impl Core {
             return Applied::Mismatch;
         };
         let items = limits.as_slice();
-        // Sub-window and sub-window length each window counted in, for undo.
-        let mut added: [Option<(u64, u64)>; MAX_WINDOWS] = [None; MAX_WINDOWS];
+        // The sub-window each window counted in, for the take-back.
+        let mut added: [Option<u64>; MAX_WINDOWS] = [None; MAX_WINDOWS];
         for (i, l) in items.iter().enumerate() {
-            let at = self.at(limits, i, l, now_ms);
-            let result = match e.w(layout.window_at[i]) {
-                Some(w) => cell::add(w, &at, cost),
-                // Not reached: `layout_for` placed every window inside the entry.
-                None => cell::Added::Frozen,
+            // `layout_for` placed every window inside the entry: the `else` is not reached.
+            let Some(geo) = limits.slide(i, self.b) else {
+                return Applied::Mismatch;
             };
-            match result {
-                cell::Added::Yes(norm) => {
-                    added[i] = Some((norm.n, norm.s));
-                    out.windows[i] = bucket_state(&norm, l.limit(), l.window_ms(), 0, now_ms);
+            let Some(win) = sliding_window(&e, layout.window_at[i], &geo) else {
+                self.undo(&e, &layout, limits, &added, cost);
+                return Applied::Moved;
+            };
+            match sliding::add(&win, &geo, now_ms, cost) {
+                Added::Yes { m, used, reset_ms } => {
+                    added[i] = Some(m);
+                    out.windows[i] = WindowState {
+                        limit: l.limit(),
+                        window_ms: l.window_ms(),
+                        used: u32::try_from(used).unwrap_or(u32::MAX),
+                        reset_ms,
+                        retry_after_ms: 0,
+                    };
                 }
-                cell::Added::Refused(as_is) => {
-                    self.refuse(&e, &layout, limits, &added, (i, as_is), cost, now_ms, out);
+                Added::Refused { .. } => {
+                    self.undo(&e, &layout, limits, &added, cost);
+                    *out = self.snapshot_entry(&e, &layout, limits, cost, now_ms, Some(i));
                     return Applied::Done;
                 }
-                cell::Added::Frozen => {
-                    self.undo(&e, &layout, limits, &added, cost, now_ms);
+                Added::Frozen => {
+                    self.undo(&e, &layout, limits, &added, cost);
                     return Applied::Moved;
                 }
             }
@@ -197,52 +189,9 @@ impl Core {
         Applied::Done
     }
 
-    /// The rejection of a set of bucketed windows, window `refused.0` having refused (it was
-    /// `refused.1` when judged): take back the cost from the windows that counted it, and
-    /// report that window as it was judged and the others as they are once the cost is back.
-    #[inline]
-    #[allow(clippy::too_many_arguments)]
-    #[expect(
-        clippy::indexing_slicing,
-        reason = "window indexes are below limits.len() <= MAX_WINDOWS, the length of every array indexed here"
-    )]
-    fn refuse(
-        &self,
-        e: &Entry<'_>,
-        layout: &EntryLayout,
-        limits: &Limits,
-        added: &[Option<(u64, u64)>; MAX_WINDOWS],
-        refused: (usize, Norm),
-        cost: u32,
-        now_ms: u64,
-        out: &mut Decision,
-    ) {
-        if added.iter().any(Option::is_some) {
-            self.undo(e, layout, limits, added, cost, now_ms);
-        }
-        let items = limits.as_slice();
-        for (j, l) in items.iter().enumerate() {
-            let norm = if j == refused.0 {
-                refused.1
-            } else {
-                let word = e.load(layout.window_at[j]) & !FROZEN;
-                window::normalize_with(
-                    word,
-                    &limits.geometry(j, self.kmax),
-                    l.window_ms(),
-                    self.kmax,
-                    now_ms,
-                    self.seen_ms(now_ms),
-                )
-            };
-            out.windows[j] = bucket_state(&norm, l.limit(), l.window_ms(), cost, now_ms);
-        }
-        out.finish(false, items.len());
-    }
-
     /// [`Core::apply`] for a set with at least one exact window: the exact windows are judged
-    /// and written under the lock bit of the first one's meta word, after every bucketed
-    /// window took the cost.
+    /// and written under the lock bit of the first one's meta word, after every sliding window
+    /// took the cost.
     #[inline(never)]
     #[expect(
         clippy::indexing_slicing,
@@ -262,53 +211,46 @@ impl Core {
         };
         let items = limits.as_slice();
         // Exact windows are guarded by the lock bit of the first one's meta word.
-        let lock = if limits.has_exact() {
-            let first = items.iter().position(|l| l.mode() == Mode::Exact);
-            let meta = first.and_then(|i| e.w(layout.window_at[i]));
-            match meta {
-                Some(m) if cell::lock_meta(m) => Some(m),
-                _ => return Applied::Moved,
-            }
-        } else {
-            None
+        let first = first_exact(items);
+        let lock = match e.w(layout.window_at.get(first).copied().unwrap_or(usize::MAX)) {
+            Some(m) if cell::lock_meta(m) => m,
+            _ => return Applied::Moved,
         };
-        let unlock = |m: Option<&AtomicU64>| {
-            if let Some(m) = m {
-                cell::unlock_meta(m);
-            }
-        };
-
         let ws = &mut out.windows;
-        // Sub-window and sub-window length each bucketed window counted in, for undo.
-        let mut added: [Option<(u64, u64)>; MAX_WINDOWS] = [None; MAX_WINDOWS];
+        let mut added: [Option<u64>; MAX_WINDOWS] = [None; MAX_WINDOWS];
         let mut refused: Option<usize> = None;
         for (i, l) in items.iter().enumerate() {
-            if l.mode() == Mode::Exact {
-                continue;
-            }
-            let Some(w) = e.w(layout.window_at[i]) else {
+            let Some(geo) = limits.slide(i, self.b) else {
+                continue; // exact: below, under the lock
+            };
+            let Some(win) = sliding_window(&e, layout.window_at[i], &geo) else {
                 refused = Some(i);
                 break;
             };
-            let result = cell::add(w, &self.at(limits, i, l, now_ms), cost);
-            match result {
-                cell::Added::Yes(norm) => {
-                    added[i] = Some((norm.n, norm.s));
-                    ws[i] = bucket_state(&norm, l.limit(), l.window_ms(), 0, now_ms);
+            match sliding::add(&win, &geo, now_ms, cost) {
+                Added::Yes { m, used, reset_ms } => {
+                    added[i] = Some(m);
+                    ws[i] = WindowState {
+                        limit: l.limit(),
+                        window_ms: l.window_ms(),
+                        used: u32::try_from(used).unwrap_or(u32::MAX),
+                        reset_ms,
+                        retry_after_ms: 0,
+                    };
                 }
-                cell::Added::Refused(_) => {
+                Added::Refused { .. } => {
                     refused = Some(i);
                     break;
                 }
-                cell::Added::Frozen => {
-                    self.undo(&e, &layout, limits, &added, cost, now_ms);
-                    unlock(lock);
+                Added::Frozen => {
+                    self.undo(&e, &layout, limits, &added, cost);
+                    cell::unlock_meta(lock);
                     return Applied::Moved;
                 }
             }
         }
-        if refused.is_none() && lock.is_some() {
-            // Every bucketed window took the cost: now the exact ones, under the lock.
+        if refused.is_none() {
+            // Every sliding window took the cost: now the exact ones, under the lock.
             let mut rings = [None; MAX_WINDOWS];
             for (i, l) in items.iter().enumerate() {
                 if l.mode() != Mode::Exact {
@@ -326,12 +268,7 @@ impl Core {
                 for (i, l) in items.iter().enumerate() {
                     if let Some((mut ring, t)) = rings[i] {
                         ring.push(t, cost);
-                        cell::write_ring(
-                            |k| e.w(k),
-                            layout.window_at[i],
-                            &ring,
-                            i == first_exact(items),
-                        );
+                        cell::write_ring(|k| e.w(k), layout.window_at[i], &ring, i == first);
                         let ev = ring.eval(l.window_ms(), now_ms);
                         ws[i] = exact_state(&ev, l.limit(), l.window_ms(), 0, now_ms);
                     }
@@ -339,17 +276,17 @@ impl Core {
             }
         }
         if refused.is_some() {
-            self.undo(&e, &layout, limits, &added, cost, now_ms);
+            self.undo(&e, &layout, limits, &added, cost);
             *out = self.snapshot_entry(&e, &layout, limits, cost, now_ms, refused);
-            unlock(lock);
+            cell::unlock_meta(lock);
             return Applied::Done;
         }
-        unlock(lock);
+        cell::unlock_meta(lock);
         out.finish(true, items.len());
         Applied::Done
     }
 
-    /// Take back the cost added to bucketed windows.
+    /// Take back the cost added to sliding windows (`added[i]`: the sub-window counted in).
     #[expect(
         clippy::indexing_slicing,
         reason = "window indexes are below limits.len() <= MAX_WINDOWS, the length of every array indexed here"
@@ -359,15 +296,16 @@ impl Core {
         e: &Entry<'_>,
         layout: &EntryLayout,
         limits: &Limits,
-        added: &[Option<(u64, u64)>; MAX_WINDOWS],
+        added: &[Option<u64>; MAX_WINDOWS],
         cost: u32,
-        now_ms: u64,
     ) {
-        for (i, l) in limits.as_slice().iter().enumerate() {
-            let (Some((m, s)), Some(w)) = (added[i], e.w(layout.window_at[i])) else {
-                continue;
-            };
-            cell::take_back(w, &self.at(limits, i, l, now_ms), m, s, cost);
+        for i in 0..limits.len() {
+            let Some(m) = added[i] else { continue };
+            if let Some(geo) = limits.slide(i, self.b) {
+                if let Some(win) = sliding_window(e, layout.window_at[i], &geo) {
+                    sliding::take_back(&win, &geo, m, cost);
+                }
+            }
         }
     }
 
@@ -389,6 +327,8 @@ impl Core {
         }
     }
 
+    /// Every window of the entry as a request of `cost` would see it now; `refused` names the
+    /// window that refused it, if one did.
     #[expect(
         clippy::indexing_slicing,
         reason = "window indexes are below limits.len() <= MAX_WINDOWS, the length of every array indexed here"
@@ -406,21 +346,12 @@ impl Core {
         let mut all_fit = true;
         for (i, l) in limits.as_slice().iter().enumerate() {
             let at = layout.window_at[i];
-            ws[i] = match l.mode() {
-                Mode::Bucketed => {
-                    let word = e.load(at) & !FROZEN;
-                    let geo = limits.geometry(i, self.kmax);
-                    let norm = window::normalize_with(
-                        word,
-                        &geo,
-                        l.window_ms(),
-                        self.kmax,
-                        now_ms,
-                        self.seen_ms(now_ms),
-                    );
-                    bucket_state(&norm, l.limit(), l.window_ms(), cost, now_ms)
-                }
-                Mode::Exact => {
+            ws[i] = match limits.slide(i, self.b) {
+                Some(geo) => match sliding_window(e, at, &geo) {
+                    Some(win) => sliding_state(&sliding::snapshot(&win, &geo), &geo, cost, now_ms),
+                    None => WindowState::default(),
+                },
+                None => {
                     let ring = cell::read_ring(|k| e.w(k), at, l.limit());
                     let ev = ring.eval(l.window_ms(), now_ms);
                     exact_state(&ev, l.limit(), l.window_ms(), cost, now_ms)

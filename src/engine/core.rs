@@ -26,7 +26,8 @@ pub(crate) struct Core {
     pub(crate) segs: Segments,
     pub(crate) index: Index,
     pub(crate) hasher: ahash::RandomState,
-    pub(crate) kmax: u32,
+    /// Sub-windows per sliding window (`B`), as fixed in the file header.
+    pub(crate) b: u32,
     pub(crate) clock: ClockSource,
     pub(crate) idem: IdemOptions,
     pub(crate) path: Option<PathBuf>,
@@ -49,8 +50,7 @@ pub(crate) struct Core {
     /// above it, kept across restarts. The compactor never judges expiry later than that
     /// newest time: a caller that drives time itself (`check_at`) is never overtaken by the
     /// store's own clock, which would unlink entries still live in the caller's time and hand
-    /// out fresh quota. And a window word cannot have been written after it, which tells a
-    /// word written before a clock step back from one left alone for weeks (`window::age`).
+    /// out fresh quota.
     pub(crate) header: Map,
 }
 
@@ -60,8 +60,8 @@ pub(crate) struct Parts<'a> {
     pub segs: Segments,
     /// The header page (anonymous for an in-memory store).
     pub header: Map,
-    /// Most sub-window counters per bucketed window, as fixed in the file header.
-    pub kmax: u32,
+    /// Sub-windows per sliding window, as fixed in the file header.
+    pub b: u32,
     /// The file, or `None` in memory.
     pub path: Option<&'a Path>,
     /// The store's clock.
@@ -81,7 +81,7 @@ impl Core {
             segs: parts.segs,
             index: Index::new(),
             hasher: ahash::RandomState::new(),
-            kmax: parts.kmax,
+            b: parts.b,
             clock: parts.clock,
             idem: parts.idem,
             path: parts.path.map(Path::to_path_buf),

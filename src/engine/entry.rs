@@ -2,7 +2,7 @@
 //! where its windows are, and checks one read back from the file. The header word is
 //! [`EntryHeader`]'s; the order of the words is [`EntryLayout`]'s (`storage/format.rs`).
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::core::Core;
 use crate::error::{Error, Result};
@@ -11,12 +11,35 @@ use crate::limit::{Descriptor, Limits, MAX_WINDOWS};
 use crate::storage::format::{entry_crc, EntryHeader, EntryLayout, KIND_WINDOWS, LINE};
 use crate::storage::segment::Entry;
 use crate::window::cell::{META_FROZEN, META_HEAD, META_LOCK};
-use crate::window::{self, FROZEN};
+use crate::window::sliding::{self, Slide, Window};
+use crate::window::FROZEN;
 
 /// Words of the longest key.
 const KEY_WORDS: usize = MAX_KEY_LEN / 8;
 /// Largest admission time an exact ring can hold (ms + 1): 10000-01-01.
 const MAX_RING_TIME: u64 = 253_402_300_800_000;
+/// The most state words one window takes: an exact ring of the largest limit, or a sliding
+/// window with the widest counters.
+const STATE_BUF: usize = {
+    let exact = 1 + crate::MAX_EXACT_LIMIT as usize;
+    let slide = 2 + sliding::MAX_RING_WORDS;
+    if exact > slide {
+        exact
+    } else {
+        slide
+    }
+};
+
+/// The sliding window whose words start at word `at` of entry `e` (`None` if they do not fit
+/// in the entry's segment).
+#[inline]
+pub(crate) fn sliding_window<'a>(
+    e: &Entry<'a>,
+    at: usize,
+    geo: &Slide,
+) -> Option<Window<'a, AtomicU64>> {
+    Window::new(e.run(at, geo.words())?, geo)
+}
 
 /// A key split into words, as entries store it.
 pub(crate) struct KeyWords {
@@ -81,12 +104,13 @@ impl Core {
             window_ms: 0,
             exact: false,
             cap: 0,
+            bits: 0,
         }; MAX_WINDOWS];
         for (d, &raw) in decoded.iter_mut().zip(descs) {
             *d = Descriptor::decode(raw).ok_or(Error::InvalidLimit("bad descriptor"))?;
         }
         let decoded = decoded.get(..descs.len()).unwrap_or(&[]);
-        let layout = EntryLayout::new(decoded, kw.len).ok_or(Error::InvalidLimit(
+        let layout = EntryLayout::new(decoded, kw.len, self.b).ok_or(Error::InvalidLimit(
             "the key and its windows do not fit in an entry",
         ))?;
         let line = self.segs.alloc(layout.lines)?;
@@ -104,10 +128,10 @@ impl Core {
         for (i, &w) in kw.words.iter().take(kw.n_words()).enumerate() {
             store(layout.key_at + i, w);
         }
-        let mut buf = [0u64; 1 + crate::MAX_EXACT_LIMIT as usize];
+        let mut buf = [0u64; STATE_BUF];
         for (i, d) in decoded.iter().enumerate() {
             let at = layout.window_at.get(i).copied().unwrap_or(0);
-            let words = buf.get_mut(..d.words()).unwrap_or(&mut []);
+            let words = buf.get_mut(..d.words(self.b)).unwrap_or(&mut []);
             words.fill(0);
             let _ = state(i, words);
             for (j, &v) in words.iter().enumerate() {
@@ -143,9 +167,9 @@ impl Core {
         let state_at = key_at + key_len.div_ceil(8);
         let mut window_at = [0usize; MAX_WINDOWS];
         for (i, place) in window_at.iter_mut().enumerate().take(n) {
-            *place = state_at + limits.rel_at(i);
+            *place = state_at + limits.rel_at(i, self.b);
         }
-        let words = state_at + limits.state_words();
+        let words = state_at + limits.state_words(self.b);
         Some(EntryLayout {
             n,
             key_len,
@@ -194,7 +218,7 @@ impl Core {
         for &d in descs {
             decoded.push(Descriptor::decode(d)?);
         }
-        let layout = EntryLayout::new(&decoded, key_len)?;
+        let layout = EntryLayout::new(&decoded, key_len, self.b)?;
         if layout.lines != class_lines {
             return None;
         }
@@ -216,12 +240,15 @@ impl Core {
                 }
                 w.store(head, Ordering::Release);
             } else {
+                // A crash mid-rotation leaves the head locked: `recover` counts the window
+                // full at its sub-window (never under-counts) and clears the flags.
                 frozen |= v & FROZEN != 0;
-                let clean = v & !FROZEN;
-                if !window::word_is_valid(clean, self.kmax) {
+                let geo = d.slide(self.b)?;
+                let win = sliding_window(e, *layout.window_at.get(i)?, &geo)?;
+                sliding::recover(&win, &geo);
+                if !sliding::snapshot(&win, &geo).is_consistent(&geo) {
                     return None;
                 }
-                w.store(clean, Ordering::Release);
             }
         }
         Some((kw, frozen))

@@ -28,7 +28,8 @@ use crate::idempotency::record::{
 use crate::limit::{Descriptor, MAX_WINDOWS};
 use crate::storage::format::{EntryHeader, SegmentHeader, BLOB_SEGMENT, KIND_IDEM, KIND_WINDOWS};
 use crate::storage::segment::Entry;
-use crate::window::{self, cell};
+use super::entry::sliding_window;
+use crate::window::{cell, sliding};
 
 /// What one expiry pass did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -156,6 +157,7 @@ impl Core {
                 window_ms: 1000,
                 exact: false,
                 cap: 0,
+                bits: 0,
             },
         ); MAX_WINDOWS];
         let mut at = 1 + n.div_ceil(2) + key_len.div_ceil(8);
@@ -163,7 +165,7 @@ impl Core {
         for (slot, &raw) in out.iter_mut().zip(descs.iter()).take(n) {
             let d = Descriptor::decode(raw)?;
             *slot = (at, d);
-            at += d.words();
+            at += d.words(self.b);
         }
         Some(out)
     }
@@ -178,9 +180,17 @@ impl Core {
             }
             cell::ring_expired(&|k| e.w(k), at, d.cap, d.window_ms, now_ms)
         } else {
-            let w = e.load(at);
-            w & window::FROZEN == 0
-                && window::word_expired(w, d.window_ms, self.kmax, now_ms, self.seen_ms(now_ms))
+            // A first look; the freeze judges again on the words it freezes.
+            let Some(geo) = d.slide(self.b) else {
+                return false;
+            };
+            match sliding_window(e, at, &geo) {
+                Some(win) => {
+                    let snap = sliding::snapshot(&win, &geo);
+                    !snap.frozen() && snap.expired(&geo, now_ms)
+                }
+                None => false,
+            }
         }
     }
 
@@ -203,10 +213,6 @@ impl Core {
         let mut ok = true;
         for slot in windows.iter().take(n) {
             let (at, d) = *slot;
-            let Some(w) = e.w(at) else {
-                ok = false;
-                break;
-            };
             if d.exact {
                 // Under the ring's lock; the entry's first exact window comes first, and its
                 // lock is the one requests take for every ring of the entry.
@@ -214,21 +220,30 @@ impl Core {
                     ok = false;
                     break;
                 }
-            } else if !cell::freeze_if_expired(w, d.window_ms, self.kmax, now_ms, self.seen_word())
-            {
-                ok = false;
-                break;
+            } else {
+                let win = d
+                    .slide(self.b)
+                    .and_then(|geo| Some((sliding_window(&e, at, &geo)?, geo)));
+                match win {
+                    Some((win, geo)) if sliding::freeze_if_expired(&win, &geo, now_ms) => {}
+                    _ => {
+                        ok = false;
+                        break;
+                    }
+                }
             }
             frozen += 1;
         }
         if !ok {
             for (at, d) in windows.iter().take(frozen) {
-                if let Some(w) = e.w(*at) {
-                    if d.exact {
+                if d.exact {
+                    if let Some(w) = e.w(*at) {
                         cell::thaw_meta(w);
-                    } else {
-                        cell::thaw(w);
                     }
+                } else if let Some(win) =
+                    d.slide(self.b).and_then(|geo| sliding_window(&e, *at, &geo))
+                {
+                    sliding::thaw(&win);
                 }
             }
             return false;

@@ -4,14 +4,14 @@
 use std::time::Duration;
 
 use super::core::Core;
-use super::entry::raw_descriptors;
+use super::entry::{raw_descriptors, sliding_window};
 use crate::idempotency::record::{
     unpack, IdemLayout, ResponseMeta, ST_COMPLETING, ST_DEAD, ST_DONE, ST_INFLIGHT,
 };
 use crate::inspect::{EntryView, RecordState, VerifyReport, WindowView};
 use crate::limit::{Descriptor, MAX_WINDOWS};
 use crate::storage::format::{EntryHeader, SegmentHeader, BLOB_SEGMENT, KIND_IDEM, KIND_WINDOWS};
-use crate::window;
+use crate::window::sliding;
 
 impl Core {
     /// Call `f(line, kind)` for every entry the index reaches.
@@ -93,13 +93,13 @@ impl Core {
                             })
                             .count() as u32
                     } else {
-                        window::word_count(
-                            e.load(at),
-                            d.window_ms,
-                            self.kmax,
-                            now_ms,
-                            self.seen_ms(now_ms),
-                        )
+                        d.slide(self.b)
+                            .and_then(|geo| {
+                                let win = sliding_window(&e, at, &geo)?;
+                                let used = sliding::snapshot(&win, &geo).used(&geo, now_ms);
+                                u32::try_from(used).ok()
+                            })
+                            .unwrap_or(0)
                     };
                     expired &= used == 0;
                     *v = WindowView {
@@ -107,7 +107,7 @@ impl Core {
                         exact: d.exact,
                         used,
                     };
-                    at += d.words();
+                    at += d.words(self.b);
                 }
                 f(EntryView::Windows {
                     key,
@@ -173,18 +173,19 @@ impl Core {
                     for &raw in raw_descriptors(&e, n).iter().take(n) {
                         match Descriptor::decode(raw) {
                             Some(d) => {
-                                if !d.exact
-                                    && !window::word_is_valid(
-                                        e.load(at) & !window::FROZEN,
-                                        core.kmax,
-                                    )
-                                {
+                                let consistent = d.exact
+                                    || d.slide(core.b).is_some_and(|geo| {
+                                        sliding_window(&e, at, &geo).is_some_and(|win| {
+                                            sliding::snapshot(&win, &geo).is_consistent(&geo)
+                                        })
+                                    });
+                                if !consistent {
                                     report.problems.push((
                                         core.segs.file_offset(line),
                                         "invalid window word".into(),
                                     ));
                                 }
-                                at += d.words();
+                                at += d.words(core.b);
                             }
                             None => {
                                 report.problems.push((

@@ -8,12 +8,12 @@ use std::sync::atomic::Ordering;
 use crossbeam_epoch::Guard;
 
 use super::core::Core;
-use super::entry::{raw_descriptors, KeyWords};
+use super::entry::{raw_descriptors, sliding_window, KeyWords};
 use crate::error::{Error, Result};
-use crate::limit::{Descriptor, Limits};
+use crate::limit::{Descriptor, Limits, MAX_WINDOWS};
 use crate::storage::format::{EntryHeader, EntryLayout};
 use crate::window::cell::{self, META_FROZEN};
-use crate::window::FROZEN;
+use crate::window::sliding::{self, Slide, Snap};
 
 impl Core {
     /// Move the entry at `old` to a new entry shaped for `limits`, keeping the state of every
@@ -41,22 +41,30 @@ impl Core {
             .iter()
             .filter_map(|&d| Descriptor::decode(d))
             .collect();
-        let old_layout = EntryLayout::new(&decoded, kw.len).ok_or(Error::Corrupt {
+        let old_layout = EntryLayout::new(&decoded, kw.len, self.b).ok_or(Error::Corrupt {
             offset: old,
             reason: "entry descriptors",
         })?;
-        // Freeze the old entry: exact windows by their meta word, bucketed by the frozen bit.
-        for (d, &at) in decoded.iter().zip(&old_layout.window_at) {
-            if let Some(w) = e.w(at) {
-                if d.exact {
+        // Freeze the old entry: exact windows by their meta word, sliding ones by the frozen
+        // bit of their head (which also gives the frozen copy to carry over).
+        let mut frozen: [Option<(Snap, Slide)>; MAX_WINDOWS] = [None; MAX_WINDOWS];
+        for ((d, &at), copy) in decoded
+            .iter()
+            .zip(&old_layout.window_at)
+            .zip(frozen.iter_mut())
+        {
+            if d.exact {
+                if let Some(w) = e.w(at) {
                     // `None` means already frozen; otherwise we hold the lock, so no check is
                     // half-way through the ring when it freezes.
                     if cell::lock_meta(w) {
                         w.fetch_or(META_FROZEN, Ordering::AcqRel);
                         cell::unlock_meta(w);
                     }
-                } else {
-                    cell::freeze(w);
+                }
+            } else if let Some(geo) = d.slide(self.b) {
+                if let Some(win) = sliding_window(&e, at, &geo) {
+                    *copy = Some((sliding::freeze(&win, &geo), geo));
                 }
             }
         }
@@ -86,7 +94,12 @@ impl Core {
                 }
                 *out.first_mut()? = (kept.len() as u64) % u64::from(nd.cap.max(1));
             } else {
-                *out.first_mut()? = e.load(at) & !FROZEN;
+                // The same counts in the new counter width (the limit changed).
+                let (snap, old_geo) = frozen.get(j).copied().flatten()?;
+                let words = snap.reshape(&old_geo, &nd.slide(self.b)?)?;
+                for (dst, &v) in out.iter_mut().zip(words.iter()) {
+                    *dst = v;
+                }
             }
             Some(())
         });
@@ -96,12 +109,14 @@ impl Core {
                 // The move failed (no space, or the new windows do not fit an entry): thaw the
                 // old entry, so the key keeps working with the windows it has.
                 for (d, &at) in decoded.iter().zip(&old_layout.window_at) {
-                    if let Some(w) = e.w(at) {
-                        if d.exact {
+                    if d.exact {
+                        if let Some(w) = e.w(at) {
                             cell::thaw_meta(w);
-                        } else {
-                            cell::thaw(w);
                         }
+                    } else if let Some(win) =
+                        d.slide(self.b).and_then(|geo| sliding_window(&e, at, &geo))
+                    {
+                        sliding::thaw(&win);
                     }
                 }
                 return Err(err);

@@ -1,9 +1,8 @@
 //! The newest time any operation ran at, kept in the header page across restarts.
 //!
-//! Two things depend on it: the compactor never judges expiry later than it (a caller that
-//! drives time itself with `check_at` is never overtaken by the store's own clock), and a
-//! window word can be told apart from one written before a clock step back
-//! (`window::cell::At::seen`).
+//! The compactor never judges expiry later than it: a caller that drives time itself with
+//! `check_at` is never overtaken by the store's own clock, which would unlink entries still
+//! live in the caller's time and hand out fresh quota.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -41,8 +40,8 @@ impl Core {
     }
 
     /// A bound on the newest time any operation ran at (at most a granule above it), and never
-    /// earlier than `now_ms`. Read it after the window word it is used with.
-    #[inline]
+    /// earlier than `now_ms`.
+    #[cfg(test)]
     pub(crate) fn seen_ms(&self, now_ms: u64) -> u64 {
         self.seen_word().load(Ordering::Relaxed).max(now_ms)
     }

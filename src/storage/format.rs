@@ -12,7 +12,7 @@ pub(crate) const FILE_MAGIC: [u8; 8] = *b"TOLLGATE";
 /// Magic bytes at the start of every segment.
 pub(crate) const SEGMENT_MAGIC: [u8; 8] = *b"TGSEGMNT";
 /// The format version this build reads and writes.
-pub(crate) const FORMAT_VERSION: u32 = 1;
+pub(crate) const FORMAT_VERSION: u32 = 2;
 /// Size of the file header region (one page): segments start after it.
 pub(crate) const HEADER_LEN: u64 = 4096;
 /// Bytes of the header that carry data (the rest of the page is zero).
@@ -38,8 +38,8 @@ pub(crate) const BLOB_MAGIC: u32 = u32::from_le_bytes(*b"TGBL");
 pub(crate) struct FileHeader {
     /// log2 of the segment length in bytes.
     pub seg_shift: u32,
-    /// Most sub-window counters per bucketed window (`sub_windows + 1`).
-    pub kmax: u32,
+    /// Sub-windows per sliding window (`B`, 16 to 256), fixed when the file is created.
+    pub sub_windows: u32,
     /// When the store was created (ms since the Unix epoch).
     pub created_ms: u64,
 }
@@ -52,7 +52,7 @@ impl FileHeader {
         b[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
         b[12..16].copy_from_slice(&(HEADER_USED as u32).to_le_bytes());
         b[16..20].copy_from_slice(&self.seg_shift.to_le_bytes());
-        b[20..24].copy_from_slice(&self.kmax.to_le_bytes());
+        b[20..24].copy_from_slice(&self.sub_windows.to_le_bytes());
         b[24..32].copy_from_slice(&self.created_ms.to_le_bytes());
         let crc = crc32fast::hash(&b[0..60]);
         b[60..64].copy_from_slice(&crc.to_le_bytes());
@@ -86,12 +86,13 @@ impl FileHeader {
         }
         let h = FileHeader {
             seg_shift: le32(b, 16),
-            kmax: le32(b, 20),
+            sub_windows: le32(b, 20),
             created_ms: le64(b, 24),
         };
         if le32(b, 12) as usize != HEADER_USED
             || !(16..=30).contains(&h.seg_shift)
-            || !(3..=32).contains(&h.kmax)
+            || !(crate::window::sliding::MIN_B..=crate::window::sliding::MAX_B)
+                .contains(&h.sub_windows)
         {
             return Err(Error::Corrupt {
                 offset: 0,
@@ -195,9 +196,9 @@ pub(crate) struct EntryLayout {
 }
 
 impl EntryLayout {
-    /// The layout for `descs` and a key of `key_len` bytes; `None` if it would not fit in
-    /// [`MAX_ENTRY_LINES`].
-    pub(crate) fn new(descs: &[Descriptor], key_len: usize) -> Option<EntryLayout> {
+    /// The layout for `descs` and a key of `key_len` bytes in a store with `b` sub-windows per
+    /// sliding window; `None` if it would not fit in [`MAX_ENTRY_LINES`].
+    pub(crate) fn new(descs: &[Descriptor], key_len: usize, b: u32) -> Option<EntryLayout> {
         let n = descs.len();
         if n == 0 || n > crate::MAX_WINDOWS || key_len == 0 || key_len > crate::MAX_KEY_LEN {
             return None;
@@ -208,7 +209,11 @@ impl EntryLayout {
         let mut at = state_at;
         for (d, place) in descs.iter().zip(window_at.iter_mut()) {
             *place = at;
-            at += d.words();
+            let words = d.words(b);
+            if words == 0 {
+                return None;
+            }
+            at += words;
         }
         let lines = (at * 8).div_ceil(LINE) as u32;
         if lines > MAX_ENTRY_LINES {
@@ -353,7 +358,7 @@ mod tests {
     fn header_round_trip_and_checks() {
         let h = FileHeader {
             seg_shift: 22,
-            kmax: 17,
+            sub_windows: 64,
             created_ms: 1_700_000_000_000,
         };
         let b = h.encode();
@@ -370,11 +375,17 @@ mod tests {
             FileHeader::decode(&bad),
             Err(Error::NotAStore { .. })
         ));
-        let mut v2 = b;
-        v2[8] = 2;
+        // A file of the first format (a packed bucketed word per window) is refused by name.
+        let mut v1 = b;
+        v1[8] = 1;
+        let crc = crc32fast::hash(&v1[0..60]);
+        v1[60..64].copy_from_slice(&crc.to_le_bytes());
         assert!(matches!(
-            FileHeader::decode(&v2),
-            Err(Error::UnsupportedVersion { found: 2, .. })
+            FileHeader::decode(&v1),
+            Err(Error::UnsupportedVersion {
+                found: 1,
+                supported: 2
+            })
         ));
         assert!(FileHeader::decode(&b[..10]).is_err());
     }
@@ -383,15 +394,23 @@ mod tests {
     fn two_windows_and_a_32_byte_key_fit_one_line() {
         let d = |l: Limit| Descriptor::decode(l.descriptor()).expect("valid");
         let descs = [d(Limit::per_minute(60)), d(Limit::per_hour(1000))];
-        let l = EntryLayout::new(&descs, 32).expect("fits");
-        assert_eq!(l.lines, 1);
+        // ErzyCall's pair with a 32-byte key: header, one descriptor word, 4 key words, then
+        // 7 words for 60/min (head and 6 ring words of 6-bit counters) and 11 for 1000/h
+        // (head and 10 ring words of 10-bit counters): 23 words, three lines (192 bytes).
+        let l = EntryLayout::new(&descs, 32, 64).expect("fits");
         assert_eq!(l.key_at, 2);
         assert_eq!(l.state_at, 6);
-        assert_eq!(l.window_at[..2], [6, 7]);
-        let big = EntryLayout::new(&descs, crate::MAX_KEY_LEN).expect("fits");
-        assert!(big.lines > 1);
-        assert!(EntryLayout::new(&descs, 0).is_none());
-        assert!(EntryLayout::new(&descs, crate::MAX_KEY_LEN + 1).is_none());
+        assert_eq!(l.window_at[..2], [6, 13]);
+        assert_eq!(l.words, 24);
+        assert_eq!(l.lines, 3);
+        // A single 60/min window: 1 + 1 + 4 + 7 = 13 words, two lines (128 bytes).
+        let one = EntryLayout::new(&descs[..1], 32, 64).expect("fits");
+        assert_eq!(one.lines, 2);
+        let big = EntryLayout::new(&descs, crate::MAX_KEY_LEN, 64).expect("fits");
+        assert!(big.lines > 3);
+        assert!(EntryLayout::new(&descs, 0, 64).is_none());
+        assert!(EntryLayout::new(&descs, crate::MAX_KEY_LEN + 1, 64).is_none());
+        assert!(EntryLayout::new(&descs, 32, 8).is_none(), "B out of range");
     }
 
     #[test]

@@ -143,12 +143,7 @@ impl Slide {
             tag_bits,
             wide,
             ring_words: (b * c).div_ceil(64) as usize,
-            geo: Geometry {
-                c,
-                k: b,
-                s: g,
-                inv: 1.0 / g as f64,
-            },
+            geo: Geometry::new(c, b, g),
         })
     }
 
