@@ -1,19 +1,36 @@
--- tollgate: check-and-increment over several sliding windows, all or nothing, in one step.
+-- tollgate: check-and-increment over several windows, all or nothing, in one step.
 --
--- The same arithmetic as src/window (bucketed) and src/window/exact.rs (exact), so that the
--- shared store decides exactly as the embedded one. Time comes from the caller (ARGV[1]).
+-- The same counting rule as src/window/sliding (sliding) and src/window/exact.rs (exact), so
+-- that the shared store decides exactly as the embedded one. Time comes from the caller
+-- (ARGV[1]); the decision's header values are computed in Rust from the states returned.
 --
--- KEYS[i]   state of window i: bucketed "c,n,x0,x1,...,x(k-1)" (counter width, newest
---           sub-window number, counts newest first); exact "t1,t2,..." (admission times, ms,
---           oldest first, at most `limit` of them)
--- ARGV      now_ms, cost, kmax, ttl_ms, then per window: window_ms, limit, exact (0/1), c
+-- KEYS[i]   state of window i:
+--             sliding "g,n,cur,c1,...,cB": the sub-window length g (ms), the head's sub-window
+--               number n, its count cur, then the counts of sub-windows n-B .. n-1, oldest
+--               first (B = the number of counts; a count may be 0);
+--             exact "t1,t2,...": admission times (ms), oldest first, at most `limit` of them
+-- ARGV      now_ms, cost, ttl_ms, then per window: exact (0/1), window_ms, limit, g, B
+--           (g and B are 0 for an exact window)
 -- returns   { refused (0 = admitted, else the 1-based window that refused), written (0/1),
---             per window: {0, c, n, x0..} or {1, t1..} } -- the state after the step
+--             per window: {0, n, cur, c1..cB} or {1, t1..} } -- the state after the step
+--
+-- The sliding rule: a request is judged at the effective sub-window ne = max(now // g, n) (a
+-- clock behind the head counts in the head's sub-window) against the counts of sub-windows
+-- ne-B .. ne, and admitted iff that total + cost <= limit. An admitted window is rotated to ne
+-- (counts older than ne-B are dropped) and the cost added to its sub-window ne.
+--
+-- Order, as in the embedded store: the sliding windows in order, each counting the cost if it
+-- fits, stopping at the first that refuses (it and the later ones are not written); then, if
+-- all took it, the exact windows. If any refuses, the cost is taken back from the sliding
+-- windows that counted it; their rotation stays (as the embedded store's take-back leaves it).
+-- A cost of 0 writes nothing. All arithmetic is on integers below 2^53, exactly.
 local now = tonumber(ARGV[1])
 local cost = tonumber(ARGV[2])
-local kmax = tonumber(ARGV[3])
-local ttl = tonumber(ARGV[4])
+local ttl = tonumber(ARGV[3])
 local nw = #KEYS
+-- 9999-12-31T23:59:59.999Z: later times are read as this one by sliding windows (as the
+-- embedded store reads them).
+local MAX_TIME_MS = 253402300799999
 
 -- a // b for non-negative integers below 2^53, exactly.
 local function idiv(a, b)
@@ -26,68 +43,79 @@ local function idiv(a, b)
   return q
 end
 
-local function layout(c, w)
-  local k = math.max(math.min(idiv(32, c), kmax), 2)
-  local s = math.max(idiv(w + k - 2, k - 1), 1)
-  return k, s
-end
-
 local function zeros(k)
   local t = {}
   for i = 1, k do t[i] = 0 end
   return t
 end
 
-local function total(b)
-  local t = 0
-  for i = 1, b.k do t = t + b.x[i] end
+-- Integers as plain digits (tostring would switch to an exponent from 10^14 on).
+local function join(t)
+  local s = {}
+  for i = 1, #t do s[i] = string.format('%d', t[i]) end
+  return table.concat(s, ',')
+end
+
+local function parse(raw)
+  local t = {}
+  if raw then
+    for v in string.gmatch(raw, '[^,]+') do t[#t + 1] = tonumber(v) end
+  end
   return t
 end
 
-local function fresh(c, w)
-  local k, s = layout(c, w)
-  return { c = c, k = k, s = s, n = idiv(now, s), x = zeros(k) }
-end
-
--- Re-express b with wider counters: each old sub-window goes to the new one holding its last
--- millisecond (never earlier, so nothing is released early).
-local function widen(b, c, w)
-  local k, s = layout(c, w)
-  local n = math.max(idiv(now, s), idiv((b.n + 1) * b.s - 1, s))
-  local x = zeros(k)
-  for age = 0, b.k - 1 do
-    local v = b.x[age + 1]
-    if v > 0 then
-      local m = math.max(b.n - age, 0)
-      local na = math.max(n - idiv((m + 1) * b.s - 1, s), 0)
-      if na < k then x[na + 1] = x[na + 1] + v end
+-- A sliding window's state as { g, b, n, cur, x } (x[i] counts sub-window n - b - 1 + i).
+-- A state written with another sub-window length or count (the fleet's `sub_windows` changed)
+-- is re-expressed: each old sub-window's count goes to the new sub-window holding its last
+-- millisecond (counted later, never released earlier).
+local function load(raw, g, b)
+  local st = { g = g, b = b, n = 0, cur = 0, x = zeros(b) }
+  if not raw then return st end
+  local t = parse(raw)
+  local g0, n0, cur0 = t[1], t[2], t[3]
+  local b0 = #t - 3
+  if g0 == g and b0 == b then
+    st.n, st.cur = n0, cur0
+    for i = 1, b do st.x[i] = t[i + 3] end
+    return st
+  end
+  local n = idiv((n0 + 1) * g0 - 1, g)
+  st.n = n
+  local function put(m0, v)
+    if v > 0 and m0 >= 0 then
+      local m = idiv((m0 + 1) * g0 - 1, g)
+      if m == n then
+        st.cur = st.cur + v
+      elseif m >= n - b then
+        local i = m - (n - b) + 1
+        st.x[i] = st.x[i] + v
+      end
     end
   end
-  local max = 2 ^ c - 1
-  for i = 1, k do x[i] = math.min(x[i], max) end
-  return { c = c, k = k, s = s, n = n, x = x }
+  put(n0, cur0)
+  for i = 1, b0 do put(n0 - b0 + i - 1, t[i + 3]) end
+  return st
 end
 
-local function normalize(raw, need, w)
-  if not raw then return fresh(need, w) end
-  local t = {}
-  for v in string.gmatch(raw, '[^,]+') do t[#t + 1] = tonumber(v) end
-  local c = t[1]
-  local k, s = layout(c, w)
-  local b = { c = c, k = k, s = s, n = t[2], x = zeros(k) }
-  for i = 1, k do b.x[i] = t[i + 2] or 0 end
-  if total(b) == 0 then return fresh(need, w) end
-  local nn = idiv(now, s)
-  if nn >= b.n then
-    -- Age every counter by the sub-windows that passed (a clock that went back keeps b.n).
-    local d = nn - b.n
-    local x = zeros(k)
-    for i = 1, k - d do x[i + d] = b.x[i] end
-    b.x = x
-    b.n = nn
+-- The count of absolute sub-window m in state st.
+local function count(st, m)
+  if m == st.n then return st.cur end
+  if m < st.n and m >= st.n - st.b then return st.x[m - (st.n - st.b) + 1] end
+  return 0
+end
+
+-- st moved to sub-window ne >= st.n (what aged out is dropped), and its total there.
+local function rotate(st, ne)
+  if ne > st.n then
+    local x = zeros(st.b)
+    for i = 1, st.b do x[i] = count(st, ne - st.b + i - 1) end
+    st.cur = count(st, ne)
+    st.x = x
+    st.n = ne
   end
-  if c < need then return widen(b, need, w) end
-  return b
+  local t = st.cur
+  for i = 1, st.b do t = t + st.x[i] end
+  return t
 end
 
 local function exact_eval(times, w, limit)
@@ -102,34 +130,32 @@ end
 
 local st = {}
 local refused = 0
--- Bucketed windows first, in order (as the embedded store adds them).
+-- Sliding windows first, in order (as the embedded store adds them).
 for i = 1, nw do
-  local a = 4 + (i - 1) * 4
-  local w, limit, exact, need =
-    tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
+  local a = 3 + (i - 1) * 5
+  local exact, w, limit, g, b = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]),
+    tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])
   local raw = redis.call('GET', KEYS[i])
   if exact == 0 then
-    local b = normalize(raw or nil, need, w)
-    b.w = w
+    local s = load(raw or nil, g, b)
     if cost > 0 and refused == 0 then
-      local after = total(b) + cost
-      if after <= limit and after <= 2 ^ b.c - 1 then
-        b.x[1] = b.x[1] + cost
-        b.added = true
+      local ne = math.max(idiv(math.min(now, MAX_TIME_MS), g), s.n)
+      local judged = { g = g, b = b, n = s.n, cur = s.cur, x = s.x }
+      local total = rotate(judged, ne)
+      if total + cost <= limit then
+        judged.cur = judged.cur + cost
+        judged.added = true
+        s = judged
       else
         refused = i
       end
     end
-    st[i] = b
+    st[i] = s
   else
-    local times = {}
-    if raw then
-      for v in string.gmatch(raw, '[^,]+') do times[#times + 1] = tonumber(v) end
-    end
-    st[i] = { exact = true, times = times, w = w, limit = limit }
+    st[i] = { exact = true, times = parse(raw or nil), w = w, limit = limit }
   end
 end
--- Then the exact windows, only if every bucketed one took the cost.
+-- Then the exact windows, only if every sliding one took the cost.
 if cost > 0 and refused == 0 then
   for i = 1, nw do
     local e = st[i]
@@ -144,16 +170,6 @@ if cost > 0 and refused == 0 then
   end
 end
 
-local function save_bucketed(i, b)
-  if total(b) == 0 then
-    redis.call('DEL', KEYS[i])
-    return
-  end
-  local parts = { b.c, b.n }
-  for j = 1, b.k do parts[#parts + 1] = b.x[j] end
-  redis.call('SET', KEYS[i], table.concat(parts, ','), 'PX', ttl)
-end
-
 local written = 0
 if cost > 0 then
   for i = 1, nw do
@@ -164,15 +180,19 @@ if cost > 0 then
         local keep = {}
         for j = math.max(#e.times - e.limit + 1, 1), #e.times do keep[#keep + 1] = e.times[j] end
         e.times = keep
-        redis.call('SET', KEYS[i], table.concat(keep, ','), 'PX', ttl)
+        redis.call('SET', KEYS[i], join(keep), 'PX', ttl)
         written = 1
       end
     elseif e.added then
       if refused ~= 0 then
-        -- Taken back; the aged (or widened) state stays, as in the embedded store.
-        e.x[1] = e.x[1] - cost
+        -- Taken back; the rotation stays, as in the embedded store.
+        e.cur = e.cur - cost
       end
-      save_bucketed(i, e)
+      -- Kept even when every count is 0: the head's sub-window still holds back a clock that
+      -- steps back (ne = max(now // g, n)).
+      local parts = { e.g, e.n, e.cur }
+      for j = 1, e.b do parts[#parts + 1] = e.x[j] end
+      redis.call('SET', KEYS[i], join(parts), 'PX', ttl)
       written = 1
     end
   end
@@ -186,8 +206,8 @@ for i = 1, nw do
     for _, t in ipairs(e.times) do r[#r + 1] = t end
     out[#out + 1] = r
   else
-    local r = { 0, e.c, e.n }
-    for j = 1, e.k do r[#r + 1] = e.x[j] end
+    local r = { 0, e.n, e.cur }
+    for j = 1, e.b do r[#r + 1] = e.x[j] end
     out[#out + 1] = r
   end
 end

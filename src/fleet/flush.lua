@@ -1,9 +1,11 @@
 -- tollgate hybrid: apply one node's batch of counts for one window of one key, once, and
 -- return the fleet's counts.
 --
--- KEYS[1]  the window's counters: a hash {sub-window number -> count} (sub-windows of s ms)
+-- KEYS[1]  the window's counters: a hash {sub-window number -> count}, the sub-windows of the
+--          sliding window (g = ceil(W / B) ms; sub-window m counts while m + B + 1 > ne)
 -- KEYS[2]  the last batch number applied from this node for this key
--- ARGV     seq (0 = read only), now_ms, k, s, ttl_ms, then pairs: sub-window, count
+-- ARGV     seq (0 = read only), now_ms, k (= B + 1, live sub-windows), g, ttl_ms, then pairs:
+--          sub-window, count
 -- returns  {n1, c1, n2, c2, ...}: the fleet's counts per sub-window, after the batch
 --
 -- A batch whose number is not above the last one applied was applied before (its reply was
@@ -12,10 +14,10 @@
 local seq = tonumber(ARGV[1])
 local now = tonumber(ARGV[2])
 local k = tonumber(ARGV[3])
-local s = tonumber(ARGV[4])
+local g = tonumber(ARGV[4])
 local ttl = tonumber(ARGV[5])
-local nn = math.floor(now / s)
-if nn * s > now then nn = nn - 1 elseif (nn + 1) * s <= now then nn = nn + 1 end
+local nn = math.floor(now / g)
+if nn * g > now then nn = nn - 1 elseif (nn + 1) * g <= now then nn = nn + 1 end
 if seq > 0 then
   local last = tonumber(redis.call('GET', KEYS[2]) or '0')
   if seq > last then

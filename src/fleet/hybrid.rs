@@ -3,7 +3,8 @@
 //! # How a node decides
 //!
 //! For every key it has seen, a node keeps per window three sets of sub-window counts (the
-//! same sub-windows as the bucketed representation, `s = ceil(W / (K - 1))`):
+//! sub-windows of the sliding window, `g = ⌈W / B⌉` ms, `B` the shared store's
+//! `sub_windows`):
 //!
 //! * `remote`: the fleet's counts as the server returned them at the last acknowledged sync
 //!   (this node's acknowledged counts included);
@@ -11,7 +12,9 @@
 //! * `pending`: counts admitted since.
 //!
 //! A request of `cost` is admitted when, for every window, (1) the fleet view
-//! `remote + inflight + pending` has room for it, (2) this node's unsynchronised counts
+//! `remote + inflight + pending`, judged by the embedded store's sliding rule (counted at the
+//! effective sub-window `ne = max(⌊now/g⌋, newest counted)`, sub-windows `ne-B ..= ne`), has
+//! room for it, (2) this node's unsynchronised counts
 //! `inflight + pending` stay within the batch budget `B`, and (3) the embedded store admits it
 //! (local limits are always enforced). All three are judged under one lock of the key's shard,
 //! so a refused request counts nowhere.
@@ -54,7 +57,7 @@ use crate::error::{Error, Result};
 use crate::idempotency::{Begin, Fingerprint, IdempotencyKey, Lease, StoredResponse};
 use crate::limit::{Limits, MAX_WINDOWS};
 use crate::store::Store;
-use crate::window;
+use crate::window::sliding::Slide;
 
 const SHARDS: usize = 64;
 
@@ -77,7 +80,8 @@ struct Inner {
     local: Store,
     shared: RedisStore,
     opts: HybridOptions,
-    kmax: u32,
+    /// Sub-windows per window (`B`), the shared store's.
+    b: u32,
     node: String,
     seq: AtomicU64,
     shards: Vec<Mutex<HashMap<Vec<u8>, KeyState>>>,
@@ -156,12 +160,14 @@ impl HybridStore {
             "{:016x}",
             hasher.hash_one((std::process::id(), std::time::SystemTime::now()))
         );
-        let kmax = local.sub_window_cap();
+        // The fleet's sub-windows are the shared store's, so that every node (and a
+        // `RedisStore` on the same server) rounds alike.
+        let b = shared.options().common.sub_windows;
         let now = local.now_ms();
         let inner = Arc::new(Inner {
             local,
             shared,
-            kmax,
+            b,
             node,
             seq: AtomicU64::new(1),
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
@@ -220,7 +226,7 @@ impl HybridStore {
             keys += map.len() as u64;
             for st in map.values() {
                 for w in &st.wins {
-                    unsynced += w.unsynced(now / w.s);
+                    unsynced += w.unsynced(now / w.g);
                 }
             }
         }
@@ -284,9 +290,18 @@ impl Inner {
         now_ms.saturating_sub(last) > self.opts.stale_after.as_millis() as u64
     }
 
-    fn geometry(&self, limit: u32, window_ms: u64) -> (u64, u64) {
-        let (k, s) = window::layout(window::bits_for(limit), self.kmax, window_ms);
-        (u64::from(k), s)
+    /// The fleet's shape of window `i`: the sliding window of its limit, even for an exact
+    /// window (the fleet part is counted in sub-windows; the node's own exact window stays
+    /// exact).
+    fn geometry(&self, limits: &Limits, i: usize) -> Result<Slide> {
+        let from_limit = || {
+            let l = limits.as_slice().get(i)?;
+            Slide::new(l.limit(), l.window_ms(), self.b)
+        };
+        limits
+            .slide(i, self.b)
+            .or_else(from_limit)
+            .ok_or(Error::InvalidOptions("sub_windows is out of range"))
     }
 
     fn check(
@@ -309,16 +324,20 @@ impl Inner {
             .get_mut(key)
             .ok_or_else(|| bad_reply("lost key state"))?;
         let mut fleet = [WindowState::default(); MAX_WINDOWS];
+        let mut geos: [Option<(Slide, u64)>; MAX_WINDOWS] = [None; MAX_WINDOWS];
         let mut fleet_fits = true;
         let mut over_budget = false;
         for (i, l) in limits.as_slice().iter().enumerate() {
-            let (k, s) = self.geometry(l.limit(), l.window_ms());
-            let w = st.win(l.window_ms(), k, s);
+            let geo = self.geometry(limits, i)?;
+            let w = st.win(l.window_ms(), u64::from(geo.b) + 1, geo.g);
             w.dirty = true;
-            let mut ws = w.state(l.limit(), view, now_ms);
+            let mut ws = w.state(&geo, view, now_ms);
+            if let Some(g) = geos.get_mut(i) {
+                *g = Some((geo, w.eff(&geo, now_ms)));
+            }
             if cost > 0
                 && budget
-                && w.unsynced(now_ms / s) + u64::from(cost) > u64::from(self.opts.batch)
+                && w.unsynced(now_ms / geo.g) + u64::from(cost) > u64::from(self.opts.batch)
             {
                 over_budget = true;
                 ws.retry_after_ms = ws.retry_after_ms.max(flush_ms);
@@ -334,10 +353,13 @@ impl Inner {
             .check_at(key, limits, if try_local { cost } else { 0 }, now_ms)?;
         let admitted = try_local && local.allowed();
         if admitted {
-            for l in limits.as_slice() {
-                let (k, s) = self.geometry(l.limit(), l.window_ms());
-                let w = st.win(l.window_ms(), k, s);
-                add(&mut w.pending, now_ms / s, u64::from(cost));
+            for ((l, g), f) in limits.as_slice().iter().zip(&geos).zip(fleet.iter_mut()) {
+                let Some((geo, ne)) = g else { continue };
+                let w = st.win(l.window_ms(), u64::from(geo.b) + 1, geo.g);
+                // Counted where the embedded store would count it: the effective sub-window.
+                add(&mut w.pending, *ne, u64::from(cost));
+                // The fleet view after this request.
+                *f = w.state(geo, 0, now_ms);
             }
         }
         drop(map);
@@ -354,12 +376,7 @@ impl Inner {
                 lw.used() + view <= lw.limit()
             };
             let mut w = *f;
-            if admitted {
-                // The fleet view after this request.
-                w.used = w.used.saturating_add(cost);
-                w.reset_ms = w.reset_ms.max(lw.reset_ms());
-                w.retry_after_ms = 0;
-            } else if !local_fits {
+            if !admitted && !local_fits {
                 w.retry_after_ms = w.retry_after_ms.max(lw.retry_after_ms().max(1));
             }
             w.used = w.used.max(lw.used());
@@ -440,7 +457,7 @@ impl Inner {
             let mut map = shard.lock();
             map.retain(|key, st| {
                 st.wins.retain_mut(|w| {
-                    let nn = now / w.s;
+                    let nn = now / w.g;
                     w.prune(nn);
                     if w.seq == 0 && live(&w.pending, nn, w.k) > 0 {
                         w.inflight = std::mem::take(&mut w.pending);
@@ -451,7 +468,7 @@ impl Inner {
                             key: key.clone(),
                             window_ms: w.window_ms,
                             k: w.k,
-                            s: w.s,
+                            g: w.g,
                             seq: w.seq,
                             counts: w.inflight.clone(),
                         });
@@ -479,12 +496,12 @@ impl Inner {
             let mut cmd = ::redis::cmd("EVALSHA");
             cmd.arg(self.flush.get_hash())
                 .arg(2)
-                .arg(keys::hybrid(&base, m.window_ms, m.s))
+                .arg(keys::hybrid(&base, m.window_ms, m.g))
                 .arg(seen)
                 .arg(m.seq)
                 .arg(now)
                 .arg(m.k)
-                .arg(m.s)
+                .arg(m.g)
                 .arg(ttl);
             for (n, c) in &m.counts {
                 cmd.arg(*n).arg(*c);
@@ -516,7 +533,7 @@ impl Inner {
             if let Some(w) = st
                 .wins
                 .iter_mut()
-                .find(|w| w.window_ms == m.window_ms && w.s == m.s)
+                .find(|w| w.window_ms == m.window_ms && w.g == m.g)
             {
                 w.remote = counts;
                 if w.seq == m.seq {
@@ -532,8 +549,10 @@ impl Inner {
 struct Msg {
     key: Vec<u8>,
     window_ms: u64,
+    /// Live sub-windows, `B + 1`.
     k: u64,
-    s: u64,
+    /// Sub-window length.
+    g: u64,
     seq: u64,
     counts: Counts,
 }

@@ -5,9 +5,9 @@
 //! so each script touches keys of one Redis Cluster slot:
 //!
 //! ```text
-//! <prefix>:{r:tok_abc}:w:60000:b     bucketed window of 60 s     "c,n,x0,..,x(k-1)"
+//! <prefix>:{r:tok_abc}:w:60000:s     sliding window of 60 s      "g,n,cur,c1,..,cB"
 //! <prefix>:{r:tok_abc}:w:300000:e    exact window of 5 min       "t1,t2,.."
-//! <prefix>:{r:tok_abc}:h:60000:3750  hybrid counters (s = 3750)  hash: sub-window -> count
+//! <prefix>:{r:tok_abc}:h:60000:938   hybrid counters (g = 938)   hash: sub-window -> count
 //! <prefix>:{r:tok_abc}:h:seen        hybrid: last batch applied per node
 //! <prefix>:{r:tok_abc}:i:<uuid>      idempotency record          hash (begin.lua)
 //! ```
@@ -34,15 +34,17 @@ pub(crate) fn base(prefix: &str, key: &[u8]) -> Vec<u8> {
 /// The key of one window of `key` in the shared store.
 pub(crate) fn window(base: &[u8], l: &Limit) -> Vec<u8> {
     let mut k = base.to_vec();
-    let mode = if l.mode() == Mode::Exact { 'e' } else { 'b' };
+    // `s` (sliding) rather than the old bucketed word's `b`: a state of the old format is
+    // never read as one of the new.
+    let mode = if l.mode() == Mode::Exact { 'e' } else { 's' };
     k.extend_from_slice(format!(":w:{}:{mode}", l.window_ms()).as_bytes());
     k
 }
 
-/// The key of one window's counters in the hybrid store (sub-windows of `s` ms).
-pub(crate) fn hybrid(base: &[u8], window_ms: u64, s: u64) -> Vec<u8> {
+/// The key of one window's counters in the hybrid store (sub-windows of `g` ms).
+pub(crate) fn hybrid(base: &[u8], window_ms: u64, g: u64) -> Vec<u8> {
     let mut k = base.to_vec();
-    k.extend_from_slice(format!(":h:{window_ms}:{s}").as_bytes());
+    k.extend_from_slice(format!(":h:{window_ms}:{g}").as_bytes());
     k
 }
 
@@ -80,7 +82,9 @@ mod tests {
         // A brace in the key would end the tag early: hex instead.
         assert_eq!(base("tg", b"a}b"), b"tg:{h:617d62}".to_vec());
         let w = window(&base("tg", b"t"), &Limit::per_minute(5));
-        assert_eq!(w, b"tg:{r:t}:w:60000:b".to_vec());
+        assert_eq!(w, b"tg:{r:t}:w:60000:s".to_vec());
+        let e = window(&base("tg", b"t"), &Limit::per_minute(5).exact());
+        assert_eq!(e, b"tg:{r:t}:w:60000:e".to_vec());
         let mut rk = vec![3u8];
         rk.extend_from_slice(b"tok");
         rk.extend_from_slice(&[0xab; 16]);

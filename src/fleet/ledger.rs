@@ -1,9 +1,11 @@
 //! What a hybrid node keeps per key and window: the fleet's counts as the server last
 //! acknowledged them, the counts in a batch under way, and the counts admitted since (see
 //! `hybrid.rs` for how a node decides with them). Counts are kept per absolute sub-window
-//! number, the sub-windows of the bucketed representation.
+//! number, the sub-windows of the sliding window (`g = ⌈W/B⌉` ms): a sub-window `m` counts
+//! while `m + B + 1 > ne`, `ne` the effective sub-window, so `k = B + 1` of them are live.
 
-use crate::decision::WindowState;
+use crate::decision::{sliding_state, WindowState};
+use crate::window::sliding::{counter_bits, Slide, Snap, MAX_B, MAX_BITS};
 
 /// Counts per absolute sub-window number.
 pub(crate) type Counts = Vec<(u64, u64)>;
@@ -15,7 +17,7 @@ pub(crate) fn add(v: &mut Counts, n: u64, c: u64) {
     }
 }
 
-/// The counts still in the window in sub-window `nn` (K sub-windows, as bucketed windows count).
+/// The counts still in the window in sub-window `nn` (`k = B + 1` sub-windows live).
 pub(crate) fn live(v: &Counts, nn: u64, k: u64) -> u64 {
     v.iter().filter(|(n, _)| n + k > nn).map(|(_, c)| c).sum()
 }
@@ -24,8 +26,10 @@ pub(crate) fn live(v: &Counts, nn: u64, k: u64) -> u64 {
 #[derive(Debug, Clone)]
 pub(crate) struct Win {
     pub(crate) window_ms: u64,
+    /// Live sub-windows, `B + 1`.
     pub(crate) k: u64,
-    pub(crate) s: u64,
+    /// Sub-window length `g = ⌈W/B⌉` ms.
+    pub(crate) g: u64,
     pub(crate) remote: Counts,
     pub(crate) inflight: Counts,
     /// Batch number of `inflight` (0 = nothing in flight).
@@ -36,17 +40,24 @@ pub(crate) struct Win {
 }
 
 impl Win {
-    pub(crate) fn new(window_ms: u64, k: u64, s: u64) -> Win {
+    pub(crate) fn new(window_ms: u64, k: u64, g: u64) -> Win {
         Win {
             window_ms,
             k,
-            s,
+            g,
             remote: Vec::new(),
             inflight: Vec::new(),
             seq: 0,
             pending: Vec::new(),
             dirty: true,
         }
+    }
+
+    fn all(&self) -> impl Iterator<Item = &(u64, u64)> {
+        self.remote
+            .iter()
+            .chain(&self.inflight)
+            .chain(&self.pending)
     }
 
     pub(crate) fn unsynced(&self, nn: u64) -> u64 {
@@ -57,47 +68,55 @@ impl Win {
         live(&self.remote, nn, self.k) + self.unsynced(nn)
     }
 
-    /// The fleet view's state for a request of `cost` under `limit`, rounded as
-    /// [`window::Norm`] rounds (a sub-window stops counting at `(n + K) × s`).
-    pub(crate) fn state(&self, limit: u32, cost: u32, now_ms: u64) -> WindowState {
-        let nn = now_ms / self.s;
-        let mut all: Counts = Vec::with_capacity(self.k as usize);
-        for (n, c) in self
-            .remote
-            .iter()
-            .chain(&self.inflight)
-            .chain(&self.pending)
-        {
-            if n + self.k > nn && *c > 0 {
-                add(&mut all, *n, *c);
-            }
-        }
-        all.sort_unstable();
-        let used: u64 = all.iter().map(|(_, c)| c).sum();
-        let drop_ms = |n: u64| (n + self.k).saturating_mul(self.s);
-        let reset_ms = all.last().map_or(now_ms, |(n, _)| drop_ms(*n));
-        let needed = (used + u64::from(cost)).saturating_sub(u64::from(limit));
-        let retry_after_ms = if needed == 0 {
-            0
-        } else {
-            let mut freed = 0;
-            let mut at = reset_ms;
-            for (n, c) in &all {
-                freed += c;
-                if freed >= needed {
-                    at = drop_ms(*n);
-                    break;
+    /// The effective sub-window at `now_ms` for the shape `geo`: now's, or the newest one
+    /// the fleet has counted in if a clock is ahead (a request is then counted there, as the
+    /// embedded store counts in its head's sub-window).
+    pub(crate) fn eff(&self, geo: &Slide, now_ms: u64) -> u64 {
+        let nn = geo.sub_window(now_ms);
+        self.all()
+            .filter(|(_, c)| *c > 0)
+            .map(|(m, _)| *m)
+            .fold(nn, u64::max)
+    }
+
+    /// The fleet view (`remote + inflight + pending`) as a copy of a sliding window's words:
+    /// its head at the effective sub-window, and the shape to judge it with (`geo`, with
+    /// counters widened if the fleet counted past `geo`'s width: the fleet may overshoot).
+    pub(crate) fn view(&self, geo: &Slide, now_ms: u64) -> (Snap, Slide) {
+        let n = self.eff(geo, now_ms);
+        let b = u64::from(geo.b);
+        let mut cur = 0u64;
+        let mut older = [0u64; MAX_B as usize];
+        let mut total = 0u64;
+        for &(m, c) in self.all() {
+            if m == n {
+                cur += c;
+            } else if m < n && n - m <= b {
+                // Oldest first: position i is sub-window n - B + i.
+                if let Some(o) = older.get_mut((m + b - n) as usize) {
+                    *o += c;
                 }
+            } else {
+                continue;
             }
-            at.saturating_sub(now_ms).max(1)
-        };
-        WindowState {
-            limit,
-            window_ms: self.window_ms,
-            used: u32::try_from(used).unwrap_or(u32::MAX),
-            reset_ms,
-            retry_after_ms,
+            total += c;
         }
+        let wide = if total >> geo.c != 0 {
+            let c = counter_bits(u32::try_from(total).unwrap_or(u32::MAX)).min(MAX_BITS);
+            Slide::for_width(c, geo.window_ms, geo.b).and_then(|w| w.with_limit(geo.limit))
+        } else {
+            None
+        };
+        let geo = wide.unwrap_or(*geo);
+        let older = older.get(..geo.b as usize).unwrap_or(&[]);
+        (Snap::from_counts(&geo, n, cur, older), geo)
+    }
+
+    /// The fleet view's state for a request of `cost`, rounded exactly as the embedded store
+    /// rounds a sliding window of shape `geo` ([`sliding_state`]).
+    pub(crate) fn state(&self, geo: &Slide, cost: u32, now_ms: u64) -> WindowState {
+        let (snap, geo) = self.view(geo, now_ms);
+        sliding_state(&snap, &geo, cost, now_ms)
     }
 
     /// Drop counts no node counts any more.
@@ -118,15 +137,15 @@ pub(crate) struct KeyState {
 }
 
 impl KeyState {
-    pub(crate) fn win(&mut self, window_ms: u64, k: u64, s: u64) -> &mut Win {
+    pub(crate) fn win(&mut self, window_ms: u64, k: u64, g: u64) -> &mut Win {
         let at = match self
             .wins
             .iter()
-            .position(|w| w.window_ms == window_ms && w.s == s)
+            .position(|w| w.window_ms == window_ms && w.g == g)
         {
             Some(i) => i,
             None => {
-                self.wins.push(Win::new(window_ms, k, s));
+                self.wins.push(Win::new(window_ms, k, g));
                 self.wins.len() - 1
             }
         };
@@ -153,16 +172,62 @@ mod tests {
         assert_eq!(live(&v, 15, 3), 0);
     }
 
+    // A 60 s window with B = 64: g = ⌈60 000 / 64⌉ = 938 ms, k = B + 1 = 65 live sub-windows;
+    // sub-window m stops counting at (m + 65) × 938 ms.
+    const G: u64 = 938;
+
+    fn shape(limit: u32) -> Slide {
+        let geo = Slide::new(limit, 60_000, 64).unwrap();
+        assert_eq!(geo.g, G);
+        geo
+    }
+
     #[test]
-    fn fleet_state_rounds_like_a_bucketed_window() {
-        let mut w = Win::new(60_000, 17, 3750);
+    fn fleet_state_rounds_like_the_sliding_window() {
+        let mut w = Win::new(60_000, 65, G);
         w.remote = vec![(100, 4)];
         w.pending = vec![(101, 1)];
-        let st = w.state(5, 1, 101 * 3750 + 10);
+        let now = 101 * G + 10;
+        let st = w.state(&shape(5), 1, now);
         assert_eq!(st.used, 5);
-        assert_eq!(st.reset_ms, (101 + 17) * 3750);
-        // One unit frees when sub-window 100 drops out.
-        assert_eq!(st.retry_after_ms, (100 + 17) * 3750 - (101 * 3750 + 10));
-        assert!(w.state(6, 1, 101 * 3750).fits());
+        // The newest count (sub-window 101) leaves at (101 + 65) × 938.
+        assert_eq!(st.reset_ms, 166 * G);
+        // One unit frees when sub-window 100 leaves, at (100 + 65) × 938 = 154 770.
+        assert_eq!(st.retry_after_ms, 154_770 - 94_748);
+        assert!(w.state(&shape(6), 1, now).fits());
+        // Sub-window 100 counts through sub-window 164 and not in 165.
+        assert_eq!(w.state(&shape(5), 1, 165 * G - 1).used, 5);
+        let st = w.state(&shape(5), 1, 165 * G);
+        assert_eq!((st.used, st.retry_after_ms), (1, 0));
+        let st = w.state(&shape(5), 1, 166 * G);
+        assert_eq!((st.used, st.reset_ms), (0, 166 * G));
+    }
+
+    #[test]
+    fn a_clock_behind_the_fleet_counts_in_the_newest_sub_window() {
+        let mut w = Win::new(60_000, 65, G);
+        w.remote = vec![(200, 3)];
+        let now = 150 * G;
+        assert_eq!(w.eff(&shape(5), now), 200);
+        let st = w.state(&shape(5), 3, now);
+        assert_eq!(st.used, 3);
+        assert_eq!(st.reset_ms, 265 * G);
+        // 3 + 3 > 5: one unit must leave, which happens when sub-window 200 does.
+        assert_eq!(st.retry_after_ms, 265 * G - 150 * G);
+    }
+
+    #[test]
+    fn a_fleet_count_past_the_counter_width_is_reported_whole() {
+        // Limit 5 has 3-bit counters (at most 7); the fleet overshot to 9 + 9.
+        let mut w = Win::new(60_000, 65, G);
+        w.remote = vec![(100, 9)];
+        w.inflight = vec![(101, 9)];
+        let now = 101 * G;
+        let st = w.state(&shape(5), 1, now);
+        assert_eq!(st.used, 18);
+        assert_eq!(st.limit, 5);
+        // 18 + 1 - 5 = 14 must leave: 9 at the end of sub-window 100 are not enough, the 9
+        // of sub-window 101 leave at (101 + 65) × 938.
+        assert_eq!(st.retry_after_ms, 166 * G - now);
     }
 }

@@ -8,7 +8,7 @@ use super::conn::{self, array, bad_reply, int, uint, Pool};
 use super::keys;
 use super::options::RedisOptions;
 use crate::backend::{check_key, check_request};
-use crate::decision::{bucket_state, exact_state};
+use crate::decision::{exact_state, sliding_state};
 use crate::decision::{Decision, WindowState};
 use crate::error::{Error, Result};
 use crate::idempotency::record::deadline_s;
@@ -17,7 +17,7 @@ use crate::idempotency::{
 };
 use crate::limit::{Limits, Mode, MAX_EXACT_LIMIT, MAX_WINDOWS};
 use crate::window::exact::Ring;
-use crate::window::{self, Norm};
+use crate::window::sliding::{Slide, Snap};
 
 /// Extra time Redis keeps a key past the moment its content stops mattering, against clock
 /// skew between the nodes and the server (keys expire on the server's clock).
@@ -55,7 +55,8 @@ pub struct RedisStore {
 struct Inner {
     pool: Pool,
     opts: RedisOptions,
-    kmax: u32,
+    /// Sub-windows per sliding window (`B`).
+    b: u32,
     check: Script,
     begin: Script,
     settle: Script,
@@ -71,7 +72,7 @@ impl RedisStore {
         Ok(RedisStore {
             inner: Arc::new(Inner {
                 pool,
-                kmax: opts.common.sub_windows + 1,
+                b: opts.common.sub_windows,
                 opts,
                 check: Script::new(include_str!("check.lua")),
                 begin: Script::new(include_str!("begin.lua")),
@@ -148,18 +149,21 @@ impl RedisStore {
         let mut args: Vec<Vec<u8>> = vec![
             now_ms.to_string().into_bytes(),
             cost.to_string().into_bytes(),
-            self.inner.kmax.to_string().into_bytes(),
             (2 * longest + GC_SLACK_MS).to_string().into_bytes(),
         ];
-        for l in items {
+        for (i, l) in items.iter().enumerate() {
+            let (exact, g, b) = match l.mode() {
+                Mode::Exact => ("1", 0, 0),
+                Mode::Bucketed => {
+                    let geo = slide_of(limits, i, self.inner.b)?;
+                    ("0", geo.g, geo.b)
+                }
+            };
+            args.push(exact.as_bytes().to_vec());
             args.push(l.window_ms().to_string().into_bytes());
             args.push(l.limit().to_string().into_bytes());
-            args.push(if l.mode() == Mode::Exact {
-                b"1".to_vec()
-            } else {
-                b"0".to_vec()
-            });
-            args.push(window::bits_for(l.limit()).to_string().into_bytes());
+            args.push(g.to_string().into_bytes());
+            args.push(b.to_string().into_bytes());
         }
         let k: Vec<&[u8]> = wkeys.iter().map(Vec::as_slice).collect();
         let a: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
@@ -167,7 +171,7 @@ impl RedisStore {
             .inner
             .pool
             .with_retry(|c| conn::eval(c, &self.inner.check, &k, &a))?;
-        decide(&reply, limits, self.inner.kmax, cost, view, now_ms)
+        decide(&reply, limits, self.inner.b, cost, view, now_ms)
     }
 
     /// "Have I seen this Idempotency-Key?", fleet-wide: as [`Store::begin`](crate::Store::begin).
@@ -293,30 +297,27 @@ impl RedisStore {
     }
 }
 
-/// A bucketed window's state as the script returns it: `[0, c, n, x0, .., x(k-1)]`.
-pub(crate) fn norm_of(v: &[Value], window_ms: u64, kmax: u32) -> Result<Norm> {
-    let c = u32::try_from(uint(v.get(1))?).map_err(|_| bad_reply("a counter width"))?;
-    if !(1..=16).contains(&c) {
-        return Err(bad_reply("a counter width of 1 to 16 bits"));
+/// The shape of sliding window `i` of `limits` with `b` sub-windows.
+fn slide_of(limits: &Limits, i: usize, b: u32) -> Result<Slide> {
+    limits
+        .slide(i, b)
+        .ok_or(Error::InvalidOptions("sub_windows is out of range"))
+}
+
+/// A sliding window's state as the script returns it: `[0, n, cur, c1, .., cB]` (the counts
+/// of sub-windows `n-B .. n-1`, oldest first), as a copy of the embedded store's words.
+fn snap_of(v: &[Value], geo: &Slide) -> Result<Snap> {
+    if v.len() != 3 + geo.b as usize {
+        return Err(bad_reply("a sliding window of B + 3 values"));
     }
-    let (k, s) = window::layout(c, kmax, window_ms);
-    let n = uint(v.get(2))?;
-    let mask = (1u64 << c) - 1;
-    let mut counters = 0u64;
-    for age in 0..k {
-        let x = uint(v.get(3 + age as usize))?;
-        if x > mask {
-            return Err(bad_reply("a count wider than its counter"));
-        }
-        counters |= x << (age * c);
+    let n = uint(v.get(1))?;
+    let cur = uint(v.get(2))?;
+    let mut older = [0u64; crate::window::sliding::MAX_B as usize];
+    for (o, x) in older.iter_mut().zip(v.get(3..).unwrap_or(&[])) {
+        *o = uint(Some(x))?;
     }
-    Ok(Norm {
-        c,
-        k,
-        s,
-        n,
-        counters,
-    })
+    let older = older.get(..geo.b as usize).unwrap_or(&[]);
+    Ok(Snap::from_counts(geo, n, cur, older))
 }
 
 /// An exact window's state as the script returns it: `[1, t1, .., tm]`, oldest first; the
@@ -343,7 +344,7 @@ fn ring_of(v: &[Value], limit: u32) -> Result<Ring> {
 fn decide(
     reply: &Value,
     limits: &Limits,
-    kmax: u32,
+    b: u32,
     cost: u32,
     view: u32,
     now_ms: u64,
@@ -358,8 +359,8 @@ fn decide(
         let st = array(r.get(2 + i))?;
         let w = match l.mode() {
             Mode::Bucketed => {
-                let norm = norm_of(st, l.window_ms(), kmax)?;
-                bucket_state(&norm, l.limit(), l.window_ms(), view, now_ms)
+                let geo = slide_of(limits, i, b)?;
+                sliding_state(&snap_of(st, &geo)?, &geo, view, now_ms)
             }
             Mode::Exact => {
                 let ring = ring_of(st, l.limit())?;
