@@ -148,6 +148,10 @@ impl Drop for FlusherHandle {
 impl HybridStore {
     /// A hybrid node over `local` (this node's embedded store, which also supplies the clock)
     /// and `shared` (the fleet's server). Does not contact the server: the first sync does.
+    /// Both must count with the same number of sub-windows ([`RedisOptions::sub_windows`]);
+    /// [`Error::InvalidOptions`] otherwise.
+    ///
+    /// [`RedisOptions::sub_windows`]: super::RedisOptions::sub_windows
     pub fn new(local: Store, shared: RedisStore, opts: HybridOptions) -> Result<HybridStore> {
         if opts.batch == 0 || opts.flush_interval.is_zero() {
             return Err(Error::InvalidOptions(
@@ -160,9 +164,14 @@ impl HybridStore {
             "{:016x}",
             hasher.hash_one((std::process::id(), std::time::SystemTime::now()))
         );
-        // The fleet's sub-windows are the shared store's, so that every node (and a
-        // `RedisStore` on the same server) rounds alike.
-        let b = shared.options().common.sub_windows;
+        // The fleet's sub-windows: the embedded store's, which must be the shared store's so
+        // that every node (and a `RedisStore` on the same server) rounds alike.
+        let b = local.sub_window_cap();
+        if b != shared.options().common.sub_windows {
+            return Err(Error::InvalidOptions(
+                "the local and the shared store must have the same sub_windows",
+            ));
+        }
         let now = local.now_ms();
         let inner = Arc::new(Inner {
             local,
