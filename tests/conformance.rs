@@ -134,10 +134,7 @@ fn admits_up_to_the_limit_and_refusals_consume_nothing() {
             // The first admission (T0) leaves an exact log at T0 + 60 s, 50 s after this
             // refusal; a sliding window of B = 64 sub-windows of g = 938 ms releases it at most
             // (B + 1) × g - W = 65 × 938 - 60 000 = 970 ms later.
-            assert!(
-                (50_000..=50_970).contains(&wait),
-                "retry after {wait} ms"
-            );
+            assert!((50_000..=50_970).contains(&wait), "retry after {wait} ms");
             rec(t, no);
             // Refusals consume nothing: many of them do not push the release back.
             for _ in 0..20 {
@@ -283,6 +280,39 @@ fn costs_peeks_errors_and_a_clock_that_goes_back() {
             assert!(b.check_at(odd, &limits, 10, T0).unwrap().allowed());
             assert!(!b.check_at(odd, &limits, 1, T0).unwrap().allowed());
             assert!(b.check_at(b"{tok}", &limits, 1, T0).unwrap().allowed());
+        },
+        true,
+    );
+}
+
+#[test]
+fn a_window_that_counted_then_gave_back_keeps_its_newer_sub_window() {
+    run(
+        "gave_back_keeps_its_sub_window",
+        |b, t, same_store| {
+            // 3 per 2 s (g = ⌈2000/64⌉ = 32 ms) and 4 per minute.
+            let limits =
+                Limits::new(&[Limit::new(3, Duration::from_secs(2)), Limit::per_minute(4)])
+                    .unwrap();
+            rec(t, b.check_at(b"r", &limits, 3, T0).unwrap());
+            // 2.1 s later the 2 s window has dropped T0's sub-window (it leaves at most
+            // 65 × 32 = 2 080 ms after T0) and counts 2 in a newer sub-window; the minute
+            // refuses (3 + 2 > 4), so the 2 s window gives them back.
+            let no = b.check_at(b"r", &limits, 2, T0 + 2_100).unwrap();
+            assert!(!no.allowed());
+            assert_eq!(no.windows()[0].used(), 0);
+            rec(t, no);
+            // The clock steps back 2 s. One store (embedded or shared) judges the 2 s window
+            // at the newer sub-window it moved to: T0's 3 stay dropped. (A hybrid node's
+            // fleet view never moved: it still counts them.)
+            let back = b.check_at(b"r", &limits, 1, T0 + 100).unwrap();
+            if same_store {
+                assert!(back.allowed());
+                assert_eq!(back.windows()[0].used(), 1);
+                assert_eq!(back.windows()[1].used(), 4);
+            }
+            rec(t, back);
+            rec(t, b.peek_at(b"r", &limits, T0 + 200).unwrap());
         },
         true,
     );

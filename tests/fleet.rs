@@ -82,6 +82,34 @@ fn shared_fleet_admits_exactly_the_limit() {
 }
 
 #[test]
+fn a_node_with_other_sub_windows_reads_the_counts_later_never_earlier() {
+    let Some(url) = server::url("mixed_sub_windows") else {
+        return;
+    };
+    let prefix = server::prefix("mixed_sub_windows");
+    let limits = Limits::new(&[Limit::per_minute(5)]).unwrap();
+    let open = |b: u32| {
+        RedisStore::open(&url, RedisOptions::default().prefix(&prefix).sub_windows(b)).unwrap()
+    };
+    let (b64, b16) = (open(64), open(16));
+    assert!(b64.check_at(b"tok", &limits, 5, T0).unwrap().allowed());
+    // B = 64 counted the 5 in sub-window ⌊T0 / 938⌋, whose last millisecond is T0 + 243. B = 16
+    // (g = 3 750) moves them to the sub-window holding it, 453 333 333, which stops counting
+    // at (453 333 333 + 17) × 3 750 = T0 + 62 500: later than an exact log (T0 + 60 000).
+    let d = b16.check_at(b"tok", &limits, 1, T0 + 10_000).unwrap();
+    assert!(!d.allowed());
+    assert_eq!(d.windows()[0].used(), 5);
+    assert_eq!(d.binding().retry_after_ms(), 52_500);
+    assert!(!b16
+        .check_at(b"tok", &limits, 1, T0 + 62_499)
+        .unwrap()
+        .allowed());
+    let ok = b16.check_at(b"tok", &limits, 1, T0 + 62_500).unwrap();
+    assert!(ok.allowed());
+    assert_eq!(ok.windows()[0].used(), 1);
+}
+
+#[test]
 fn hybrid_fleet_stays_within_the_bound_under_load() {
     let Some(url) = server::url("hybrid_fleet") else {
         return;
