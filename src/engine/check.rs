@@ -10,7 +10,6 @@
 use std::sync::atomic::Ordering;
 
 use super::core::Core;
-use super::entry::sliding_window;
 use crate::backend::{check_key, check_request};
 use crate::decision::{empty_decision, exact_state, sliding_state, Decision, WindowState};
 use crate::error::{Error, Result};
@@ -18,6 +17,7 @@ use crate::limit::{Limit, Limits, Mode, MAX_WINDOWS};
 use crate::options::OnFull;
 use crate::storage::format::EntryLayout;
 use crate::storage::segment::Entry;
+use super::entry::sliding_window;
 use crate::window::cell;
 use crate::window::sliding::{self, Added, Slide};
 

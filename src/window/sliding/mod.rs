@@ -441,11 +441,7 @@ impl Snap {
             to.set_slot(used, (m % b) as u32, v);
         }
         let sum: u64 = (0..to.b).map(|i| to.slot(used, i)).sum();
-        let head = to.encode(
-            self.n,
-            self.cur.min(to.field_mask()),
-            sum.min(to.field_mask()),
-        );
+        let head = to.encode(self.n, self.cur.min(to.field_mask()), sum.min(to.field_mask()));
         let mut at = 0;
         let mut put = |v: u64| {
             if let Some(w) = out.get_mut(at) {
