@@ -427,8 +427,8 @@ mod tests {
             Limit::new(5, Duration::from_millis(999)),
             Limit::new(5, MAX_WINDOW + Duration::from_secs(1)),
             Limit::new(5, Duration::from_millis(5 * 3_600_000 + 1)),
-            Limit::per_minute(65_536),
-            Limit::per_minute(33).exact(),
+            Limit::per_minute(MAX_BUCKETED_LIMIT + 1),
+            Limit::per_minute(MAX_EXACT_LIMIT + 1).exact(),
         ];
         for l in bad {
             assert!(
@@ -451,7 +451,13 @@ mod tests {
     fn garbage_descriptors_are_refused() {
         assert!(Descriptor::decode(0).is_none());
         assert!(Descriptor::decode(u32::MAX).is_none());
-        // A bucketed descriptor with ring bits set cannot have been written by us.
-        assert!(Descriptor::decode(Limit::per_minute(5).descriptor() | 1).is_none());
+        // A sliding descriptor's low bits are its counter width: 0 or more than 24 bits cannot
+        // have been written by us.
+        assert!(Descriptor::decode(Limit::per_minute(5).descriptor() & !0x3F).is_none());
+        assert!(Descriptor::decode(Limit::per_minute(5).descriptor() | 0x3F).is_none());
+        let d = Descriptor::decode(Limit::per_minute(5).descriptor()).expect("valid");
+        assert_eq!((d.bits, d.exact), (3, false));
+        let e = Descriptor::decode(Limit::per_minute(64).exact().descriptor()).expect("valid");
+        assert_eq!((e.cap, e.exact), (64, true));
     }
 }

@@ -142,11 +142,11 @@ fn errors_name_the_line() {
             5,
             "invalid window",
         ),
-        // Exact above 32.
+        // Exact above 64.
         (
-            "[[group]]\nname = \"a\"\nroute = \"/a\"\n\nwindows = [{ limit = 33, window = \"60s\", exact = true }]\n",
+            "[[group]]\nname = \"a\"\nroute = \"/a\"\n\nwindows = [{ limit = 65, window = \"60s\", exact = true }]\n",
             5,
-            "at most 32",
+            "at most 64",
         ),
         // Duplicate route.
         (

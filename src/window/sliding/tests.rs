@@ -28,7 +28,8 @@ fn out_of_range_shapes_are_refused() {
     assert!(Slide::new(0, MIN, 64).is_none());
     assert!(Slide::new(MAX_LIMIT + 1, MIN, 64).is_none());
     assert!(Slide::new(1, 999, 64).is_none());
-    assert!(Slide::new(1, DAY + 1, 64).is_none());
+    assert!(Slide::new(1, MAX_WINDOW_MS + 1, 64).is_none());
+    assert!(Slide::new(1, DAY + 1, 64).is_some());
     assert!(Slide::new(1, MIN, 15).is_none());
     assert!(Slide::new(1, MIN, 257).is_none());
     assert!(Slide::new(MAX_LIMIT, 1_000, 256).is_some());
