@@ -21,7 +21,7 @@ enum Op {
     Advance { ms: u8, scale: u8 },
     /// Move the clock backwards by `step(ms, scale)`.
     Back { ms: u8, scale: u8 },
-    /// Close (or drop) the file store and open it again with `2 + sub_windows % 30`.
+    /// Close (or drop) the file store and open it again with `16 + sub_windows % 241`.
     Reopen { close: bool, sub_windows: u8 },
     /// `expire_now` on both stores at the current time.
     Expire,
@@ -30,7 +30,7 @@ enum Op {
 #[cfg_attr(fuzzing, derive(Arbitrary))]
 #[derive(Debug)]
 struct Input {
-    /// `sub_windows` of both stores: `2 + sub_windows % 30`.
+    /// `sub_windows` of both stores: `16 + sub_windows % 241`.
     sub_windows: u8,
     ops: Vec<Op>,
 }
@@ -61,12 +61,18 @@ fn step(ms: u8, scale: u8) -> u64 {
     u64::from(ms) * 10u64.pow(u32::from(scale % 4))
 }
 
-/// `(K, s)` of a bucketed window (`docs/ACCURACY.md`): `c` bits per counter for the limit,
-/// `K = max(2, min(B + 1, 32 / c))` counters of `s = ceil(W / (K - 1))` ms.
-fn geometry(limit: u32, window_ms: u64, sub_windows: u32) -> (u64, u64) {
-    let c = (32 - limit.leading_zeros()).clamp(1, 16);
-    let k = (32 / c).min(sub_windows + 1).max(2);
-    (u64::from(k), window_ms.div_ceil(u64::from(k - 1)))
+/// `(K, s)` of a sliding window (`docs/ACCURACY.md`): a check counts `K = B + 1` sub-windows
+/// of `s = ceil(W / B)` ms (its own and the `B` before it), whatever the limit.
+fn geometry(window_ms: u64, sub_windows: u32) -> (u64, u64) {
+    (
+        u64::from(sub_windows) + 1,
+        window_ms.div_ceil(u64::from(sub_windows)),
+    )
+}
+
+/// The sub-windows an `Input` or `Reopen` byte stands for: 16 to 256.
+fn sub_windows_of(byte: u8) -> u32 {
+    16 + u32::from(byte) % 241
 }
 
 /// Sum of the costs in `log` admitted in `(t - lookback, t]`.
@@ -169,7 +175,7 @@ impl Model {
                     .map(|l| {
                         let exact = l.mode() == Mode::Exact;
                         let delay_ms = store.release_delay(l).as_millis() as u64;
-                        let (k, s) = geometry(l.limit(), l.window_ms(), sub_windows);
+                        let (k, s) = geometry(l.window_ms(), sub_windows);
                         if !exact {
                             assert_eq!(delay_ms, k * s - l.window_ms(), "release delay of {l:?}");
                         }
@@ -382,7 +388,13 @@ impl Harness {
                     continue;
                 }
                 if got.used() == 0 {
+                    // Nothing left: the window is expired (the compactor may unlink it), but
+                    // it keeps its sub-window, the floor of its time.
+                    let floor = w.eff(now);
                     w.reset();
+                    if !self.max_seen_time {
+                        w.upd = Some(floor);
+                    }
                 } else {
                     w.written(now);
                     if !self.max_seen_time {
@@ -494,7 +506,7 @@ impl Harness {
                 self.now = self.now.saturating_sub(step(ms, scale));
             }
             Op::Reopen { close, sub_windows } => {
-                self.reopen(close, 2 + u32::from(sub_windows) % 30);
+                self.reopen(close, sub_windows_of(sub_windows));
             }
             Op::Expire => self.expire(),
         }
@@ -540,7 +552,7 @@ fn temp_dir() -> tempfile::TempDir {
 
 fn run(input: &Input, max_seen_time: bool) {
     let dir = temp_dir();
-    let sub_windows = 2 + u32::from(input.sub_windows) % 30;
+    let sub_windows = sub_windows_of(input.sub_windows);
     let mut h = Harness::new(dir.path(), sub_windows, max_seen_time);
     for &op in &input.ops {
         h.apply(op);
