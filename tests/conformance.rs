@@ -553,11 +553,23 @@ fn replay(b: &dyn Backend, ops: &[Op]) -> Vec<String> {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
+    /// With the default 64 sub-windows and the extremes 16 and 256 (g = 4 ms for a 1 s
+    /// window).
     #[test]
-    fn embedded_and_shared_agree_on_every_answer(ops in prop::collection::vec(op(), 1..60)) {
+    fn embedded_and_shared_agree_on_every_answer(
+        ops in prop::collection::vec(op(), 1..60),
+        b in prop_oneof![2 => Just(64u32), 1 => Just(16u32), 1 => Just(256u32)],
+    ) {
         let Some(url) = server::url("embedded_and_shared_agree") else { return Ok(()) };
-        let local = replay(&embedded(), &ops);
-        let remote = replay(&shared(&url, "prop"), &ops);
+        let embedded = Store::open_in_memory(Options::default().compactor(false).sub_windows(b))
+            .unwrap();
+        let shared = RedisStore::open(
+            &url,
+            RedisOptions::default().prefix(server::prefix("prop")).sub_windows(b),
+        )
+        .unwrap();
+        let local = replay(&embedded, &ops);
+        let remote = replay(&shared, &ops);
         prop_assert_eq!(local.len(), remote.len());
         for (i, (a, b)) in local.iter().zip(&remote).enumerate() {
             prop_assert_eq!(a, b, "answer {} differs", i);
