@@ -3,8 +3,8 @@
 //! # How a node decides
 //!
 //! For every key it has seen, a node keeps per window three sets of sub-window counts (the
-//! sub-windows of the sliding window, `g = ⌈W / B⌉` ms, `B` the shared store's
-//! `sub_windows`):
+//! sub-windows of the sliding window, `g = ⌈W / B⌉` ms, `B` the `sub_windows` of the node's
+//! embedded and shared stores, which must agree):
 //!
 //! * `remote`: the fleet's counts as the server returned them at the last acknowledged sync
 //!   (this node's acknowledged counts included);
@@ -80,7 +80,7 @@ struct Inner {
     local: Store,
     shared: RedisStore,
     opts: HybridOptions,
-    /// Sub-windows per window (`B`), the shared store's.
+    /// Sub-windows per window (`B`), the embedded store's (and the shared store's).
     b: u32,
     node: String,
     seq: AtomicU64,
