@@ -275,18 +275,15 @@ impl Limits {
                     "two windows of a set have the same length",
                 ));
             }
-            if let (Some(slot), Some(d), Some(g)) = (
-                items.get_mut(i),
-                descriptors.get_mut(i),
-                slides.get_mut(i),
-            ) {
+            if let (Some(slot), Some(d), Some(g)) =
+                (items.get_mut(i), descriptors.get_mut(i), slides.get_mut(i))
+            {
                 *slot = *l;
                 *d = l.descriptor();
                 *g = match l.mode {
                     Mode::Bucketed => Some(
-                        Slide::new(l.limit, l.window_ms, DEFAULT_SUB_WINDOWS).ok_or(
-                            Error::InvalidLimit("a window must be 1 second to 180 days"),
-                        )?,
+                        Slide::new(l.limit, l.window_ms, DEFAULT_SUB_WINDOWS)
+                            .ok_or(Error::InvalidLimit("a window must be 1 second to 180 days"))?,
                     ),
                     Mode::Exact => None,
                 };

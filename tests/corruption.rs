@@ -312,7 +312,11 @@ struct FileMap {
 /// 64 counters of `c` bits (the store's default `B`).
 fn sliding_words(d: u32) -> usize {
     let value = u64::from((d >> 6) & 0xFF_FFFF);
-    let window_ms = if (d >> 30) & 1 == 1 { value * 1000 } else { value };
+    let window_ms = if (d >> 30) & 1 == 1 {
+        value * 1000
+    } else {
+        value
+    };
     let c = u64::from(d & 0x3F);
     let g = window_ms.div_ceil(64);
     let wide = (253_402_300_799_999 / g) >> (62 - 2 * c) != 0;

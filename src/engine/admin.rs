@@ -173,8 +173,9 @@ impl Core {
                         w.fetch_or(cell::META_FROZEN, Ordering::AcqRel);
                         cell::unlock_meta(w);
                     }
-                } else if let Some(win) =
-                    d.slide(core.b).and_then(|geo| Some((sliding_window(&e, *at, &geo)?, geo)))
+                } else if let Some(win) = d
+                    .slide(core.b)
+                    .and_then(|geo| Some((sliding_window(&e, *at, &geo)?, geo)))
                 {
                     sliding::freeze(&win.0, &win.1);
                 }

@@ -10,6 +10,7 @@
 use std::sync::atomic::Ordering;
 
 use super::core::Core;
+use super::entry::sliding_window;
 use crate::backend::{check_key, check_request};
 use crate::decision::{empty_decision, exact_state, sliding_state, Decision, WindowState};
 use crate::error::{Error, Result};
@@ -17,7 +18,6 @@ use crate::limit::{Limit, Limits, Mode, MAX_WINDOWS};
 use crate::options::OnFull;
 use crate::storage::format::EntryLayout;
 use crate::storage::segment::Entry;
-use super::entry::sliding_window;
 use crate::window::cell;
 use crate::window::sliding::{self, Added, Slide};
 
@@ -299,8 +299,8 @@ impl Core {
         added: &[Option<u64>; MAX_WINDOWS],
         cost: u32,
     ) {
-        for i in 0..limits.len() {
-            let Some(m) = added[i] else { continue };
+        for (i, m) in added.iter().enumerate().take(limits.len()) {
+            let Some(m) = *m else { continue };
             if let Some(geo) = limits.slide(i, self.b) {
                 if let Some(win) = sliding_window(e, layout.window_at[i], &geo) {
                     sliding::take_back(&win, &geo, m, cost);

@@ -22,13 +22,13 @@ use std::time::Instant;
 use super::core::Core;
 use super::counters::Cursor;
 use super::entry::raw_descriptors;
+use super::entry::sliding_window;
 use crate::idempotency::record::{
     pack, unpack, IdemLayout, ST_DEAD, ST_DONE, ST_INFLIGHT, ST_VACANT,
 };
 use crate::limit::{Descriptor, MAX_WINDOWS};
 use crate::storage::format::{EntryHeader, SegmentHeader, BLOB_SEGMENT, KIND_IDEM, KIND_WINDOWS};
 use crate::storage::segment::Entry;
-use super::entry::sliding_window;
 use crate::window::{cell, sliding};
 
 /// What one expiry pass did.
@@ -240,8 +240,9 @@ impl Core {
                     if let Some(w) = e.w(*at) {
                         cell::thaw_meta(w);
                     }
-                } else if let Some(win) =
-                    d.slide(self.b).and_then(|geo| sliding_window(&e, *at, &geo))
+                } else if let Some(win) = d
+                    .slide(self.b)
+                    .and_then(|geo| sliding_window(&e, *at, &geo))
                 {
                     sliding::thaw(&win);
                 }

@@ -405,7 +405,7 @@ impl Snap {
     pub(crate) fn from_counts(geo: &Slide, n: u64, cur: u64, older: &[u64]) -> Snap {
         let mut ring = [0u64; MAX_RING_WORDS];
         let b = u64::from(geo.b);
-        let used = &mut ring[..geo.ring_words.min(MAX_RING_WORDS)];
+        let used = ring.get_mut(..geo.ring_words).unwrap_or_default();
         for (i, &v) in older.iter().take(geo.b as usize).enumerate() {
             // Oldest first: position i is sub-window n - B + i.
             let m = (n + i as u64).wrapping_sub(b);
@@ -435,13 +435,17 @@ impl Snap {
         let mut out = [0u64; 2 + MAX_RING_WORDS];
         let b = u64::from(to.b);
         let mut ring = [0u64; MAX_RING_WORDS];
-        let used = &mut ring[..to.ring_words.min(MAX_RING_WORDS)];
+        let used = ring.get_mut(..to.ring_words).unwrap_or_default();
         for m in self.n.saturating_sub(b)..self.n {
             let v = self.count(from, m).min(to.field_mask());
             to.set_slot(used, (m % b) as u32, v);
         }
         let sum: u64 = (0..to.b).map(|i| to.slot(used, i)).sum();
-        let head = to.encode(self.n, self.cur.min(to.field_mask()), sum.min(to.field_mask()));
+        let head = to.encode(
+            self.n,
+            self.cur.min(to.field_mask()),
+            sum.min(to.field_mask()),
+        );
         let mut at = 0;
         let mut put = |v: u64| {
             if let Some(w) = out.get_mut(at) {
@@ -466,7 +470,7 @@ impl Snap {
             return;
         }
         let b = u64::from(geo.b);
-        let ring = &mut self.ring[..geo.ring_words.min(MAX_RING_WORDS)];
+        let ring = self.ring.get_mut(..geo.ring_words).unwrap_or_default();
         if to - self.n > b {
             ring.fill(0);
         } else {
