@@ -81,7 +81,28 @@ impl Store {
     /// Check every live entry and read back every stored response. Entries that failed their
     /// checks when the store was opened are in [`Store::open_report`]; this finds what went
     /// wrong since (or in responses, which are only checked when replayed).
+    ///
+    /// Segments the file lost before it was opened ([`OpenReport::lost_segments`]) come first
+    /// in [`VerifyReport::problems`], at the file's end.
+    ///
+    /// [`OpenReport::lost_segments`]: crate::OpenReport::lost_segments
     pub fn verify(&self) -> VerifyReport {
-        self.core.verify()
+        let mut v = self.core.verify();
+        let lost = self.open_report().lost_segments;
+        if lost > 0 {
+            let stats = self.stats();
+            v.problems.insert(
+                0,
+                (
+                    stats.bytes,
+                    format!(
+                        "file lost {lost} segment(s) its header records ({} bytes): their \
+                         entries and responses are gone",
+                        lost * self.core.segs.seg_len()
+                    ),
+                ),
+            );
+        }
+        v
     }
 }
