@@ -82,7 +82,7 @@ impl Rng {
 fn power_cut(real: &Path, shadow: &Shadow, rng: &mut Rng) -> (Vec<u8>, u64) {
     let real = std::fs::read(real).expect("read");
     let mut disk = shadow.shadow.lock().expect("lock").clone();
-    if real.len() > disk.len() && rng.next() % 2 == 0 {
+    if real.len() > disk.len() && rng.next().is_multiple_of(2) {
         // The new length reached the disk (its blocks read as zeros unless written back).
         disk.resize(real.len(), 0);
     }
