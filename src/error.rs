@@ -40,6 +40,21 @@ pub enum Error {
         /// What failed.
         reason: &'static str,
     },
+    /// The file holds fewer segments than its header records: its tail was lost (a cut copy,
+    /// a restore, a full disk). Returned only when the store was opened with
+    /// [`Options::refuse_lost_segments`](crate::Options::refuse_lost_segments); otherwise the
+    /// store opens with what is left and says so in
+    /// [`OpenReport::lost_segments`](crate::OpenReport::lost_segments).
+    Truncated {
+        /// Segments the header records.
+        recorded: u64,
+        /// Whole segments the file holds.
+        found: u64,
+    },
+    /// An earlier msync, fdatasync or fallocate of this store failed: what is on disk may not
+    /// be what was acknowledged, so the store refuses every further write until it is closed
+    /// and opened again (which recovers from what the file holds).
+    Poisoned,
     /// The key is empty or longer than [`crate::MAX_KEY_LEN`].
     InvalidKey {
         /// The length of the rejected key.
@@ -125,6 +140,14 @@ impl fmt::Display for Error {
             Error::Corrupt { offset, reason } => {
                 write!(f, "corrupt store at byte offset {offset}: {reason}")
             }
+            Error::Truncated { recorded, found } => write!(
+                f,
+                "store file lost segments: its header records {recorded}, the file holds {found}"
+            ),
+            Error::Poisoned => write!(
+                f,
+                "an earlier write to disk failed: the store refuses writes until it is reopened"
+            ),
             Error::InvalidKey { len } => write!(
                 f,
                 "invalid key of {len} bytes (keys are 1 to {} bytes)",

@@ -81,8 +81,13 @@ impl Store {
     /// Check every live entry and read back every stored response. Entries that failed their
     /// checks when the store was opened are in [`Store::open_report`]; this finds what went
     /// wrong since (or in responses, which are only checked when replayed).
+    ///
+    /// Segments the file lost before it was opened ([`OpenReport::lost_segments`]) come first
+    /// in [`VerifyReport::problems`], at the file's end.
+    ///
+    /// [`OpenReport::lost_segments`]: crate::OpenReport::lost_segments
     pub fn verify(&self) -> VerifyReport {
-        self.core.verify_with(&mut |_, _| {})
+        self.verify_with(|_, _| {})
     }
 
     /// [`Store::verify`] with its position, for a progress bar over a large file:
@@ -91,6 +96,22 @@ impl Store {
     /// are read back through the entries that point at them). Called once per segment (4 MiB
     /// by default), never per entry, so a cheap callback costs nothing measurable.
     pub fn verify_with(&self, mut progress: impl FnMut(u64, u64)) -> VerifyReport {
-        self.core.verify_with(&mut progress)
+        let mut v = self.core.verify_with(&mut progress);
+        let lost = self.open_report().lost_segments;
+        if lost > 0 {
+            let stats = self.stats();
+            v.problems.insert(
+                0,
+                (
+                    stats.bytes,
+                    format!(
+                        "file lost {lost} segment(s) its header records ({} bytes): their \
+                         entries and responses are gone",
+                        lost * self.core.segs.seg_len()
+                    ),
+                ),
+            );
+        }
+        v
     }
 }

@@ -82,4 +82,6 @@ pub use limit::{
 };
 pub use options::{OnFull, Options};
 pub use snapshot::FileShape;
+#[doc(hidden)]
+pub use storage::hook::{IoEvent, IoHook};
 pub use store::{Stats, Store};

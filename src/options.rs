@@ -120,6 +120,10 @@ pub struct Options {
     pub(crate) compactor: CompactorOptions,
     pub(crate) max_entries: Option<u64>,
     pub(crate) on_full: OnFull,
+    /// Refuse a file that lost segments instead of opening what is left.
+    pub(crate) refuse_lost: bool,
+    /// The test hook at every sync and allocation.
+    pub(crate) io_hook: crate::storage::hook::Hook,
 }
 
 /// What a check on a new key gets when the store is full and nothing can be expired.
@@ -160,6 +164,8 @@ impl Default for Options {
             compactor: CompactorOptions::default(),
             max_entries: None,
             on_full: OnFull::Reject,
+            refuse_lost: false,
+            io_hook: crate::storage::hook::Hook::default(),
         }
     }
 }
@@ -219,6 +225,23 @@ impl Options {
     /// What a check on a new key gets when the store is full ([`OnFull::Reject`] by default).
     pub fn on_full(mut self, policy: OnFull) -> Self {
         self.on_full = policy;
+        self
+    }
+
+    /// Refuse to open a file that holds fewer segments than its header records (its tail was
+    /// lost: a cut copy, a restore, a full disk) with [`Error::Truncated`]. By default such a
+    /// file opens with what is left, and [`OpenReport::lost_segments`](crate::OpenReport)
+    /// says how many segments were lost.
+    pub fn refuse_lost_segments(mut self, refuse: bool) -> Self {
+        self.refuse_lost = refuse;
+        self
+    }
+
+    /// Test instrumentation: call `hook` around every msync, fdatasync and fallocate of the
+    /// store (to fail them on purpose, or to watch them). Not for production use.
+    #[doc(hidden)]
+    pub fn io_hook(mut self, hook: std::sync::Arc<dyn crate::IoHook>) -> Self {
+        self.io_hook = crate::storage::hook::Hook::new(hook);
         self
     }
 

@@ -16,7 +16,7 @@ use crate::error::Result;
 use crate::idempotency::{record_key, Begin, Fingerprint, IdempotencyKey, Lease, StoredResponse};
 use crate::limit::Limits;
 use crate::options::{CompactorOptions, Options};
-use crate::storage::file::{self, Access};
+use crate::storage::file::{self, Access, OpenPolicy};
 use crate::storage::format::{FileHeader, HEADER_LEN};
 use crate::storage::raw::Map;
 use crate::storage::segment::Segments;
@@ -51,7 +51,9 @@ impl Store {
     /// while a child process spawned meanwhile has not reached exec); with
     /// [`Error::NotAStore`], [`Error::UnsupportedVersion`] or [`Error::Corrupt`]
     /// if its header cannot be trusted. Entries that fail their checks are skipped and counted
-    /// in [`Store::open_report`].
+    /// in [`Store::open_report`], and so are segments the file lost
+    /// ([`OpenReport::lost_segments`]; [`Error::Truncated`] instead with
+    /// [`Options::refuse_lost_segments`]).
     pub fn open(path: impl AsRef<Path>, opts: Options) -> Result<Store> {
         Store::open_file(path.as_ref(), opts, Access::Write)
     }
@@ -67,6 +69,10 @@ impl Store {
                 created_ms: opts.common.clock.now_ms(),
             },
             access,
+            &OpenPolicy {
+                refuse_lost: opts.refuse_lost,
+                hook: opts.io_hook.clone(),
+            },
         )?;
         let count = opened.segments;
         let mut segs = Segments::new(
@@ -74,6 +80,7 @@ impl Store {
             opened.header.seg_shift,
             opts.max_segments.max(count),
         );
+        segs.set_hook(opts.io_hook);
         if access == Access::ReadOnly {
             segs.set_private();
         }
@@ -88,7 +95,9 @@ impl Store {
             max_entries: opts.max_entries,
             on_full: opts.on_full,
         });
-        let report = core.recover(count);
+        let mut report = core.recover(count);
+        report.lost_segments = opened.lost_segments;
+        report.segment_count_damaged = opened.count_damaged;
         core.live_entries.store(report.entries, Ordering::Relaxed);
         Ok(Store::start(core, report, opts.compactor))
     }
@@ -131,6 +140,9 @@ impl Store {
     /// `done` being the segments swept so far of the `total` mapped, and `(total, total)` at
     /// the end.
     pub fn expire_now_with(&self, now_ms: u64, mut progress: impl FnMut(u64, u64)) -> PassReport {
+        if self.core.segs.is_poisoned() {
+            return PassReport::default();
+        }
         self.core.reset_cursor();
         let mut total = PassReport::default();
         loop {
@@ -159,6 +171,9 @@ impl Store {
     /// response segment it empties, of the `total` found at least half dead when it starts
     /// (never called when there is none).
     pub fn compact_now_with(&self, mut progress: impl FnMut(u64, u64)) -> u64 {
+        if self.core.segs.is_poisoned() {
+            return 0;
+        }
         let moved = self.core.compact_blobs_with(50, &mut progress);
         self.core.settle();
         moved
@@ -173,12 +188,17 @@ impl Store {
     }
 
     /// Write every change to the disk and wait for it (msync, then fsync of the file).
+    ///
+    /// A failure poisons the store: this and every later write answers [`Error::Poisoned`]
+    /// until the file is opened again.
     pub fn flush(&self) -> Result<()> {
-        self.core.segs.flush()?;
-        if let Some(f) = self.core.segs.file() {
-            f.sync_data()?;
-        }
-        Ok(())
+        self.core.segs.flush()
+    }
+
+    /// Whether an msync, fdatasync or fallocate of this store failed: it then refuses every
+    /// write with [`Error::Poisoned`] until the file is opened again.
+    pub fn is_poisoned(&self) -> bool {
+        self.core.segs.is_poisoned()
     }
 
     /// What opening the store found.
@@ -242,6 +262,7 @@ impl Store {
         // The decision is filled in place inside the value returned, and this wrapper is
         // inlined, so the caller's own slot is filled: copying a finished `Decision` out of
         // a local cost about a tenth of a hot-key check.
+        self.core.segs.writable()?;
         let mut res = Ok(Decision::BLANK);
         if let Ok(out) = &mut res {
             self.core.check(key, limits, cost, now_ms, out)?;
@@ -299,6 +320,7 @@ impl Store {
         fingerprint: &Fingerprint,
         now_ms: u64,
     ) -> Result<Begin> {
+        self.core.segs.writable()?;
         let k = record_key(scope, key)?;
         self.core.idem_begin(k.as_bytes(), fingerprint, now_ms)
     }
@@ -313,11 +335,13 @@ impl Store {
 
     /// [`Store::complete`] at an explicit time (the TTL runs from `now_ms`).
     pub fn complete_at(&self, lease: &Lease, response: &StoredResponse, now_ms: u64) -> Result<()> {
+        self.core.segs.writable()?;
         self.core.idem_complete(lease, response, now_ms)
     }
 
     /// Forget a started request, so that a retry runs it again.
     pub fn abort(&self, lease: &Lease) -> Result<()> {
+        self.core.segs.writable()?;
         self.core.idem_abort(lease)
     }
 

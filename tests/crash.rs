@@ -13,6 +13,18 @@
 //! kills land inside those too. The same file is reused across kills, so each run recovers on
 //! top of the previous recovery. `TOLLGATE_CRASH_KILLS` sets the number of kills (default 50);
 //! `tests/crash.sh N` runs N of them in release mode.
+//!
+//! Two more crashes per round (issue 20):
+//!
+//! * **crash during recovery** (`TOLLGATE_CRASH_DOUBLE`, default 1 per kill): after the kill,
+//!   a second child opens the crashed store again and again (each open is a recovery: it clears
+//!   entries, zeroes blank segments, cuts the file, records the segment count) and is killed
+//!   a random 0 to 8 ms after it reaches its first open, often inside it. The checks run on
+//!   the file it left.
+//! * **crash during growth** (every third kill): the workload child is given a number `k`,
+//!   and kills itself with SIGKILL at its `k`-th growth step, seen through the store's test
+//!   hook (before or after the fallocate, the fdatasync of the new length, the write of the
+//!   segment count and its fdatasync).
 
 #![cfg(unix)]
 
@@ -99,7 +111,17 @@ fn child(path: &str) {
         .unwrap_or(0);
     // The background compactor reads the store's clock: keep it on the workload's time.
     let clock = ManualClock::new(now);
-    let store = Store::open(path, options().clock(clock.clone())).expect("child open");
+    let mut opts = options().clock(clock.clone());
+    if let Some(k) = std::env::var("TOLLGATE_CRASH_GROWTH_STEP")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        opts = opts.io_hook(std::sync::Arc::new(DieAtStep {
+            step: k,
+            seen: std::sync::atomic::AtomicU64::new(0),
+        }));
+    }
+    let store = Store::open(path, opts).expect("child open");
     let (stable, churn) = (stable(), churn());
     let mut rng = Rng(seed | 1);
     let out = std::io::stdout();
@@ -175,6 +197,97 @@ fn child(path: &str) {
     std::process::exit(0);
 }
 
+/// Kills its process at the `step`-th point of growth: before event 1 is step 1, after it step
+/// 2, before event 2 step 3, and so on.
+struct DieAtStep {
+    step: u64,
+    seen: std::sync::atomic::AtomicU64,
+}
+
+impl DieAtStep {
+    fn point(&self, event: tollgate::IoEvent) {
+        let n = self.seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        if n == self.step {
+            let mut o = std::io::stdout().lock();
+            let _ = writeln!(o, "@@ G {n} {event:?}");
+            let _ = o.flush();
+            // SAFETY: getpid and kill take no pointers; the signal ends this process at once,
+            // as `kill -9` from outside would.
+            unsafe {
+                libc::kill(libc::getpid(), libc::SIGKILL);
+            }
+        }
+    }
+}
+
+impl tollgate::IoHook for DieAtStep {
+    fn before(&self, event: tollgate::IoEvent) -> std::io::Result<()> {
+        self.point(event);
+        Ok(())
+    }
+
+    fn after(&self, event: tollgate::IoEvent) {
+        self.point(event);
+    }
+}
+
+/// The second child: open the store again and again until killed (each open recovers it).
+fn recovery_child(path: &str) {
+    let mut o = std::io::stdout();
+    // A newline first: the test harness has printed "test ... " without one.
+    let _ = writeln!(o, "\n@@ S");
+    let _ = o.flush();
+    for _ in 0..10_000 {
+        let store = Store::open(path, options().compactor(false)).expect("recovery open");
+        let _ = writeln!(o, "@@ O {}", store.open_report().entries);
+        let _ = o.flush();
+        drop(store);
+    }
+    std::process::exit(0);
+}
+
+/// Crash the store while it recovers: a child opens it over and over and is killed after
+/// `delay_us` after it reaches its first open. Returns whether it reached it, and how many
+/// opens it finished.
+fn crash_during_recovery(
+    exe: &std::path::Path,
+    path: &std::path::Path,
+    delay_us: u64,
+) -> (bool, u64) {
+    let mut child = Command::new(exe)
+        .args([
+            "--exact",
+            "crash_recovery_under_sigkill",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("TOLLGATE_CRASH_RECOVER", path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let (mut started, mut opens) = (false, 0u64);
+        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if l == "@@ S" {
+                started = true;
+                let _ = tx.send(());
+            }
+            opens += u64::from(l.starts_with("@@ O"));
+        }
+        (started, opens)
+    });
+    // Wait for the child to reach its first open (not a timing assertion: a child that never
+    // gets there is killed all the same), then let it recover for a random while.
+    let _ = rx.recv_timeout(Duration::from_secs(20));
+    std::thread::sleep(Duration::from_micros(delay_us));
+    let _ = child.kill(); // SIGKILL
+    let _ = child.wait();
+    reader.join().unwrap()
+}
+
 #[derive(Default)]
 struct Expect {
     /// Per stable key: acknowledged admissions, and whether one more was in flight.
@@ -191,6 +304,16 @@ fn crash_recovery_under_sigkill() {
         child(&path);
         return;
     }
+    if let Ok(path) = std::env::var("TOLLGATE_CRASH_RECOVER") {
+        recovery_child(&path);
+        return;
+    }
+    let doubles: u64 = std::env::var("TOLLGATE_CRASH_DOUBLE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    let (mut double_crashes, mut in_open, mut first_open_killed, mut growth_kills) =
+        (0u64, 0u64, 0u64, 0u64);
     let kills: u64 = std::env::var("TOLLGATE_CRASH_KILLS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -206,6 +329,7 @@ fn crash_recovery_under_sigkill() {
     let started = Instant::now();
     let (mut completed_runs, mut verified_records) = (0u64, 0u64);
     for kill in 0..kills {
+        let growth_step = (kill % 3 == 2).then(|| 1 + rng.next() % 16);
         let mut child = Command::new(&exe)
             .args([
                 "--exact",
@@ -217,6 +341,10 @@ fn crash_recovery_under_sigkill() {
             .env("TOLLGATE_CRASH_SEED", rng.next().to_string())
             .env("TOLLGATE_CRASH_NOW", (exp.now + 1_000).to_string())
             .env("TOLLGATE_CRASH_J", exp.next_j.to_string())
+            .env(
+                "TOLLGATE_CRASH_GROWTH_STEP",
+                growth_step.map_or(String::new(), |k| k.to_string()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -255,19 +383,28 @@ fn crash_recovery_under_sigkill() {
                     exp.next_j = exp.next_j.max(a);
                 }
                 "END" => ended = true,
+                "G" => growth_kills += 1,
                 _ => {}
             }
         }
         completed_runs += u64::from(ended);
+        // Crash while recovering what that crash left, `doubles` times.
+        for _ in 0..doubles {
+            let (started, opens) = crash_during_recovery(&exe, &path, rng.next() % 8_000);
+            double_crashes += 1;
+            in_open += u64::from(started);
+            first_open_killed += u64::from(started && opens == 0);
+        }
         // Reopen and verify.
         let store = Store::open(&path, options().compactor(false))
             .unwrap_or_else(|e| panic!("kill {kill}: reopen failed: {e}"));
         let report = store.open_report();
         assert_eq!(
-            report.corrupt_entries + report.corrupt_segments,
+            report.corrupt_entries + report.corrupt_segments + report.lost_segments,
             0,
             "kill {kill}: {report:?}"
         );
+        assert!(!report.segment_count_damaged, "kill {kill}: {report:?}");
         for (k, (acked, in_flight)) in exp.counts.iter_mut() {
             let used = u64::from(
                 store
@@ -327,9 +464,15 @@ fn crash_recovery_under_sigkill() {
         drop(store);
     }
     eprintln!(
-        "crash test: {kills} kills in {:.1} s ({completed_runs} runs finished before the kill), {verified_records} record replays verified",
+        "crash test: {kills} kills in {:.1} s ({completed_runs} runs finished before the kill), {verified_records} record replays verified; {double_crashes} second kills ({in_open} while reopening in a loop, {first_open_killed} of them before the first open finished); {growth_kills} crashes at a growth step",
         started.elapsed().as_secs_f64()
     );
+    if doubles > 0 && kills >= 10 {
+        assert!(
+            in_open > 0,
+            "no second kill landed while the store was being reopened: the delays are too short"
+        );
+    }
     assert!(
         verified_records > 0,
         "the workload never got to complete a record"

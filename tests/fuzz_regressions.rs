@@ -63,6 +63,7 @@ mod open_bytes {
             corrupt_segments,
             duplicates: 0,
             blank_segments: blank,
+            ..OpenReport::default()
         })
     }
 
@@ -71,17 +72,25 @@ mod open_bytes {
     /// record in segment 2.
     fn expected(name: &str) -> Option<Expect> {
         Some(match name {
-            // The 64 header bytes of a store with 64 KiB segments, and nothing else.
-            "valid_empty_store" => opens(0, 0, 0, 0),
+            // The 64 header bytes of a store with 64 KiB segments, and nothing else: the
+            // segment-count word (bytes 72..80) is missing, so it cannot be trusted.
+            "valid_empty_store" => Expect::Opens(OpenReport {
+                segment_count_damaged: true,
+                ..OpenReport::default()
+            }),
             // The template as it is.
             "template_five_entries" => opens(5, 0, 0, 0),
             // Segment 0's magic overwritten: the segment is skipped whole.
             "corrupt_segment_header" => opens(3, 0, 1, 0),
             // The key length of `beta`'s entry changed: its crc fails.
             "corrupt_entry_crc" => opens(4, 1, 0, 0),
-            // A header page and 1000 bytes of a segment: cut back to no segment.
-            "truncated_store" => opens(0, 0, 0, 0),
-            // A valid header of format version 3 (this build reads 2).
+            // A header page recording one segment, and 1000 bytes of it: cut back to no
+            // segment, and the lost segment reported.
+            "truncated_store" => Expect::Opens(OpenReport {
+                lost_segments: 1,
+                ..OpenReport::default()
+            }),
+            // A valid header of format version 3 (this build reads version 2).
             "unsupported_version" => Expect::UnsupportedVersion(3),
             // Segment 0's header line zeroed, with other bytes in the segment (found by the
             // fuzzer; see `a_stale_entry_of_a_blank_segment_is_not_served`).

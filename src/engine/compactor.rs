@@ -55,7 +55,8 @@ fn run(core: Arc<Core>, stop: Arc<(Mutex<bool>, Condvar)>, opts: CompactorOption
         loop {
             // No operation yet since the store opened: no time to judge expiry at.
             let now = core.expiry_now();
-            if now == 0 {
+            // A poisoned store writes nothing more, not even an unlink.
+            if now == 0 || core.segs.is_poisoned() {
                 break;
             }
             let r = core.expire_pass(now, opts.budget);
@@ -70,7 +71,7 @@ fn run(core: Arc<Core>, stop: Arc<(Mutex<bool>, Condvar)>, opts: CompactorOption
             std::thread::yield_now();
         }
         tick += 1;
-        if tick.is_multiple_of(8) {
+        if tick.is_multiple_of(8) && !core.segs.is_poisoned() {
             core.compact_blobs(50);
         }
     }

@@ -91,7 +91,12 @@ impl Core {
         if self.live_entries.load(Ordering::Relaxed) < max {
             return Ok(());
         }
-        self.expire_pass(now_ms, 1024);
+        // A pass that reached the end of the store before finding anything goes on from its
+        // start once (after a reopen, or a pass of the compactor, the cursor may be anywhere).
+        let r = self.expire_pass(now_ms, 1024);
+        if r.expired == 0 && r.wrapped {
+            self.expire_pass(now_ms, 1024);
+        }
         if self.live_entries.load(Ordering::Relaxed) < max {
             Ok(())
         } else {

@@ -22,6 +22,16 @@ pub struct OpenReport {
     pub duplicates: u64,
     /// Segments whose header was never written (a crash while growing): reused.
     pub blank_segments: u64,
+    /// Segments the file header records but the file no longer holds (its tail was cut):
+    /// everything in them is gone, entries and stored responses alike. Their number of entries
+    /// cannot be known (it was in the lost bytes); records whose response was in them are
+    /// refused with [`Error::Corrupt`](crate::Error::Corrupt) when replayed. See
+    /// [`Options::refuse_lost_segments`](crate::Options::refuse_lost_segments) to refuse such
+    /// a file instead.
+    pub lost_segments: u64,
+    /// The header's segment-count word failed its check: the file's length was trusted, and a
+    /// loss of segments could not be detected. The word is written again by this open.
+    pub segment_count_damaged: bool,
 }
 
 impl Core {
@@ -37,7 +47,7 @@ impl Core {
                     Ok(Some(h)) => h,
                     Ok(None) => {
                         report.blank_segments += 1;
-                        self.segs.adopt(seg, None, Vec::new());
+                        self.segs.adopt(seg, None, Vec::new(), 0);
                         continue;
                     }
                     Err(_) => {
@@ -53,6 +63,8 @@ impl Core {
             let mut free = Vec::new();
             let lines = u64::from(header.entry_lines);
             let mut at = 1;
+            // The line after the last entry found: scans skip the tail after it.
+            let mut end = 1;
             while at + lines <= seg_lines {
                 let line = seg as u64 * seg_lines + at;
                 at += lines;
@@ -62,6 +74,7 @@ impl Core {
                     free.push(line);
                     continue;
                 }
+                end = at;
                 let kind = EntryHeader::decode(head).kind;
                 let checked = match kind {
                     KIND_WINDOWS => self
@@ -106,7 +119,7 @@ impl Core {
                     }
                 }
             }
-            self.segs.adopt(seg, Some(header), free);
+            self.segs.adopt(seg, Some(header), free, end);
         }
         for (seg, scanned) in blob_segments {
             self.segs.adopt_blob(seg, scanned);

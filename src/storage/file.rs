@@ -1,5 +1,11 @@
-//! The store file: create or open it, hold its lock, read or write its header, and trim what a
-//! crash while growing left behind.
+//! The store file: create or open it, hold its lock, read or write its header, trim what a
+//! crash while growing left behind, and find out whether the file lost segments it had.
+//!
+//! The header page records how many segments the file must hold (the segment-count word,
+//! `docs/FORMAT.md`), raised and synced before a new segment is used. A file found shorter
+//! than that lost segments (cut by a copy, a restore or a full disk): the open says how many,
+//! or refuses with [`Error::Truncated`]. A file found longer holds segments that were
+//! allocated but never used (a crash while growing): they are cut off.
 //!
 //! One process at a time writes a store file: the exclusive lock taken here is held for as
 //! long as the file is open (the kernel drops it with the last descriptor), and every later
@@ -7,10 +13,12 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::format::{FileHeader, HEADER_LEN, HEADER_USED};
+use super::format::{FileHeader, HEADER_LEN, HEADER_USED, SEGMENTS_AT};
+use super::hook::{Hook, IoEvent};
 use super::raw::Map;
 use crate::error::{Error, Result};
 
@@ -23,8 +31,12 @@ pub(crate) struct Opened {
     pub file: File,
     /// Its header, as read, or as written for a new file.
     pub header: FileHeader,
-    /// The whole segments it holds.
+    /// The whole segments it holds (and that the header records).
     pub segments: usize,
+    /// Segments the header records but the file no longer holds (lost: the file was cut).
+    pub lost_segments: u64,
+    /// The segment-count word failed its check: the file's length was trusted.
+    pub count_damaged: bool,
     /// The header page, mapped (its live words follow the checked 64 bytes).
     pub header_map: Map,
 }
@@ -40,10 +52,25 @@ pub(crate) enum Access {
     ReadOnly,
 }
 
+/// How [`open`] treats a file.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct OpenPolicy {
+    /// Refuse a file that lost segments ([`Error::Truncated`]) instead of opening what is left.
+    pub refuse_lost: bool,
+    /// The test hook at every sync and allocation.
+    pub hook: Hook,
+}
+
 /// Open the store file at `path`: as the writer, create it (and its directory) with
-/// `new_header` if it does not exist, lock it, check its header and cut off a partial segment
-/// left by a crash while growing; as a read-only view, only open and check it.
-pub(crate) fn open(path: &Path, new_header: FileHeader, access: Access) -> Result<Opened> {
+/// `new_header` if it does not exist, lock it, check its header, cut off a partial segment or
+/// segments never used (a crash while growing), and compare what is left with the segment
+/// count the header records; as a read-only view, only open and check it.
+pub(crate) fn open(
+    path: &Path,
+    new_header: FileHeader,
+    access: Access,
+    policy: &OpenPolicy,
+) -> Result<Opened> {
     let write = access == Access::Write;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && write) {
         std::fs::create_dir_all(dir)?;
@@ -71,15 +98,38 @@ pub(crate) fn open(path: &Path, new_header: FileHeader, access: Access) -> Resul
     };
     let seg_len = 1u64 << header.seg_shift;
     let body = len.saturating_sub(HEADER_LEN);
-    let segments = if len == 0 {
-        0
+    let whole = if len == 0 { 0 } else { body / seg_len };
+    let recorded = if len == 0 {
+        Some(0)
     } else {
-        (body / seg_len) as usize
+        read_count(&file)?
     };
-    if len > HEADER_LEN && body % seg_len != 0 && write {
-        // A crash while growing left a partial segment: nothing in it was ever used (a
-        // segment is used only after its whole length is allocated and synced).
-        file.set_len(HEADER_LEN + segments as u64 * seg_len)?;
+    let (segments, lost_segments) = match recorded.map(u64::from) {
+        // Segments past the recorded count were allocated but never used.
+        Some(r) if r <= whole => (r, 0),
+        Some(r) => (whole, r - whole),
+        None => (whole, 0),
+    };
+    if lost_segments > 0 && policy.refuse_lost {
+        return Err(Error::Truncated {
+            recorded: segments + lost_segments,
+            found: segments,
+        });
+    }
+    if write && len > 0 {
+        let end = HEADER_LEN + segments * seg_len;
+        if len != end && len > HEADER_LEN {
+            // A crash while growing left a partial segment, or whole segments the count never
+            // took in: nothing in them was ever used (a segment is used only once its whole
+            // length is allocated and synced, and the count raised and synced).
+            file.set_len(end)?;
+        }
+        if recorded != Some(segments as u32) {
+            // The loss is reported by this open; the file now records what it holds.
+            record_segments(&file, segments as u32, &policy.hook)?;
+        } else if len != end {
+            policy.hook.run(IoEvent::SyncFile, || file.sync_data())?;
+        }
     }
     let header_map = if write {
         Map::file(&file, 0, HEADER_LEN as usize)?
@@ -89,9 +139,33 @@ pub(crate) fn open(path: &Path, new_header: FileHeader, access: Access) -> Resul
     Ok(Opened {
         file,
         header,
-        segments,
+        segments: segments as usize,
+        lost_segments,
+        count_damaged: recorded.is_none(),
         header_map,
     })
+}
+
+/// Record in the header page that the file holds `segments` segments, and make it durable
+/// (before the caller uses a new segment).
+pub(crate) fn record_segments(file: &File, segments: u32, hook: &Hook) -> Result<()> {
+    let offset = SEGMENTS_AT as u64;
+    hook.run(IoEvent::WriteCount { offset, segments }, || {
+        file.write_all_at(&FileHeader::segment_word(segments), offset)
+    })?;
+    hook.run(IoEvent::SyncFile, || file.sync_data())?;
+    Ok(())
+}
+
+/// The segment count the header page records: `None` if its word fails its check (or the file
+/// ends before it).
+fn read_count(file: &File) -> Result<Option<u32>> {
+    let mut w = [0u8; 8];
+    match file.read_exact_at(&mut w, SEGMENTS_AT as u64) {
+        Ok(()) => Ok(FileHeader::segments_of(&w)),
+        Err(e) if e.kind() == ErrorKind::UnexpectedEof => Ok(None),
+        Err(e) => Err(Error::Io(e)),
+    }
 }
 
 /// Take the file's exclusive lock.
@@ -123,6 +197,9 @@ fn create(file: &mut File, path: &Path, header: FileHeader) -> Result<()> {
     let mut page = vec![0u8; HEADER_LEN as usize];
     if let Some(used) = page.get_mut(..HEADER_USED) {
         used.copy_from_slice(&header.encode());
+    }
+    if let Some(count) = page.get_mut(SEGMENTS_AT..SEGMENTS_AT + 8) {
+        count.copy_from_slice(&FileHeader::segment_word(0));
     }
     file.write_all(&page)?;
     file.sync_all()?;

@@ -20,6 +20,9 @@ pub(crate) const HEADER_USED: usize = 64;
 /// Byte offset in the header page of the newest time the store has seen (ms since the Unix
 /// epoch, a live word outside the checked 64 bytes; see `docs/FORMAT.md`).
 pub(crate) const SEEN_AT: usize = HEADER_USED;
+/// Byte offset in the header page of the segment-count word: how many segments the file must
+/// hold (a live word outside the checked 64 bytes, with its own check; see `docs/FORMAT.md`).
+pub(crate) const SEGMENTS_AT: usize = HEADER_USED + 8;
 /// One line: the unit of entry allocation, and a cache line.
 pub(crate) const LINE: usize = 64;
 /// The largest entry, in lines.
@@ -100,6 +103,24 @@ impl FileHeader {
             });
         }
         Ok(h)
+    }
+
+    /// The segment-count word (bytes `SEGMENTS_AT..+8` of the header page) saying the file
+    /// must hold `segments` segments: the count in the low half, the crc32 of its four
+    /// little-endian bytes in the high half. Written, and synced, before a new segment is used.
+    pub(crate) fn segment_word(segments: u32) -> [u8; 8] {
+        let n = segments.to_le_bytes();
+        let mut b = [0u8; 8];
+        b[0..4].copy_from_slice(&n);
+        b[4..8].copy_from_slice(&crc32fast::hash(&n).to_le_bytes());
+        b
+    }
+
+    /// Decode a segment-count word: `None` if its check fails (a damaged word; an all-zero
+    /// word fails too, since the crc of a zero count is not zero).
+    pub(crate) fn segments_of(word: &[u8]) -> Option<u32> {
+        let n: [u8; 4] = word.get(0..4)?.try_into().ok()?;
+        (word.len() >= 8 && le32(word, 4) == crc32fast::hash(&n)).then(|| u32::from_le_bytes(n))
     }
 }
 
@@ -387,7 +408,39 @@ mod tests {
                 supported: 2
             })
         ));
+        let mut v3 = b;
+        v3[8] = 3;
+        assert!(matches!(
+            FileHeader::decode(&v3),
+            Err(Error::UnsupportedVersion { found: 3, .. })
+        ));
         assert!(FileHeader::decode(&b[..10]).is_err());
+        let mut v1 = b;
+        v1[8] = 1;
+        assert!(matches!(
+            FileHeader::decode(&v1),
+            Err(Error::UnsupportedVersion {
+                found: 1,
+                supported: 2
+            })
+        ));
+    }
+
+    #[test]
+    fn segment_word_round_trip_and_check() {
+        for n in [0, 1, 7, 1 << 20, u32::MAX] {
+            let w = FileHeader::segment_word(n);
+            assert_eq!(FileHeader::segments_of(&w), Some(n));
+            for bit in 0..64 {
+                let mut bad = w;
+                if let Some(byte) = bad.get_mut(bit / 8) {
+                    *byte ^= 1 << (bit % 8);
+                }
+                assert_eq!(FileHeader::segments_of(&bad), None, "n {n} bit {bit}");
+            }
+        }
+        assert_eq!(FileHeader::segments_of(&[0u8; 8]), None);
+        assert_eq!(FileHeader::segments_of(&[0u8; 5]), None);
     }
 
     #[test]

@@ -5,12 +5,15 @@
 //!   entry header word, entry layout, blob record head);
 //! * [`segment`]: the file grows by segments, entries are allocated from them in size classes;
 //! * [`index`]: the in-memory key-hash → entry table with lock-free lookups;
+//! * [`hook`]: the test hook at every msync, fdatasync and fallocate (failure injection,
+//!   power-loss simulation);
 //! * [`raw`] and [`sys`]: mapped memory and system calls, the only modules allowed `unsafe`.
 //!
 //! The engine (`crate::engine`) builds on these; nothing here imports the engine.
 
 pub(crate) mod file;
 pub(crate) mod format;
+pub(crate) mod hook;
 pub(crate) mod index;
 #[allow(
     unsafe_code,

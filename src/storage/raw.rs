@@ -76,11 +76,6 @@ impl Map {
     pub(crate) fn word(&self, offset: usize) -> Option<&AtomicU64> {
         word_at(self.base(), self.len(), offset)
     }
-
-    /// Write the map's dirty pages to the file and wait (msync MS_SYNC).
-    pub(crate) fn flush(&self) -> io::Result<()> {
-        self.raw.flush()
-    }
 }
 
 fn word_at<'a>(base: NonNull<u8>, len: usize, offset: usize) -> Option<&'a AtomicU64> {
@@ -188,14 +183,6 @@ impl Maps {
             Some(m) => m.raw.flush_range(offset, len),
             None => Ok(()),
         }
-    }
-
-    /// Flush every segment to the file.
-    pub(crate) fn flush(&self) -> io::Result<()> {
-        for m in self.owned.lock().iter() {
-            m.flush()?;
-        }
-        Ok(())
     }
 }
 

@@ -5,14 +5,19 @@
 //! segment header. Free entries of a class are kept in a free list, rebuilt when the store is
 //! opened. An entry that leaves the index is not reused at once: its line goes through the
 //! epoch (`release_later`), so no reader that might still hold it ever sees it rewritten.
+//!
+//! Every msync, fdatasync and fallocate of the segments goes through here (and through the
+//! test hook, `hook.rs`); the first one that fails poisons the store: from then on every
+//! write is refused with [`Error::Poisoned`] until the file is opened again.
 
 use std::fs::File;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 
 use super::format::{SegmentHeader, BLOB_SEGMENT, HEADER_LEN, LINE, MAX_ENTRY_LINES};
+use super::hook::{Hook, IoEvent};
 use super::raw::{Map, Maps};
 use crate::error::{Error, Result};
 
@@ -61,6 +66,10 @@ struct Alloc {
     /// Per segment index: the line after the furthest live record seen (at open), so that a
     /// gap left by a record whose header never got written does not hide the records after it.
     blob_floor: Vec<u64>,
+    /// Per entry segment: the line after the last entry ever handed out or found in it (0:
+    /// not known, the whole segment), so that scans skip a tail never used, also after a
+    /// reopen.
+    ends: Vec<u64>,
 }
 
 /// How full the blob segments are (lines of 64 bytes).
@@ -100,6 +109,10 @@ pub(crate) struct Segments {
     /// Segments are private copy-on-write maps of a file open for reading (a read-only view):
     /// the file is never grown or written.
     private: bool,
+    /// The test hook at every sync and allocation.
+    hook: Hook,
+    /// A sync or an allocation failed: every write is refused until the store is reopened.
+    poisoned: AtomicBool,
 }
 
 impl Segments {
@@ -117,11 +130,43 @@ impl Segments {
                 blob_used: Vec::new(),
                 blob_live: Vec::new(),
                 blob_floor: Vec::new(),
+                ends: Vec::new(),
             }),
             released: Arc::new(Mutex::new(Released::default())),
             pending: Arc::new(AtomicU64::new(0)),
             private: false,
+            hook: Hook::default(),
+            poisoned: AtomicBool::new(false),
         }
+    }
+
+    /// Call `hook` at every sync and allocation (tests).
+    pub(crate) fn set_hook(&mut self, hook: Hook) {
+        self.hook = hook;
+    }
+
+    /// `Err(Error::Poisoned)` once a sync or an allocation has failed.
+    #[inline]
+    pub(crate) fn writable(&self) -> Result<()> {
+        if self.poisoned.load(Ordering::Relaxed) {
+            Err(Error::Poisoned)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Whether a sync or an allocation has failed.
+    #[inline]
+    pub(crate) fn is_poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::Relaxed)
+    }
+
+    /// Run a sync or an allocation; its failure poisons the store.
+    fn durable<T>(&self, r: std::io::Result<T>) -> Result<T> {
+        r.map_err(|e| {
+            self.poisoned.store(true, Ordering::Release);
+            Error::Io(e)
+        })
     }
 
     /// Map the file's segments as private copy-on-write maps (read-only views).
@@ -143,11 +188,6 @@ impl Segments {
     /// Number of mapped segments.
     pub(crate) fn count(&self) -> usize {
         self.maps.count()
-    }
-
-    /// The file, if the store has one.
-    pub(crate) fn file(&self) -> Option<&File> {
-        self.file.as_ref()
     }
 
     /// The entry starting at global line `line`.
@@ -206,8 +246,14 @@ impl Segments {
     }
 
     /// Register segment `seg` (found at open) as blank, or as a segment of `entry_lines` whose
-    /// entries at `free_lines` are free.
-    pub(crate) fn adopt(&self, seg: usize, header: Option<SegmentHeader>, free_lines: Vec<u64>) {
+    /// entries at `free_lines` are free and whose entries end before line `end` of the segment.
+    pub(crate) fn adopt(
+        &self,
+        seg: usize,
+        header: Option<SegmentHeader>,
+        free_lines: Vec<u64>,
+        end: u64,
+    ) {
         if header.is_none() {
             // A segment whose header line is zero: normally one a crash left right after the
             // file grew (all zero), but its body may hold old entries if only the header was
@@ -221,6 +267,7 @@ impl Segments {
                 if let Some(c) = a.classes.get_mut(h.entry_lines as usize) {
                     c.free.extend(free_lines);
                 }
+                set_at(&mut a.ends, seg, end.max(1));
             }
         }
     }
@@ -332,10 +379,19 @@ impl Segments {
     /// the untouched tail of the segment being filled).
     pub(crate) fn scan_end(&self, seg: usize) -> u64 {
         let a = self.alloc.lock();
-        a.classes
-            .iter()
-            .find_map(|c| c.current.filter(|&(s, _)| s == seg).map(|(_, next)| next))
-            .unwrap_or_else(|| self.seg_lines())
+        match get_at(&a.ends, seg) {
+            0 => self.seg_lines(),
+            end => end.min(self.seg_lines()),
+        }
+    }
+
+    /// Note that the entry at global line `line` of `lines` lines is handed out.
+    fn note_end(&self, a: &mut Alloc, line: u64, lines: u32) {
+        let seg = self.seg_of(line);
+        let end = (line & (self.seg_lines() - 1)) + u64::from(lines);
+        if get_at(&a.ends, seg) < end {
+            set_at(&mut a.ends, seg, end);
+        }
     }
 
     /// Zero every line of segment `seg` after its header line.
@@ -405,12 +461,31 @@ impl Segments {
         HEADER_LEN + seg * self.seg_len() + (line & (self.seg_lines() - 1)) * LINE as u64
     }
 
-    /// Flush `lines` lines from `line` to the file (msync).
+    /// Flush `lines` lines from `line` to the file (msync), and the header line of their
+    /// segment with them: a segment header written since the last sync must reach the disk
+    /// with the first entry synced in it, or a power cut would leave that entry in a segment
+    /// that reads as blank (zeroed at open).
     pub(crate) fn flush_lines(&self, line: u64, lines: u64) -> Result<()> {
+        self.writable()?;
+        if self.file.is_none() {
+            return Ok(());
+        }
         let seg = (line >> (self.seg_shift - 6)) as usize;
         let off = ((line & (self.seg_lines() - 1)) as usize) * LINE;
-        self.maps.flush_range(seg, off, lines as usize * LINE)?;
-        Ok(())
+        self.msync(seg, 0, LINE)?;
+        self.msync(seg, off, lines as usize * LINE)
+    }
+
+    /// msync bytes `off..off + len` of segment `seg`.
+    fn msync(&self, seg: usize, off: usize, len: usize) -> Result<()> {
+        let event = IoEvent::Msync {
+            offset: HEADER_LEN + seg as u64 * self.seg_len() + off as u64,
+            len: len as u64,
+        };
+        self.durable(
+            self.hook
+                .run(event, || self.maps.flush_range(seg, off, len)),
+        )
     }
 
     /// Allocate an entry of `lines` lines; its words are zero... except the header word, which
@@ -430,6 +505,7 @@ impl Segments {
         let seg_lines = self.seg_lines();
         let class = lines as usize;
         if let Some(line) = a.classes.get_mut(class).and_then(|c| c.free.pop()) {
+            self.note_end(&mut a, line, lines);
             self.zero(line, lines);
             return Ok(line);
         }
@@ -439,7 +515,9 @@ impl Segments {
                 if let Some(c) = a.classes.get_mut(class) {
                     c.current = Some((seg, next + u64::from(lines)));
                 }
-                return Ok(seg as u64 * seg_lines + next);
+                let line = seg as u64 * seg_lines + next;
+                self.note_end(&mut a, line, lines);
+                return Ok(line);
             }
         }
         // Before taking a new segment, give entries waiting for the epoch a chance to come
@@ -470,6 +548,7 @@ impl Segments {
         if let Some(c) = a.classes.get_mut(class) {
             c.current = Some((seg, 1 + u64::from(lines)));
         }
+        set_at(&mut a.ends, seg, 1 + u64::from(lines));
         Ok(seg as u64 * seg_lines + 1)
     }
 
@@ -523,23 +602,43 @@ impl Segments {
         if self.private {
             return Err(Error::ReadOnly);
         }
+        self.writable()?;
         let map = match &self.file {
             Some(f) => {
                 let off = HEADER_LEN + idx as u64 * self.seg_len();
-                crate::storage::sys::allocate(f, off, self.seg_len())?;
-                // The new length must be durable before anything in it is acknowledged.
-                f.sync_data()?;
-                Map::file(f, off, 1 << self.seg_shift)?
+                let len = self.seg_len();
+                self.durable(self.hook.run(IoEvent::Allocate { offset: off, len }, || {
+                    crate::storage::sys::allocate(f, off, len)
+                }))?;
+                // The new length must be durable before the count takes it in, and the count
+                // before anything in the segment is used: a crash in between leaves a segment
+                // the count does not take in (cut off at open), never one it takes in but the
+                // file lacks (which open would report as lost).
+                self.durable(self.hook.run(IoEvent::SyncFile, || f.sync_data()))?;
+                let count = u32::try_from(idx + 1).map_err(|_| Error::CapacityExhausted)?;
+                super::file::record_segments(f, count, &self.hook).inspect_err(|_| {
+                    self.poisoned.store(true, Ordering::Release);
+                })?;
+                self.durable(Map::file(f, off, 1 << self.seg_shift))?
             }
             None => Map::anon(1 << self.seg_shift)?,
         };
         Ok(self.maps.push(map)?)
     }
 
-    /// Flush every segment (msync).
+    /// Flush every segment (msync), then the file (fdatasync).
     pub(crate) fn flush(&self) -> Result<()> {
-        self.maps.flush()?;
-        Ok(())
+        self.writable()?;
+        let Some(f) = &self.file else {
+            return Ok(());
+        };
+        if self.private {
+            return Ok(());
+        }
+        for seg in 0..self.maps.count() {
+            self.msync(seg, 0, self.seg_len() as usize)?;
+        }
+        self.durable(self.hook.run(IoEvent::SyncFile, || f.sync_data()))
     }
 
     /// Free entries counted per class (for stats).
