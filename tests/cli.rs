@@ -497,9 +497,10 @@ fn verify_summarizes_a_truncated_file() {
     assert!(out.lines().count() < 30, "short: {out}");
     let (code, out, _) = run(&["verify", p, "--all"]);
     assert_eq!(code, 1);
+    // Every finding: the lost segment and the 30 responses.
     assert_eq!(
         out.lines().filter(|l| l.starts_with("  byte ")).count(),
-        30,
+        31,
         "{out}"
     );
     let (code, out, _) = run(&["verify", p, "--json"]);
@@ -509,7 +510,7 @@ fn verify_summarizes_a_truncated_file() {
         (v["ok"].clone(), v["truncated"].clone()),
         (false.into(), true.into())
     );
-    assert_eq!(v["findings_total"], 30);
+    assert_eq!(v["findings_total"], 31);
     assert_eq!(v["findings"].as_array().unwrap().len(), 20);
     assert_eq!(
         std::fs::metadata(&path).unwrap().len(),
