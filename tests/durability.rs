@@ -363,7 +363,10 @@ fn a_failed_fallocate_while_growing_poisons_the_store() {
     }
     match failed {
         Some((i, tollgate::Error::Io(e))) => {
-            assert!(i > 0, "keys fitted in the existing segments before the failure");
+            assert!(
+                i > 0,
+                "keys fitted in the existing segments before the failure"
+            );
             assert_eq!(
                 store.stats().segments,
                 segments_before,
