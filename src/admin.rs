@@ -18,10 +18,10 @@ use crate::inspect::RecordState;
 use crate::limit::Limits;
 use crate::store::Store;
 
-/// One sub-window of a bucketed window, or one admitted request of an exact window.
+/// One sub-window of a sliding window, or one admitted request of an exact window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SubWindow {
-    /// Start of the sub-window (bucketed) or time of the request (exact), ms since the epoch.
+    /// Start of the sub-window (sliding) or time of the request (exact), ms since the epoch.
     pub start_ms: u64,
     /// Requests counted in it (1 for an exact window's request).
     pub used: u32,
@@ -45,9 +45,9 @@ pub struct KeyWindow {
     /// When the window is back to its full limit (the newest counted request drops out), ms
     /// since the epoch; `now` for an empty window.
     pub reset_ms: u64,
-    /// Sub-window length (bucketed); zero for an exact window.
+    /// Sub-window length (sliding); zero for an exact window.
     pub sub_window: Duration,
-    /// Bucketed: every sub-window the window covers, newest first. Exact: every admitted
+    /// Sliding: every sub-window the window covers, newest first. Exact: every admitted
     /// request still in the window, oldest first.
     pub sub_windows: Vec<SubWindow>,
 }

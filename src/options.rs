@@ -15,7 +15,7 @@ use crate::idempotency::IdemOptions;
 /// The settings every backend shares.
 #[derive(Debug, Clone)]
 pub(crate) struct Common {
-    /// Most sub-windows of a bucketed window.
+    /// Sub-windows per sliding window (`B`).
     pub sub_windows: u32,
     /// Where time comes from.
     pub clock: ClockSource,

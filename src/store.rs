@@ -280,8 +280,9 @@ impl Store {
         self.core.peek(key, limits, now_ms)
     }
 
-    /// How late a bucketed window of `limit` may release quota on this store: a request made at
-    /// `t` stops counting at the latest at `t + window + release_delay` (one sub-window; see
+    /// How late a sliding window of `limit` may release quota on this store: a request made at
+    /// `t` stops counting at the latest at `t + window + release_delay` (one sub-window and at
+    /// most `B` ms of rounding: `⌈W/B⌉ + B - 1`; see
     /// `docs/ACCURACY.md`). Exact windows release on time (zero).
     pub fn release_delay(&self, limit: &crate::Limit) -> std::time::Duration {
         self.core.release_delay(limit)

@@ -1,7 +1,7 @@
 //! The check path: count a request in every window of a key, all or nothing, and say what
 //! goes in the response headers; and the same answer without counting (peek).
 //!
-//! A set of bucketed windows (the usual case) takes the short path, [`Core::apply`]: one
+//! A set of sliding windows (the usual case) takes the short path, [`Core::apply`]: one
 //! compare-and-swap per window, and if a later window refuses, the cost is taken back from the
 //! earlier ones. A set with an exact window takes [`Core::apply_with_exact`], under the lock
 //! bit of the first exact window's meta word. The word protocols themselves are

@@ -388,7 +388,7 @@ impl Snap {
     }
 
     /// UTC ms at which the window is back to its full limit (its newest counted request drops
-    /// out); `now_ms` if it is empty. Like [`super::Norm::reset_ms`].
+    /// out); `now_ms` if it is empty.
     pub(crate) fn reset_ms(&self, geo: &Slide, now_ms: u64) -> u64 {
         let ne = self.eff(geo, now_ms);
         let lo = ne.saturating_sub(u64::from(geo.b));
