@@ -19,7 +19,7 @@ use crate::options::OnFull;
 use crate::storage::format::EntryLayout;
 use crate::storage::segment::Entry;
 use crate::window::cell;
-use crate::window::sliding::{self, Added, Slide};
+use crate::window::sliding::{self, Added, Slide, Snap};
 
 /// What applying a check to an entry came to.
 enum Applied {
@@ -344,11 +344,16 @@ impl Core {
     ) -> Decision {
         let mut ws = [WindowState::default(); MAX_WINDOWS];
         let mut all_fit = true;
+        // One copy for every window, filled in place: a window's ring is up to 768 bytes.
+        let mut snap = Snap::EMPTY;
         for (i, l) in limits.as_slice().iter().enumerate() {
             let at = layout.window_at[i];
             ws[i] = match limits.slide(i, self.b) {
                 Some(geo) => match sliding_window(e, at, &geo) {
-                    Some(win) => sliding_state(&sliding::snapshot(&win, &geo), &geo, cost, now_ms),
+                    Some(win) => {
+                        sliding::snapshot_into(&win, &geo, &mut snap);
+                        sliding_state(&snap, &geo, cost, now_ms)
+                    }
                     None => WindowState::default(),
                 },
                 None => {

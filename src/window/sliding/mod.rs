@@ -60,7 +60,8 @@ mod tests;
 // The store's entry points once it is integrated.
 #[allow(unused_imports)]
 pub(crate) use proto::{
-    add, freeze, freeze_if_expired, recover, snapshot, take_back, thaw, Added, Recovered, Window,
+    add, freeze, freeze_if_expired, recover, snapshot, snapshot_into, take_back, thaw, Added,
+    Recovered, Window,
 };
 
 use super::{Geometry, FROZEN};
@@ -279,6 +280,16 @@ pub(crate) struct Snap {
 }
 
 impl Snap {
+    /// An empty window's copy (all zero), to fill with [`snapshot_into`].
+    pub(crate) const EMPTY: Snap = Snap {
+        raw: 0,
+        base: 0,
+        n: 0,
+        cur: 0,
+        older: 0,
+        ring: [0; MAX_RING_WORDS],
+    };
+
     /// Decode a head, base and ring.
     pub(crate) fn decode(geo: &Slide, raw: u64, base: u64, ring: [u64; MAX_RING_WORDS]) -> Snap {
         let (cur, older) = geo.fields(raw);
@@ -337,15 +348,60 @@ impl Snap {
         }
     }
 
-    /// The window's count at effective sub-window `ne >= n`: sub-windows `ne-B ..= ne`.
+    /// The counts of sub-windows `lo ..= hi` (with `hi <= n`), oldest first, as `(m, count)`.
+    /// One division for the whole walk: the ring index advances and wraps by itself (a check
+    /// at the limit walks up to `B + 1` sub-windows per window).
+    #[inline]
+    fn counts<'s>(
+        &'s self,
+        geo: &'s Slide,
+        lo: u64,
+        hi: u64,
+    ) -> impl Iterator<Item = (u64, u64)> + 's {
+        let b = geo.b;
+        let mut i = (lo % u64::from(b)) as u32;
+        (lo..=hi).map(move |m| {
+            let c = if m == self.n {
+                self.cur
+            } else if m < self.n && self.n - m <= u64::from(b) {
+                geo.slot(&self.ring, i)
+            } else {
+                0
+            };
+            i = if i + 1 == b { 0 } else { i + 1 };
+            (m, c)
+        })
+    }
+
+    /// The window's count at effective sub-window `ne >= n`: sub-windows `ne-B ..= ne`. In
+    /// the head's sub-window that is the head's own sum; later, the head's sum less the
+    /// sub-windows that aged out since (at most `ne - n` of them).
     pub(crate) fn total_at(&self, geo: &Slide, ne: u64) -> u64 {
         if ne <= self.n {
             return self.cur + self.older;
         }
-        let lo = ne.saturating_sub(u64::from(geo.b));
-        (lo.max(self.n.saturating_sub(u64::from(geo.b)))..=self.n)
-            .map(|m| self.count(geo, m))
-            .sum()
+        let b = u64::from(geo.b);
+        if ne - self.n > b {
+            // Even the head's own sub-window has aged out.
+            return 0;
+        }
+        if self.older >= geo.field_mask() {
+            // `older` may be capped at the field's maximum (a recovered or narrowed window):
+            // sum what still counts instead of subtracting from it.
+            return self
+                .counts(geo, (ne - b).max(self.n.saturating_sub(b)), self.n)
+                .map(|(_, c)| c)
+                .sum();
+        }
+        // Aged out: sub-windows `n - B ..= ne - B - 1` (those that exist).
+        let first = self.n.saturating_sub(b);
+        let aged: u64 = match (ne - b).checked_sub(1) {
+            Some(last) if last >= first && self.n >= b => {
+                self.counts(geo, first, last).map(|(_, c)| c).sum()
+            }
+            _ => 0,
+        };
+        (self.cur + self.older).saturating_sub(aged)
     }
 
     /// The count at `now_ms`.
@@ -378,8 +434,8 @@ impl Snap {
         }
         let mut freed = 0;
         let lo = ne.saturating_sub(u64::from(geo.b));
-        for m in lo..=ne {
-            freed += self.count(geo, m);
+        for (m, c) in self.counts(geo, lo, ne.min(self.n)) {
+            freed += c;
             if freed >= needed {
                 return Self::drop_ms(geo, m).saturating_sub(now_ms).max(1);
             }
@@ -470,16 +526,31 @@ impl Snap {
             return;
         }
         let b = u64::from(geo.b);
+        let mask = geo.field_mask();
         let ring = self.ring.get_mut(..geo.ring_words).unwrap_or_default();
         if to - self.n > b {
             ring.fill(0);
+            self.older = 0;
         } else {
-            geo.set_slot(ring, (self.n % b) as u32, self.cur);
-            for m in self.n + 1..to {
-                geo.set_slot(ring, (m % b) as u32, 0);
+            // `older` follows the counters it sums: each slot reused loses its aged-out count
+            // and the first one gains `cur`. A capped `older` (at the field's maximum) is
+            // summed again instead. One division for the whole walk.
+            let exact = self.older < mask;
+            let mut older = self.older;
+            let mut i = (self.n % b) as u32;
+            for m in self.n..to {
+                older -= geo.slot(ring, i).min(older);
+                let v = if m == self.n { self.cur } else { 0 };
+                geo.set_slot(ring, i, v);
+                older += v;
+                i = if i + 1 == geo.b { 0 } else { i + 1 };
             }
+            self.older = if exact {
+                older.min(mask)
+            } else {
+                (0..geo.b).map(|i| geo.slot(ring, i)).sum::<u64>().min(mask)
+            };
         }
-        self.older = (0..geo.b).map(|i| geo.slot(ring, i)).sum();
         self.cur = 0;
         self.n = to;
     }

@@ -45,7 +45,7 @@
 
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 
-use super::{Slide, Snap, FROZEN, LOCK, MAX_RING_WORDS};
+use super::{Slide, Snap, FROZEN, LOCK};
 use crate::window::cell::WordCell;
 
 /// The cells of one window: the head, the base word (wide layout only), the ring.
@@ -87,19 +87,26 @@ impl<'a, C: WordCell> Window<'a, C> {
         self.base.map_or(0, |b| b.load(Acquire))
     }
 
-    fn load_ring(&self) -> [u64; MAX_RING_WORDS] {
-        let mut ring = [0; MAX_RING_WORDS];
-        for (d, s) in ring.iter_mut().zip(self.ring) {
+    /// Read the head `h` (held locked by the caller), the base and the ring into `out`, in
+    /// place (no copy of the whole ring array is made or moved).
+    fn load_locked(&self, geo: &Slide, h: u64, out: &mut Snap) {
+        let base = self.load_base();
+        for (d, s) in out.ring.iter_mut().zip(self.ring) {
             *d = s.load(Acquire);
         }
-        ring
+        let (cur, older) = geo.fields(h);
+        out.raw = h;
+        out.base = base;
+        out.n = geo.head_n(h, base);
+        out.cur = cur;
+        out.older = older;
     }
 
-    /// Write the ring words that differ from `old`, then the base, then the head (which drops
-    /// the lock). Only under the lock.
-    fn publish(&self, geo: &Slide, old: &[u64; MAX_RING_WORDS], s: &Snap) {
-        for ((cell, o), n) in self.ring.iter().zip(old).zip(&s.ring) {
-            if o != n {
+    /// Write the ring words that changed (`changed(word)`), then the base, then the head
+    /// (which drops the lock). Only under the lock.
+    fn publish(&self, geo: &Slide, s: &Snap, changed: impl Fn(usize) -> bool) {
+        for (k, (cell, n)) in self.ring.iter().zip(&s.ring).enumerate() {
+            if changed(k) {
                 cell.store(*n, Release);
             }
         }
@@ -137,16 +144,34 @@ pub(crate) enum Added {
 /// Read a consistent copy of the window (seqlock-style; see the module doc). Waits while the
 /// lock is held.
 pub(crate) fn snapshot<C: WordCell>(w: &Window<'_, C>, geo: &Slide) -> Snap {
+    let mut s = Snap::EMPTY;
+    snapshot_into(w, geo, &mut s);
+    s
+}
+
+/// [`snapshot`] into `out`, for a caller that reads several windows in a row (a rejection
+/// reports every window): only the window's own ring words are written, and no copy of the
+/// whole ring array is made or moved. Ring words of `out` past [`Slide::ring_words`] are left
+/// as they were; nothing reads them.
+pub(crate) fn snapshot_into<C: WordCell>(w: &Window<'_, C>, geo: &Slide, out: &mut Snap) {
     let mut spins = 0u32;
     loop {
         let h1 = w.head.load(Acquire);
         if h1 & LOCK == 0 {
             let b1 = w.load_base();
-            let ring = w.load_ring();
+            for (d, s) in out.ring.iter_mut().zip(w.ring) {
+                *d = s.load(Acquire);
+            }
             let h2 = w.head.load(Acquire);
             let b2 = w.load_base();
             if h1 == h2 && b1 == b2 {
-                return Snap::decode(geo, h1, b1, ring);
+                let (cur, older) = geo.fields(h1);
+                out.raw = h1;
+                out.base = b1;
+                out.n = geo.head_n(h1, b1);
+                out.cur = cur;
+                out.older = older;
+                return;
             }
         }
         spins += 1;
@@ -209,7 +234,8 @@ pub(crate) fn add<C: WordCell>(w: &Window<'_, C>, geo: &Slide, now_ms: u64, cost
         }
         // A later sub-window: judge on a consistent copy first, so that a refusal writes
         // nothing.
-        let s = snapshot(w, geo);
+        let mut s = Snap::EMPTY;
+        snapshot_into(w, geo, &mut s);
         if s.frozen() {
             return Added::Frozen;
         }
@@ -231,8 +257,10 @@ pub(crate) fn add<C: WordCell>(w: &Window<'_, C>, geo: &Slide, now_ms: u64, cost
         // Under the lock: base and ring cannot change any more; read them again (the copy
         // above is only known consistent with the head's value, which a wide layout's base
         // tells apart from an older identical one).
-        let mut locked = Snap::decode(geo, s.raw, w.load_base(), w.load_ring());
-        let old = locked.ring;
+        let raw = s.raw;
+        w.load_locked(geo, raw, &mut s);
+        let locked = &mut s;
+        let from = locked.n;
         locked.rotate(geo, n_now);
         let total = locked.cur + locked.older;
         let fits = total + cost64 <= limit;
@@ -240,7 +268,18 @@ pub(crate) fn add<C: WordCell>(w: &Window<'_, C>, geo: &Slide, now_ms: u64, cost
             locked.cur += cost64;
         }
         let m = locked.n;
-        w.publish(geo, &old, &locked);
+        // The rotation rewrote the counters of sub-windows `from ..= n_now - 1` (all of them
+        // past a whole ring): the words holding those counters.
+        let b = u64::from(geo.b);
+        w.publish(geo, locked, |k| {
+            n_now - from >= b || {
+                let (lo, hi) = (k as u64 * 64, k as u64 * 64 + 63);
+                (from..n_now).any(|mm| {
+                    let bit = (mm % b) * u64::from(geo.c);
+                    bit <= hi && bit + u64::from(geo.c) > lo
+                })
+            }
+        });
         return if fits {
             Added::Yes {
                 m,
@@ -301,7 +340,8 @@ pub(crate) fn take_back<C: WordCell>(w: &Window<'_, C>, geo: &Slide, m: u64, cos
             h = w.head.load(Acquire);
             continue;
         }
-        let mut s = Snap::decode(geo, h, w.load_base(), w.load_ring());
+        let mut s = Snap::EMPTY;
+        w.load_locked(geo, h, &mut s);
         let old = s.ring;
         if m < s.n && s.n - m <= b {
             let i = (m % b) as u32;
@@ -312,7 +352,7 @@ pub(crate) fn take_back<C: WordCell>(w: &Window<'_, C>, geo: &Slide, m: u64, cos
         } else if m == s.n {
             s.cur = s.cur.saturating_sub(u64::from(cost));
         }
-        w.publish(geo, &old, &s);
+        w.publish(geo, &s, |k| old.get(k) != s.ring.get(k));
         return;
     }
 }
@@ -393,12 +433,12 @@ pub(crate) fn recover<C: WordCell>(w: &Window<'_, C>, geo: &Slide) -> Recovered 
         w.head.store(h, Release);
         return Recovered::Clean;
     }
-    let mut s = Snap::decode(geo, h & !LOCK, w.load_base(), w.load_ring());
-    let old = s.ring;
+    let mut s = Snap::EMPTY;
+    w.load_locked(geo, h & !LOCK, &mut s);
     let ring_sum: u64 = (0..geo.b).map(|i| geo.slot(&s.ring, i)).sum();
     s.cur = u64::from(geo.limit);
     s.older = ring_sum.min((1u64 << geo.c) - 1);
-    // Every ring word is rewritten by `publish` only where it changed: none here.
-    w.publish(geo, &old, &s);
+    // No ring word changes here.
+    w.publish(geo, &s, |_| false);
     Recovered::WasLocked
 }
