@@ -166,13 +166,7 @@ impl Core {
             match sliding::add(&win, &geo, now_ms, cost) {
                 Added::Yes { m, used, reset_ms } => {
                     added[i] = Some(m);
-                    out.windows[i] = WindowState {
-                        limit: l.limit(),
-                        window_ms: l.window_ms(),
-                        used: u32::try_from(used).unwrap_or(u32::MAX),
-                        reset_ms,
-                        retry_after_ms: 0,
-                    };
+                    out.windows[i] = admitted(l, used, reset_ms);
                 }
                 Added::Refused { .. } => {
                     self.undo(&e, &layout, limits, &added, cost);
@@ -230,13 +224,7 @@ impl Core {
             match sliding::add(&win, &geo, now_ms, cost) {
                 Added::Yes { m, used, reset_ms } => {
                     added[i] = Some(m);
-                    ws[i] = WindowState {
-                        limit: l.limit(),
-                        window_ms: l.window_ms(),
-                        used: u32::try_from(used).unwrap_or(u32::MAX),
-                        reset_ms,
-                        retry_after_ms: 0,
-                    };
+                    ws[i] = admitted(l, used, reset_ms);
                 }
                 Added::Refused { .. } => {
                     refused = Some(i);
@@ -375,6 +363,19 @@ impl Core {
             }
         }
         Decision::from_windows(allowed, ws, limits.len())
+    }
+}
+
+/// The state of window `l` that just admitted a request: `used` with it, back to its full
+/// limit at `reset_ms`.
+#[inline]
+fn admitted(l: &Limit, used: u64, reset_ms: u64) -> WindowState {
+    WindowState {
+        limit: l.limit(),
+        window_ms: l.window_ms(),
+        used: u32::try_from(used).unwrap_or(u32::MAX),
+        reset_ms,
+        retry_after_ms: 0,
     }
 }
 
