@@ -348,9 +348,10 @@ impl Snap {
         }
     }
 
-    /// The counts of sub-windows `lo ..= hi` (with `hi <= n`), oldest first, as `(m, count)`.
-    /// One division for the whole walk: the ring index advances and wraps by itself (a check
-    /// at the limit walks up to `B + 1` sub-windows per window).
+    /// The non-zero counts of sub-windows `lo ..= hi`, oldest first, as `(m, count)`. One
+    /// division for the whole walk (the ring index advances and wraps by itself), and a ring
+    /// word that is zero is passed over whole: a check at the limit walks up to `B + 1`
+    /// sub-windows, most of them empty on a bursty key.
     #[inline]
     fn counts<'s>(
         &'s self,
@@ -358,18 +359,48 @@ impl Snap {
         lo: u64,
         hi: u64,
     ) -> impl Iterator<Item = (u64, u64)> + 's {
-        let b = geo.b;
+        let (b, c) = (geo.b, u64::from(geo.c));
+        let mut m = lo;
         let mut i = (lo % u64::from(b)) as u32;
-        (lo..=hi).map(move |m| {
-            let c = if m == self.n {
-                self.cur
-            } else if m < self.n && self.n - m <= u64::from(b) {
-                geo.slot(&self.ring, i)
-            } else {
-                0
-            };
-            i = if i + 1 == b { 0 } else { i + 1 };
-            (m, c)
+        std::iter::from_fn(move || {
+            while m <= hi {
+                let (at, idx) = (m, i);
+                let in_ring = at < self.n && self.n - at <= u64::from(b);
+                let mut step = 1u64;
+                let v = if at == self.n {
+                    self.cur
+                } else if in_ring {
+                    let bit = u64::from(idx) * c;
+                    let w = (bit / 64) as usize;
+                    if self.ring.get(w).copied().unwrap_or(0) == 0 && bit % 64 + c <= 64 {
+                        // Every counter from `idx` that lies inside word `w` is zero; stop
+                        // at the ring's end, at the head's sub-window and at `hi`.
+                        let inside = (((w as u64 + 1) * 64) / c).min(u64::from(b));
+                        step = (inside - u64::from(idx))
+                            .min(self.n - at)
+                            .min(hi - at + 1)
+                            .max(1);
+                    }
+                    if step > 1 {
+                        0
+                    } else {
+                        geo.slot(&self.ring, idx)
+                    }
+                } else {
+                    0
+                };
+                m += step;
+                let next = u64::from(idx) + step;
+                i = (if next >= u64::from(b) {
+                    next - u64::from(b)
+                } else {
+                    next
+                }) as u32;
+                if v != 0 {
+                    return Some((at, v));
+                }
+            }
+            None
         })
     }
 
