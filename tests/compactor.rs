@@ -189,15 +189,25 @@ fn no_decision_is_ever_taken_on_another_keys_counters() {
                             continue;
                         }
                         let burst = 1 + (n % 5) as u32;
+                        // Checks of the burst counted before the key was (rightly) unlinked.
+                        let mut gone = 0;
                         for j in 1..=burst {
                             let d = store.check_at(key, &limits, 1, now).unwrap();
                             assert!(d.allowed());
-                            assert_eq!(
-                                d.windows()[0].used(),
-                                j,
-                                "{:?} burst {n}",
-                                String::from_utf8_lossy(key)
-                            );
+                            let used = d.windows()[0].used();
+                            if used != j - gone {
+                                // Only a compactor that judged more than a window after `now`
+                                // may have unlinked what this burst counted: this thread was
+                                // descheduled while the clock ran on (2 cores, 6 threads).
+                                // The count then starts again on a fresh entry of this key,
+                                // never on another key's counters.
+                                assert!(
+                                    clock.now_ms() > now + 60_000 && used == 1,
+                                    "{:?} burst {n}: used {used} at check {j}",
+                                    String::from_utf8_lossy(key)
+                                );
+                                gone = j - 1;
+                            }
                         }
                         last[k] = now;
                         n += 1;
