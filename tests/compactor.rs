@@ -135,9 +135,14 @@ fn the_background_thread_expires_with_a_manual_clock() {
         "the abandoned lease expires"
     );
     let s = store.stats();
-    assert_eq!(
-        (s.expired_windows, s.expired_records, s.expired_leases),
-        (1_001, 1, 1)
+    assert_eq!((s.expired_records, s.expired_leases), (1, 1));
+    // The 1,001 keys that aged out, and possibly `tick-2`'s entry unlinked by a pass that met
+    // it between its insert and its count (empty, so expired: the check then counts on a
+    // fresh entry; found by CI under load).
+    assert!(
+        (1_001..=1_002).contains(&s.expired_windows),
+        "{}",
+        s.expired_windows
     );
     assert!(s.passes > 0);
 }
