@@ -228,18 +228,13 @@ pub(crate) fn empty_decision(limits: &Limits, cost: u32, now_ms: u64) -> Decisio
 /// embedded store's, or one the fleet rebuilt from a script's counts): the same function for
 /// every backend, so that they answer alike field by field.
 pub(crate) fn sliding_state(snap: &Snap, geo: &Slide, cost: u32, now_ms: u64) -> WindowState {
-    let used = snap.used(geo, now_ms);
-    let fits = used + u64::from(cost) <= u64::from(geo.limit);
+    let s = snap.summary(geo, cost, now_ms);
     WindowState {
         limit: geo.limit,
         window_ms: geo.window_ms,
-        used: u32::try_from(used).unwrap_or(u32::MAX),
-        reset_ms: snap.reset_ms(geo, now_ms),
-        retry_after_ms: if fits {
-            0
-        } else {
-            snap.retry_ms(geo, cost, now_ms)
-        },
+        used: u32::try_from(s.used).unwrap_or(u32::MAX),
+        reset_ms: s.reset_ms,
+        retry_after_ms: s.retry_ms,
     }
 }
 

@@ -210,6 +210,29 @@ impl Descriptor {
     }
 }
 
+/// The sliding windows' shapes of a [`Limits`] for one store (see [`Limits::shapes`]).
+#[expect(
+    clippy::large_enum_variant,
+    reason = "lives on the stack for one check; boxing would allocate on every check of a store with a non-default B"
+)]
+pub(crate) enum Shapes<'a> {
+    /// The set's own (the store has the default number of sub-windows).
+    Set(&'a [Option<Slide>; MAX_WINDOWS]),
+    /// Worked out for another number of sub-windows.
+    Own([Option<Slide>; MAX_WINDOWS]),
+}
+
+impl Shapes<'_> {
+    /// The shape of window `i` (`None` for an exact window).
+    #[inline]
+    pub(crate) fn get(&self, i: usize) -> Option<&Slide> {
+        match self {
+            Shapes::Set(s) => s.get(i)?.as_ref(),
+            Shapes::Own(s) => s.get(i)?.as_ref(),
+        }
+    }
+}
+
 /// A validated set of limits checked together: a request is admitted only if every window has
 /// room for its cost, and a rejected request consumes nothing in any window.
 ///
@@ -352,6 +375,29 @@ impl Limits {
             return Some(pre);
         }
         Slide::new(pre.limit, pre.window_ms, b)
+    }
+
+    /// The shapes of the set's sliding windows in a store with `b` sub-windows per window,
+    /// for a check that reads them all: the set's own, borrowed, for the default `b` (no copy
+    /// on the check path), worked out once otherwise.
+    #[inline]
+    pub(crate) fn shapes(&self, b: u32) -> Shapes<'_> {
+        if b == DEFAULT_SUB_WINDOWS {
+            return Shapes::Set(&self.slides);
+        }
+        self.shapes_for(b)
+    }
+
+    /// [`Limits::shapes`] for a store with another number of sub-windows. Out of line, so that
+    /// the compiler cannot hoist it onto the default store's check path.
+    #[cold]
+    #[inline(never)]
+    fn shapes_for(&self, b: u32) -> Shapes<'_> {
+        let mut own = [None; MAX_WINDOWS];
+        for (o, pre) in own.iter_mut().zip(&self.slides) {
+            *o = pre.and_then(|p| Slide::new(p.limit, p.window_ms, b));
+        }
+        Shapes::Own(own)
     }
 
     /// The descriptor words an entry for this set holds (`len.div_ceil(2)` of them).

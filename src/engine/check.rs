@@ -152,18 +152,19 @@ impl Core {
             return Applied::Mismatch;
         };
         let items = limits.as_slice();
+        let shapes = limits.shapes(self.b);
         // The sub-window each window counted in, for the take-back.
         let mut added: [Option<u64>; MAX_WINDOWS] = [None; MAX_WINDOWS];
         for (i, l) in items.iter().enumerate() {
             // `layout_for` placed every window inside the entry: the `else` is not reached.
-            let Some(geo) = limits.slide(i, self.b) else {
+            let Some(geo) = shapes.get(i) else {
                 return Applied::Mismatch;
             };
-            let Some(win) = sliding_window(&e, layout.window_at[i], &geo) else {
+            let Some(win) = sliding_window(&e, layout.window_at[i], geo) else {
                 self.undo(&e, &layout, limits, &added, cost);
                 return Applied::Moved;
             };
-            match sliding::add(&win, &geo, now_ms, cost) {
+            match sliding::add(&win, geo, now_ms, cost) {
                 Added::Yes { m, used, reset_ms } => {
                     added[i] = Some(m);
                     out.windows[i] = admitted(l, used, reset_ms);
@@ -213,15 +214,16 @@ impl Core {
         let ws = &mut out.windows;
         let mut added: [Option<u64>; MAX_WINDOWS] = [None; MAX_WINDOWS];
         let mut refused: Option<usize> = None;
+        let shapes = limits.shapes(self.b);
         for (i, l) in items.iter().enumerate() {
-            let Some(geo) = limits.slide(i, self.b) else {
+            let Some(geo) = shapes.get(i) else {
                 continue; // exact: below, under the lock
             };
-            let Some(win) = sliding_window(&e, layout.window_at[i], &geo) else {
+            let Some(win) = sliding_window(&e, layout.window_at[i], geo) else {
                 refused = Some(i);
                 break;
             };
-            match sliding::add(&win, &geo, now_ms, cost) {
+            match sliding::add(&win, geo, now_ms, cost) {
                 Added::Yes { m, used, reset_ms } => {
                     added[i] = Some(m);
                     ws[i] = admitted(l, used, reset_ms);
@@ -287,11 +289,12 @@ impl Core {
         added: &[Option<u64>; MAX_WINDOWS],
         cost: u32,
     ) {
+        let shapes = limits.shapes(self.b);
         for (i, m) in added.iter().enumerate().take(limits.len()) {
             let Some(m) = *m else { continue };
-            if let Some(geo) = limits.slide(i, self.b) {
-                if let Some(win) = sliding_window(e, layout.window_at[i], &geo) {
-                    sliding::take_back(&win, &geo, m, cost);
+            if let Some(geo) = shapes.get(i) {
+                if let Some(win) = sliding_window(e, layout.window_at[i], geo) {
+                    sliding::take_back(&win, geo, m, cost);
                 }
             }
         }
@@ -334,13 +337,14 @@ impl Core {
         let mut all_fit = true;
         // One copy for every window, filled in place: a window's ring is up to 768 bytes.
         let mut snap = Snap::EMPTY;
+        let shapes = limits.shapes(self.b);
         for (i, l) in limits.as_slice().iter().enumerate() {
             let at = layout.window_at[i];
-            ws[i] = match limits.slide(i, self.b) {
-                Some(geo) => match sliding_window(e, at, &geo) {
+            ws[i] = match shapes.get(i) {
+                Some(geo) => match sliding_window(e, at, geo) {
                     Some(win) => {
-                        sliding::snapshot_into(&win, &geo, &mut snap);
-                        sliding_state(&snap, &geo, cost, now_ms)
+                        sliding::snapshot_into(&win, geo, &mut snap);
+                        sliding_state(&snap, geo, cost, now_ms)
                     }
                     None => WindowState::default(),
                 },

@@ -262,6 +262,17 @@ impl Slide {
     }
 }
 
+/// A window's figures for a decision, from [`Snap::summary`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Summary {
+    /// The count at the time asked.
+    pub used: u64,
+    /// When the window is back to its full limit.
+    pub reset_ms: u64,
+    /// The wait until the request fits (0 if it fits now).
+    pub retry_ms: u64,
+}
+
 /// A consistent copy of a window's words (see [`snapshot`]), decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Snap {
@@ -348,60 +359,20 @@ impl Snap {
         }
     }
 
-    /// The non-zero counts of sub-windows `lo ..= hi`, oldest first, as `(m, count)`. One
-    /// division for the whole walk (the ring index advances and wraps by itself), and a ring
-    /// word that is zero is passed over whole: a check at the limit walks up to `B + 1`
-    /// sub-windows, most of them empty on a bursty key.
+    /// The non-zero counts of sub-windows `lo ..= hi`, oldest first, as `(m, count)`. The
+    /// walk never looks at a zero counter one by one: it finds the next set bit of the packed
+    /// ring (a shift and a trailing-zero count per word) and divides once to know whose
+    /// counter it is. A check at the limit walks up to `B + 1` sub-windows, most of them
+    /// empty on a bursty key, so this is the rejection path's cost.
     #[inline]
-    fn counts<'s>(
-        &'s self,
-        geo: &'s Slide,
-        lo: u64,
-        hi: u64,
-    ) -> impl Iterator<Item = (u64, u64)> + 's {
-        let (b, c) = (geo.b, u64::from(geo.c));
-        let mut m = lo;
-        let mut i = (lo % u64::from(b)) as u32;
-        std::iter::from_fn(move || {
-            while m <= hi {
-                let (at, idx) = (m, i);
-                let in_ring = at < self.n && self.n - at <= u64::from(b);
-                let mut step = 1u64;
-                let v = if at == self.n {
-                    self.cur
-                } else if in_ring {
-                    let bit = u64::from(idx) * c;
-                    let w = (bit / 64) as usize;
-                    if self.ring.get(w).copied().unwrap_or(0) == 0 && bit % 64 + c <= 64 {
-                        // Every counter from `idx` that lies inside word `w` is zero; stop
-                        // at the ring's end, at the head's sub-window and at `hi`.
-                        let inside = (((w as u64 + 1) * 64) / c).min(u64::from(b));
-                        step = (inside - u64::from(idx))
-                            .min(self.n - at)
-                            .min(hi - at + 1)
-                            .max(1);
-                    }
-                    if step > 1 {
-                        0
-                    } else {
-                        geo.slot(&self.ring, idx)
-                    }
-                } else {
-                    0
-                };
-                m += step;
-                let next = u64::from(idx) + step;
-                i = (if next >= u64::from(b) {
-                    next - u64::from(b)
-                } else {
-                    next
-                }) as u32;
-                if v != 0 {
-                    return Some((at, v));
-                }
-            }
-            None
-        })
+    fn counts<'s>(&'s self, geo: &'s Slide, lo: u64, hi: u64) -> Counts<'s> {
+        Counts {
+            snap: self,
+            geo,
+            m: lo,
+            idx: (lo % u64::from(geo.b)) as u32,
+            hi,
+        }
     }
 
     /// The window's count at effective sub-window `ne >= n`: sub-windows `ne-B ..= ne`. In
@@ -458,7 +429,11 @@ impl Snap {
     /// then the time the window is empty.
     pub(crate) fn retry_ms(&self, geo: &Slide, cost: u32, now_ms: u64) -> u64 {
         let ne = self.eff(geo, now_ms);
-        let total = self.total_at(geo, ne);
+        self.retry_from(geo, self.total_at(geo, ne), cost, ne, now_ms)
+    }
+
+    /// [`Snap::retry_ms`] with the count at `ne` already known.
+    fn retry_from(&self, geo: &Slide, total: u64, cost: u32, ne: u64, now_ms: u64) -> u64 {
         let needed = (total + u64::from(cost)).saturating_sub(u64::from(geo.limit));
         if needed == 0 {
             return 0;
@@ -479,10 +454,26 @@ impl Snap {
     pub(crate) fn reset_ms(&self, geo: &Slide, now_ms: u64) -> u64 {
         let ne = self.eff(geo, now_ms);
         let lo = ne.saturating_sub(u64::from(geo.b));
-        (lo..=ne)
-            .rev()
-            .find(|&m| self.count(geo, m) != 0)
-            .map_or(now_ms, |m| Self::drop_ms(geo, m))
+        if self.cur != 0 && self.n >= lo {
+            // The head's own sub-window is the newest that counts.
+            return Self::drop_ms(geo, self.n);
+        }
+        self.counts(geo, lo, ne)
+            .last()
+            .map_or(now_ms, |(m, _)| Self::drop_ms(geo, m))
+    }
+
+    /// What a decision reports of this window for a request of `cost` at `now_ms`: the count
+    /// ([`Snap::used`]), when it is back to its full limit ([`Snap::reset_ms`]) and the wait
+    /// for the request to fit ([`Snap::retry_ms`]), the count worked out once for both.
+    pub(crate) fn summary(&self, geo: &Slide, cost: u32, now_ms: u64) -> Summary {
+        let ne = self.eff(geo, now_ms);
+        let used = self.total_at(geo, ne);
+        Summary {
+            used,
+            reset_ms: self.reset_ms(geo, now_ms),
+            retry_ms: self.retry_from(geo, used, cost, ne, now_ms),
+        }
     }
 
     /// A copy built from plain counts: the head's sub-window `n`, its count `cur`, and the
@@ -585,4 +576,82 @@ impl Snap {
         self.cur = 0;
         self.n = to;
     }
+}
+
+/// The walk of [`Snap::counts`].
+struct Counts<'s> {
+    snap: &'s Snap,
+    geo: &'s Slide,
+    /// The next sub-window to look at.
+    m: u64,
+    /// Its ring index (`m mod B`), kept without dividing again.
+    idx: u32,
+    /// The last sub-window to look at.
+    hi: u64,
+}
+
+impl Iterator for Counts<'_> {
+    type Item = (u64, u64);
+
+    #[inline]
+    fn next(&mut self) -> Option<(u64, u64)> {
+        let (s, geo) = (self.snap, self.geo);
+        let b = u64::from(geo.b);
+        loop {
+            // Nothing after the head's sub-window is counted.
+            let last = self.hi.min(s.n);
+            if self.m > last {
+                return None;
+            }
+            if self.m == s.n {
+                self.m += 1;
+                if s.cur != 0 {
+                    return Some((s.n, s.cur));
+                }
+                continue;
+            }
+            if s.n - self.m > b {
+                // Older than the ring: counted nowhere. Go on at the ring's oldest.
+                self.m = s.n - b;
+                self.idx = (self.m % b) as u32;
+                continue;
+            }
+            // Ring counters `idx ..` up to the ring's end, the head's sub-window or `hi`.
+            let seg = (last.min(s.n - 1) - self.m + 1).min(b - u64::from(self.idx));
+            let c = geo.c as usize;
+            let from = self.idx as usize * c;
+            let end = from + seg as usize * c;
+            match first_set(&s.ring, from, end) {
+                Some(bit) => {
+                    let j = (bit / c) as u32;
+                    let at = self.m + u64::from(j - self.idx);
+                    let v = geo.slot(&s.ring, j);
+                    self.m = at + 1;
+                    self.idx = if j + 1 == geo.b { 0 } else { j + 1 };
+                    return Some((at, v));
+                }
+                None => {
+                    self.m += seg;
+                    let next = u64::from(self.idx) + seg;
+                    self.idx = if next >= b { 0 } else { next as u32 };
+                }
+            }
+        }
+    }
+}
+
+/// The first set bit of `ring` (taken as one little-endian bit string) in `from .. end`.
+#[inline]
+fn first_set(ring: &[u64], from: usize, end: usize) -> Option<usize> {
+    let mut p = from;
+    while p < end {
+        let (w, off) = (p / 64, p % 64);
+        let x = ring.get(w).copied().unwrap_or(0) >> off;
+        if x != 0 {
+            let q = p + x.trailing_zeros() as usize;
+            return (q < end).then_some(q);
+        }
+        p = (w + 1) * 64;
+    }
+    None
 }

@@ -150,6 +150,15 @@ proptest! {
             let before = snapshot(&win, &geo);
             prop_assert!(before.is_consistent(&geo), "{:?}", before);
             let counted = before.used(&geo, now);
+            // The one-walk summary a decision reports is the three walks' answer.
+            prop_assert_eq!(
+                before.summary(&geo, cost, now),
+                Summary {
+                    used: counted,
+                    reset_ms: before.reset_ms(&geo, now),
+                    retry_ms: before.retry_ms(&geo, cost, now),
+                }
+            );
             // Never under-counts the last window; never counts what left it more than the
             // release delay ago.
             prop_assert!(counted >= log.used(eff, w), "under-count at {}", now);

@@ -45,7 +45,7 @@
 
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 
-use super::{Slide, Snap, FROZEN, LOCK};
+use super::{Slide, Snap, FROZEN, LOCK, MAX_TIME_MS};
 use crate::window::cell::WordCell;
 
 /// The cells of one window: the head, the base word (wide layout only), the ring.
@@ -185,7 +185,41 @@ pub(crate) fn snapshot_into<C: WordCell>(w: &Window<'_, C>, geo: &Slide, out: &m
 /// head. The first admitted request of a later sub-window rotates the ring under the lock bit
 /// and is counted by the same store that publishes the rotation. A refused request writes
 /// nothing. A `cost` of 0 writes nothing and is always admitted.
+#[inline]
 pub(crate) fn add<C: WordCell>(w: &Window<'_, C>, geo: &Slide, now_ms: u64, cost: u32) -> Added {
+    // The common case, kept small enough to inline into the check: a head that is neither
+    // frozen nor locked and a time inside (or behind) the head's sub-window. `now` lies in
+    // sub-window `n_h` or an earlier one exactly when `now < (n_h + 1)·g`: one multiply, no
+    // division. Anything else, and a lost compare-and-swap, takes the general loop below.
+    let h = w.head.load(Acquire);
+    if h & (FROZEN | LOCK) == 0 && cost != 0 {
+        let n_h = geo.head_n(h, w.load_base());
+        if now_ms.min(MAX_TIME_MS) < n_h.saturating_add(1).saturating_mul(geo.g) {
+            let (cur, older) = geo.fields(h);
+            let total = cur + older;
+            let cost64 = u64::from(cost);
+            if total + cost64 > u64::from(geo.limit) {
+                return Added::Refused { used: total };
+            }
+            // `cur + cost <= limit < 2^c`: the field cannot carry into `older`.
+            if w.head
+                .compare_exchange(h, h + cost64, AcqRel, Acquire)
+                .is_ok()
+            {
+                return Added::Yes {
+                    m: n_h,
+                    used: total + cost64,
+                    reset_ms: Snap::drop_ms(geo, n_h),
+                };
+            }
+        }
+    }
+    add_slow(w, geo, now_ms, cost)
+}
+
+/// [`add`] in general: any sub-window, a lock to wait for, a contended head.
+#[inline(never)]
+fn add_slow<C: WordCell>(w: &Window<'_, C>, geo: &Slide, now_ms: u64, cost: u32) -> Added {
     let n_now = geo.sub_window(now_ms);
     let cost64 = u64::from(cost);
     let limit = u64::from(geo.limit);
