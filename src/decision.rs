@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::limit::{Limits, MAX_WINDOWS};
 use crate::window::exact::Eval;
-use crate::window::sliding::{Slide, Snap};
+use crate::window::sliding::{Slide, Snap, Summary};
 
 /// The binding window, the one whose limit, remaining and reset go in the headers: the one
 /// with the fewest units left (what the client can still send now); of equals, a violated one
@@ -41,6 +41,17 @@ pub struct WindowState {
 }
 
 impl WindowState {
+    /// A sliding window's state from its [`Summary`].
+    pub(crate) fn sliding(geo: &Slide, s: &Summary) -> WindowState {
+        WindowState {
+            limit: geo.limit,
+            window_ms: geo.window_ms,
+            used: u32::try_from(s.used).unwrap_or(u32::MAX),
+            reset_ms: s.reset_ms,
+            retry_after_ms: s.retry_ms,
+        }
+    }
+
     /// The window's limit.
     pub fn limit(&self) -> u32 {
         self.limit
@@ -228,14 +239,7 @@ pub(crate) fn empty_decision(limits: &Limits, cost: u32, now_ms: u64) -> Decisio
 /// embedded store's, or one the fleet rebuilt from a script's counts): the same function for
 /// every backend, so that they answer alike field by field.
 pub(crate) fn sliding_state(snap: &Snap, geo: &Slide, cost: u32, now_ms: u64) -> WindowState {
-    let s = snap.summary(geo, cost, now_ms);
-    WindowState {
-        limit: geo.limit,
-        window_ms: geo.window_ms,
-        used: u32::try_from(s.used).unwrap_or(u32::MAX),
-        reset_ms: s.reset_ms,
-        retry_after_ms: s.retry_ms,
-    }
+    WindowState::sliding(geo, &snap.summary(geo, cost, now_ms))
 }
 
 /// An exact window's state for the headers, from its evaluated ring.

@@ -342,10 +342,13 @@ impl Core {
             let at = layout.window_at[i];
             ws[i] = match shapes.get(i) {
                 Some(geo) => match sliding_window(e, at, geo) {
-                    Some(win) => {
-                        sliding::snapshot_into(&win, geo, &mut snap);
-                        sliding_state(&snap, geo, cost, now_ms)
-                    }
+                    Some(win) => match sliding::head_summary(&win, geo, cost, now_ms) {
+                        Some(s) => WindowState::sliding(geo, &s),
+                        None => {
+                            sliding::snapshot_into(&win, geo, &mut snap);
+                            sliding_state(&snap, geo, cost, now_ms)
+                        }
+                    },
                     None => WindowState::default(),
                 },
                 None => {

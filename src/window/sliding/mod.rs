@@ -60,8 +60,8 @@ mod tests;
 // The store's entry points once it is integrated.
 #[allow(unused_imports)]
 pub(crate) use proto::{
-    add, freeze, freeze_if_expired, recover, snapshot, snapshot_into, take_back, thaw, Added,
-    Recovered, Window,
+    add, freeze, freeze_if_expired, head_summary, recover, snapshot, snapshot_into, take_back,
+    thaw, Added, Recovered, Window,
 };
 
 use super::{Geometry, FROZEN};

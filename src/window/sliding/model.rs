@@ -150,6 +150,10 @@ proptest! {
             let before = snapshot(&win, &geo);
             prop_assert!(before.is_consistent(&geo), "{:?}", before);
             let counted = before.used(&geo, now);
+            // The head alone, when it suffices, answers what the copy answers.
+            if let Some(h) = head_summary(&win, &geo, cost, now) {
+                prop_assert_eq!(h, before.summary(&geo, cost, now));
+            }
             // The one-walk summary a decision reports is the three walks' answer.
             prop_assert_eq!(
                 before.summary(&geo, cost, now),

@@ -45,7 +45,7 @@
 
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 
-use super::{Slide, Snap, FROZEN, LOCK, MAX_TIME_MS};
+use super::{Slide, Snap, Summary, FROZEN, LOCK, MAX_TIME_MS};
 use crate::window::cell::WordCell;
 
 /// The cells of one window: the head, the base word (wide layout only), the ring.
@@ -177,6 +177,35 @@ pub(crate) fn snapshot_into<C: WordCell>(w: &Window<'_, C>, geo: &Slide, out: &m
         spins += 1;
         C::pause(spins);
     }
+}
+
+/// What a decision reports of the window, from the head word alone, when the head suffices:
+/// `now` in the head's own sub-window (so the count is the head's `cur + older`), the request
+/// fitting (no `Retry-After` to walk for) and `cur` non-zero (so the window is back to its full
+/// limit when the head's sub-window drops out). `None` otherwise — a locked head, the wide
+/// layout (whose sub-window number needs the base word too), another sub-window — and the
+/// caller takes a [`snapshot`]. A rejection reports every window: the ones that did not refuse
+/// are usually answered here, without copying their rings.
+#[inline]
+pub(crate) fn head_summary<C: WordCell>(
+    w: &Window<'_, C>,
+    geo: &Slide,
+    cost: u32,
+    now_ms: u64,
+) -> Option<Summary> {
+    let h = w.head.load(Acquire);
+    if h & LOCK != 0 || geo.wide() {
+        return None;
+    }
+    let n = geo.head_n(h, 0);
+    let (cur, older) = geo.fields(h);
+    let used = cur + older;
+    let in_head = now_ms.min(MAX_TIME_MS) < n.saturating_add(1).saturating_mul(geo.g);
+    (in_head && cur != 0 && used + u64::from(cost) <= u64::from(geo.limit)).then(|| Summary {
+        used,
+        reset_ms: Snap::drop_ms(geo, n),
+        retry_ms: 0,
+    })
 }
 
 /// Count `cost` in the window at `now_ms` if it fits under the limit.
