@@ -18,7 +18,7 @@ use crate::idempotency::record::{
     ST_COMPLETING, ST_DEAD, ST_DONE, ST_INFLIGHT, ST_VACANT,
 };
 use crate::idempotency::{Begin, Durability, Fingerprint, Lease, Replayed, StoredResponse};
-use crate::key::MAX_KEY_LEN;
+use crate::key::{MAX_KEY_LEN, MAX_SCOPE_LEN};
 use crate::storage::format::{BlobHeader, EntryHeader, KIND_IDEM};
 use crate::storage::segment::Entry;
 
@@ -377,6 +377,13 @@ impl Core {
             return None;
         }
         key.truncate(key_len);
+        // A record's key is its scope's length, the scope and the UUID (`record_key`): a
+        // length byte that does not add up (a key no `begin` can look up, whose scope would
+        // read past the key) makes the entry corrupt, whatever its crc says.
+        let scope_len = usize::from(*key.first()?);
+        if scope_len == 0 || scope_len > MAX_SCOPE_LEN || key_len != 1 + scope_len + 16 {
+            return None;
+        }
         let mut fp = Vec::with_capacity(32);
         for i in 0..4 {
             fp.extend_from_slice(&e.load(l.fp_at + i).to_le_bytes());
@@ -433,5 +440,63 @@ fn backoff(spins: u32) {
         std::thread::yield_now();
     } else {
         std::hint::spin_loop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::FileExt;
+
+    use crate::idempotency::record::record_crc;
+    use crate::idempotency::{record_key, Begin, Fingerprint, IdempotencyKey, StoredResponse};
+    use crate::storage::format::{EntryHeader, KIND_IDEM};
+    use crate::{Options, Store};
+
+    /// A record whose scope-length byte is changed (and its crc recomputed) is corrupt at open:
+    /// no `begin` could look its key up, and its scope would read past the key. The right
+    /// length (3), written the same way, loads.
+    #[test]
+    fn a_record_key_whose_scope_length_does_not_add_up_is_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.tg");
+        let opts = || Options::default().segment_size_log2(16).compactor(false);
+        let key = IdempotencyKey::parse("4d9c3a41-6bb7-4c4e-9a39-8f3c2d7e1f00").unwrap();
+        let fp = Fingerprint::of("POST", "/x", b"{}");
+        for scope_len in [3u8, 0, 2, 4, 200, 255] {
+            let _ = std::fs::remove_file(&path);
+            let store = Store::open(&path, opts()).unwrap();
+            let Begin::Started(lease) = store.begin(b"tok", &key, &fp).unwrap() else {
+                panic!("a new key starts");
+            };
+            store
+                .complete(&lease, &StoredResponse::new(200, "ok"))
+                .unwrap();
+            let rk = record_key(b"tok", &key).unwrap();
+            let k = rk.as_bytes();
+            let line = {
+                let guard = crossbeam_epoch::pin();
+                let core = &store.core;
+                core.find_kind(core.hasher.hash_one(k), k, KIND_IDEM, &guard)
+                    .unwrap()
+            };
+            let at = store.core.segs.file_offset(line);
+            store.close().unwrap();
+            let mut bad = k.to_vec();
+            bad[0] = scope_len;
+            let crc = record_crc(&bad, fp.as_bytes());
+            let head = EntryHeader::new(k.len(), 0, KIND_IDEM).with_crc(crc);
+            let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+            file.write_all_at(&head.encode().to_le_bytes(), at).unwrap();
+            file.write_all_at(&bad[..1], at + 8).unwrap();
+            drop(file);
+            let store = Store::open(&path, opts()).unwrap();
+            let r = store.open_report();
+            let want = if scope_len == 3 { (1, 0) } else { (0, 1) };
+            assert_eq!(
+                (r.entries, r.corrupt_entries),
+                want,
+                "scope length {scope_len}"
+            );
+        }
     }
 }

@@ -16,7 +16,8 @@ pub struct OpenReport {
     pub entries: u64,
     /// Entries whose checksum or structure failed: skipped, never served.
     pub corrupt_entries: u64,
-    /// Segments whose header failed: skipped whole, never served, never reused.
+    /// Segments whose header failed (or a response segment whose first line is not a
+    /// record): skipped whole, never served, never reused.
     pub corrupt_segments: u64,
     /// Entries found twice (a crash while an entry moved): the newer copy is kept.
     pub duplicates: u64,
@@ -29,8 +30,9 @@ pub struct OpenReport {
     /// [`Options::refuse_lost_segments`](crate::Options::refuse_lost_segments) to refuse such
     /// a file instead.
     pub lost_segments: u64,
-    /// The header's segment-count word failed its check: the file's length was trusted, and a
-    /// loss of segments could not be detected. The word is written again by this open.
+    /// The header's segment-count word failed its check, or counted fewer segments than the
+    /// file holds in use: the file's length was trusted, and a loss of segments could not be
+    /// detected. The word is written again by this open.
     pub segment_count_damaged: bool,
 }
 
@@ -57,7 +59,10 @@ impl Core {
                 };
             if header.entry_lines == BLOB_SEGMENT {
                 // Adopted after the entries are read: their pointers say how far it is used.
-                blob_segments.push((seg, self.scan_blobs(seg)));
+                match self.scan_blobs(seg) {
+                    Some(end) => blob_segments.push((seg, end)),
+                    None => report.corrupt_segments += 1,
+                }
                 continue;
             }
             let mut free = Vec::new();
@@ -127,21 +132,100 @@ impl Core {
         report
     }
 
-    /// The line after the last blob record of segment `seg` (scanned at open).
-    fn scan_blobs(&self, seg: usize) -> u64 {
+    /// The line after the last blob record of segment `seg` (scanned at open); `None` if its
+    /// first line is neither zero nor a record. No crash leaves that (a record's first word is
+    /// written last, a recycled segment is zeroed from its end): the header that calls the
+    /// segment a response segment is wrong (an entry segment's, say), and the segment is
+    /// skipped whole like any segment whose header fails. Its records are still read through
+    /// their pointers, each checked by its crc.
+    fn scan_blobs(&self, seg: usize) -> Option<u64> {
         let seg_lines = self.segs.seg_lines();
         let mut at = 1u64;
         while at < seg_lines {
             let head = self.segs.entry(seg as u64 * seg_lines + at).load(0);
             if head == 0 {
-                return at;
+                return Some(at);
             }
             match BlobHeader::decode(head) {
                 Some(b) if b.len as usize <= self.segs.max_blob() => at += b.lines(),
+                _ if at == 1 => return None,
                 // Not a record: nothing after it can be trusted to be free.
-                _ => return seg_lines,
+                _ => return Some(seg_lines),
             }
         }
-        seg_lines
+        Some(seg_lines)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::FileExt;
+
+    use crate::idempotency::record::IdemLayout;
+    use crate::idempotency::{record_key, Begin, Fingerprint, IdempotencyKey, StoredResponse};
+    use crate::storage::format::KIND_IDEM;
+    use crate::{Options, Store};
+
+    /// A store with one completed record; the file offsets of its entry and of its response.
+    fn one_record(path: &std::path::Path) -> (u64, u64) {
+        let store = Store::open(path, opts()).unwrap();
+        let key = IdempotencyKey::parse("4d9c3a41-6bb7-4c4e-9a39-8f3c2d7e1f00").unwrap();
+        let fp = Fingerprint::of("POST", "/x", b"{}");
+        let Begin::Started(lease) = store.begin(b"tok", &key, &fp).unwrap() else {
+            panic!("a new key starts");
+        };
+        store
+            .complete(&lease, &StoredResponse::new(200, vec![7; 500]))
+            .unwrap();
+        let rk = record_key(b"tok", &key).unwrap();
+        let k = rk.as_bytes();
+        let core = &store.core;
+        let line = {
+            let guard = crossbeam_epoch::pin();
+            core.find_kind(core.hasher.hash_one(k), k, KIND_IDEM, &guard)
+                .unwrap()
+        };
+        let e = core.segs.entry(line);
+        let blob = e.load(IdemLayout::new(k.len()).state_at + 1);
+        let offsets = (core.segs.file_offset(line), core.segs.file_offset(blob));
+        store.close().unwrap();
+        offsets
+    }
+
+    fn opts() -> Options {
+        Options::default().segment_size_log2(16).compactor(false)
+    }
+
+    /// A response segment whose first record head is not one is skipped as corrupt (its
+    /// records are still read through their pointers, and refused when they fail).
+    #[test]
+    fn a_response_segment_not_starting_with_a_record_is_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.tg");
+        let (_, blob) = one_record(&path);
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(b"TGBX", blob).unwrap();
+        drop(file);
+        let store = Store::open(&path, opts()).unwrap();
+        let r = store.open_report();
+        assert_eq!((r.entries, r.corrupt_segments), (1, 1), "{r:?}");
+        assert_eq!(store.stats().blob_segments, 0);
+    }
+
+    #[test]
+    fn a_damaged_response_length_is_not_counted_as_space_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.tg");
+        let (entry, _) = one_record(&path);
+        let meta = entry + 8 * (IdemLayout::new(20).state_at as u64 + 2);
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(&u32::MAX.to_le_bytes(), meta).unwrap();
+        drop(file);
+        let store = Store::open(&path, opts()).unwrap();
+        let s = store.stats();
+        assert_eq!(store.open_report().corrupt_entries, 0);
+        // The segment's one record (500 bytes and its head: 9 lines) is all that was written;
+        // the damaged record counts nothing live.
+        assert_eq!((s.blob_used_lines, s.blob_live_lines), (9, 0), "{s:?}");
     }
 }

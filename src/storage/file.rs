@@ -5,7 +5,9 @@
 //! `docs/FORMAT.md`), raised and synced before a new segment is used. A file found shorter
 //! than that lost segments (cut by a copy, a restore or a full disk): the open says how many,
 //! or refuses with [`Error::Truncated`]. A file found longer holds segments that were
-//! allocated but never used (a crash while growing): they are cut off.
+//! allocated but never used (a crash while growing): they are cut off, provided their header
+//! lines are blank; a segment in use past the count means the count is wrong (damaged), and
+//! the file's length is trusted instead.
 //!
 //! One process at a time writes a store file: the exclusive lock taken here is held for as
 //! long as the file is open (the kernel drops it with the last descriptor), and every later
@@ -17,7 +19,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::format::{FileHeader, HEADER_LEN, HEADER_USED, SEGMENTS_AT};
+use super::format::{FileHeader, HEADER_LEN, HEADER_USED, LINE, SEGMENTS_AT};
 use super::hook::{Hook, IoEvent};
 use super::raw::Map;
 use crate::error::{Error, Result};
@@ -35,7 +37,8 @@ pub(crate) struct Opened {
     pub segments: usize,
     /// Segments the header records but the file no longer holds (lost: the file was cut).
     pub lost_segments: u64,
-    /// The segment-count word failed its check: the file's length was trusted.
+    /// The segment-count word failed its check, or counts fewer segments than the file holds
+    /// in use: the file's length was trusted.
     pub count_damaged: bool,
     /// The header page, mapped (its live words follow the checked 64 bytes).
     pub header_map: Map,
@@ -104,11 +107,12 @@ pub(crate) fn open(
     } else {
         read_count(&file)?
     };
-    let (segments, lost_segments) = match recorded.map(u64::from) {
-        // Segments past the recorded count were allocated but never used.
-        Some(r) if r <= whole => (r, 0),
-        Some(r) => (whole, r - whole),
-        None => (whole, 0),
+    let (segments, lost_segments, count_damaged) = match recorded.map(u64::from) {
+        Some(r) if r > whole => (whole, r - whole, false),
+        // Segments past the recorded count were allocated but never used: their header lines
+        // are zero. One in use means the count is wrong, not the file.
+        Some(r) if blank_from(&file, r, whole, seg_len)? => (r, 0, false),
+        _ => (whole, 0, true),
     };
     if lost_segments > 0 && policy.refuse_lost {
         return Err(Error::Truncated {
@@ -141,9 +145,23 @@ pub(crate) fn open(
         header,
         segments: segments as usize,
         lost_segments,
-        count_damaged: recorded.is_none(),
+        count_damaged,
         header_map,
     })
+}
+
+/// Whether segments `from..to` of the file all have a zero header line: segments a crash left
+/// after growing the file and before the count took them in (a segment's header is written
+/// only after the count is raised and synced). Reads one line per segment.
+fn blank_from(file: &File, from: u64, to: u64, seg_len: u64) -> Result<bool> {
+    let mut line = [0u8; LINE];
+    for seg in from..to {
+        file.read_exact_at(&mut line, HEADER_LEN + seg * seg_len)?;
+        if line.iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Record in the header page that the file holds `segments` segments, and make it durable
@@ -226,4 +244,56 @@ fn read_header(file: &mut File) -> Result<FileHeader> {
         Err(e) => return Err(Error::Io(e)),
     }
     FileHeader::decode(&b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file of `segments` segments of 64 KiB whose count word says `count`; segment `i`'s
+    /// header line is non-zero when `used[i]`.
+    fn file_with(dir: &Path, count: u32, used: &[bool]) -> std::path::PathBuf {
+        let path = dir.join("count.tg");
+        let header = FileHeader {
+            seg_shift: 16,
+            sub_windows: 64,
+            created_ms: 0,
+        };
+        let mut b = vec![0u8; HEADER_LEN as usize + used.len() * (1 << 16)];
+        b[..HEADER_USED].copy_from_slice(&header.encode());
+        b[SEGMENTS_AT..SEGMENTS_AT + 8].copy_from_slice(&FileHeader::segment_word(count));
+        for (i, _) in used.iter().enumerate().filter(|(_, &u)| u) {
+            b[HEADER_LEN as usize + i * (1 << 16)] = 1;
+        }
+        std::fs::write(&path, b).unwrap();
+        path
+    }
+
+    fn open_at(path: &Path) -> Opened {
+        let header = FileHeader::decode(&std::fs::read(path).unwrap()).unwrap();
+        open(path, header, Access::Write, &OpenPolicy::default()).unwrap()
+    }
+
+    #[test]
+    fn only_blank_segments_past_the_count_are_cut_off() {
+        let dir = tempfile::tempdir().unwrap();
+        // A crash after growing: the segment past the count is blank, and goes.
+        let path = file_with(dir.path(), 1, &[true, false]);
+        let o = open_at(&path);
+        assert_eq!(
+            (o.segments, o.lost_segments, o.count_damaged),
+            (1, 0, false)
+        );
+        assert_eq!(o.file.metadata().unwrap().len(), HEADER_LEN + (1 << 16));
+        drop(o);
+        // A count below segments in use (a count of 0 passes its crc as well as any other):
+        // the count is wrong, not the file; nothing is cut, and the count is written again.
+        for count in [0, 1] {
+            let path = file_with(dir.path(), count, &[true, true]);
+            let o = open_at(&path);
+            assert_eq!((o.segments, o.lost_segments, o.count_damaged), (2, 0, true));
+            assert_eq!(o.file.metadata().unwrap().len(), HEADER_LEN + 2 * (1 << 16));
+            assert_eq!(read_count(&o.file).unwrap(), Some(2), "count {count}");
+        }
+    }
 }

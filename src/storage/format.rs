@@ -23,6 +23,9 @@ pub(crate) const SEEN_AT: usize = HEADER_USED;
 /// Byte offset in the header page of the segment-count word: how many segments the file must
 /// hold (a live word outside the checked 64 bytes, with its own check; see `docs/FORMAT.md`).
 pub(crate) const SEGMENTS_AT: usize = HEADER_USED + 8;
+/// The most segments a store can hold (`Options::max_segments` is at most this): a segment
+/// count above it was not written by tollgate.
+pub(crate) const MAX_SEGMENTS: u32 = 1 << 20;
 /// One line: the unit of entry allocation, and a cache line.
 pub(crate) const LINE: usize = 64;
 /// The largest entry, in lines.
@@ -117,10 +120,14 @@ impl FileHeader {
     }
 
     /// Decode a segment-count word: `None` if its check fails (a damaged word; an all-zero
-    /// word fails too, since the crc of a zero count is not zero).
+    /// word fails too, since the crc of a zero count is not zero) or if the count is more than
+    /// a store can hold ([`MAX_SEGMENTS`]): an all-ones word passes the crc (the crc32 of four
+    /// `0xFF` bytes is `0xFFFF_FFFF`) but no store ever wrote it.
     pub(crate) fn segments_of(word: &[u8]) -> Option<u32> {
         let n: [u8; 4] = word.get(0..4)?.try_into().ok()?;
-        (word.len() >= 8 && le32(word, 4) == crc32fast::hash(&n)).then(|| u32::from_le_bytes(n))
+        let count = u32::from_le_bytes(n);
+        (word.len() >= 8 && le32(word, 4) == crc32fast::hash(&n) && count <= MAX_SEGMENTS)
+            .then_some(count)
     }
 }
 
@@ -428,7 +435,7 @@ mod tests {
 
     #[test]
     fn segment_word_round_trip_and_check() {
-        for n in [0, 1, 7, 1 << 20, u32::MAX] {
+        for n in [0, 1, 7, MAX_SEGMENTS] {
             let w = FileHeader::segment_word(n);
             assert_eq!(FileHeader::segments_of(&w), Some(n));
             for bit in 0..64 {
@@ -441,6 +448,17 @@ mod tests {
         }
         assert_eq!(FileHeader::segments_of(&[0u8; 8]), None);
         assert_eq!(FileHeader::segments_of(&[0u8; 5]), None);
+        // More segments than a store can hold: never written, so damage. All ones is the case
+        // that matters: it passes the crc.
+        for n in [MAX_SEGMENTS + 1, u32::MAX] {
+            assert_eq!(
+                FileHeader::segments_of(&FileHeader::segment_word(n)),
+                None,
+                "{n}"
+            );
+        }
+        assert_eq!(FileHeader::segment_word(u32::MAX), [0xFF; 8]);
+        assert_eq!(FileHeader::segments_of(&[0xFF; 8]), None);
     }
 
     #[test]

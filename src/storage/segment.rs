@@ -283,13 +283,22 @@ impl Segments {
         }
     }
 
-    /// Count `lines` of the blob record at `line` as live.
-    pub(crate) fn blob_live_add(&self, line: u64, lines: u64) {
+    /// The segment of a blob record of `lines` lines at `line`, and the line after it in that
+    /// segment; `None` if no record can be there (in a segment the file does not hold, on a
+    /// segment's header line, or running past its segment's end): its pointer or length is
+    /// damaged, it is refused when replayed, and its lines are never counted.
+    fn blob_span(&self, line: u64, lines: u64) -> Option<(usize, u64)> {
         let seg = self.seg_of(line);
-        if seg >= self.maps.capacity() {
-            return; // a damaged pointer: the record is refused when replayed
-        }
-        let end = (line & (self.seg_lines() - 1)) + lines;
+        let at = line & (self.seg_lines() - 1);
+        let end = at.checked_add(lines)?;
+        (seg < self.maps.count() && at > 0 && end <= self.seg_lines()).then_some((seg, end))
+    }
+
+    /// Count `lines` of the blob record at `line` as live (at open).
+    pub(crate) fn blob_live_add(&self, line: u64, lines: u64) {
+        let Some((seg, end)) = self.blob_span(line, lines) else {
+            return;
+        };
         let mut a = self.alloc.lock();
         let v = get_at(&a.blob_live, seg) + lines;
         set_at(&mut a.blob_live, seg, v);
@@ -299,10 +308,9 @@ impl Segments {
 
     /// The blob record at `line` (of `lines` lines) is no longer referenced.
     pub(crate) fn blob_dead(&self, line: u64, lines: u64) {
-        let seg = self.seg_of(line);
-        if seg >= self.maps.capacity() {
-            return;
-        }
+        let Some((seg, _)) = self.blob_span(line, lines) else {
+            return; // never counted live (`blob_live_add`)
+        };
         let mut a = self.alloc.lock();
         let v = get_at(&a.blob_live, seg).saturating_sub(lines);
         set_at(&mut a.blob_live, seg, v);
