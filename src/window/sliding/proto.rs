@@ -295,32 +295,46 @@ fn add_slow<C: WordCell>(w: &Window<'_, C>, geo: &Slide, now_ms: u64, cost: u32)
                 }
             }
         }
-        // A later sub-window: judge on a consistent copy first, so that a refusal writes
-        // nothing.
+        // A later sub-window. If the head's own sum leaves room, the request fits whatever
+        // ages out by now: lock from this very head, no copy to judge from. Otherwise judge on
+        // a consistent copy first, so that a refusal writes nothing.
         let mut s = Snap::EMPTY;
-        snapshot_into(w, geo, &mut s);
-        if s.frozen() {
-            return Added::Frozen;
-        }
-        if s.n >= n_now {
-            h = s.raw;
-            continue;
-        }
-        let total = s.total_at(geo, n_now);
-        if total + cost64 > limit {
-            return Added::Refused { used: total };
-        }
-        if w.head
-            .compare_exchange(s.raw, s.raw | LOCK, Acquire, Relaxed)
-            .is_err()
-        {
-            h = w.head.load(Acquire);
-            continue;
-        }
-        // Under the lock: base and ring cannot change any more; read them again (the copy
-        // above is only known consistent with the head's value, which a wide layout's base
-        // tells apart from an older identical one).
-        let raw = s.raw;
+        let (cur, older) = geo.fields(h);
+        let raw = if cur + older + cost64 <= limit {
+            if w.head
+                .compare_exchange(h, h | LOCK, Acquire, Relaxed)
+                .is_err()
+            {
+                h = w.head.load(Acquire);
+                continue;
+            }
+            h
+        } else {
+            snapshot_into(w, geo, &mut s);
+            if s.frozen() {
+                return Added::Frozen;
+            }
+            if s.n >= n_now {
+                h = s.raw;
+                continue;
+            }
+            let total = s.total_at(geo, n_now);
+            if total + cost64 > limit {
+                return Added::Refused { used: total };
+            }
+            if w.head
+                .compare_exchange(s.raw, s.raw | LOCK, Acquire, Relaxed)
+                .is_err()
+            {
+                h = w.head.load(Acquire);
+                continue;
+            }
+            s.raw
+        };
+        // Under the lock: base and ring cannot change any more; read them (a copy taken above
+        // is only known consistent with the head's value, which a wide layout's base tells
+        // apart from an older identical one). The true sub-window comes from this read: if it
+        // is not before now's after all, `rotate` leaves it and the request is judged in it.
         w.load_locked(geo, raw, &mut s);
         let locked = &mut s;
         let from = locked.n;
@@ -335,7 +349,7 @@ fn add_slow<C: WordCell>(w: &Window<'_, C>, geo: &Slide, now_ms: u64, cost: u32)
         // past a whole ring): the words holding those counters.
         let b = u64::from(geo.b);
         w.publish(geo, locked, |k| {
-            n_now - from >= b || {
+            n_now.saturating_sub(from) >= b || {
                 let (lo, hi) = (k as u64 * 64, k as u64 * 64 + 63);
                 (from..n_now).any(|mm| {
                     let bit = (mm % b) * u64::from(geo.c);
