@@ -1,303 +1,666 @@
-//! Check latency and throughput, tollgate beside governor's keyed limiter in the same run.
+//! Check latency and throughput: tollgate beside governor 0.10's keyed limiter (with its
+//! default hasher and with ahash) and two floor toys, on the same key bytes in the same run.
 //!
-//! Workloads (32-byte keys, one thread unless named):
-//! * `admit/*`: a quota so large that nearly every check is admitted (tollgate: 60000/min AND
-//!   65535/h, time advanced 200 ms per check per key; governor: one window of 1e9/s);
-//! * `at_limit/*`: 60 per minute on the real clock, so nearly every check is a rejection
-//!   (tollgate: 60/min AND 1000/h; governor: 60/min);
-//! * `*/hot`, `*/100k`, `*/1M`: one key, or keys drawn in a random order from 100k or 1M;
-//! * `two_threads/*`: two threads on disjoint halves of the keys, and the same loop on one
-//!   thread over all of them, so that their throughputs compare (criterion's throughput line
-//!   is per check in both);
-//! * `new_key`: the first check of a key never seen;
-//! * `peek`: a read-only peek on an existing key;
-//! * `clock/*`: the cost of reading each clock.
+//! # Rows
 //!
-//! The stores run without the background compactor: the benches drive time explicitly
-//! (`check_at`), which the compactor, on the real clock, would see as long expired.
+//! Ids are `group/engine/shape/keys`; keys: `hot` (one key), `100k`, `1M`, and `10M` with
+//! `TOLLGATE_BENCH_10M=1` (minutes of setup and several GB: about 3.2 GB of store file, 1 to
+//! 2 GB per governor map, 2 GB per toy table; one engine is alive at a time). The setup also
+//! prints `footprint/tollgate/keys`, the store's file bytes per key.
 //!
-//! Run: `cargo bench --bench check`. Figures and the machine they came from: docs/PERFORMANCE.md.
+//! * `harness/{bytes,string}/{loop,chained}/1M`: the harness alone (pick an index, build its
+//!   key, `black_box` it); `string` adds the copy into the reused `String` governor's
+//!   `check_key(&String)` takes. Subtract `string` from governor rows, `bytes` from others.
+//! * `admit/*`, checks admitted: `tollgate` (a file-backed store, as a gateway opens it),
+//!   `tollgate-mem` (hot key only: the same store in anonymous memory, to show what the file
+//!   costs), `governor` (`DefaultKeyedRateLimiter<String>`: a `DashMap` with std's SipHash
+//!   `RandomState`), `governor-ahash` (the same limiter over `DashMap<String, InMemoryState,
+//!   ahash::RandomState>`, from `RateLimiter::dashmap_with_hasher`: no new dependency),
+//!   `toy-one-miss` and `toy-bare` (the floors, `toys/mod.rs`).
+//! * `at_limit/*`, checks refused: `tollgate`, `governor`, `governor-ahash`.
+//! * `threads/{engine}/{1-thread,2-threads}/keys` (not hot): the admit loop on 1 or 2 threads,
+//!   each on its own half of the keys, one spawn per sample either way (`iter_custom`); the
+//!   throughput is per check in both rows, so they compare directly.
+//! * `peek/tollgate/100k`: a read-only peek. `new_key/*`: the first check of keys never seen,
+//!   on a fresh store (file; memory for `tollgate-mem`) or map per sample. `clock/*`: the
+//!   coarse clock `Store::check` reads, `Instant::now`, governor's default (quanta) clock.
+//!
+//! # How it is built, and why
+//!
+//! * Keys without a memory miss: each check's key is built in a reused 32-byte stack buffer,
+//!   `tok_` and 28 hex digits of `idx * 0x9E3779B97F4A7C15` (as `format!("tok_{:028x}")`,
+//!   checked at start-up; hex by SWAR), `idx` a hash of a counter reduced to `0..n`. A gateway
+//!   has the key in cache (it just parsed the header); the old harness picked it from a
+//!   `Vec<String>`: two misses per check for every engine, which pulled every ratio towards 1.
+//! * Shapes: `loop` runs independent checks back to back, so the processor can overlap one
+//!   check's misses with the next one's (throughput); in `chained` the next index depends on
+//!   the previous answer (`remaining()` for tollgate, the bool for the others), so misses
+//!   cannot overlap (latency, as a gateway doing other work between checks sees it).
+//! * Admit: tollgate's time is driven (`check_at`), 50 ms per round of the keys (of a thread's
+//!   share in `threads/*`): every key, at every key count, is checked 20 times a simulated
+//!   second, so every row has the same mix of paths: about 1 check in 19 opens a new minute
+//!   sub-window (the ring rotation; 938 ms sub-windows at B = 64), 1 in 1125 a new hour
+//!   sub-window, the rest count in the head (the old harness rotated the hot key every 5th
+//!   check, cold keys never). Limits: `2000/min AND 100000/h`, the narrowest counters (11 and
+//!   17 bits) that hold that rate (a key reaches about 1220 in a minute window's 65
+//!   sub-windows, 73125 in an hour's); realistic limits (60/min AND 1000/h) cannot stay in
+//!   admit at 20 checks a second. governor: one window of 10^9/s.
+//! * At limit: before timing, every key is checked until refused (a check of cost 60, then
+//!   single checks). tollgate: `60/min AND 1000/h`, time frozen at the drain's, so keys stay
+//!   refused however long the run. governor: a burst of 60 and one cell back per hour: with
+//!   `per_minute(60)` a key gets a cell back every second of governor's real clock, and a trial
+//!   row at 100k keys admitted 3% of its checks (more at 1M, where keys are visited less).
+//! * Fill: every key is checked twice before its rows. The second pass writes again the file
+//!   pages that each growth step's fdatasync (it writes back the whole file) left clean, which
+//!   would cost the first 1M row a write fault per 4 KiB page (it came out about 3x slower).
+//!   The kernel's writeback cleans pages again later, and rows pay that as a gateway would: at
+//!   1M keys about 0.002 faults per check; at 10M the fill passes the background-writeback
+//!   threshold and the admit rows took about 0.2 faults per check (at-limit rows write none).
+//! * Every check row counts its admitted checks and prints the share after the row
+//!   (`admit/tollgate/loop/1M: 100.00% admitted`); an `at_limit` row above 1%, or another
+//!   check row below 99%, panics: it timed the wrong path.
+//! * Clocks: tollgate rows pass the time and read no clock; governor reads its quanta clock in
+//!   every check. `clock/*` has both costs.
+//! * No background compactor (time is driven). Files live in a temporary directory under
+//!   `TOLLGATE_BENCH_DIR`, else `TMPDIR`: on tmpfs the "file" is memory.
+//!
+//! # Running
+//!
+//! ```sh
+//! cargo bench --features bench --bench check              # 74 rows: 3 to 4 minutes
+//! cargo bench --features bench --bench check -- hot       # ids containing "hot"
+//! cargo bench --features bench --bench check -- admit/tollgate/
+//! TOLLGATE_BENCH_10M=1 cargo bench --features bench --bench check -- /10M  # 5 minutes
+//! ```
+//!
+//! A plain-text filter also skips building the engines none of whose rows it selects; a
+//! filter with regex characters builds them all (criterion still runs only matching rows).
+//! Criterion: 0.5 s warm-up, 1.5 s measurement, 20 samples (about 2.5 s a row). Figures and
+//! the machine they came from: docs/PERFORMANCE.md.
 
+mod toys;
+
+use std::hash::BuildHasher;
 use std::hint::black_box;
 use std::num::NonZeroU32;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::measurement::WallTime;
+use criterion::Throughput;
+use criterion::{criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion};
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::NoOpMiddleware;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tollgate::{Limit, Limits, Options, Store};
+use toys::{Harness, Table, ToyBare, ToyOneMiss};
 
 const T0: u64 = 1_700_000_000_000;
-
-fn keys(n: usize) -> Vec<String> {
-    // 32 ASCII bytes, like an API token.
-    (0..n as u64)
-        .map(|i| format!("tok_{:028x}", i.wrapping_mul(0x9E37_79B9_7F4A_7C15)))
-        .collect()
-}
-
-/// A random visiting order over `n` keys (xorshift, fixed seed).
-fn order(n: usize) -> Vec<u32> {
-    let mut x = 0x2545_F491_4F6C_DD1Du64;
-    (0..1 << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x % n as u64) as u32
-        })
-        .collect()
-}
+/// Fractional bits of the simulated clock (`t >> FP` is in ms).
+const FP: u32 = 20;
+/// Simulated time per round of the keys (per key, between two of its checks on average).
+const STEP_MS: u64 = 50;
+const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
+/// The at-limit drain's first check (the smallest limit of the at-limit set, governor's burst).
+const BURST: u32 = 60;
 
 fn admit_limits() -> Limits {
-    Limits::new(&[Limit::per_minute(60_000), Limit::per_hour(65_535)]).unwrap()
+    Limits::new(&[Limit::per_minute(2_000), Limit::per_hour(100_000)]).expect("admit limits")
 }
 
 fn at_limit_limits() -> Limits {
-    Limits::new(&[Limit::per_minute(60), Limit::per_hour(1000)]).unwrap()
+    Limits::new(&[Limit::per_minute(60), Limit::per_hour(1000)]).expect("at-limit limits")
 }
 
-fn governor_admit() -> DefaultKeyedRateLimiter<String> {
-    RateLimiter::keyed(Quota::per_second(NonZeroU32::new(1_000_000_000).unwrap()))
+fn nonzero(n: u32) -> NonZeroU32 {
+    NonZeroU32::new(n).expect("nonzero")
 }
 
-fn governor_at_limit() -> DefaultKeyedRateLimiter<String> {
-    RateLimiter::keyed(Quota::per_minute(NonZeroU32::new(60).unwrap()))
+fn admit_quota() -> Quota {
+    Quota::per_second(nonzero(1_000_000_000))
 }
 
-fn rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| {
-            s.split_whitespace()
-                .nth(1)
-                .and_then(|p| p.parse::<u64>().ok())
-        })
-        .map_or(0, |pages| pages * 4096)
+fn at_limit_quota() -> Quota {
+    Quota::with_period(Duration::from_secs(3600))
+        .expect("period")
+        .allow_burst(nonzero(BURST))
 }
 
-struct Fixture {
-    keys: Vec<String>,
-    order: Vec<u32>,
-    store: Store,
-    gov_admit: DefaultKeyedRateLimiter<String>,
-    gov_limit: DefaultKeyedRateLimiter<String>,
+/// The key bytes of check `idx`, and the `String` governor is given.
+struct Key {
+    bytes: [u8; 32],
+    string: String,
 }
 
-fn fixture(n: usize) -> Fixture {
-    let keys = keys(n);
-    let order = order(n);
-    let rss0 = rss_bytes();
-    let store = Store::open_in_memory(Options::default().compactor(false)).unwrap();
-    let admit = admit_limits();
-    let limit = at_limit_limits();
-    for k in &keys {
-        store.check_at(k.as_bytes(), &admit, 1, T0).unwrap();
-    }
-    let rss1 = rss_bytes();
-    let stats = store.stats();
-    let gov_admit = governor_admit();
-    for k in &keys {
-        let _ = gov_admit.check_key(k);
-    }
-    let rss2 = rss_bytes();
-    let gov_limit = governor_at_limit();
-    for k in &keys {
-        let _ = gov_limit.check_key(k);
-    }
-    // The at-limit tollgate keys live in the same store under another prefix-free key set.
-    for k in &keys {
-        let mut kb = k.clone().into_bytes();
-        kb[0] = b'L';
-        store.check(&kb, &limit, 1).unwrap();
-    }
-    if n >= 100_000 {
-        eprintln!(
-            "footprint n={n}: tollgate {:.1} B/key in segments (2 windows, 32-byte keys), RSS +{:.1} B/key; governor RSS +{:.1} B/key",
-            (stats.segments * (1 << 22)) as f64 / n as f64,
-            (rss1 - rss0) as f64 / n as f64,
-            (rss2 - rss1) as f64 / n as f64,
+impl Key {
+    fn new() -> Key {
+        let (bytes, string) = (
+            *b"tok_0000000000000000000000000000",
+            String::with_capacity(32),
         );
+        Key { bytes, string }
     }
-    Fixture {
-        keys,
-        order,
-        store,
-        gov_admit,
-        gov_limit,
+
+    /// `tok_` and 28 hex digits of `idx * GOLDEN` (the first 12 always zero).
+    #[inline]
+    fn set(&mut self, idx: u64) {
+        let v = idx.wrapping_mul(GOLDEN);
+        self.bytes[16..24].copy_from_slice(&hex8((v >> 32) as u32));
+        self.bytes[24..32].copy_from_slice(&hex8(v as u32));
     }
-}
 
-fn bench_existing(c: &mut Criterion) {
-    for (label, n) in [("hot", 1usize), ("100k", 100_000), ("1M", 1_000_000)] {
-        let f = fixture(n);
-        let admit = admit_limits();
-        let limit = at_limit_limits();
-        let limit_keys: Vec<Vec<u8>> = f
-            .keys
-            .iter()
-            .map(|k| {
-                let mut kb = k.clone().into_bytes();
-                kb[0] = b'L';
-                kb
-            })
-            .collect();
-        let mask = f.order.len() - 1;
-
-        let mut g = c.benchmark_group("admit");
-        g.throughput(Throughput::Elements(1));
-        let mut i = 0usize;
-        let mut t = T0;
-        g.bench_function(BenchmarkId::new("tollgate", label), |b| {
-            b.iter(|| {
-                i += 1;
-                let k = &f.keys[f.order[i & mask] as usize];
-                // 200 ms per check and key on average: the quota is never reached, even counting
-                // the hour window's 2-hour span (65535 needs 16-bit counters, so K = 2).
-                t += 200 / n as u64 + u64::from(i.is_multiple_of(n));
-                black_box(
-                    f.store
-                        .check_at(k.as_bytes(), &admit, 1, t)
-                        .unwrap()
-                        .allowed(),
-                )
-            })
-        });
-        g.bench_function(BenchmarkId::new("governor", label), |b| {
-            b.iter(|| {
-                i += 1;
-                let k = &f.keys[f.order[i & mask] as usize];
-                black_box(f.gov_admit.check_key(k).is_ok())
-            })
-        });
-        g.finish();
-
-        let mut g = c.benchmark_group("at_limit");
-        g.throughput(Throughput::Elements(1));
-        g.bench_function(BenchmarkId::new("tollgate", label), |b| {
-            b.iter(|| {
-                i += 1;
-                let k = &limit_keys[f.order[i & mask] as usize];
-                black_box(f.store.check(k, &limit, 1).unwrap().allowed())
-            })
-        });
-        g.bench_function(BenchmarkId::new("governor", label), |b| {
-            b.iter(|| {
-                i += 1;
-                let k = &f.keys[f.order[i & mask] as usize];
-                black_box(f.gov_limit.check_key(k).is_ok())
-            })
-        });
-        g.finish();
-
-        if n > 1 {
-            two_threads(c, label, &f);
-        }
-        if n == 100_000 {
-            let mut g = c.benchmark_group("peek");
-            g.bench_function("tollgate/100k", |b| {
-                b.iter(|| {
-                    i += 1;
-                    let k = &f.keys[f.order[i & mask] as usize];
-                    black_box(
-                        f.store
-                            .peek_at(k.as_bytes(), &admit, t)
-                            .unwrap()
-                            .remaining(),
-                    )
-                })
-            });
-            g.finish();
-        }
+    /// The same bytes in the reused `String`.
+    #[inline]
+    fn string(&mut self) -> &String {
+        self.string.clear();
+        self.string
+            .push_str(std::str::from_utf8(&self.bytes).unwrap_or_default());
+        &self.string
     }
 }
 
-/// `threads` threads (1 or 2), each on its share of the keys (even and odd when two), each
-/// making `iters` checks; one spawn per sample either way, so that the two rows differ only
-/// in the number of threads. With `store`, tollgate checks; without, governor.
-fn run_threads(
-    threads: u64,
-    iters: u64,
-    keys: &[String],
-    order: &[u32],
-    store: Option<&Store>,
-    gov: &DefaultKeyedRateLimiter<String>,
-) -> Duration {
-    let start = Instant::now();
-    std::thread::scope(|s| {
-        for share in 0..threads {
-            s.spawn(move || {
-                let admit = admit_limits();
-                let mask = order.len() - 1;
-                let n = keys.len() as u64;
-                // Each key is visited every n checks in all, as in the one-thread rows: a thread
-                // moves its time on by `threads` steps of the one-thread rows per check.
-                let mut t = T0 + 10_000_000 * (share + 1);
-                for i in 0..iters as usize {
-                    let raw = u64::from(order[i & mask]);
-                    let idx = if threads == 1 {
-                        raw % n
-                    } else {
-                        (raw & !1 | share) % n
-                    };
-                    let k = &keys[idx as usize];
-                    match store {
-                        Some(store) => {
-                            t += threads * 200 / n + u64::from((i as u64).is_multiple_of(n));
-                            black_box(store.check_at(k.as_bytes(), &admit, 1, t).unwrap());
-                        }
-                        None => {
-                            black_box(gov.check_key(k).is_ok());
-                        }
-                    }
+/// The 8 lowercase hex digits of `x`, most significant first: each nibble spread to a byte,
+/// then `'0' + d`, plus 39 where `d > 9` (`'a' - '0' - 10`).
+#[inline]
+fn hex8(x: u32) -> [u8; 8] {
+    let mut v = u64::from(x);
+    v = (v | v << 16) & 0x0000_FFFF_0000_FFFF;
+    v = (v | v << 8) & 0x00FF_00FF_00FF_00FF;
+    v = (v | v << 4) & 0x0F0F_0F0F_0F0F_0F0F;
+    let letters = ((v + 0x0606_0606_0606_0606) >> 4) & 0x0101_0101_0101_0101;
+    (v + 0x3030_3030_3030_3030 + letters * 39).to_be_bytes()
+}
+
+/// The index of check `counter` in `0..n` (a hash, reduced by a multiply). `dep` (below 2^24)
+/// is mixed in by the chained shape; the loop shape passes 0.
+#[inline]
+fn pick(counter: u64, dep: u64, n: u64) -> u64 {
+    let mut z = (counter ^ (dep << 40)).wrapping_mul(GOLDEN);
+    z ^= z >> 32;
+    z = z.wrapping_mul(0xD6E8_FEB8_6659_FD93);
+    z ^= z >> 32;
+    ((u128::from(z) * u128::from(n)) >> 64) as u64
+}
+
+/// Something that checks keys: whether admitted, and a value that depends on the answer.
+trait Engine: Sync {
+    fn check(&self, key: &mut Key, now_ms: u64) -> (bool, u64);
+
+    /// A check of cost `n` (the drain's first step); whether it was admitted.
+    fn take(&self, key: &mut Key, now_ms: u64, n: u32) -> bool {
+        (0..n).all(|_| self.check(key, now_ms).0)
+    }
+}
+
+struct Tollgate {
+    store: Store,
+    limits: Limits,
+}
+
+impl Tollgate {
+    fn file(path: &Path, limits: Limits) -> Tollgate {
+        let store = Store::open(path, opts()).expect("open store");
+        Tollgate { store, limits }
+    }
+
+    fn memory(limits: Limits) -> Tollgate {
+        let store = Store::open_in_memory(opts()).expect("open store");
+        Tollgate { store, limits }
+    }
+}
+
+/// Without the background compactor: time is driven explicitly.
+fn opts() -> Options {
+    Options::default().compactor(false)
+}
+
+impl Engine for Tollgate {
+    #[inline]
+    fn check(&self, key: &mut Key, now_ms: u64) -> (bool, u64) {
+        match self.store.check_at(&key.bytes, &self.limits, 1, now_ms) {
+            Ok(d) => (d.allowed(), u64::from(d.remaining())),
+            Err(e) => panic!("check: {e}"),
+        }
+    }
+
+    fn take(&self, key: &mut Key, now_ms: u64, n: u32) -> bool {
+        match self.store.check_at(&key.bytes, &self.limits, n, now_ms) {
+            Ok(d) => d.allowed(),
+            Err(e) => panic!("check: {e}"),
+        }
+    }
+}
+
+/// A read-only peek, as a row (`peek/*`).
+struct Peek<'a>(&'a Tollgate);
+
+impl Engine for Peek<'_> {
+    #[inline]
+    fn check(&self, key: &mut Key, now_ms: u64) -> (bool, u64) {
+        match self.0.store.peek_at(&key.bytes, &self.0.limits, now_ms) {
+            Ok(d) => (d.allowed(), u64::from(d.remaining())),
+            Err(e) => panic!("peek: {e}"),
+        }
+    }
+}
+
+/// governor's keyed limiter over its default `DashMap` store, with hasher `S`.
+type GovLimiter<S> =
+    DefaultKeyedRateLimiter<String, NoOpMiddleware<<DefaultClock as Clock>::Instant>, S>;
+
+struct Gov<S: BuildHasher + Clone>(GovLimiter<S>);
+
+fn governor(quota: Quota) -> Gov<std::hash::RandomState> {
+    Gov(RateLimiter::keyed(quota))
+}
+
+fn governor_ahash(quota: Quota) -> Gov<ahash::RandomState> {
+    Gov(RateLimiter::dashmap_with_hasher(
+        quota,
+        ahash::RandomState::new(),
+    ))
+}
+
+impl<S: BuildHasher + Clone + Send + Sync> Engine for Gov<S> {
+    #[inline]
+    fn check(&self, key: &mut Key, _now_ms: u64) -> (bool, u64) {
+        let ok = self.0.check_key(key.string()).is_ok();
+        (ok, u64::from(ok))
+    }
+
+    fn take(&self, key: &mut Key, _now_ms: u64, n: u32) -> bool {
+        matches!(self.0.check_key_n(key.string(), nonzero(n)), Ok(Ok(_)))
+    }
+}
+
+/// What a row expects of its checks.
+#[derive(Clone, Copy, PartialEq)]
+enum Want {
+    Admit,
+    AtLimit,
+    Harness,
+}
+
+#[derive(Default, Clone, Copy)]
+struct Tally {
+    admitted: u64,
+    total: u64,
+}
+
+/// Print the share admitted after a row; panic if the row timed the wrong path.
+fn report(want: Want, id: &str, t: Tally) {
+    if t.total == 0 || want == Want::Harness {
+        return;
+    }
+    let share = 100.0 * t.admitted as f64 / t.total as f64;
+    eprintln!("{id}: {share:.2}% admitted ({} checks)", t.total);
+    match want {
+        Want::Admit if share < 99.0 => panic!(
+            "{id}: only {share:.2}% admitted: the row did not time the admit path \
+             (limits too small for the time step?)"
+        ),
+        Want::AtLimit if share > 1.0 => panic!(
+            "{id}: {share:.2}% admitted: the keys were not drained (or got quota back), \
+             the row did not time the at-limit path"
+        ),
+        _ => {}
+    }
+}
+
+/// The criterion name filter (first positional argument), when it is plain text; `None`
+/// selects everything (no filter, or a regex we do not evaluate).
+struct Filter(Option<String>);
+
+impl Filter {
+    fn from_args() -> Filter {
+        // Criterion 0.5's options that take a value.
+        const VALUED: &str = "-c --color --colour -s --save-baseline -b --baseline \
+            --baseline-lenient --format --profile-time --load-baseline --sample-size \
+            --warm-up-time --measurement-time --nresamples --noise-threshold \
+            --confidence-level --significance-level --plotting-backend --output-format";
+        let mut args = std::env::args().skip(1);
+        while let Some(a) = args.next() {
+            if a.starts_with('-') {
+                if VALUED.split_whitespace().any(|v| v == a) {
+                    args.next();
                 }
-            });
+                continue;
+            }
+            let plain = !a.contains(|ch: char| "\\.+*?()|[]{}^$".contains(ch));
+            return Filter(plain.then_some(a));
         }
-    });
-    start.elapsed()
+        Filter(None)
+    }
+
+    fn wants(&self, id: &str) -> bool {
+        self.0.as_ref().is_none_or(|f| id.contains(f.as_str()))
+    }
 }
 
-/// Two threads, each on its own half of the keys (time per two checks, one per thread), beside
-/// the same loop on one thread (time per check), for the scaling ratio.
-fn two_threads(c: &mut Criterion, label: &str, f: &Fixture) {
-    let mut g = c.benchmark_group("two_threads");
-    let (keys, order, store, gov) = (&f.keys[..], &f.order[..], &f.store, &f.gov_admit);
-    for (threads, name) in [(1u64, "one thread"), (2, "two threads")] {
-        g.throughput(Throughput::Elements(threads));
-        g.bench_function(BenchmarkId::new(format!("tollgate, {name}"), label), |b| {
-            b.iter_custom(|iters| run_threads(threads, iters, keys, order, Some(store), gov))
-        });
-        g.bench_function(BenchmarkId::new(format!("governor, {name}"), label), |b| {
-            b.iter_custom(|iters| run_threads(threads, iters, keys, order, None, gov))
-        });
+/// One key count's context.
+struct Ctx<'a> {
+    f: &'a Filter,
+    label: &'static str,
+    n: u64,
+    dir: &'a Path,
+}
+
+impl Ctx<'_> {
+    /// Whether any row of `engine` in `group` (and in `threads/*` if `threads`) is selected.
+    fn wants(&self, group: &str, engine: &str, threads: bool) -> bool {
+        let l = self.label;
+        ["loop", "chained"]
+            .iter()
+            .any(|s| self.f.wants(&format!("{group}/{engine}/{s}/{l}")))
+            || (threads
+                && self.n > 1
+                && ["1-thread", "2-threads"]
+                    .iter()
+                    .any(|t| self.f.wants(&format!("threads/{engine}/{t}/{l}"))))
+    }
+}
+
+/// One single-thread row: `n` keys, the simulated clock `t_fp` moved `step` per check.
+fn single<E: Engine, const CHAINED: bool>(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    id: BenchmarkId,
+    e: &E,
+    (n, step): (u64, u64),
+    t_fp: &mut u64,
+) -> Tally {
+    let (mut key, mut tally) = (Key::new(), Tally::default());
+    let (mut counter, mut dep, mut t) = (0u64, 0u64, *t_fp);
+    g.bench_function(id, |b| {
+        b.iter(|| {
+            counter += 1;
+            key.set(pick(counter, if CHAINED { dep } else { 0 }, n));
+            let (ok, d) = e.check(&mut key, t >> FP);
+            t += step;
+            dep = if CHAINED { d } else { black_box(d) };
+            tally.admitted += u64::from(ok);
+            tally.total += 1;
+        })
+    });
+    *t_fp = t;
+    tally
+}
+
+/// The `loop` and `chained` rows of `engine` in `want`'s group.
+fn rows<E: Engine>(c: &mut Criterion, x: &Ctx, want: Want, engine: &str, e: &E, t_fp: &mut u64) {
+    let (group, step) = match want {
+        Want::Admit => ("admit", (STEP_MS << FP) / x.n),
+        Want::AtLimit => ("at_limit", 0),
+        Want::Harness => ("harness", 0),
+    };
+    let mut g = c.benchmark_group(group);
+    g.throughput(Throughput::Elements(1));
+    for shape in ["loop", "chained"] {
+        let id = format!("{group}/{engine}/{shape}/{}", x.label);
+        let bid = BenchmarkId::new(format!("{engine}/{shape}"), x.label);
+        let tally = if shape == "chained" {
+            single::<E, true>(&mut g, bid, e, (x.n, step), t_fp)
+        } else {
+            single::<E, false>(&mut g, bid, e, (x.n, step), t_fp)
+        };
+        report(want, &id, tally);
     }
     g.finish();
 }
 
-fn bench_new_key(c: &mut Criterion) {
+/// The admit loop on 1 and 2 threads, each thread on its own share of the keys.
+fn threads_rows<E: Engine>(c: &mut Criterion, x: &Ctx, engine: &str, e: &E, t_fp: &mut u64) {
+    if x.n < 2 {
+        return;
+    }
+    let mut g = c.benchmark_group("threads");
+    for (threads, name) in [(1u64, "1-thread"), (2, "2-threads")] {
+        let id = format!("threads/{engine}/{name}/{}", x.label);
+        let (share, step) = (x.n / threads, (STEP_MS << FP) * threads / x.n);
+        let (mut tally, mut counter) = (Tally::default(), 0u64);
+        g.throughput(Throughput::Elements(threads));
+        g.bench_function(BenchmarkId::new(format!("{engine}/{name}"), x.label), |b| {
+            b.iter_custom(|iters| {
+                let (t0, c0) = (*t_fp, counter);
+                let start = Instant::now();
+                let admitted: u64 = std::thread::scope(|s| {
+                    let handles: Vec<_> = (0..threads)
+                        .map(|i| {
+                            s.spawn(move || {
+                                let (mut key, mut t, mut admitted) = (Key::new(), t0, 0u64);
+                                for k in 0..iters {
+                                    key.set(i * share + pick(c0 + k, 0, share));
+                                    let (ok, d) = e.check(&mut key, t >> FP);
+                                    (admitted, t) = (admitted + u64::from(ok), t + step);
+                                    black_box(d);
+                                }
+                                admitted
+                            })
+                        })
+                        .collect();
+                    let joined = handles.into_iter().map(|h| h.join().expect("bench thread"));
+                    joined.sum()
+                });
+                let elapsed = start.elapsed();
+                (*t_fp, counter) = (t0 + iters * step, c0 + iters);
+                tally.admitted += admitted;
+                tally.total += iters * threads;
+                elapsed
+            })
+        });
+        report(Want::Admit, &id, tally);
+    }
+    g.finish();
+}
+
+/// Check every key twice. The first pass inserts; the second writes again the file pages
+/// that each growth step's fdatasync cleaned, which would otherwise cost the first row one
+/// write fault per 4 KiB page.
+fn fill<E: Engine>(x: &Ctx, engine: &str, e: &E) {
+    let mut key = Key::new();
+    for idx in (0..x.n).chain(0..x.n) {
+        key.set(idx);
+        assert!(
+            e.check(&mut key, T0).0,
+            "{engine}: key {idx} refused in the fill"
+        );
+    }
+}
+
+/// Check every key until it is refused: one check of cost `BURST`, then single checks.
+fn drain<E: Engine>(x: &Ctx, engine: &str, e: &E) {
+    let mut key = Key::new();
+    for idx in 0..x.n {
+        key.set(idx);
+        assert!(
+            e.take(&mut key, T0, BURST),
+            "{engine}: key {idx} refused its first {BURST}"
+        );
+        let mut more = 0;
+        while e.check(&mut key, T0).0 {
+            more += 1;
+            assert!(
+                more < 1000,
+                "{engine}: key {idx} still admitted after {BURST}+{more} checks"
+            );
+        }
+    }
+}
+
+/// Build `engine`, fill it, then its admit rows (and thread rows if `threads`); returns the
+/// engine and the simulated clock.
+fn admit_rows<E: Engine>(
+    c: &mut Criterion,
+    x: &Ctx,
+    engine: &str,
+    make: impl FnOnce() -> E,
+    threads: bool,
+) -> (E, u64) {
+    let e = make();
+    fill(x, engine, &e);
+    let mut t_fp = T0 << FP;
+    rows(c, x, Want::Admit, engine, &e, &mut t_fp);
+    if threads {
+        threads_rows(c, x, engine, &e, &mut t_fp);
+    }
+    (e, t_fp)
+}
+
+/// Drain, then the at-limit rows (time frozen at the drain's).
+fn at_limit_rows<E: Engine>(c: &mut Criterion, x: &Ctx, engine: &str, e: &E) {
+    drain(x, engine, e);
+    rows(c, x, Want::AtLimit, engine, e, &mut (T0 << FP));
+}
+
+/// The admit path at one key count: one engine alive at a time.
+fn admit(c: &mut Criterion, x: &Ctx) {
+    let peek = x.n == 100_000 && x.f.wants("peek/tollgate/100k");
+    if x.wants("admit", "tollgate", true) || peek {
+        let path = x.dir.join(format!("admit-{}.tg", x.label));
+        let make = || Tollgate::file(&path, admit_limits());
+        let (e, t_fp) = admit_rows(c, x, "tollgate", make, true);
+        if x.n >= 100_000 {
+            let per_key = e.store.stats().bytes as f64 / x.n as f64;
+            eprintln!(
+                "footprint/tollgate/{}: {per_key:.0} file bytes per key",
+                x.label
+            );
+        }
+        if x.n == 100_000 {
+            let mut g = c.benchmark_group("peek");
+            let id = BenchmarkId::new("tollgate", x.label);
+            let tally = single::<_, false>(&mut g, id, &Peek(&e), (x.n, 0), &mut { t_fp });
+            g.finish();
+            report(Want::Admit, "peek/tollgate/100k", tally);
+        }
+        drop(e);
+        let _ = std::fs::remove_file(&path);
+    }
+    if x.n == 1 && x.wants("admit", "tollgate-mem", false) {
+        admit_rows(
+            c,
+            x,
+            "tollgate-mem",
+            || Tollgate::memory(admit_limits()),
+            false,
+        );
+    }
+    if x.wants("admit", "governor", true) {
+        admit_rows(c, x, "governor", || governor(admit_quota()), true);
+    }
+    if x.wants("admit", "governor-ahash", true) {
+        admit_rows(
+            c,
+            x,
+            "governor-ahash",
+            || governor_ahash(admit_quota()),
+            true,
+        );
+    }
+    if x.wants("admit", "toy-one-miss", false) {
+        admit_rows(c, x, "toy-one-miss", || ToyOneMiss(Table::new(x.n)), false);
+    }
+    if x.wants("admit", "toy-bare", false) {
+        admit_rows(c, x, "toy-bare", || ToyBare(Table::new(x.n)), false);
+    }
+}
+
+/// The at-limit path at one key count.
+fn at_limit(c: &mut Criterion, x: &Ctx) {
+    if x.wants("at_limit", "tollgate", false) {
+        let path = x.dir.join(format!("limit-{}.tg", x.label));
+        let e = Tollgate::file(&path, at_limit_limits());
+        at_limit_rows(c, x, "tollgate", &e);
+        drop(e);
+        let _ = std::fs::remove_file(&path);
+    }
+    if x.wants("at_limit", "governor", false) {
+        at_limit_rows(c, x, "governor", &governor(at_limit_quota()));
+    }
+    if x.wants("at_limit", "governor-ahash", false) {
+        at_limit_rows(c, x, "governor-ahash", &governor_ahash(at_limit_quota()));
+    }
+}
+
+fn counts() -> Vec<(&'static str, u64)> {
+    let mut v = vec![("hot", 1), ("100k", 100_000), ("1M", 1_000_000)];
+    if std::env::var("TOLLGATE_BENCH_10M").is_ok_and(|v| v == "1") {
+        v.push(("10M", 10_000_000));
+    }
+    v
+}
+
+fn bench_checks(c: &mut Criterion) {
+    let mut key = Key::new();
+    for idx in [0u64, 1, 7, 1 << 20, 9_999_999, u64::MAX] {
+        key.set(idx);
+        let want = format!("tok_{:028x}", idx.wrapping_mul(GOLDEN));
+        assert_eq!(key.string().as_str(), want, "key bytes of {idx}");
+    }
+    let base = std::env::var_os("TOLLGATE_BENCH_DIR").map_or_else(std::env::temp_dir, Into::into);
+    let dir = tempfile::Builder::new()
+        .prefix("tollgate-bench-")
+        .tempdir_in(base)
+        .expect("temporary directory");
+    let f = Filter::from_args();
+    let x = Ctx {
+        f: &f,
+        label: "1M",
+        n: 1_000_000,
+        dir: dir.path(),
+    };
+    rows(c, &x, Want::Harness, "bytes", &Harness::<false>, &mut 0);
+    rows(c, &x, Want::Harness, "string", &Harness::<true>, &mut 0);
+    for (label, n) in counts() {
+        let x = Ctx { label, n, ..x };
+        admit(c, &x);
+        at_limit(c, &x);
+    }
+    bench_new_key(c, dir.path());
+}
+
+/// The first check of `iters` keys never seen, on `e`.
+fn first_checks<E: Engine>(e: &E, iters: u64, tally: &mut Tally) -> Duration {
+    let mut key = Key::new();
+    let start = Instant::now();
+    for idx in 0..iters {
+        key.set(idx);
+        tally.admitted += u64::from(e.check(&mut key, T0).0);
+    }
+    let elapsed = start.elapsed();
+    tally.total += iters;
+    elapsed
+}
+
+/// One `new_key` row: `run(iters, tally)` times the first check of `iters` new keys.
+fn new_keys(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    mut run: impl FnMut(u64, &mut Tally) -> Duration,
+) {
+    let mut tally = Tally::default();
+    g.bench_function(name, |b| b.iter_custom(|iters| run(iters, &mut tally)));
+    report(Want::Admit, &format!("new_key/{name}"), tally);
+}
+
+fn bench_new_key(c: &mut Criterion, dir: &Path) {
     let mut g = c.benchmark_group("new_key");
     g.throughput(Throughput::Elements(1));
-    let admit = admit_limits();
-    g.bench_function("tollgate", |b| {
-        b.iter_custom(|iters| {
-            let store = Store::open_in_memory(Options::default().compactor(false)).unwrap();
-            let keys = keys(iters as usize);
-            let start = Instant::now();
-            for k in &keys {
-                black_box(store.check_at(k.as_bytes(), &admit, 1, T0).unwrap());
-            }
-            start.elapsed()
-        })
+    let mut sample = 0u32;
+    new_keys(&mut g, "tollgate", |iters, tally| {
+        sample += 1;
+        let path = dir.join(format!("new-key-{sample}.tg"));
+        let elapsed = first_checks(&Tollgate::file(&path, admit_limits()), iters, tally);
+        let _ = std::fs::remove_file(&path);
+        elapsed
     });
-    g.bench_function("governor", |b| {
-        b.iter_custom(|iters| {
-            let gov = governor_admit();
-            let keys = keys(iters as usize);
-            let start = Instant::now();
-            for k in &keys {
-                black_box(gov.check_key(k).is_ok());
-            }
-            start.elapsed()
-        })
+    new_keys(&mut g, "tollgate-mem", |iters, tally| {
+        first_checks(&Tollgate::memory(admit_limits()), iters, tally)
+    });
+    new_keys(&mut g, "governor", |iters, tally| {
+        first_checks(&governor(admit_quota()), iters, tally)
+    });
+    new_keys(&mut g, "governor-ahash", |iters, tally| {
+        first_checks(&governor_ahash(admit_quota()), iters, tally)
     });
     g.finish();
 }
@@ -305,23 +668,27 @@ fn bench_new_key(c: &mut Criterion) {
 fn bench_clock(c: &mut Criterion) {
     let mut g = c.benchmark_group("clock");
     g.bench_function("tollgate_coarse", |b| {
-        let store = Store::open_in_memory(Options::default().compactor(false)).unwrap();
+        let store = Store::open_in_memory(opts()).expect("store");
         b.iter(|| black_box(store.now_ms()))
     });
     g.bench_function("instant_now", |b| b.iter(|| black_box(Instant::now())));
+    g.bench_function("governor_default", |b| {
+        let clock = DefaultClock::default();
+        b.iter(|| black_box(clock.now()))
+    });
     g.finish();
 }
 
 fn config() -> Criterion {
     Criterion::default()
-        .warm_up_time(Duration::from_millis(700))
-        .measurement_time(Duration::from_secs(2))
-        .sample_size(30)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_millis(1500))
+        .sample_size(20)
 }
 
 criterion_group! {
     name = benches;
     config = config();
-    targets = bench_clock, bench_existing, bench_new_key
+    targets = bench_clock, bench_checks
 }
 criterion_main!(benches);
