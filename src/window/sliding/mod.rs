@@ -387,6 +387,10 @@ impl Snap {
             // Even the head's own sub-window has aged out.
             return 0;
         }
+        if self.older == 0 {
+            // An empty ring (a burst within one sub-window): nothing older to age out.
+            return self.cur;
+        }
         if self.older >= geo.field_mask() {
             // `older` may be capped at the field's maximum (a recovered or narrowed window):
             // sum what still counts instead of subtracting from it.
@@ -438,8 +442,17 @@ impl Snap {
         if needed == 0 {
             return 0;
         }
-        let mut freed = 0;
         let lo = ne.saturating_sub(u64::from(geo.b));
+        if self.older == 0 {
+            // An empty ring: the head's sub-window holds all there is.
+            let at = if self.n >= lo && self.cur >= needed {
+                self.n
+            } else {
+                ne
+            };
+            return Self::drop_ms(geo, at).saturating_sub(now_ms).max(1);
+        }
+        let mut freed = 0;
         for (m, c) in self.counts(geo, lo, ne.min(self.n)) {
             freed += c;
             if freed >= needed {
@@ -457,6 +470,10 @@ impl Snap {
         if self.cur != 0 && self.n >= lo {
             // The head's own sub-window is the newest that counts.
             return Self::drop_ms(geo, self.n);
+        }
+        if self.older == 0 {
+            // An empty ring and nothing in the head's sub-window that still counts.
+            return now_ms;
         }
         self.counts(geo, lo, ne)
             .last()
