@@ -18,8 +18,10 @@
 //! * `admit-same`: a large quota (100 000/min and 1 000 000/h) and a clock that moves on 1 ms
 //!   per check, so all but one check in 938 is counted in the head's sub-window (the
 //!   one-compare-and-swap path);
-//! * `reject`: the pair, drained first, then checked by a client that keeps retrying, 0.5 ms
-//!   apart, for under a minute (every check refused).
+//! * `reject`: the pair, drained by a burst first, then checked by a client that keeps
+//!   retrying, 0.5 ms apart, for under a minute (every check refused);
+//! * `reject-spread`: the same after a client that spent its minute's quota one request a
+//!   second (its counts spread over the ring), retrying for under a second.
 //!
 //! Valgrind counts instructions, not time: the figures repeat for the same binary whatever
 //! else the machine does. docs/PERFORMANCE.md has them.
@@ -62,8 +64,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 admitted += u64::from(store.check_at(key, &pair, 1, T0 + i / 2)?.allowed());
             }
         }
+        "reject-spread" => {
+            let mut t = T0 + 60_000;
+            while store.check_at(key, &pair, 1, t)?.allowed() {
+                t += 1_000;
+            }
+            for i in 0..n {
+                admitted += u64::from(store.check_at(key, &pair, 1, t + i / 200)?.allowed());
+            }
+        }
         other => {
-            return Err(format!("unknown path {other:?} (setup, admit, admit-same, reject)").into())
+            return Err(format!(
+                "unknown path {other:?} (setup, admit, admit-same, reject, reject-spread)"
+            )
+            .into())
         }
     }
     black_box(admitted);
