@@ -30,23 +30,18 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, CONTENT_TYPE, ETAG, IF_MATCH, WWW_AUTHENTICATE};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http::header::{AUTHORIZATION, ETAG, IF_MATCH, WWW_AUTHENTICATE};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body;
 use parking_lot::RwLock;
 use tower::{Layer, Service};
 
+use super::answer::{replay, store_failure, stored_response, Ctx, LeaseGuard, Rate};
 use super::body::{boxed, collect_capped, full, BoxError, Collected, GatewayBody};
-use super::headers::{
-    self, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, KEY_REUSED, RESOURCE_CHANGED, TOO_MANY_CONCURRENT,
-};
-use super::policy::{check_token, Group, Policy, RateKey, TokenError};
-use super::settings::{BodyStyle, NEVER_REPLAYED};
+use super::headers::{IDEMPOTENCY_KEY, KEY_REUSED, RESOURCE_CHANGED, TOO_MANY_CONCURRENT};
+use super::policy::{check_token, Policy, TokenError};
 use super::{ConcurrencyLimiter, PolicyError, Versions};
-use crate::{
-    Backend, Begin, Decision, Error, Fingerprint, IdempotencyKey, Lease, Limits, Store,
-    StoredResponse,
-};
+use crate::{Backend, Begin, Fingerprint, IdempotencyKey, Store};
 
 /// The state shared by every request: the backend, the current policy, the concurrency gauge
 /// and the versions.
@@ -238,108 +233,6 @@ pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
         return None;
     }
     Some(token)
-}
-
-/// The rate-limit side of one request: its group, key and windows.
-struct Rate<'a> {
-    group: &'a Group,
-    key: RateKey,
-    limits: &'a Limits,
-}
-
-/// What one request needs to build its answers.
-struct Ctx<'a> {
-    store: &'a dyn Backend,
-    policy: &'a Policy,
-    rate: Option<Rate<'a>>,
-}
-
-impl Ctx<'_> {
-    fn style(&self) -> BodyStyle {
-        self.policy.settings().body_style()
-    }
-
-    /// The rate-limit headers of `d`, or of a peek when the request was not counted.
-    /// `Retry-After` only when `retry` (a 429 of the rate check).
-    fn rate_headers(&self, headers: &mut HeaderMap, d: Option<&Decision>, retry: bool) {
-        let Some(rate) = &self.rate else { return };
-        let peeked;
-        let d = match d {
-            Some(d) => d,
-            None => match self.store.peek(rate.key.as_bytes(), rate.limits) {
-                Ok(p) => {
-                    peeked = p;
-                    &peeked
-                }
-                Err(_) => return,
-            },
-        };
-        headers::insert_rate_limit(headers, d);
-        if !retry {
-            headers.remove(http::header::RETRY_AFTER);
-        }
-        if self.policy.settings().ietf_headers() {
-            headers::insert_ietf(headers, rate.group.name(), d, self.store.now_ms());
-        }
-    }
-
-    /// A JSON refusal in the configured style, with the rate-limit headers (of `d`, or a peek).
-    fn refuse(
-        &self,
-        status: StatusCode,
-        code: &str,
-        message: &str,
-        d: Option<&Decision>,
-    ) -> Response<GatewayBody> {
-        let mut r = json(status, headers::error_body(self.style(), code, message));
-        self.rate_headers(r.headers_mut(), d, false);
-        r
-    }
-
-    /// The 429 of a refused rate check.
-    fn too_many_requests(&self, d: &Decision) -> Response<GatewayBody> {
-        let retry = d.retry_after().unwrap_or(1);
-        let mut r = json(
-            StatusCode::TOO_MANY_REQUESTS,
-            headers::too_many_requests(self.style(), retry),
-        );
-        self.rate_headers(r.headers_mut(), Some(d), true);
-        r
-    }
-}
-
-fn json(status: StatusCode, body: String) -> Response<GatewayBody> {
-    let mut r = Response::new(full(body));
-    *r.status_mut() = status;
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    r
-}
-
-/// Aborts its lease when dropped without completing it: a refused, failed or abandoned
-/// request never leaves its key in flight until the lease times out.
-struct LeaseGuard<'a> {
-    store: &'a dyn Backend,
-    lease: Option<Lease>,
-}
-
-impl LeaseGuard<'_> {
-    fn complete(&mut self, response: &StoredResponse) {
-        if let Some(lease) = self.lease.take() {
-            if self.store.complete(&lease, response).is_err() {
-                // Too large to store, or the lease was lost: let a retry run again.
-                let _ = self.store.abort(&lease);
-            }
-        }
-    }
-}
-
-impl Drop for LeaseGuard<'_> {
-    fn drop(&mut self) {
-        if let Some(lease) = self.lease.take() {
-            let _ = self.store.abort(&lease);
-        }
-    }
 }
 
 fn is_write(m: &Method) -> bool {
@@ -603,67 +496,6 @@ where
     let mut resp = Response::from_parts(parts, body);
     ctx.rate_headers(resp.headers_mut(), decision.as_ref(), false);
     Ok(resp)
-}
-
-/// The stored form of a response: its status, its allow-listed headers and its body.
-fn stored_response(
-    status: u16,
-    headers: &HeaderMap,
-    allow: &[HeaderName],
-    body: &Bytes,
-) -> StoredResponse {
-    let mut stored = StoredResponse::new(status, body.to_vec());
-    for name in allow {
-        if NEVER_REPLAYED.contains(&name.as_str()) {
-            continue;
-        }
-        for v in headers.get_all(name) {
-            stored
-                .headers
-                .push((name.as_str().to_owned(), v.as_bytes().to_vec()));
-        }
-    }
-    stored
-}
-
-/// A replay: the stored status, headers and body, marked `Idempotent-Replayed: true`, with
-/// the rate-limit headers of now (never those of the first exchange).
-fn replay(ctx: &Ctx<'_>, stored: &crate::Replayed, d: Option<&Decision>) -> Response<GatewayBody> {
-    let mut r = Response::new(full(Bytes::copy_from_slice(stored.body())));
-    *r.status_mut() = StatusCode::from_u16(stored.status()).unwrap_or(StatusCode::OK);
-    let h = r.headers_mut();
-    for (name, value) in stored.headers() {
-        let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_bytes(value),
-        ) else {
-            continue;
-        };
-        if !NEVER_REPLAYED.contains(&name.as_str()) {
-            h.append(name, value);
-        }
-    }
-    h.insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
-    ctx.rate_headers(h, d, false);
-    r
-}
-
-/// The answer when the store fails: 503 when it is full, 500 otherwise.
-fn store_failure(ctx: &Ctx<'_>, e: &Error) -> Response<GatewayBody> {
-    match e {
-        Error::CapacityExhausted => ctx.refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "UNAVAILABLE",
-            "The gateway is at capacity, try again later.",
-            None,
-        ),
-        _ => ctx.refuse(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "INTERNAL",
-            "The gateway could not check this request.",
-            None,
-        ),
-    }
 }
 
 #[cfg(test)]

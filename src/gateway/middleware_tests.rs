@@ -1,6 +1,7 @@
 //! Unit tests of `middleware.rs`, kept beside it in a file of their own.
 
 use super::*;
+use crate::gateway::headers::{self, IDEMPOTENT_REPLAYED};
 use crate::{ManualClock, Options};
 use http_body_util::{BodyExt, Full};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -34,6 +34,8 @@ mod policy;
 mod settings;
 
 #[cfg(feature = "tower")]
+mod answer;
+#[cfg(feature = "tower")]
 mod body;
 #[cfg(feature = "tower")]
 mod middleware;
