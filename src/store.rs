@@ -351,7 +351,7 @@ impl Store {
         not(feature = "redis"),
         allow(dead_code, reason = "used by fleet::HybridStore")
     )]
-    pub(crate) fn sub_window_cap(&self) -> u32 {
+    pub(crate) fn sub_windows(&self) -> u32 {
         self.core.b
     }
 

@@ -166,7 +166,7 @@ impl HybridStore {
         );
         // The fleet's sub-windows: the embedded store's, which must be the shared store's so
         // that every node (and a `RedisStore` on the same server) rounds alike.
-        let b = local.sub_window_cap();
+        let b = local.sub_windows();
         if b != shared.options().common.sub_windows {
             return Err(Error::InvalidOptions(
                 "the local and the shared store must have the same sub_windows",
