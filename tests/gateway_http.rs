@@ -185,8 +185,16 @@ async fn eleventh_click_to_call_in_a_minute_gets_429() {
         assert!(a.header("retry-after").is_none());
         assert_eq!(
             a.header("ratelimit-policy"),
-            Some("\"click-to-call\";q=10;w=60")
+            Some("\"click-to-call\";q=10;w=60, \"concurrency\";q=5;qu=\"concurrent-requests\"")
         );
+        // The legacy and IETF fields agree: r is X-RateLimit-Remaining; this request holds
+        // one of the token's 5 slots.
+        let r = a.header("ratelimit").expect("RateLimit");
+        assert!(
+            r.starts_with(&format!("\"click-to-call\";r={};t=", 10 - i)),
+            "{r}"
+        );
+        assert!(r.ends_with(", \"concurrency\";r=4"), "{r}");
     }
     let a = h.send(Method::POST, C2C, Some("tok_rate"), &[], "{}").await;
     assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
@@ -216,8 +224,11 @@ async fn eleventh_click_to_call_in_a_minute_gets_429() {
         a.body,
         headers::too_many_requests(BodyStyle::Message, retry)
     );
-    let t = a.header("ratelimit").expect("RateLimit");
-    assert!(t.starts_with("\"click-to-call\";r=0;t="), "{t}");
+    // One window, violated: its t is Retry-After itself (-12: the wait until more quota).
+    assert_eq!(
+        a.header("ratelimit"),
+        Some(format!("\"click-to-call\";r=0;t={retry}, \"concurrency\";r=4").as_str())
+    );
     // The refused call never reached the upstream.
     assert_eq!(h.upstream.click_to_call.load(Ordering::SeqCst), 10);
     // Another token has its own count; another group of the same token too.

@@ -2,17 +2,20 @@
 //! replay, and the stored form of a response.
 //!
 //! This file exists to keep `middleware.rs` (the layer, the service and the order of the
-//! steps) short: everything here turns what a request learned (its group, its decision) into
-//! status, headers and body, in the policy's [`BodyStyle`].
+//! steps) short: everything here turns what a request learned (its group, its decision, its
+//! token's slots) into status, headers and body, in the policy's [`BodyStyle`] and
+//! [`HeaderMode`](super::HeaderMode).
 
 use bytes::Bytes;
 use http::header::CONTENT_TYPE;
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 
 use super::body::{full, GatewayBody};
-use super::headers::{self, IDEMPOTENT_REPLAYED};
+use super::headers::{self, IDEMPOTENT_REPLAYED, TOO_MANY_CONCURRENT};
+use super::ietf::{self, Concurrency, Extras, CONCURRENCY_POLICY};
 use super::policy::{Group, Policy, RateKey};
 use super::settings::{BodyStyle, NEVER_REPLAYED};
+use super::{problem, ConcurrencyLimiter};
 use crate::{Backend, Decision, Error, Lease, Limits, StoredResponse};
 
 /// The rate-limit side of one request: its group, key and windows.
@@ -27,6 +30,9 @@ pub(super) struct Ctx<'a> {
     pub(super) store: &'a dyn Backend,
     pub(super) policy: &'a Policy,
     pub(super) rate: Option<Rate<'a>>,
+    /// The bearer token ("" until it is known).
+    pub(super) token: &'a str,
+    pub(super) limiter: &'a ConcurrencyLimiter,
 }
 
 impl Ctx<'_> {
@@ -34,9 +40,9 @@ impl Ctx<'_> {
         self.policy.settings().body_style()
     }
 
-    /// The rate-limit headers of `d`, or of a peek when the request was not counted.
-    /// `Retry-After` only when `retry` (a 429 of the rate check).
-    pub(super) fn rate_headers(&self, headers: &mut HeaderMap, d: Option<&Decision>, retry: bool) {
+    /// The rate-limit headers of `d`, or of a peek when the request was not counted, in the
+    /// policy's header mode. `Retry-After` only when `retry` (a 429 of the rate check).
+    pub(super) fn rate_headers(&self, h: &mut HeaderMap, d: Option<&Decision>, retry: bool) {
         let Some(rate) = &self.rate else { return };
         let peeked;
         let d = match d {
@@ -49,16 +55,43 @@ impl Ctx<'_> {
                 Err(_) => return,
             },
         };
-        headers::insert_rate_limit(headers, d);
-        if !retry {
-            headers.remove(http::header::RETRY_AFTER);
+        let settings = self.policy.settings();
+        let mode = settings.headers();
+        if mode.legacy() {
+            headers::insert_rate_limit(h, d);
+        } else {
+            headers::insert_retry_after(h, d);
         }
-        if self.policy.settings().ietf_headers() {
-            headers::insert_ietf(headers, rate.group.name(), d, self.store.now_ms());
+        if !retry {
+            h.remove(http::header::RETRY_AFTER);
+        }
+        if mode.ietf() {
+            let pk = settings
+                .partition_key()
+                .then(|| settings.partition_secret().key_of(self.token));
+            let concurrency = settings.max_concurrent_per_token().map(|cap| Concurrency {
+                cap,
+                in_flight: self.limiter.in_flight(self.token),
+            });
+            let now = self.store.now_ms();
+            // Only when this request took a window's last unit: when does the next come back?
+            let refill = if ietf::needs_refill(d) {
+                self.store
+                    .peek_at(rate.key.as_bytes(), rate.limits, now)
+                    .ok()
+            } else {
+                None
+            };
+            let extras = Extras {
+                partition_key: pk.as_ref(),
+                concurrency,
+                refill: refill.as_ref(),
+            };
+            ietf::insert(h, rate.group.name(), d, now, &extras);
         }
     }
 
-    /// A JSON refusal in the configured style, with the rate-limit headers (of `d`, or a peek).
+    /// A refusal in the configured style, with the rate-limit headers (of `d`, or a peek).
     pub(super) fn refuse(
         &self,
         status: StatusCode,
@@ -66,28 +99,54 @@ impl Ctx<'_> {
         message: &str,
         d: Option<&Decision>,
     ) -> Response<GatewayBody> {
-        let mut r = json(status, headers::error_body(self.style(), code, message));
+        let style = self.style();
+        let body = headers::refusal_body(style, status.as_u16(), code, message);
+        let mut r = json(style, status, body);
         self.rate_headers(r.headers_mut(), d, false);
         r
     }
 
-    /// The 429 of a refused rate check.
+    /// The 429 of a refused rate check; a problem body names every violated window.
     pub(super) fn too_many_requests(&self, d: &Decision) -> Response<GatewayBody> {
+        let style = self.style();
         let retry = d.retry_after().unwrap_or(1);
-        let mut r = json(
-            StatusCode::TOO_MANY_REQUESTS,
-            headers::too_many_requests(self.style(), retry),
-        );
+        let violated = match (&self.rate, style) {
+            (Some(rate), BodyStyle::Problem) => ietf::violated_policies(rate.group.name(), d),
+            _ => Vec::new(),
+        };
+        let body = headers::too_many_requests_naming(style, retry, &violated);
+        let mut r = json(style, StatusCode::TOO_MANY_REQUESTS, body);
         self.rate_headers(r.headers_mut(), Some(d), true);
+        r
+    }
+
+    /// The 429 of the concurrency cap; a problem body names the `"concurrency"` policy.
+    pub(super) fn too_many_concurrent(&self) -> Response<GatewayBody> {
+        const CODE: &str = "TOO_MANY_CONCURRENT_REQUESTS";
+        let style = self.style();
+        if style != BodyStyle::Problem {
+            return self.refuse(
+                StatusCode::TOO_MANY_REQUESTS,
+                CODE,
+                TOO_MANY_CONCURRENT,
+                None,
+            );
+        }
+        let body = problem::quota_exceeded(CODE, TOO_MANY_CONCURRENT, &[CONCURRENCY_POLICY]);
+        let mut r = json(style, StatusCode::TOO_MANY_REQUESTS, body);
+        self.rate_headers(r.headers_mut(), None, false);
         r
     }
 }
 
-pub(super) fn json(status: StatusCode, body: String) -> Response<GatewayBody> {
+/// A response of `status` with a JSON body of `style` (its media type).
+pub(super) fn json(style: BodyStyle, status: StatusCode, body: String) -> Response<GatewayBody> {
     let mut r = Response::new(full(body));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(headers::content_type(style)),
+    );
     r
 }
 

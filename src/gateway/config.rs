@@ -186,7 +186,10 @@ pub(crate) struct RawPolicy {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawSettings {
     pub body_style: Option<Spanned<String>>,
-    pub ietf_headers: Option<bool>,
+    pub headers: Option<Spanned<String>>,
+    pub ietf_headers: Option<Spanned<bool>>,
+    pub partition_key: Option<bool>,
+    pub partition_key_secret: Option<Spanned<String>>,
     pub max_concurrent_per_token: Option<Spanned<u32>>,
     pub max_body_bytes: Option<Spanned<u64>>,
     pub if_match: Option<bool>,

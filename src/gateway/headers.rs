@@ -3,10 +3,11 @@
 //! * On every response of a rate-limited route: `X-RateLimit-Limit`, `X-RateLimit-Remaining`
 //!   and `X-RateLimit-Reset` (UTC epoch seconds) of the binding window.
 //! * On a 429: `Retry-After`, whole seconds rounded up ([`Decision::retry_after`]).
-//! * Optionally the IETF fields of draft-ietf-httpapi-ratelimit-headers, one item per window:
-//!   `RateLimit-Policy: "name";q=60;w=60` and `RateLimit: "name";r=42;t=18` (`t`: seconds
-//!   until the window is back to its full limit).
-//! * The JSON bodies of the gateway's refusals, in either [`BodyStyle`].
+//! * Optionally the IETF fields of draft-ietf-httpapi-ratelimit-headers-12, one item per
+//!   window: `RateLimit-Policy: "name";q=60;w=60` and `RateLimit: "name";r=42;t=18`, written
+//!   by [`super::ietf`] (the thin wrappers here keep their older names).
+//! * The bodies of the gateway's refusals, in each [`BodyStyle`] (the problem details of the
+//!   `problem` style are written by `problem.rs`).
 //!
 //! ```
 //! use http::HeaderMap;
@@ -28,8 +29,8 @@ use std::fmt::Write as _;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use super::config::format_window;
 use super::settings::BodyStyle;
+use super::{ietf, problem};
 use crate::Decision;
 
 /// `X-RateLimit-Limit`: the limit of the binding window.
@@ -60,6 +61,13 @@ pub fn insert_rate_limit(headers: &mut HeaderMap, d: &Decision) {
     headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from(d.limit()));
     headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(d.remaining()));
     headers.insert(X_RATELIMIT_RESET, HeaderValue::from(d.reset()));
+    insert_retry_after(headers, d);
+}
+
+/// Set `Retry-After` when `d` refused the request, remove it otherwise: what
+/// [`insert_rate_limit`] does besides the `X-RateLimit-*` fields (`headers = "ietf"` sends
+/// no `X-RateLimit-*` field, and still `Retry-After`).
+pub fn insert_retry_after(headers: &mut HeaderMap, d: &Decision) {
     match d.retry_after() {
         Some(secs) => {
             headers.insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
@@ -70,65 +78,33 @@ pub fn insert_rate_limit(headers: &mut HeaderMap, d: &Decision) {
     }
 }
 
-/// The IETF policy name of one window of `group`: the group's name when it has one window,
-/// `name-<window>` (`api-60s`, `api-1h`) when it has several.
+/// The IETF policy name of one window of `group` ([`ietf::policy_name`]): the group's name
+/// when `d` has one window, `name-<window>` (`api-60s`, `api-1h`) when it has several.
 pub fn window_name(group: &str, d: &Decision, i: usize) -> String {
-    let windows = d.windows();
-    match windows.get(i) {
-        Some(w) if windows.len() > 1 => {
-            format!("{group}-{}", format_window(w.window().as_millis() as u64))
-        }
-        _ => group.to_string(),
-    }
+    ietf::policy_name(group, d, i)
 }
 
-/// `RateLimit-Policy`: `"name";q=<limit>;w=<window seconds>` for each window of `d`.
+/// `RateLimit-Policy`: `"name";q=<limit>;w=<window seconds>` for each window of `d` (no `pk`,
+/// no concurrency item: see [`ietf::policy_field`] for those).
 pub fn ietf_policy(group: &str, d: &Decision) -> Option<HeaderValue> {
-    let mut s = String::new();
-    for (i, w) in d.windows().iter().enumerate() {
-        if i > 0 {
-            s.push_str(", ");
-        }
-        let w_secs = (w.window().as_millis() as u64).div_ceil(1000);
-        let _ = write!(
-            s,
-            "\"{}\";q={};w={}",
-            window_name(group, d, i),
-            w.limit(),
-            w_secs
-        );
-    }
-    HeaderValue::try_from(s).ok()
+    HeaderValue::try_from(ietf::policy_field(group, d, &ietf::Extras::default())).ok()
 }
 
-/// `RateLimit`: `"name";r=<remaining>;t=<seconds until reset>` for each window of `d`, with
-/// `now_ms` the store's clock.
+/// `RateLimit`: `"name";r=<remaining>;t=<seconds>` for each window of `d`, with `now_ms` the
+/// store's clock; `t` as [`ietf::reset_secs`] gives it.
 pub fn ietf_ratelimit(group: &str, d: &Decision, now_ms: u64) -> Option<HeaderValue> {
-    let mut s = String::new();
-    for (i, w) in d.windows().iter().enumerate() {
-        if i > 0 {
-            s.push_str(", ");
-        }
-        let t = w.reset_ms().saturating_sub(now_ms).div_ceil(1000);
-        let _ = write!(
-            s,
-            "\"{}\";r={};t={}",
-            window_name(group, d, i),
-            w.remaining(),
-            t
-        );
-    }
-    HeaderValue::try_from(s).ok()
+    HeaderValue::try_from(ietf::ratelimit_field(
+        group,
+        d,
+        now_ms,
+        &ietf::Extras::default(),
+    ))
+    .ok()
 }
 
-/// Set `RateLimit-Policy` and `RateLimit` from `d`.
+/// Set `RateLimit-Policy` and `RateLimit` from `d` ([`ietf::insert`] without extras).
 pub fn insert_ietf(headers: &mut HeaderMap, group: &str, d: &Decision, now_ms: u64) {
-    if let Some(v) = ietf_policy(group, d) {
-        headers.insert(RATELIMIT_POLICY, v);
-    }
-    if let Some(v) = ietf_ratelimit(group, d, now_ms) {
-        headers.insert(RATELIMIT, v);
-    }
+    ietf::insert(headers, group, d, now_ms, &ietf::Extras::default());
 }
 
 /// The 429 body of a rate-limit refusal, `retry_after` seconds from now:
@@ -136,31 +112,48 @@ pub fn insert_ietf(headers: &mut HeaderMap, group: &str, d: &Decision, now_ms: u
 /// * [`BodyStyle::Message`]: `{"message": "Too many requests. Retry after 25 seconds."}`
 /// * [`BodyStyle::Error`]:
 ///   `{"error": {"code": "RATE_LIMITED", "message": "Rate limit exceeded. Retry after 12s"}}`
+/// * [`BodyStyle::Problem`]: a quota-exceeded problem naming no policy; the middleware names
+///   the violated ones with [`too_many_requests_naming`].
 pub fn too_many_requests(style: BodyStyle, retry_after: u64) -> String {
+    let none: [&str; 0] = [];
+    too_many_requests_naming(style, retry_after, &none)
+}
+
+/// [`too_many_requests`], with the names of the violated policies for the `problem` style's
+/// `violated-policies` (ignored by the other styles).
+pub fn too_many_requests_naming<S: AsRef<str>>(
+    style: BodyStyle,
+    retry_after: u64,
+    violated: &[S],
+) -> String {
+    let unit = if retry_after == 1 {
+        "second"
+    } else {
+        "seconds"
+    };
+    let message = format!("Too many requests. Retry after {retry_after} {unit}.");
     match style {
-        BodyStyle::Message => {
-            let unit = if retry_after == 1 {
-                "second"
-            } else {
-                "seconds"
-            };
-            error_body(
-                style,
-                "RATE_LIMITED",
-                &format!("Too many requests. Retry after {retry_after} {unit}."),
-            )
-        }
+        BodyStyle::Message => error_body(style, "RATE_LIMITED", &message),
         BodyStyle::Error => error_body(
             style,
             "RATE_LIMITED",
             &format!("Rate limit exceeded. Retry after {retry_after}s"),
         ),
+        BodyStyle::Problem => problem::quota_exceeded("RATE_LIMITED", &message, violated),
     }
 }
 
 /// A JSON error body in `style`: `{"message": "..."}` or
-/// `{"error": {"code": "...", "message": "..."}}`.
+/// `{"error": {"code": "...", "message": "..."}}`; in the `problem` style a problem of type
+/// `about:blank` without a status (see [`refusal_body`], which has one).
 pub fn error_body(style: BodyStyle, code: &str, message: &str) -> String {
+    refusal_body(style, 0, code, message)
+}
+
+/// The body of a refusal with HTTP status `status`: as [`error_body`], and in the `problem`
+/// style `{"type": "about:blank", "title": <reason phrase>, "status": <status>, "detail":
+/// <message>, "code": <code>}`.
+pub fn refusal_body(style: BodyStyle, status: u16, code: &str, message: &str) -> String {
     let mut s = String::with_capacity(message.len() + code.len() + 40);
     match style {
         BodyStyle::Message => {
@@ -175,11 +168,21 @@ pub fn error_body(style: BodyStyle, code: &str, message: &str) -> String {
             push_json_str(&mut s, message);
             s.push_str("}}");
         }
+        BodyStyle::Problem => return problem::problem(status, code, message),
     }
     s
 }
 
-fn push_json_str(out: &mut String, v: &str) {
+/// The media type of a body in `style`: `application/json`, or `application/problem+json`
+/// for [`BodyStyle::Problem`].
+pub fn content_type(style: BodyStyle) -> &'static str {
+    match style {
+        BodyStyle::Message | BodyStyle::Error => "application/json",
+        BodyStyle::Problem => problem::PROBLEM_JSON,
+    }
+}
+
+pub(crate) fn push_json_str(out: &mut String, v: &str) {
     out.push('"');
     for c in v.chars() {
         match c {

@@ -38,7 +38,7 @@ use tower::{Layer, Service};
 
 use super::answer::{replay, store_failure, stored_response, Ctx, LeaseGuard, Rate};
 use super::body::{boxed, collect_capped, full, BoxError, Collected, GatewayBody};
-use super::headers::{IDEMPOTENCY_KEY, KEY_REUSED, RESOURCE_CHANGED, TOO_MANY_CONCURRENT};
+use super::headers::{IDEMPOTENCY_KEY, KEY_REUSED, RESOURCE_CHANGED};
 use super::policy::{check_token, Policy, TokenError};
 use super::{ConcurrencyLimiter, PolicyError, Versions};
 use crate::{Backend, Begin, Fingerprint, IdempotencyKey, Store};
@@ -265,10 +265,12 @@ where
     let method = req.method().clone();
     let uri = req.uri().clone();
     let path = uri.path();
-    let mut ctx = Ctx {
+    let ctx = Ctx {
         store: &gw.store,
         policy: &policy,
         rate: None,
+        token: "",
+        limiter: &gw.limiter,
     };
 
     // 1. The token.
@@ -297,6 +299,11 @@ where
         return Ok(r);
     }
 
+    let mut ctx = Ctx {
+        token: &token,
+        ..ctx
+    };
+
     // 2. The group.
     if let Some(group) = policy.match_route(method.as_str(), path) {
         if let Ok(key) = group.key(&token) {
@@ -313,14 +320,7 @@ where
         None => None,
         Some(_) => match gw.limiter.try_acquire(&token) {
             Some(g) => Some(g),
-            None => {
-                return Ok(ctx.refuse(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "TOO_MANY_CONCURRENT_REQUESTS",
-                    TOO_MANY_CONCURRENT,
-                    None,
-                ))
-            }
+            None => return Ok(ctx.too_many_concurrent()),
         },
     };
 

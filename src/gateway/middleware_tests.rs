@@ -156,3 +156,139 @@ fn bearer_tokens() {
         assert_eq!(bearer_token(&h), want, "{v:?}");
     }
 }
+
+/// A service on `policy`, with its gateway and its store's clock.
+fn gateway(policy: &str) -> (GatewayService<Counter>, Counter, Arc<Gateway>, ManualClock) {
+    let clock = ManualClock::new(T0);
+    let store = Store::open_in_memory(Options::default().clock(clock.clone())).unwrap();
+    let gateway = Gateway::new(store, Policy::from_toml_str(policy).unwrap());
+    let counter = Counter::default();
+    let svc = gateway.layer().layer(counter.clone());
+    (svc, counter, gateway, clock)
+}
+
+fn get(svc: &mut GatewayService<Counter>, token: &str) -> (u16, HeaderMap, String) {
+    let req = Request::builder()
+        .method(Method::GET)
+        .uri("/api/sms")
+        .header(AUTHORIZATION, format!("Bearer {token}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = block_on(svc.call(req)).unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = block_on(resp.into_body().collect()).unwrap().to_bytes();
+    (status, headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// The rate-limit fields of a response, by name.
+fn rate_fields(h: &HeaderMap) -> Vec<(String, String)> {
+    [
+        "x-ratelimit-limit",
+        "x-ratelimit-remaining",
+        "x-ratelimit-reset",
+        "retry-after",
+        "ratelimit-policy",
+        "ratelimit",
+    ]
+    .iter()
+    .filter_map(|n| {
+        h.get(*n)
+            .map(|v| (n.to_string(), v.to_str().unwrap().to_owned()))
+    })
+    .collect()
+}
+
+const TWO_WINDOWS: &str = r#"
+    [settings]
+    headers = "both"
+    body_style = "problem"
+    [[group]]
+    name = "sms"
+    route = "/api/*"
+    windows = [{ limit = 2, window = "60s", exact = true }, { limit = 3, window = "1h", exact = true }]
+"#;
+
+#[test]
+fn problem_bodies_name_every_violated_window() {
+    let (mut svc, _, _, clock) = gateway(TWO_WINDOWS);
+    for at in [0u64, 65, 70] {
+        clock.set_ms(T0 + at * 1000);
+        assert_eq!(get(&mut svc, "tok").0, 201);
+    }
+    // At 75 s: the minute holds 65 s and 70 s (full until 125 s), the hour 0, 65 and 70 s
+    // (full until 3600 s).
+    clock.set_ms(T0 + 75_000);
+    let (s, h, b) = get(&mut svc, "tok");
+    assert_eq!(s, 429);
+    assert_eq!(h[http::header::CONTENT_TYPE], "application/problem+json");
+    assert_eq!(h[http::header::RETRY_AFTER], "3525");
+    assert_eq!(
+        h[&headers::RATELIMIT],
+        "\"sms-60s\";r=0;t=50, \"sms-1h\";r=0;t=3525"
+    );
+    assert_eq!(
+        b,
+        r#"{"type": "https://iana.org/assignments/http-problem-types#quota-exceeded", "title": "Request cannot be satisfied as assigned quota has been exceeded", "status": 429, "detail": "Too many requests. Retry after 3525 seconds.", "code": "RATE_LIMITED", "violated-policies": ["sms-60s", "sms-1h"]}"#
+    );
+    // Another refusal in the problem style: about:blank.
+    let req = Request::builder()
+        .method(Method::GET)
+        .uri("/api/sms")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = block_on(svc.call(req)).unwrap();
+    assert_eq!(resp.status(), 401);
+    assert_eq!(
+        resp.headers()[http::header::CONTENT_TYPE],
+        "application/problem+json"
+    );
+    let body = block_on(resp.into_body().collect()).unwrap().to_bytes();
+    assert_eq!(
+        body,
+        r#"{"type": "about:blank", "title": "Unauthorized", "status": 401, "detail": "Missing or malformed bearer token.", "code": "UNAUTHORIZED"}"#
+    );
+}
+
+#[test]
+fn ietf_only_with_partition_keys_and_the_concurrency_item() {
+    let (mut svc, _, gw, _) = gateway(
+        r#"
+        [settings]
+        headers = "ietf"
+        partition_key = true
+        partition_key_secret = "a secret of the fleet"
+        max_concurrent_per_token = 4
+        [[group]]
+        name = "sms"
+        route = "/api/*"
+        windows = [{ limit = 1, window = "60s", exact = true }]
+        "#,
+    );
+    let token = "tok_0123456789";
+    let pk = gw.policy().settings().partition_secret().key_of(token);
+    let (s, h, _) = get(&mut svc, token);
+    assert_eq!(s, 201);
+    assert!(h.get(&headers::X_RATELIMIT_LIMIT).is_none());
+    assert_eq!(
+        h[&headers::RATELIMIT_POLICY],
+        format!("\"sms\";q=1;w=60;pk={pk}, \"concurrency\";q=4;qu=\"concurrent-requests\";pk={pk}")
+            .as_str()
+    );
+    // This request held one of the 4 slots when its headers were written.
+    assert_eq!(
+        h[&headers::RATELIMIT],
+        format!("\"sms\";r=0;t=60;pk={pk}, \"concurrency\";r=3;pk={pk}").as_str()
+    );
+    let (s, h, _) = get(&mut svc, token);
+    assert_eq!(s, 429);
+    assert!(h.get(&headers::X_RATELIMIT_REMAINING).is_none());
+    assert_eq!(h[http::header::RETRY_AFTER], "60");
+    assert_eq!(
+        h[&headers::RATELIMIT],
+        format!("\"sms\";r=0;t=60;pk={pk}, \"concurrency\";r=3;pk={pk}").as_str()
+    );
+    for (_, v) in rate_fields(&h) {
+        assert!(!v.contains(token) && !v.contains("tok_"), "{v}");
+    }
+}

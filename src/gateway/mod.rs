@@ -4,8 +4,11 @@
 //!
 //! Feature `gateway` gives the parts that need no HTTP server plumbing: [`Policy`] (endpoint
 //! groups matched by route, per-token overrides, settings), [`headers`] (the header values and
-//! 429 bodies of a [`Decision`](crate::Decision)), [`ConcurrencyLimiter`] and [`Versions`].
-//! Feature `tower` adds `Gateway`, `GatewayLayer` and `GatewayService`: the middleware.
+//! 429 bodies of a [`Decision`](crate::Decision)), [`ietf`] (the `RateLimit-Policy` and
+//! `RateLimit` fields of draft-ietf-httpapi-ratelimit-headers-12), [`PartitionKey`] (their
+//! `pk`: a keyed hash of the token), [`problem`] (RFC 9457 refusal bodies),
+//! [`ConcurrencyLimiter`] and [`Versions`]. Feature `tower` adds `Gateway`, `GatewayLayer` and
+//! `GatewayService`: the middleware.
 //!
 //! ```
 //! use tollgate::gateway::Policy;
@@ -23,14 +26,18 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! The whole story (config file format, matching rules, headers, idempotency, the replay-quota
-//! decision, the concurrency cap and `If-Match`) is in `docs/GATEWAY.md`.
+//! The whole story (config file format, matching rules, headers, problem bodies,
+//! idempotency, the replay-quota decision, the concurrency cap and `If-Match`) is in
+//! `docs/GATEWAY.md`.
 
 mod concurrency;
 mod config;
 mod etag;
 pub mod headers;
+pub mod ietf;
+mod partition;
 mod policy;
+pub mod problem;
 mod settings;
 
 #[cfg(feature = "tower")]
@@ -43,8 +50,9 @@ mod middleware;
 pub use concurrency::{ConcurrencyGuard, ConcurrencyLimiter};
 pub use config::PolicyError;
 pub use etag::{ETag, Stale, Versions};
+pub use partition::{PartitionKey, PartitionSecret, PARTITION_KEY_LEN};
 pub use policy::{Group, Policy, RateKey, Route, TokenError, MAX_GROUP_NAME_LEN, MAX_TOKEN_LEN};
-pub use settings::{BodyStyle, Settings, StatusSet};
+pub use settings::{BodyStyle, HeaderMode, Settings, StatusSet, MIN_PARTITION_SECRET_LEN};
 
 #[cfg(feature = "tower")]
 pub use body::{BoxError, GatewayBody};

@@ -275,8 +275,16 @@ impl Policy {
         let mut exact: HashMap<Box<str>, Slot> = HashMap::new();
         let mut prefix: HashMap<Box<str>, Slot> = HashMap::new();
         let mut names: HashMap<String, usize> = HashMap::new();
+        let concurrency_item =
+            settings.ietf_headers() && settings.max_concurrent_per_token().is_some();
         for rg in &raw.groups {
             let group = build_group(rg, loc)?;
+            if concurrency_item && group.name() == super::ietf::CONCURRENCY_POLICY {
+                return Err(loc.invalid(
+                    rg.name.span(),
+                    "group name \"concurrency\" is the IETF item of max_concurrent_per_token: rename the group",
+                ));
+            }
             if let Some(&other) = names.get(group.name()) {
                 let (line, _) = loc.line_col(
                     raw.groups

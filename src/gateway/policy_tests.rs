@@ -188,6 +188,20 @@ fn errors_name_the_line() {
         ),
         // Bad status.
         ("[settings.idempotency]\nstore_statuses = [\"2xx\", 700]\n", 2, "invalid status"),
+        // Unknown headers mode.
+        ("[settings]\nbody_style = \"error\"\nheaders = \"rfc\"\n", 3, "unknown headers mode"),
+        // Both spellings of the header mode.
+        ("[settings]\nheaders = \"both\"\nietf_headers = true\n", 3, "not both"),
+        // A partition key secret too short to be one.
+        ("[settings]\npartition_key = true\npartition_key_secret = \"short\"\n", 3, "at least 16"),
+        // The concurrency cap's IETF item name, taken by a group.
+        (
+            "[settings]\nheaders = \"ietf\"\nmax_concurrent_per_token = 3\n[[group]]\nname = \"concurrency\"\nroute = \"/a\"\nwindows = [{ limit = 1, window = \"1s\" }]\n",
+            5,
+            "concurrency",
+        ),
+        // An unknown body style names the new one too.
+        ("[settings]\nbody_style = \"problem+json\"\n", 2, "\"problem\""),
     ];
     for (src, line, needle) in cases {
         let e = err(src);
@@ -198,6 +212,59 @@ fn errors_name_the_line() {
             "{e}"
         );
     }
+}
+
+#[test]
+fn header_modes_partition_keys_and_problem_bodies() {
+    use crate::gateway::{BodyStyle, HeaderMode};
+    let settings = |src: &str| Policy::from_toml_str(src).unwrap().settings().clone();
+    assert_eq!(settings("").headers(), HeaderMode::Legacy);
+    assert!(!settings("").ietf_headers());
+    assert!(!settings("").partition_key());
+    assert_eq!(
+        settings("[settings]\nietf_headers = true").headers(),
+        HeaderMode::Both
+    );
+    assert_eq!(
+        settings("[settings]\nietf_headers = false").headers(),
+        HeaderMode::Legacy
+    );
+    for (name, mode) in [
+        ("legacy", HeaderMode::Legacy),
+        ("ietf", HeaderMode::Ietf),
+        ("both", HeaderMode::Both),
+    ] {
+        let s = settings(&format!("[settings]\nheaders = \"{name}\""));
+        assert_eq!(s.headers(), mode);
+        assert_eq!(s.ietf_headers(), mode.ietf());
+    }
+    assert!(HeaderMode::Both.legacy() && !HeaderMode::Ietf.legacy());
+    let s = settings("[settings]\nbody_style = \"problem\"\npartition_key = true");
+    assert_eq!(s.body_style(), BodyStyle::Problem);
+    assert!(s.partition_key());
+    // Without a configured secret: the process's; with one: the same key in every process.
+    assert_eq!(
+        s.partition_secret(),
+        crate::gateway::PartitionSecret::process()
+    );
+    let shared = "[settings]\npartition_key = true\npartition_key_secret = \"0123456789abcdef\"";
+    let (a, b) = (settings(shared), settings(shared));
+    assert_eq!(
+        a.partition_secret().key_of("tok"),
+        b.partition_secret().key_of("tok")
+    );
+    assert_ne!(
+        a.partition_secret(),
+        crate::gateway::PartitionSecret::process()
+    );
+    assert!(!format!("{a:?}").contains("0123456789abcdef"));
+
+    // The name "concurrency" is free without IETF headers and a cap.
+    let p = Policy::from_toml_str(
+        "[[group]]\nname = \"concurrency\"\nroute = \"/a\"\nwindows = [{ limit = 1, window = \"1s\" }]",
+    )
+    .unwrap();
+    assert_eq!(p.groups()[0].name(), "concurrency");
 }
 
 #[test]

@@ -1,9 +1,13 @@
-//! `[settings]`: the 429 body style, optional headers, the concurrency cap, idempotency
-//! storage rules, the body size cap and `If-Match`.
+//! `[settings]`: the 429 body style, the rate-limit headers sent, the concurrency cap,
+//! idempotency storage rules, the body size cap and `If-Match`.
 
 use http::HeaderName;
 
 use super::config::{Locator, PolicyError, RawSettings};
+use super::partition::PartitionSecret;
+
+/// The shortest `partition_key_secret` accepted, in bytes.
+pub const MIN_PARTITION_SECRET_LEN: usize = 16;
 
 /// The default cap on a buffered request body (1 MiB).
 const DEFAULT_MAX_BODY: u64 = 1 << 20;
@@ -55,6 +59,34 @@ pub enum BodyStyle {
     Message,
     /// `{"error": {"code": "RATE_LIMITED", "message": "Rate limit exceeded. Retry after 12s"}}`.
     Error,
+    /// RFC 9457 problem details, `application/problem+json`: a 429 over quota is of type
+    /// `https://iana.org/assignments/http-problem-types#quota-exceeded` and names every
+    /// violated window in `violated-policies`; other refusals are of type `about:blank`.
+    Problem,
+}
+
+/// Which rate-limit fields the gateway sends (`headers` in `[settings]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HeaderMode {
+    /// `X-RateLimit-Limit`, `X-RateLimit-Remaining`, `X-RateLimit-Reset` (the default).
+    #[default]
+    Legacy,
+    /// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers-12) only.
+    Ietf,
+    /// Both sets.
+    Both,
+}
+
+impl HeaderMode {
+    /// Whether the `X-RateLimit-*` fields are sent.
+    pub fn legacy(self) -> bool {
+        matches!(self, HeaderMode::Legacy | HeaderMode::Both)
+    }
+
+    /// Whether `RateLimit-Policy` and `RateLimit` are sent.
+    pub fn ietf(self) -> bool {
+        matches!(self, HeaderMode::Ietf | HeaderMode::Both)
+    }
 }
 
 /// A set of HTTP status codes (100 to 599), as a bitmap.
@@ -165,7 +197,9 @@ impl Default for StatusSet {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
     body_style: BodyStyle,
-    ietf_headers: bool,
+    headers: HeaderMode,
+    partition_key: bool,
+    partition_secret: Option<PartitionSecret>,
     max_concurrent_per_token: Option<u32>,
     max_body_bytes: usize,
     if_match: bool,
@@ -179,7 +213,9 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             body_style: BodyStyle::Message,
-            ietf_headers: false,
+            headers: HeaderMode::Legacy,
+            partition_key: false,
+            partition_secret: None,
             max_concurrent_per_token: None,
             max_body_bytes: DEFAULT_MAX_BODY as usize,
             if_match: false,
@@ -195,15 +231,36 @@ impl Default for Settings {
 }
 
 impl Settings {
-    /// The 429 body style (`body_style = "message"` or `"error"`; default `"message"`).
+    /// The 429 body style (`body_style = "message"`, `"error"` or `"problem"`; default
+    /// `"message"`).
     pub fn body_style(&self) -> BodyStyle {
         self.body_style
     }
 
-    /// Whether the IETF `RateLimit-Policy` and `RateLimit` fields are sent too
-    /// (`ietf_headers`, default false).
+    /// The rate-limit fields sent (`headers = "legacy"`, `"ietf"` or `"both"`; default
+    /// `"legacy"`; the older `ietf_headers = true` means `"both"`).
+    pub fn headers(&self) -> HeaderMode {
+        self.headers
+    }
+
+    /// Whether the IETF `RateLimit-Policy` and `RateLimit` fields are sent
+    /// ([`Settings::headers`] is `"ietf"` or `"both"`).
     pub fn ietf_headers(&self) -> bool {
-        self.ietf_headers
+        self.headers.ietf()
+    }
+
+    /// Whether the IETF items carry `pk`, a keyed hash of the token (`partition_key`, default
+    /// false).
+    pub fn partition_key(&self) -> bool {
+        self.partition_key
+    }
+
+    /// The secret of partition keys: `partition_key_secret` when set, else this process's
+    /// random one ([`PartitionSecret::process`]).
+    pub fn partition_secret(&self) -> &PartitionSecret {
+        self.partition_secret
+            .as_ref()
+            .unwrap_or_else(|| PartitionSecret::process())
     }
 
     /// The most requests one token may have in flight (`max_concurrent_per_token`; absent: no
@@ -253,15 +310,52 @@ impl Settings {
             s.body_style = match style.get_ref().as_str() {
                 "message" => BodyStyle::Message,
                 "error" => BodyStyle::Error,
+                "problem" => BodyStyle::Problem,
                 other => {
                     return Err(loc.invalid(
                         style.span(),
-                        format!("unknown body_style {other:?}: expected \"message\" or \"error\""),
+                        format!(
+                            "unknown body_style {other:?}: expected \"message\", \"error\" or \"problem\""
+                        ),
                     ))
                 }
             };
         }
-        s.ietf_headers = raw.ietf_headers.unwrap_or(false);
+        s.headers = match (&raw.headers, &raw.ietf_headers) {
+            (Some(_), Some(old)) => {
+                return Err(loc.invalid(
+                    old.span(),
+                    "set either headers or ietf_headers (its older spelling), not both",
+                ))
+            }
+            (None, Some(old)) if *old.get_ref() => HeaderMode::Both,
+            (None, _) => HeaderMode::Legacy,
+            (Some(mode), None) => match mode.get_ref().as_str() {
+                "legacy" => HeaderMode::Legacy,
+                "ietf" => HeaderMode::Ietf,
+                "both" => HeaderMode::Both,
+                other => {
+                    return Err(loc.invalid(
+                        mode.span(),
+                        format!(
+                        "unknown headers mode {other:?}: expected \"legacy\", \"ietf\" or \"both\""
+                    ),
+                    ))
+                }
+            },
+        };
+        s.partition_key = raw.partition_key.unwrap_or(false);
+        if let Some(secret) = &raw.partition_key_secret {
+            if secret.get_ref().len() < MIN_PARTITION_SECRET_LEN {
+                return Err(loc.invalid(
+                    secret.span(),
+                    format!(
+                        "partition_key_secret must be at least {MIN_PARTITION_SECRET_LEN} bytes long"
+                    ),
+                ));
+            }
+            s.partition_secret = Some(PartitionSecret::from_passphrase(secret.get_ref()));
+        }
         s.if_match = raw.if_match.unwrap_or(false);
         if let Some(cap) = &raw.max_concurrent_per_token {
             if *cap.get_ref() == 0 {
