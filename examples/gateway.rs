@@ -16,6 +16,9 @@
 //! * `--store PATH`: the store file, made with its directory if missing (default
 //!   `tollgate-data/gateway.tg`).
 //!
+//! A group of the policy with `enforce = false` runs in shadow mode: what it would refuse goes
+//! through, and each such request is logged on stderr (by a hook on `Gateway::shadow`).
+//!
 //! The 11th click-to-call of a token within a minute gets 429; a retry carrying the same
 //! `Idempotency-Key` gets the first response again (`Idempotent-Replayed: true`) and the
 //! upstream is not called twice. Counts live in the store file, so they survive a restart (stop
@@ -232,12 +235,26 @@ async fn serve(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             .map(|l| format!("{}/{}s", l.limit(), l.window().as_secs()))
             .collect();
         println!(
-            "  {:<14} {:<32} {}",
+            "  {:<14} {:<32} {}{}",
             g.name(),
             g.route().to_string(),
-            windows.join(" + ")
+            windows.join(" + "),
+            if g.enforce() { "" } else { "  (shadow)" }
         );
     }
+    // Groups with `enforce = false` let through what they would refuse: log each one (the
+    // library logs nothing itself; `gateway.shadow().refusals()` counts them too). The token
+    // is never logged, only its partition key.
+    gateway.shadow().set_hook(|e| {
+        eprintln!(
+            "shadow: {} would refuse {} {} (partition {}, retry after {} s)",
+            e.group(),
+            e.method(),
+            e.path(),
+            e.partition_key(),
+            e.decision().retry_after().unwrap_or(0)
+        );
+    });
     axum::serve(listener, app(&gateway, upstream(Upstream::default()))).await?;
     Ok(())
 }

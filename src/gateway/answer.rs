@@ -15,6 +15,7 @@ use super::headers::{self, IDEMPOTENT_REPLAYED, TOO_MANY_CONCURRENT};
 use super::ietf::{self, Concurrency, Extras, CONCURRENCY_POLICY};
 use super::policy::{Group, Policy, RateKey};
 use super::settings::{BodyStyle, NEVER_REPLAYED};
+use super::shadow::{ShadowLog, ShadowRefusal};
 use super::{problem, ConcurrencyLimiter};
 use crate::{Backend, Decision, Error, Lease, Limits, StoredResponse};
 
@@ -41,7 +42,8 @@ impl Ctx<'_> {
     }
 
     /// The rate-limit headers of `d`, or of a peek when the request was not counted, in the
-    /// policy's header mode. `Retry-After` only when `retry` (a 429 of the rate check).
+    /// policy's header mode. `Retry-After` only when `retry` (a 429 of the rate check, or the
+    /// same decision let through by shadow mode).
     pub(super) fn rate_headers(&self, h: &mut HeaderMap, d: Option<&Decision>, retry: bool) {
         let Some(rate) = &self.rate else { return };
         let peeked;
@@ -137,6 +139,18 @@ impl Ctx<'_> {
         self.rate_headers(r.headers_mut(), None, false);
         r
     }
+
+    /// Record that `d`, a refusal of this request's shadowed group, was let through.
+    pub(super) fn shadow_refusal(&self, log: &ShadowLog, method: &str, path: &str, d: &Decision) {
+        let Some(rate) = &self.rate else { return };
+        log.record(&ShadowRefusal {
+            group: rate.group.name(),
+            method,
+            path,
+            decision: d,
+            partition_key: self.policy.settings().partition_secret().key_of(self.token),
+        });
+    }
 }
 
 /// A response of `status` with a JSON body of `style` (its media type).
@@ -219,7 +233,8 @@ pub(super) fn replay(
         }
     }
     h.insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
-    ctx.rate_headers(h, d, false);
+    // A refused decision here is one shadow mode let through: its headers, Retry-After too.
+    ctx.rate_headers(h, d, d.is_some_and(|d| !d.allowed()));
     r
 }
 

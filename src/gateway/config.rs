@@ -217,6 +217,7 @@ pub(crate) struct RawGroup {
     pub method: Option<Spanned<String>>,
     pub windows: Spanned<Vec<Spanned<RawWindow>>>,
     pub cost: Option<Spanned<u32>>,
+    pub enforce: Option<bool>,
 }
 
 /// One `[[override]]`.

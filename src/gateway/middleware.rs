@@ -13,7 +13,8 @@
 //!    buffered (413 over `max_body_bytes`) and fingerprinted with method, path and query, and
 //!    body; then [`Store::begin`]: a replay, 409 while in flight, 422 on another body.
 //! 5. The rate check, with the group's cost: 429 with `Retry-After` and the configured body
-//!    when refused.
+//!    when refused; in a group with `enforce = false` (shadow mode), the refusal is recorded
+//!    ([`Gateway::shadow`]) and the request goes on with the refusal's headers.
 //! 6. `If-Match` on a write, if `if_match` is on: 412 when stale.
 //! 7. The upstream. Its response gets the rate-limit headers; a keyed request's response is
 //!    stored for replay if its status is in `store_statuses` (else the lease is aborted, so a
@@ -40,11 +41,12 @@ use super::answer::{replay, store_failure, stored_response, Ctx, LeaseGuard, Rat
 use super::body::{boxed, collect_capped, full, BoxError, Collected, GatewayBody};
 use super::headers::{IDEMPOTENCY_KEY, KEY_REUSED, RESOURCE_CHANGED};
 use super::policy::{check_token, Policy, TokenError};
+use super::shadow::ShadowLog;
 use super::{ConcurrencyLimiter, PolicyError, Versions};
 use crate::{Backend, Begin, Fingerprint, IdempotencyKey, Store};
 
-/// The state shared by every request: the backend, the current policy, the concurrency gauge
-/// and the versions.
+/// The state shared by every request: the backend, the current policy, the concurrency gauge,
+/// the versions and the shadow refusals.
 ///
 /// The backend is any [`Backend`]: the embedded [`Store`] (the default type), or, with the
 /// `redis` feature, `fleet::RedisStore` or `fleet::HybridStore` for a fleet of gateways.
@@ -53,6 +55,7 @@ pub struct Gateway<B: Backend = Store> {
     policy: RwLock<Arc<Policy>>,
     limiter: ConcurrencyLimiter,
     versions: Versions,
+    shadow: ShadowLog,
 }
 
 impl<B: Backend + std::fmt::Debug> std::fmt::Debug for Gateway<B> {
@@ -80,6 +83,7 @@ impl<B: Backend + 'static> Gateway<B> {
             policy: RwLock::new(Arc::new(policy)),
             limiter,
             versions: Versions::new(),
+            shadow: ShadowLog::new(),
         })
     }
 
@@ -119,6 +123,12 @@ impl<B: Backend + 'static> Gateway<B> {
     /// The resource versions behind `If-Match`.
     pub fn versions(&self) -> &Versions {
         &self.versions
+    }
+
+    /// What the groups in shadow mode (`enforce = false`) let through that enforcement would
+    /// have refused: counts, and a hook to log each one.
+    pub fn shadow(&self) -> &ShadowLog {
+        &self.shadow
     }
 }
 
@@ -383,6 +393,10 @@ where
                             .check(rate.key.as_bytes(), rate.limits, rate.group.cost())
                         {
                             Ok(dec) if dec.allowed() => d = Some(dec),
+                            Ok(dec) if !rate.group.enforce() => {
+                                ctx.shadow_refusal(&gw.shadow, method.as_str(), path, &dec);
+                                d = Some(dec);
+                            }
                             Ok(dec) => return Ok(ctx.too_many_requests(&dec)),
                             Err(e) => return Ok(store_failure(&ctx, &e)),
                         }
@@ -421,6 +435,11 @@ where
             .check(rate.key.as_bytes(), rate.limits, rate.group.cost())
         {
             Ok(d) if d.allowed() => Some(d),
+            // Shadow mode: what enforcement would refuse goes on, counted, with its headers.
+            Ok(d) if !rate.group.enforce() => {
+                ctx.shadow_refusal(&gw.shadow, method.as_str(), path, &d);
+                Some(d)
+            }
             Ok(d) => return Ok(ctx.too_many_requests(&d)),
             Err(e) => return Ok(store_failure(&ctx, &e)),
         },
@@ -494,7 +513,9 @@ where
     };
     drop(lease);
     let mut resp = Response::from_parts(parts, body);
-    ctx.rate_headers(resp.headers_mut(), decision.as_ref(), false);
+    // A refused decision here is one shadow mode let through: its headers, Retry-After too.
+    let retry = decision.as_ref().is_some_and(|d| !d.allowed());
+    ctx.rate_headers(resp.headers_mut(), decision.as_ref(), retry);
     Ok(resp)
 }
 

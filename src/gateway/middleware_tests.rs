@@ -207,11 +207,66 @@ const TWO_WINDOWS: &str = r#"
     name = "sms"
     route = "/api/*"
     windows = [{ limit = 2, window = "60s", exact = true }, { limit = 3, window = "1h", exact = true }]
+    enforce = ENFORCE
 "#;
 
 #[test]
+fn shadow_mode_admits_what_enforcement_refuses_with_the_same_headers() {
+    let (mut on, on_calls, on_gw, on_clock) = gateway(&TWO_WINDOWS.replace("ENFORCE", "true"));
+    let (mut off, off_calls, off_gw, off_clock) = gateway(&TWO_WINDOWS.replace("ENFORCE", "false"));
+    let events = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let seen = Arc::clone(&events);
+    off_gw.shadow().set_hook(move |e| {
+        let violated = e.decision().windows().iter().filter(|w| !w.fits()).count();
+        seen.lock().push(format!(
+            "{} {} {} {violated}",
+            e.group(),
+            e.method(),
+            e.path()
+        ));
+    });
+    // 0 s, 10 s, 20 s (the minute refuses), 30 s (again), 70 s (the minute has room, the hour
+    // refuses), 80 s (the hour again).
+    let mut refused = 0;
+    for (i, at) in [0u64, 10, 20, 30, 70, 80].into_iter().enumerate() {
+        on_clock.set_ms(T0 + at * 1000);
+        off_clock.set_ms(T0 + at * 1000);
+        let (s_on, h_on, b_on) = get(&mut on, "tok");
+        let (s_off, h_off, b_off) = get(&mut off, "tok");
+        assert_eq!(rate_fields(&h_on), rate_fields(&h_off), "request {i}");
+        assert_eq!(
+            (s_off, b_off.as_str()),
+            (201, format!("call {}", i + 1).as_str())
+        );
+        if s_on == 429 {
+            refused += 1;
+            assert!(h_off.contains_key("retry-after"));
+            let v: serde_json::Value = serde_json::from_str(&b_on).unwrap();
+            assert_eq!(v["status"], 429);
+        } else {
+            assert_eq!(s_on, 201, "request {i}: {b_on}");
+        }
+    }
+    // The headers of the shadow-refused requests were the refusals' (checked equal above).
+    assert_eq!(refused, 3, "20 s and 30 s by the minute, 80 s by the hour");
+    assert_eq!(on_calls.0.load(Ordering::SeqCst), 3);
+    assert_eq!(off_calls.0.load(Ordering::SeqCst), 6);
+    assert_eq!(off_gw.shadow().refusals(), 3);
+    assert_eq!(off_gw.shadow().refusals_of("sms"), 3);
+    assert_eq!(on_gw.shadow().refusals(), 0);
+    assert_eq!(
+        *events.lock(),
+        vec![
+            "sms GET /api/sms 1",
+            "sms GET /api/sms 1",
+            "sms GET /api/sms 1"
+        ]
+    );
+}
+
+#[test]
 fn problem_bodies_name_every_violated_window() {
-    let (mut svc, _, _, clock) = gateway(TWO_WINDOWS);
+    let (mut svc, _, _, clock) = gateway(&TWO_WINDOWS.replace("ENFORCE", "true"));
     for at in [0u64, 65, 70] {
         clock.set_ms(T0 + at * 1000);
         assert_eq!(get(&mut svc, "tok").0, 201);

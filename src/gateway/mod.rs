@@ -8,7 +8,8 @@
 //! `RateLimit` fields of draft-ietf-httpapi-ratelimit-headers-12), [`PartitionKey`] (their
 //! `pk`: a keyed hash of the token), [`problem`] (RFC 9457 refusal bodies),
 //! [`ConcurrencyLimiter`] and [`Versions`]. Feature `tower` adds `Gateway`, `GatewayLayer` and
-//! `GatewayService`: the middleware.
+//! `GatewayService` (the middleware) and `ShadowLog` (what groups in shadow mode would have
+//! refused).
 //!
 //! ```
 //! use tollgate::gateway::Policy;
@@ -26,7 +27,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! The whole story (config file format, matching rules, headers, problem bodies,
+//! The whole story (config file format, matching rules, headers, problem bodies, shadow mode,
 //! idempotency, the replay-quota decision, the concurrency cap and `If-Match`) is in
 //! `docs/GATEWAY.md`.
 
@@ -46,6 +47,8 @@ mod answer;
 mod body;
 #[cfg(feature = "tower")]
 mod middleware;
+#[cfg(feature = "tower")]
+mod shadow;
 
 pub use concurrency::{ConcurrencyGuard, ConcurrencyLimiter};
 pub use config::PolicyError;
@@ -58,3 +61,5 @@ pub use settings::{BodyStyle, HeaderMode, Settings, StatusSet, MIN_PARTITION_SEC
 pub use body::{BoxError, GatewayBody};
 #[cfg(feature = "tower")]
 pub use middleware::{bearer_token, Gateway, GatewayFuture, GatewayLayer, GatewayService};
+#[cfg(feature = "tower")]
+pub use shadow::{ShadowLog, ShadowRefusal};

@@ -140,8 +140,8 @@ impl fmt::Display for Route {
     }
 }
 
-/// One endpoint group: a route, an optional method, its windows, its cost per request, and
-/// the per-token overrides of its windows.
+/// One endpoint group: a route, an optional method, its windows, its cost per request,
+/// whether it is enforced, and the per-token overrides of its windows.
 #[derive(Debug, Clone)]
 pub struct Group {
     name: Box<str>,
@@ -149,6 +149,7 @@ pub struct Group {
     method: Option<Box<str>>,
     limits: Limits,
     cost: u32,
+    enforce: bool,
     overrides: HashMap<Box<str>, Limits>,
 }
 
@@ -176,6 +177,14 @@ impl Group {
     /// The cost of one request (default 1).
     pub fn cost(&self) -> u32 {
         self.cost
+    }
+
+    /// Whether the group's refusals are enforced (`enforce`, default true). `false` is shadow
+    /// mode: every request is checked and counted as usual and gets the same headers, and one
+    /// that would have been refused is let through and counted as a shadow refusal
+    /// (`Gateway::shadow`).
+    pub fn enforce(&self) -> bool {
+        self.enforce
     }
 
     /// The windows that apply to `token`: its override if it has one, else the group's.
@@ -491,6 +500,7 @@ fn build_group(rg: &RawGroup, loc: &Locator<'_>) -> Result<Group, PolicyError> {
         method,
         limits,
         cost,
+        enforce: rg.enforce.unwrap_or(true),
         overrides: HashMap::new(),
     })
 }

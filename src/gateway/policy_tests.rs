@@ -194,6 +194,12 @@ fn errors_name_the_line() {
         ("[settings]\nheaders = \"both\"\nietf_headers = true\n", 3, "not both"),
         // A partition key secret too short to be one.
         ("[settings]\npartition_key = true\npartition_key_secret = \"short\"\n", 3, "at least 16"),
+        // enforce is a bool.
+        (
+            "[[group]]\nname = \"a\"\nroute = \"/a\"\nwindows = [{ limit = 1, window = \"1s\" }]\nenforce = \"no\"\n",
+            5,
+            "",
+        ),
         // The concurrency cap's IETF item name, taken by a group.
         (
             "[settings]\nheaders = \"ietf\"\nmax_concurrent_per_token = 3\n[[group]]\nname = \"concurrency\"\nroute = \"/a\"\nwindows = [{ limit = 1, window = \"1s\" }]\n",
@@ -215,7 +221,7 @@ fn errors_name_the_line() {
 }
 
 #[test]
-fn header_modes_partition_keys_and_problem_bodies() {
+fn header_modes_shadow_groups_and_problem_bodies() {
     use crate::gateway::{BodyStyle, HeaderMode};
     let settings = |src: &str| Policy::from_toml_str(src).unwrap().settings().clone();
     assert_eq!(settings("").headers(), HeaderMode::Legacy);
@@ -259,12 +265,29 @@ fn header_modes_partition_keys_and_problem_bodies() {
     );
     assert!(!format!("{a:?}").contains("0123456789abcdef"));
 
-    // The name "concurrency" is free without IETF headers and a cap.
     let p = Policy::from_toml_str(
-        "[[group]]\nname = \"concurrency\"\nroute = \"/a\"\nwindows = [{ limit = 1, window = \"1s\" }]",
+        r#"
+        [[group]]
+        name = "new-limit"
+        route = "/api/new/*"
+        windows = [{ limit = 5, window = "60s" }]
+        enforce = false
+        [[group]]
+        name = "old-limit"
+        route = "/api/old/*"
+        windows = [{ limit = 5, window = "60s" }]
+        enforce = true
+        [[group]]
+        name = "concurrency"
+        route = "/api/c/*"
+        windows = [{ limit = 5, window = "60s" }]
+        "#,
     )
     .unwrap();
-    assert_eq!(p.groups()[0].name(), "concurrency");
+    assert!(!p.group("new-limit").unwrap().enforce());
+    assert!(p.group("old-limit").unwrap().enforce());
+    // Enforced by default; the name "concurrency" is free without IETF headers and a cap.
+    assert!(p.group("concurrency").unwrap().enforce());
 }
 
 #[test]
