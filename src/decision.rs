@@ -202,8 +202,11 @@ impl Decision {
         Some(ms.div_ceil(1000).max(1))
     }
 
-    /// The binding window: the most restrictive one when admitted, the longest-blocking
-    /// violated one when rejected.
+    /// The binding window, whose limit, remaining and reset go in the headers: the one with
+    /// the fewest units left (what the client can still send now), admitted or not; of equals,
+    /// a violated one first, then the one that resets latest. When rejected, its reset may
+    /// come before [`Decision::retry_after`], which is the longest wait over every violated
+    /// window (a request of cost above one can be blocked by a window with more units left).
     pub fn binding(&self) -> &WindowState {
         self.bind()
     }
