@@ -26,6 +26,9 @@
 //! * `reject-spread`: the same after a client that spent its minute's quota one request a
 //!   second (its counts spread over the ring), retrying for under a second.
 //!
+//! * `footprint`: N keys (32 bytes each) checked once on ErzyCall's pair: the file's bytes and
+//!   the growth of the resident set per key (the mapped pages and the in-memory index).
+//!
 //! Valgrind counts instructions, not time: the figures repeat for the same binary whatever
 //! else the machine does. docs/PERFORMANCE.md has them.
 
@@ -75,6 +78,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 admitted += u64::from(store.check_at(key, &pair, 1, T0 + i / 2)?.allowed());
             }
         }
+        "footprint" => {
+            let rss0 = rss_bytes();
+            let mut k = *key;
+            for i in 0..n {
+                let hex = format!("{:028x}", i.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                k[4..].copy_from_slice(hex.as_bytes());
+                admitted += u64::from(store.check_at(&k, &pair, 1, T0)?.allowed());
+            }
+            let file = std::fs::metadata(dir.join("store.tg")).map_or(0, |m| m.len());
+            eprintln!(
+                "footprint: {n} keys, file {:.1} B/key, RSS growth {:.1} B/key",
+                file as f64 / n as f64,
+                rss_bytes().saturating_sub(rss0) as f64 / n as f64
+            );
+        }
         "reject-spread" => {
             let mut t = T0 + 60_000;
             while store.check_at(key, &pair, 1, t)?.allowed() {
@@ -99,4 +117,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     drop(store);
     std::fs::remove_dir_all(&dir)?;
     Ok(())
+}
+
+/// The resident set of this process, in bytes (0 if /proc says nothing).
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4096)
 }
