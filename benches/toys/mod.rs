@@ -1,7 +1,7 @@
-//! The floors of `benches/check.rs`: the harness alone (`harness/*`), and toys adapted from
-//! `examples/layout_probe.rs` (`toy-*`): tables that do to memory what a two-window check does
-//! and nothing else. Not rate limiters anyone should use: no persistence, no growth, no
-//! expiry, no removal, fixed windows that never refuse.
+//! The floors of `benches/check.rs`: the harness alone (`harness/*`), and toys (`toy-*`,
+//! which replaced the layout probe example of 2026-11-24): tables that do to memory what a
+//! two-window check does and nothing else. Not rate limiters anyone should use: no
+//! persistence, no growth, no expiry, no removal, fixed windows that never refuse.
 //!
 //! Each key has one 64-byte line (a header word, the 32-byte key inline, two window words),
 //! found from the key's hash alone (open addressing over lines, table at most half full), so
