@@ -25,10 +25,9 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-use std::fmt::Write as _;
-
 use http::{HeaderMap, HeaderName, HeaderValue};
 
+use super::problem::push_json_str;
 use super::settings::BodyStyle;
 use super::{ietf, problem};
 use crate::Decision;
@@ -39,10 +38,7 @@ pub const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-l
 pub const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 /// `X-RateLimit-Reset`: UTC epoch seconds at which the binding window is back to its limit.
 pub const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
-/// `RateLimit-Policy` (IETF draft): the quota policies, one item per window.
-pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
-/// `RateLimit` (IETF draft): what is left of each policy, and when it resets.
-pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+pub use super::ietf::{RATELIMIT, RATELIMIT_POLICY};
 /// `Idempotent-Replayed: true` marks a response replayed from the idempotency store.
 pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 /// `Idempotency-Key`: the request header naming a retryable request.
@@ -180,24 +176,6 @@ pub fn content_type(style: BodyStyle) -> &'static str {
         BodyStyle::Message | BodyStyle::Error => "application/json",
         BodyStyle::Problem => problem::PROBLEM_JSON,
     }
-}
-
-pub(crate) fn push_json_str(out: &mut String, v: &str) {
-    out.push('"');
-    for c in v.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if u32::from(c) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", u32::from(c));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
 }
 
 #[cfg(test)]

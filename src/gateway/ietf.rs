@@ -27,12 +27,16 @@
 
 use std::fmt::Write as _;
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::config::format_window;
-use super::headers::{RATELIMIT, RATELIMIT_POLICY};
 use super::partition::PartitionKey;
 use crate::{Decision, WindowState};
+
+/// `RateLimit-Policy` (IETF draft): the quota policies, one item per window.
+pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+/// `RateLimit` (IETF draft): what is left of each policy, and when it resets.
+pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 /// The name of the concurrency cap's item.
 pub const CONCURRENCY_POLICY: &str = "concurrency";

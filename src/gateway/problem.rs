@@ -18,7 +18,7 @@
 //! status's reason phrase as the title, the message as `detail`, and the same `code` as the
 //! `error` style. The `message` and `error` styles are untouched and stay the default.
 
-use super::headers::push_json_str;
+use std::fmt::Write as _;
 
 /// The media type of a problem body.
 pub const PROBLEM_JSON: &str = "application/problem+json";
@@ -70,6 +70,25 @@ pub fn problem(status: u16, code: &str, detail: &str) -> String {
     push_json_str(&mut s, code);
     s.push('}');
     s
+}
+
+/// `v` as a JSON string (quoted and escaped) at the end of `out`.
+pub(crate) fn push_json_str(out: &mut String, v: &str) {
+    out.push('"');
+    for c in v.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if u32::from(c) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 #[cfg(test)]
