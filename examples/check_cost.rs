@@ -23,6 +23,8 @@
 //!   an hour on, so that both windows start afresh (one check in 4000 rotates);
 //! * `reject`: the pair, drained by a burst first, then checked by a client that keeps
 //!   retrying, 0.5 ms apart, for under a minute (every check refused);
+//! * `reject-now`: the same burst, then refused with the clock still (in the head's
+//!   sub-window, as the criterion bench's at-limit rows);
 //! * `reject-spread`: the same after a client that spent its minute's quota one request a
 //!   second (its counts spread over the ring), retrying for under a second.
 //!
@@ -93,6 +95,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 rss_bytes().saturating_sub(rss0) as f64 / n as f64
             );
         }
+        "reject-now" => {
+            while store.check_at(key, &pair, 1, T0)?.allowed() {}
+            for _ in 0..n {
+                admitted += u64::from(store.check_at(key, &pair, 1, T0)?.allowed());
+            }
+        }
         "reject-spread" => {
             let mut t = T0 + 60_000;
             while store.check_at(key, &pair, 1, t)?.allowed() {
@@ -104,7 +112,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         other => {
             return Err(format!(
-                "unknown path {other:?} (setup, admit, admit-same, reject, reject-spread)"
+                "unknown path {other:?} (setup, admit, admit-same, reject, reject-now, reject-spread, footprint)"
             )
             .into())
         }

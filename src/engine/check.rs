@@ -335,8 +335,9 @@ impl Core {
     ) -> Decision {
         let mut ws = [WindowState::default(); MAX_WINDOWS];
         let mut all_fit = true;
-        // One copy for every window, filled in place: a window's ring is up to 768 bytes.
-        let mut snap = Snap::EMPTY;
+        // One copy for every window that needs one, filled in place (a window's ring is up to
+        // 768 bytes): made only if a window cannot be answered from its head.
+        let mut snap: Option<Snap> = None;
         let shapes = limits.shapes(self.b);
         for (i, l) in limits.as_slice().iter().enumerate() {
             let at = layout.window_at[i];
@@ -345,8 +346,9 @@ impl Core {
                     Some(win) => match sliding::head_summary(&win, geo, cost, now_ms) {
                         Some(s) => WindowState::sliding(geo, &s),
                         None => {
-                            sliding::snapshot_into(&win, geo, &mut snap);
-                            sliding_state(&snap, geo, cost, now_ms)
+                            let snap = snap.get_or_insert(Snap::EMPTY);
+                            sliding::snapshot_into(&win, geo, snap);
+                            sliding_state(snap, geo, cost, now_ms)
                         }
                     },
                     None => WindowState::default(),

@@ -180,12 +180,15 @@ pub(crate) fn snapshot_into<C: WordCell>(w: &Window<'_, C>, geo: &Slide, out: &m
 }
 
 /// What a decision reports of the window, from the head word alone, when the head suffices:
-/// `now` in the head's own sub-window (so the count is the head's `cur + older`), the request
-/// fitting (no `Retry-After` to walk for) and `cur` non-zero (so the window is back to its full
-/// limit when the head's sub-window drops out). `None` otherwise — a locked head, the wide
-/// layout (whose sub-window number needs the base word too), another sub-window — and the
-/// caller takes a [`snapshot`]. A rejection reports every window: the ones that did not refuse
-/// are usually answered here, without copying their rings.
+/// `now` in the head's own sub-window (so the count is the head's `cur + older`), and either
+/// the request fitting with `cur` non-zero (the window is back to its full limit when the
+/// head's sub-window drops out; no `Retry-After` to walk for), or an empty ring (`older` 0: a
+/// burst within one sub-window, where everything counted drops out with the head's sub-window,
+/// refused or not). `None` otherwise — a locked head, the wide layout (whose sub-window number
+/// needs the base word too), another sub-window, counts spread over the ring — and the caller
+/// takes a [`snapshot`]. Equal to the snapshot's [`Snap::summary`] whenever it answers (the
+/// proptest checks it). A rejection reports every window: most are answered here, without
+/// copying their rings.
 #[inline]
 pub(crate) fn head_summary<C: WordCell>(
     w: &Window<'_, C>,
@@ -199,12 +202,36 @@ pub(crate) fn head_summary<C: WordCell>(
     }
     let n = geo.head_n(h, 0);
     let (cur, older) = geo.fields(h);
-    let used = cur + older;
+    let limit = u64::from(geo.limit);
     let in_head = now_ms.min(MAX_TIME_MS) < n.saturating_add(1).saturating_mul(geo.g);
-    (in_head && cur != 0 && used + u64::from(cost) <= u64::from(geo.limit)).then(|| Summary {
+    if in_head && cur != 0 && cur + older + u64::from(cost) <= limit {
+        return Some(Summary {
+            used: cur + older,
+            reset_ms: Snap::drop_ms(geo, n),
+            retry_ms: 0,
+        });
+    }
+    if older != 0 {
+        return None;
+    }
+    // An empty ring: the head's sub-window holds all there is, counted until it drops out.
+    let ne = if in_head {
+        n
+    } else {
+        geo.sub_window(now_ms).max(n)
+    };
+    let live = ne - n <= u64::from(geo.b);
+    let used = if live { cur } else { 0 };
+    let needed = (used + u64::from(cost)).saturating_sub(limit);
+    let drop_n = Snap::drop_ms(geo, n);
+    Some(Summary {
         used,
-        reset_ms: Snap::drop_ms(geo, n),
-        retry_ms: 0,
+        reset_ms: if live && cur != 0 { drop_n } else { now_ms },
+        retry_ms: match needed {
+            0 => 0,
+            _ if live && cur >= needed => drop_n.saturating_sub(now_ms).max(1),
+            _ => Snap::drop_ms(geo, ne).saturating_sub(now_ms).max(1),
+        },
     })
 }
 
@@ -298,8 +325,14 @@ fn add_slow<C: WordCell>(w: &Window<'_, C>, geo: &Slide, now_ms: u64, cost: u32)
         // A later sub-window. If the head's own sum leaves room, the request fits whatever
         // ages out by now: lock from this very head, no copy to judge from. Otherwise judge on
         // a consistent copy first, so that a refusal writes nothing.
-        let mut s = Snap::EMPTY;
         let (cur, older) = geo.fields(h);
+        if older == 0 && cur + cost64 > limit && n_now - n_h <= u64::from(geo.b) && !geo.wide() {
+            // An empty ring and a head sub-window still in the window: the count stays `cur`
+            // however far now is, and it has no room. Judged on this one head word (in the
+            // packed layout, where the head alone names its sub-window).
+            return Added::Refused { used: cur };
+        }
+        let mut s = Snap::EMPTY;
         let raw = if cur + older + cost64 <= limit {
             if w.head
                 .compare_exchange(h, h | LOCK, Acquire, Relaxed)
