@@ -255,6 +255,20 @@ mod tests {
         assert!(maps.word(0, 4090).is_none(), "crosses the end");
         assert!(maps.word(0, 4).is_none(), "misaligned");
         assert!(maps.word(1, 0).is_none(), "segment not mapped");
+        // A run of words from an offset to the segment's end: the same bounds.
+        let run = maps.words_from(0, 8);
+        assert_eq!(run.len(), (4096 - 8) / 8);
+        assert_eq!(run.first().map(|w| w.load(Ordering::Relaxed)), Some(42));
+        let tail = maps.words_from(0, 4088);
+        assert_eq!(tail.len(), 1, "the last word");
+        tail.iter().for_each(|w| w.store(7, Ordering::Relaxed));
+        assert_eq!(
+            maps.word(0, 4088).map(|w| w.load(Ordering::Relaxed)),
+            Some(7)
+        );
+        assert!(maps.words_from(0, 4096).is_empty(), "past the end");
+        assert!(maps.words_from(0, 12).is_empty(), "misaligned");
+        assert!(maps.words_from(1, 0).is_empty(), "segment not mapped");
         assert!(
             maps.push(Map::anon(8192).expect("anon")).is_err(),
             "wrong length"
