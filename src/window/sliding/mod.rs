@@ -443,15 +443,6 @@ impl Snap {
             return 0;
         }
         let lo = ne.saturating_sub(u64::from(geo.b));
-        if self.older == 0 {
-            // An empty ring: the head's sub-window holds all there is.
-            let at = if self.n >= lo && self.cur >= needed {
-                self.n
-            } else {
-                ne
-            };
-            return Self::drop_ms(geo, at).saturating_sub(now_ms).max(1);
-        }
         let mut freed = 0;
         for (m, c) in self.counts(geo, lo, ne.min(self.n)) {
             freed += c;
@@ -471,10 +462,6 @@ impl Snap {
             // The head's own sub-window is the newest that counts.
             return Self::drop_ms(geo, self.n);
         }
-        if self.older == 0 {
-            // An empty ring and nothing in the head's sub-window that still counts.
-            return now_ms;
-        }
         self.counts(geo, lo, ne)
             .last()
             .map_or(now_ms, |(m, _)| Self::drop_ms(geo, m))
@@ -485,11 +472,42 @@ impl Snap {
     /// for the request to fit ([`Snap::retry_ms`]), the count worked out once for both.
     pub(crate) fn summary(&self, geo: &Slide, cost: u32, now_ms: u64) -> Summary {
         let ne = self.eff(geo, now_ms);
+        if self.older == 0 {
+            return Self::empty_ring_summary(geo, self.n, self.cur, cost, ne, now_ms);
+        }
         let used = self.total_at(geo, ne);
         Summary {
             used,
             reset_ms: self.reset_ms(geo, now_ms),
             retry_ms: self.retry_from(geo, used, cost, ne, now_ms),
+        }
+    }
+
+    /// [`Snap::summary`] of a window whose ring is empty (`older` is 0: a burst within one
+    /// sub-window), from the head's fields alone: sub-window `n` holds all there is, `cur`,
+    /// counted until it drops out, so the count, the reset and the wait need no walk. `ne` is
+    /// the effective sub-window ([`Snap::eff`]). The same answer as the walks (the proptest
+    /// compares them); [`head_summary`] answers from a head word with it.
+    pub(crate) fn empty_ring_summary(
+        geo: &Slide,
+        n: u64,
+        cur: u64,
+        cost: u32,
+        ne: u64,
+        now_ms: u64,
+    ) -> Summary {
+        let live = ne - n <= u64::from(geo.b);
+        let used = if live { cur } else { 0 };
+        let needed = (used + u64::from(cost)).saturating_sub(u64::from(geo.limit));
+        let drop_n = Self::drop_ms(geo, n);
+        Summary {
+            used,
+            reset_ms: if live && cur != 0 { drop_n } else { now_ms },
+            retry_ms: match needed {
+                0 => 0,
+                _ if live && cur >= needed => drop_n.saturating_sub(now_ms).max(1),
+                _ => Self::drop_ms(geo, ne).saturating_sub(now_ms).max(1),
+            },
         }
     }
 

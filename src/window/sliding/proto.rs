@@ -214,25 +214,12 @@ pub(crate) fn head_summary<C: WordCell>(
     if older != 0 {
         return None;
     }
-    // An empty ring: the head's sub-window holds all there is, counted until it drops out.
     let ne = if in_head {
         n
     } else {
         geo.sub_window(now_ms).max(n)
     };
-    let live = ne - n <= u64::from(geo.b);
-    let used = if live { cur } else { 0 };
-    let needed = (used + u64::from(cost)).saturating_sub(limit);
-    let drop_n = Snap::drop_ms(geo, n);
-    Some(Summary {
-        used,
-        reset_ms: if live && cur != 0 { drop_n } else { now_ms },
-        retry_ms: match needed {
-            0 => 0,
-            _ if live && cur >= needed => drop_n.saturating_sub(now_ms).max(1),
-            _ => Snap::drop_ms(geo, ne).saturating_sub(now_ms).max(1),
-        },
-    })
+    Some(Snap::empty_ring_summary(geo, n, cur, cost, ne, now_ms))
 }
 
 /// Count `cost` in the window at `now_ms` if it fits under the limit.
