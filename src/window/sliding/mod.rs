@@ -1,4 +1,4 @@
-//! The sliding window of `B` sub-windows (issue 15): the planned default representation.
+//! The sliding window of `B` sub-windows (issue 15): the default representation of a window.
 //!
 //! # Why it exists
 //!
@@ -7,8 +7,9 @@
 //! late (the ErzyCall client, 60/min and 1000/h, gets 540 of the 1 020 requests an exact log
 //! admits). This module keeps `B` (default 64, any of 16..=256) sub-windows of `g = ⌈W/B⌉` ms,
 //! each counter exactly as wide as the limit needs, bit-packed across several words, so quota
-//! comes back at most `g + B - 1` ms late for every limit. It is not wired into the store yet:
-//! it is a self-contained module with its proofs, to be put into the entry layout afterwards.
+//! comes back at most `g + B - 1` ms late for every limit. The word protocols are
+//! [`proto`]'s (the functions the store runs and loom checks), the packed ring's reads
+//! `ring.rs`'s; the store places a window's words in its entry (`engine/entry.rs`).
 //!
 //! # The words of one window
 //!
@@ -46,9 +47,11 @@
 //! counted in sub-window `m` (made at `t ≥ m·g`) stops counting at `(m+B+1)·g ≤ t + W +
 //! ((B+1)·g - W)`, and `(B+1)·g - W ≤ g + B - 1`: **quota comes back at most `⌈W/B⌉ + B - 1`
 //! ms late**. `docs/ACCURACY.md` has the proofs; `tests.rs` and `model.rs` check them.
-#![allow(dead_code)] // Not called by the store until it is integrated (issue 15).
 
 mod proto;
+mod ring;
+
+use ring::Counts;
 
 #[cfg(test)]
 mod loom_tests;
@@ -57,11 +60,12 @@ mod model;
 #[cfg(test)]
 mod tests;
 
-// The store's entry points once it is integrated.
-#[allow(unused_imports)]
+// The store's entry points (and what recovery reports, which only the tests look at).
+#[cfg(test)]
+use proto::Recovered;
 pub(crate) use proto::{
     add, freeze, freeze_if_expired, head_summary, recover, snapshot, snapshot_into, take_back,
-    thaw, Added, Recovered, Window,
+    thaw, Added, Window,
 };
 
 use super::{Geometry, FROZEN};
@@ -230,36 +234,6 @@ impl Slide {
         let m = self.field_mask();
         ((n & self.tag_mask()) << (2 * self.c)) | ((older & m) << self.c) | (cur & m)
     }
-
-    /// Counter `i` of a ring held as words.
-    #[inline]
-    pub(crate) fn slot(&self, ring: &[u64], i: u32) -> u64 {
-        let bit = i as usize * self.c as usize;
-        let (w, off) = (bit / 64, bit % 64);
-        let mut v = ring.get(w).copied().unwrap_or(0) >> off;
-        if off + self.c as usize > 64 {
-            v |= ring.get(w + 1).copied().unwrap_or(0) << (64 - off);
-        }
-        v & self.field_mask()
-    }
-
-    /// Set counter `i` of a ring held as words to `v` (cut to the counter's width).
-    #[inline]
-    pub(crate) fn set_slot(&self, ring: &mut [u64], i: u32, v: u64) {
-        let m = self.field_mask();
-        let v = v & m;
-        let bit = i as usize * self.c as usize;
-        let (w, off) = (bit / 64, bit % 64);
-        if let Some(x) = ring.get_mut(w) {
-            *x = (*x & !(m << off)) | (v << off);
-        }
-        if off + self.c as usize > 64 {
-            let spill = 64 - off;
-            if let Some(x) = ring.get_mut(w + 1) {
-                *x = (*x & !(m >> spill)) | (v >> spill);
-            }
-        }
-    }
 }
 
 /// A window's figures for a decision, from [`Snap::summary`].
@@ -301,7 +275,8 @@ impl Snap {
         ring: [0; MAX_RING_WORDS],
     };
 
-    /// Decode a head, base and ring.
+    /// Decode a head, base and ring (tests build copies with it).
+    #[cfg(test)]
     pub(crate) fn decode(geo: &Slide, raw: u64, base: u64, ring: [u64; MAX_RING_WORDS]) -> Snap {
         let (cur, older) = geo.fields(raw);
         Snap {
@@ -431,6 +406,7 @@ impl Snap {
     /// oldest. Never earlier than an exact log over the same admissions, and at most
     /// [`Slide::release_delay_ms`] later. A cost above the limit never fits: the answer is
     /// then the time the window is empty.
+    #[cfg(test)]
     pub(crate) fn retry_ms(&self, geo: &Slide, cost: u32, now_ms: u64) -> u64 {
         let ne = self.eff(geo, now_ms);
         self.retry_from(geo, self.total_at(geo, ne), cost, ne, now_ms)
@@ -515,6 +491,7 @@ impl Snap {
     /// counts of sub-windows `n-B ..= n-1`, oldest first (missing ones are 0, extra ones are
     /// ignored). The fleet's scripts keep a window in this form; the decision is then made by
     /// the very functions the embedded store uses. Counts are cut to the counter width.
+    #[cfg(feature = "redis")]
     pub(crate) fn from_counts(geo: &Slide, n: u64, cur: u64, older: &[u64]) -> Snap {
         let mut ring = [0u64; MAX_RING_WORDS];
         let b = u64::from(geo.b);
@@ -595,12 +572,19 @@ impl Snap {
             let exact = self.older < mask;
             let mut older = self.older;
             let mut i = (self.n % b) as u32;
+            // The head's slot takes `cur`; the slots of the sub-windows after it that had no
+            // request are cleared. Those usually hold nothing already (a ring is sparse on a
+            // key that rotates often): one look at their bits skips them.
+            let skip_rest = to - self.n > 1 && geo.slots_zero(ring, i + 1, to - self.n - 1);
             for m in self.n..to {
                 older -= geo.slot(ring, i).min(older);
                 let v = if m == self.n { self.cur } else { 0 };
                 geo.set_slot(ring, i, v);
                 older += v;
                 i = if i + 1 == geo.b { 0 } else { i + 1 };
+                if skip_rest {
+                    break;
+                }
             }
             self.older = if exact {
                 older.min(mask)
@@ -611,82 +595,4 @@ impl Snap {
         self.cur = 0;
         self.n = to;
     }
-}
-
-/// The walk of [`Snap::counts`].
-struct Counts<'s> {
-    snap: &'s Snap,
-    geo: &'s Slide,
-    /// The next sub-window to look at.
-    m: u64,
-    /// Its ring index (`m mod B`), kept without dividing again.
-    idx: u32,
-    /// The last sub-window to look at.
-    hi: u64,
-}
-
-impl Iterator for Counts<'_> {
-    type Item = (u64, u64);
-
-    #[inline]
-    fn next(&mut self) -> Option<(u64, u64)> {
-        let (s, geo) = (self.snap, self.geo);
-        let b = u64::from(geo.b);
-        loop {
-            // Nothing after the head's sub-window is counted.
-            let last = self.hi.min(s.n);
-            if self.m > last {
-                return None;
-            }
-            if self.m == s.n {
-                self.m += 1;
-                if s.cur != 0 {
-                    return Some((s.n, s.cur));
-                }
-                continue;
-            }
-            if s.n - self.m > b {
-                // Older than the ring: counted nowhere. Go on at the ring's oldest.
-                self.m = s.n - b;
-                self.idx = (self.m % b) as u32;
-                continue;
-            }
-            // Ring counters `idx ..` up to the ring's end, the head's sub-window or `hi`.
-            let seg = (last.min(s.n - 1) - self.m + 1).min(b - u64::from(self.idx));
-            let c = geo.c as usize;
-            let from = self.idx as usize * c;
-            let end = from + seg as usize * c;
-            match first_set(&s.ring, from, end) {
-                Some(bit) => {
-                    let j = (bit / c) as u32;
-                    let at = self.m + u64::from(j - self.idx);
-                    let v = geo.slot(&s.ring, j);
-                    self.m = at + 1;
-                    self.idx = if j + 1 == geo.b { 0 } else { j + 1 };
-                    return Some((at, v));
-                }
-                None => {
-                    self.m += seg;
-                    let next = u64::from(self.idx) + seg;
-                    self.idx = if next >= b { 0 } else { next as u32 };
-                }
-            }
-        }
-    }
-}
-
-/// The first set bit of `ring` (taken as one little-endian bit string) in `from .. end`.
-#[inline]
-fn first_set(ring: &[u64], from: usize, end: usize) -> Option<usize> {
-    let mut p = from;
-    while p < end {
-        let (w, off) = (p / 64, p % 64);
-        let x = ring.get(w).copied().unwrap_or(0) >> off;
-        if x != 0 {
-            let q = p + x.trailing_zeros() as usize;
-            return (q < end).then_some(q);
-        }
-        p = (w + 1) * 64;
-    }
-    None
 }

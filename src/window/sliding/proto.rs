@@ -367,25 +367,62 @@ fn add_slow<C: WordCell>(w: &Window<'_, C>, geo: &Slide, now_ms: u64, cost: u32)
         let m = locked.n;
         // The rotation rewrote the counters of sub-windows `from ..= n_now - 1` (all of them
         // past a whole ring): the words holding those counters.
-        let b = u64::from(geo.b);
-        w.publish(geo, locked, |k| {
-            n_now.saturating_sub(from) >= b || {
-                let (lo, hi) = (k as u64 * 64, k as u64 * 64 + 63);
-                (from..n_now).any(|mm| {
-                    let bit = (mm % b) * u64::from(geo.c);
-                    bit <= hi && bit + u64::from(geo.c) > lo
-                })
-            }
-        });
+        let rewritten = Rewritten::new(geo, from, n_now);
+        w.publish(geo, locked, |k| rewritten.holds(k));
         return if fits {
             Added::Yes {
                 m,
                 used: total + cost64,
-                reset_ms: locked.reset_ms(geo, now_ms),
+                // The request was just counted in the head's sub-window `m`, the newest that
+                // counts: the window is full again when `m` drops out.
+                reset_ms: if cost64 > 0 {
+                    Snap::drop_ms(geo, m)
+                } else {
+                    locked.reset_ms(geo, now_ms)
+                },
             }
         } else {
             Added::Refused { used: total }
         };
+    }
+}
+
+/// The ring words a rotation from sub-window `from` to `to` rewrote: those holding the
+/// counters of sub-windows `from ..= to - 1`, a run of ring slots that may wrap past the
+/// ring's end (every word, if the rotation went past a whole ring). Which words those are is
+/// worked out once, so that the publish asks each word in constant time.
+pub(super) struct Rewritten {
+    /// Every word.
+    all: bool,
+    /// Bit ranges `[lo, hi)` of the ring the slots cover: the run up to the ring's end, and
+    /// its wrapped part from bit 0 (empty if it does not wrap).
+    runs: [(u64, u64); 2],
+}
+
+impl Rewritten {
+    pub(super) fn new(geo: &Slide, from: u64, to: u64) -> Rewritten {
+        let (b, c) = (u64::from(geo.b), u64::from(geo.c));
+        let count = to.saturating_sub(from);
+        if count >= b {
+            return Rewritten {
+                all: true,
+                runs: [(0, 0); 2],
+            };
+        }
+        let first = from % b;
+        let end = first + count;
+        let runs = if end <= b {
+            [(first * c, end * c), (0, 0)]
+        } else {
+            [(first * c, b * c), (0, (end - b) * c)]
+        };
+        Rewritten { all: false, runs }
+    }
+
+    /// Whether ring word `k` holds a rewritten counter.
+    pub(super) fn holds(&self, k: usize) -> bool {
+        let (lo, hi) = (k as u64 * 64, k as u64 * 64 + 64);
+        self.all || self.runs.iter().any(|&(a, z)| a < z && a < hi && lo < z)
     }
 }
 

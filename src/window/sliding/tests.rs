@@ -132,6 +132,37 @@ fn sub_window_without_division_is_exact() {
 }
 
 #[test]
+fn a_rotation_publishes_the_words_of_every_counter_it_rewrote_and_no_other() {
+    // `proto::Rewritten` against the plain definition: word `k` was rewritten when a counter
+    // of some sub-window `from ..= to - 1` has a bit in it (every word past a whole ring).
+    for limit in [1u32, 5, 60, 1000, 65_535, 1_000_000] {
+        for b in [MIN_B, 17, DEFAULT_B, 100, MAX_B] {
+            let geo = Slide::new(limit, HOUR, b).unwrap();
+            let (bb, c) = (u64::from(b), u64::from(geo.c));
+            for from in [0u64, 1, bb - 1, bb, 5 * bb + 3, 1_000_003] {
+                for steps in [0u64, 1, 2, 3, bb / 2, bb - 1, bb, bb + 1, 3 * bb] {
+                    let to = from + steps;
+                    let r = proto::Rewritten::new(&geo, from, to);
+                    for k in 0..geo.ring_words() {
+                        let (lo, hi) = (k as u64 * 64, k as u64 * 64 + 63);
+                        let plain = steps >= bb
+                            || (from..to).any(|m| {
+                                let bit = (m % bb) * c;
+                                bit <= hi && bit + c > lo
+                            });
+                        assert_eq!(
+                            r.holds(k),
+                            plain,
+                            "limit {limit} b {b} {from}..{to} word {k}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn counts_to_the_limit_and_a_refusal_writes_nothing() {
     let geo = slide(60, MIN);
     let words = cells(&geo);
