@@ -30,6 +30,9 @@ impl CompactorHandle {
         if opts.grow_ahead {
             let wake = Arc::clone(&stop);
             core.segs.set_spare_waker(Arc::new(move || {
+                // Under the thread's lock: it looks for a wanted spare under it before it
+                // sleeps, so this wake-up cannot fall between the look and the sleep.
+                let _held = wake.0.lock();
                 wake.1.notify_one();
             }));
         }
@@ -56,7 +59,9 @@ fn run(core: Arc<Core>, stop: Arc<(Mutex<bool>, Condvar)>, opts: CompactorOption
             if *stopped {
                 return;
             }
-            cv.wait_for(&mut stopped, opts.interval);
+            if !core.segs.spare_wanted() {
+                cv.wait_for(&mut stopped, opts.interval);
+            }
             if *stopped {
                 return;
             }

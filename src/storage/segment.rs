@@ -645,7 +645,7 @@ impl Segments {
                 c.free.len() as u64 * l as u64 + tail
             })
             .sum();
-        listed + a.blank.len() as u64 * seg_lines
+        listed + (a.blank.len() + self.spares()) as u64 * seg_lines
     }
 }
 

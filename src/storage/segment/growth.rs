@@ -13,10 +13,11 @@
 //! spare is exactly what a crash right after growing leaves behind, so open already knows it
 //! (a blank segment, reused first); nothing new is written to the file.
 //!
-//! Growth is serialised by its own lock, never held by a check: an allocation that finds no
-//! spare grows under it as before (holding the allocator's lock), and the compactor grows
-//! under it alone, then takes the allocator's lock only to hand the segment over. If both
-//! grow at once, the file ends up one segment further ahead: a spare, not a leak.
+//! Growth is serialised by its own lock, which also guards the spares grown and not taken. The
+//! compactor grows under it alone (never under the allocator's lock) and leaves the segment
+//! there; an allocation that finds no blank segment takes it (holding the allocator's lock),
+//! so it waits for a spare being grown and takes that, or, with none coming, grows the file
+//! itself as before. Lock order: allocator, then growth.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -37,8 +38,11 @@ pub(crate) type Waker = Arc<dyn Fn() + Send + Sync>;
 pub(super) struct Spare {
     /// An allocation took the last blank segment (or grew the file): grow a spare.
     wanted: AtomicBool,
-    /// Held across one growth, so that two growths never pick the same segment index.
-    grow_lock: Mutex<()>,
+    /// The growth lock, held across one growth (so that two growths never pick the same
+    /// segment index); it guards the spares grown and not taken yet. An allocation that finds
+    /// no blank segment takes this lock, so if the compactor is growing a spare at that moment
+    /// the allocation waits for it and takes it, instead of growing another.
+    grown: Mutex<Vec<usize>>,
     /// Wakes the thread that grows spares; none: nobody grows ahead.
     waker: Mutex<Option<Waker>>,
 }
@@ -53,38 +57,60 @@ impl Segments {
         }
     }
 
+    /// Whether a spare is wanted and not grown yet.
+    pub(crate) fn spare_wanted(&self) -> bool {
+        self.spare.wanted.load(Ordering::Acquire)
+    }
+
     /// Grow the spare segment if one is wanted: `Ok(true)` if the file grew. Called by the
-    /// thread [`Segments::set_spare_waker`] wakes, never on a request's path. A failure is the
-    /// one a request's growth would have met, with the same effect (a failed sync poisons the
-    /// store); a store at its last segment simply has no spare.
+    /// thread [`Segments::set_spare_waker`] wakes, never on a request's path; it takes only the
+    /// growth lock, never the allocator's. A failure is the one a request's growth would have
+    /// met, with the same effect (a failed sync poisons the store); a store at its last
+    /// segment simply has no spare.
     pub(crate) fn grow_spare(&self) -> Result<bool> {
         if !self.spare.wanted.swap(false, Ordering::AcqRel) {
             return Ok(false);
         }
-        let seg = match self.grow() {
-            Ok(seg) => seg,
+        let mut grown = self.spare.grown.lock();
+        if !grown.is_empty() {
+            return Ok(false);
+        }
+        match self.grow() {
+            Ok(seg) => grown.push(seg),
             Err(Error::CapacityExhausted) => return Ok(false),
             Err(e) => return Err(e),
-        };
-        self.alloc.lock().blank.push(seg);
+        }
         Ok(true)
     }
 
     /// Segments counted in the file and not in use yet (spares, and blank ones found at open).
     pub(crate) fn blank_segments(&self) -> u64 {
-        self.alloc.lock().blank.len() as u64
+        let a = self.alloc.lock();
+        (a.blank.len() + self.spares()) as u64
     }
 
-    /// A segment for a new class or blob run: a blank one if there is one, else a new one.
-    /// Either way, if no blank one is left, a spare is asked for.
+    /// Spares grown and not taken yet (the caller may hold the allocator's lock).
+    pub(super) fn spares(&self) -> usize {
+        self.spare.grown.lock().len()
+    }
+
+    /// A segment for a new class or blob run (the caller holds the allocator's lock): a blank
+    /// one found at open, else a spare (waiting for one being grown), else a new one. If none
+    /// is left after this one, a spare is asked for.
     pub(super) fn take_segment(&self, a: &mut Alloc) -> Result<usize> {
-        let seg = match a.blank.pop() {
-            Some(s) => s,
+        if let Some(seg) = a.blank.pop() {
+            if a.blank.is_empty() {
+                self.want_spare();
+            }
+            return Ok(seg);
+        }
+        let mut grown = self.spare.grown.lock();
+        let seg = match grown.pop() {
+            Some(seg) => seg,
             None => self.grow()?,
         };
-        if a.blank.is_empty() {
-            self.want_spare();
-        }
+        drop(grown);
+        self.want_spare();
         Ok(seg)
     }
 
@@ -96,9 +122,9 @@ impl Segments {
         }
     }
 
-    /// Add one segment to the file (or to anonymous memory) and map it.
+    /// Add one segment to the file (or to anonymous memory) and map it. The caller holds the
+    /// growth lock (`Spare::grown`).
     fn grow(&self) -> Result<usize> {
-        let _growing = self.spare.grow_lock.lock();
         let idx = self.maps.count();
         if idx >= self.max_segments.min(self.maps.capacity()) {
             return Err(Error::CapacityExhausted);
