@@ -358,7 +358,7 @@ impl Core {
                     Some(win) => match sliding::head_summary(&win, geo, cost, now_ms) {
                         Some(s) => WindowState::sliding(geo, &s),
                         None => {
-                            let snap = snap.get_or_insert(Snap::EMPTY);
+                            let snap: &mut Snap = snap.get_or_insert(Snap::EMPTY);
                             sliding::snapshot_into(&win, geo, snap);
                             sliding_state(snap, geo, cost, now_ms)
                         }

@@ -98,6 +98,9 @@ pub(crate) fn counter_bits(limit: u32) -> u32 {
 }
 /// The most ring words a window can have (`B = 256`, 24-bit counters).
 pub(crate) const MAX_RING_WORDS: usize = (MAX_B * MAX_C / 64) as usize;
+/// Ring words of the small copies a rotation makes when the window's ring fits: 64
+/// sub-windows of counters up to 16 bits (limits up to 65 535 at the default `B`).
+pub(crate) const SMALL_RING_WORDS: usize = 16;
 
 /// The shape of one sliding window, precomputed per (limit, window, B) so that a check does
 /// not divide: the sub-window of a time comes from [`Geometry::sub_window`]'s reciprocal
@@ -247,9 +250,12 @@ pub(crate) struct Summary {
     pub retry_ms: u64,
 }
 
-/// A consistent copy of a window's words (see [`snapshot`]), decoded.
+/// A consistent copy of a window's words (see [`snapshot`]), decoded. `N` ring words are held
+/// (the first [`Slide::ring_words`] are used): [`MAX_RING_WORDS`] by default, fewer where the
+/// caller knows the window's ring is smaller (a rotation, [`SMALL_RING_WORDS`]), so that a copy
+/// made fresh is not 800 bytes to zero.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Snap {
+pub(crate) struct Snap<const N: usize = MAX_RING_WORDS> {
     /// The head word as read, flags included.
     pub raw: u64,
     /// The base word as read (0 in the packed layout).
@@ -261,23 +267,23 @@ pub(crate) struct Snap {
     /// Sum of the ring counters (sub-windows `n-B ..= n-1`).
     pub older: u64,
     /// The ring words (the first [`Slide::ring_words`] are used).
-    pub ring: [u64; MAX_RING_WORDS],
+    pub ring: [u64; N],
 }
 
-impl Snap {
+impl<const N: usize> Snap<N> {
     /// An empty window's copy (all zero), to fill with [`snapshot_into`].
-    pub(crate) const EMPTY: Snap = Snap {
+    pub(crate) const EMPTY: Snap<N> = Snap {
         raw: 0,
         base: 0,
         n: 0,
         cur: 0,
         older: 0,
-        ring: [0; MAX_RING_WORDS],
+        ring: [0; N],
     };
 
     /// Decode a head, base and ring (tests build copies with it).
     #[cfg(test)]
-    pub(crate) fn decode(geo: &Slide, raw: u64, base: u64, ring: [u64; MAX_RING_WORDS]) -> Snap {
+    pub(crate) fn decode(geo: &Slide, raw: u64, base: u64, ring: [u64; N]) -> Snap<N> {
         let (cur, older) = geo.fields(raw);
         Snap {
             raw,
@@ -340,7 +346,7 @@ impl Snap {
     /// counter it is. A check at the limit walks up to `B + 1` sub-windows, most of them
     /// empty on a bursty key, so this is the rejection path's cost.
     #[inline]
-    fn counts<'s>(&'s self, geo: &'s Slide, lo: u64, hi: u64) -> Counts<'s> {
+    fn counts<'s>(&'s self, geo: &'s Slide, lo: u64, hi: u64) -> Counts<'s, N> {
         Counts {
             snap: self,
             geo,
@@ -395,12 +401,6 @@ impl Snap {
         self.used(geo, now_ms) == 0
     }
 
-    /// When sub-window `m`'s count stops counting.
-    #[inline]
-    fn drop_ms(geo: &Slide, m: u64) -> u64 {
-        (m + u64::from(geo.b) + 1).saturating_mul(geo.g)
-    }
-
     /// Milliseconds from `now_ms` until a request of `cost` fits if nothing else is counted
     /// meanwhile (0 if it fits now; at least 1 otherwise). Walks the live sub-windows from the
     /// oldest. Never earlier than an exact log over the same admissions, and at most
@@ -423,10 +423,10 @@ impl Snap {
         for (m, c) in self.counts(geo, lo, ne.min(self.n)) {
             freed += c;
             if freed >= needed {
-                return Self::drop_ms(geo, m).saturating_sub(now_ms).max(1);
+                return Snap::drop_ms(geo, m).saturating_sub(now_ms).max(1);
             }
         }
-        Self::drop_ms(geo, ne).saturating_sub(now_ms).max(1)
+        Snap::drop_ms(geo, ne).saturating_sub(now_ms).max(1)
     }
 
     /// UTC ms at which the window is back to its full limit (its newest counted request drops
@@ -436,11 +436,11 @@ impl Snap {
         let lo = ne.saturating_sub(u64::from(geo.b));
         if self.cur != 0 && self.n >= lo {
             // The head's own sub-window is the newest that counts.
-            return Self::drop_ms(geo, self.n);
+            return Snap::drop_ms(geo, self.n);
         }
         self.counts(geo, lo, ne)
             .last()
-            .map_or(now_ms, |(m, _)| Self::drop_ms(geo, m))
+            .map_or(now_ms, |(m, _)| Snap::drop_ms(geo, m))
     }
 
     /// What a decision reports of this window for a request of `cost` at `now_ms`: the count
@@ -449,68 +449,13 @@ impl Snap {
     pub(crate) fn summary(&self, geo: &Slide, cost: u32, now_ms: u64) -> Summary {
         let ne = self.eff(geo, now_ms);
         if self.older == 0 {
-            return Self::empty_ring_summary(geo, self.n, self.cur, cost, ne, now_ms);
+            return Snap::empty_ring_summary(geo, self.n, self.cur, cost, ne, now_ms);
         }
         let used = self.total_at(geo, ne);
         Summary {
             used,
             reset_ms: self.reset_ms(geo, now_ms),
             retry_ms: self.retry_from(geo, used, cost, ne, now_ms),
-        }
-    }
-
-    /// [`Snap::summary`] of a window whose ring is empty (`older` is 0: a burst within one
-    /// sub-window), from the head's fields alone: sub-window `n` holds all there is, `cur`,
-    /// counted until it drops out, so the count, the reset and the wait need no walk. `ne` is
-    /// the effective sub-window ([`Snap::eff`]). The same answer as the walks (the proptest
-    /// compares them); [`head_summary`] answers from a head word with it.
-    pub(crate) fn empty_ring_summary(
-        geo: &Slide,
-        n: u64,
-        cur: u64,
-        cost: u32,
-        ne: u64,
-        now_ms: u64,
-    ) -> Summary {
-        let live = ne - n <= u64::from(geo.b);
-        let used = if live { cur } else { 0 };
-        let needed = (used + u64::from(cost)).saturating_sub(u64::from(geo.limit));
-        let drop_n = Self::drop_ms(geo, n);
-        Summary {
-            used,
-            reset_ms: if live && cur != 0 { drop_n } else { now_ms },
-            retry_ms: match needed {
-                0 => 0,
-                _ if live && cur >= needed => drop_n.saturating_sub(now_ms).max(1),
-                _ => Self::drop_ms(geo, ne).saturating_sub(now_ms).max(1),
-            },
-        }
-    }
-
-    /// A copy built from plain counts: the head's sub-window `n`, its count `cur`, and the
-    /// counts of sub-windows `n-B ..= n-1`, oldest first (missing ones are 0, extra ones are
-    /// ignored). The fleet's scripts keep a window in this form; the decision is then made by
-    /// the very functions the embedded store uses. Counts are cut to the counter width.
-    #[cfg(feature = "redis")]
-    pub(crate) fn from_counts(geo: &Slide, n: u64, cur: u64, older: &[u64]) -> Snap {
-        let mut ring = [0u64; MAX_RING_WORDS];
-        let b = u64::from(geo.b);
-        let used = ring.get_mut(..geo.ring_words).unwrap_or_default();
-        for (i, &v) in older.iter().take(geo.b as usize).enumerate() {
-            // Oldest first: position i is sub-window n - B + i.
-            let m = (n + i as u64).wrapping_sub(b);
-            if n + (i as u64) >= b {
-                geo.set_slot(used, (m % b) as u32, v.min(geo.field_mask()));
-            }
-        }
-        let sum: u64 = (0..geo.b).map(|i| geo.slot(used, i)).sum();
-        Snap {
-            raw: geo.encode(n, cur.min(geo.field_mask()), sum.min(geo.field_mask())),
-            base: if geo.wide { n } else { 0 },
-            n,
-            cur: cur.min(geo.field_mask()),
-            older: sum.min(geo.field_mask()),
-            ring,
         }
     }
 
@@ -594,5 +539,69 @@ impl Snap {
         }
         self.cur = 0;
         self.n = to;
+    }
+}
+
+/// The copy's arithmetic that needs no copy: the same for every ring size.
+impl Snap {
+    /// When sub-window `m`'s count stops counting.
+    #[inline]
+    pub(crate) fn drop_ms(geo: &Slide, m: u64) -> u64 {
+        (m + u64::from(geo.b) + 1).saturating_mul(geo.g)
+    }
+
+    /// [`Snap::summary`] of a window whose ring is empty (`older` is 0: a burst within one
+    /// sub-window), from the head's fields alone: sub-window `n` holds all there is, `cur`,
+    /// counted until it drops out, so the count, the reset and the wait need no walk. `ne` is
+    /// the effective sub-window ([`Snap::eff`]). The same answer as the walks (the proptest
+    /// compares them); [`head_summary`] answers from a head word with it.
+    pub(crate) fn empty_ring_summary(
+        geo: &Slide,
+        n: u64,
+        cur: u64,
+        cost: u32,
+        ne: u64,
+        now_ms: u64,
+    ) -> Summary {
+        let live = ne - n <= u64::from(geo.b);
+        let used = if live { cur } else { 0 };
+        let needed = (used + u64::from(cost)).saturating_sub(u64::from(geo.limit));
+        let drop_n = Snap::drop_ms(geo, n);
+        Summary {
+            used,
+            reset_ms: if live && cur != 0 { drop_n } else { now_ms },
+            retry_ms: match needed {
+                0 => 0,
+                _ if live && cur >= needed => drop_n.saturating_sub(now_ms).max(1),
+                _ => Snap::drop_ms(geo, ne).saturating_sub(now_ms).max(1),
+            },
+        }
+    }
+
+    /// A copy built from plain counts: the head's sub-window `n`, its count `cur`, and the
+    /// counts of sub-windows `n-B ..= n-1`, oldest first (missing ones are 0, extra ones are
+    /// ignored). The fleet's scripts keep a window in this form; the decision is then made by
+    /// the very functions the embedded store uses. Counts are cut to the counter width.
+    #[cfg(feature = "redis")]
+    pub(crate) fn from_counts(geo: &Slide, n: u64, cur: u64, older: &[u64]) -> Snap {
+        let mut ring = [0u64; MAX_RING_WORDS];
+        let b = u64::from(geo.b);
+        let used = ring.get_mut(..geo.ring_words).unwrap_or_default();
+        for (i, &v) in older.iter().take(geo.b as usize).enumerate() {
+            // Oldest first: position i is sub-window n - B + i.
+            let m = (n + i as u64).wrapping_sub(b);
+            if n + (i as u64) >= b {
+                geo.set_slot(used, (m % b) as u32, v.min(geo.field_mask()));
+            }
+        }
+        let sum: u64 = (0..geo.b).map(|i| geo.slot(used, i)).sum();
+        Snap {
+            raw: geo.encode(n, cur.min(geo.field_mask()), sum.min(geo.field_mask())),
+            base: if geo.wide { n } else { 0 },
+            n,
+            cur: cur.min(geo.field_mask()),
+            older: sum.min(geo.field_mask()),
+            ring,
+        }
     }
 }

@@ -45,7 +45,7 @@
 
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 
-use super::{Slide, Snap, Summary, FROZEN, LOCK, MAX_TIME_MS};
+use super::{Slide, Snap, Summary, FROZEN, LOCK, MAX_RING_WORDS, MAX_TIME_MS, SMALL_RING_WORDS};
 use crate::window::cell::WordCell;
 
 /// The cells of one window: the head, the base word (wide layout only), the ring.
@@ -89,7 +89,7 @@ impl<'a, C: WordCell> Window<'a, C> {
 
     /// Read the head `h` (held locked by the caller), the base and the ring into `out`, in
     /// place (no copy of the whole ring array is made or moved).
-    fn load_locked(&self, geo: &Slide, h: u64, out: &mut Snap) {
+    fn load_locked<const N: usize>(&self, geo: &Slide, h: u64, out: &mut Snap<N>) {
         let base = self.load_base();
         for (d, s) in out.ring.iter_mut().zip(self.ring) {
             *d = s.load(Acquire);
@@ -104,7 +104,7 @@ impl<'a, C: WordCell> Window<'a, C> {
 
     /// Write the ring words that changed (`changed(word)`), then the base, then the head
     /// (which drops the lock). Only under the lock.
-    fn publish(&self, geo: &Slide, s: &Snap, changed: impl Fn(usize) -> bool) {
+    fn publish<const N: usize>(&self, geo: &Slide, s: &Snap<N>, changed: impl Fn(usize) -> bool) {
         for (k, (cell, n)) in self.ring.iter().zip(&s.ring).enumerate() {
             if changed(k) {
                 cell.store(*n, Release);
@@ -144,7 +144,7 @@ pub(crate) enum Added {
 /// Read a consistent copy of the window (seqlock-style; see the module doc). Waits while the
 /// lock is held.
 pub(crate) fn snapshot<C: WordCell>(w: &Window<'_, C>, geo: &Slide) -> Snap {
-    let mut s = Snap::EMPTY;
+    let mut s: Snap = Snap::EMPTY;
     snapshot_into(w, geo, &mut s);
     s
 }
@@ -153,7 +153,11 @@ pub(crate) fn snapshot<C: WordCell>(w: &Window<'_, C>, geo: &Slide) -> Snap {
 /// reports every window): only the window's own ring words are written, and no copy of the
 /// whole ring array is made or moved. Ring words of `out` past [`Slide::ring_words`] are left
 /// as they were; nothing reads them.
-pub(crate) fn snapshot_into<C: WordCell>(w: &Window<'_, C>, geo: &Slide, out: &mut Snap) {
+pub(crate) fn snapshot_into<C: WordCell, const N: usize>(
+    w: &Window<'_, C>,
+    geo: &Slide,
+    out: &mut Snap<N>,
+) {
     let mut spins = 0u32;
     loop {
         let h1 = w.head.load(Acquire);
@@ -260,9 +264,26 @@ pub(crate) fn add<C: WordCell>(w: &Window<'_, C>, geo: &Slide, now_ms: u64, cost
     add_slow(w, geo, now_ms, cost)
 }
 
-/// [`add`] in general: any sub-window, a lock to wait for, a contended head.
+/// [`add`] in general: any sub-window, a lock to wait for, a contended head. Its copy of the
+/// window is sized for the window's ring (a small one when it fits: no 800-byte copy to zero
+/// for the common rotation).
 #[inline(never)]
 fn add_slow<C: WordCell>(w: &Window<'_, C>, geo: &Slide, now_ms: u64, cost: u32) -> Added {
+    if geo.ring_words() <= SMALL_RING_WORDS {
+        add_slow_in::<C, SMALL_RING_WORDS>(w, geo, now_ms, cost)
+    } else {
+        add_slow_in::<C, MAX_RING_WORDS>(w, geo, now_ms, cost)
+    }
+}
+
+/// [`add_slow`] with a copy of `N` ring words (at least the window's).
+#[inline(always)]
+fn add_slow_in<C: WordCell, const N: usize>(
+    w: &Window<'_, C>,
+    geo: &Slide,
+    now_ms: u64,
+    cost: u32,
+) -> Added {
     let n_now = geo.sub_window(now_ms);
     let cost64 = u64::from(cost);
     let limit = u64::from(geo.limit);
@@ -319,7 +340,7 @@ fn add_slow<C: WordCell>(w: &Window<'_, C>, geo: &Slide, now_ms: u64, cost: u32)
             // packed layout, where the head alone names its sub-window).
             return Added::Refused { used: cur };
         }
-        let mut s = Snap::EMPTY;
+        let mut s = Snap::<N>::EMPTY;
         let raw = if cur + older + cost64 <= limit {
             if w.head
                 .compare_exchange(h, h | LOCK, Acquire, Relaxed)
@@ -474,7 +495,7 @@ pub(crate) fn take_back<C: WordCell>(w: &Window<'_, C>, geo: &Slide, m: u64, cos
             h = w.head.load(Acquire);
             continue;
         }
-        let mut s = Snap::EMPTY;
+        let mut s: Snap = Snap::EMPTY;
         w.load_locked(geo, h, &mut s);
         let old = s.ring;
         if m < s.n && s.n - m <= b {
@@ -567,7 +588,7 @@ pub(crate) fn recover<C: WordCell>(w: &Window<'_, C>, geo: &Slide) -> Recovered 
         w.head.store(h, Release);
         return Recovered::Clean;
     }
-    let mut s = Snap::EMPTY;
+    let mut s: Snap = Snap::EMPTY;
     w.load_locked(geo, h & !LOCK, &mut s);
     let ring_sum: u64 = (0..geo.b).map(|i| geo.slot(&s.ring, i)).sum();
     s.cur = u64::from(geo.limit);

@@ -55,8 +55,8 @@ impl Slide {
 }
 
 /// The walk of [`Snap::counts`].
-pub(super) struct Counts<'s> {
-    pub(super) snap: &'s Snap,
+pub(super) struct Counts<'s, const N: usize> {
+    pub(super) snap: &'s Snap<N>,
     pub(super) geo: &'s Slide,
     /// The next sub-window to look at.
     pub(super) m: u64,
@@ -66,7 +66,7 @@ pub(super) struct Counts<'s> {
     pub(super) hi: u64,
 }
 
-impl Iterator for Counts<'_> {
+impl<const N: usize> Iterator for Counts<'_, N> {
     type Item = (u64, u64);
 
     #[inline]
