@@ -11,10 +11,11 @@ use http::header::CONTENT_TYPE;
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 
 use super::body::{full, GatewayBody};
-use super::headers::{self, IDEMPOTENT_REPLAYED, TOO_MANY_CONCURRENT};
+use super::headers::{self, TOO_MANY_CONCURRENT};
+use super::idempotency::{IdempotencyPolicy, NEVER_REPLAYED};
 use super::ietf::{self, Concurrency, Extras, CONCURRENCY_POLICY};
 use super::policy::{Group, Policy, RateKey};
-use super::settings::{BodyStyle, NEVER_REPLAYED};
+use super::settings::BodyStyle;
 use super::shadow::{ShadowLog, ShadowRefusal};
 use super::{problem, ConcurrencyLimiter};
 use crate::{Backend, Decision, Error, Lease, Limits, StoredResponse};
@@ -190,16 +191,17 @@ impl Drop for LeaseGuard<'_> {
     }
 }
 
-/// The stored form of a response: its status, its allow-listed headers and its body.
+/// The stored form of a response: its status, the headers `idem` allows (never its replay
+/// marker) and its body.
 pub(super) fn stored_response(
     status: u16,
     headers: &HeaderMap,
-    allow: &[HeaderName],
+    idem: &IdempotencyPolicy,
     body: &Bytes,
 ) -> StoredResponse {
     let mut stored = StoredResponse::new(status, body.to_vec());
-    for name in allow {
-        if NEVER_REPLAYED.contains(&name.as_str()) {
+    for name in idem.replay_headers() {
+        if NEVER_REPLAYED.contains(&name.as_str()) || name == idem.replay_header() {
             continue;
         }
         for v in headers.get_all(name) {
@@ -211,12 +213,14 @@ pub(super) fn stored_response(
     stored
 }
 
-/// A replay: the stored status, headers and body, marked `Idempotent-Replayed: true`, with
-/// the rate-limit headers of now (never those of the first exchange).
+/// A replay: the stored status, headers and body, marked `<marker>: true`
+/// (`Idempotent-Replayed` unless the policy names another), with the rate-limit headers of now
+/// (never those of the first exchange).
 pub(super) fn replay(
     ctx: &Ctx<'_>,
     stored: &crate::Replayed,
     d: Option<&Decision>,
+    marker: &HeaderName,
 ) -> Response<GatewayBody> {
     let mut r = Response::new(full(Bytes::copy_from_slice(stored.body())));
     *r.status_mut() = StatusCode::from_u16(stored.status()).unwrap_or(StatusCode::OK);
@@ -228,11 +232,11 @@ pub(super) fn replay(
         ) else {
             continue;
         };
-        if !NEVER_REPLAYED.contains(&name.as_str()) {
+        if !NEVER_REPLAYED.contains(&name.as_str()) && name != marker {
             h.append(name, value);
         }
     }
-    h.insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    h.insert(marker.clone(), HeaderValue::from_static("true"));
     // A refused decision here is one shadow mode let through: its headers, Retry-After too.
     ctx.rate_headers(h, d, d.is_some_and(|d| !d.allowed()));
     r

@@ -9,7 +9,8 @@
 //! 2. The group: the most specific route of the policy ([`Policy::match_route`]). A request
 //!    matching no group is not rate-limited (and gets no rate-limit headers).
 //! 3. The concurrency cap, if configured: over it, 429 "Too many concurrent connections.".
-//! 4. For POST, PATCH and DELETE carrying `Idempotency-Key`: 400 on a malformed key; the body is
+//! 4. For POST, PATCH and DELETE carrying `Idempotency-Key`: 400 on a key not of the group's
+//!    `key_format` (its [`IdempotencyPolicy`](super::IdempotencyPolicy)); the body is
 //!    buffered (413 over `max_body_bytes`) and fingerprinted with method, path and query, and
 //!    body; then [`Store::begin`]: a replay, 409 while in flight, 422 on another body.
 //! 5. The rate check, with the group's cost: 429 with `Retry-After` and the configured body
@@ -17,7 +18,7 @@
 //!    ([`Gateway::shadow`]) and the request goes on with the refusal's headers.
 //! 6. `If-Match` on a write, if `if_match` is on: 412 when stale.
 //! 7. The upstream. Its response gets the rate-limit headers; a keyed request's response is
-//!    stored for replay if its status is in `store_statuses` (else the lease is aborted, so a
+//!    stored for replay if its status is in the group's `store_statuses` (else the lease is aborted, so a
 //!    retry runs again).
 //!
 //! Store calls are made directly on the executor's thread: they never block (no lock held
@@ -43,7 +44,7 @@ use super::headers::{IDEMPOTENCY_KEY, KEY_REUSED, RESOURCE_CHANGED};
 use super::policy::{check_token, Policy, TokenError};
 use super::shadow::ShadowLog;
 use super::{ConcurrencyLimiter, PolicyError, Versions};
-use crate::{Backend, Begin, Fingerprint, IdempotencyKey, Store};
+use crate::{Backend, Begin, Fingerprint, Store};
 
 /// The state shared by every request: the backend, the current policy, the concurrency gauge,
 /// the versions and the shadow refusals.
@@ -314,8 +315,10 @@ where
         ..ctx
     };
 
-    // 2. The group.
-    if let Some(group) = policy.match_route(method.as_str(), path) {
+    // 2. The group, and its idempotency policy (the settings' without a group).
+    let group = policy.match_route(method.as_str(), path);
+    let idem = group.map_or(settings.idempotency(), |g| g.idempotency());
+    if let Some(group) = group {
         if let Ok(key) = group.key(&token) {
             ctx.rate = Some(Rate {
                 group,
@@ -341,21 +344,19 @@ where
     };
     let keyed = is_idempotency_method(&method) && req.headers().contains_key(IDEMPOTENCY_KEY);
     let req = if keyed {
+        let format = idem.key_format();
         let parsed = req
             .headers()
             .get(IDEMPOTENCY_KEY)
             .and_then(|v| v.to_str().ok())
-            .map(IdempotencyKey::parse);
-        let key = match parsed {
-            Some(Ok(k)) => k,
-            _ => {
-                return Ok(ctx.refuse(
-                    StatusCode::BAD_REQUEST,
-                    "INVALID_IDEMPOTENCY_KEY",
-                    "Idempotency-Key must be a UUID v4.",
-                    None,
-                ))
-            }
+            .and_then(|v| format.parse(v));
+        let Some(key) = parsed else {
+            return Ok(ctx.refuse(
+                StatusCode::BAD_REQUEST,
+                "INVALID_IDEMPOTENCY_KEY",
+                &format.requirement(),
+                None,
+            ));
         };
         let (parts, body) = req.into_parts();
         let bytes = match collect_capped(body, settings.max_body_bytes()).await {
@@ -386,7 +387,7 @@ where
             Ok(Begin::Started(l)) => lease.lease = Some(l),
             Ok(Begin::Replay(stored)) => {
                 let mut d = None;
-                if settings.replay_spends_quota() {
+                if idem.replay_spends_quota() {
                     if let Some(rate) = &ctx.rate {
                         match gw
                             .store
@@ -402,7 +403,7 @@ where
                         }
                     }
                 }
-                return Ok(replay(&ctx, &stored, d.as_ref()));
+                return Ok(replay(&ctx, &stored, d.as_ref(), idem.replay_header()));
             }
             Ok(Begin::InFlight) => {
                 return Ok(ctx.refuse(
@@ -485,14 +486,13 @@ where
             parts.headers.insert(ETAG, tag.to_header_value());
         }
     }
-    let body = if lease.lease.is_some() && settings.store_statuses().contains(parts.status.as_u16())
-    {
-        match collect_capped(body, settings.max_response_bytes()).await {
+    let body = if lease.lease.is_some() && idem.store_statuses().contains(parts.status.as_u16()) {
+        match collect_capped(body, idem.max_response_bytes()).await {
             Collected::Whole(bytes) => {
                 lease.complete(&stored_response(
                     parts.status.as_u16(),
                     &parts.headers,
-                    settings.replay_headers(),
+                    idem,
                     &bytes,
                 ));
                 full(bytes)

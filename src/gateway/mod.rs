@@ -35,6 +35,7 @@ mod concurrency;
 mod config;
 mod etag;
 pub mod headers;
+mod idempotency;
 pub mod ietf;
 mod partition;
 mod policy;
@@ -53,9 +54,10 @@ mod shadow;
 pub use concurrency::{ConcurrencyGuard, ConcurrencyLimiter};
 pub use config::PolicyError;
 pub use etag::{ETag, Stale, Versions};
+pub use idempotency::{IdempotencyPolicy, KeyFormat, StatusSet, MAX_OPAQUE_KEY_LEN};
 pub use partition::{PartitionKey, PartitionSecret, PARTITION_KEY_LEN};
 pub use policy::{Group, Policy, RateKey, Route, TokenError, MAX_GROUP_NAME_LEN, MAX_TOKEN_LEN};
-pub use settings::{BodyStyle, HeaderMode, Settings, StatusSet, MIN_PARTITION_SECRET_LEN};
+pub use settings::{BodyStyle, HeaderMode, Settings, MIN_PARTITION_SECRET_LEN};
 
 #[cfg(feature = "tower")]
 pub use body::{BoxError, GatewayBody};
