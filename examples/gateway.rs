@@ -28,6 +28,11 @@
 //!   `tollgate-data/gateway.tg`): the store of the embedded mode, and a hybrid node's local
 //!   store (two hybrid nodes on one machine need two paths). A shared node keeps no file.
 //!
+//! With `--redis`, each call to the server has the policy's deadline (`backend_timeout`), and
+//! when the server fails or is late each group does as its `on_backend_error` says: 503
+//! (fail-closed), let through unchecked (fail-open, logged on stderr), or decided by this node
+//! alone (local-only: a hybrid node's own decision, or an in-memory store of a shared node).
+//!
 //! A group of the policy with `enforce = false` runs in shadow mode: what it would refuse goes
 //! through, and each such request is logged on stderr (by a hook on `Gateway::shadow`).
 //!
@@ -52,7 +57,7 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::Router;
-use tollgate::gateway::{Gateway, Policy, ShadowLog};
+use tollgate::gateway::{FailureLog, Gateway, Policy, ShadowLog};
 use tollgate::{Options, Store};
 
 /// The Zorio policy shipped with the crate.
@@ -259,15 +264,29 @@ impl Args {
             #[cfg(feature = "redis")]
             (Mode::Shared | Mode::Hybrid, Some(url)) => {
                 use tollgate::fleet::{HybridOptions, HybridStore, RedisOptions, RedisStore};
-                let opts = RedisOptions::default().prefix(self.redis_prefix.as_str());
+                use tollgate::gateway::Fallback;
+                // Every call to the server within the policy's deadline; past it (or with the
+                // server down) each group's `on_backend_error` applies.
+                let opts = RedisOptions::default()
+                    .prefix(self.redis_prefix.as_str())
+                    .deadline(policy.settings().backend_timeout());
                 let shared =
                     RedisStore::open(url, opts).map_err(|e| format!("redis {url}: {e}"))?;
                 if self.mode == Mode::Shared {
-                    return Ok(Node::Shared(Gateway::new(shared, policy)));
+                    // Local-only groups count in memory while the server is away.
+                    let local = Store::open_in_memory(Options::default())
+                        .map_err(|e| format!("in-memory store: {e}"))?;
+                    let fallback = Fallback::local(local);
+                    return Ok(Node::Shared(Gateway::with_fallback(
+                        shared, policy, fallback,
+                    )));
                 }
                 let hybrid = HybridStore::new(open_store()?, shared, HybridOptions::default())
                     .map_err(|e| format!("hybrid store: {e}"))?;
-                Ok(Node::Hybrid(Gateway::new(hybrid, policy)))
+                let fallback = Fallback::hybrid(&hybrid);
+                Ok(Node::Hybrid(Gateway::with_fallback(
+                    hybrid, policy, fallback,
+                )))
             }
             _ => Ok(Node::Embedded(Gateway::new(open_store()?, policy))),
         }
@@ -330,6 +349,11 @@ impl Node {
         each!(self, g => g.shadow())
     }
 
+    /// The requests that met a failed backend.
+    pub fn failures(&self) -> &FailureLog {
+        each!(self, g => g.failures())
+    }
+
     /// Why the server does not answer, if the node has one and it does not (a PING).
     pub fn server_problem(&self) -> Option<String> {
         match self {
@@ -387,7 +411,9 @@ async fn serve(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         args.describe_backend()
     );
     if let Some(e) = node.server_problem() {
-        eprintln!("gateway: the server does not answer yet ({e}): requests get 503 until it does");
+        eprintln!(
+            "gateway: the server does not answer yet ({e}): each group's on_backend_error applies until it does"
+        );
     }
     for g in node.policy().groups() {
         let windows: Vec<String> = g
@@ -415,6 +441,17 @@ async fn serve(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             e.path(),
             e.partition_key(),
             e.decision().retry_after().unwrap_or(0)
+        );
+    });
+    // A request that met a failed server, and what its group did (`on_backend_error`):
+    // fail-open ones went through unchecked, and say so here.
+    node.failures().set_hook(|e| {
+        eprintln!(
+            "backend: {} of group {} failed, {} ({})",
+            e.operation(),
+            e.group().unwrap_or("-"),
+            e.applied(),
+            e.reason()
         );
     });
     axum::serve(listener, node.app(upstream(Upstream::default()))).await?;

@@ -11,6 +11,7 @@ use http::header::CONTENT_TYPE;
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 
 use super::body::{full, GatewayBody};
+use super::failure::{Calls, OnBackendError, TOLLGATE_DEGRADED};
 use super::headers::{self, TOO_MANY_CONCURRENT};
 use super::idempotency::{IdempotencyPolicy, NEVER_REPLAYED};
 use super::ietf::{self, Concurrency, Extras, CONCURRENCY_POLICY};
@@ -29,15 +30,25 @@ pub(super) struct Rate<'a> {
 
 /// What one request needs to build its answers.
 pub(super) struct Ctx<'a> {
-    pub(super) store: &'a dyn Backend,
+    /// Where the headers of an answer without a decision are read (`None`: nowhere, the
+    /// backend failed).
+    pub(super) store: Option<&'a dyn Backend>,
     pub(super) policy: &'a Policy,
     pub(super) rate: Option<Rate<'a>>,
     /// The bearer token ("" until it is known).
     pub(super) token: &'a str,
     pub(super) limiter: &'a ConcurrencyLimiter,
+    /// What the request does since it met a failed backend (`Tollgate-Degraded`).
+    pub(super) degraded: Option<OnBackendError>,
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
+    /// Follow what the request's backend calls met.
+    pub(super) fn sync(&mut self, calls: &Calls<'a>) {
+        self.store = calls.peeks();
+        self.degraded = calls.degraded();
+    }
+
     fn style(&self) -> BodyStyle {
         self.policy.settings().body_style()
     }
@@ -46,11 +57,16 @@ impl Ctx<'_> {
     /// policy's header mode. `Retry-After` only when `retry` (a 429 of the rate check, or the
     /// same decision let through by shadow mode).
     pub(super) fn rate_headers(&self, h: &mut HeaderMap, d: Option<&Decision>, retry: bool) {
-        let Some(rate) = &self.rate else { return };
+        if let Some(mode) = self.degraded {
+            h.insert(TOLLGATE_DEGRADED, HeaderValue::from_static(mode.as_str()));
+        }
+        let (Some(rate), Some(store)) = (&self.rate, self.store) else {
+            return;
+        };
         let peeked;
         let d = match d {
             Some(d) => d,
-            None => match self.store.peek(rate.key.as_bytes(), rate.limits) {
+            None => match store.peek(rate.key.as_bytes(), rate.limits) {
                 Ok(p) => {
                     peeked = p;
                     &peeked
@@ -76,12 +92,10 @@ impl Ctx<'_> {
                 cap,
                 in_flight: self.limiter.in_flight(self.token),
             });
-            let now = self.store.now_ms();
+            let now = store.now_ms();
             // Only when this request took a window's last unit: when does the next come back?
             let refill = if ietf::needs_refill(d) {
-                self.store
-                    .peek_at(rate.key.as_bytes(), rate.limits, now)
-                    .ok()
+                store.peek_at(rate.key.as_bytes(), rate.limits, now).ok()
             } else {
                 None
             };
@@ -239,6 +253,19 @@ pub(super) fn replay(
     h.insert(marker.clone(), HeaderValue::from_static("true"));
     // A refused decision here is one shadow mode let through: its headers, Retry-After too.
     ctx.rate_headers(h, d, d.is_some_and(|d| !d.allowed()));
+    r
+}
+
+/// The answer of a fail-closed group when the backend fails: 503, `Retry-After: 1`.
+pub(super) fn unavailable(ctx: &Ctx<'_>) -> Response<GatewayBody> {
+    let mut r = ctx.refuse(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "UNAVAILABLE",
+        "The gateway cannot check this request now, try again later.",
+        None,
+    );
+    r.headers_mut()
+        .insert(http::header::RETRY_AFTER, HeaderValue::from(1u32));
     r
 }
 

@@ -193,6 +193,8 @@ pub(crate) struct RawSettings {
     pub max_concurrent_per_token: Option<Spanned<u32>>,
     pub max_body_bytes: Option<Spanned<u64>>,
     pub if_match: Option<bool>,
+    pub on_backend_error: Option<Spanned<String>>,
+    pub backend_timeout: Option<Spanned<String>>,
     #[serde(default)]
     pub idempotency: RawIdempotency,
 }
@@ -221,6 +223,7 @@ pub(crate) struct RawGroup {
     pub windows: Spanned<Vec<Spanned<RawWindow>>>,
     pub cost: Option<Spanned<u32>>,
     pub enforce: Option<bool>,
+    pub on_backend_error: Option<Spanned<String>>,
     pub idempotency: Option<RawIdempotency>,
 }
 

@@ -18,12 +18,16 @@
 //!    ([`Gateway::shadow`]) and the request goes on with the refusal's headers.
 //! 6. `If-Match` on a write, if `if_match` is on: 412 when stale.
 //! 7. The upstream. Its response gets the rate-limit headers; a keyed request's response is
-//!    stored for replay if its status is in the group's `store_statuses` (else the lease is aborted, so a
-//!    retry runs again).
+//!    stored for replay if its status is in the group's `store_statuses` (else the lease is
+//!    aborted, so a retry runs again).
+//!
+//! When the backend fails (a shared server down, or past its deadline), steps 4 and 5 do what
+//! the group's `on_backend_error` says: 503, go on unchecked, or decide locally (`failure.rs`).
 //!
 //! Store calls are made directly on the executor's thread: they never block (no lock held
 //! across anything slow, no I/O but a rare file growth by one segment), so there is nothing
-//! to gain from `spawn_blocking`.
+//! to gain from `spawn_blocking`. A shared backend's calls wait for the server's reply, at
+//! most the deadline (`backend_timeout`).
 
 use std::future::Future;
 use std::path::Path;
@@ -38,25 +42,28 @@ use http_body::Body;
 use parking_lot::RwLock;
 use tower::{Layer, Service};
 
-use super::answer::{replay, store_failure, stored_response, Ctx, LeaseGuard, Rate};
+use super::answer::{replay, store_failure, stored_response, unavailable, Ctx, LeaseGuard, Rate};
 use super::body::{boxed, collect_capped, full, BoxError, Collected, GatewayBody};
+use super::failure::{Calls, FailureLog, Fallback, Outcome};
 use super::headers::{IDEMPOTENCY_KEY, KEY_REUSED, RESOURCE_CHANGED};
 use super::policy::{check_token, Policy, TokenError};
 use super::shadow::ShadowLog;
 use super::{ConcurrencyLimiter, PolicyError, Versions};
-use crate::{Backend, Begin, Fingerprint, Store};
+use crate::{Backend, Begin, Decision, Fingerprint, Store};
 
-/// The state shared by every request: the backend, the current policy, the concurrency gauge,
-/// the versions and the shadow refusals.
+/// The state shared by every request: the backend (and its fallback), the current policy, the
+/// concurrency gauge, the versions, the shadow refusals and the backend failures.
 ///
 /// The backend is any [`Backend`]: the embedded [`Store`] (the default type), or, with the
 /// `redis` feature, `fleet::RedisStore` or `fleet::HybridStore` for a fleet of gateways.
 pub struct Gateway<B: Backend = Store> {
     store: B,
+    fallback: Option<Fallback>,
     policy: RwLock<Arc<Policy>>,
     limiter: ConcurrencyLimiter,
     versions: Versions,
     shadow: ShadowLog,
+    failures: FailureLog,
 }
 
 impl<B: Backend + std::fmt::Debug> std::fmt::Debug for Gateway<B> {
@@ -76,15 +83,29 @@ fn cap_of(policy: &Policy) -> u32 {
 }
 
 impl<B: Backend + 'static> Gateway<B> {
-    /// A gateway enforcing `policy` with `store` (any [`Backend`]).
+    /// A gateway enforcing `policy` with `store` (any [`Backend`]). Its groups with
+    /// `on_backend_error = "local-only"` answer as fail-closed: it has no [`Fallback`].
     pub fn new(store: B, policy: Policy) -> Arc<Gateway<B>> {
+        Gateway::build(store, policy, None)
+    }
+
+    /// A gateway on a shared backend whose `local-only` groups decide with `fallback` when
+    /// the server fails ([`Fallback::local`] for a `fleet::RedisStore`, `Fallback::hybrid`
+    /// for a `fleet::HybridStore`).
+    pub fn with_fallback(store: B, policy: Policy, fallback: Fallback) -> Arc<Gateway<B>> {
+        Gateway::build(store, policy, Some(fallback))
+    }
+
+    fn build(store: B, policy: Policy, fallback: Option<Fallback>) -> Arc<Gateway<B>> {
         let limiter = ConcurrencyLimiter::new(cap_of(&policy));
         Arc::new(Gateway {
             store,
+            fallback,
             policy: RwLock::new(Arc::new(policy)),
             limiter,
             versions: Versions::new(),
             shadow: ShadowLog::new(),
+            failures: FailureLog::new(),
         })
     }
 
@@ -130,6 +151,17 @@ impl<B: Backend + 'static> Gateway<B> {
     /// have refused: counts, and a hook to log each one.
     pub fn shadow(&self) -> &ShadowLog {
         &self.shadow
+    }
+
+    /// The requests that met a failed backend, by what their group's `on_backend_error` did:
+    /// counts, and a hook to log each one.
+    pub fn failures(&self) -> &FailureLog {
+        &self.failures
+    }
+
+    /// The fallback of `local-only` groups, if the gateway has one.
+    pub fn fallback(&self) -> Option<&Fallback> {
+        self.fallback.as_ref()
     }
 }
 
@@ -257,6 +289,35 @@ fn is_idempotency_method(m: &Method) -> bool {
     matches!(*m, Method::POST | Method::PATCH | Method::DELETE)
 }
 
+/// Step 5: the rate check of the request's group, with its cost. `Ok(None)`: no group, or
+/// let through unchecked by fail-open; `Ok(Some(refusal))` only in shadow mode (recorded);
+/// `Err` the answer (429, or the backend failing).
+fn rate_check<'a>(
+    ctx: &mut Ctx<'a>,
+    calls: &mut Calls<'a>,
+    shadow: &ShadowLog,
+    method: &str,
+    path: &str,
+) -> Result<Option<Decision>, Box<Response<GatewayBody>>> {
+    let Some((key, limits, group)) = ctx.rate.as_ref().map(|r| (r.key, r.limits, r.group)) else {
+        return Ok(None);
+    };
+    let checked = calls.check(key.as_bytes(), limits, group.cost());
+    ctx.sync(calls);
+    match checked {
+        Outcome::Done(d) if d.allowed() => Ok(Some(d)),
+        // Shadow mode: what enforcement would refuse goes on, counted, with its headers.
+        Outcome::Done(d) if !group.enforce() => {
+            ctx.shadow_refusal(shadow, method, path, &d);
+            Ok(Some(d))
+        }
+        Outcome::Done(d) => Err(Box::new(ctx.too_many_requests(&d))),
+        Outcome::Admit => Ok(None),
+        Outcome::Refuse => Err(Box::new(unavailable(ctx))),
+        Outcome::Failed(e) => Err(Box::new(store_failure(ctx, &e))),
+    }
+}
+
 async fn handle<S, B, ReqBody, ResBody>(
     gw: Arc<Gateway<B>>,
     mut inner: S,
@@ -277,11 +338,12 @@ where
     let uri = req.uri().clone();
     let path = uri.path();
     let ctx = Ctx {
-        store: &gw.store,
+        store: Some(&gw.store),
         policy: &policy,
         rate: None,
         token: "",
         limiter: &gw.limiter,
+        degraded: None,
     };
 
     // 1. The token.
@@ -318,6 +380,13 @@ where
     // 2. The group, and its idempotency policy (the settings' without a group).
     let group = policy.match_route(method.as_str(), path);
     let idem = group.map_or(settings.idempotency(), |g| g.idempotency());
+    let mut calls = Calls::new(
+        &gw.store,
+        gw.fallback.as_ref(),
+        group.map_or(settings.on_backend_error(), |g| g.on_backend_error()),
+        &gw.failures,
+        group.map(|g| g.name()),
+    );
     if let Some(group) = group {
         if let Ok(key) = group.key(&token) {
             ctx.rate = Some(Rate {
@@ -342,6 +411,7 @@ where
         store: &gw.store,
         lease: None,
     };
+    let mut replayed = None;
     let keyed = is_idempotency_method(&method) && req.headers().contains_key(IDEMPOTENCY_KEY);
     let req = if keyed {
         let format = idem.key_format();
@@ -383,29 +453,15 @@ where
         };
         let target = uri.path_and_query().map_or(path, |pq| pq.as_str());
         let fp = Fingerprint::of(method.as_str(), target, &bytes);
-        match gw.store.begin(token.as_bytes(), &key, &fp) {
-            Ok(Begin::Started(l)) => lease.lease = Some(l),
-            Ok(Begin::Replay(stored)) => {
-                let mut d = None;
-                if idem.replay_spends_quota() {
-                    if let Some(rate) = &ctx.rate {
-                        match gw
-                            .store
-                            .check(rate.key.as_bytes(), rate.limits, rate.group.cost())
-                        {
-                            Ok(dec) if dec.allowed() => d = Some(dec),
-                            Ok(dec) if !rate.group.enforce() => {
-                                ctx.shadow_refusal(&gw.shadow, method.as_str(), path, &dec);
-                                d = Some(dec);
-                            }
-                            Ok(dec) => return Ok(ctx.too_many_requests(&dec)),
-                            Err(e) => return Ok(store_failure(&ctx, &e)),
-                        }
-                    }
-                }
-                return Ok(replay(&ctx, &stored, d.as_ref(), idem.replay_header()));
+        let begun = calls.begin(token.as_bytes(), &key, &fp);
+        ctx.sync(&calls);
+        match begun {
+            Outcome::Done((Begin::Started(l), holder)) => {
+                lease.store = holder;
+                lease.lease = Some(l);
             }
-            Ok(Begin::InFlight) => {
+            Outcome::Done((Begin::Replay(stored), _)) => replayed = Some(stored),
+            Outcome::Done((Begin::InFlight, _)) => {
                 return Ok(ctx.refuse(
                     StatusCode::CONFLICT,
                     "IDEMPOTENCY_KEY_IN_FLIGHT",
@@ -413,7 +469,7 @@ where
                     None,
                 ))
             }
-            Ok(Begin::Mismatch) => {
+            Outcome::Done((Begin::Mismatch, _)) => {
                 return Ok(ctx.refuse(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     "IDEMPOTENCY_KEY_REUSED",
@@ -421,29 +477,31 @@ where
                     None,
                 ))
             }
-            Err(e) => return Ok(store_failure(&ctx, &e)),
+            // Fail-open: the request runs unkeyed (a retry may run it again).
+            Outcome::Admit => {}
+            Outcome::Refuse => return Ok(unavailable(&ctx)),
+            Outcome::Failed(e) => return Ok(store_failure(&ctx, &e)),
         }
         Request::from_parts(parts, full(bytes))
     } else {
         req.map(boxed)
     };
 
-    // 5. The rate check.
-    let decision = match &ctx.rate {
-        None => None,
-        Some(rate) => match gw
-            .store
-            .check(rate.key.as_bytes(), rate.limits, rate.group.cost())
-        {
-            Ok(d) if d.allowed() => Some(d),
-            // Shadow mode: what enforcement would refuse goes on, counted, with its headers.
-            Ok(d) if !rate.group.enforce() => {
-                ctx.shadow_refusal(&gw.shadow, method.as_str(), path, &d);
-                Some(d)
+    // 5. The rate check (a replay's only with `replay_spends_quota`).
+    if let Some(stored) = replayed {
+        let d = if idem.replay_spends_quota() {
+            match rate_check(&mut ctx, &mut calls, &gw.shadow, method.as_str(), path) {
+                Ok(d) => d,
+                Err(refused) => return Ok(*refused),
             }
-            Ok(d) => return Ok(ctx.too_many_requests(&d)),
-            Err(e) => return Ok(store_failure(&ctx, &e)),
-        },
+        } else {
+            None
+        };
+        return Ok(replay(&ctx, &stored, d.as_ref(), idem.replay_header()));
+    }
+    let decision = match rate_check(&mut ctx, &mut calls, &gw.shadow, method.as_str(), path) {
+        Ok(d) => d,
+        Err(refused) => return Ok(*refused),
     };
 
     // 6. If-Match.

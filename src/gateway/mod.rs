@@ -34,6 +34,7 @@
 mod concurrency;
 mod config;
 mod etag;
+mod failure;
 pub mod headers;
 mod idempotency;
 pub mod ietf;
@@ -54,6 +55,11 @@ mod shadow;
 pub use concurrency::{ConcurrencyGuard, ConcurrencyLimiter};
 pub use config::PolicyError;
 pub use etag::{ETag, Stale, Versions};
+#[cfg(feature = "tower")]
+pub use failure::{BackendFailure, FailureLog, Fallback};
+pub use failure::{
+    OnBackendError, DEFAULT_BACKEND_TIMEOUT, MAX_BACKEND_TIMEOUT, TOLLGATE_DEGRADED,
+};
 pub use idempotency::{IdempotencyPolicy, KeyFormat, StatusSet, MAX_OPAQUE_KEY_LEN};
 pub use partition::{PartitionKey, PartitionSecret, PARTITION_KEY_LEN};
 pub use policy::{Group, Policy, RateKey, Route, TokenError, MAX_GROUP_NAME_LEN, MAX_TOKEN_LEN};

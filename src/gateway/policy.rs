@@ -13,6 +13,7 @@ use crate::{Limit, Limits, MAX_KEY_LEN};
 use super::config::{
     parse_window, Locator, PolicyError, RawGroup, RawOverride, RawPolicy, RawWindow,
 };
+use super::failure::OnBackendError;
 use super::idempotency::IdempotencyPolicy;
 use super::settings::Settings;
 
@@ -151,6 +152,7 @@ pub struct Group {
     limits: Limits,
     cost: u32,
     enforce: bool,
+    on_backend_error: OnBackendError,
     idempotency: IdempotencyPolicy,
     overrides: HashMap<Box<str>, Limits>,
 }
@@ -187,6 +189,12 @@ impl Group {
     /// (`Gateway::shadow`).
     pub fn enforce(&self) -> bool {
         self.enforce
+    }
+
+    /// What the group's requests do when the backend fails (`on_backend_error`, default the
+    /// settings' value).
+    pub fn on_backend_error(&self) -> OnBackendError {
+        self.on_backend_error
     }
 
     /// The group's idempotency policy: `[settings.idempotency]` changed by the keys of its
@@ -513,6 +521,10 @@ fn build_group(
         limits,
         cost,
         enforce: rg.enforce.unwrap_or(true),
+        on_backend_error: match &rg.on_backend_error {
+            None => settings.on_backend_error(),
+            Some(mode) => OnBackendError::from_raw(mode, loc)?,
+        },
         idempotency: match &rg.idempotency {
             None => settings.idempotency().clone(),
             Some(raw) => IdempotencyPolicy::from_raw(raw, settings.idempotency(), loc)?,

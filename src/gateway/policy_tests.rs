@@ -586,3 +586,64 @@ idempotency = { except_statuses = ["5xx"], replay_header = "Idempotent-Replayed"
         assert!(e.to_string().contains(needle), "{e}");
     }
 }
+
+#[test]
+fn groups_choose_what_a_backend_failure_does() {
+    use crate::gateway::{OnBackendError, DEFAULT_BACKEND_TIMEOUT};
+    use std::time::Duration;
+    let p = Policy::from_toml_str(
+        "[[group]]\nname = \"a\"\nroute = \"/a\"\nwindows = [{ limit = 1, window = \"1s\" }]\n",
+    )
+    .unwrap();
+    assert_eq!(p.settings().on_backend_error(), OnBackendError::FailClosed);
+    assert_eq!(p.settings().backend_timeout(), DEFAULT_BACKEND_TIMEOUT);
+    assert_eq!(
+        p.group("a").unwrap().on_backend_error(),
+        OnBackendError::FailClosed
+    );
+    let p = Policy::from_toml_str(
+        r#"
+[settings]
+on_backend_error = "local-only"
+backend_timeout = "40ms"
+
+[[group]]
+name = "inherits"
+route = "/a"
+windows = [{ limit = 1, window = "1s" }]
+
+[[group]]
+name = "open"
+route = "/b"
+windows = [{ limit = 1, window = "1s" }]
+on_backend_error = "fail-open"
+"#,
+    )
+    .unwrap();
+    assert_eq!(p.settings().backend_timeout(), Duration::from_millis(40));
+    assert_eq!(
+        p.group("inherits").unwrap().on_backend_error(),
+        OnBackendError::LocalOnly
+    );
+    assert_eq!(
+        p.group("open").unwrap().on_backend_error(),
+        OnBackendError::FailOpen
+    );
+
+    let cases: &[(&str, usize, &str)] = &[
+        ("[settings]\non_backend_error = \"fail-soft\"\n", 2, "unknown on_backend_error"),
+        ("[settings]\n\nbackend_timeout = \"0ms\"\n", 3, "1 ms to 60 s"),
+        ("[settings]\nbackend_timeout = \"1m\"\n", 2, "invalid backend_timeout"),
+        ("[settings]\nbackend_timeout = 250\n", 2, ""),
+        (
+            "[[group]]\nname = \"a\"\nroute = \"/a\"\nwindows = [{ limit = 1, window = \"1s\" }]\non_backend_error = \"open\"\n",
+            5,
+            "\"fail-open\", \"fail-closed\" or \"local-only\"",
+        ),
+    ];
+    for (src, line, needle) in cases {
+        let e = err(src);
+        assert_eq!(e.line(), Some(*line), "{src}\n=> {e}");
+        assert!(e.to_string().contains(needle), "{e}");
+    }
+}

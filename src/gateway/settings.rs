@@ -1,10 +1,14 @@
-//! `[settings]`: the 429 body style, the rate-limit headers sent, the concurrency cap,
+//! `[settings]`: the 429 body style, the rate-limit headers sent, the concurrency cap, what a
+//! request does when the backend fails and the deadline of a backend call (`failure.rs`),
 //! the default idempotency policy (`[settings.idempotency]`, in `idempotency.rs`), the body
 //! size cap and `If-Match`.
 
 use http::HeaderName;
 
+use std::time::Duration;
+
 use super::config::{Locator, PolicyError, RawSettings};
+use super::failure::{parse_timeout, OnBackendError, DEFAULT_BACKEND_TIMEOUT};
 use super::idempotency::{IdempotencyPolicy, StatusSet};
 use super::partition::PartitionSecret;
 
@@ -62,6 +66,8 @@ pub struct Settings {
     max_concurrent_per_token: Option<u32>,
     max_body_bytes: usize,
     if_match: bool,
+    on_backend_error: OnBackendError,
+    backend_timeout: Duration,
     idempotency: IdempotencyPolicy,
 }
 
@@ -75,6 +81,8 @@ impl Default for Settings {
             max_concurrent_per_token: None,
             max_body_bytes: DEFAULT_MAX_BODY as usize,
             if_match: false,
+            on_backend_error: OnBackendError::FailClosed,
+            backend_timeout: DEFAULT_BACKEND_TIMEOUT,
             idempotency: IdempotencyPolicy::default(),
         }
     }
@@ -128,6 +136,20 @@ impl Settings {
     /// Whether the gateway keeps versions for `If-Match` (`if_match`, default false).
     pub fn if_match(&self) -> bool {
         self.if_match
+    }
+
+    /// What a request does when the backend fails, in every group that does not say
+    /// (`on_backend_error`, default `"fail-closed"`; a group's is `Group::on_backend_error`).
+    pub fn on_backend_error(&self) -> OnBackendError {
+        self.on_backend_error
+    }
+
+    /// The most one backend call may take (`backend_timeout`, default 250 ms): past it the
+    /// call fails and the group's `on_backend_error` applies. It is a property of the
+    /// connection: give it to `fleet::RedisOptions::deadline` when opening the store (the
+    /// example gateway does); a reload does not change the store already open.
+    pub fn backend_timeout(&self) -> Duration {
+        self.backend_timeout
     }
 
     /// The idempotency policy of every group that does not set its own
@@ -225,6 +247,12 @@ impl Settings {
         if let Some(max) = &raw.max_body_bytes {
             s.max_body_bytes = usize::try_from(*max.get_ref())
                 .map_err(|_| loc.invalid(max.span(), "max_body_bytes is too large"))?;
+        }
+        if let Some(mode) = &raw.on_backend_error {
+            s.on_backend_error = OnBackendError::from_raw(mode, loc)?;
+        }
+        if let Some(t) = &raw.backend_timeout {
+            s.backend_timeout = parse_timeout(t, loc)?;
         }
         s.idempotency =
             IdempotencyPolicy::from_raw(&raw.idempotency, &IdempotencyPolicy::default(), loc)?;
