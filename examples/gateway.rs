@@ -3,8 +3,9 @@
 //! `redis`) on a Redis / Valkey server shared by a fleet of gateways.
 //!
 //! ```text
-//! cargo run --release --features tower,redis --example gateway -- \
+//! cargo run --release --features tower,redis,metrics --example gateway -- \
 //!     --listen ADDR --policy FILE [--redis URL] [--mode shared|hybrid] [--store PATH]
+//! curl http://127.0.0.1:8080/metrics
 //!
 //! curl -i -X POST -H 'Authorization: Bearer tok_demo' \
 //!      http://127.0.0.1:8080/api/pbx/calls/click-to-call -d '{"to":"+15551234"}'
@@ -32,6 +33,10 @@
 //! when the server fails or is late each group does as its `on_backend_error` says: 503
 //! (fail-closed), let through unchecked (fail-open, logged on stderr), or decided by this node
 //! alone (local-only: a hybrid node's own decision, or an in-memory store of a shared node).
+//!
+//! With the `metrics` feature (`--features tower,redis,metrics`), `GET /metrics` (no token
+//! needed) serves the gateway's counters and histograms as Prometheus text (docs/GATEWAY.md,
+//! Metrics).
 //!
 //! A group of the policy with `enforce = false` runs in shadow mode: what it would refuse goes
 //! through, and each such request is logged on stderr (by a hook on `Gateway::shadow`).
@@ -308,6 +313,75 @@ impl Args {
     }
 }
 
+/// `GET /metrics` (feature `metrics`): the gateway's counters and histograms, rendered by
+/// `metrics-exporter-prometheus` (its recorder installed once per process, its HTTP server
+/// left out) and served by axum, with the store's gauges read at each scrape.
+#[cfg(feature = "metrics")]
+pub mod prometheus {
+    use std::sync::OnceLock;
+
+    use axum::http::header;
+    use axum::routing::get;
+    use axum::Router;
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+    use super::Node;
+
+    /// Buckets of `tollgate_backend_call_seconds`, from an embedded check (a microsecond) to a
+    /// server past its deadline.
+    const BUCKETS: &[f64] = &[
+        1e-6, 5e-6, 25e-6, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25,
+        0.5, 1.0,
+    ];
+
+    /// The process's recorder, installed on first use.
+    pub fn handle() -> &'static PrometheusHandle {
+        static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+        HANDLE.get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full("tollgate_backend_call_seconds".into()),
+                    BUCKETS,
+                )
+                .expect("buckets");
+            match builder.install_recorder() {
+                Ok(h) => h,
+                // Another recorder is installed already: render ours, empty, rather than fail.
+                Err(e) => {
+                    eprintln!("gateway: metrics recorder not installed: {e}");
+                    PrometheusBuilder::new().build_recorder().handle()
+                }
+            }
+        })
+    }
+
+    /// The route, reading `node`'s store at each scrape.
+    pub fn route(node: &Node) -> Router {
+        let local = node.local_store().cloned();
+        #[cfg(feature = "redis")]
+        let hybrid = match node {
+            Node::Hybrid(g) => Some(g.store().clone()),
+            _ => None,
+        };
+        let handle = handle();
+        Router::new().route(
+            "/metrics",
+            get(move || {
+                if let Some(store) = &local {
+                    tollgate::gateway::metrics::record_store(store);
+                }
+                #[cfg(feature = "redis")]
+                if let Some(h) = &hybrid {
+                    tollgate::gateway::metrics::record_hybrid(h);
+                }
+                handle.run_upkeep();
+                let text = handle.render();
+                async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text) }
+            }),
+        )
+    }
+}
+
 /// A gateway on the backend the command line chose.
 pub enum Node {
     /// On the embedded store.
@@ -334,9 +408,13 @@ macro_rules! each {
 }
 
 impl Node {
-    /// The gateway in front of `router` ([`app`]).
+    /// The gateway in front of `router` ([`app`]); with the `metrics` feature, beside it (not
+    /// behind the gateway: no token needed) `GET /metrics`, the Prometheus text.
     pub fn app(&self, router: Router) -> Router {
-        each!(self, g => app(g, router))
+        let app = each!(self, g => app(g, router));
+        #[cfg(feature = "metrics")]
+        let app = app.merge(prometheus::route(self));
+        app
     }
 
     /// The policy in force.
@@ -410,6 +488,11 @@ async fn serve(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         args.policy.display(),
         args.describe_backend()
     );
+    if cfg!(feature = "metrics") {
+        println!("  metrics on http://{}/metrics", listener.local_addr()?);
+    } else {
+        println!("  no /metrics: build with --features tower,metrics");
+    }
     if let Some(e) = node.server_problem() {
         eprintln!(
             "gateway: the server does not answer yet ({e}): each group's on_backend_error applies until it does"

@@ -257,6 +257,21 @@ async fn a_shared_node_does_what_each_group_says_when_its_server_stops() {
     );
     let a = c.post("closed", None).await;
     assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+
+    // With the metrics feature, /metrics shows the failures and the errors behind them.
+    #[cfg(feature = "metrics")]
+    {
+        let text = example::prometheus::handle().render();
+        for line in [
+            r#"tollgate_backend_failures_total{group="open",applied="fail-open"}"#,
+            r#"tollgate_backend_failures_total{group="closed",applied="fail-closed"}"#,
+            r#"tollgate_backend_failures_total{group="local",applied="local-only"}"#,
+            r#"tollgate_backend_errors_total{operation="check",kind="unavailable"}"#,
+            r#"tollgate_backend_errors_total{operation="begin",kind="unavailable"}"#,
+        ] {
+            assert!(text.contains(line), "no {line} in\n{text}");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

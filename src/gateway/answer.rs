@@ -15,6 +15,7 @@ use super::failure::{Calls, OnBackendError, TOLLGATE_DEGRADED};
 use super::headers::{self, TOO_MANY_CONCURRENT};
 use super::idempotency::{IdempotencyPolicy, NEVER_REPLAYED};
 use super::ietf::{self, Concurrency, Extras, CONCURRENCY_POLICY};
+use super::metrics;
 use super::policy::{Group, Policy, RateKey};
 use super::settings::BodyStyle;
 use super::shadow::{ShadowLog, ShadowRefusal};
@@ -66,7 +67,7 @@ impl<'a> Ctx<'a> {
         let peeked;
         let d = match d {
             Some(d) => d,
-            None => match store.peek(rate.key.as_bytes(), rate.limits) {
+            None => match metrics::call("peek", || store.peek(rate.key.as_bytes(), rate.limits)) {
                 Ok(p) => {
                     peeked = p;
                     &peeked
@@ -95,7 +96,10 @@ impl<'a> Ctx<'a> {
             let now = store.now_ms();
             // Only when this request took a window's last unit: when does the next come back?
             let refill = if ietf::needs_refill(d) {
-                store.peek_at(rate.key.as_bytes(), rate.limits, now).ok()
+                metrics::call("peek", || {
+                    store.peek_at(rate.key.as_bytes(), rate.limits, now)
+                })
+                .ok()
             } else {
                 None
             };
@@ -189,9 +193,9 @@ pub(super) struct LeaseGuard<'a> {
 impl LeaseGuard<'_> {
     pub(super) fn complete(&mut self, response: &StoredResponse) {
         if let Some(lease) = self.lease.take() {
-            if self.store.complete(&lease, response).is_err() {
+            if metrics::call("complete", || self.store.complete(&lease, response)).is_err() {
                 // Too large to store, or the lease was lost: let a retry run again.
-                let _ = self.store.abort(&lease);
+                let _ = metrics::call("abort", || self.store.abort(&lease));
             }
         }
     }
@@ -200,7 +204,7 @@ impl LeaseGuard<'_> {
 impl Drop for LeaseGuard<'_> {
     fn drop(&mut self) {
         if let Some(lease) = self.lease.take() {
-            let _ = self.store.abort(&lease);
+            let _ = metrics::call("abort", || self.store.abort(&lease));
         }
     }
 }

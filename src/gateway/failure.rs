@@ -140,6 +140,7 @@ mod serve {
 
     use parking_lot::RwLock;
 
+    use super::super::metrics;
     use super::OnBackendError;
     use crate::{Backend, Begin, Decision, Error, Fingerprint, IdempotencyKey, Limits, Store};
 
@@ -395,6 +396,7 @@ mod serve {
                 (mode, _) => mode,
             };
             self.degraded = Some(applied);
+            metrics::backend_failure(self.group, applied.as_str());
             self.log.record(&BackendFailure {
                 group: self.group,
                 operation,
@@ -425,7 +427,7 @@ mod serve {
         ) -> Outcome<Decision> {
             let mode = match self.known_down("check") {
                 Some(mode) => mode,
-                None => match self.main.check(key, limits, cost) {
+                None => match metrics::call("check", || self.main.check(key, limits, cost)) {
                     Ok(d) => return Outcome::Done(d),
                     Err(e) if is_outage(&e) => self.fail("check", &e.to_string()),
                     Err(e) => return Outcome::Failed(e),
@@ -436,11 +438,13 @@ mod serve {
                 (OnBackendError::LocalOnly, Some(f)) => {
                     // A hybrid node's own decision is local already; a shared node's is its
                     // embedded store's, at the backend's clock.
-                    let r = if f.is_hybrid() {
-                        self.main.check(key, limits, cost)
-                    } else {
-                        f.local.check_at(key, limits, cost, self.main.now_ms())
-                    };
+                    let r = metrics::call("check", || {
+                        if f.is_hybrid() {
+                            self.main.check(key, limits, cost)
+                        } else {
+                            f.local.check_at(key, limits, cost, self.main.now_ms())
+                        }
+                    });
                     match r {
                         Ok(d) => Outcome::Done(d),
                         Err(e) => Outcome::Failed(e),
@@ -460,7 +464,7 @@ mod serve {
         ) -> Outcome<(Begin, &'a dyn Backend)> {
             let mode = match self.known_down("begin") {
                 Some(mode) => mode,
-                None => match self.main.begin(scope, key, fp) {
+                None => match metrics::call("begin", || self.main.begin(scope, key, fp)) {
                     Ok(b) => return Outcome::Done((b, self.main)),
                     Err(e) if is_outage(&e) => self.fail("begin", &e.to_string()),
                     Err(e) => return Outcome::Failed(e),
@@ -469,7 +473,8 @@ mod serve {
             match (mode, self.fallback) {
                 (OnBackendError::FailOpen, _) => Outcome::Admit,
                 (OnBackendError::LocalOnly, Some(f)) => {
-                    match f.local.begin_at(scope, key, fp, self.main.now_ms()) {
+                    let now = self.main.now_ms();
+                    match metrics::call("begin", || f.local.begin_at(scope, key, fp, now)) {
                         Ok(b) => Outcome::Done((b, &f.local as &dyn Backend)),
                         Err(e) => Outcome::Failed(e),
                     }

@@ -46,6 +46,7 @@ use super::answer::{replay, store_failure, stored_response, unavailable, Ctx, Le
 use super::body::{boxed, collect_capped, full, BoxError, Collected, GatewayBody};
 use super::failure::{Calls, FailureLog, Fallback, Outcome};
 use super::headers::{IDEMPOTENCY_KEY, KEY_REUSED, RESOURCE_CHANGED};
+use super::metrics::{self, Idem, Refusal};
 use super::policy::{check_token, Policy, TokenError};
 use super::shadow::ShadowLog;
 use super::{ConcurrencyLimiter, PolicyError, Versions};
@@ -305,13 +306,21 @@ fn rate_check<'a>(
     let checked = calls.check(key.as_bytes(), limits, group.cost());
     ctx.sync(calls);
     match checked {
-        Outcome::Done(d) if d.allowed() => Ok(Some(d)),
+        Outcome::Done(d) if d.allowed() => {
+            metrics::allowed(group.name(), &d);
+            Ok(Some(d))
+        }
         // Shadow mode: what enforcement would refuse goes on, counted, with its headers.
         Outcome::Done(d) if !group.enforce() => {
+            metrics::allowed(group.name(), &d);
+            metrics::shadow_refusal(group.name());
             ctx.shadow_refusal(shadow, method, path, &d);
             Ok(Some(d))
         }
-        Outcome::Done(d) => Err(Box::new(ctx.too_many_requests(&d))),
+        Outcome::Done(d) => {
+            metrics::refused(group.name(), Refusal::Window);
+            Err(Box::new(ctx.too_many_requests(&d)))
+        }
         Outcome::Admit => Ok(None),
         Outcome::Refuse => Err(Box::new(unavailable(ctx))),
         Outcome::Failed(e) => Err(Box::new(store_failure(ctx, &e))),
@@ -379,6 +388,7 @@ where
 
     // 2. The group, and its idempotency policy (the settings' without a group).
     let group = policy.match_route(method.as_str(), path);
+    let group_name = group.map_or("", |g| g.name());
     let idem = group.map_or(settings.idempotency(), |g| g.idempotency());
     let mut calls = Calls::new(
         &gw.store,
@@ -402,7 +412,10 @@ where
         None => None,
         Some(_) => match gw.limiter.try_acquire(&token) {
             Some(g) => Some(g),
-            None => return Ok(ctx.too_many_concurrent()),
+            None => {
+                metrics::refused(group_name, Refusal::Concurrency);
+                return Ok(ctx.too_many_concurrent());
+            }
         },
     };
 
@@ -457,25 +470,31 @@ where
         ctx.sync(&calls);
         match begun {
             Outcome::Done((Begin::Started(l), holder)) => {
+                metrics::idempotency(group_name, Idem::Started);
                 lease.store = holder;
                 lease.lease = Some(l);
             }
-            Outcome::Done((Begin::Replay(stored), _)) => replayed = Some(stored),
+            Outcome::Done((Begin::Replay(stored), _)) => {
+                metrics::idempotency(group_name, Idem::Replayed);
+                replayed = Some(stored);
+            }
             Outcome::Done((Begin::InFlight, _)) => {
+                metrics::idempotency(group_name, Idem::InFlight);
                 return Ok(ctx.refuse(
                     StatusCode::CONFLICT,
                     "IDEMPOTENCY_KEY_IN_FLIGHT",
                     "A request with this Idempotency-Key is still in progress.",
                     None,
-                ))
+                ));
             }
             Outcome::Done((Begin::Mismatch, _)) => {
+                metrics::idempotency(group_name, Idem::Mismatch);
                 return Ok(ctx.refuse(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     "IDEMPOTENCY_KEY_REUSED",
                     KEY_REUSED,
                     None,
-                ))
+                ));
             }
             // Fail-open: the request runs unkeyed (a retry may run it again).
             Outcome::Admit => {}
@@ -512,6 +531,7 @@ where
             match gw.versions.compare_and_bump(path, v.to_str().unwrap_or("")) {
                 Ok(tag) => etag = Some(tag),
                 Err(stale) => {
+                    metrics::refused(group_name, Refusal::IfMatch);
                     let mut r = ctx.refuse(
                         StatusCode::PRECONDITION_FAILED,
                         "PRECONDITION_FAILED",

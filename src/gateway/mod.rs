@@ -48,6 +48,8 @@ mod answer;
 #[cfg(feature = "tower")]
 mod body;
 #[cfg(feature = "tower")]
+pub mod metrics;
+#[cfg(feature = "tower")]
 mod middleware;
 #[cfg(feature = "tower")]
 mod shadow;
