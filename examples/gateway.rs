@@ -1,9 +1,11 @@
 //! A runnable gateway: the Zorio policy (`examples/policies/zorio.toml`) enforced by tollgate's
-//! tower middleware in front of a small demo upstream.
+//! tower middleware in front of a small demo upstream, on the embedded store or (feature
+//! `redis`) on a Redis / Valkey server shared by a fleet of gateways.
 //!
 //! ```text
-//! cargo run --release --features tower --example gateway -- \
-//!     [--listen ADDR] [--policy FILE] [--store PATH]
+//! cargo run --release --features tower,redis,metrics --example gateway -- \
+//!     --listen ADDR --policy FILE [--redis URL] [--mode shared|hybrid] [--store PATH]
+//! curl http://127.0.0.1:8080/metrics
 //!
 //! curl -i -X POST -H 'Authorization: Bearer tok_demo' \
 //!      http://127.0.0.1:8080/api/pbx/calls/click-to-call -d '{"to":"+15551234"}'
@@ -13,8 +15,28 @@
 //!   environment means `127.0.0.1:9000`).
 //! * `--policy FILE`: the policy (default `examples/policies/zorio.toml`, or
 //!   `TOLLGATE_POLICY`).
-//! * `--store PATH`: the store file, made with its directory if missing (default
-//!   `tollgate-data/gateway.tg`).
+//! * `--redis URL`: keep quotas and idempotency records on this Redis / Valkey server
+//!   (`redis://host:port/db`), shared by every gateway started with the same URL (and
+//!   `--redis-prefix`). Needs the `redis` feature; without it the option is refused with a
+//!   message saying so. Default: no server, the embedded store alone.
+//! * `--mode shared|hybrid` (with `--redis`; default `shared`): `shared` asks the server on
+//!   every request (one round trip, the fleet never admits more than the limit); `hybrid`
+//!   decides from the embedded store and reconciles with the server in the background
+//!   (docs/DISTRIBUTED.md).
+//! * `--redis-prefix PREFIX`: the first part of every key on the server (default `tollgate`):
+//!   gateways with different prefixes do not share.
+//! * `--store PATH`: the embedded store file, made with its directory if missing (default
+//!   `tollgate-data/gateway.tg`): the store of the embedded mode, and a hybrid node's local
+//!   store (two hybrid nodes on one machine need two paths). A shared node keeps no file.
+//!
+//! With `--redis`, each call to the server has the policy's deadline (`backend_timeout`), and
+//! when the server fails or is late each group does as its `on_backend_error` says: 503
+//! (fail-closed), let through unchecked (fail-open, logged on stderr), or decided by this node
+//! alone (local-only: a hybrid node's own decision, or an in-memory store of a shared node).
+//!
+//! With the `metrics` feature (`--features tower,redis,metrics`), `GET /metrics` (no token
+//! needed) serves the gateway's counters and histograms as Prometheus text (docs/GATEWAY.md,
+//! Metrics).
 //!
 //! A group of the policy with `enforce = false` runs in shadow mode: what it would refuse goes
 //! through, and each such request is logged on stderr (by a hook on `Gateway::shadow`).
@@ -26,9 +48,9 @@
 //! tollgate-data/gateway.tg` and `tollgate inspect tollgate-data/gateway.tg tok_demo --group
 //! click-to-call --limit 10/1m` look at its counts (docs/CLI.md).
 //!
-//! The integration tests `tests/gateway_http.rs` and `tests/cli_gateway.rs` build their
-//! servers from [`upstream`], [`app`] and [`Args`] in this file, so the example and the tests
-//! run the same router.
+//! The integration tests `tests/gateway_http.rs`, `tests/cli_gateway.rs` and
+//! `tests/gateway_redis.rs` build their servers from [`upstream`], [`app`] and [`Args`] in this
+//! file, so the example and the tests run the same router.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,7 +62,7 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::Router;
-use tollgate::gateway::{Gateway, Policy};
+use tollgate::gateway::{FailureLog, Gateway, Policy, ShadowLog};
 use tollgate::{Options, Store};
 
 /// The Zorio policy shipped with the crate.
@@ -120,6 +142,18 @@ async fn update_lead(Path(id): Path<u64>, body: Bytes) -> impl IntoResponse {
     )
 }
 
+/// Where the counts and records live (`--redis`, `--mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The embedded store alone (no `--redis`).
+    Embedded,
+    /// `--mode shared`: every check and idempotency step on the server (`fleet::RedisStore`).
+    Shared,
+    /// `--mode hybrid`: decided on the embedded store, reconciled with the server in the
+    /// background (`fleet::HybridStore`).
+    Hybrid,
+}
+
 /// The command line of the example.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Args {
@@ -127,15 +161,30 @@ pub struct Args {
     pub listen: String,
     /// The policy file (`--policy`).
     pub policy: PathBuf,
-    /// The store file (`--store`).
+    /// The embedded store file (`--store`).
     pub store: PathBuf,
+    /// The Redis / Valkey server (`--redis`).
+    pub redis: Option<String>,
+    /// The key prefix on the server (`--redis-prefix`).
+    pub redis_prefix: String,
+    /// Embedded, shared or hybrid (`--mode`, with `--redis`).
+    pub mode: Mode,
 }
 
 /// The example's usage, for `--help` and errors.
-pub const USAGE: &str = "usage: gateway [--listen ADDR] [--policy FILE] [--store PATH]
-  --listen ADDR   serve on ADDR (default 127.0.0.1:8080, or 127.0.0.1:$PORT)
-  --policy FILE   the policy (default examples/policies/zorio.toml, or $TOLLGATE_POLICY)
-  --store PATH    the store file (default tollgate-data/gateway.tg)";
+pub const USAGE: &str = "usage: gateway [--listen ADDR] [--policy FILE] [--redis URL [--mode shared|hybrid] [--redis-prefix PREFIX]] [--store PATH]
+  --listen ADDR          serve on ADDR (default 127.0.0.1:8080, or 127.0.0.1:$PORT)
+  --policy FILE          the policy (default examples/policies/zorio.toml, or $TOLLGATE_POLICY)
+  --redis URL            share quotas and idempotency keys through this Redis / Valkey server
+                         (redis://host:port/db; needs the `redis` feature)
+  --mode shared|hybrid   with --redis: ask the server on every request (shared, the default),
+                         or decide locally and reconcile in the background (hybrid)
+  --redis-prefix PREFIX  the first part of every key on the server (default tollgate)
+  --store PATH           the embedded store file (default tollgate-data/gateway.tg); a hybrid
+                         node's local store";
+
+/// What `--redis` says when the example was built without the `redis` feature.
+pub const NO_REDIS_FEATURE: &str = "--redis needs the `redis` feature: cargo run --release --features tower,redis --example gateway -- --redis URL";
 
 impl Args {
     /// Parse `args` (without the program name); `env` reads the fallbacks `PORT` and
@@ -155,7 +204,11 @@ impl Args {
             listen,
             policy: env("TOLLGATE_POLICY").map_or_else(|| ZORIO_POLICY.into(), PathBuf::from),
             store: PathBuf::from("tollgate-data/gateway.tg"),
+            redis: None,
+            redis_prefix: "tollgate".to_string(),
+            mode: Mode::Embedded,
         };
+        let mut mode = None;
         let mut it = args.into_iter();
         while let Some(arg) = it.next() {
             let (name, inline) = match arg.split_once('=') {
@@ -165,32 +218,240 @@ impl Args {
             if name == "--help" || name == "-h" {
                 return Ok(None);
             }
-            let slot = match name.as_str() {
-                "--listen" => None,
-                "--policy" => Some(&mut a.policy),
-                "--store" => Some(&mut a.store),
-                _ => return Err(format!("unexpected argument {arg:?}")),
-            };
+            if !matches!(
+                name.as_str(),
+                "--listen" | "--policy" | "--store" | "--redis" | "--redis-prefix" | "--mode"
+            ) {
+                return Err(format!("unexpected argument {arg:?}"));
+            }
             let value = match inline.or_else(|| it.next()) {
                 Some(v) if !v.is_empty() => v,
                 _ => return Err(format!("{name} needs a value")),
             };
-            match slot {
-                Some(path) => *path = PathBuf::from(value),
-                None => a.listen = value,
+            match name.as_str() {
+                "--listen" => a.listen = value,
+                "--policy" => a.policy = PathBuf::from(value),
+                "--store" => a.store = PathBuf::from(value),
+                "--redis-prefix" => a.redis_prefix = value,
+                "--redis" if cfg!(feature = "redis") => a.redis = Some(value),
+                "--redis" => return Err(NO_REDIS_FEATURE.to_string()),
+                _ => {
+                    mode = Some(match value.as_str() {
+                        "shared" => Mode::Shared,
+                        "hybrid" => Mode::Hybrid,
+                        _ => {
+                            return Err(format!(
+                                "--mode {value:?}: expected \"shared\" or \"hybrid\""
+                            ))
+                        }
+                    })
+                }
             }
         }
+        a.mode = match (&a.redis, mode) {
+            (None, None) => Mode::Embedded,
+            (None, Some(_)) => return Err("--mode needs --redis URL".to_string()),
+            (Some(_), m) => m.unwrap_or(Mode::Shared),
+        };
         Ok(Some(a))
     }
 
-    /// The policy loaded and the store opened (its writer lock held while the gateway
-    /// lives), as the gateway serves them.
-    pub fn gateway(&self) -> Result<Arc<Gateway>, Box<dyn std::error::Error>> {
+    /// The policy loaded and the backend opened (an embedded store's writer lock held while
+    /// the gateway lives), as the gateway serves them.
+    pub fn gateway(&self) -> Result<Node, Box<dyn std::error::Error>> {
         let policy = Policy::load(&self.policy)
             .map_err(|e| format!("policy {}: {e}", self.policy.display()))?;
-        let store = Store::open(&self.store, Options::default())
-            .map_err(|e| format!("store {}: {e}", self.store.display()))?;
-        Ok(Gateway::new(store, policy))
+        let open_store = || {
+            Store::open(&self.store, Options::default())
+                .map_err(|e| format!("store {}: {e}", self.store.display()))
+        };
+        match (self.mode, &self.redis) {
+            #[cfg(feature = "redis")]
+            (Mode::Shared | Mode::Hybrid, Some(url)) => {
+                use tollgate::fleet::{HybridOptions, HybridStore, RedisOptions, RedisStore};
+                use tollgate::gateway::Fallback;
+                // Every call to the server within the policy's deadline; past it (or with the
+                // server down) each group's `on_backend_error` applies.
+                let opts = RedisOptions::default()
+                    .prefix(self.redis_prefix.as_str())
+                    .deadline(policy.settings().backend_timeout());
+                let shared =
+                    RedisStore::open(url, opts).map_err(|e| format!("redis {url}: {e}"))?;
+                if self.mode == Mode::Shared {
+                    // Local-only groups count in memory while the server is away.
+                    let local = Store::open_in_memory(Options::default())
+                        .map_err(|e| format!("in-memory store: {e}"))?;
+                    let fallback = Fallback::local(local);
+                    return Ok(Node::Shared(Gateway::with_fallback(
+                        shared, policy, fallback,
+                    )));
+                }
+                let hybrid = HybridStore::new(open_store()?, shared, HybridOptions::default())
+                    .map_err(|e| format!("hybrid store: {e}"))?;
+                let fallback = Fallback::hybrid(&hybrid);
+                Ok(Node::Hybrid(Gateway::with_fallback(
+                    hybrid, policy, fallback,
+                )))
+            }
+            _ => Ok(Node::Embedded(Gateway::new(open_store()?, policy))),
+        }
+    }
+
+    /// Where the counts live, for the start-up line.
+    pub fn describe_backend(&self) -> String {
+        match (self.mode, &self.redis) {
+            (Mode::Shared, Some(url)) => {
+                format!("shared on {url} (prefix {})", self.redis_prefix)
+            }
+            (Mode::Hybrid, Some(url)) => format!(
+                "hybrid: store {}, reconciled with {url} (prefix {})",
+                self.store.display(),
+                self.redis_prefix
+            ),
+            _ => format!("store {}", self.store.display()),
+        }
+    }
+}
+
+/// `GET /metrics` (feature `metrics`): the gateway's counters and histograms, rendered by
+/// `metrics-exporter-prometheus` (its recorder installed once per process, its HTTP server
+/// left out) and served by axum, with the store's gauges read at each scrape.
+#[cfg(feature = "metrics")]
+pub mod prometheus {
+    use std::sync::OnceLock;
+
+    use axum::http::header;
+    use axum::routing::get;
+    use axum::Router;
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+    use super::Node;
+
+    /// Buckets of `tollgate_backend_call_seconds`, from an embedded check (a microsecond) to a
+    /// server past its deadline.
+    const BUCKETS: &[f64] = &[
+        1e-6, 5e-6, 25e-6, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25,
+        0.5, 1.0,
+    ];
+
+    /// The process's recorder, installed on first use.
+    pub fn handle() -> &'static PrometheusHandle {
+        static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+        HANDLE.get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full("tollgate_backend_call_seconds".into()),
+                    BUCKETS,
+                )
+                .expect("buckets");
+            match builder.install_recorder() {
+                Ok(h) => h,
+                // Another recorder is installed already: render ours, empty, rather than fail.
+                Err(e) => {
+                    eprintln!("gateway: metrics recorder not installed: {e}");
+                    PrometheusBuilder::new().build_recorder().handle()
+                }
+            }
+        })
+    }
+
+    /// The route, reading `node`'s store at each scrape.
+    pub fn route(node: &Node) -> Router {
+        let local = node.local_store().cloned();
+        #[cfg(feature = "redis")]
+        let hybrid = match node {
+            Node::Hybrid(g) => Some(g.store().clone()),
+            _ => None,
+        };
+        let handle = handle();
+        Router::new().route(
+            "/metrics",
+            get(move || {
+                if let Some(store) = &local {
+                    tollgate::gateway::metrics::record_store(store);
+                }
+                #[cfg(feature = "redis")]
+                if let Some(h) = &hybrid {
+                    tollgate::gateway::metrics::record_hybrid(h);
+                }
+                handle.run_upkeep();
+                let text = handle.render();
+                async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text) }
+            }),
+        )
+    }
+}
+
+/// A gateway on the backend the command line chose.
+pub enum Node {
+    /// On the embedded store.
+    Embedded(Arc<Gateway<Store>>),
+    /// On a Redis / Valkey server (`--mode shared`).
+    #[cfg(feature = "redis")]
+    Shared(Arc<Gateway<tollgate::fleet::RedisStore>>),
+    /// On the embedded store reconciled with a server (`--mode hybrid`).
+    #[cfg(feature = "redis")]
+    Hybrid(Arc<Gateway<tollgate::fleet::HybridStore>>),
+}
+
+/// `$body` with `$g` bound to the node's gateway, whatever its backend.
+macro_rules! each {
+    ($node:expr, $g:ident => $body:expr) => {
+        match $node {
+            Node::Embedded($g) => $body,
+            #[cfg(feature = "redis")]
+            Node::Shared($g) => $body,
+            #[cfg(feature = "redis")]
+            Node::Hybrid($g) => $body,
+        }
+    };
+}
+
+impl Node {
+    /// The gateway in front of `router` ([`app`]); with the `metrics` feature, beside it (not
+    /// behind the gateway: no token needed) `GET /metrics`, the Prometheus text.
+    pub fn app(&self, router: Router) -> Router {
+        let app = each!(self, g => app(g, router));
+        #[cfg(feature = "metrics")]
+        let app = app.merge(prometheus::route(self));
+        app
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> Arc<Policy> {
+        each!(self, g => g.policy())
+    }
+
+    /// What shadowed groups let through.
+    pub fn shadow(&self) -> &ShadowLog {
+        each!(self, g => g.shadow())
+    }
+
+    /// The requests that met a failed backend.
+    pub fn failures(&self) -> &FailureLog {
+        each!(self, g => g.failures())
+    }
+
+    /// Why the server does not answer, if the node has one and it does not (a PING).
+    pub fn server_problem(&self) -> Option<String> {
+        match self {
+            Node::Embedded(_) => None,
+            #[cfg(feature = "redis")]
+            Node::Shared(g) => g.store().ping().err().map(|e| e.to_string()),
+            #[cfg(feature = "redis")]
+            Node::Hybrid(g) => g.store().shared().ping().err().map(|e| e.to_string()),
+        }
+    }
+
+    /// The embedded store, if the node has one (embedded and hybrid modes).
+    pub fn local_store(&self) -> Option<&Store> {
+        match self {
+            Node::Embedded(g) => Some(g.store()),
+            #[cfg(feature = "redis")]
+            Node::Shared(_) => None,
+            #[cfg(feature = "redis")]
+            Node::Hybrid(g) => Some(g.store().local()),
+        }
     }
 }
 
@@ -217,17 +478,27 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn serve(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
-    let gateway = args.gateway()?;
+    let node = args.gateway()?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .map_err(|e| format!("listen on {}: {e}", args.listen))?;
     println!(
-        "tollgate gateway on http://{} (policy {}, store {})",
+        "tollgate gateway on http://{} (policy {}, {})",
         listener.local_addr()?,
         args.policy.display(),
-        args.store.display()
+        args.describe_backend()
     );
-    for g in gateway.policy().groups() {
+    if cfg!(feature = "metrics") {
+        println!("  metrics on http://{}/metrics", listener.local_addr()?);
+    } else {
+        println!("  no /metrics: build with --features tower,metrics");
+    }
+    if let Some(e) = node.server_problem() {
+        eprintln!(
+            "gateway: the server does not answer yet ({e}): each group's on_backend_error applies until it does"
+        );
+    }
+    for g in node.policy().groups() {
         let windows: Vec<String> = g
             .limits()
             .as_slice()
@@ -245,7 +516,7 @@ async fn serve(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     // Groups with `enforce = false` let through what they would refuse: log each one (the
     // library logs nothing itself; `gateway.shadow().refusals()` counts them too). The token
     // is never logged, only its partition key.
-    gateway.shadow().set_hook(|e| {
+    node.shadow().set_hook(|e| {
         eprintln!(
             "shadow: {} would refuse {} {} (partition {}, retry after {} s)",
             e.group(),
@@ -255,6 +526,17 @@ async fn serve(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             e.decision().retry_after().unwrap_or(0)
         );
     });
-    axum::serve(listener, app(&gateway, upstream(Upstream::default()))).await?;
+    // A request that met a failed server, and what its group did (`on_backend_error`):
+    // fail-open ones went through unchecked, and say so here.
+    node.failures().set_hook(|e| {
+        eprintln!(
+            "backend: {} of group {} failed, {} ({})",
+            e.operation(),
+            e.group().unwrap_or("-"),
+            e.applied(),
+            e.reason()
+        );
+    });
+    axum::serve(listener, node.app(upstream(Upstream::default()))).await?;
     Ok(())
 }

@@ -90,7 +90,7 @@ async fn inspect_answers_while_the_example_gateway_holds_the_store() {
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let app = example::app(&gateway, example::upstream(example::Upstream::default()));
+    let app = gateway.app(example::upstream(example::Upstream::default()));
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
@@ -260,10 +260,53 @@ fn the_example_takes_its_listen_address_policy_and_store_from_the_command_line()
         .expect("args");
     assert_eq!(e.listen, "127.0.0.1:1");
     assert_eq!(parse(&["--help"], &none), Ok(None));
-    for bad in [&["--listen"][..], &["--store", ""], &["--frob"], &["9000"]] {
+    for bad in [
+        &["--listen"][..],
+        &["--store", ""],
+        &["--frob"],
+        &["9000"],
+        &["--mode", "shared"],
+        &["--redis"],
+    ] {
         let err = parse(bad, &none).expect_err("refused");
         assert!(err.contains(bad[0]), "{bad:?}: {err}");
     }
     let bad_port = |k: &str| (k == "PORT").then(|| "eighty".to_string());
     assert!(parse(&[], &bad_port).is_err());
+
+    // The backend: the embedded store unless --redis; --mode picks shared (the default) or
+    // hybrid, and needs --redis.
+    assert_eq!(d.mode, example::Mode::Embedded);
+    assert_eq!(
+        (d.redis.as_deref(), d.redis_prefix.as_str()),
+        (None, "tollgate")
+    );
+    let with_redis = parse(&["--redis", "redis://127.0.0.1:6390"], &none);
+    let bad_mode = parse(&["--redis", "redis://x", "--mode", "cluster"], &none);
+    if cfg!(feature = "redis") {
+        let r = with_redis.expect("ok").expect("args");
+        assert_eq!(
+            (r.redis.as_deref(), r.mode),
+            (Some("redis://127.0.0.1:6390"), example::Mode::Shared)
+        );
+        let h = parse(
+            &["--redis=redis://h", "--mode=hybrid", "--redis-prefix", "gw"],
+            &none,
+        )
+        .expect("ok")
+        .expect("args");
+        assert_eq!(
+            (h.mode, h.redis_prefix.as_str()),
+            (example::Mode::Hybrid, "gw")
+        );
+        assert!(bad_mode
+            .expect_err("refused")
+            .contains("--mode \"cluster\""));
+    } else {
+        // Built without the feature: a clear refusal, saying how to build with it.
+        let e = with_redis.expect_err("refused");
+        assert_eq!(e, example::NO_REDIS_FEATURE);
+        assert!(e.contains("--features tower,redis"), "{e}");
+        assert!(bad_mode.is_err());
+    }
 }

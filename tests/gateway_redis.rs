@@ -132,3 +132,93 @@ async fn two_gateways_on_one_redis_share_quota_and_idempotency_keys() {
         other.body
     );
 }
+
+/// One gateway built by the example's own command line, served on a free port.
+async fn from_command_line(args: &[&str]) -> (example::Node, SocketAddr) {
+    let args = example::Args::parse(args.iter().map(|s| s.to_string()), |_| None)
+        .expect("arguments")
+        .expect("not --help");
+    let node = args.gateway().expect("the gateway starts");
+    let app = node.app(example::upstream(example::Upstream::default()));
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (node, addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_example_gateways_started_with_redis_share_quota_and_keys() {
+    let Some(url) = server::url("gateway_redis_cli") else {
+        return;
+    };
+    let prefix = server::prefix("gateway-cli");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut nodes = Vec::new();
+    for i in 0..2 {
+        // --store: never used by a shared node (it keeps no file); a distinct path anyway, as
+        // two nodes on one machine would have.
+        let store = dir.path().join(format!("node{i}.tg"));
+        let store = store.to_str().expect("utf-8");
+        let args = [
+            "--listen",
+            "127.0.0.1:0",
+            "--policy",
+            example::ZORIO_POLICY,
+            "--redis",
+            &url,
+            "--mode",
+            "shared",
+            "--redis-prefix",
+            &prefix,
+            "--store",
+            store,
+        ];
+        nodes.push(from_command_line(&args).await);
+    }
+    assert!(nodes.iter().all(|(n, _)| n.server_problem().is_none()));
+    assert!(matches!(nodes[0].0, example::Node::Shared(_)));
+    assert!(
+        !dir.path().join("node0.tg").exists(),
+        "a shared node keeps no file"
+    );
+    let (a, b) = (nodes[0].1, nodes[1].1);
+    let client = Client::builder(TokioExecutor::new()).build_http();
+
+    // The quota: 10 click-to-calls a minute per token, counted by the fleet (the real clock:
+    // a sliding window never admits more than 10 in any minute, wherever the calls fall).
+    for i in 1..=10u64 {
+        let to = if i % 2 == 0 { a } else { b };
+        let r = send(&client, to, "tok_cli", &[], "{}").await;
+        assert_eq!(r.status, StatusCode::CREATED, "call {i}: {}", r.body);
+        assert_eq!(
+            r.headers["x-ratelimit-remaining"],
+            (10 - i).to_string().as_str()
+        );
+    }
+    for to in [a, b] {
+        let r = send(&client, to, "tok_cli", &[], "{}").await;
+        assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.body);
+    }
+
+    // The idempotency keys: made on one node, replayed (or refused with 422) on the other.
+    let key = ("idempotency-key", "6f1d2c3b-4a59-4e68-b7a6-958473625140");
+    let first = send(&client, b, "tok_cli_idem", &[key], r#"{"to":"+1555"}"#).await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.body);
+    let again = send(&client, a, "tok_cli_idem", &[key], r#"{"to":"+1555"}"#).await;
+    assert_eq!(
+        (again.status, &again.body),
+        (StatusCode::CREATED, &first.body)
+    );
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+    let other = send(&client, a, "tok_cli_idem", &[key], r#"{"to":"+1666"}"#).await;
+    assert_eq!(
+        other.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        other.body
+    );
+}

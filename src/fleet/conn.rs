@@ -1,7 +1,7 @@
 //! Connections to the server: a small pool of blocking connections, script calls by EVALSHA
 //! (loading the script once on `NOSCRIPT`), and the mapping of client errors to [`Error`].
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ::redis::{Client, Connection, ErrorKind, RedisError, Script, ServerErrorKind, Value};
 use parking_lot::Mutex;
@@ -15,6 +15,10 @@ pub(crate) struct Pool {
     max_idle: usize,
     connect_timeout: Duration,
     io_timeout: Duration,
+    /// The most one call may take, connecting included ([`RedisOptions::deadline`]).
+    ///
+    /// [`RedisOptions::deadline`]: super::RedisOptions::deadline
+    deadline: Option<Duration>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -32,6 +36,7 @@ impl Pool {
         max_idle: usize,
         connect_timeout: Duration,
         io_timeout: Duration,
+        deadline: Option<Duration>,
     ) -> Result<Pool> {
         let client = Client::open(url).map_err(|e| Error::Backend {
             reason: format!("bad server address: {e}"),
@@ -42,21 +47,33 @@ impl Pool {
             max_idle,
             connect_timeout,
             io_timeout,
+            deadline,
         })
     }
 
-    /// A connection: an idle one if there is one (`true`), else a new one.
-    fn take(&self) -> Result<(Connection, bool)> {
-        if let Some(c) = self.idle.lock().pop() {
-            return Ok((c, true));
-        }
-        Ok((self.connect()?, false))
+    /// When a call starting now must be over, if the pool has a deadline.
+    fn end(&self) -> Option<Instant> {
+        self.deadline.map(|d| Instant::now() + d)
     }
 
-    fn connect(&self) -> Result<Connection> {
+    /// A connection ready for one call ending at `end`: an idle one if there is one (`true`),
+    /// else a new one.
+    fn take(&self, end: Option<Instant>) -> Result<(Connection, bool)> {
+        let idle = self.idle.lock().pop();
+        match idle {
+            Some(c) => Ok((arm(c, end, self.io_timeout)?, true)),
+            None => Ok((arm(self.connect(end)?, end, self.io_timeout)?, false)),
+        }
+    }
+
+    fn connect(&self, end: Option<Instant>) -> Result<Connection> {
+        let wait = match end {
+            Some(end) => left(end)?.min(self.connect_timeout),
+            None => self.connect_timeout,
+        };
         let c = self
             .client
-            .get_connection_with_timeout(self.connect_timeout)
+            .get_connection_with_timeout(wait)
             .map_err(map_err)?;
         c.set_read_timeout(Some(self.io_timeout)).map_err(map_err)?;
         c.set_write_timeout(Some(self.io_timeout))
@@ -78,7 +95,7 @@ impl Pool {
         &self,
         f: impl FnOnce(&mut Connection) -> std::result::Result<T, RedisError>,
     ) -> Result<T> {
-        let (mut c, _) = self.take()?;
+        let (mut c, _) = self.take(self.end())?;
         let r = f(&mut c);
         self.finish(c, r)
     }
@@ -91,7 +108,8 @@ impl Pool {
         &self,
         mut f: impl FnMut(&mut Connection) -> std::result::Result<T, RedisError>,
     ) -> Result<T> {
-        let (mut c, reused) = self.take()?;
+        let end = self.end();
+        let (mut c, reused) = self.take(end)?;
         let r = f(&mut c);
         match r {
             Err(e)
@@ -99,7 +117,7 @@ impl Pool {
             {
                 drop(c);
                 self.idle.lock().clear();
-                let mut c = self.connect()?;
+                let mut c = arm(self.connect(end)?, end, self.io_timeout)?;
                 let r = f(&mut c);
                 self.finish(c, r)
             }
@@ -123,6 +141,28 @@ impl Pool {
             }
         }
     }
+}
+
+/// `c` ready for a call ending at `end`: every wait of the call (writing the command, reading
+/// the reply) gets what is left of the deadline, at most the I/O timeout.
+fn arm(c: Connection, end: Option<Instant>, io_timeout: Duration) -> Result<Connection> {
+    if let Some(end) = end {
+        let t = left(end)?.min(io_timeout);
+        c.set_read_timeout(Some(t)).map_err(map_err)?;
+        c.set_write_timeout(Some(t)).map_err(map_err)?;
+    }
+    Ok(c)
+}
+
+/// What is left until `end`; past it, the call fails as unreachable.
+fn left(end: Instant) -> Result<Duration> {
+    let left = end.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(Error::BackendUnavailable {
+            reason: "the call's deadline passed".into(),
+        });
+    }
+    Ok(left)
 }
 
 /// Call `script` with `keys` and `args`: EVALSHA, and on `NOSCRIPT` load it and call again.

@@ -248,6 +248,15 @@ impl HybridStore {
         }
     }
 
+    /// Whether the server counts as unreachable: the last successful sync is older than the
+    /// grace period of [`HybridOptions::on_unreachable`]. The node then decides as its
+    /// [`Unreachable`] policy says (by default alone, on its embedded store); a gateway can
+    /// also read it to refuse or admit some requests without asking (its groups'
+    /// `on_backend_error`). One atomic load.
+    pub fn unreachable(&self) -> bool {
+        self.inner.stale(self.now_ms())
+    }
+
     /// Send every unacknowledged count to the server now and refresh the fleet view of every
     /// key checked since the last sync. On failure nothing is lost: the counts are sent again
     /// by the next sync, and applied once.

@@ -27,6 +27,7 @@ pub struct RedisOptions {
     pub(crate) common: Common,
     pub(crate) connect_timeout: Duration,
     pub(crate) io_timeout: Duration,
+    pub(crate) deadline: Option<Duration>,
     pub(crate) max_idle: usize,
 }
 
@@ -37,6 +38,7 @@ impl Default for RedisOptions {
             common: Common::default(),
             connect_timeout: Duration::from_millis(500),
             io_timeout: Duration::from_secs(1),
+            deadline: None,
             max_idle: 64,
         }
     }
@@ -65,6 +67,17 @@ impl RedisOptions {
         self
     }
 
+    /// The most one call (a check, a `begin`, a hybrid node's sync, ...) may take in all, from
+    /// its start to its reply, opening a connection included (default: none, each wait bounded
+    /// by the two timeouts above). Each wait gets what is left of it, at most its own timeout;
+    /// past it the call fails with [`Error::BackendUnavailable`], so a gateway applies its
+    /// failure policy within the deadline. The one call that finds its script unknown to the
+    /// server (the first after a server start) sends two more commands, each bounded alike.
+    pub fn deadline(mut self, d: Duration) -> Self {
+        self.deadline = Some(d);
+        self
+    }
+
     /// Connections kept open between calls (default 64). More are opened when more threads
     /// call at once; the extra ones are closed after use.
     pub fn max_idle_connections(mut self, n: usize) -> Self {
@@ -79,7 +92,10 @@ impl RedisOptions {
                 "the key prefix must be non-empty and hold no braces",
             ));
         }
-        if self.connect_timeout.is_zero() || self.io_timeout.is_zero() {
+        if self.connect_timeout.is_zero()
+            || self.io_timeout.is_zero()
+            || self.deadline.is_some_and(|d| d.is_zero())
+        {
             return Err(Error::InvalidOptions("timeouts must be positive"));
         }
         Ok(())

@@ -68,7 +68,13 @@ impl RedisStore {
     /// now.
     pub fn open(url: &str, opts: RedisOptions) -> Result<RedisStore> {
         opts.validate()?;
-        let pool = Pool::new(url, opts.max_idle, opts.connect_timeout, opts.io_timeout)?;
+        let pool = Pool::new(
+            url,
+            opts.max_idle,
+            opts.connect_timeout,
+            opts.io_timeout,
+            opts.deadline,
+        )?;
         Ok(RedisStore {
             inner: Arc::new(Inner {
                 pool,

@@ -11,10 +11,13 @@ use http::header::CONTENT_TYPE;
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 
 use super::body::{full, GatewayBody};
-use super::headers::{self, IDEMPOTENT_REPLAYED, TOO_MANY_CONCURRENT};
+use super::failure::{Calls, OnBackendError, TOLLGATE_DEGRADED};
+use super::headers::{self, TOO_MANY_CONCURRENT};
+use super::idempotency::{IdempotencyPolicy, NEVER_REPLAYED};
 use super::ietf::{self, Concurrency, Extras, CONCURRENCY_POLICY};
+use super::metrics;
 use super::policy::{Group, Policy, RateKey};
-use super::settings::{BodyStyle, NEVER_REPLAYED};
+use super::settings::BodyStyle;
 use super::shadow::{ShadowLog, ShadowRefusal};
 use super::{problem, ConcurrencyLimiter};
 use crate::{Backend, Decision, Error, Lease, Limits, StoredResponse};
@@ -28,15 +31,25 @@ pub(super) struct Rate<'a> {
 
 /// What one request needs to build its answers.
 pub(super) struct Ctx<'a> {
-    pub(super) store: &'a dyn Backend,
+    /// Where the headers of an answer without a decision are read (`None`: nowhere, the
+    /// backend failed).
+    pub(super) store: Option<&'a dyn Backend>,
     pub(super) policy: &'a Policy,
     pub(super) rate: Option<Rate<'a>>,
     /// The bearer token ("" until it is known).
     pub(super) token: &'a str,
     pub(super) limiter: &'a ConcurrencyLimiter,
+    /// What the request does since it met a failed backend (`Tollgate-Degraded`).
+    pub(super) degraded: Option<OnBackendError>,
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
+    /// Follow what the request's backend calls met.
+    pub(super) fn sync(&mut self, calls: &Calls<'a>) {
+        self.store = calls.peeks();
+        self.degraded = calls.degraded();
+    }
+
     fn style(&self) -> BodyStyle {
         self.policy.settings().body_style()
     }
@@ -45,11 +58,16 @@ impl Ctx<'_> {
     /// policy's header mode. `Retry-After` only when `retry` (a 429 of the rate check, or the
     /// same decision let through by shadow mode).
     pub(super) fn rate_headers(&self, h: &mut HeaderMap, d: Option<&Decision>, retry: bool) {
-        let Some(rate) = &self.rate else { return };
+        if let Some(mode) = self.degraded {
+            h.insert(TOLLGATE_DEGRADED, HeaderValue::from_static(mode.as_str()));
+        }
+        let (Some(rate), Some(store)) = (&self.rate, self.store) else {
+            return;
+        };
         let peeked;
         let d = match d {
             Some(d) => d,
-            None => match self.store.peek(rate.key.as_bytes(), rate.limits) {
+            None => match metrics::call("peek", || store.peek(rate.key.as_bytes(), rate.limits)) {
                 Ok(p) => {
                     peeked = p;
                     &peeked
@@ -75,12 +93,13 @@ impl Ctx<'_> {
                 cap,
                 in_flight: self.limiter.in_flight(self.token),
             });
-            let now = self.store.now_ms();
+            let now = store.now_ms();
             // Only when this request took a window's last unit: when does the next come back?
             let refill = if ietf::needs_refill(d) {
-                self.store
-                    .peek_at(rate.key.as_bytes(), rate.limits, now)
-                    .ok()
+                metrics::call("peek", || {
+                    store.peek_at(rate.key.as_bytes(), rate.limits, now)
+                })
+                .ok()
             } else {
                 None
             };
@@ -174,9 +193,9 @@ pub(super) struct LeaseGuard<'a> {
 impl LeaseGuard<'_> {
     pub(super) fn complete(&mut self, response: &StoredResponse) {
         if let Some(lease) = self.lease.take() {
-            if self.store.complete(&lease, response).is_err() {
+            if metrics::call("complete", || self.store.complete(&lease, response)).is_err() {
                 // Too large to store, or the lease was lost: let a retry run again.
-                let _ = self.store.abort(&lease);
+                let _ = metrics::call("abort", || self.store.abort(&lease));
             }
         }
     }
@@ -185,21 +204,22 @@ impl LeaseGuard<'_> {
 impl Drop for LeaseGuard<'_> {
     fn drop(&mut self) {
         if let Some(lease) = self.lease.take() {
-            let _ = self.store.abort(&lease);
+            let _ = metrics::call("abort", || self.store.abort(&lease));
         }
     }
 }
 
-/// The stored form of a response: its status, its allow-listed headers and its body.
+/// The stored form of a response: its status, the headers `idem` allows (never its replay
+/// marker) and its body.
 pub(super) fn stored_response(
     status: u16,
     headers: &HeaderMap,
-    allow: &[HeaderName],
+    idem: &IdempotencyPolicy,
     body: &Bytes,
 ) -> StoredResponse {
     let mut stored = StoredResponse::new(status, body.to_vec());
-    for name in allow {
-        if NEVER_REPLAYED.contains(&name.as_str()) {
+    for name in idem.replay_headers() {
+        if NEVER_REPLAYED.contains(&name.as_str()) || name == idem.replay_header() {
             continue;
         }
         for v in headers.get_all(name) {
@@ -211,12 +231,14 @@ pub(super) fn stored_response(
     stored
 }
 
-/// A replay: the stored status, headers and body, marked `Idempotent-Replayed: true`, with
-/// the rate-limit headers of now (never those of the first exchange).
+/// A replay: the stored status, headers and body, marked `<marker>: true`
+/// (`Idempotent-Replayed` unless the policy names another), with the rate-limit headers of now
+/// (never those of the first exchange).
 pub(super) fn replay(
     ctx: &Ctx<'_>,
     stored: &crate::Replayed,
     d: Option<&Decision>,
+    marker: &HeaderName,
 ) -> Response<GatewayBody> {
     let mut r = Response::new(full(Bytes::copy_from_slice(stored.body())));
     *r.status_mut() = StatusCode::from_u16(stored.status()).unwrap_or(StatusCode::OK);
@@ -228,13 +250,26 @@ pub(super) fn replay(
         ) else {
             continue;
         };
-        if !NEVER_REPLAYED.contains(&name.as_str()) {
+        if !NEVER_REPLAYED.contains(&name.as_str()) && name != marker {
             h.append(name, value);
         }
     }
-    h.insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    h.insert(marker.clone(), HeaderValue::from_static("true"));
     // A refused decision here is one shadow mode let through: its headers, Retry-After too.
     ctx.rate_headers(h, d, d.is_some_and(|d| !d.allowed()));
+    r
+}
+
+/// The answer of a fail-closed group when the backend fails: 503, `Retry-After: 1`.
+pub(super) fn unavailable(ctx: &Ctx<'_>) -> Response<GatewayBody> {
+    let mut r = ctx.refuse(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "UNAVAILABLE",
+        "The gateway cannot check this request now, try again later.",
+        None,
+    );
+    r.headers_mut()
+        .insert(http::header::RETRY_AFTER, HeaderValue::from(1u32));
     r
 }
 

@@ -193,14 +193,19 @@ pub(crate) struct RawSettings {
     pub max_concurrent_per_token: Option<Spanned<u32>>,
     pub max_body_bytes: Option<Spanned<u64>>,
     pub if_match: Option<bool>,
+    pub on_backend_error: Option<Spanned<String>>,
+    pub backend_timeout: Option<Spanned<String>>,
     #[serde(default)]
     pub idempotency: RawIdempotency,
 }
 
-/// `[settings.idempotency]`.
+/// `[settings.idempotency]`, and a group's `[group.idempotency]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawIdempotency {
+    pub key_format: Option<Spanned<String>>,
+    pub max_key_len: Option<Spanned<u64>>,
+    pub replay_header: Option<Spanned<String>>,
     pub store_statuses: Option<Vec<Spanned<toml::Value>>>,
     pub except_statuses: Option<Vec<Spanned<toml::Value>>>,
     pub replay_spends_quota: Option<bool>,
@@ -218,6 +223,8 @@ pub(crate) struct RawGroup {
     pub windows: Spanned<Vec<Spanned<RawWindow>>>,
     pub cost: Option<Spanned<u32>>,
     pub enforce: Option<bool>,
+    pub on_backend_error: Option<Spanned<String>>,
+    pub idempotency: Option<RawIdempotency>,
 }
 
 /// One `[[override]]`.

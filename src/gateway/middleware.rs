@@ -9,7 +9,8 @@
 //! 2. The group: the most specific route of the policy ([`Policy::match_route`]). A request
 //!    matching no group is not rate-limited (and gets no rate-limit headers).
 //! 3. The concurrency cap, if configured: over it, 429 "Too many concurrent connections.".
-//! 4. For POST, PATCH and DELETE carrying `Idempotency-Key`: 400 on a malformed key; the body is
+//! 4. For POST, PATCH and DELETE carrying `Idempotency-Key`: 400 on a key not of the group's
+//!    `key_format` (its [`IdempotencyPolicy`](super::IdempotencyPolicy)); the body is
 //!    buffered (413 over `max_body_bytes`) and fingerprinted with method, path and query, and
 //!    body; then [`Store::begin`]: a replay, 409 while in flight, 422 on another body.
 //! 5. The rate check, with the group's cost: 429 with `Retry-After` and the configured body
@@ -17,12 +18,16 @@
 //!    ([`Gateway::shadow`]) and the request goes on with the refusal's headers.
 //! 6. `If-Match` on a write, if `if_match` is on: 412 when stale.
 //! 7. The upstream. Its response gets the rate-limit headers; a keyed request's response is
-//!    stored for replay if its status is in `store_statuses` (else the lease is aborted, so a
-//!    retry runs again).
+//!    stored for replay if its status is in the group's `store_statuses` (else the lease is
+//!    aborted, so a retry runs again).
+//!
+//! When the backend fails (a shared server down, or past its deadline), steps 4 and 5 do what
+//! the group's `on_backend_error` says: 503, go on unchecked, or decide locally (`failure.rs`).
 //!
 //! Store calls are made directly on the executor's thread: they never block (no lock held
 //! across anything slow, no I/O but a rare file growth by one segment), so there is nothing
-//! to gain from `spawn_blocking`.
+//! to gain from `spawn_blocking`. A shared backend's calls wait for the server's reply, at
+//! most the deadline (`backend_timeout`).
 
 use std::future::Future;
 use std::path::Path;
@@ -37,25 +42,29 @@ use http_body::Body;
 use parking_lot::RwLock;
 use tower::{Layer, Service};
 
-use super::answer::{replay, store_failure, stored_response, Ctx, LeaseGuard, Rate};
+use super::answer::{replay, store_failure, stored_response, unavailable, Ctx, LeaseGuard, Rate};
 use super::body::{boxed, collect_capped, full, BoxError, Collected, GatewayBody};
+use super::failure::{Calls, FailureLog, Fallback, Outcome};
 use super::headers::{IDEMPOTENCY_KEY, KEY_REUSED, RESOURCE_CHANGED};
+use super::metrics::{self, Idem, Refusal};
 use super::policy::{check_token, Policy, TokenError};
 use super::shadow::ShadowLog;
 use super::{ConcurrencyLimiter, PolicyError, Versions};
-use crate::{Backend, Begin, Fingerprint, IdempotencyKey, Store};
+use crate::{Backend, Begin, Decision, Fingerprint, Store};
 
-/// The state shared by every request: the backend, the current policy, the concurrency gauge,
-/// the versions and the shadow refusals.
+/// The state shared by every request: the backend (and its fallback), the current policy, the
+/// concurrency gauge, the versions, the shadow refusals and the backend failures.
 ///
 /// The backend is any [`Backend`]: the embedded [`Store`] (the default type), or, with the
 /// `redis` feature, `fleet::RedisStore` or `fleet::HybridStore` for a fleet of gateways.
 pub struct Gateway<B: Backend = Store> {
     store: B,
+    fallback: Option<Fallback>,
     policy: RwLock<Arc<Policy>>,
     limiter: ConcurrencyLimiter,
     versions: Versions,
     shadow: ShadowLog,
+    failures: FailureLog,
 }
 
 impl<B: Backend + std::fmt::Debug> std::fmt::Debug for Gateway<B> {
@@ -75,15 +84,29 @@ fn cap_of(policy: &Policy) -> u32 {
 }
 
 impl<B: Backend + 'static> Gateway<B> {
-    /// A gateway enforcing `policy` with `store` (any [`Backend`]).
+    /// A gateway enforcing `policy` with `store` (any [`Backend`]). Its groups with
+    /// `on_backend_error = "local-only"` answer as fail-closed: it has no [`Fallback`].
     pub fn new(store: B, policy: Policy) -> Arc<Gateway<B>> {
+        Gateway::build(store, policy, None)
+    }
+
+    /// A gateway on a shared backend whose `local-only` groups decide with `fallback` when
+    /// the server fails ([`Fallback::local`] for a `fleet::RedisStore`, `Fallback::hybrid`
+    /// for a `fleet::HybridStore`).
+    pub fn with_fallback(store: B, policy: Policy, fallback: Fallback) -> Arc<Gateway<B>> {
+        Gateway::build(store, policy, Some(fallback))
+    }
+
+    fn build(store: B, policy: Policy, fallback: Option<Fallback>) -> Arc<Gateway<B>> {
         let limiter = ConcurrencyLimiter::new(cap_of(&policy));
         Arc::new(Gateway {
             store,
+            fallback,
             policy: RwLock::new(Arc::new(policy)),
             limiter,
             versions: Versions::new(),
             shadow: ShadowLog::new(),
+            failures: FailureLog::new(),
         })
     }
 
@@ -129,6 +152,17 @@ impl<B: Backend + 'static> Gateway<B> {
     /// have refused: counts, and a hook to log each one.
     pub fn shadow(&self) -> &ShadowLog {
         &self.shadow
+    }
+
+    /// The requests that met a failed backend, by what their group's `on_backend_error` did:
+    /// counts, and a hook to log each one.
+    pub fn failures(&self) -> &FailureLog {
+        &self.failures
+    }
+
+    /// The fallback of `local-only` groups, if the gateway has one.
+    pub fn fallback(&self) -> Option<&Fallback> {
+        self.fallback.as_ref()
     }
 }
 
@@ -256,6 +290,43 @@ fn is_idempotency_method(m: &Method) -> bool {
     matches!(*m, Method::POST | Method::PATCH | Method::DELETE)
 }
 
+/// Step 5: the rate check of the request's group, with its cost. `Ok(None)`: no group, or
+/// let through unchecked by fail-open; `Ok(Some(refusal))` only in shadow mode (recorded);
+/// `Err` the answer (429, or the backend failing).
+fn rate_check<'a>(
+    ctx: &mut Ctx<'a>,
+    calls: &mut Calls<'a>,
+    shadow: &ShadowLog,
+    method: &str,
+    path: &str,
+) -> Result<Option<Decision>, Box<Response<GatewayBody>>> {
+    let Some((key, limits, group)) = ctx.rate.as_ref().map(|r| (r.key, r.limits, r.group)) else {
+        return Ok(None);
+    };
+    let checked = calls.check(key.as_bytes(), limits, group.cost());
+    ctx.sync(calls);
+    match checked {
+        Outcome::Done(d) if d.allowed() => {
+            metrics::allowed(group.name(), &d);
+            Ok(Some(d))
+        }
+        // Shadow mode: what enforcement would refuse goes on, counted, with its headers.
+        Outcome::Done(d) if !group.enforce() => {
+            metrics::allowed(group.name(), &d);
+            metrics::shadow_refusal(group.name());
+            ctx.shadow_refusal(shadow, method, path, &d);
+            Ok(Some(d))
+        }
+        Outcome::Done(d) => {
+            metrics::refused(group.name(), Refusal::Window);
+            Err(Box::new(ctx.too_many_requests(&d)))
+        }
+        Outcome::Admit => Ok(None),
+        Outcome::Refuse => Err(Box::new(unavailable(ctx))),
+        Outcome::Failed(e) => Err(Box::new(store_failure(ctx, &e))),
+    }
+}
+
 async fn handle<S, B, ReqBody, ResBody>(
     gw: Arc<Gateway<B>>,
     mut inner: S,
@@ -276,11 +347,12 @@ where
     let uri = req.uri().clone();
     let path = uri.path();
     let ctx = Ctx {
-        store: &gw.store,
+        store: Some(&gw.store),
         policy: &policy,
         rate: None,
         token: "",
         limiter: &gw.limiter,
+        degraded: None,
     };
 
     // 1. The token.
@@ -314,8 +386,18 @@ where
         ..ctx
     };
 
-    // 2. The group.
-    if let Some(group) = policy.match_route(method.as_str(), path) {
+    // 2. The group, and its idempotency policy (the settings' without a group).
+    let group = policy.match_route(method.as_str(), path);
+    let group_name = group.map_or("", |g| g.name());
+    let idem = group.map_or(settings.idempotency(), |g| g.idempotency());
+    let mut calls = Calls::new(
+        &gw.store,
+        gw.fallback.as_ref(),
+        group.map_or(settings.on_backend_error(), |g| g.on_backend_error()),
+        &gw.failures,
+        group.map(|g| g.name()),
+    );
+    if let Some(group) = group {
         if let Ok(key) = group.key(&token) {
             ctx.rate = Some(Rate {
                 group,
@@ -330,7 +412,10 @@ where
         None => None,
         Some(_) => match gw.limiter.try_acquire(&token) {
             Some(g) => Some(g),
-            None => return Ok(ctx.too_many_concurrent()),
+            None => {
+                metrics::refused(group_name, Refusal::Concurrency);
+                return Ok(ctx.too_many_concurrent());
+            }
         },
     };
 
@@ -339,23 +424,22 @@ where
         store: &gw.store,
         lease: None,
     };
+    let mut replayed = None;
     let keyed = is_idempotency_method(&method) && req.headers().contains_key(IDEMPOTENCY_KEY);
     let req = if keyed {
+        let format = idem.key_format();
         let parsed = req
             .headers()
             .get(IDEMPOTENCY_KEY)
             .and_then(|v| v.to_str().ok())
-            .map(IdempotencyKey::parse);
-        let key = match parsed {
-            Some(Ok(k)) => k,
-            _ => {
-                return Ok(ctx.refuse(
-                    StatusCode::BAD_REQUEST,
-                    "INVALID_IDEMPOTENCY_KEY",
-                    "Idempotency-Key must be a UUID v4.",
-                    None,
-                ))
-            }
+            .and_then(|v| format.parse(v));
+        let Some(key) = parsed else {
+            return Ok(ctx.refuse(
+                StatusCode::BAD_REQUEST,
+                "INVALID_IDEMPOTENCY_KEY",
+                &format.requirement(),
+                None,
+            ));
         };
         let (parts, body) = req.into_parts();
         let bytes = match collect_capped(body, settings.max_body_bytes()).await {
@@ -382,67 +466,61 @@ where
         };
         let target = uri.path_and_query().map_or(path, |pq| pq.as_str());
         let fp = Fingerprint::of(method.as_str(), target, &bytes);
-        match gw.store.begin(token.as_bytes(), &key, &fp) {
-            Ok(Begin::Started(l)) => lease.lease = Some(l),
-            Ok(Begin::Replay(stored)) => {
-                let mut d = None;
-                if settings.replay_spends_quota() {
-                    if let Some(rate) = &ctx.rate {
-                        match gw
-                            .store
-                            .check(rate.key.as_bytes(), rate.limits, rate.group.cost())
-                        {
-                            Ok(dec) if dec.allowed() => d = Some(dec),
-                            Ok(dec) if !rate.group.enforce() => {
-                                ctx.shadow_refusal(&gw.shadow, method.as_str(), path, &dec);
-                                d = Some(dec);
-                            }
-                            Ok(dec) => return Ok(ctx.too_many_requests(&dec)),
-                            Err(e) => return Ok(store_failure(&ctx, &e)),
-                        }
-                    }
-                }
-                return Ok(replay(&ctx, &stored, d.as_ref()));
+        let begun = calls.begin(token.as_bytes(), &key, &fp);
+        ctx.sync(&calls);
+        match begun {
+            Outcome::Done((Begin::Started(l), holder)) => {
+                metrics::idempotency(group_name, Idem::Started);
+                lease.store = holder;
+                lease.lease = Some(l);
             }
-            Ok(Begin::InFlight) => {
+            Outcome::Done((Begin::Replay(stored), _)) => {
+                metrics::idempotency(group_name, Idem::Replayed);
+                replayed = Some(stored);
+            }
+            Outcome::Done((Begin::InFlight, _)) => {
+                metrics::idempotency(group_name, Idem::InFlight);
                 return Ok(ctx.refuse(
                     StatusCode::CONFLICT,
                     "IDEMPOTENCY_KEY_IN_FLIGHT",
                     "A request with this Idempotency-Key is still in progress.",
                     None,
-                ))
+                ));
             }
-            Ok(Begin::Mismatch) => {
+            Outcome::Done((Begin::Mismatch, _)) => {
+                metrics::idempotency(group_name, Idem::Mismatch);
                 return Ok(ctx.refuse(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     "IDEMPOTENCY_KEY_REUSED",
                     KEY_REUSED,
                     None,
-                ))
+                ));
             }
-            Err(e) => return Ok(store_failure(&ctx, &e)),
+            // Fail-open: the request runs unkeyed (a retry may run it again).
+            Outcome::Admit => {}
+            Outcome::Refuse => return Ok(unavailable(&ctx)),
+            Outcome::Failed(e) => return Ok(store_failure(&ctx, &e)),
         }
         Request::from_parts(parts, full(bytes))
     } else {
         req.map(boxed)
     };
 
-    // 5. The rate check.
-    let decision = match &ctx.rate {
-        None => None,
-        Some(rate) => match gw
-            .store
-            .check(rate.key.as_bytes(), rate.limits, rate.group.cost())
-        {
-            Ok(d) if d.allowed() => Some(d),
-            // Shadow mode: what enforcement would refuse goes on, counted, with its headers.
-            Ok(d) if !rate.group.enforce() => {
-                ctx.shadow_refusal(&gw.shadow, method.as_str(), path, &d);
-                Some(d)
+    // 5. The rate check (a replay's only with `replay_spends_quota`).
+    if let Some(stored) = replayed {
+        let d = if idem.replay_spends_quota() {
+            match rate_check(&mut ctx, &mut calls, &gw.shadow, method.as_str(), path) {
+                Ok(d) => d,
+                Err(refused) => return Ok(*refused),
             }
-            Ok(d) => return Ok(ctx.too_many_requests(&d)),
-            Err(e) => return Ok(store_failure(&ctx, &e)),
-        },
+        } else {
+            None
+        };
+        return Ok(replay(&ctx, &stored, d.as_ref(), idem.replay_header()));
+    }
+    let decision = match rate_check(&mut ctx, &mut calls, &gw.shadow, method.as_str(), path) {
+        Ok(d) => d,
+        Err(refused) => return Ok(*refused),
     };
 
     // 6. If-Match.
@@ -453,6 +531,7 @@ where
             match gw.versions.compare_and_bump(path, v.to_str().unwrap_or("")) {
                 Ok(tag) => etag = Some(tag),
                 Err(stale) => {
+                    metrics::refused(group_name, Refusal::IfMatch);
                     let mut r = ctx.refuse(
                         StatusCode::PRECONDITION_FAILED,
                         "PRECONDITION_FAILED",
@@ -485,14 +564,13 @@ where
             parts.headers.insert(ETAG, tag.to_header_value());
         }
     }
-    let body = if lease.lease.is_some() && settings.store_statuses().contains(parts.status.as_u16())
-    {
-        match collect_capped(body, settings.max_response_bytes()).await {
+    let body = if lease.lease.is_some() && idem.store_statuses().contains(parts.status.as_u16()) {
+        match collect_capped(body, idem.max_response_bytes()).await {
             Collected::Whole(bytes) => {
                 lease.complete(&stored_response(
                     parts.status.as_u16(),
                     &parts.headers,
-                    settings.replay_headers(),
+                    idem,
                     &bytes,
                 ));
                 full(bytes)

@@ -34,7 +34,9 @@
 mod concurrency;
 mod config;
 mod etag;
+mod failure;
 pub mod headers;
+mod idempotency;
 pub mod ietf;
 mod partition;
 mod policy;
@@ -46,6 +48,8 @@ mod answer;
 #[cfg(feature = "tower")]
 mod body;
 #[cfg(feature = "tower")]
+pub mod metrics;
+#[cfg(feature = "tower")]
 mod middleware;
 #[cfg(feature = "tower")]
 mod shadow;
@@ -53,9 +57,15 @@ mod shadow;
 pub use concurrency::{ConcurrencyGuard, ConcurrencyLimiter};
 pub use config::PolicyError;
 pub use etag::{ETag, Stale, Versions};
+#[cfg(feature = "tower")]
+pub use failure::{BackendFailure, FailureLog, Fallback};
+pub use failure::{
+    OnBackendError, DEFAULT_BACKEND_TIMEOUT, MAX_BACKEND_TIMEOUT, TOLLGATE_DEGRADED,
+};
+pub use idempotency::{IdempotencyPolicy, KeyFormat, StatusSet, MAX_OPAQUE_KEY_LEN};
 pub use partition::{PartitionKey, PartitionSecret, PARTITION_KEY_LEN};
 pub use policy::{Group, Policy, RateKey, Route, TokenError, MAX_GROUP_NAME_LEN, MAX_TOKEN_LEN};
-pub use settings::{BodyStyle, HeaderMode, Settings, StatusSet, MIN_PARTITION_SECRET_LEN};
+pub use settings::{BodyStyle, HeaderMode, Settings, MIN_PARTITION_SECRET_LEN};
 
 #[cfg(feature = "tower")]
 pub use body::{BoxError, GatewayBody};

@@ -13,6 +13,8 @@ use crate::{Limit, Limits, MAX_KEY_LEN};
 use super::config::{
     parse_window, Locator, PolicyError, RawGroup, RawOverride, RawPolicy, RawWindow,
 };
+use super::failure::OnBackendError;
+use super::idempotency::IdempotencyPolicy;
 use super::settings::Settings;
 
 use toml::Spanned;
@@ -150,6 +152,8 @@ pub struct Group {
     limits: Limits,
     cost: u32,
     enforce: bool,
+    on_backend_error: OnBackendError,
+    idempotency: IdempotencyPolicy,
     overrides: HashMap<Box<str>, Limits>,
 }
 
@@ -185,6 +189,18 @@ impl Group {
     /// (`Gateway::shadow`).
     pub fn enforce(&self) -> bool {
         self.enforce
+    }
+
+    /// What the group's requests do when the backend fails (`on_backend_error`, default the
+    /// settings' value).
+    pub fn on_backend_error(&self) -> OnBackendError {
+        self.on_backend_error
+    }
+
+    /// The group's idempotency policy: `[settings.idempotency]` changed by the keys of its
+    /// `[group.idempotency]` table.
+    pub fn idempotency(&self) -> &IdempotencyPolicy {
+        &self.idempotency
     }
 
     /// The windows that apply to `token`: its override if it has one, else the group's.
@@ -287,7 +303,7 @@ impl Policy {
         let concurrency_item =
             settings.ietf_headers() && settings.max_concurrent_per_token().is_some();
         for rg in &raw.groups {
-            let group = build_group(rg, loc)?;
+            let group = build_group(rg, &settings, loc)?;
             if concurrency_item && group.name() == super::ietf::CONCURRENCY_POLICY {
                 return Err(loc.invalid(
                     rg.name.span(),
@@ -456,7 +472,11 @@ fn build_limits(
     Limits::new(&limits).map_err(|e| loc.invalid(windows.span(), e.to_string()))
 }
 
-fn build_group(rg: &RawGroup, loc: &Locator<'_>) -> Result<Group, PolicyError> {
+fn build_group(
+    rg: &RawGroup,
+    settings: &Settings,
+    loc: &Locator<'_>,
+) -> Result<Group, PolicyError> {
     check_name(&rg.name, loc)?;
     let route = Route::parse(rg.route.get_ref()).map_err(|m| loc.invalid(rg.route.span(), m))?;
     let method = match &rg.method {
@@ -501,6 +521,14 @@ fn build_group(rg: &RawGroup, loc: &Locator<'_>) -> Result<Group, PolicyError> {
         limits,
         cost,
         enforce: rg.enforce.unwrap_or(true),
+        on_backend_error: match &rg.on_backend_error {
+            None => settings.on_backend_error(),
+            Some(mode) => OnBackendError::from_raw(mode, loc)?,
+        },
+        idempotency: match &rg.idempotency {
+            None => settings.idempotency().clone(),
+            Some(raw) => IdempotencyPolicy::from_raw(raw, settings.idempotency(), loc)?,
+        },
         overrides: HashMap::new(),
     })
 }

@@ -490,3 +490,160 @@ fn reload_keeps_the_counts_made() {
     let d = store.peek(k.as_bytes(), g.limits()).unwrap();
     assert_eq!(d.windows()[0].used(), 32);
 }
+
+#[test]
+fn groups_change_the_idempotency_policy_of_the_settings() {
+    use crate::gateway::KeyFormat;
+    let p = Policy::from_toml_str(
+        r#"
+[settings.idempotency]
+key_format = "uuid"
+replay_header = "X-Replayed"
+
+[[group]]
+name = "inherits"
+route = "/a/*"
+windows = [{ limit = 5, window = "1m" }]
+
+[[group]]
+name = "own"
+route = "/b/*"
+windows = [{ limit = 5, window = "1m" }]
+[group.idempotency]
+key_format = "opaque"
+max_key_len = 40
+store_statuses = ["2xx"]
+
+[[group]]
+name = "all"
+route = "/c/*"
+windows = [{ limit = 5, window = "1m" }]
+[group.idempotency]
+store_statuses = ["100-599"]
+except_statuses = []
+
+[[group]]
+name = "never-5xx"
+route = "/d/*"
+windows = [{ limit = 5, window = "1m" }]
+idempotency = { except_statuses = ["5xx"], replay_header = "Idempotent-Replayed" }
+"#,
+    )
+    .unwrap();
+    let idem = |g: &str| p.group(g).unwrap().idempotency().clone();
+    assert_eq!(p.settings().idempotency().key_format(), KeyFormat::Uuid);
+    assert_eq!(idem("inherits"), *p.settings().idempotency());
+    assert_eq!(idem("inherits").replay_header().as_str(), "x-replayed");
+    let own = idem("own");
+    assert_eq!(own.key_format(), KeyFormat::Opaque { max_len: 40 });
+    assert_eq!(own.replay_header().as_str(), "x-replayed");
+    assert!(own.store_statuses().contains(200) && !own.store_statuses().contains(404));
+    let all = idem("all");
+    assert!(all.store_statuses().contains(500) && all.store_statuses().contains(429));
+    let never = idem("never-5xx");
+    assert!(never.store_statuses().contains(404) && !never.store_statuses().contains(503));
+    assert!(!never.store_statuses().contains(429));
+    assert_eq!(never.replay_header().as_str(), "idempotent-replayed");
+    assert_eq!(never.key_format(), KeyFormat::Uuid);
+
+    let group = |extra: &str| {
+        format!("[[group]]\nname = \"a\"\nroute = \"/a\"\nwindows = [{{ limit = 1, window = \"1s\" }}]\n[group.idempotency]\n{extra}\n")
+    };
+    let cases: &[(String, usize, &str)] = &[
+        (group("key_format = \"ulid\""), 6, "unknown key_format"),
+        (
+            group("key_format = \"uuid\"\nmax_key_len = 12"),
+            7,
+            "opaque",
+        ),
+        (
+            group("key_format = \"opaque\"\nmax_key_len = 0"),
+            7,
+            "1 to 255",
+        ),
+        (
+            group("key_format = \"opaque\"\nmax_key_len = 256"),
+            7,
+            "1 to 255",
+        ),
+        (
+            group("replay_header = \"bad header\""),
+            6,
+            "invalid header name",
+        ),
+        (group("replay_header = \"Retry-After\""), 6, "replay_header"),
+        (group("store_statuses = [\"9xx\"]"), 6, "invalid status"),
+        (group("stored = [\"2xx\"]"), 6, "unknown field"),
+        (
+            "[settings.idempotency]\nkey_format = 4\n".to_string(),
+            2,
+            "",
+        ),
+    ];
+    for (src, line, needle) in cases {
+        let e = err(src);
+        assert_eq!(e.line(), Some(*line), "{src}\n=> {e}");
+        assert!(e.to_string().contains(needle), "{e}");
+    }
+}
+
+#[test]
+fn groups_choose_what_a_backend_failure_does() {
+    use crate::gateway::{OnBackendError, DEFAULT_BACKEND_TIMEOUT};
+    use std::time::Duration;
+    let p = Policy::from_toml_str(
+        "[[group]]\nname = \"a\"\nroute = \"/a\"\nwindows = [{ limit = 1, window = \"1s\" }]\n",
+    )
+    .unwrap();
+    assert_eq!(p.settings().on_backend_error(), OnBackendError::FailClosed);
+    assert_eq!(p.settings().backend_timeout(), DEFAULT_BACKEND_TIMEOUT);
+    assert_eq!(
+        p.group("a").unwrap().on_backend_error(),
+        OnBackendError::FailClosed
+    );
+    let p = Policy::from_toml_str(
+        r#"
+[settings]
+on_backend_error = "local-only"
+backend_timeout = "40ms"
+
+[[group]]
+name = "inherits"
+route = "/a"
+windows = [{ limit = 1, window = "1s" }]
+
+[[group]]
+name = "open"
+route = "/b"
+windows = [{ limit = 1, window = "1s" }]
+on_backend_error = "fail-open"
+"#,
+    )
+    .unwrap();
+    assert_eq!(p.settings().backend_timeout(), Duration::from_millis(40));
+    assert_eq!(
+        p.group("inherits").unwrap().on_backend_error(),
+        OnBackendError::LocalOnly
+    );
+    assert_eq!(
+        p.group("open").unwrap().on_backend_error(),
+        OnBackendError::FailOpen
+    );
+
+    let cases: &[(&str, usize, &str)] = &[
+        ("[settings]\non_backend_error = \"fail-soft\"\n", 2, "unknown on_backend_error"),
+        ("[settings]\n\nbackend_timeout = \"0ms\"\n", 3, "1 ms to 60 s"),
+        ("[settings]\nbackend_timeout = \"1m\"\n", 2, "invalid backend_timeout"),
+        ("[settings]\nbackend_timeout = 250\n", 2, ""),
+        (
+            "[[group]]\nname = \"a\"\nroute = \"/a\"\nwindows = [{ limit = 1, window = \"1s\" }]\non_backend_error = \"open\"\n",
+            5,
+            "\"fail-open\", \"fail-closed\" or \"local-only\"",
+        ),
+    ];
+    for (src, line, needle) in cases {
+        let e = err(src);
+        assert_eq!(e.line(), Some(*line), "{src}\n=> {e}");
+        assert!(e.to_string().contains(needle), "{e}");
+    }
+}

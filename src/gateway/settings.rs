@@ -1,9 +1,15 @@
-//! `[settings]`: the 429 body style, the rate-limit headers sent, the concurrency cap,
-//! idempotency storage rules, the body size cap and `If-Match`.
+//! `[settings]`: the 429 body style, the rate-limit headers sent, the concurrency cap, what a
+//! request does when the backend fails and the deadline of a backend call (`failure.rs`),
+//! the default idempotency policy (`[settings.idempotency]`, in `idempotency.rs`), the body
+//! size cap and `If-Match`.
 
 use http::HeaderName;
 
+use std::time::Duration;
+
 use super::config::{Locator, PolicyError, RawSettings};
+use super::failure::{parse_timeout, OnBackendError, DEFAULT_BACKEND_TIMEOUT};
+use super::idempotency::{IdempotencyPolicy, StatusSet};
 use super::partition::PartitionSecret;
 
 /// The shortest `partition_key_secret` accepted, in bytes.
@@ -11,45 +17,6 @@ pub const MIN_PARTITION_SECRET_LEN: usize = 16;
 
 /// The default cap on a buffered request body (1 MiB).
 const DEFAULT_MAX_BODY: u64 = 1 << 20;
-/// The default cap on a response kept for replay (1 MiB, the store's default too).
-const DEFAULT_MAX_RESPONSE: u64 = 1 << 20;
-
-/// Response headers replayed by default: what describes the stored body and the resource.
-const DEFAULT_REPLAY_HEADERS: &[&str] = &[
-    "content-type",
-    "content-language",
-    "content-location",
-    "location",
-    "etag",
-    "last-modified",
-    "link",
-    "cache-control",
-    "vary",
-];
-
-/// Headers never stored for replay, whatever the allow-list says: they belong to the first
-/// exchange (its date, its cookies, its rate-limit state) or to the connection.
-pub(crate) const NEVER_REPLAYED: &[&str] = &[
-    "date",
-    "set-cookie",
-    "set-cookie2",
-    "x-ratelimit-limit",
-    "x-ratelimit-remaining",
-    "x-ratelimit-reset",
-    "retry-after",
-    "ratelimit",
-    "ratelimit-policy",
-    "idempotent-replayed",
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "upgrade",
-    "trailer",
-    "te",
-    "proxy-authenticate",
-    "proxy-connection",
-];
 
 /// The shape of the JSON body of a 429 (and of the gateway's other error responses).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -89,110 +56,6 @@ impl HeaderMode {
     }
 }
 
-/// A set of HTTP status codes (100 to 599), as a bitmap.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StatusSet {
-    bits: [u64; 10],
-}
-
-impl StatusSet {
-    /// No status.
-    pub fn empty() -> StatusSet {
-        StatusSet { bits: [0; 10] }
-    }
-
-    /// The default set of statuses stored for replay: every status but 5xx and 429. A 5xx or
-    /// a 429 says "this did not happen, try again": storing it would replay the failure.
-    pub fn default_stored() -> StatusSet {
-        let mut s = StatusSet::empty();
-        s.insert_range(100, 499);
-        s.remove(429);
-        s
-    }
-
-    /// Whether `status` is in the set.
-    pub fn contains(&self, status: u16) -> bool {
-        let i = usize::from(status);
-        self.bits
-            .get(i / 64)
-            .is_some_and(|w| w & (1u64 << (i % 64)) != 0)
-    }
-
-    /// Add a status (ignored outside 100 to 599).
-    pub fn insert(&mut self, status: u16) {
-        if (100..=599).contains(&status) {
-            let i = usize::from(status);
-            if let Some(w) = self.bits.get_mut(i / 64) {
-                *w |= 1u64 << (i % 64);
-            }
-        }
-    }
-
-    /// Remove a status.
-    pub fn remove(&mut self, status: u16) {
-        let i = usize::from(status);
-        if let Some(w) = self.bits.get_mut(i / 64) {
-            *w &= !(1u64 << (i % 64));
-        }
-    }
-
-    /// Add every status from `lo` to `hi` inclusive.
-    pub fn insert_range(&mut self, lo: u16, hi: u16) {
-        for s in lo..=hi {
-            self.insert(s);
-        }
-    }
-
-    /// Parse one config item: `201`, `"201"`, `"2xx"` or `"200-299"`. Returns the range.
-    fn parse_item(v: &toml::Value) -> Result<(u16, u16), String> {
-        let shown = match v {
-            toml::Value::Integer(n) => n.to_string(),
-            toml::Value::String(s) => format!("{s:?}"),
-            other => format!("of type {}", other.type_str()),
-        };
-        let bad = || {
-            format!(
-                "invalid status {shown}: expected a code (201), a class (\"2xx\") or a range (\"200-299\") within 100-599"
-            )
-        };
-        let in_range = |n: u16| (100..=599).contains(&n);
-        let (lo, hi) = match v {
-            toml::Value::Integer(n) => {
-                let n = u16::try_from(*n).map_err(|_| bad())?;
-                (n, n)
-            }
-            toml::Value::String(s) => {
-                let s = s.trim();
-                if let Some(class) = s.strip_suffix("xx").or_else(|| s.strip_suffix("XX")) {
-                    let d: u16 = class.parse().map_err(|_| bad())?;
-                    if class.len() != 1 {
-                        return Err(bad());
-                    }
-                    (d * 100, d * 100 + 99)
-                } else if let Some((a, b)) = s.split_once('-') {
-                    let a: u16 = a.trim().parse().map_err(|_| bad())?;
-                    let b: u16 = b.trim().parse().map_err(|_| bad())?;
-                    (a, b)
-                } else {
-                    let n: u16 = s.parse().map_err(|_| bad())?;
-                    (n, n)
-                }
-            }
-            _ => return Err(bad()),
-        };
-        if !in_range(lo) || !in_range(hi) || lo > hi {
-            return Err(bad());
-        }
-        Ok((lo, hi))
-    }
-}
-
-impl Default for StatusSet {
-    fn default() -> Self {
-        StatusSet::default_stored()
-    }
-}
-
 /// The settings of a policy (`[settings]` and `[settings.idempotency]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
@@ -203,10 +66,9 @@ pub struct Settings {
     max_concurrent_per_token: Option<u32>,
     max_body_bytes: usize,
     if_match: bool,
-    store_statuses: StatusSet,
-    replay_spends_quota: bool,
-    replay_headers: Vec<HeaderName>,
-    max_response_bytes: usize,
+    on_backend_error: OnBackendError,
+    backend_timeout: Duration,
+    idempotency: IdempotencyPolicy,
 }
 
 impl Default for Settings {
@@ -219,13 +81,9 @@ impl Default for Settings {
             max_concurrent_per_token: None,
             max_body_bytes: DEFAULT_MAX_BODY as usize,
             if_match: false,
-            store_statuses: StatusSet::default_stored(),
-            replay_spends_quota: false,
-            replay_headers: DEFAULT_REPLAY_HEADERS
-                .iter()
-                .map(|h| HeaderName::from_static(h))
-                .collect(),
-            max_response_bytes: DEFAULT_MAX_RESPONSE as usize,
+            on_backend_error: OnBackendError::FailClosed,
+            backend_timeout: DEFAULT_BACKEND_TIMEOUT,
+            idempotency: IdempotencyPolicy::default(),
         }
     }
 }
@@ -280,27 +138,47 @@ impl Settings {
         self.if_match
     }
 
-    /// The statuses whose responses are stored for replay (`idempotency.store_statuses` minus
+    /// What a request does when the backend fails, in every group that does not say
+    /// (`on_backend_error`, default `"fail-closed"`; a group's is `Group::on_backend_error`).
+    pub fn on_backend_error(&self) -> OnBackendError {
+        self.on_backend_error
+    }
+
+    /// The most one backend call may take (`backend_timeout`, default 250 ms): past it the
+    /// call fails and the group's `on_backend_error` applies. It is a property of the
+    /// connection: give it to `fleet::RedisOptions::deadline` when opening the store (the
+    /// example gateway does); a reload does not change the store already open.
+    pub fn backend_timeout(&self) -> Duration {
+        self.backend_timeout
+    }
+
+    /// The idempotency policy of every group that does not set its own
+    /// (`[settings.idempotency]`; a group's is `Group::idempotency`).
+    pub fn idempotency(&self) -> &IdempotencyPolicy {
+        &self.idempotency
+    }
+
+    /// The statuses stored for replay by default (`idempotency.store_statuses` minus
     /// `idempotency.except_statuses`; default every status but 5xx and 429).
     pub fn store_statuses(&self) -> &StatusSet {
-        &self.store_statuses
+        self.idempotency.store_statuses()
     }
 
-    /// Whether a replayed response is counted against the quota
+    /// Whether a replayed response is counted against the quota by default
     /// (`idempotency.replay_spends_quota`, default false).
     pub fn replay_spends_quota(&self) -> bool {
-        self.replay_spends_quota
+        self.idempotency.replay_spends_quota()
     }
 
-    /// The response headers stored and replayed (`idempotency.replay_headers`).
+    /// The response headers stored and replayed by default (`idempotency.replay_headers`).
     pub fn replay_headers(&self) -> &[HeaderName] {
-        &self.replay_headers
+        self.idempotency.replay_headers()
     }
 
-    /// The largest response body kept for replay (`idempotency.max_response_bytes`, default
-    /// 1 MiB). A larger response is served, and its lease aborted.
+    /// The largest response body kept for replay by default
+    /// (`idempotency.max_response_bytes`, default 1 MiB).
     pub fn max_response_bytes(&self) -> usize {
-        self.max_response_bytes
+        self.idempotency.max_response_bytes()
     }
 
     /// Validate the raw `[settings]` table.
@@ -370,91 +248,14 @@ impl Settings {
             s.max_body_bytes = usize::try_from(*max.get_ref())
                 .map_err(|_| loc.invalid(max.span(), "max_body_bytes is too large"))?;
         }
-        let idem = &raw.idempotency;
-        s.replay_spends_quota = idem.replay_spends_quota.unwrap_or(false);
-        if let Some(max) = &idem.max_response_bytes {
-            s.max_response_bytes = usize::try_from(*max.get_ref())
-                .map_err(|_| loc.invalid(max.span(), "max_response_bytes is too large"))?;
+        if let Some(mode) = &raw.on_backend_error {
+            s.on_backend_error = OnBackendError::from_raw(mode, loc)?;
         }
-        if idem.store_statuses.is_some() || idem.except_statuses.is_some() {
-            let mut set = StatusSet::empty();
-            match &idem.store_statuses {
-                Some(items) => {
-                    for item in items {
-                        let (lo, hi) = StatusSet::parse_item(item.get_ref())
-                            .map_err(|m| loc.invalid(item.span(), m))?;
-                        set.insert_range(lo, hi);
-                    }
-                }
-                None => set = StatusSet::default_stored(),
-            }
-            let except = match &idem.except_statuses {
-                Some(items) => items.as_slice(),
-                None => &[],
-            };
-            if idem.except_statuses.is_none() {
-                set.remove(429);
-            }
-            for item in except {
-                let (lo, hi) = StatusSet::parse_item(item.get_ref())
-                    .map_err(|m| loc.invalid(item.span(), m))?;
-                for st in lo..=hi {
-                    set.remove(st);
-                }
-            }
-            s.store_statuses = set;
+        if let Some(t) = &raw.backend_timeout {
+            s.backend_timeout = parse_timeout(t, loc)?;
         }
-        if let Some(names) = &idem.replay_headers {
-            let mut out = Vec::with_capacity(names.len());
-            for n in names {
-                let name = HeaderName::from_bytes(n.get_ref().trim().as_bytes()).map_err(|_| {
-                    loc.invalid(n.span(), format!("invalid header name {:?}", n.get_ref()))
-                })?;
-                if NEVER_REPLAYED.contains(&name.as_str()) {
-                    return Err(loc.invalid(
-                        n.span(),
-                        format!(
-                            "header {:?} is never replayed: it belongs to the first exchange or to the connection",
-                            name.as_str()
-                        ),
-                    ));
-                }
-                if !out.contains(&name) {
-                    out.push(name);
-                }
-            }
-            s.replay_headers = out;
-        }
+        s.idempotency =
+            IdempotencyPolicy::from_raw(&raw.idempotency, &IdempotencyPolicy::default(), loc)?;
         Ok(s)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn default_stores_all_but_5xx_and_429() {
-        let s = StatusSet::default_stored();
-        for st in [200, 201, 204, 301, 400, 404, 409, 422, 499] {
-            assert!(s.contains(st), "{st}");
-        }
-        for st in [429, 500, 502, 503, 599, 0, 99, 600, 65535] {
-            assert!(!s.contains(st), "{st}");
-        }
-    }
-
-    #[test]
-    fn status_items_parse() {
-        let p = |v: toml::Value| StatusSet::parse_item(&v);
-        assert_eq!(p(toml::Value::Integer(201)), Ok((201, 201)));
-        assert_eq!(p(toml::Value::String("2xx".into())), Ok((200, 299)));
-        assert_eq!(p(toml::Value::String("200-204".into())), Ok((200, 204)));
-        assert_eq!(p(toml::Value::String("404".into())), Ok((404, 404)));
-        for bad in ["6xx", "0xx", "22xx", "300-200", "abc", "99", "600"] {
-            assert!(p(toml::Value::String(bad.into())).is_err(), "{bad}");
-        }
-        assert!(p(toml::Value::Integer(-1)).is_err());
-        assert!(p(toml::Value::Boolean(true)).is_err());
     }
 }

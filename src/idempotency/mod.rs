@@ -39,7 +39,9 @@ pub use codec::{Replayed, StoredResponse};
 
 pub use crate::key::MAX_SCOPE_LEN;
 
-/// A validated `Idempotency-Key` header value: a UUID version 4.
+/// A validated `Idempotency-Key` header value: a UUID (version 4 by [`IdempotencyKey::parse`],
+/// any version by [`IdempotencyKey::parse_any_version`]), or the hash of an opaque string
+/// ([`IdempotencyKey::from_opaque`]).
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct IdempotencyKey(uuid::Uuid);
 
@@ -55,27 +57,56 @@ impl IdempotencyKey {
     /// assert!(IdempotencyKey::parse("not-a-uuid").is_err());
     /// ```
     pub fn parse(header: &str) -> Result<IdempotencyKey> {
-        let v = header.trim_matches(|c| c == ' ' || c == '\t');
-        let v = match v.strip_prefix('"') {
-            Some(rest) => rest
-                .strip_suffix('"')
-                .ok_or(Error::InvalidIdempotencyKey("unterminated quoted string"))?,
-            None => v,
-        };
-        let b = v.as_bytes();
-        if b.len() != 36 || [8, 13, 18, 23].iter().any(|&i| b.get(i) != Some(&b'-')) {
-            return Err(Error::InvalidIdempotencyKey(
-                "expected a hyphenated UUID (8-4-4-4-12 hex digits)",
-            ));
-        }
-        let u = uuid::Uuid::try_parse(v)
-            .map_err(|_| Error::InvalidIdempotencyKey("not a valid UUID"))?;
+        let u = parse_hyphenated(header)?;
         if u.get_version() != Some(uuid::Version::Random)
             || u.get_variant() != uuid::Variant::RFC4122
         {
             return Err(Error::InvalidIdempotencyKey("not a version 4 UUID"));
         }
         Ok(IdempotencyKey(u))
+    }
+
+    /// Parse a header value as [`IdempotencyKey::parse`] does, but accept a UUID of any
+    /// version (1 to 8) of the RFC 9562 variant: time-ordered v7 keys are common. The nil and
+    /// max UUIDs, and other variants, are refused.
+    ///
+    /// ```
+    /// use tollgate::IdempotencyKey;
+    /// let v7 = "01890a5d-ac96-774b-bcce-b302099a8057";
+    /// assert!(IdempotencyKey::parse(v7).is_err());
+    /// assert!(IdempotencyKey::parse_any_version(v7).is_ok());
+    /// ```
+    pub fn parse_any_version(header: &str) -> Result<IdempotencyKey> {
+        let u = parse_hyphenated(header)?;
+        if !(1..=8).contains(&u.get_version_num()) || u.get_variant() != uuid::Variant::RFC4122 {
+            return Err(Error::InvalidIdempotencyKey(
+                "not a UUID of version 1 to 8 (RFC 9562 variant)",
+            ));
+        }
+        Ok(IdempotencyKey(u))
+    }
+
+    /// A key for an opaque client string (any bytes; a gateway checks its length and
+    /// characters first): the first 16 bytes of SHA-256 over a fixed domain tag and the bytes.
+    /// The same string always gives the same key, on every node of a fleet. A client could
+    /// send, in a UUID-keyed group, the UUID an opaque string hashes to; keys are scoped to its
+    /// own token, so it can only collide with its own requests (and the fingerprint, which
+    /// holds the path, tells those apart: 422).
+    ///
+    /// ```
+    /// use tollgate::IdempotencyKey;
+    /// let a = IdempotencyKey::from_opaque(b"order-2024-0001");
+    /// assert_eq!(a, IdempotencyKey::from_opaque(b"order-2024-0001"));
+    /// assert_ne!(a, IdempotencyKey::from_opaque(b"order-2024-0002"));
+    /// ```
+    pub fn from_opaque(key: &[u8]) -> IdempotencyKey {
+        let mut h = Sha256::new();
+        h.update(b"tollgate opaque idempotency key\0");
+        h.update(key);
+        let digest: [u8; 32] = h.finalize().into();
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(digest.get(..16).unwrap_or(&[0; 16]));
+        IdempotencyKey(uuid::Uuid::from_bytes(bytes))
     }
 
     /// A key from a UUID (must be version 4).
@@ -95,6 +126,31 @@ impl IdempotencyKey {
 impl fmt::Debug for IdempotencyKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "IdempotencyKey({})", self.0.hyphenated())
+    }
+}
+
+/// A header value without its optional Structured Field quotes, as a hyphenated UUID
+/// (8-4-4-4-12 hex digits; no braces, no URN).
+fn parse_hyphenated(header: &str) -> Result<uuid::Uuid> {
+    let v = unquote(header)?;
+    let b = v.as_bytes();
+    if b.len() != 36 || [8, 13, 18, 23].iter().any(|&i| b.get(i) != Some(&b'-')) {
+        return Err(Error::InvalidIdempotencyKey(
+            "expected a hyphenated UUID (8-4-4-4-12 hex digits)",
+        ));
+    }
+    uuid::Uuid::try_parse(v).map_err(|_| Error::InvalidIdempotencyKey("not a valid UUID"))
+}
+
+/// A header value without surrounding spaces and tabs, and without the quotes of a Structured
+/// Field string (`"…"`) if it has them.
+pub(crate) fn unquote(header: &str) -> Result<&str> {
+    let v = header.trim_matches(|c| c == ' ' || c == '\t');
+    match v.strip_prefix('"') {
+        Some(rest) => rest
+            .strip_suffix('"')
+            .ok_or(Error::InvalidIdempotencyKey("unterminated quoted string")),
+        None => Ok(v),
     }
 }
 
@@ -268,6 +324,33 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn any_version_and_opaque_keys() {
+        let v7 = "01890a5d-ac96-774b-bcce-b302099a8057";
+        let v1 = "c232ab00-9414-11ec-b3c8-9f6bdeced846";
+        assert!(IdempotencyKey::parse(v7).is_err());
+        for ok in [V4, v7, v1, "\"01890a5d-ac96-774b-bcce-b302099a8057\""] {
+            assert!(IdempotencyKey::parse_any_version(ok).is_ok(), "{ok}");
+        }
+        assert_eq!(
+            IdempotencyKey::parse_any_version(V4).unwrap(),
+            IdempotencyKey::parse(V4).unwrap()
+        );
+        for bad in [
+            "00000000-0000-0000-0000-000000000000",
+            "ffffffff-ffff-ffff-ffff-ffffffffffff",
+            "01890a5d-ac96-974b-bcce-b302099a8057", // version 9
+            "01890a5d-ac96-774b-cbce-b302099a8057", // Microsoft variant
+            "01890a5dac96774bbcceb302099a8057",
+        ] {
+            assert!(IdempotencyKey::parse_any_version(bad).is_err(), "{bad}");
+        }
+        let a = IdempotencyKey::from_opaque(b"abc");
+        assert_eq!(a, IdempotencyKey::from_opaque(b"abc"));
+        assert_ne!(a, IdempotencyKey::from_opaque(b"abd"));
+        assert_ne!(a, IdempotencyKey::from_opaque(b""));
     }
 
     #[test]
