@@ -27,7 +27,9 @@ use crate::idempotency::record::{
     pack, unpack, IdemLayout, ST_DEAD, ST_DONE, ST_INFLIGHT, ST_VACANT,
 };
 use crate::limit::{Descriptor, MAX_WINDOWS};
-use crate::storage::format::{EntryHeader, SegmentHeader, BLOB_SEGMENT, KIND_IDEM, KIND_WINDOWS};
+use crate::storage::format::{
+    EntryHeader, SegmentHeader, BLOB_SEGMENT, KIND_IDEM, KIND_PERMITS, KIND_WINDOWS,
+};
 use crate::storage::segment::Entry;
 use crate::window::{cell, sliding};
 
@@ -137,6 +139,9 @@ impl Core {
                 self.unlink_window(line, n, &windows, now_ms, guard)
             }
             KIND_IDEM => self.unlink_record(line, key_len, now_ms, guard),
+            // Every permit ended or released.
+            KIND_PERMITS => self.unlink_permits(line, key_len, now_ms, guard),
+            // Versions never expire (`engine/versions.rs` says why).
             _ => false,
         }
     }
