@@ -14,9 +14,9 @@ use super::body::{full, GatewayBody};
 use super::headers::{self, IDEMPOTENT_REPLAYED, TOO_MANY_CONCURRENT};
 use super::ietf::{self, Concurrency, Extras, CONCURRENCY_POLICY};
 use super::policy::{Group, Policy, RateKey};
+use super::problem;
 use super::settings::{BodyStyle, NEVER_REPLAYED};
 use super::shadow::{ShadowLog, ShadowRefusal};
-use super::{problem, ConcurrencyLimiter};
 use crate::{Backend, Decision, Error, Lease, Limits, StoredResponse};
 
 /// The rate-limit side of one request: its group, key and windows.
@@ -33,7 +33,9 @@ pub(super) struct Ctx<'a> {
     pub(super) rate: Option<Rate<'a>>,
     /// The bearer token ("" until it is known).
     pub(super) token: &'a str,
-    pub(super) limiter: &'a ConcurrencyLimiter,
+    /// The token's requests in flight, as its concurrency permit counted them (this one
+    /// included; the cap when refused).
+    pub(super) in_flight: u32,
 }
 
 impl Ctx<'_> {
@@ -73,7 +75,7 @@ impl Ctx<'_> {
                 .then(|| settings.partition_secret().key_of(self.token));
             let concurrency = settings.max_concurrent_per_token().map(|cap| Concurrency {
                 cap,
-                in_flight: self.limiter.in_flight(self.token),
+                in_flight: self.in_flight,
             });
             let now = self.store.now_ms();
             // Only when this request took a window's last unit: when does the next come back?
