@@ -180,5 +180,5 @@ fn redis_versions_and_permits_hold_under_8_threads() {
     .unwrap();
     no_lost_bump(&store, 200);
     one_winner_per_version(&store, 30);
-    cap_never_exceeded(&store, 3, 300, || std::thread::yield_now());
+    cap_never_exceeded(&store, 3, 300, std::thread::yield_now);
 }
