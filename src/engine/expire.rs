@@ -7,6 +7,8 @@
 //!   space returns to the free lists once every reader that might still hold them has finished
 //!   (crossbeam-epoch). Reads never depend on this: an expired window reads as empty and an
 //!   expired record as free, whether the compactor has reached them or not.
+//!   A concurrency permit entry none of whose permits is held is unlinked the same way (its
+//!   slots frozen by compare-and-swaps, `engine/permits.rs`); version entries never expire.
 //! * **Bounded work**: a pass examines at most `budget` entries from a cursor that resumes
 //!   where the last pass stopped; like Redis's active expiry, the thread runs another pass at
 //!   once while passes keep finding many expired entries, and otherwise sleeps. The only lock

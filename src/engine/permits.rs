@@ -7,7 +7,8 @@
 //! 64 slots    one word each: frozen 1 bit | generation 19 bits | deadline 44 bits (ms)
 //! ```
 //!
-//! A slot is free when its deadline is 0 or not after now. Acquiring under a cap `c` is one
+//! A slot is free when its deadline is 0 or not after now. A new entry's slots start free with
+//! random generations. Acquiring under a cap `c` is one
 //! compare-and-swap of a free slot among the first `c` to (generation + 1, now + lease): at
 //! most `c` slots can hold a deadline after now, so at most `c` permits are held at any
 //! instant, whatever the threads do. A release swaps the slot back to deadline 0 only if it
@@ -31,6 +32,7 @@ use crate::key::MAX_KEY_LEN;
 use crate::permit::{Permit, MAX_PERMITS};
 use crate::storage::format::{entry_crc, EntryHeader, KIND_PERMITS, LINE};
 use crate::storage::segment::Entry;
+use crate::version::random_word;
 
 /// Bit 63 of a slot: frozen (the entry is being unlinked).
 const FROZEN: u64 = 1 << 63;
@@ -144,7 +146,8 @@ impl Core {
         let mut spins = 0u32;
         'lookup: loop {
             let line =
-                self.find_or_insert_kind(key, KIND_PERMITS, l.lines, now_ms, &guard, |_| {
+                self.find_or_insert_kind(key, KIND_PERMITS, l.lines, now_ms, &guard, |line| {
+                    self.init_slots(line, &l);
                     permits_header(key)
                 })?;
             for i in 0..cap as usize {
@@ -181,6 +184,22 @@ impl Core {
                 }
             }
             return Ok(None);
+        }
+    }
+
+    /// The slots of a new entry: free, each with a random generation, so that a permit of an
+    /// entry the compactor unlinked can never match a slot of the entry that replaces it
+    /// (the same deadline and the same generation by chance: 1 in 2^19).
+    fn init_slots(&self, line: u64, l: &PermitLayout) {
+        let e = self.segs.entry(line);
+        for i in 0..MAX_PERMITS as usize {
+            if let Some(w) = e.w(l.slots_at + i) {
+                let free = Slot {
+                    generation: random_word(),
+                    deadline_ms: 0,
+                };
+                w.store(free.encode(), Ordering::Relaxed);
+            }
         }
     }
 
@@ -239,6 +258,10 @@ impl Core {
         guard: &Guard,
     ) -> bool {
         let l = PermitLayout::new(key_len);
+        // A first look without the lock: a held permit keeps the entry.
+        if self.permits_view(line, key_len, now_ms).0 > 0 {
+            return false;
+        }
         let hash = self.rehash(line);
         let mut lock = self.index.lock(hash);
         if !self.index_points_at(line, KIND_PERMITS, guard) {
@@ -377,5 +400,22 @@ mod tests {
             .acquire_permit(b"t", MAX_PERMITS + 1, 1_000, now)
             .is_err());
         assert!(core.acquire_permit(b"t", 1, 0, now).is_err());
+    }
+
+    /// A permit of an unlinked entry releases nothing in the entry that replaced it, even
+    /// when the new permit has the same deadline (new entries draw their generations).
+    #[test]
+    fn a_permit_outlives_its_entry_harmlessly() {
+        let store = Store::open_in_memory(Options::default().compactor(false)).unwrap();
+        let core = &store.core;
+        let now = 1_700_000_000_000;
+        let old = core.acquire_permit(b"t", 1, 100, now).unwrap().unwrap();
+        assert!(core.release_permit(&old).unwrap());
+        assert_eq!(store.expire_now(now + 1).expired, 1);
+        let new = core.acquire_permit(b"t", 1, 50, now + 50).unwrap().unwrap();
+        assert_eq!(new.deadline_ms(), old.deadline_ms());
+        assert!(!core.release_permit(&old).unwrap());
+        assert_eq!(core.permits_held(b"t", now + 50).unwrap(), 1);
+        assert!(core.release_permit(&new).unwrap());
     }
 }
