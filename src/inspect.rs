@@ -117,16 +117,23 @@ impl Store {
     /// by default), never per entry, so a cheap callback costs nothing measurable.
     pub fn verify_with(&self, mut progress: impl FnMut(u64, u64)) -> VerifyReport {
         let mut v = self.core.verify_with(&mut progress);
-        let lost = self.open_report().lost_segments;
+        let report = self.open_report();
+        let lost = report.lost_segments;
         if lost > 0 {
             let stats = self.stats();
+            let entries = match report.missing_entries {
+                Some(n) => format!("{n} entries"),
+                None => "their entries (how many is unknown: the store was not closed in \
+                         good order)"
+                    .to_string(),
+            };
             v.problems.insert(
                 0,
                 (
                     stats.bytes,
                     format!(
-                        "file lost {lost} segment(s) its header records ({} bytes): their \
-                         entries and responses are gone",
+                        "file lost {lost} segment(s) its header records ({} bytes): {entries} \
+                         and their responses are gone",
                         lost * self.core.segs.seg_len()
                     ),
                 ),

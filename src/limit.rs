@@ -256,8 +256,6 @@ pub struct Limits {
     /// State word offset of each window from the first window's, with the default number of
     /// sub-windows.
     rel_at: [u16; MAX_WINDOWS],
-    /// State words of all windows, likewise.
-    state_words: u16,
     len: u8,
     min_limit: u32,
     has_exact: bool,
@@ -335,7 +333,6 @@ impl Limits {
             slides,
             desc_words,
             rel_at,
-            state_words: at,
             len: limits.len() as u8,
             min_limit,
             has_exact,
@@ -406,15 +403,6 @@ impl Limits {
         self.desc_words.get(..self.len().div_ceil(2)).unwrap_or(&[])
     }
 
-    /// State words of all windows together, with `b` sub-windows per window.
-    #[inline]
-    pub(crate) fn state_words(&self, b: u32) -> usize {
-        if b == DEFAULT_SUB_WINDOWS {
-            return self.state_words as usize;
-        }
-        (0..self.len()).map(|i| self.words_of(i, b)).sum()
-    }
-
     /// Offset of window `i`'s state from the first window's, in words, with `b` sub-windows
     /// per window.
     #[inline]
@@ -423,6 +411,26 @@ impl Limits {
             return self.rel_at.get(i).map_or(0, |&r| r as usize);
         }
         (0..i).map(|j| self.words_of(j, b)).sum()
+    }
+
+    /// [`Limits::rel_at`] of every window at once (entries past the set's windows are 0).
+    #[inline]
+    pub(crate) fn rel_offsets(&self, b: u32) -> [usize; MAX_WINDOWS] {
+        if b == DEFAULT_SUB_WINDOWS {
+            return self.rel_at.map(usize::from);
+        }
+        self.rel_offsets_for(b)
+    }
+
+    /// [`Limits::rel_offsets`] for a store with another number of sub-windows, out of line.
+    #[cold]
+    #[inline(never)]
+    fn rel_offsets_for(&self, b: u32) -> [usize; MAX_WINDOWS] {
+        let mut out = [0; MAX_WINDOWS];
+        for (i, o) in out.iter_mut().enumerate().take(self.len()) {
+            *o = self.rel_at(i, b);
+        }
+        out
     }
 
     /// State words of window `i` with `b` sub-windows per window.

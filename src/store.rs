@@ -99,6 +99,7 @@ impl Store {
         });
         let mut report = core.recover(count);
         report.lost_segments = opened.lost_segments;
+        report.missing_entries = opened.census.map(|c| c.saturating_sub(report.entries));
         report.segment_count_damaged = opened.count_damaged;
         core.live_entries.store(report.entries, Ordering::Relaxed);
         Ok(Store::start(core, report, opts.compactor))
@@ -230,6 +231,7 @@ impl Store {
             segments,
             bytes: header + segments * self.core.segs.seg_len(),
             free_lines: self.core.segs.free_lines(),
+            blank_segments: self.core.segs.blank_segments(),
             blob_segments: blobs.segments,
             blob_used_lines: blobs.used_lines,
             blob_live_lines: blobs.live_lines,
@@ -414,6 +416,10 @@ pub struct Stats {
     pub bytes: u64,
     /// Free lines (64 bytes each) ready for new entries.
     pub free_lines: u64,
+    /// Segments in the file that nothing uses yet: the spare grown ahead of need
+    /// ([`Options::grow_ahead`](crate::Options::grow_ahead)), or ones a crash left blank.
+    /// The next segment a size class needs is taken from these before the file grows.
+    pub blank_segments: u64,
     /// Blob segments, and the lines in them written and still live.
     pub blob_segments: u64,
     /// Lines of response records written in blob segments.

@@ -10,13 +10,12 @@
 use std::sync::atomic::Ordering;
 
 use super::core::Core;
-use super::entry::sliding_window;
+use super::entry::{sliding_window, WindowsAt};
 use crate::backend::{check_key, check_request};
 use crate::decision::{empty_decision, exact_state, sliding_state, Decision, WindowState};
 use crate::error::{Error, Result};
 use crate::limit::{Limit, Limits, Mode, MAX_WINDOWS};
 use crate::options::OnFull;
-use crate::storage::format::EntryLayout;
 use crate::storage::segment::Entry;
 use crate::window::cell;
 use crate::window::sliding::{self, Added, Slide, Snap};
@@ -148,7 +147,7 @@ impl Core {
             return self.apply_with_exact(line, limits, cost, now_ms, out);
         }
         let e = self.segs.entry(line);
-        let Some(layout) = self.layout_for(&e, limits) else {
+        let Some(at) = self.windows_at(&e, limits) else {
             return Applied::Mismatch;
         };
         let items = limits.as_slice();
@@ -156,12 +155,12 @@ impl Core {
         // The sub-window each window counted in, for the take-back.
         let mut added: [Option<u64>; MAX_WINDOWS] = [None; MAX_WINDOWS];
         for (i, l) in items.iter().enumerate() {
-            // `layout_for` placed every window inside the entry: the `else` is not reached.
+            // `windows_at` placed every window inside the entry: the `else` is not reached.
             let Some(geo) = shapes.get(i) else {
                 return Applied::Mismatch;
             };
-            let Some(win) = sliding_window(&e, layout.window_at[i], geo) else {
-                self.undo(&e, &layout, limits, &added, cost);
+            let Some(win) = sliding_window(&e, at[i], geo) else {
+                self.undo(&e, &at, limits, &added, cost);
                 return Applied::Moved;
             };
             match sliding::add(&win, geo, now_ms, cost) {
@@ -170,12 +169,15 @@ impl Core {
                     out.windows[i] = admitted(l, used, reset_ms);
                 }
                 Added::Refused { .. } => {
-                    self.undo(&e, &layout, limits, &added, cost);
-                    *out = self.snapshot_entry(&e, &layout, limits, cost, now_ms, Some(i));
+                    if i > 0 {
+                        self.undo(&e, &at, limits, &added, cost);
+                    }
+                    self.snapshot_entry(&e, &at, limits, cost, now_ms, out);
+                    refused_by(out, i, items.len());
                     return Applied::Done;
                 }
                 Added::Frozen => {
-                    self.undo(&e, &layout, limits, &added, cost);
+                    self.undo(&e, &at, limits, &added, cost);
                     return Applied::Moved;
                 }
             }
@@ -201,13 +203,13 @@ impl Core {
         out: &mut Decision,
     ) -> Applied {
         let e = self.segs.entry(line);
-        let Some(layout) = self.layout_for(&e, limits) else {
+        let Some(at) = self.windows_at(&e, limits) else {
             return Applied::Mismatch;
         };
         let items = limits.as_slice();
         // Exact windows are guarded by the lock bit of the first one's meta word.
         let first = first_exact(items);
-        let lock = match e.w(layout.window_at.get(first).copied().unwrap_or(usize::MAX)) {
+        let lock = match e.w(at.get(first).copied().unwrap_or(usize::MAX)) {
             Some(m) if cell::lock_meta(m) => m,
             _ => return Applied::Moved,
         };
@@ -219,7 +221,7 @@ impl Core {
             let Some(geo) = shapes.get(i) else {
                 continue; // exact: below, under the lock
             };
-            let Some(win) = sliding_window(&e, layout.window_at[i], geo) else {
+            let Some(win) = sliding_window(&e, at[i], geo) else {
                 refused = Some(i);
                 break;
             };
@@ -233,7 +235,7 @@ impl Core {
                     break;
                 }
                 Added::Frozen => {
-                    self.undo(&e, &layout, limits, &added, cost);
+                    self.undo(&e, &at, limits, &added, cost);
                     cell::unlock_meta(lock);
                     return Applied::Moved;
                 }
@@ -246,7 +248,7 @@ impl Core {
                 if l.mode() != Mode::Exact {
                     continue;
                 }
-                let ring = cell::read_ring(|k| e.w(k), layout.window_at[i], l.limit());
+                let ring = cell::read_ring(|k| e.w(k), at[i], l.limit());
                 let ev = ring.eval(l.window_ms(), now_ms);
                 if !ev.fits(l.limit(), cost) {
                     refused = Some(i);
@@ -258,16 +260,17 @@ impl Core {
                 for (i, l) in items.iter().enumerate() {
                     if let Some((mut ring, t)) = rings[i] {
                         ring.push(t, cost);
-                        cell::write_ring(|k| e.w(k), layout.window_at[i], &ring, i == first);
+                        cell::write_ring(|k| e.w(k), at[i], &ring, i == first);
                         let ev = ring.eval(l.window_ms(), now_ms);
                         ws[i] = exact_state(&ev, l.limit(), l.window_ms(), 0, now_ms);
                     }
                 }
             }
         }
-        if refused.is_some() {
-            self.undo(&e, &layout, limits, &added, cost);
-            *out = self.snapshot_entry(&e, &layout, limits, cost, now_ms, refused);
+        if let Some(i) = refused {
+            self.undo(&e, &at, limits, &added, cost);
+            self.snapshot_entry(&e, &at, limits, cost, now_ms, out);
+            refused_by(out, i, items.len());
             cell::unlock_meta(lock);
             return Applied::Done;
         }
@@ -284,7 +287,7 @@ impl Core {
     fn undo(
         &self,
         e: &Entry<'_>,
-        layout: &EntryLayout,
+        at: &WindowsAt,
         limits: &Limits,
         added: &[Option<u64>; MAX_WINDOWS],
         cost: u32,
@@ -293,7 +296,7 @@ impl Core {
         for (i, m) in added.iter().enumerate().take(limits.len()) {
             let Some(m) = *m else { continue };
             if let Some(geo) = shapes.get(i) {
-                if let Some(win) = sliding_window(e, layout.window_at[i], geo) {
+                if let Some(win) = sliding_window(e, at[i], geo) {
                     sliding::take_back(&win, geo, m, cost);
                 }
             }
@@ -310,16 +313,25 @@ impl Core {
         refused: Option<usize>,
     ) -> Decision {
         let e = self.segs.entry(line);
-        match self.layout_for(&e, limits) {
-            Some(layout) => self.snapshot_entry(&e, &layout, limits, cost, now_ms, refused),
+        match self.windows_at(&e, limits) {
+            Some(at) => {
+                let mut d = Decision::BLANK;
+                self.snapshot_entry(&e, &at, limits, cost, now_ms, &mut d);
+                if let Some(i) = refused {
+                    refused_by(&mut d, i, limits.len());
+                }
+                d
+            }
             // Windows of another shape: the request would move the entry; report it as fresh
             // for the windows that are new (the move keeps the windows both shapes share).
             None => empty_decision(limits, cost, now_ms),
         }
     }
 
-    /// Every window of the entry as a request of `cost` would see it now; `refused` names the
-    /// window that refused it, if one did.
+    /// Every window of the entry as a request of `cost` would see it now, written into `out`
+    /// in place (a `Decision` is 136 bytes: returning one cost a copy on every rejection).
+    /// Admitted if every window has room; a caller whose request a window refused says so
+    /// with [`refused_by`].
     #[expect(
         clippy::indexing_slicing,
         reason = "window indexes are below limits.len() <= MAX_WINDOWS, the length of every array indexed here"
@@ -327,20 +339,20 @@ impl Core {
     fn snapshot_entry(
         &self,
         e: &Entry<'_>,
-        layout: &EntryLayout,
+        at: &WindowsAt,
         limits: &Limits,
         cost: u32,
         now_ms: u64,
-        refused: Option<usize>,
-    ) -> Decision {
-        let mut ws = [WindowState::default(); MAX_WINDOWS];
+        out: &mut Decision,
+    ) {
+        let ws = &mut out.windows;
         let mut all_fit = true;
         // One copy for every window that needs one, filled in place (a window's ring is up to
         // 768 bytes): made only if a window cannot be answered from its head.
         let mut snap: Option<Snap> = None;
         let shapes = limits.shapes(self.b);
         for (i, l) in limits.as_slice().iter().enumerate() {
-            let at = layout.window_at[i];
+            let at = at[i];
             ws[i] = match shapes.get(i) {
                 Some(geo) => match sliding_window(e, at, geo) {
                     Some(win) => match sliding::head_summary(&win, geo, cost, now_ms) {
@@ -361,17 +373,19 @@ impl Core {
             };
             all_fit &= ws[i].fits();
         }
-        let allowed = all_fit && refused.is_none();
-        if let (false, Some(i)) = (allowed, refused) {
-            // The window that refused under contention may look free again by now: it still
-            // is the reason for this rejection.
-            if all_fit {
-                if let Some(w) = ws.get_mut(i) {
-                    w.retry_after_ms = w.retry_after_ms.max(1);
-                }
-            }
+        out.finish(all_fit, limits.len());
+    }
+}
+
+/// Mark `out` (a snapshot of every window) as refused by window `i`: a window that refused
+/// under contention may look free again by now, and it still is the reason for this
+/// rejection, so it asks for a wait of at least 1 ms.
+fn refused_by(out: &mut Decision, i: usize, len: usize) {
+    if out.allowed {
+        if let Some(w) = out.windows.get_mut(i) {
+            w.retry_after_ms = w.retry_after_ms.max(1);
         }
-        Decision::from_windows(allowed, ws, limits.len())
+        out.finish(false, len);
     }
 }
 

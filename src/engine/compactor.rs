@@ -2,7 +2,9 @@
 //! finding work and sleeps otherwise, and now and then compacts response records
 //! (`blobs.rs`). Like Redis's active expiry it runs another pass at once while passes find
 //! many expired entries, and it lowers its own priority so the threads answering checks go
-//! first. Dropping the handle stops and joins it.
+//! first. It also grows the file's spare segment when an allocation asks for one
+//! (`storage/segment/growth.rs`), so that no check waits for the file to grow. Dropping the
+//! handle stops and joins it.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -25,6 +27,12 @@ impl CompactorHandle {
         if !opts.enabled {
             return CompactorHandle { stop, thread: None };
         }
+        if opts.grow_ahead {
+            let wake = Arc::clone(&stop);
+            core.segs.set_spare_waker(Arc::new(move || {
+                wake.1.notify_one();
+            }));
+        }
         let flag = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
             .name("tollgate-compactor".into())
@@ -40,6 +48,9 @@ fn run(core: Arc<Core>, stop: Arc<(Mutex<bool>, Condvar)>, opts: CompactorOption
     let (lock, cv) = &*stop;
     let mut tick = 0u64;
     loop {
+        // A spare asked for while this thread was busy is grown before it sleeps. A failure
+        // poisons the store as a request's own growth would (the next write reports it).
+        let _ = core.segs.grow_spare();
         {
             let mut stopped = lock.lock();
             if *stopped {
@@ -50,6 +61,7 @@ fn run(core: Arc<Core>, stop: Arc<(Mutex<bool>, Condvar)>, opts: CompactorOption
                 return;
             }
         }
+        let _ = core.segs.grow_spare();
         // Keep going while passes find many expired entries (a quarter of what they look at),
         // checking for a stop request between passes.
         loop {

@@ -98,3 +98,11 @@ impl Core {
         }
     }
 }
+
+impl Drop for Core {
+    /// The last of the store in this process: leave the census of its entries in the file,
+    /// so that the next open can tell a loss of segments in entries (`storage/file.rs`).
+    fn drop(&mut self) {
+        let _ = self.segs.record_census(self.index.len() as u64);
+    }
+}

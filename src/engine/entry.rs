@@ -1,5 +1,5 @@
 //! The window entry: the one codec that writes an entry for a key and its windows, finds
-//! where its windows are, and checks one read back from the file. The header word is
+//! where its windows are ([`Core::windows_at`]), and checks one read back from the file. The header word is
 //! [`EntryHeader`]'s; the order of the words is [`EntryLayout`]'s (`storage/format.rs`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,11 +8,15 @@ use super::core::Core;
 use crate::error::{Error, Result};
 use crate::key::MAX_KEY_LEN;
 use crate::limit::{Descriptor, Limits, MAX_WINDOWS};
-use crate::storage::format::{entry_crc, EntryHeader, EntryLayout, KIND_WINDOWS, LINE};
+use crate::storage::format::{entry_crc, EntryHeader, EntryLayout, KIND_WINDOWS};
 use crate::storage::segment::Entry;
 use crate::window::cell::{META_FROZEN, META_HEAD, META_LOCK};
 use crate::window::sliding::{self, Slide, Window};
 use crate::window::FROZEN;
+
+/// Where each window's state starts in an entry, in words from the entry's start (entries
+/// past the set's windows are meaningless).
+pub(crate) type WindowsAt = [usize; MAX_WINDOWS];
 
 /// Words of the longest key.
 const KEY_WORDS: usize = MAX_KEY_LEN / 8;
@@ -149,12 +153,16 @@ impl Core {
         Ok(line)
     }
 
-    /// The entry's layout if it holds exactly the windows of `limits`; `None` if they differ.
+    /// Where each window of `limits` starts in the entry (word offsets from its start), if the
+    /// entry holds exactly those windows; `None` if they differ. On every check's path: the
+    /// header's window count and the descriptor words are compared with the ones `limits`
+    /// precomputed, and the offsets are the key's end plus `limits`' precomputed offsets, so
+    /// no [`EntryLayout`] is built.
     #[inline]
-    pub(crate) fn layout_for(&self, e: &Entry<'_>, limits: &Limits) -> Option<EntryLayout> {
+    pub(crate) fn windows_at(&self, e: &Entry<'_>, limits: &Limits) -> Option<WindowsAt> {
         let h = EntryHeader::decode(e.load(0));
-        let n = h.windows;
-        if n != limits.len() {
+        let n = limits.len();
+        if h.windows != n {
             return None;
         }
         for (i, &want) in limits.desc_words().iter().enumerate() {
@@ -162,23 +170,12 @@ impl Core {
                 return None;
             }
         }
-        let key_len = h.key_len;
-        let key_at = 1 + n.div_ceil(2);
-        let state_at = key_at + key_len.div_ceil(8);
-        let mut window_at = [0usize; MAX_WINDOWS];
-        for (i, place) in window_at.iter_mut().enumerate().take(n) {
-            *place = state_at + limits.rel_at(i, self.b);
+        let state_at = 1 + n.div_ceil(2) + h.key_len.div_ceil(8);
+        let mut at = limits.rel_offsets(self.b);
+        for place in &mut at {
+            *place += state_at;
         }
-        let words = state_at + limits.state_words(self.b);
-        Some(EntryLayout {
-            n,
-            key_len,
-            key_at,
-            state_at,
-            window_at,
-            words,
-            lines: (words * 8).div_ceil(LINE) as u32,
-        })
+        Some(at)
     }
 
     /// Check one entry read at open: crc, descriptors, state words. Clears lock bits. Returns

@@ -25,12 +25,18 @@ pub struct OpenReport {
     /// Segments whose header was never written (a crash while growing): reused.
     pub blank_segments: u64,
     /// Segments the file header records but the file no longer holds (its tail was cut):
-    /// everything in them is gone, entries and stored responses alike. Their number of entries
-    /// cannot be known (it was in the lost bytes); records whose response was in them are
-    /// refused with [`Error::Corrupt`](crate::Error::Corrupt) when replayed. See
+    /// everything in them is gone, entries and stored responses alike ([`Self::missing_entries`]
+    /// counts the entries when it can); records whose response was in them are refused with
+    /// [`Error::Corrupt`](crate::Error::Corrupt) when replayed. See
     /// [`Options::refuse_lost_segments`](crate::Options::refuse_lost_segments) to refuse such
     /// a file instead.
     pub lost_segments: u64,
+    /// Entries the file held when the store last went away in good order (the last handle
+    /// dropped or closed) that this open did not load: lost with [`Self::lost_segments`], or
+    /// skipped as [`Self::corrupt_entries`] or with [`Self::corrupt_segments`]. `None` when
+    /// the file carries no such count: its last writer crashed (or was killed, or poisoned),
+    /// so a loss of segments cannot be told in entries.
+    pub missing_entries: Option<u64>,
     /// The header's segment-count word failed its check, or counted fewer segments than the
     /// file holds in use: the file's length was trusted, and a loss of segments could not be
     /// detected. The word is written again by this open.

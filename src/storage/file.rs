@@ -9,6 +9,12 @@
 //! lines are blank; a segment in use past the count means the count is wrong (damaged), and
 //! the file's length is trusted instead.
 //!
+//! The header page also holds a census: how many entries the file held when its last writer
+//! went away. A writer that opens the file reads it, then erases it (durably) before it
+//! writes anything, so a census found at open always describes the file as it was left; the
+//! open compares it with the entries it finds, and a loss of segments is told in entries too.
+//! A crash leaves no census, and then the loss cannot be counted.
+//!
 //! One process at a time writes a store file: the exclusive lock taken here is held for as
 //! long as the file is open (the kernel drops it with the last descriptor), and every later
 //! open, in this process or another, answers [`Error::Locked`].
@@ -19,7 +25,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::format::{FileHeader, HEADER_LEN, HEADER_USED, LINE, SEGMENTS_AT};
+use super::format::{FileHeader, CENSUS_AT, HEADER_LEN, HEADER_USED, LINE, SEGMENTS_AT};
 use super::hook::{Hook, IoEvent};
 use super::raw::Map;
 use crate::error::{Error, Result};
@@ -42,6 +48,9 @@ pub(crate) struct Opened {
     pub count_damaged: bool,
     /// The header page, mapped (its live words follow the checked 64 bytes).
     pub header_map: Map,
+    /// The entries the file held when its last writer went away, if it left a census (a
+    /// writer's open has erased it by now).
+    pub census: Option<u64>,
 }
 
 /// How a store file is opened.
@@ -135,6 +144,15 @@ pub(crate) fn open(
             policy.hook.run(IoEvent::SyncFile, || file.sync_data())?;
         }
     }
+    let census = if len == 0 { None } else { read_census(&file)? };
+    if write && census.is_some() {
+        // Erased, and durably, before this writer changes anything: a census is only ever
+        // found describing the file as it was left.
+        policy.hook.run(IoEvent::SyncFile, || {
+            file.write_all_at(&[0u8; 16], CENSUS_AT as u64)?;
+            file.sync_data()
+        })?;
+    }
     let header_map = if write {
         Map::file(&file, 0, HEADER_LEN as usize)?
     } else {
@@ -147,6 +165,7 @@ pub(crate) fn open(
         lost_segments,
         count_damaged,
         header_map,
+        census,
     })
 }
 
@@ -173,6 +192,23 @@ pub(crate) fn record_segments(file: &File, segments: u32, hook: &Hook) -> Result
     })?;
     hook.run(IoEvent::SyncFile, || file.sync_data())?;
     Ok(())
+}
+
+/// Record that the file holds `entries` entries as its writer goes away. Not synced: a power
+/// cut may lose it (then the next open knows no census) or keep it while losing entries (then
+/// the next open counts them as missing, which they are).
+pub(crate) fn record_census(file: &File, entries: u64) -> Result<()> {
+    file.write_all_at(&FileHeader::census_bytes(entries), CENSUS_AT as u64)?;
+    Ok(())
+}
+
+fn read_census(file: &File) -> Result<Option<u64>> {
+    let mut b = [0u8; 16];
+    match file.read_exact_at(&mut b, CENSUS_AT as u64) {
+        Ok(()) => Ok(FileHeader::census_of(&b)),
+        Err(e) if e.kind() == ErrorKind::UnexpectedEof => Ok(None),
+        Err(e) => Err(Error::Io(e)),
+    }
 }
 
 /// The segment count the header page records: `None` if its word fails its check (or the file

@@ -20,6 +20,9 @@ use super::format::{SegmentHeader, BLOB_SEGMENT, HEADER_LEN, LINE, MAX_ENTRY_LIN
 use super::hook::{Hook, IoEvent};
 use super::raw::{Map, Maps};
 use crate::error::{Error, Result};
+use growth::Spare;
+
+mod growth;
 
 /// A view of one entry: its words, by index from its start (to the end of its segment).
 #[derive(Clone, Copy)]
@@ -56,7 +59,8 @@ struct Class {
 
 struct Alloc {
     classes: Vec<Class>,
-    /// Segments whose header was never written (a crash right after growing the file).
+    /// Segments whose header was never written: grown ahead of need (`growth.rs`), or left by
+    /// a crash right after growing the file.
     blank: Vec<usize>,
     /// The blob segment being filled and its next free line.
     blob: Option<(usize, u64)>,
@@ -113,6 +117,8 @@ pub(crate) struct Segments {
     hook: Hook,
     /// A sync or an allocation failed: every write is refused until the store is reopened.
     poisoned: AtomicBool,
+    /// The spare segment grown ahead of need, off the request path (`growth.rs`).
+    spare: Spare,
 }
 
 impl Segments {
@@ -137,6 +143,7 @@ impl Segments {
             private: false,
             hook: Hook::default(),
             poisoned: AtomicBool::new(false),
+            spare: Spare::default(),
         }
     }
 
@@ -446,10 +453,7 @@ impl Segments {
                 return Ok(seg as u64 * seg_lines + next);
             }
         }
-        let seg = match a.blank.pop() {
-            Some(s) => s,
-            None => self.grow()?,
-        };
+        let seg = self.take_segment(&mut a)?;
         self.write_segment_header(
             seg,
             SegmentHeader {
@@ -541,11 +545,9 @@ impl Segments {
             }
             return self.alloc_inner(lines, true);
         }
-        // A new segment for this class: a blank one left by a crash, or a new one.
-        let seg = match a.blank.pop() {
-            Some(s) => s,
-            None => self.grow()?,
-        };
+        // A new segment for this class: a blank one (grown ahead, or left by a crash), or a
+        // new one.
+        let seg = self.take_segment(&mut a)?;
         self.write_segment_header(
             seg,
             SegmentHeader {
@@ -602,36 +604,15 @@ impl Segments {
         }
     }
 
-    fn grow(&self) -> Result<usize> {
-        let idx = self.maps.count();
-        if idx >= self.max_segments.min(self.maps.capacity()) {
-            return Err(Error::CapacityExhausted);
-        }
-        if self.private {
-            return Err(Error::ReadOnly);
-        }
-        self.writable()?;
-        let map = match &self.file {
-            Some(f) => {
-                let off = HEADER_LEN + idx as u64 * self.seg_len();
-                let len = self.seg_len();
-                self.durable(self.hook.run(IoEvent::Allocate { offset: off, len }, || {
-                    crate::storage::sys::allocate(f, off, len)
-                }))?;
-                // The new length must be durable before the count takes it in, and the count
-                // before anything in the segment is used: a crash in between leaves a segment
-                // the count does not take in (cut off at open), never one it takes in but the
-                // file lacks (which open would report as lost).
-                self.durable(self.hook.run(IoEvent::SyncFile, || f.sync_data()))?;
-                let count = u32::try_from(idx + 1).map_err(|_| Error::CapacityExhausted)?;
-                super::file::record_segments(f, count, &self.hook).inspect_err(|_| {
-                    self.poisoned.store(true, Ordering::Release);
-                })?;
-                self.durable(Map::file(f, off, 1 << self.seg_shift))?
+    /// Leave a census of `entries` in the file's header page as the store goes away (see
+    /// `file.rs`): a writable, file-backed store that is not poisoned.
+    pub(crate) fn record_census(&self, entries: u64) -> Result<()> {
+        match &self.file {
+            Some(f) if !self.private && !self.is_poisoned() => {
+                super::file::record_census(f, entries)
             }
-            None => Map::anon(1 << self.seg_shift)?,
-        };
-        Ok(self.maps.push(map)?)
+            _ => Ok(()),
+        }
     }
 
     /// Flush every segment (msync), then the file (fdatasync).

@@ -94,6 +94,8 @@ pub fn stat(path: &Path, as_json: bool) -> Res {
                 "corrupt_segments": r.corrupt_segments,
                 "duplicates": r.duplicates,
                 "blank_segments": r.blank_segments,
+                "lost_segments": r.lost_segments,
+                "missing_entries": r.missing_entries,
             },
         });
         println!("{doc}");
@@ -145,6 +147,19 @@ pub fn stat(path: &Path, as_json: bool) -> Res {
         "at open              {} entries, {} corrupt entries skipped, {} corrupt segments skipped, {} duplicates",
         r.entries, r.corrupt_entries, r.corrupt_segments, r.duplicates
     );
+    if r.lost_segments > 0 {
+        println!(
+            "LOST                 {} segment(s) the header records are not in the file; {}",
+            r.lost_segments,
+            match r.missing_entries {
+                Some(n) => format!("{n} entries the store held when it last closed are gone"),
+                None => "how many entries is unknown (the store was not closed in good order)"
+                    .to_string(),
+            }
+        );
+    } else if let Some(n) = r.missing_entries.filter(|&n| n > 0) {
+        println!("missing              {n} entries the store held when it last closed");
+    }
     Ok(())
 }
 

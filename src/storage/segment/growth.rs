@@ -1,0 +1,132 @@
+//! Growing the file by one segment, and keeping a spare segment grown ahead of need.
+//!
+//! Growth is the one slow step an allocation can meet: the new length must be durable before
+//! the segment count takes the segment in, and the count before anything in the segment is
+//! used, and each of those is an `fdatasync` of the whole file, which writes back every page
+//! dirtied since the last one. A request that has to grow the file waits for all of that (and
+//! so does every other allocation, behind the allocator's lock).
+//!
+//! So the compactor thread grows the next segment before it is needed: when an allocation
+//! takes the last blank segment, or has to grow the file itself, it asks for a spare and wakes
+//! the compactor, which grows one segment and leaves it blank (counted, durable, its header
+//! still zero). The next allocation that needs a segment takes it at the cost of a lock. A
+//! spare is exactly what a crash right after growing leaves behind, so open already knows it
+//! (a blank segment, reused first); nothing new is written to the file.
+//!
+//! Growth is serialised by its own lock, never held by a check: an allocation that finds no
+//! spare grows under it as before (holding the allocator's lock), and the compactor grows
+//! under it alone, then takes the allocator's lock only to hand the segment over. If both
+//! grow at once, the file ends up one segment further ahead: a spare, not a leak.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use super::{Alloc, Segments};
+use crate::error::{Error, Result};
+use crate::storage::format::HEADER_LEN;
+use crate::storage::hook::IoEvent;
+use crate::storage::raw::Map;
+
+/// What wakes the thread that grows spares (the compactor's).
+pub(crate) type Waker = Arc<dyn Fn() + Send + Sync>;
+
+/// The state of growth ahead of need.
+#[derive(Default)]
+pub(super) struct Spare {
+    /// An allocation took the last blank segment (or grew the file): grow a spare.
+    wanted: AtomicBool,
+    /// Held across one growth, so that two growths never pick the same segment index.
+    grow_lock: Mutex<()>,
+    /// Wakes the thread that grows spares; none: nobody grows ahead.
+    waker: Mutex<Option<Waker>>,
+}
+
+impl Segments {
+    /// Have `wake` called whenever a spare segment is wanted; the thread it wakes calls
+    /// [`Segments::grow_spare`]. Only a writable, file-backed store grows ahead (in anonymous
+    /// memory growth is just a map).
+    pub(crate) fn set_spare_waker(&self, wake: Waker) {
+        if self.file.is_some() && !self.private {
+            *self.spare.waker.lock() = Some(wake);
+        }
+    }
+
+    /// Grow the spare segment if one is wanted: `Ok(true)` if the file grew. Called by the
+    /// thread [`Segments::set_spare_waker`] wakes, never on a request's path. A failure is the
+    /// one a request's growth would have met, with the same effect (a failed sync poisons the
+    /// store); a store at its last segment simply has no spare.
+    pub(crate) fn grow_spare(&self) -> Result<bool> {
+        if !self.spare.wanted.swap(false, Ordering::AcqRel) {
+            return Ok(false);
+        }
+        let seg = match self.grow() {
+            Ok(seg) => seg,
+            Err(Error::CapacityExhausted) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        self.alloc.lock().blank.push(seg);
+        Ok(true)
+    }
+
+    /// Segments counted in the file and not in use yet (spares, and blank ones found at open).
+    pub(crate) fn blank_segments(&self) -> u64 {
+        self.alloc.lock().blank.len() as u64
+    }
+
+    /// A segment for a new class or blob run: a blank one if there is one, else a new one.
+    /// Either way, if no blank one is left, a spare is asked for.
+    pub(super) fn take_segment(&self, a: &mut Alloc) -> Result<usize> {
+        let seg = match a.blank.pop() {
+            Some(s) => s,
+            None => self.grow()?,
+        };
+        if a.blank.is_empty() {
+            self.want_spare();
+        }
+        Ok(seg)
+    }
+
+    fn want_spare(&self) {
+        let waker = self.spare.waker.lock().clone();
+        if let Some(wake) = waker {
+            self.spare.wanted.store(true, Ordering::Release);
+            wake();
+        }
+    }
+
+    /// Add one segment to the file (or to anonymous memory) and map it.
+    fn grow(&self) -> Result<usize> {
+        let _growing = self.spare.grow_lock.lock();
+        let idx = self.maps.count();
+        if idx >= self.max_segments.min(self.maps.capacity()) {
+            return Err(Error::CapacityExhausted);
+        }
+        if self.private {
+            return Err(Error::ReadOnly);
+        }
+        self.writable()?;
+        let map = match &self.file {
+            Some(f) => {
+                let off = HEADER_LEN + idx as u64 * self.seg_len();
+                let len = self.seg_len();
+                self.durable(self.hook.run(IoEvent::Allocate { offset: off, len }, || {
+                    crate::storage::sys::allocate(f, off, len)
+                }))?;
+                // The new length must be durable before the count takes it in, and the count
+                // before anything in the segment is used: a crash in between leaves a segment
+                // the count does not take in (cut off at open), never one it takes in but the
+                // file lacks (which open would report as lost).
+                self.durable(self.hook.run(IoEvent::SyncFile, || f.sync_data()))?;
+                let count = u32::try_from(idx + 1).map_err(|_| Error::CapacityExhausted)?;
+                crate::storage::file::record_segments(f, count, &self.hook).inspect_err(|_| {
+                    self.poisoned.store(true, Ordering::Release);
+                })?;
+                self.durable(Map::file(f, off, 1 << self.seg_shift))?
+            }
+            None => Map::anon(1 << self.seg_shift)?,
+        };
+        Ok(self.maps.push(map)?)
+    }
+}
