@@ -13,8 +13,14 @@
 //! most `c` slots can hold a deadline after now, so at most `c` permits are held at any
 //! instant, whatever the threads do. A release swaps the slot back to deadline 0 only if it
 //! still holds the permit's word (same generation, same deadline): a permit past its deadline
-//! whose slot was taken again releases nothing. A lower cap applies to new permits only:
-//! permits already held in slots past it run until released or their deadline.
+//! whose slot was taken again releases nothing.
+//!
+//! **A lower cap** applies at once, as Redis's count does: after taking its slot, an acquire
+//! counts every held slot (all 64: permits taken under a higher cap sit past the new one) and
+//! gives its slot back if more than `c` are held. The swap and the count are sequentially
+//! consistent, so of two acquires racing for the last place at least one sees the other (both
+//! may give up: a spurious refusal, only while slots past the cap are held). With a cap that
+//! does not change, no slot past it is ever taken and the count never refuses.
 //!
 //! The compactor unlinks an entry whose every slot is free, freezing each slot (bit 63) by a
 //! compare-and-swap that fails if a permit was taken meanwhile; an acquire that meets a frozen
@@ -169,15 +175,23 @@ impl Core {
                         deadline_ms: deadline,
                     }
                     .encode();
-                    match w.compare_exchange(s, new, Ordering::AcqRel, Ordering::Acquire) {
+                    match w.compare_exchange(s, new, Ordering::SeqCst, Ordering::Acquire) {
                         Ok(_) => {
-                            return Ok(Some(Permit {
+                            let held = self.held_in(line, &l, now_ms)?;
+                            let permit = Permit {
                                 key: key.to_vec(),
                                 slot: i as u32,
                                 stamp: new,
                                 deadline_ms: deadline,
-                                held: self.held_in(line, &l, now_ms)?,
-                            }))
+                                held,
+                            };
+                            if held > cap {
+                                // Permits taken under a higher cap, in slots past this one,
+                                // still run: give the slot back (module docs).
+                                self.release_permit(&permit)?;
+                                return Ok(None);
+                            }
+                            return Ok(Some(permit));
                         }
                         Err(now) => s = now,
                     }
@@ -207,7 +221,7 @@ impl Core {
     fn held_in(&self, line: u64, l: &PermitLayout, now_ms: u64) -> Result<u32> {
         let mut n = 0;
         for i in 0..MAX_PERMITS as usize {
-            let s = self.slot(line, l, i)?.load(Ordering::Acquire);
+            let s = self.slot(line, l, i)?.load(Ordering::SeqCst);
             n += u32::from(s & FROZEN == 0 && Slot::decode(s).held_at(now_ms));
         }
         Ok(n)
@@ -244,7 +258,7 @@ impl Core {
         }
         .encode();
         Ok(
-            w.compare_exchange(permit.stamp, freed, Ordering::AcqRel, Ordering::Acquire)
+            w.compare_exchange(permit.stamp, freed, Ordering::SeqCst, Ordering::Acquire)
                 .is_ok(),
         )
     }

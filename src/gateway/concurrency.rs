@@ -13,7 +13,9 @@
 //!   node, a release lost on the network) holds its slot until that deadline, never longer;
 //!   a request running longer than the lease loses its slot at the deadline (the cap may then
 //!   admit one more), so the lease should exceed the upstream's own timeout.
-//! * **A cap change** applies to new requests; requests already in flight keep their permits.
+//! * **A cap change** applies to new requests at once (a lower cap refuses while as many
+//!   permits as it allows are held, wherever they were taken); requests already in flight
+//!   keep their permits.
 
 use std::time::Duration;
 
@@ -191,10 +193,13 @@ mod tests {
         assert!(two.try_acquire("t").unwrap().is_none());
         drop(g);
         let one = ConcurrencyLimiter::new(&s, 1, LEASE);
-        // Slot 0 is free again, and cap 1 looks at slot 0 only: the permit in slot 1 runs on.
+        // A free place under the new cap, but the permit taken under the old one still runs:
+        // the cap of 1 is reached.
+        assert!(one.try_acquire("t").unwrap().is_none());
+        drop(g2);
         let g3 = one.try_acquire("t").unwrap();
         assert!(g3.is_some());
-        drop((g2, g3));
+        drop(g3);
         assert!(ConcurrencyLimiter::new(&s, 0, LEASE)
             .try_acquire("t")
             .unwrap()

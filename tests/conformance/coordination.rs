@@ -154,15 +154,24 @@ fn permits_hold_the_cap_until_released_or_their_deadline() {
                 .unwrap()
                 .is_none());
             // A larger cap admits more at once; a lower one refuses while others hold.
-            assert!(b
-                .acquire_permit_at(k, 3, 1_000, T0 + 1_000)
+            let t1 = T0 + 1_000;
+            let f = b
+                .acquire_permit_at(k, 3, 1_000, t1)
                 .unwrap()
-                .is_some());
-            assert!(b
-                .acquire_permit_at(k, 1, 1_000, T0 + 1_000)
+                .expect("cap 3");
+            assert!(b.acquire_permit_at(k, 1, 1_000, t1).unwrap().is_none());
+            rec(t, b.permits_held_at(k, t1).unwrap());
+            // Lowered to 2 with the first place free again: the permit taken under cap 3
+            // still counts, so cap 2 is reached (and cap 3 is not).
+            assert!(b.release_permit(&d).unwrap());
+            assert!(b.acquire_permit_at(k, 2, 1_000, t1).unwrap().is_none());
+            assert_eq!(b.permits_held_at(k, t1).unwrap(), 2);
+            let d = b
+                .acquire_permit_at(k, 3, 1_000, t1)
                 .unwrap()
-                .is_none());
-            rec(t, b.permits_held_at(k, T0 + 1_000).unwrap());
+                .expect("cap 3");
+            rec(t, d.held());
+            assert!(b.release_permit(&f).unwrap());
             assert!(b.release_permit(&d).unwrap());
             assert!(b.release_permit(&e).unwrap());
             assert!(b.acquire_permit_at(k, 1, 0, T0).is_err(), "a lease of 0");
