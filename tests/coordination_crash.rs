@@ -2,6 +2,8 @@
 //! re-runs itself as a child (as `tests/crash.rs` and `tests/second_process.rs` do) that bumps
 //! versions, takes permits and then bumps one hot version in a loop, reporting each bump on
 //! stdout once it returned; the parent kills it with SIGKILL mid-loop and reopens the file.
+//! Six rounds on one file, each child starting from what the last kill left, killed after a
+//! different number of hot bumps.
 //!
 //! * every version the child reported is there, with its epoch (a restart keeps every ETag),
 //!   and the hot one is the last reported or one more (a bump that returned is never lost);
@@ -14,6 +16,7 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -22,11 +25,13 @@ use tollgate::{Options, Store, Version};
 
 const T0: u64 = 1_700_000_000_000;
 const CHILD: &str = "TOLLGATE_COORD_CRASH_CHILD";
+/// The round the child runs (its time, its bumps).
+const ROUND: &str = "TOLLGATE_COORD_CRASH_ROUND";
+/// Kills, one per round, on the same file.
+const KILLS: u64 = 6;
 const LEASE_MS: u64 = 30_000;
 const CAP: u32 = 3;
 const RESOURCES: u64 = 20;
-/// Hot bumps the parent waits for before the kill.
-const HOT_BEFORE_KILL: u64 = 300;
 
 fn opts() -> Options {
     Options::default()
@@ -44,8 +49,14 @@ fn resource(i: u64) -> Vec<u8> {
     format!("/api/leads/{i}").into_bytes()
 }
 
-/// The child: versions, permits, then a hot version bumped until killed.
-fn child(path: &str) {
+/// The time of round `k`: far enough from the last that its permits have all ended.
+fn round_t(k: u64) -> u64 {
+    T0 + k * 10 * LEASE_MS
+}
+
+/// The child of round `k`: bumps resource `i` `i` more times, takes every permit of the cap at
+/// the round's time, then bumps the hot version until killed, reporting each result.
+fn child(path: &str, k: u64) {
     let store = Store::open(path, opts()).expect("child opens");
     for i in 0..RESOURCES {
         let mut v = store.version(&resource(i)).expect("version");
@@ -56,7 +67,7 @@ fn child(path: &str) {
     }
     for _ in 0..CAP {
         let p = store
-            .acquire_permit_at(b"tok_dead", CAP, LEASE_MS, T0)
+            .acquire_permit_at(b"tok_dead", CAP, LEASE_MS, round_t(k))
             .expect("backend")
             .expect("a slot");
         say(&format!("p {}", p.deadline_ms()));
@@ -69,19 +80,52 @@ fn child(path: &str) {
 
 #[test]
 fn child_entry() {
-    if let Ok(path) = std::env::var(CHILD) {
-        child(&path);
+    if let (Ok(path), Ok(k)) = (std::env::var(CHILD), std::env::var(ROUND)) {
+        child(&path, k.parse().expect("a round"));
     }
 }
 
-#[test]
-fn versions_survive_kill_9_and_dead_permits_end_at_their_deadline() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("coord.tg");
+/// What a child reported before it was killed.
+#[derive(Default)]
+struct Reports {
+    versions: HashMap<u64, Version>,
+    deadlines: Vec<u64>,
+    hot: Option<Version>,
+}
+
+impl Reports {
+    fn take(&mut self, line: &str) -> bool {
+        let f: Vec<&str> = line.split(' ').collect();
+        let num = |i: usize| f[i].parse::<u64>().unwrap();
+        match f[0] {
+            "v" => {
+                let v = Version {
+                    epoch: num(2),
+                    number: num(3),
+                };
+                self.versions.insert(num(1), v);
+            }
+            "p" => self.deadlines.push(num(1)),
+            "hot" => {
+                self.hot = Some(Version {
+                    epoch: num(1),
+                    number: num(2),
+                });
+                return true;
+            }
+            other => panic!("unexpected report {other}"),
+        }
+        false
+    }
+}
+
+/// Run round `k`'s child, kill it with SIGKILL after `hot_before_kill` hot bumps.
+fn run_child(path: &Path, k: u64, hot_before_kill: u64) -> Reports {
     let exe = std::env::current_exe().unwrap();
     let mut kid = Command::new(exe)
         .args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
-        .env(CHILD, &path)
+        .env(CHILD, path)
+        .env(ROUND, k.to_string())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -98,86 +142,76 @@ fn versions_survive_kill_9_and_dead_permits_end_at_their_deadline() {
             }
         }
     });
-    let mut versions = HashMap::new();
-    let mut deadlines = Vec::new();
-    let mut hot: Option<Version> = None;
+    let mut r = Reports::default();
     let mut hot_seen = 0u64;
-    while hot_seen < HOT_BEFORE_KILL {
+    while hot_seen < hot_before_kill {
         let line = rx
             .recv_timeout(Duration::from_secs(60))
             .expect("the child reports");
-        let f: Vec<&str> = line.split(' ').collect();
-        let num = |i: usize| f[i].parse::<u64>().unwrap();
-        match f[0] {
-            "v" => {
-                versions.insert(
-                    num(1),
-                    Version {
-                        epoch: num(2),
-                        number: num(3),
-                    },
-                );
-            }
-            "p" => deadlines.push(num(1)),
-            "hot" => {
-                hot = Some(Version {
-                    epoch: num(1),
-                    number: num(2),
-                });
-                hot_seen += 1;
-            }
-            other => panic!("unexpected report {other}"),
-        }
+        hot_seen += u64::from(r.take(&line));
     }
     kid.kill().unwrap(); // SIGKILL, in the middle of the hot loop
     kid.wait().unwrap();
     // Reports printed before the kill may still be in the pipe: the last one counts.
     while let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
-        let f: Vec<&str> = line.split(' ').collect();
-        if f[0] == "hot" {
-            hot = Some(Version {
-                epoch: f[1].parse().unwrap(),
-                number: f[2].parse().unwrap(),
-            });
+        r.take(&line);
+    }
+    r
+}
+
+#[test]
+fn versions_survive_kill_9_and_dead_permits_end_at_their_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("coord.tg");
+    let mut epochs: HashMap<u64, u64> = HashMap::new();
+    for k in 0..KILLS {
+        let r = run_child(&path, k, 50 + 97 * k);
+        let store = Store::open(&path, opts()).unwrap();
+        let report = store.open_report();
+        assert_eq!(report.corrupt_entries, 0, "round {k}: {report:?}");
+        assert!(store.verify().problems.is_empty());
+        assert_eq!(r.versions.len() as u64, RESOURCES);
+        for (i, v) in &r.versions {
+            assert_eq!(
+                store.version(&resource(*i)).unwrap(),
+                *v,
+                "round {k}: resource {i}"
+            );
+            // Resource i was bumped i times a round, always under one epoch.
+            assert_eq!(v.number, i * (k + 1), "round {k}: resource {i}");
+            assert_eq!(*epochs.entry(*i).or_insert(v.epoch), v.epoch);
         }
-    }
+        let hot = r.hot.expect("hot bumps reported");
+        let now = store.version(b"/hot").unwrap();
+        assert_eq!(now.epoch, hot.epoch);
+        assert!(
+            now.number == hot.number || now.number == hot.number + 1,
+            "round {k}: reported {} before the kill, {} reopened",
+            hot.number,
+            now.number
+        );
 
-    let store = Store::open(&path, opts()).unwrap();
-    let r = store.open_report();
-    assert_eq!(r.corrupt_entries, 0, "{r:?}");
-    assert!(store.verify().problems.is_empty());
-    assert_eq!(versions.len() as u64, RESOURCES);
-    for (i, v) in &versions {
-        assert_eq!(store.version(&resource(*i)).unwrap(), *v, "resource {i}");
-    }
-    let hot = hot.expect("hot bumps reported");
-    let now = store.version(b"/hot").unwrap();
-    assert_eq!(now.epoch, hot.epoch);
-    assert!(
-        now.number == hot.number || now.number == hot.number + 1,
-        "reported {} after the kill, {} reopened",
-        hot.number,
-        now.number
-    );
-
-    assert_eq!(deadlines, vec![T0 + LEASE_MS; CAP as usize]);
-    let before = T0 + LEASE_MS - 1;
-    assert_eq!(store.permits_held_at(b"tok_dead", before).unwrap(), CAP);
-    assert!(store
-        .acquire_permit_at(b"tok_dead", CAP, 1_000, before)
-        .unwrap()
-        .is_none());
-    let at = T0 + LEASE_MS;
-    assert_eq!(store.permits_held_at(b"tok_dead", at).unwrap(), 0);
-    for _ in 0..CAP {
+        let t = round_t(k);
+        assert_eq!(r.deadlines, vec![t + LEASE_MS; CAP as usize]);
+        let before = t + LEASE_MS - 1;
+        assert_eq!(store.permits_held_at(b"tok_dead", before).unwrap(), CAP);
         assert!(store
-            .acquire_permit_at(b"tok_dead", CAP, 1_000, at)
+            .acquire_permit_at(b"tok_dead", CAP, 1_000, before)
             .unwrap()
-            .is_some());
+            .is_none());
+        let at = t + LEASE_MS;
+        assert_eq!(store.permits_held_at(b"tok_dead", at).unwrap(), 0);
+        for _ in 0..CAP {
+            assert!(store
+                .acquire_permit_at(b"tok_dead", CAP, 1_000, at)
+                .unwrap()
+                .is_some());
+        }
+        // A clean restart keeps the new permits and the versions alike.
+        store.close().unwrap();
+        let store = Store::open(&path, opts()).unwrap();
+        assert_eq!(store.permits_held_at(b"tok_dead", at).unwrap(), CAP);
+        assert_eq!(store.version(b"/hot").unwrap(), now);
+        store.close().unwrap();
     }
-    // A second restart keeps the new permits and the versions alike.
-    store.close().unwrap();
-    let store = Store::open(&path, opts()).unwrap();
-    assert_eq!(store.permits_held_at(b"tok_dead", at).unwrap(), CAP);
-    assert_eq!(store.version(b"/hot").unwrap(), now);
 }
