@@ -7,6 +7,7 @@
 
 use tollgate::{Backend, Version, VersionBump};
 
+use proptest::prelude::*;
 use tollgate::fleet::{RedisOptions, RedisStore};
 
 use super::{rec, run, server, T0};
@@ -209,4 +210,128 @@ fn two_nodes_share_versions_and_permits() {
     assert!(Backend::acquire_permit_at(&b2, b"tok", 1, 1_000, T0)
         .unwrap()
         .is_some());
+}
+
+/// An operation of [`coordination_answers_agree`].
+#[derive(Debug, Clone)]
+enum Coord {
+    /// `how`: 0 read, 1 bump, 2 compare-and-bump with the last version this sequence saw of
+    /// the resource (stale if another bump came since), 3 with a version never issued.
+    Version {
+        res: u8,
+        how: u8,
+    },
+    Acquire {
+        tok: u8,
+        cap: u32,
+        lease: u64,
+    },
+    Release {
+        which: usize,
+    },
+    Held {
+        tok: u8,
+    },
+    Forward(u64),
+}
+
+fn coord() -> impl Strategy<Value = Coord> {
+    prop_oneof![
+        3 => (0u8..3, 0u8..4).prop_map(|(res, how)| Coord::Version { res, how }),
+        4 => (0u8..2, 1u32..5, 1u64..3_000)
+            .prop_map(|(tok, cap, lease)| Coord::Acquire { tok, cap, lease }),
+        2 => (0usize..16).prop_map(|which| Coord::Release { which }),
+        1 => (0u8..2).prop_map(|tok| Coord::Held { tok }),
+        2 => (0u64..2_500).prop_map(Coord::Forward),
+    ]
+}
+
+/// The answers of `ops` on `b`, without epochs. A release is recorded only while its permit's
+/// deadline is ahead: past it, either answer is allowed (`Backend::release_permit`).
+fn replay_coord(b: &dyn Backend, ops: &[Coord]) -> Vec<String> {
+    let mut now = T0;
+    let mut seen: [Option<Version>; 3] = [None; 3];
+    let mut permits: Vec<tollgate::Permit> = Vec::new();
+    let mut out = Vec::new();
+    for op in ops {
+        let line = match *op {
+            Coord::Version { res, how } => {
+                let key = format!("/api/r/{res}").into_bytes();
+                let slot = &mut seen[res as usize];
+                let r = match (how, *slot) {
+                    (1, _) => b.bump_version(&key).map(|v| ("bumped", v)),
+                    (_, None) | (0, _) => b.version(&key).map(|v| ("read", v)),
+                    (2, Some(v)) => b.bump_version_if(&key, &v).map(|x| match x {
+                        VersionBump::Bumped(v) => ("bumped", v),
+                        VersionBump::Stale(v) => ("stale", v),
+                    }),
+                    (_, Some(v)) => {
+                        let never = Version {
+                            epoch: v.epoch,
+                            number: v.number + 1_000,
+                        };
+                        b.bump_version_if(&key, &never).map(|x| match x {
+                            VersionBump::Bumped(v) => ("bumped", v),
+                            VersionBump::Stale(v) => ("stale", v),
+                        })
+                    }
+                };
+                let (what, v) = r.unwrap();
+                *slot = Some(v);
+                format!("version {res} {what} {}", v.number)
+            }
+            Coord::Acquire { tok, cap, lease } => {
+                let got = b.acquire_permit_at(&[b't', tok], cap, lease, now).unwrap();
+                let line = format!(
+                    "acquire {tok} {:?}",
+                    got.as_ref().map(|p| (p.held(), p.deadline_ms()))
+                );
+                permits.extend(got);
+                line
+            }
+            Coord::Release { which } => {
+                if permits.is_empty() {
+                    continue;
+                }
+                let p = permits.remove(which % permits.len());
+                let released = b.release_permit(&p).unwrap();
+                if p.deadline_ms() <= now {
+                    continue;
+                }
+                format!("release {released}")
+            }
+            Coord::Held { tok } => {
+                format!(
+                    "held {tok} {}",
+                    b.permits_held_at(&[b't', tok], now).unwrap()
+                )
+            }
+            Coord::Forward(ms) => {
+                now += ms;
+                continue;
+            }
+        };
+        out.push(line);
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Random sequences of version and permit operations (caps changing from call to call,
+    /// time moving forward) get the same answers from the embedded store and from Redis.
+    #[test]
+    fn coordination_answers_agree(ops in prop::collection::vec(coord(), 1..80)) {
+        let Some(url) = server::url("coordination_answers_agree") else { return Ok(()) };
+        let embedded = tollgate::Store::open_in_memory(
+            tollgate::Options::default().compactor(false),
+        )
+        .unwrap();
+        let prefix = server::prefix("coord-prop");
+        let shared = RedisStore::open(&url, RedisOptions::default().prefix(&prefix)).unwrap();
+        let local = replay_coord(&embedded, &ops);
+        let remote = replay_coord(&shared, &ops);
+        prop_assert_eq!(local, remote);
+    }
 }
