@@ -118,7 +118,9 @@ impl<B: Backend + 'static> Gateway<B> {
         &self.store
     }
 
-    /// The concurrency cap of the policy in force, over the backend's permits.
+    /// The concurrency cap of the policy in force, over the backend's permits (for
+    /// `in_flight`; a policy without a cap gives `u32::MAX`, which the embedded store refuses
+    /// to take permits under).
     pub fn concurrency(&self) -> ConcurrencyLimiter<'_> {
         ConcurrencyLimiter::new(
             &self.store,
