@@ -212,6 +212,54 @@ fn two_nodes_share_versions_and_permits() {
         .is_some());
 }
 
+/// Two hybrid nodes (each with its own embedded store) on one server: versions and permits
+/// are forwarded to it, so the nodes agree on both at once, without a sync.
+#[test]
+fn two_hybrid_nodes_share_versions_and_permits() {
+    use tollgate::fleet::{HybridOptions, HybridStore};
+    let Some(url) = server::url("two_hybrid_nodes_share") else {
+        return;
+    };
+    let prefix = server::prefix("two_hybrid_nodes_share");
+    let node = || {
+        let local =
+            tollgate::Store::open_in_memory(tollgate::Options::default().compactor(false)).unwrap();
+        let shared = RedisStore::open(&url, RedisOptions::default().prefix(&prefix)).unwrap();
+        HybridStore::new(local, shared, HybridOptions::default().background(false)).unwrap()
+    };
+    let (a, b) = (node(), node());
+    let k: &[u8] = b"/api/r/9";
+    let seen = Backend::version(&a, k).unwrap();
+    assert_eq!(
+        Backend::version(&b, k).unwrap(),
+        seen,
+        "one version, one epoch"
+    );
+    let VersionBump::Bumped(new) = Backend::bump_version_if(&b, k, &seen).unwrap() else {
+        panic!("the first writer wins");
+    };
+    assert_eq!(
+        Backend::bump_version_if(&a, k, &seen).unwrap(),
+        VersionBump::Stale(new)
+    );
+    let p = Backend::acquire_permit_at(&a, b"tok", 2, 1_000, T0)
+        .unwrap()
+        .unwrap();
+    assert!(Backend::acquire_permit_at(&b, b"tok", 2, 1_000, T0)
+        .unwrap()
+        .is_some());
+    assert!(Backend::acquire_permit_at(&a, b"tok", 2, 1_000, T0)
+        .unwrap()
+        .is_none());
+    assert_eq!(Backend::permits_held_at(&b, b"tok", T0).unwrap(), 2);
+    assert!(Backend::release_permit(&b, &p).unwrap());
+    assert!(Backend::acquire_permit_at(&b, b"tok", 2, 1_000, T0)
+        .unwrap()
+        .is_some());
+    // Nothing of it is in the nodes' own stores.
+    assert_eq!(a.local().stats().entries + b.local().stats().entries, 0);
+}
+
 /// An operation of [`coordination_answers_agree`].
 #[derive(Debug, Clone)]
 enum Coord {
