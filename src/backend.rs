@@ -11,6 +11,8 @@ use crate::error::{Error, Result};
 use crate::idempotency::{Begin, Fingerprint, IdempotencyKey, Lease, StoredResponse};
 use crate::key::MAX_KEY_LEN;
 use crate::limit::Limits;
+use crate::permit::Permit;
+use crate::version::{Version, VersionBump};
 
 /// Refuse an empty or over-long key: the first step of every backend's every operation.
 #[inline]
@@ -36,7 +38,8 @@ pub(crate) fn check_request(key: &[u8], limits: &Limits, cost: u32) -> Result<()
     Ok(())
 }
 
-/// Sliding-window checks and idempotency records, wherever they are kept.
+/// Sliding-window checks, idempotency records, versions and concurrency permits, wherever
+/// they are kept.
 ///
 /// Every time-dependent operation has an `_at` form taking `now` in milliseconds since the Unix
 /// epoch; the plain forms read the backend's clock ([`Backend::now_ms`]).
@@ -78,6 +81,47 @@ pub trait Backend: Send + Sync {
 
     /// Forget a started request, so that a retry runs it again.
     fn abort(&self, lease: &Lease) -> Result<()>;
+
+    /// The current version of `key` (see [`crate::version`]); a key never asked for gets its
+    /// entry now (a fresh epoch, number 0).
+    fn version(&self, key: &[u8]) -> Result<Version>;
+
+    /// Bump the version of `key`: the new one.
+    fn bump_version(&self, key: &[u8]) -> Result<Version>;
+
+    /// Bump the version of `key` if it is `expected`, as one atomic step: of two writers
+    /// presenting the same version, one gets [`VersionBump::Bumped`] and the other
+    /// [`VersionBump::Stale`] with the version the first made.
+    fn bump_version_if(&self, key: &[u8], expected: &Version) -> Result<VersionBump>;
+
+    /// Take one of `cap` concurrency permits of `key` (see [`crate::permit`]) until
+    /// `now_ms + lease_ms`; `None` when `cap` are held at `now_ms`. The embedded store takes
+    /// caps up to [`MAX_PERMITS`](crate::MAX_PERMITS).
+    fn acquire_permit_at(
+        &self,
+        key: &[u8],
+        cap: u32,
+        lease_ms: u64,
+        now_ms: u64,
+    ) -> Result<Option<Permit>>;
+
+    /// Give a permit back; `false` if it no longer held its place (released before, or past
+    /// its deadline and dropped or replaced by another permit). A permit past its deadline
+    /// whose place nobody took yet may still report `true`: either way it is free after.
+    fn release_permit(&self, permit: &Permit) -> Result<bool>;
+
+    /// Permits of `key` held at `now_ms`.
+    fn permits_held_at(&self, key: &[u8], now_ms: u64) -> Result<u32>;
+
+    /// [`Backend::acquire_permit_at`] at the backend's clock.
+    fn acquire_permit(&self, key: &[u8], cap: u32, lease_ms: u64) -> Result<Option<Permit>> {
+        self.acquire_permit_at(key, cap, lease_ms, self.now_ms())
+    }
+
+    /// [`Backend::permits_held_at`] at the backend's clock.
+    fn permits_held(&self, key: &[u8]) -> Result<u32> {
+        self.permits_held_at(key, self.now_ms())
+    }
 
     /// [`Backend::check_at`] at the backend's clock.
     fn check(&self, key: &[u8], limits: &Limits, cost: u32) -> Result<Decision> {

@@ -59,6 +59,26 @@ pub enum EntryView<'a> {
         /// True when past its deadline (the compactor will unlink it).
         expired: bool,
     },
+    /// A version (`If-Match`), see [`crate::Version`].
+    Version {
+        /// The key (a gateway's resource).
+        key: &'a [u8],
+        /// The entry's epoch.
+        epoch: u64,
+        /// The version number.
+        number: u64,
+    },
+    /// The concurrency permits of one key, see [`crate::Permit`].
+    Permits {
+        /// The key (a gateway's token).
+        key: &'a [u8],
+        /// Permits held at the time of the visit.
+        held: u32,
+        /// The latest deadline among them (0 if none is held).
+        latest_deadline_ms: u64,
+        /// True when none is held (the compactor will unlink it).
+        expired: bool,
+    },
 }
 
 /// What [`Store::verify`] found.

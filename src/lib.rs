@@ -52,8 +52,10 @@ mod inspect;
 mod key;
 mod limit;
 mod options;
+pub mod permit;
 mod snapshot;
 mod store;
+pub mod version;
 
 // The machinery, one level down: the engine over the storage, and the window arithmetic.
 mod engine;
@@ -81,7 +83,9 @@ pub use limit::{
     Limit, Limits, Mode, MAX_BUCKETED_LIMIT, MAX_EXACT_LIMIT, MAX_WINDOW, MAX_WINDOWS, MIN_WINDOW,
 };
 pub use options::{OnFull, Options};
+pub use permit::{Permit, MAX_PERMITS};
 pub use snapshot::FileShape;
 #[doc(hidden)]
 pub use storage::hook::{IoEvent, IoHook};
 pub use store::{Stats, Store};
+pub use version::{Version, VersionBump};

@@ -16,10 +16,12 @@ use crate::error::Result;
 use crate::idempotency::{record_key, Begin, Fingerprint, IdempotencyKey, Lease, StoredResponse};
 use crate::limit::Limits;
 use crate::options::{CompactorOptions, Options};
+use crate::permit::Permit;
 use crate::storage::file::{self, Access, OpenPolicy};
 use crate::storage::format::{FileHeader, HEADER_LEN};
 use crate::storage::raw::Map;
 use crate::storage::segment::Segments;
+use crate::version::{Version, VersionBump};
 
 /// A tollgate store: sliding-window counters in a memory-mapped file (or anonymous memory).
 ///
@@ -349,6 +351,44 @@ impl Store {
     }
 
     /// Sub-windows per sliding window on this store (as fixed in its file).
+    /// The current version of `key` (see [`crate::version`]), creating its entry (a fresh
+    /// epoch, number 0) if the store has none.
+    pub fn version(&self, key: &[u8]) -> Result<Version> {
+        self.core.version(key, self.now_ms())
+    }
+
+    /// Bump the version of `key`: the new one.
+    pub fn bump_version(&self, key: &[u8]) -> Result<Version> {
+        self.core.bump_version(key, self.now_ms())
+    }
+
+    /// Bump the version of `key` if it is `expected` (one compare-and-swap).
+    pub fn bump_version_if(&self, key: &[u8], expected: &Version) -> Result<VersionBump> {
+        self.core.bump_version_if(key, expected, self.now_ms())
+    }
+
+    /// Take one of `cap` (at most [`MAX_PERMITS`](crate::MAX_PERMITS)) concurrency permits
+    /// of `key` until `now_ms + lease_ms` (see [`crate::permit`]); `None` if `cap` are held.
+    pub fn acquire_permit_at(
+        &self,
+        key: &[u8],
+        cap: u32,
+        lease_ms: u64,
+        now_ms: u64,
+    ) -> Result<Option<Permit>> {
+        self.core.acquire_permit(key, cap, lease_ms, now_ms)
+    }
+
+    /// Give a permit back; `false` if it had already ended.
+    pub fn release_permit(&self, permit: &Permit) -> Result<bool> {
+        self.core.release_permit(permit)
+    }
+
+    /// Permits of `key` held at `now_ms`.
+    pub fn permits_held_at(&self, key: &[u8], now_ms: u64) -> Result<u32> {
+        self.core.permits_held(key, now_ms)
+    }
+
     #[cfg_attr(
         not(feature = "redis"),
         allow(dead_code, reason = "used by fleet::HybridStore")
@@ -431,5 +471,35 @@ impl Backend for Store {
 
     fn abort(&self, lease: &Lease) -> Result<()> {
         Store::abort(self, lease)
+    }
+
+    fn version(&self, key: &[u8]) -> Result<Version> {
+        Store::version(self, key)
+    }
+
+    fn bump_version(&self, key: &[u8]) -> Result<Version> {
+        Store::bump_version(self, key)
+    }
+
+    fn bump_version_if(&self, key: &[u8], expected: &Version) -> Result<VersionBump> {
+        Store::bump_version_if(self, key, expected)
+    }
+
+    fn acquire_permit_at(
+        &self,
+        key: &[u8],
+        cap: u32,
+        lease_ms: u64,
+        now_ms: u64,
+    ) -> Result<Option<Permit>> {
+        Store::acquire_permit_at(self, key, cap, lease_ms, now_ms)
+    }
+
+    fn release_permit(&self, permit: &Permit) -> Result<bool> {
+        Store::release_permit(self, permit)
+    }
+
+    fn permits_held_at(&self, key: &[u8], now_ms: u64) -> Result<u32> {
+        Store::permits_held_at(self, key, now_ms)
     }
 }

@@ -518,3 +518,51 @@ fn verify_summarizes_a_truncated_file() {
         "verify changed nothing"
     );
 }
+
+/// Versions and concurrency permits show in `stat` and `dump`, and `verify` checks them.
+#[test]
+fn versions_and_permits_show_in_stat_and_dump() {
+    let (_dir, path) = temp_store();
+    let store = Store::open(&path, Options::default().compactor(false)).unwrap();
+    for _ in 0..3 {
+        store.bump_version(b"/api/leads/7").unwrap();
+    }
+    let now = store.now_ms();
+    for _ in 0..2 {
+        // A day's lease: still held when the command reads the clock.
+        let p = store.acquire_permit_at(b"tok", 4, 86_400_000, now).unwrap();
+        assert!(p.is_some());
+    }
+    let epoch = store.version(b"/api/leads/7").unwrap().epoch;
+    store.close().unwrap();
+    let p = path.to_str().unwrap();
+    let (code, out, _) = run(&["stat", p, "--json"]);
+    assert_eq!(code, 0);
+    let v = json(&out);
+    assert_eq!(v["versions"], 1);
+    assert_eq!(v["permit_entries"]["keys"], 1);
+    assert_eq!(v["permit_entries"]["held"], 2);
+    let (code, out, _) = run(&["verify", p, "--json"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(json(&out)["entries_checked"], 2);
+    let (code, out, _) = run(&["dump", p, "--json"]);
+    assert_eq!(code, 0);
+    let lines: Vec<serde_json::Value> = out.lines().map(json).collect();
+    let version = lines
+        .iter()
+        .find(|l| l["kind"] == "version")
+        .expect("a version");
+    assert_eq!(version["key"], "/api/leads/7");
+    assert_eq!(version["number"], 3);
+    assert_eq!(version["epoch"], format!("{epoch:x}"));
+    let permits = lines
+        .iter()
+        .find(|l| l["kind"] == "permits")
+        .expect("permits");
+    assert_eq!(
+        (permits["key"].clone(), permits["held"].clone()),
+        ("tok".into(), 2.into())
+    );
+    assert_eq!(permits["latest_deadline_ms"], now + 86_400_000);
+    assert_eq!(permits["expired"], false);
+}

@@ -8,11 +8,16 @@
 //!   proptest drives random operation sequences (checks, peeks, time moving both ways,
 //!   idempotency) against both and compares every answer.
 //!
+//! Versions and concurrency permits have their scenarios in `conformance/coordination.rs`.
+//!
 //! Needs a Redis or Valkey server (`TOLLGATE_REDIS_URL`); skipped with a message without one,
 //! failed when `CI` is set.
 #![cfg(feature = "redis")]
 
 mod server;
+#[macro_use]
+#[path = "conformance/coordination.rs"]
+mod coordination;
 
 use std::time::Duration;
 
@@ -73,6 +78,7 @@ impl Backend for SyncedHybrid {
     fn abort(&self, l: &Lease) -> tollgate::Result<()> {
         Backend::abort(&self.0, l)
     }
+    forward_coordination!(0);
 }
 
 fn hybrid(url: &str, test: &str) -> SyncedHybrid {
@@ -659,6 +665,7 @@ impl Backend for TwoNodes {
     fn abort(&self, l: &Lease) -> tollgate::Result<()> {
         Backend::abort(&self.a, l)
     }
+    forward_coordination!(a);
 }
 
 proptest! {

@@ -558,7 +558,59 @@ mod ops {
                     ],
                 },
             ),
+            // Versions and permits (`fuzz/models/ops_coordination.rs`): reads, bumps, a
+            // compare-and-bump current and stale, permits up to the cap and past their
+            // deadlines, releases (of a permit held, released, replaced, of an unlinked
+            // entry), expiry, reopens and the clock going back over deadlines.
+            (
+                "versions_and_permits",
+                Input {
+                    sub_windows: 48,
+                    ops: vec![
+                        version(0, 0),
+                        version(0, 2),
+                        version(0, 3),
+                        version(1, 1),
+                        version(2, 3),
+                        acquire(0, 9),
+                        acquire(0, 4),
+                        acquire(0, 4),
+                        acquire(1, 0),
+                        Op::Release { which: 0 },
+                        Op::Release { which: 0 },
+                        acquire(0, 0),
+                        reopen(false, 16),
+                        version(0, 1),
+                        advance(600),
+                        acquire(0, 0),
+                        Op::Release { which: 1 },
+                        Op::Expire,
+                        advance(1_000),
+                        Op::Expire,
+                        Op::Release { which: 2 },
+                        acquire(0, 49),
+                        back(1_700),
+                        acquire(0, 1),
+                        acquire(1, 1),
+                        reopen(true, 16),
+                        version(0, 2),
+                        version(2, 2),
+                        Op::Release { which: 5 },
+                        advance(10_000),
+                        Op::Expire,
+                        reopen(true, 16),
+                    ],
+                },
+            ),
         ]
+    }
+
+    fn version(res: u8, how: u8) -> Op {
+        Op::Version { res, how }
+    }
+
+    fn acquire(tok: u8, lease: u8) -> Op {
+        Op::Acquire { tok, lease }
     }
 
     #[test]

@@ -493,7 +493,7 @@ async fn request_over_the_concurrency_cap_is_refused() {
         }));
     }
     wait_entered(&h, u64::from(cap)).await;
-    assert_eq!(h.gateway.concurrency().in_flight("tok_conc"), cap);
+    assert_eq!(h.gateway.concurrency().in_flight("tok_conc").unwrap(), cap);
     let a = h
         .send(
             Method::GET,
@@ -523,7 +523,7 @@ async fn request_over_the_concurrency_cap_is_refused() {
         assert_eq!(a.status, StatusCode::OK);
         assert_eq!(a.body, "released");
     }
-    assert_eq!(h.gateway.concurrency().in_flight("tok_conc"), 0);
+    assert_eq!(h.gateway.concurrency().in_flight("tok_conc").unwrap(), 0);
     let a = h
         .send(
             Method::GET,

@@ -1,6 +1,7 @@
 //! A gateway restart keeps every count: a file store, the Zorio policy, counts made through
 //! the gateway's keys, the store closed and reopened (with its background compactor running),
-//! and the counts still there, also after the compactor's first passes.
+//! and the counts still there, also after the compactor's first passes; and every ETag it
+//! handed out (`If-Match` versions are entries of the file too).
 #![cfg(feature = "tower")]
 
 use std::time::Duration;
@@ -60,4 +61,66 @@ fn counts_survive_a_restart() {
         7,
         "the compactor dropped counts after a restart"
     );
+}
+
+/// The ETags a gateway handed out stay valid across a restart (versions are entries of the
+/// store's file), and a stale one is still refused with the current ETag: PATCH through the
+/// middleware (a tower service over an upstream that answers 200), before and after.
+#[tokio::test]
+async fn etags_survive_a_restart() {
+    use bytes::Bytes;
+    use http::{Method, Request, Response, StatusCode};
+    use http_body_util::Full;
+    use tower::{Layer, Service};
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("gateway.tg");
+    let lead = "/api/telesales/leads/7";
+    let ok = tower::service_fn(|_req: Request<tollgate::gateway::GatewayBody>| async {
+        Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(b"{}"))))
+    });
+    let call = |gw: &std::sync::Arc<Gateway>, method: Method, if_match: Option<&str>| {
+        let mut svc = gw.layer().layer(ok);
+        let mut req = Request::builder()
+            .method(method)
+            .uri(lead)
+            .header("authorization", "Bearer tok_v");
+        if let Some(tag) = if_match {
+            req = req.header("if-match", tag);
+        }
+        let req = req
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .expect("request");
+        async move {
+            let r = svc.call(req).await.expect("answered");
+            let etag = r
+                .headers()
+                .get("etag")
+                .map(|v| v.to_str().expect("ascii").to_owned());
+            (r.status(), etag)
+        }
+    };
+    let (first, second) = {
+        let store = Store::open(&path, Options::default()).expect("open");
+        let gw = Gateway::new(store, Policy::load(ZORIO).expect("policy"));
+        let (status, first) = call(&gw, Method::GET, None).await;
+        assert_eq!(status, StatusCode::OK);
+        let first = first.expect("ETag");
+        let (status, second) = call(&gw, Method::PATCH, Some(&first)).await;
+        assert_eq!(status, StatusCode::OK);
+        (first, second.expect("new ETag"))
+    };
+    let store = Store::open(&path, Options::default()).expect("reopen");
+    let gw = Gateway::new(store, Policy::load(ZORIO).expect("policy"));
+    let (status, now) = call(&gw, Method::GET, None).await;
+    assert_eq!(
+        (status, now.as_deref()),
+        (StatusCode::OK, Some(second.as_str()))
+    );
+    let (status, current) = call(&gw, Method::PATCH, Some(&first)).await;
+    assert_eq!(status, StatusCode::PRECONDITION_FAILED);
+    assert_eq!(current.as_deref(), Some(second.as_str()));
+    let (status, third) = call(&gw, Method::PATCH, Some(&second)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_ne!(third.as_deref(), Some(second.as_str()));
 }

@@ -10,10 +10,12 @@
 //! checked:
 //!
 //! * it opens, or fails with a typed error: never a panic;
-//! * with `Durability::Sync`, every acknowledged completion replays byte for byte;
+//! * with `Durability::Sync`, every acknowledged completion replays byte for byte, and every
+//!   version is the last one a bump returned, with its epoch;
 //! * with the default durability, what is lost is what `docs/RELIABILITY.md` says may be lost:
-//!   nothing that was in the file at the last `flush` (a count is never below its value then),
-//!   and a record is never served with other bytes than its own.
+//!   nothing that was in the file at the last `flush` (a count is never below its value then,
+//!   a version neither below its value then nor above the last bump), and a record is never
+//!   served with other bytes than its own.
 //!
 //! `TOLLGATE_POWER_CUTS` sets the number of cuts per durability (default 20); `tests/power_loss.sh`
 //! runs more in release mode.
@@ -132,6 +134,8 @@ struct Tally {
     replayed: u64,
     lost_unsynced_records: u64,
     counts_below_ack: u64,
+    acked_versions: u64,
+    versions_below_ack: u64,
 }
 
 fn run(durability: Durability, cuts: u64, seed: u64) -> Tally {
@@ -159,10 +163,14 @@ fn run(durability: Durability, cuts: u64, seed: u64) -> Tally {
         let mut acked: HashMap<u64, u64> = HashMap::new();
         let mut flushed: HashMap<u64, u64> = HashMap::new();
         let mut records: Vec<(u64, bool)> = Vec::new();
+        // Versions: per resource, the epoch and the last number a bump returned; and as of
+        // the last flush.
+        let mut versions: HashMap<u64, tollgate::Version> = HashMap::new();
+        let mut flushed_versions: HashMap<u64, tollgate::Version> = HashMap::new();
         let ops = 20 + rng.next() % 600;
         for op in 0..ops {
             now += 7;
-            match rng.next() % 10 {
+            match rng.next() % 11 {
                 0..=4 => {
                     let k = rng.next() % 300;
                     let d = store
@@ -184,9 +192,17 @@ fn run(durability: Durability, cuts: u64, seed: u64) -> Tally {
                         .expect("complete");
                     records.push((j, false));
                 }
+                9 => {
+                    let r = rng.next() % 20;
+                    let v = store
+                        .bump_version(format!("/r/{r}").as_bytes())
+                        .expect("bump");
+                    versions.insert(r, v);
+                }
                 _ => {
                     store.flush().expect("flush");
                     flushed = acked.clone();
+                    flushed_versions = versions.clone();
                     for r in records.iter_mut() {
                         r.1 = true;
                     }
@@ -232,6 +248,26 @@ fn run(durability: Durability, cuts: u64, seed: u64) -> Tally {
             );
             t.counts_below_ack += u64::from(used < *n);
         }
+        for (r, v) in &versions {
+            t.acked_versions += 1;
+            let got = store
+                .version(format!("/r/{r}").as_bytes())
+                .expect("version");
+            t.versions_below_ack += u64::from(got != *v);
+            match (durability, flushed_versions.get(r)) {
+                (Durability::Sync, _) => assert_eq!(got, *v, "cut {cut}: version {r}"),
+                (_, Some(f)) => assert!(
+                    got.epoch == v.epoch && (f.number..=v.number).contains(&got.number),
+                    "cut {cut}: version {r} is {got:?}, {f:?} at the last flush, {v:?} acknowledged"
+                ),
+                // Never flushed: the entry may be gone (a new epoch: no old tag matches).
+                (_, None) => assert!(
+                    (got.epoch == v.epoch && got.number <= v.number)
+                        || (got.epoch != v.epoch && got.number == 0),
+                    "cut {cut}: version {r} is {got:?}, {v:?} acknowledged, never flushed"
+                ),
+            }
+        }
         for &(j, synced) in &records {
             t.acked_records += 1;
             let got = store.begin_at(b"acct", &record_key(j), &fingerprint(j), now + 1);
@@ -270,9 +306,9 @@ fn cuts() -> u64 {
 
 fn report(what: &str, t: &Tally) {
     eprintln!(
-        "power loss ({what}): {} cuts, {} opened, {} typed errors, {} unsynced pages kept; {} acknowledged records, {} replayed, {} lost (not flushed); {} key counts below acknowledged",
+        "power loss ({what}): {} cuts, {} opened, {} typed errors, {} unsynced pages kept; {} acknowledged records, {} replayed, {} lost (not flushed); {} key counts below acknowledged; {} versions, {} not the last acknowledged",
         t.cuts, t.opened, t.typed_errors, t.pages_kept, t.acked_records, t.replayed,
-        t.lost_unsynced_records, t.counts_below_ack
+        t.lost_unsynced_records, t.counts_below_ack, t.acked_versions, t.versions_below_ack
     );
 }
 
@@ -282,6 +318,8 @@ fn sync_durability_survives_power_loss() {
     report("Durability::Sync", &t);
     assert_eq!(t.replayed, t.acked_records);
     assert!(t.acked_records > 0);
+    assert!(t.acked_versions > 0);
+    assert_eq!(t.versions_below_ack, 0);
 }
 
 #[test]

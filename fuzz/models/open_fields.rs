@@ -217,6 +217,11 @@ fn fix_crcs(b: &mut [u8]) {
             let fp = at + 8 * (1 + key_len.div_ceil(8));
             c.update(b.get(fp..fp + 32).unwrap_or(&[]));
         }
+        if kind == 3 {
+            // A version: the epoch after the key (kind 4, permits: the key alone).
+            let epoch = at + 8 * (1 + key_len.div_ceil(8));
+            c.update(b.get(epoch..epoch + 8).unwrap_or(&[]));
+        }
         set_u32(b, at + 4, c.finalize());
     }
     // The response: its record's crc and its entry's, over the length its head gives.

@@ -25,7 +25,15 @@ enum Op {
     Reopen { close: bool, sub_windows: u8 },
     /// `expire_now` on both stores at the current time.
     Expire,
+    /// Read, bump or compare-and-bump resource `res % RESOURCES` (`ops_coordination.rs`).
+    Version { res: u8, how: u8 },
+    /// Take a permit of token `tok % TOKENS` (`ops_coordination.rs`).
+    Acquire { tok: u8, lease: u8 },
+    /// Give back a permit handed out before (`ops_coordination.rs`).
+    Release { which: u8 },
 }
+
+include!("ops_coordination.rs");
 
 #[cfg_attr(fuzzing, derive(Arbitrary))]
 #[derive(Debug)]
@@ -314,6 +322,8 @@ struct Harness {
     /// The model's effective time is the newest time any check was made at (the
     /// `max-seen-time` feature) rather than the newest time the window was written at.
     max_seen_time: bool,
+    /// Versions and permits.
+    coord: CoordModel,
 }
 
 impl Harness {
@@ -436,7 +446,7 @@ impl Harness {
         let opts = self.file_options(sub_windows);
         let store = Store::open(&self.path, opts).expect("reopen");
         let r = store.open_report();
-        let live = Model::count(&self.model.live);
+        let live = Model::count(&self.model.live) + self.coord.entries();
         let created = Model::count(&self.model.created);
         assert_eq!(
             (r.corrupt_entries, r.corrupt_segments, r.blank_segments),
@@ -457,6 +467,7 @@ impl Harness {
             }
         }
         self.file = Some(store);
+        self.check_coordination();
     }
 
     fn expire(&mut self) {
@@ -472,6 +483,7 @@ impl Harness {
                 }
             }
         }
+        expect += self.coord.expire(now);
         let m = self.mem.expire_now(now);
         let f = self.file().expire_now(now);
         assert_eq!(
@@ -482,8 +494,9 @@ impl Harness {
             f.expired, expect,
             "expire_now({now}) on the file store: {f:?}"
         );
-        assert_eq!(self.mem.stats().entries, Model::count(&self.model.live));
-        assert_eq!(self.file().stats().entries, Model::count(&self.model.live));
+        let entries = Model::count(&self.model.live) + self.coord.entries();
+        assert_eq!(self.mem.stats().entries, entries);
+        assert_eq!(self.file().stats().entries, entries);
     }
 
     fn apply(&mut self, op: Op) {
@@ -509,6 +522,9 @@ impl Harness {
                 self.reopen(close, sub_windows_of(sub_windows));
             }
             Op::Expire => self.expire(),
+            Op::Version { res, how } => self.version_op(res, how),
+            Op::Acquire { tok, lease } => self.acquire_op(tok, lease),
+            Op::Release { which } => self.release_op(which),
         }
     }
 }
@@ -533,6 +549,7 @@ impl Harness {
             now: T0,
             model,
             max_seen_time,
+            coord: CoordModel::default(),
         };
         let file = Store::open(&h.path, h.file_options(sub_windows)).expect("file store");
         h.file = Some(file);

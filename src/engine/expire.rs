@@ -7,6 +7,8 @@
 //!   space returns to the free lists once every reader that might still hold them has finished
 //!   (crossbeam-epoch). Reads never depend on this: an expired window reads as empty and an
 //!   expired record as free, whether the compactor has reached them or not.
+//!   A concurrency permit entry none of whose permits is held is unlinked the same way (its
+//!   slots frozen by compare-and-swaps, `engine/permits.rs`); version entries never expire.
 //! * **Bounded work**: a pass examines at most `budget` entries from a cursor that resumes
 //!   where the last pass stopped; like Redis's active expiry, the thread runs another pass at
 //!   once while passes keep finding many expired entries, and otherwise sleeps. The only lock
@@ -27,7 +29,9 @@ use crate::idempotency::record::{
     pack, unpack, IdemLayout, ST_DEAD, ST_DONE, ST_INFLIGHT, ST_VACANT,
 };
 use crate::limit::{Descriptor, MAX_WINDOWS};
-use crate::storage::format::{EntryHeader, SegmentHeader, BLOB_SEGMENT, KIND_IDEM, KIND_WINDOWS};
+use crate::storage::format::{
+    EntryHeader, SegmentHeader, BLOB_SEGMENT, KIND_IDEM, KIND_PERMITS, KIND_WINDOWS,
+};
 use crate::storage::segment::Entry;
 use crate::window::{cell, sliding};
 
@@ -137,6 +141,9 @@ impl Core {
                 self.unlink_window(line, n, &windows, now_ms, guard)
             }
             KIND_IDEM => self.unlink_record(line, key_len, now_ms, guard),
+            // Every permit ended or released.
+            KIND_PERMITS => self.unlink_permits(line, key_len, now_ms, guard),
+            // Versions never expire (`engine/versions.rs` says why).
             _ => false,
         }
     }

@@ -10,7 +10,9 @@ use crate::idempotency::record::{
 };
 use crate::inspect::{EntryView, RecordState, VerifyReport, WindowView};
 use crate::limit::{Descriptor, MAX_WINDOWS};
-use crate::storage::format::{EntryHeader, SegmentHeader, BLOB_SEGMENT, KIND_IDEM, KIND_WINDOWS};
+use crate::storage::format::{
+    EntryHeader, SegmentHeader, BLOB_SEGMENT, KIND_IDEM, KIND_PERMITS, KIND_VERSION, KIND_WINDOWS,
+};
 use crate::window::sliding;
 
 impl Core {
@@ -55,7 +57,8 @@ impl Core {
             at += class;
             let head = self.segs.entry(line).load(0);
             let kind = EntryHeader::decode(head).kind;
-            if head == 0 || (kind != KIND_WINDOWS && kind != KIND_IDEM) {
+            let known = matches!(kind, KIND_WINDOWS | KIND_IDEM | KIND_VERSION | KIND_PERMITS);
+            if head == 0 || !known {
                 continue;
             }
             if self.index_points_at(line, kind, guard) {
@@ -72,7 +75,18 @@ impl Core {
             let key_at = 1 + n.div_ceil(2);
             let (key_buf, _) = self.entry_key(line);
             let key = key_buf.get(..key_len).unwrap_or(&[]);
-            if kind == KIND_WINDOWS {
+            if kind == KIND_VERSION {
+                let (epoch, number) = self.version_view(line, key_len);
+                f(EntryView::Version { key, epoch, number });
+            } else if kind == KIND_PERMITS {
+                let (held, latest) = self.permits_view(line, key_len, now_ms);
+                f(EntryView::Permits {
+                    key,
+                    held,
+                    latest_deadline_ms: latest,
+                    expired: held == 0,
+                });
+            } else if kind == KIND_WINDOWS {
                 let mut views = [WindowView {
                     window: Duration::ZERO,
                     exact: false,
@@ -164,6 +178,21 @@ impl Core {
                                 .problems
                                 .push((core.segs.file_offset(line), err.to_string())),
                         }
+                    }
+                } else if kind == KIND_VERSION || kind == KIND_PERMITS {
+                    // Their immutable part is checked again (the crc over key and epoch);
+                    // their live words take any value.
+                    let e = core.segs.entry(line);
+                    let fine = if kind == KIND_VERSION {
+                        core.version_entry_key(&e).is_some()
+                    } else {
+                        core.permits_entry_key(&e).is_some()
+                    };
+                    if !fine {
+                        report.problems.push((
+                            core.segs.file_offset(line),
+                            "entry checksum mismatch".into(),
+                        ));
                     }
                 } else if kind == KIND_WINDOWS {
                     let e = core.segs.entry(line);

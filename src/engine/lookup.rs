@@ -82,6 +82,40 @@ impl Core {
         Ok(line)
     }
 
+    /// Find the entry of `kind` for `key`, or write one under the key's stripe lock:
+    /// `write(line)` fills every word of the `lines` lines allocated at `line` but the header,
+    /// and returns the header word, stored last (with `Release`) before the index entry that
+    /// makes the new entry reachable. For the kinds that are never moved (versions, permits).
+    pub(crate) fn find_or_insert_kind(
+        &self,
+        key: &[u8],
+        kind: u8,
+        lines: u32,
+        now_ms: u64,
+        guard: &Guard,
+        write: impl Fn(u64) -> u64,
+    ) -> Result<u64> {
+        let hash = self.hasher.hash_one(key);
+        if let Some(line) = self.find_kind(hash, key, kind, guard) {
+            return Ok(line);
+        }
+        self.make_room(now_ms)?;
+        let mut lock = self.index.lock(hash);
+        if let Some(line) = self.find_kind(hash, key, kind, guard) {
+            return Ok(line);
+        }
+        let line = self.segs.alloc(lines)?;
+        let e = self.segs.entry(line);
+        put_key(&e, 1, key);
+        let header = write(line);
+        if let Some(w) = e.w(0) {
+            w.store(header, Ordering::Release);
+        }
+        lock.insert(hash, line, guard, |l| self.rehash(l));
+        self.live_entries.fetch_add(1, Ordering::Relaxed);
+        Ok(line)
+    }
+
     /// `Ok` if a new entry may be added: below `max_entries`, or brought below it by a short
     /// expiry pass. Never evicts a live entry.
     pub(crate) fn make_room(&self, now_ms: u64) -> Result<()> {
@@ -135,6 +169,36 @@ impl Core {
             w.store(0, Ordering::Release);
         }
     }
+}
+
+/// Store `key`'s bytes from word `at` of `e`, zero padded to a whole word.
+pub(crate) fn put_key(e: &crate::storage::segment::Entry<'_>, at: usize, key: &[u8]) {
+    for (i, c) in key.chunks(8).enumerate() {
+        let mut b = [0u8; 8];
+        if let Some(d) = b.get_mut(..c.len()) {
+            d.copy_from_slice(c);
+        }
+        if let Some(w) = e.w(at + i) {
+            w.store(u64::from_le_bytes(b), Ordering::Relaxed);
+        }
+    }
+}
+
+/// Read `key_len` key bytes from word `at` of `e`; `None` if a padding byte is not zero.
+pub(crate) fn read_key(
+    e: &crate::storage::segment::Entry<'_>,
+    at: usize,
+    key_len: usize,
+) -> Option<Vec<u8>> {
+    let mut key = Vec::with_capacity(key_len.div_ceil(8) * 8);
+    for i in 0..key_len.div_ceil(8) {
+        key.extend_from_slice(&e.load(at + i).to_le_bytes());
+    }
+    if key.get(key_len..)?.iter().any(|&b| b != 0) {
+        return None;
+    }
+    key.truncate(key_len);
+    Some(key)
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! The engine: windows and idempotency records kept in entries of the mapped segments.
+//! The engine: windows, idempotency records, versions and concurrency permits kept in entries
+//! of the mapped segments.
 //!
 //! One [`Core`] per open store holds the state (`core.rs`); each part of the engine is a file
 //! that adds its methods to it:
@@ -13,6 +14,8 @@
 //! | `moves.rs` | moving an entry to a new set of windows (freeze, copy, switch) |
 //! | `recovery.rs` | rebuilding the index from the segments when a file is opened |
 //! | `records.rs` | the idempotency state machine on record entries and response blobs |
+//! | `versions.rs` | version entries: read, bump, compare-and-bump (`If-Match`) |
+//! | `permits.rs` | concurrency permit entries: acquire, release, count, unlink |
 //! | `expire.rs` | expiry passes: unlink what is past its window or TTL |
 //! | `blobs.rs` | response compaction and recycling of blob segments |
 //! | `compactor.rs` | the background thread that runs expiry and compaction |
@@ -33,9 +36,11 @@ mod expire;
 mod inspect;
 mod lookup;
 mod moves;
+mod permits;
 mod records;
 mod recovery;
 mod seen;
+mod versions;
 
 pub(crate) use self::compactor::CompactorHandle;
 pub(crate) use self::core::{Core, Parts};

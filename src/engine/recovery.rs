@@ -6,7 +6,8 @@ use std::sync::atomic::Ordering;
 
 use super::core::Core;
 use crate::storage::format::{
-    BlobHeader, EntryHeader, SegmentHeader, BLOB_SEGMENT, KIND_IDEM, KIND_WINDOWS,
+    BlobHeader, EntryHeader, SegmentHeader, BLOB_SEGMENT, KIND_IDEM, KIND_PERMITS, KIND_VERSION,
+    KIND_WINDOWS,
 };
 
 /// What opening a store found (entries recovered, records skipped).
@@ -95,6 +96,13 @@ impl Core {
                             (bytes.get(..len).unwrap_or(&[]).to_vec(), frozen)
                         }),
                     KIND_IDEM => self.check_idem_entry(&e, header.entry_lines),
+                    // Never moved: a second copy of a key is damage, and the first is kept.
+                    KIND_VERSION => self
+                        .check_version_entry(&e, header.entry_lines)
+                        .map(|k| (k, true)),
+                    KIND_PERMITS => self
+                        .check_permits_entry(&e, header.entry_lines)
+                        .map(|k| (k, true)),
                     _ => None,
                 };
                 match checked {

@@ -56,7 +56,9 @@ use crate::decision::{Decision, WindowState};
 use crate::error::{Error, Result};
 use crate::idempotency::{Begin, Fingerprint, IdempotencyKey, Lease, StoredResponse};
 use crate::limit::{Limits, MAX_WINDOWS};
+use crate::permit::Permit;
 use crate::store::Store;
+use crate::version::{Version, VersionBump};
 use crate::window::sliding::Slide;
 
 const SHARDS: usize = 64;
@@ -102,7 +104,9 @@ struct Inner {
 /// failure behaviour).
 ///
 /// Idempotency records are not batched (a replay must be right the first time): `begin`,
-/// `complete` and `abort` go to the server as in [`RedisStore`].
+/// `complete` and `abort` go to the server as in [`RedisStore`]. Nor are versions and
+/// concurrency permits (a version must be exact for `If-Match`, a cap must hold across the
+/// fleet): the [`Backend`](crate::Backend) methods for them are [`RedisStore`]'s.
 ///
 /// ```no_run
 /// use tollgate::fleet::{HybridOptions, HybridStore, RedisOptions, RedisStore};
@@ -613,5 +617,39 @@ impl crate::backend::Backend for HybridStore {
 
     fn abort(&self, lease: &Lease) -> Result<()> {
         self.inner.shared.abort(lease)
+    }
+
+    // Versions and permits must be exact across the fleet: the server's, never batched.
+
+    fn version(&self, key: &[u8]) -> Result<Version> {
+        self.inner.shared.version(key)
+    }
+
+    fn bump_version(&self, key: &[u8]) -> Result<Version> {
+        self.inner.shared.bump_version(key)
+    }
+
+    fn bump_version_if(&self, key: &[u8], expected: &Version) -> Result<VersionBump> {
+        self.inner.shared.bump_version_if(key, expected)
+    }
+
+    fn acquire_permit_at(
+        &self,
+        key: &[u8],
+        cap: u32,
+        lease_ms: u64,
+        now_ms: u64,
+    ) -> Result<Option<Permit>> {
+        self.inner
+            .shared
+            .acquire_permit_at(key, cap, lease_ms, now_ms)
+    }
+
+    fn release_permit(&self, permit: &Permit) -> Result<bool> {
+        self.inner.shared.release_permit(permit)
+    }
+
+    fn permits_held_at(&self, key: &[u8], now_ms: u64) -> Result<u32> {
+        self.inner.shared.permits_held_at(key, now_ms)
     }
 }

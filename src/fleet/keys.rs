@@ -10,6 +10,8 @@
 //! <prefix>:{r:tok_abc}:h:60000:938   hybrid counters (g = 938)   hash: sub-window -> count
 //! <prefix>:{r:tok_abc}:h:seen        hybrid: last batch applied per node
 //! <prefix>:{r:tok_abc}:i:<uuid>      idempotency record          hash (begin.lua)
+//! <prefix>:{r:/api/leads/7}:v        version (If-Match)          hash {e, n} (version.lua)
+//! <prefix>:{r:tok_abc}:c             concurrency permits         sorted set (permit.lua)
 //! ```
 
 use crate::limit::{Limit, Mode};
@@ -52,6 +54,20 @@ pub(crate) fn hybrid(base: &[u8], window_ms: u64, g: u64) -> Vec<u8> {
 pub(crate) fn hybrid_seen(base: &[u8]) -> Vec<u8> {
     let mut k = base.to_vec();
     k.extend_from_slice(b":h:seen");
+    k
+}
+
+/// The key of `key`'s version (a hash: epoch and number).
+pub(crate) fn version(prefix: &str, key: &[u8]) -> Vec<u8> {
+    let mut k = base(prefix, key);
+    k.extend_from_slice(b":v");
+    k
+}
+
+/// The key of `key`'s concurrency permits (a sorted set scored by deadline).
+pub(crate) fn permits(prefix: &str, key: &[u8]) -> Vec<u8> {
+    let mut k = base(prefix, key);
+    k.extend_from_slice(b":c");
     k
 }
 

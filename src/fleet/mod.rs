@@ -10,6 +10,9 @@
 //!   an embedded check costs; the fleet may admit more than the limit, by at most
 //!   `(N - 1) × batch` units per window for N nodes (documented and tested).
 //!
+//! Versions (`If-Match`) and concurrency permits are kept on the server in both modes
+//! (`coordination.rs`): they must be exact across the fleet.
+//!
 //! Both implement [`Backend`](crate::Backend), as the embedded store does, so a gateway picks a
 //! mode by configuration; `tests/conformance.rs` runs the same scenarios against all of them.
 //!
@@ -17,6 +20,7 @@
 //! is used only to expire keys, with a generous margin.
 
 mod conn;
+mod coordination;
 mod hybrid;
 mod keys;
 mod ledger;

@@ -16,6 +16,8 @@ use crate::idempotency::{
     record_key, Begin, Fingerprint, IdempotencyKey, Lease, Replayed, StoredResponse,
 };
 use crate::limit::{Limits, Mode, MAX_EXACT_LIMIT, MAX_WINDOWS};
+use crate::permit::Permit;
+use crate::version::{Version, VersionBump};
 use crate::window::exact::Ring;
 use crate::window::sliding::{Slide, Snap};
 
@@ -424,5 +426,35 @@ impl crate::backend::Backend for RedisStore {
 
     fn abort(&self, lease: &Lease) -> Result<()> {
         RedisStore::abort(self, lease)
+    }
+
+    fn version(&self, key: &[u8]) -> Result<Version> {
+        RedisStore::version(self, key)
+    }
+
+    fn bump_version(&self, key: &[u8]) -> Result<Version> {
+        RedisStore::bump_version(self, key)
+    }
+
+    fn bump_version_if(&self, key: &[u8], expected: &Version) -> Result<VersionBump> {
+        RedisStore::bump_version_if(self, key, expected)
+    }
+
+    fn acquire_permit_at(
+        &self,
+        key: &[u8],
+        cap: u32,
+        lease_ms: u64,
+        now_ms: u64,
+    ) -> Result<Option<Permit>> {
+        RedisStore::acquire_permit_at(self, key, cap, lease_ms, now_ms)
+    }
+
+    fn release_permit(&self, permit: &Permit) -> Result<bool> {
+        RedisStore::release_permit(self, permit)
+    }
+
+    fn permits_held_at(&self, key: &[u8], now_ms: u64) -> Result<u32> {
+        RedisStore::permits_held_at(self, key, now_ms)
     }
 }

@@ -17,9 +17,9 @@ use super::idempotency::{IdempotencyPolicy, NEVER_REPLAYED};
 use super::ietf::{self, Concurrency, Extras, CONCURRENCY_POLICY};
 use super::metrics;
 use super::policy::{Group, Policy, RateKey};
+use super::problem;
 use super::settings::BodyStyle;
 use super::shadow::{ShadowLog, ShadowRefusal};
-use super::{problem, ConcurrencyLimiter};
 use crate::{Backend, Decision, Error, Lease, Limits, StoredResponse};
 
 /// The rate-limit side of one request: its group, key and windows.
@@ -38,9 +38,11 @@ pub(super) struct Ctx<'a> {
     pub(super) rate: Option<Rate<'a>>,
     /// The bearer token ("" until it is known).
     pub(super) token: &'a str,
-    pub(super) limiter: &'a ConcurrencyLimiter,
     /// What the request does since it met a failed backend (`Tollgate-Degraded`).
     pub(super) degraded: Option<OnBackendError>,
+    /// The token's requests in flight, as its concurrency permit counted them (this one
+    /// included; the cap when refused).
+    pub(super) in_flight: u32,
 }
 
 impl<'a> Ctx<'a> {
@@ -91,7 +93,7 @@ impl<'a> Ctx<'a> {
                 .then(|| settings.partition_secret().key_of(self.token));
             let concurrency = settings.max_concurrent_per_token().map(|cap| Concurrency {
                 cap,
-                in_flight: self.limiter.in_flight(self.token),
+                in_flight: self.in_flight,
             });
             let now = store.now_ms();
             // Only when this request took a window's last unit: when does the next come back?

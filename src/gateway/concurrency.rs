@@ -1,216 +1,227 @@
-//! The per-token concurrency cap: how many requests of one token are in flight.
+//! The per-token concurrency cap: how many requests of one token are in flight, counted by
+//! the backend's permits (`crate::permit`), not in this process's memory.
 //!
-//! An in-memory gauge, sharded over 64 `parking_lot` mutexes by a hash of the token. A request
-//! takes a [`ConcurrencyGuard`] with [`ConcurrencyLimiter::try_acquire`] and gives it back by
-//! dropping it, whatever happens to the request (answered, failed, or its future dropped
-//! because the client went away).
+//! [`ConcurrencyLimiter`] is a thin facade over a [`Backend`]: a request takes a
+//! [`ConcurrencyGuard`] (one permit of the token under the cap) and gives it back by dropping
+//! it, whatever happens to the request (answered, failed, or its future dropped because the
+//! client went away).
 //!
-//! **After a crash or a restart no lease of the dead process is counted**: the gauge lives in
-//! the process's memory only, so a new process starts with every token at zero. This is on
-//! purpose: a count of requests in flight is only meaningful while the process that runs them
-//! lives, and a persisted gauge would have to guess which leases died with it.
+//! * **Across a fleet**: on `fleet::RedisStore` or `fleet::HybridStore` the permits are on the
+//!   server, so the cap holds for the token across every gateway of the fleet.
+//! * **After a crash**: every permit has a deadline (the lease, [`DEFAULT_PERMIT_LEASE`]
+//!   unless the gateway sets another). A request whose process died (kill -9, a crashed
+//!   node, a release lost on the network) holds its slot until that deadline, never longer;
+//!   a request running longer than the lease loses its slot at the deadline (the cap may then
+//!   admit one more), so the lease should exceed the upstream's own timeout.
+//! * **A cap change** applies to new requests at once (a lower cap refuses while as many
+//!   permits as it allows are held, wherever they were taken); requests already in flight
+//!   keep their permits.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::time::Duration;
 
-use parking_lot::Mutex;
+use crate::{Backend, Permit};
 
-const SHARDS: usize = 64;
+/// The lease of a concurrency permit unless the gateway sets another: 60 s.
+pub const DEFAULT_PERMIT_LEASE: Duration = Duration::from_secs(60);
 
-struct Inner {
-    shards: Vec<Mutex<HashMap<Box<str>, u32>>>,
-    hasher: ahash::RandomState,
-    cap: AtomicU32,
-}
-
-impl Inner {
-    fn shard(&self, token: &str) -> Option<&Mutex<HashMap<Box<str>, u32>>> {
-        let h = self.hasher.hash_one(token);
-        self.shards.get((h >> 58) as usize % SHARDS)
-    }
-}
-
-/// A per-token in-flight gauge with a cap. Cheap to clone: clones share the gauge.
+/// A per-token in-flight cap over a backend's permits.
 ///
 /// ```
+/// use std::time::Duration;
 /// use tollgate::gateway::ConcurrencyLimiter;
-/// let limiter = ConcurrencyLimiter::new(2);
-/// let a = limiter.try_acquire("tok").expect("1st");
-/// let b = limiter.try_acquire("tok").expect("2nd");
-/// assert!(limiter.try_acquire("tok").is_none()); // the 3rd is refused
-/// assert!(limiter.try_acquire("other").is_some()); // another token has its own count
+/// use tollgate::{Options, Store};
+/// let store = Store::open_in_memory(Options::default())?;
+/// let limiter = ConcurrencyLimiter::new(&store, 2, Duration::from_secs(60));
+/// let a = limiter.try_acquire("tok")?.expect("1st");
+/// let b = limiter.try_acquire("tok")?.expect("2nd");
+/// assert!(limiter.try_acquire("tok")?.is_none()); // the 3rd is refused
+/// assert!(limiter.try_acquire("other")?.is_some()); // another token has its own count
 /// drop(a);
-/// assert!(limiter.try_acquire("tok").is_some()); // released on drop
+/// assert!(limiter.try_acquire("tok")?.is_some()); // released on drop
 /// # drop(b);
+/// # Ok::<(), tollgate::Error>(())
 /// ```
-#[derive(Clone)]
-pub struct ConcurrencyLimiter {
-    inner: Arc<Inner>,
+#[derive(Clone, Copy)]
+pub struct ConcurrencyLimiter<'a> {
+    backend: &'a dyn Backend,
+    cap: u32,
+    lease: Duration,
 }
 
-impl std::fmt::Debug for ConcurrencyLimiter {
+impl std::fmt::Debug for ConcurrencyLimiter<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConcurrencyLimiter")
-            .field("cap", &self.cap())
+            .field("cap", &self.cap)
+            .field("lease", &self.lease)
             .finish_non_exhaustive()
     }
 }
 
-impl ConcurrencyLimiter {
-    /// A limiter allowing `cap` requests in flight per token (`u32::MAX`: no cap). Every token
-    /// starts at zero.
-    pub fn new(cap: u32) -> ConcurrencyLimiter {
+impl<'a> ConcurrencyLimiter<'a> {
+    /// A limiter allowing `cap` requests in flight per token, each holding its slot for at
+    /// most `lease` if it is never released.
+    pub fn new(backend: &'a dyn Backend, cap: u32, lease: Duration) -> ConcurrencyLimiter<'a> {
         ConcurrencyLimiter {
-            inner: Arc::new(Inner {
-                shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-                hasher: ahash::RandomState::new(),
-                cap: AtomicU32::new(cap),
-            }),
+            backend,
+            cap,
+            lease,
         }
     }
 
     /// The cap per token.
     pub fn cap(&self) -> u32 {
-        self.inner.cap.load(Ordering::Relaxed)
+        self.cap
     }
 
-    /// Change the cap (a policy reload). Requests in flight keep their guards; a lower cap
-    /// refuses new requests until enough of them finish.
-    pub fn set_cap(&self, cap: u32) {
-        self.inner.cap.store(cap, Ordering::Relaxed);
+    /// How long an unreleased permit holds its slot.
+    pub fn lease(&self) -> Duration {
+        self.lease
     }
 
     /// Count one more request of `token` in flight, unless it already has the cap: `None`
-    /// then (the gateway answers 429 "Too many concurrent connections.").
-    pub fn try_acquire(&self, token: &str) -> Option<ConcurrencyGuard> {
-        let cap = self.cap();
-        let shard = self.inner.shard(token)?;
-        let mut map = shard.lock();
-        match map.get_mut(token) {
-            Some(n) if *n >= cap => return None,
-            Some(n) => *n += 1,
-            None if cap == 0 => return None,
-            None => {
-                map.insert(token.into(), 1);
-            }
-        }
-        drop(map);
-        Some(ConcurrencyGuard {
-            inner: Arc::clone(&self.inner),
-            token: token.into(),
-        })
+    /// then (the gateway answers 429 "Too many concurrent connections."). An error is the
+    /// backend's (unreachable, full, or a cap the embedded store cannot hold).
+    pub fn try_acquire(&self, token: &str) -> crate::Result<Option<ConcurrencyGuard<'a>>> {
+        let lease_ms = u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX);
+        let permit = self
+            .backend
+            .acquire_permit(token.as_bytes(), self.cap, lease_ms.max(1))?;
+        Ok(permit.map(|permit| ConcurrencyGuard {
+            backend: self.backend,
+            permit,
+        }))
     }
 
     /// Requests of `token` in flight now.
-    pub fn in_flight(&self, token: &str) -> u32 {
-        self.inner
-            .shard(token)
-            .and_then(|s| s.lock().get(token).copied())
-            .unwrap_or(0)
-    }
-
-    /// Requests in flight now, all tokens together.
-    pub fn total_in_flight(&self) -> u64 {
-        self.inner
-            .shards
-            .iter()
-            .map(|s| s.lock().values().map(|&n| u64::from(n)).sum::<u64>())
-            .sum()
+    pub fn in_flight(&self, token: &str) -> crate::Result<u32> {
+        self.backend.permits_held(token.as_bytes())
     }
 }
 
-/// One request in flight; dropping it releases the slot.
-pub struct ConcurrencyGuard {
-    inner: Arc<Inner>,
-    token: Box<str>,
+/// One request in flight; dropping it releases the slot (a failed release is left to the
+/// permit's deadline).
+pub struct ConcurrencyGuard<'a> {
+    backend: &'a dyn Backend,
+    permit: Permit,
 }
 
-impl std::fmt::Debug for ConcurrencyGuard {
+impl ConcurrencyGuard<'_> {
+    /// Requests of the token in flight when this one was admitted, this one included.
+    pub fn in_flight(&self) -> u32 {
+        self.permit.held()
+    }
+
+    /// The permit behind the guard.
+    pub fn permit(&self) -> &Permit {
+        &self.permit
+    }
+}
+
+impl std::fmt::Debug for ConcurrencyGuard<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConcurrencyGuard").finish_non_exhaustive()
+        f.debug_struct("ConcurrencyGuard")
+            .field("permit", &self.permit)
+            .finish_non_exhaustive()
     }
 }
 
-impl Drop for ConcurrencyGuard {
+impl Drop for ConcurrencyGuard<'_> {
     fn drop(&mut self) {
-        if let Some(shard) = self.inner.shard(&self.token) {
-            let mut map = shard.lock();
-            if let Some(n) = map.get_mut(&*self.token) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    // Idle tokens take no memory.
-                    map.remove(&*self.token);
-                }
-            }
-        }
+        let _ = self.backend.release_permit(&self.permit);
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
     use super::*;
+    use crate::{ManualClock, Options, Store};
+
+    const LEASE: Duration = Duration::from_secs(60);
+
+    fn store() -> Store {
+        Store::open_in_memory(Options::default().compactor(false)).unwrap()
+    }
 
     #[test]
     fn cap_per_token_and_release_on_drop() {
-        let l = ConcurrencyLimiter::new(3);
-        let guards: Vec<_> = (0..3).map(|_| l.try_acquire("a").unwrap()).collect();
-        assert!(l.try_acquire("a").is_none());
-        assert_eq!(l.in_flight("a"), 3);
-        let b = l.try_acquire("b").unwrap();
-        assert_eq!(l.total_in_flight(), 4);
+        let s = store();
+        let l = ConcurrencyLimiter::new(&s, 3, LEASE);
+        let guards: Vec<_> = (0..3)
+            .map(|_| l.try_acquire("a").unwrap().unwrap())
+            .collect();
+        assert_eq!(guards[2].in_flight(), 3);
+        assert!(l.try_acquire("a").unwrap().is_none());
+        assert_eq!(l.in_flight("a").unwrap(), 3);
+        let b = l.try_acquire("b").unwrap().unwrap();
         drop(guards);
-        assert_eq!(l.in_flight("a"), 0);
-        assert!(l.try_acquire("a").is_some());
+        assert_eq!(l.in_flight("a").unwrap(), 0);
+        assert!(l.try_acquire("a").unwrap().is_some());
         drop(b);
-        assert_eq!(l.total_in_flight(), 0);
-        // Nothing is kept for idle tokens.
-        assert!(l.inner.shards.iter().all(|s| s.lock().is_empty()));
+        assert_eq!(l.in_flight("b").unwrap(), 0);
     }
 
     #[test]
-    fn a_new_limiter_starts_at_zero() {
-        // A "crash": guards that are never dropped, then a new limiter (a new process).
-        let old = ConcurrencyLimiter::new(2);
-        std::mem::forget(old.try_acquire("tok").unwrap());
-        std::mem::forget(old.try_acquire("tok").unwrap());
-        assert!(old.try_acquire("tok").is_none());
-        let restarted = ConcurrencyLimiter::new(2);
-        assert_eq!(restarted.in_flight("tok"), 0);
-        assert_eq!(restarted.total_in_flight(), 0);
-        let _a = restarted.try_acquire("tok").unwrap();
-        let _b = restarted.try_acquire("tok").unwrap();
-        assert!(restarted.try_acquire("tok").is_none());
+    fn a_guard_never_dropped_frees_its_slot_at_the_lease() {
+        let clock = ManualClock::new(1_700_000_000_000);
+        let s = Store::open_in_memory(Options::default().compactor(false).clock(clock.clone()))
+            .unwrap();
+        let l = ConcurrencyLimiter::new(&s, 2, LEASE);
+        // A "crash": guards that are never dropped.
+        std::mem::forget(l.try_acquire("tok").unwrap().unwrap());
+        std::mem::forget(l.try_acquire("tok").unwrap().unwrap());
+        assert!(l.try_acquire("tok").unwrap().is_none());
+        clock.advance_ms(LEASE.as_millis() as u64 - 1);
+        assert!(l.try_acquire("tok").unwrap().is_none());
+        clock.advance_ms(1);
+        assert_eq!(l.in_flight("tok").unwrap(), 0);
+        let _a = l.try_acquire("tok").unwrap().unwrap();
+        let _b = l.try_acquire("tok").unwrap().unwrap();
+        assert!(l.try_acquire("tok").unwrap().is_none());
     }
 
     #[test]
-    fn set_cap_applies_to_new_requests() {
-        let l = ConcurrencyLimiter::new(1);
-        let g = l.try_acquire("t").unwrap();
-        assert!(l.try_acquire("t").is_none());
-        l.set_cap(2);
-        let g2 = l.try_acquire("t").unwrap();
-        l.set_cap(1);
+    fn a_new_cap_applies_to_new_requests() {
+        let s = store();
+        let g = ConcurrencyLimiter::new(&s, 1, LEASE)
+            .try_acquire("t")
+            .unwrap();
+        assert!(g.is_some());
+        let two = ConcurrencyLimiter::new(&s, 2, LEASE);
+        let g2 = two.try_acquire("t").unwrap().unwrap();
+        assert!(two.try_acquire("t").unwrap().is_none());
         drop(g);
-        assert!(l.try_acquire("t").is_none()); // still one in flight, cap 1
+        let one = ConcurrencyLimiter::new(&s, 1, LEASE);
+        // A free place under the new cap, but the permit taken under the old one still runs:
+        // the cap of 1 is reached.
+        assert!(one.try_acquire("t").unwrap().is_none());
         drop(g2);
-        assert!(l.try_acquire("t").is_some());
-        let zero = ConcurrencyLimiter::new(0);
-        assert!(zero.try_acquire("t").is_none());
+        let g3 = one.try_acquire("t").unwrap();
+        assert!(g3.is_some());
+        drop(g3);
+        assert!(ConcurrencyLimiter::new(&s, 0, LEASE)
+            .try_acquire("t")
+            .unwrap()
+            .is_none());
+        assert!(ConcurrencyLimiter::new(&s, crate::MAX_PERMITS + 1, LEASE)
+            .try_acquire("t")
+            .is_err());
     }
 
     #[test]
     fn threads_never_exceed_the_cap() {
-        let l = ConcurrencyLimiter::new(4);
-        let max = Arc::new(AtomicU32::new(0));
-        std::thread::scope(|s| {
+        let s = store();
+        let l = ConcurrencyLimiter::new(&s, 4, LEASE);
+        let (now, max) = (AtomicU32::new(0), AtomicU32::new(0));
+        std::thread::scope(|sc| {
             for _ in 0..8 {
-                let l = l.clone();
-                let max = Arc::clone(&max);
-                s.spawn(move || {
+                sc.spawn(|| {
                     for _ in 0..2_000 {
-                        if let Some(g) = l.try_acquire("hot") {
-                            max.fetch_max(l.in_flight("hot"), Ordering::Relaxed);
+                        if let Some(g) = l.try_acquire("hot").unwrap() {
+                            let n = now.fetch_add(1, Ordering::SeqCst) + 1;
+                            max.fetch_max(n, Ordering::Relaxed);
+                            now.fetch_sub(1, Ordering::SeqCst);
                             drop(g);
                         }
                     }
@@ -218,6 +229,6 @@ mod tests {
             }
         });
         assert!(max.load(Ordering::Relaxed) <= 4);
-        assert_eq!(l.in_flight("hot"), 0);
+        assert_eq!(l.in_flight("hot").unwrap(), 0);
     }
 }

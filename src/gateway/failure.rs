@@ -141,6 +141,7 @@ mod serve {
     use parking_lot::RwLock;
 
     use super::super::metrics;
+    use super::super::{ConcurrencyGuard, ConcurrencyLimiter};
     use super::OnBackendError;
     use crate::{Backend, Begin, Decision, Error, Fingerprint, IdempotencyKey, Limits, Store};
 
@@ -447,6 +448,39 @@ mod serve {
                     });
                     match r {
                         Ok(d) => Outcome::Done(d),
+                        Err(e) => Outcome::Failed(e),
+                    }
+                }
+                _ => Outcome::Refuse,
+            }
+        }
+
+        /// A concurrency permit of `cap` for `token` (`Done(None)`: the cap is reached), or
+        /// what the failure mode says: fail-open goes on without one, local-only takes one
+        /// from the fallback's store (this node's count alone), fail-closed is a 503.
+        pub(crate) fn permit(
+            &mut self,
+            token: &str,
+            cap: u32,
+            lease: std::time::Duration,
+        ) -> Outcome<Option<ConcurrencyGuard<'a>>> {
+            let mode = match self.known_down("permit") {
+                Some(mode) => mode,
+                None => {
+                    let main = ConcurrencyLimiter::new(self.main, cap, lease);
+                    match metrics::call("permit", || main.try_acquire(token)) {
+                        Ok(g) => return Outcome::Done(g),
+                        Err(e) if is_outage(&e) => self.fail("permit", &e.to_string()),
+                        Err(e) => return Outcome::Failed(e),
+                    }
+                }
+            };
+            match (mode, self.fallback) {
+                (OnBackendError::FailOpen, _) => Outcome::Admit,
+                (OnBackendError::LocalOnly, Some(f)) => {
+                    let local = ConcurrencyLimiter::new(&f.local, cap, lease);
+                    match metrics::call("permit", || local.try_acquire(token)) {
+                        Ok(g) => Outcome::Done(g),
                         Err(e) => Outcome::Failed(e),
                     }
                 }

@@ -8,7 +8,9 @@
 //!    `WWW-Authenticate: Bearer`; longer than [`MAX_TOKEN_LEN`](super::MAX_TOKEN_LEN): 401.
 //! 2. The group: the most specific route of the policy ([`Policy::match_route`]). A request
 //!    matching no group is not rate-limited (and gets no rate-limit headers).
-//! 3. The concurrency cap, if configured: over it, 429 "Too many concurrent connections.".
+//! 3. The concurrency cap, if configured: a permit of the backend's (`crate::permit`), held
+//!    until the request ends whatever happens, with a deadline ([`Gateway::set_permit_lease`]);
+//!    over the cap, 429 "Too many concurrent connections.".
 //! 4. For POST, PATCH and DELETE carrying `Idempotency-Key`: 400 on a key not of the group's
 //!    `key_format` (its [`IdempotencyPolicy`](super::IdempotencyPolicy)); the body is
 //!    buffered (413 over `max_body_bytes`) and fingerprinted with method, path and query, and
@@ -16,13 +18,15 @@
 //! 5. The rate check, with the group's cost: 429 with `Retry-After` and the configured body
 //!    when refused; in a group with `enforce = false` (shadow mode), the refusal is recorded
 //!    ([`Gateway::shadow`]) and the request goes on with the refusal's headers.
-//! 6. `If-Match` on a write, if `if_match` is on: 412 when stale.
+//! 6. `If-Match` on a write, if `if_match` is on: 412 when stale (versions are the
+//!    backend's, so every node of a fleet agrees on them).
 //! 7. The upstream. Its response gets the rate-limit headers; a keyed request's response is
 //!    stored for replay if its status is in the group's `store_statuses` (else the lease is
 //!    aborted, so a retry runs again).
 //!
-//! When the backend fails (a shared server down, or past its deadline), steps 4 and 5 do what
-//! the group's `on_backend_error` says: 503, go on unchecked, or decide locally (`failure.rs`).
+//! When the backend fails (a shared server down, or past its deadline), steps 3, 4 and 5 do
+//! what the group's `on_backend_error` says: 503, go on unchecked, or decide locally
+//! (`failure.rs`).
 //!
 //! Store calls are made directly on the executor's thread: they never block (no lock held
 //! across anything slow, no I/O but a rare file growth by one segment), so there is nothing
@@ -32,8 +36,10 @@
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, ETAG, IF_MATCH, WWW_AUTHENTICATE};
@@ -44,6 +50,7 @@ use tower::{Layer, Service};
 
 use super::answer::{replay, store_failure, stored_response, unavailable, Ctx, LeaseGuard, Rate};
 use super::body::{boxed, collect_capped, full, BoxError, Collected, GatewayBody};
+use super::concurrency::DEFAULT_PERMIT_LEASE;
 use super::failure::{Calls, FailureLog, Fallback, Outcome};
 use super::headers::{IDEMPOTENCY_KEY, KEY_REUSED, RESOURCE_CHANGED};
 use super::metrics::{self, Idem, Refusal};
@@ -52,8 +59,9 @@ use super::shadow::ShadowLog;
 use super::{ConcurrencyLimiter, PolicyError, Versions};
 use crate::{Backend, Begin, Decision, Fingerprint, Store};
 
-/// The state shared by every request: the backend (and its fallback), the current policy, the
-/// concurrency gauge, the versions, the shadow refusals and the backend failures.
+/// The state shared by every request: the backend (which also keeps the concurrency permits
+/// and the versions) and its fallback, the current policy, the shadow refusals and the backend
+/// failures.
 ///
 /// The backend is any [`Backend`]: the embedded [`Store`] (the default type), or, with the
 /// `redis` feature, `fleet::RedisStore` or `fleet::HybridStore` for a fleet of gateways.
@@ -61,8 +69,8 @@ pub struct Gateway<B: Backend = Store> {
     store: B,
     fallback: Option<Fallback>,
     policy: RwLock<Arc<Policy>>,
-    limiter: ConcurrencyLimiter,
-    versions: Versions,
+    /// The lease of a concurrency permit, in ms.
+    permit_lease_ms: AtomicU64,
     shadow: ShadowLog,
     failures: FailureLog,
 }
@@ -98,13 +106,11 @@ impl<B: Backend + 'static> Gateway<B> {
     }
 
     fn build(store: B, policy: Policy, fallback: Option<Fallback>) -> Arc<Gateway<B>> {
-        let limiter = ConcurrencyLimiter::new(cap_of(&policy));
         Arc::new(Gateway {
             store,
             fallback,
             policy: RwLock::new(Arc::new(policy)),
-            limiter,
-            versions: Versions::new(),
+            permit_lease_ms: AtomicU64::new(DEFAULT_PERMIT_LEASE.as_millis() as u64),
             shadow: ShadowLog::new(),
             failures: FailureLog::new(),
         })
@@ -123,7 +129,6 @@ impl<B: Backend + 'static> Gateway<B> {
     /// Put a new policy in force. Requests already running finish under the old one; counts
     /// are kept (see [`Policy::reload`]).
     pub fn set_policy(&self, policy: Policy) {
-        self.limiter.set_cap(cap_of(&policy));
         *self.policy.write() = Arc::new(policy);
     }
 
@@ -138,14 +143,33 @@ impl<B: Backend + 'static> Gateway<B> {
         &self.store
     }
 
-    /// The concurrency gauge.
-    pub fn concurrency(&self) -> &ConcurrencyLimiter {
-        &self.limiter
+    /// The concurrency cap of the policy in force, over the backend's permits (for
+    /// `in_flight`; a policy without a cap gives `u32::MAX`, which the embedded store refuses
+    /// to take permits under).
+    pub fn concurrency(&self) -> ConcurrencyLimiter<'_> {
+        ConcurrencyLimiter::new(
+            &self.store,
+            cap_of(&self.policy.read()),
+            self.permit_lease(),
+        )
     }
 
-    /// The resource versions behind `If-Match`.
-    pub fn versions(&self) -> &Versions {
-        &self.versions
+    fn permit_lease(&self) -> Duration {
+        Duration::from_millis(self.permit_lease_ms.load(Ordering::Relaxed))
+    }
+
+    /// How long a concurrency permit holds its slot if its request never releases it (its
+    /// node crashed): [`DEFAULT_PERMIT_LEASE`](super::DEFAULT_PERMIT_LEASE) (60 s) unless
+    /// set. Set it above the upstream's own timeout: a request running past it loses its slot.
+    /// Applies to permits taken from now on (at least 1 ms).
+    pub fn set_permit_lease(&self, lease: Duration) {
+        let ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.permit_lease_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// The resource versions behind `If-Match`, in the backend.
+    pub fn versions(&self) -> Versions<'_> {
+        Versions::new(&self.store)
     }
 
     /// What the groups in shadow mode (`enforce = false`) let through that enforcement would
@@ -351,8 +375,8 @@ where
         policy: &policy,
         rate: None,
         token: "",
-        limiter: &gw.limiter,
         degraded: None,
+        in_flight: 0,
     };
 
     // 1. The token.
@@ -410,12 +434,22 @@ where
     // 3. The concurrency cap; the guard is held until the response is ready.
     let _slot = match settings.max_concurrent_per_token() {
         None => None,
-        Some(_) => match gw.limiter.try_acquire(&token) {
-            Some(g) => Some(g),
-            None => {
+        Some(cap) => match calls.permit(&token, cap, gw.permit_lease()) {
+            Outcome::Done(Some(g)) => {
+                ctx.in_flight = g.in_flight();
+                Some(g)
+            }
+            Outcome::Done(None) => {
+                ctx.in_flight = cap;
                 metrics::refused(group_name, Refusal::Concurrency);
                 return Ok(ctx.too_many_concurrent());
             }
+            Outcome::Admit => None,
+            Outcome::Refuse => {
+                ctx.sync(&calls);
+                return Ok(unavailable(&ctx));
+            }
+            Outcome::Failed(e) => return Ok(store_failure(&ctx, &e)),
         },
     };
 
@@ -528,9 +562,13 @@ where
     let mut etag = None;
     if versioned && is_write(&method) {
         if let Some(v) = req.headers().get(IF_MATCH) {
-            match gw.versions.compare_and_bump(path, v.to_str().unwrap_or("")) {
-                Ok(tag) => etag = Some(tag),
-                Err(stale) => {
+            match gw
+                .versions()
+                .compare_and_bump(path, v.to_str().unwrap_or(""))
+            {
+                Ok(Ok(tag)) => etag = Some(tag),
+                Err(e) => return Ok(store_failure(&ctx, &e)),
+                Ok(Err(stale)) => {
                     metrics::refused(group_name, Refusal::IfMatch);
                     let mut r = ctx.refuse(
                         StatusCode::PRECONDITION_FAILED,
@@ -553,10 +591,11 @@ where
     let resp = upstream.await?;
     let (mut parts, body) = resp.into_parts();
     if versioned && parts.status.is_success() {
+        // The upstream answered: a backend that fails now costs the response its ETag only.
         let tag = if is_write(&method) {
-            Some(etag.unwrap_or_else(|| gw.versions.bump(path)))
+            etag.or_else(|| gw.versions().bump(path).ok())
         } else if matches!(method, Method::GET | Method::HEAD) {
-            Some(gw.versions.current(path))
+            gw.versions().current(path).ok()
         } else {
             None
         };

@@ -1,6 +1,6 @@
 //! Gateway integration: a policy table loaded from TOML, rate-limit headers, a per-token
-//! concurrency cap, versions for `If-Match`, and (feature `tower`) a tower middleware usable
-//! from axum and hyper.
+//! concurrency cap and versions for `If-Match` (both kept by the backend, so a fleet shares
+//! them), and (feature `tower`) a tower middleware usable from axum and hyper.
 //!
 //! Feature `gateway` gives the parts that need no HTTP server plumbing: [`Policy`] (endpoint
 //! groups matched by route, per-token overrides, settings), [`headers`] (the header values and
@@ -54,7 +54,7 @@ mod middleware;
 #[cfg(feature = "tower")]
 mod shadow;
 
-pub use concurrency::{ConcurrencyGuard, ConcurrencyLimiter};
+pub use concurrency::{ConcurrencyGuard, ConcurrencyLimiter, DEFAULT_PERMIT_LEASE};
 pub use config::PolicyError;
 pub use etag::{ETag, Stale, Versions};
 #[cfg(feature = "tower")]

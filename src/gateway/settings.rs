@@ -122,7 +122,7 @@ impl Settings {
     }
 
     /// The most requests one token may have in flight (`max_concurrent_per_token`; absent: no
-    /// cap).
+    /// cap; at most [`MAX_PERMITS`](crate::MAX_PERMITS)).
     pub fn max_concurrent_per_token(&self) -> Option<u32> {
         self.max_concurrent_per_token
     }
@@ -240,6 +240,12 @@ impl Settings {
                 return Err(loc.invalid(
                     cap.span(),
                     "max_concurrent_per_token must be at least 1 (leave it out for no cap)",
+                ));
+            }
+            if *cap.get_ref() > crate::MAX_PERMITS {
+                return Err(loc.invalid(
+                    cap.span(),
+                    "max_concurrent_per_token must be at most 64 (MAX_PERMITS)",
                 ));
             }
             s.max_concurrent_per_token = Some(*cap.get_ref());

@@ -36,6 +36,10 @@ pub(crate) const MAX_ENTRY_LINES: u32 = 16;
 pub(crate) const KIND_WINDOWS: u8 = 1;
 /// Entry kind of an idempotency record.
 pub(crate) const KIND_IDEM: u8 = 2;
+/// Entry kind of a version (`engine/versions.rs`).
+pub(crate) const KIND_VERSION: u8 = 3;
+/// Entry kind of a key's concurrency permits (`engine/permits.rs`).
+pub(crate) const KIND_PERMITS: u8 = 4;
 /// `entry_lines` of a segment that holds response records (blobs) instead of entries.
 pub(crate) const BLOB_SEGMENT: u32 = 0;
 /// First word of a blob record: magic in the low half, payload length in the high half.
@@ -284,7 +288,7 @@ impl EntryLayout {
 /// ```text
 ///  bits 0..8    key length in bytes (1 to 128)
 ///  bits 8..16   number of windows (window entries; 0 for idempotency records)
-///  bits 16..24  kind: KIND_WINDOWS or KIND_IDEM (0 = a free line)
+///  bits 16..24  kind: KIND_WINDOWS, KIND_IDEM, KIND_VERSION or KIND_PERMITS (0 = a free line)
 ///  bits 24..32  reserved, zero
 ///  bits 32..64  crc32 of the entry's immutable part (see `entry_crc`)
 /// ```
@@ -297,7 +301,8 @@ pub(crate) struct EntryHeader {
     pub key_len: usize,
     /// Windows in a window entry (0 in an idempotency record).
     pub windows: usize,
-    /// [`KIND_WINDOWS`], [`KIND_IDEM`], or anything else for a line that holds no entry.
+    /// [`KIND_WINDOWS`], [`KIND_IDEM`], [`KIND_VERSION`], [`KIND_PERMITS`], or anything else
+    /// for a line that holds no entry.
     pub kind: u8,
     /// Must be zero.
     pub reserved: u8,

@@ -297,7 +297,7 @@ pub fn count_word(n: u32) -> u64 {
 
 /// Recompute the crc of the entry at `at` over what its header now says it holds: the
 /// header's low half, the descriptors and the key (windows), or the key and the fingerprint
-/// (records). Headers the store refuses before it reaches the crc are left as they are.
+/// (records), the key and the epoch (versions), the key (permits). Headers the store refuses before it reaches the crc are left as they are.
 pub fn fix_entry_crc(b: &mut [u8], at: usize) {
     let h = get64(b, at);
     let (key_len, n, kind) = (
@@ -320,6 +320,11 @@ pub fn fix_entry_crc(b: &mut [u8], at: usize) {
     if kind == 2 {
         let fp = at + 8 * (1 + key_len.div_ceil(8));
         c.update(&b[fp..fp + 32]);
+    }
+    if kind == 3 {
+        // A version: the epoch after the key (kind 4, permits: the key alone).
+        let epoch = at + 8 * (1 + key_len.div_ceil(8));
+        c.update(&b[epoch..epoch + 8]);
     }
     put32(b, at + 4, c.finalize());
 }

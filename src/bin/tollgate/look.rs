@@ -44,6 +44,7 @@ pub fn stat(path: &Path, as_json: bool) -> Res {
     let now = store.now_ms();
     let (mut windows, mut windows_expired) = (0u64, 0u64);
     let (mut records, mut records_expired, mut in_flight, mut completed) = (0u64, 0u64, 0u64, 0u64);
+    let (mut versions, mut permit_keys, mut permits_held) = (0u64, 0u64, 0u64);
     store.visit(now, |e| match e {
         EntryView::Windows { expired, .. } => {
             windows += 1;
@@ -54,6 +55,11 @@ pub fn stat(path: &Path, as_json: bool) -> Res {
             records_expired += u64::from(expired);
             in_flight += u64::from(state == RecordState::InFlight && !expired);
             completed += u64::from(state == RecordState::Completed && !expired);
+        }
+        EntryView::Version { .. } => versions += 1,
+        EntryView::Permits { held, .. } => {
+            permit_keys += 1;
+            permits_held += u64::from(held);
         }
     });
     let s = store.stats();
@@ -74,6 +80,8 @@ pub fn stat(path: &Path, as_json: bool) -> Res {
                 "in_flight": in_flight,
                 "expired": records_expired,
             },
+            "versions": versions,
+            "permit_entries": {"keys": permit_keys, "held": permits_held},
             "free_lines": s.free_lines,
             "free_bytes": s.free_lines * LINE,
             "response_area": {
@@ -124,6 +132,7 @@ pub fn stat(path: &Path, as_json: bool) -> Res {
         in_flight,
         records_expired
     );
+    println!("versions             {versions}; permit entries {permit_keys} ({permits_held} held)");
     println!(
         "free space           {} lines ({:.1} MiB)",
         s.free_lines,
@@ -315,6 +324,24 @@ pub fn dump(path: &Path) -> Res {
                 "fence": fence,
                 "deadline_ms": deadline_ms,
                 "response_len": response_len,
+                "expired": expired,
+            }),
+            EntryView::Version { key, epoch, number } => json!({
+                "kind": "version",
+                "key": text(key),
+                "epoch": format!("{epoch:x}"),
+                "number": number,
+            }),
+            EntryView::Permits {
+                key,
+                held,
+                latest_deadline_ms,
+                expired,
+            } => json!({
+                "kind": "permits",
+                "key": text(key),
+                "held": held,
+                "latest_deadline_ms": latest_deadline_ms,
                 "expired": expired,
             }),
         };
