@@ -390,3 +390,58 @@ fn a_call_to_a_silent_server_ends_at_its_deadline() {
     )
     .is_err());
 }
+
+/// With a concurrency cap, the permit is the first backend call of a request: it follows the
+/// group's `on_backend_error` too (before, a failed server made every request of a capped
+/// policy a store failure at that step, whatever the group said).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capped_policy_follows_each_group_when_its_server_stops() {
+    let Some(mut server) = server::Dedicated::start("gateway_failure_capped") else {
+        return;
+    };
+    let shared = RedisStore::open(
+        &server.url(),
+        RedisOptions::default().deadline(Duration::from_millis(150)),
+    )
+    .expect("redis store");
+    let local = Store::open_in_memory(Options::default()).expect("local store");
+    let capped = POLICY.replace("[settings]\n", "[settings]\nmax_concurrent_per_token = 2\n");
+    let policy = Policy::from_toml_str(&capped).expect("policy");
+    let gateway = Gateway::with_fallback(shared, policy, Fallback::local(local.clone()));
+    let upstream = Upstream::default();
+    let c = serve(upstream.router().layer(gateway.layer())).await;
+
+    // The server answers: the permit is the server's, and given back after each request.
+    for g in ["open", "closed", "local"] {
+        let a = c.post(g, None).await;
+        assert_eq!(a.status, StatusCode::CREATED, "{g}: {}", a.body);
+        assert!(a.header("tollgate-degraded").is_none(), "{g}");
+    }
+
+    server.kill();
+
+    let a = c.post("open", None).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    assert_eq!(a.header("tollgate-degraded"), Some("fail-open"));
+    let a = c.post("closed", None).await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{}", a.body);
+    assert_eq!(a.header("tollgate-degraded"), Some("fail-closed"));
+    // Local-only: the permit and the count are this node's; both requests run, one after the
+    // other, each with its permit given back (none left held in the local store).
+    for left in [1, 0] {
+        let a = c.post("local", None).await;
+        assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+        assert_eq!(a.header("tollgate-degraded"), Some("local-only"));
+        assert_eq!(
+            a.header("x-ratelimit-remaining"),
+            Some(left.to_string().as_str())
+        );
+    }
+    assert_eq!(upstream.calls("open"), 2);
+    assert_eq!(upstream.calls("closed"), 1);
+    assert_eq!(upstream.calls("local"), 3);
+    let f = gateway.failures();
+    assert_eq!(f.count(Some("open"), OnBackendError::FailOpen), 1);
+    assert_eq!(f.count(Some("closed"), OnBackendError::FailClosed), 1);
+    assert_eq!(f.count(Some("local"), OnBackendError::LocalOnly), 2);
+}
