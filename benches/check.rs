@@ -208,7 +208,9 @@ impl Tollgate {
     /// grows its file ahead of need (`Options::grow_ahead`); its timer never fires during a
     /// sample, and nothing expires at the times the rows drive.
     fn file_growing_ahead(path: &Path, limits: Limits) -> Tollgate {
-        let opts = Options::default().compactor_interval(Duration::from_secs(3600));
+        let opts = Options::default()
+            .compactor_interval(Duration::from_secs(3600))
+            .grow_ahead(true);
         let store = Store::open(path, opts).expect("open store");
         Tollgate { store, limits }
     }
