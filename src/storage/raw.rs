@@ -49,6 +49,15 @@ impl Map {
         Ok(Map { raw })
     }
 
+    /// Fault in every page of the map, writable, now (`MADV_POPULATE_WRITE`): for a segment
+    /// just grown, so that the checks that fill it do not each meet a page's first-touch fault.
+    /// Best effort: a kernel without it (before 5.14) or a refusal changes nothing. (Miri
+    /// cannot run the madvise call.)
+    pub(crate) fn populate(&self) {
+        #[cfg(all(target_os = "linux", not(miri)))]
+        let _ = self.raw.advise(memmap2::Advice::PopulateWrite);
+    }
+
     /// A private copy-on-write map of `file` bytes `offset..offset + len`, for read-only views
     /// (`Store::open_read_only`): what this process writes stays in its own memory and never
     /// reaches the file, which may be open for reading only.

@@ -149,7 +149,9 @@ impl Segments {
                 crate::storage::file::record_segments(f, count, &self.hook).inspect_err(|_| {
                     self.poisoned.store(true, Ordering::Release);
                 })?;
-                self.durable(Map::file(f, off, 1 << self.seg_shift))?
+                let map = self.durable(Map::file(f, off, 1 << self.seg_shift))?;
+                map.populate();
+                map
             }
             None => Map::anon(1 << self.seg_shift)?,
         };
