@@ -195,6 +195,7 @@ pub(crate) struct RawSettings {
     pub if_match: Option<bool>,
     pub on_backend_error: Option<Spanned<String>>,
     pub backend_timeout: Option<Spanned<String>>,
+    pub permit_lease: Option<Spanned<String>>,
     #[serde(default)]
     pub idempotency: RawIdempotency,
 }

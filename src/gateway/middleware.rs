@@ -9,7 +9,8 @@
 //! 2. The group: the most specific route of the policy ([`Policy::match_route`]). A request
 //!    matching no group is not rate-limited (and gets no rate-limit headers).
 //! 3. The concurrency cap, if configured: a permit of the backend's (`crate::permit`), held
-//!    until the request ends whatever happens, with a deadline ([`Gateway::set_permit_lease`]);
+//!    until the request ends whatever happens, with a deadline (the policy's `permit_lease`,
+//!    else [`Gateway::set_permit_lease`]);
 //!    over the cap, 429 "Too many concurrent connections.".
 //! 4. For POST, PATCH and DELETE carrying `Idempotency-Key`: 400 on a key not of the group's
 //!    `key_format` (its [`IdempotencyPolicy`](super::IdempotencyPolicy)); the body is
@@ -147,11 +148,12 @@ impl<B: Backend + 'static> Gateway<B> {
     /// `in_flight`; a policy without a cap gives `u32::MAX`, which the embedded store refuses
     /// to take permits under).
     pub fn concurrency(&self) -> ConcurrencyLimiter<'_> {
-        ConcurrencyLimiter::new(
-            &self.store,
-            cap_of(&self.policy.read()),
-            self.permit_lease(),
-        )
+        let policy = self.policy.read();
+        let lease = policy
+            .settings()
+            .permit_lease()
+            .unwrap_or(self.permit_lease());
+        ConcurrencyLimiter::new(&self.store, cap_of(&policy), lease)
     }
 
     fn permit_lease(&self) -> Duration {
@@ -159,9 +161,10 @@ impl<B: Backend + 'static> Gateway<B> {
     }
 
     /// How long a concurrency permit holds its slot if its request never releases it (its
-    /// node crashed): [`DEFAULT_PERMIT_LEASE`](super::DEFAULT_PERMIT_LEASE) (60 s) unless
-    /// set. Set it above the upstream's own timeout: a request running past it loses its slot.
-    /// Applies to permits taken from now on (at least 1 ms).
+    /// node crashed), when the policy does not say (`[settings] permit_lease`, which wins):
+    /// [`DEFAULT_PERMIT_LEASE`](super::DEFAULT_PERMIT_LEASE) (60 s) unless set. Set it above
+    /// the upstream's own timeout: a request running past it loses its slot. Applies to
+    /// permits taken from now on (at least 1 ms).
     pub fn set_permit_lease(&self, lease: Duration) {
         let ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX).max(1);
         self.permit_lease_ms.store(ms, Ordering::Relaxed);
@@ -434,7 +437,11 @@ where
     // 3. The concurrency cap; the guard is held until the response is ready.
     let _slot = match settings.max_concurrent_per_token() {
         None => None,
-        Some(cap) => match calls.permit(&token, cap, gw.permit_lease()) {
+        Some(cap) => match calls.permit(
+            &token,
+            cap,
+            settings.permit_lease().unwrap_or(gw.permit_lease()),
+        ) {
             Outcome::Done(Some(g)) => {
                 ctx.in_flight = g.in_flight();
                 Some(g)

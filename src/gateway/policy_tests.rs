@@ -647,3 +647,41 @@ on_backend_error = "fail-open"
         assert!(e.to_string().contains(needle), "{e}");
     }
 }
+
+#[test]
+fn the_permit_lease_is_a_setting_of_the_policy() {
+    use std::time::Duration;
+    let p = Policy::from_toml_str("[settings]\nmax_concurrent_per_token = 3\n").unwrap();
+    assert_eq!(p.settings().permit_lease(), None);
+    let p =
+        Policy::from_toml_str("[settings]\nmax_concurrent_per_token = 3\npermit_lease = \"5m\"\n")
+            .unwrap();
+    assert_eq!(p.settings().permit_lease(), Some(Duration::from_secs(300)));
+    // The gateway's concurrency facade takes the policy's lease over its own.
+    #[cfg(feature = "tower")]
+    {
+        let store = Store::open_in_memory(Options::default()).unwrap();
+        let gw = crate::gateway::Gateway::new(store, p);
+        gw.set_permit_lease(Duration::from_secs(7));
+        assert_eq!(gw.concurrency().lease(), Duration::from_secs(300));
+        let without = "[settings]\nmax_concurrent_per_token = 3\n";
+        gw.set_policy(Policy::from_toml_str(without).unwrap());
+        assert_eq!(gw.concurrency().lease(), Duration::from_secs(7));
+    }
+
+    let cases: &[(&str, usize, &str)] = &[
+        ("[settings]\n\npermit_lease = \"0s\"\n", 3, "1 s to 1 day"),
+        ("[settings]\npermit_lease = \"2d\"\n", 2, "1 s to 1 day"),
+        (
+            "[settings]\npermit_lease = \"90\"\n",
+            2,
+            "invalid permit_lease",
+        ),
+        ("[settings]\npermit_lease = 90\n", 2, ""),
+    ];
+    for (src, line, needle) in cases {
+        let e = err(src);
+        assert_eq!(e.line(), Some(*line), "{src}\n=> {e}");
+        assert!(e.to_string().contains(needle), "{e}");
+    }
+}

@@ -68,6 +68,7 @@ pub struct Settings {
     if_match: bool,
     on_backend_error: OnBackendError,
     backend_timeout: Duration,
+    permit_lease: Option<Duration>,
     idempotency: IdempotencyPolicy,
 }
 
@@ -83,6 +84,7 @@ impl Default for Settings {
             if_match: false,
             on_backend_error: OnBackendError::FailClosed,
             backend_timeout: DEFAULT_BACKEND_TIMEOUT,
+            permit_lease: None,
             idempotency: IdempotencyPolicy::default(),
         }
     }
@@ -150,6 +152,15 @@ impl Settings {
     /// example gateway does); a reload does not change the store already open.
     pub fn backend_timeout(&self) -> Duration {
         self.backend_timeout
+    }
+
+    /// How long a concurrency permit lasts if its request never gives it back (a crashed
+    /// node): `permit_lease`, a whole number of seconds, minutes or hours (`"60s"`, `"5m"`;
+    /// 1 s to 1 day). `None` when the policy does not say: the gateway's own
+    /// (`Gateway::set_permit_lease`, default 60 s) applies. Make it longer than the slowest
+    /// request the cap should count.
+    pub fn permit_lease(&self) -> Option<Duration> {
+        self.permit_lease
     }
 
     /// The idempotency policy of every group that does not set its own
@@ -259,6 +270,14 @@ impl Settings {
         }
         if let Some(t) = &raw.backend_timeout {
             s.backend_timeout = parse_timeout(t, loc)?;
+        }
+        if let Some(lease) = &raw.permit_lease {
+            let ms = super::config::parse_window(lease.get_ref())
+                .map_err(|why| loc.invalid(lease.span(), why.replace("window", "permit_lease")))?;
+            if !(1_000..=86_400_000).contains(&ms) {
+                return Err(loc.invalid(lease.span(), "permit_lease must be 1 s to 1 day"));
+            }
+            s.permit_lease = Some(Duration::from_millis(ms));
         }
         s.idempotency =
             IdempotencyPolicy::from_raw(&raw.idempotency, &IdempotencyPolicy::default(), loc)?;
