@@ -422,22 +422,11 @@ pub(super) struct Rewritten {
 
 impl Rewritten {
     pub(super) fn new(geo: &Slide, from: u64, to: u64) -> Rewritten {
-        let (b, c) = (u64::from(geo.b), u64::from(geo.c));
         let count = to.saturating_sub(from);
-        if count >= b {
-            return Rewritten {
-                all: true,
-                runs: [(0, 0); 2],
-            };
+        Rewritten {
+            all: count >= u64::from(geo.b),
+            runs: geo.slot_runs(from, count),
         }
-        let first = from % b;
-        let end = first + count;
-        let runs = if end <= b {
-            [(first * c, end * c), (0, 0)]
-        } else {
-            [(first * c, b * c), (0, (end - b) * c)]
-        };
-        Rewritten { all: false, runs }
     }
 
     /// Whether ring word `k` holds a rewritten counter.

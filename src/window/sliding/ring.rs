@@ -20,19 +20,26 @@ impl Slide {
         v & self.field_mask()
     }
 
-    /// Whether the `count` counters from slot `first` on (slot numbers taken modulo `B`, so the
-    /// run may wrap past the ring's end) are all zero: a look at their bits, word by word.
-    pub(crate) fn slots_zero(&self, ring: &[u64], first: u32, count: u64) -> bool {
+    /// The ring bits of the `count` counters from slot `first` on (slot numbers taken modulo
+    /// `B`, at most a whole ring): `[lo, hi)` up to the ring's end, and the part that wraps
+    /// past it from bit 0 (empty if it does not wrap).
+    pub(crate) fn slot_runs(&self, first: u64, count: u64) -> [(u64, u64); 2] {
         let (b, c) = (u64::from(self.b), u64::from(self.c));
-        let first = u64::from(first) % b;
-        let count = count.min(b);
-        let end = first + count;
-        let zero = |lo: u64, hi: u64| bits_zero(ring, lo as usize, hi as usize);
+        let first = first % b;
+        let end = first + count.min(b);
         if end <= b {
-            zero(first * c, end * c)
+            [(first * c, end * c), (0, 0)]
         } else {
-            zero(first * c, b * c) && zero(0, (end - b) * c)
+            [(first * c, b * c), (0, (end - b) * c)]
         }
+    }
+
+    /// Whether the `count` counters from slot `first` on ([`Slide::slot_runs`]) are all zero:
+    /// a look at their bits, word by word.
+    pub(crate) fn slots_zero(&self, ring: &[u64], first: u32, count: u64) -> bool {
+        self.slot_runs(u64::from(first), count)
+            .iter()
+            .all(|&(lo, hi)| bits_zero(ring, lo as usize, hi as usize))
     }
 
     /// Set counter `i` of a ring held as words to `v` (cut to the counter's width).
