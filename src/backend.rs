@@ -6,6 +6,7 @@
 //! conformance suite (`tests/conformance.rs`) runs the same scenarios through this trait
 //! against each implementation, so that they cannot drift apart.
 
+use crate::debit::{Reservation, Reserved};
 use crate::decision::Decision;
 use crate::error::{Error, Result};
 use crate::idempotency::{Begin, Fingerprint, IdempotencyKey, Lease, StoredResponse};
@@ -66,6 +67,50 @@ pub trait Backend: Send + Sync {
 
     /// What a request of cost 1 would get at `now_ms`, without counting it.
     fn peek_at(&self, key: &[u8], limits: &Limits, now_ms: u64) -> Result<Decision>;
+
+    /// Count `estimate` in every window of `limits` for `key` at `now_ms`, all or nothing like a
+    /// check, and open a reservation of it for `ttl` (1 ms to one day): see [`crate::debit`].
+    /// An estimate of 0 is admitted when a request of cost 1 would be, and counts nothing.
+    /// Refused with a typed error for a set with an exact window or an estimate above the
+    /// smallest limit.
+    fn reserve_at(
+        &self,
+        key: &[u8],
+        limits: &Limits,
+        estimate: u32,
+        ttl: std::time::Duration,
+        now_ms: u64,
+    ) -> Result<Reserved>;
+
+    /// Settle `reservation` with the request's `actual` cost at `now_ms` (see
+    /// [`crate::debit`]); what a request of cost 1 would get after it. Once only: a second
+    /// settle, anywhere, is [`Error::ReservationSettled`].
+    fn settle_at(
+        &self,
+        key: &[u8],
+        limits: &Limits,
+        reservation: &Reservation,
+        actual: u32,
+        now_ms: u64,
+    ) -> Result<Decision>;
+
+    /// [`Backend::reserve_at`] at the backend's clock, open for
+    /// [`DEFAULT_RESERVATION_TTL`](crate::debit::DEFAULT_RESERVATION_TTL).
+    fn reserve(&self, key: &[u8], limits: &Limits, estimate: u32) -> Result<Reserved> {
+        let ttl = crate::debit::DEFAULT_RESERVATION_TTL;
+        self.reserve_at(key, limits, estimate, ttl, self.now_ms())
+    }
+
+    /// [`Backend::settle_at`] at the backend's clock.
+    fn settle(
+        &self,
+        key: &[u8],
+        limits: &Limits,
+        reservation: &Reservation,
+        actual: u32,
+    ) -> Result<Decision> {
+        self.settle_at(key, limits, reservation, actual, self.now_ms())
+    }
 
     /// Start, replay or refuse a keyed request (see [`crate::idempotency`]) at `now_ms`.
     fn begin_at(

@@ -108,6 +108,20 @@ pub enum Error {
         /// Byte offset in the file of the entry.
         offset: u64,
     },
+    /// A reservation's encoded or text form is not one ([`crate::debit::Reservation`]), or a
+    /// reservation's TTL is out of range.
+    InvalidReservation(&'static str),
+    /// A reservation was settled against another key or another set of windows than it was
+    /// made for. Nothing was counted.
+    ReservationMismatch,
+    /// The reservation was settled before (here or on another node). Nothing was counted
+    /// again.
+    ReservationSettled,
+    /// The reservation's TTL has run out: its estimate stays counted, nothing else is.
+    ReservationExpired {
+        /// When it expired (ms since the Unix epoch).
+        expires_ms: u64,
+    },
     /// The shared backend (Redis or Valkey) could not be reached or did not answer in time.
     /// Whether the operation took effect there is unknown: a check may have been counted (which
     /// can only make the key stricter), an idempotency transition may or may not have happened.
@@ -179,6 +193,16 @@ impl fmt::Display for Error {
             Error::Busy { offset } => write!(
                 f,
                 "the entry at byte offset {offset} is being changed by another request (a completion in progress); nothing was changed, try again"
+            ),
+            Error::InvalidReservation(why) => write!(f, "invalid reservation: {why}"),
+            Error::ReservationMismatch => write!(
+                f,
+                "the reservation was made for another key or another set of windows"
+            ),
+            Error::ReservationSettled => write!(f, "the reservation was already settled"),
+            Error::ReservationExpired { expires_ms } => write!(
+                f,
+                "the reservation expired at {expires_ms} ms; its estimate stays counted"
             ),
             Error::BackendUnavailable { reason } => {
                 write!(f, "shared backend unavailable: {reason}")

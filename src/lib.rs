@@ -45,6 +45,7 @@ compile_error!("tollgate's file format is little-endian; big-endian targets are 
 mod admin;
 mod backend;
 mod clock;
+pub mod debit;
 mod decision;
 mod error;
 pub mod idempotency;
@@ -71,6 +72,7 @@ pub mod gateway;
 pub use admin::{KeyReport, KeyWindow, RecordReport, SubWindow};
 pub use backend::Backend;
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use debit::{Reservation, Reserved};
 pub use decision::{Decision, WindowState};
 pub use engine::{OpenReport, PassReport};
 pub use error::{Error, Result};
@@ -80,7 +82,8 @@ pub use idempotency::{
 pub use inspect::{EntryView, RecordState, VerifyReport, WindowView};
 pub use key::MAX_KEY_LEN;
 pub use limit::{
-    Limit, Limits, Mode, MAX_BUCKETED_LIMIT, MAX_EXACT_LIMIT, MAX_WINDOW, MAX_WINDOWS, MIN_WINDOW,
+    Limit, Limits, Mode, MAX_BUCKETED_LIMIT, MAX_EXACT_LIMIT, MAX_METERED_LIMIT, MAX_WINDOW,
+    MAX_WINDOWS, MIN_WINDOW,
 };
 pub use options::{OnFull, Options};
 pub use permit::{Permit, MAX_PERMITS};

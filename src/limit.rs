@@ -12,6 +12,10 @@ pub(crate) const DEFAULT_SUB_WINDOWS: u32 = sliding::DEFAULT_B;
 pub const MAX_WINDOWS: usize = 4;
 /// The largest limit of a window in the default (sub-window counter) representation.
 pub const MAX_BUCKETED_LIMIT: u32 = sliding::MAX_LIMIT;
+/// The largest limit of a metered window ([`Limit::metered`]): its counters are two bits wider.
+pub const MAX_METERED_LIMIT: u32 = sliding::MAX_LIMIT >> METERED_EXTRA_BITS;
+/// How much wider a metered window's counters are than its limit needs.
+const METERED_EXTRA_BITS: u32 = 2;
 /// The largest limit of a window in the exact (timestamp log) representation.
 pub const MAX_EXACT_LIMIT: u32 = 64;
 /// The shortest window: one second.
@@ -48,6 +52,7 @@ pub struct Limit {
     limit: u32,
     window_ms: u64,
     mode: Mode,
+    metered: bool,
 }
 
 impl Limit {
@@ -58,6 +63,7 @@ impl Limit {
             limit,
             window_ms: u64::try_from(window.as_millis()).unwrap_or(u64::MAX),
             mode: Mode::Bucketed,
+            metered: false,
         }
     }
 
@@ -88,6 +94,24 @@ impl Limit {
             mode: Mode::Exact,
             ..self
         }
+    }
+
+    /// The same limit for costs known only after the request ([`crate::debit`]): its counters
+    /// are two bits wider than the limit needs, so that a settled cost above its estimate can
+    /// be counted past the limit (an overdraft) up to at least three times the limit. Limits
+    /// up to [`MAX_METERED_LIMIT`]; sliding windows only. Any sliding window can be reserved
+    /// and settled; one that is not metered counts an overdraft only up to its counters' room
+    /// (`2^bits - 1 - limit`, which can be 0).
+    pub fn metered(self) -> Limit {
+        Limit {
+            metered: true,
+            ..self
+        }
+    }
+
+    /// Whether the window is [`Limit::metered`].
+    pub fn is_metered(&self) -> bool {
+        self.metered
     }
 
     /// The number of units of cost allowed per window.
@@ -134,6 +158,12 @@ impl Limit {
             Mode::Exact if self.limit > MAX_EXACT_LIMIT => Err(Error::InvalidLimit(
                 "an exact limit must be at most 64 per window",
             )),
+            Mode::Exact if self.metered => {
+                Err(Error::InvalidLimit("an exact window cannot be metered"))
+            }
+            Mode::Bucketed if self.metered && self.limit > MAX_METERED_LIMIT => Err(
+                Error::InvalidLimit("a metered limit must be at most 4194303 per window"),
+            ),
             _ => Ok(()),
         }
     }
@@ -148,9 +178,29 @@ impl Limit {
         let exact = u32::from(self.mode == Mode::Exact);
         let low = match self.mode {
             Mode::Exact => self.limit - 1,
-            Mode::Bucketed => sliding::counter_bits(self.limit),
+            Mode::Bucketed => self.counter_bits(),
         };
         (exact << 31) | (unit_s << 30) | ((value & 0xFF_FFFF) << 6) | (low & 0x3F)
+    }
+}
+
+impl Limit {
+    /// The counter width of this (sliding) window: what the limit needs, plus the headroom of
+    /// a metered window.
+    pub(crate) fn counter_bits(&self) -> u32 {
+        let extra = if self.metered { METERED_EXTRA_BITS } else { 0 };
+        (sliding::counter_bits(self.limit) + extra).min(sliding::MAX_BITS)
+    }
+
+    /// The shape of this window with `b` sub-windows (`None` for an exact window or a value
+    /// out of range).
+    pub(crate) fn slide(&self, b: u32) -> Option<Slide> {
+        match self.mode {
+            Mode::Exact => None,
+            Mode::Bucketed => {
+                Slide::for_width(self.counter_bits(), self.window_ms, b)?.with_limit(self.limit)
+            }
+        }
     }
 }
 
@@ -303,7 +353,7 @@ impl Limits {
                 *d = l.descriptor();
                 *g = match l.mode {
                     Mode::Bucketed => Some(
-                        Slide::new(l.limit, l.window_ms, DEFAULT_SUB_WINDOWS)
+                        l.slide(DEFAULT_SUB_WINDOWS)
                             .ok_or(Error::InvalidLimit("a window must be 1 second to 180 days"))?,
                     ),
                     Mode::Exact => None,
@@ -371,7 +421,7 @@ impl Limits {
         if b == DEFAULT_SUB_WINDOWS {
             return Some(pre);
         }
-        Slide::new(pre.limit, pre.window_ms, b)
+        self.items.get(i)?.slide(b)
     }
 
     /// The shapes of the set's sliding windows in a store with `b` sub-windows per window,
@@ -391,8 +441,8 @@ impl Limits {
     #[inline(never)]
     fn shapes_for(&self, b: u32) -> Shapes<'_> {
         let mut own = [None; MAX_WINDOWS];
-        for (o, pre) in own.iter_mut().zip(&self.slides) {
-            *o = pre.and_then(|p| Slide::new(p.limit, p.window_ms, b));
+        for (o, l) in own.iter_mut().zip(self.as_slice()) {
+            *o = l.slide(b);
         }
         Shapes::Own(own)
     }
@@ -444,6 +494,19 @@ impl Limits {
 
     pub(crate) fn has_exact(&self) -> bool {
         self.has_exact
+    }
+
+    /// A checksum of the set that is the same in every process and build (a reservation
+    /// carries it, so that it is settled against the windows it was counted in): crc32 of
+    /// each window's limit, length, mode and metering.
+    pub(crate) fn fingerprint(&self) -> u32 {
+        let mut h = crc32fast::Hasher::new();
+        for l in self.as_slice() {
+            h.update(&l.limit.to_le_bytes());
+            h.update(&l.window_ms.to_le_bytes());
+            h.update(&[u8::from(l.mode == Mode::Exact), u8::from(l.metered)]);
+        }
+        h.finalize()
     }
 }
 

@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::backend::Backend;
+use crate::debit::{Reservation, Reserved};
 use crate::decision::Decision;
 use crate::engine::{CompactorHandle, Core, OpenReport, Parts, PassReport};
 #[cfg(doc)]
@@ -284,6 +285,69 @@ impl Store {
         self.core.peek(key, limits, now_ms)
     }
 
+    /// Reserve `estimate` units for a request whose cost is known only after it
+    /// ([`crate::debit`]): admitted like a check of `estimate`, all or nothing, and open for
+    /// settling for [`DEFAULT_RESERVATION_TTL`](crate::debit::DEFAULT_RESERVATION_TTL).
+    ///
+    /// ```
+    /// use tollgate::{Limit, Limits, Options, Store};
+    /// let store = Store::open_in_memory(Options::default())?;
+    /// let tokens = Limits::new(&[Limit::per_minute(1_000).metered()])?;
+    /// let r = store.reserve(b"api-key", &tokens, 300)?;
+    /// let r = r.reservation().expect("admitted");
+    /// // The upstream reported 900 tokens: 600 more are charged.
+    /// let after = store.settle(b"api-key", &tokens, r, 900)?;
+    /// assert_eq!(after.remaining(), 100);
+    /// # Ok::<(), tollgate::Error>(())
+    /// ```
+    pub fn reserve(&self, key: &[u8], limits: &Limits, estimate: u32) -> Result<Reserved> {
+        let ttl = crate::debit::DEFAULT_RESERVATION_TTL;
+        self.reserve_at(key, limits, estimate, ttl, self.core.clock.now_ms())
+    }
+
+    /// [`Store::reserve`] at an explicit time, open for `ttl` (1 ms to one day).
+    pub fn reserve_at(
+        &self,
+        key: &[u8],
+        limits: &Limits,
+        estimate: u32,
+        ttl: std::time::Duration,
+        now_ms: u64,
+    ) -> Result<Reserved> {
+        let ttl_ms = crate::debit::ttl_ms(ttl)?;
+        self.core.segs.writable()?;
+        self.core.reserve(key, limits, estimate, ttl_ms, now_ms)
+    }
+
+    /// Settle a reservation with the request's actual cost: below the estimate the difference
+    /// goes back, above it the extra is counted past the limit (an overdraft). Returns what a
+    /// request of cost 1 would get now. Refused, with nothing counted, if it was settled
+    /// before ([`Error::ReservationSettled`](crate::Error::ReservationSettled)), made for
+    /// another key or set of windows, or expired.
+    pub fn settle(
+        &self,
+        key: &[u8],
+        limits: &Limits,
+        reservation: &Reservation,
+        actual: u32,
+    ) -> Result<Decision> {
+        self.settle_at(key, limits, reservation, actual, self.core.clock.now_ms())
+    }
+
+    /// [`Store::settle`] at an explicit time.
+    pub fn settle_at(
+        &self,
+        key: &[u8],
+        limits: &Limits,
+        reservation: &Reservation,
+        actual: u32,
+        now_ms: u64,
+    ) -> Result<Decision> {
+        self.core.segs.writable()?;
+        self.core
+            .settle_reservation(key, limits, reservation, actual, now_ms)
+    }
+
     /// How late a sliding window of `limit` may release quota on this store: a request made at
     /// `t` stops counting at the latest at `t + window + release_delay` (one sub-window and at
     /// most `B` ms of rounding: `⌈W/B⌉ + B - 1`; see
@@ -453,6 +517,28 @@ impl Backend for Store {
 
     fn peek_at(&self, key: &[u8], limits: &Limits, now_ms: u64) -> Result<Decision> {
         Store::peek_at(self, key, limits, now_ms)
+    }
+
+    fn reserve_at(
+        &self,
+        key: &[u8],
+        limits: &Limits,
+        estimate: u32,
+        ttl: std::time::Duration,
+        now_ms: u64,
+    ) -> Result<Reserved> {
+        Store::reserve_at(self, key, limits, estimate, ttl, now_ms)
+    }
+
+    fn settle_at(
+        &self,
+        key: &[u8],
+        limits: &Limits,
+        reservation: &Reservation,
+        actual: u32,
+        now_ms: u64,
+    ) -> Result<Decision> {
+        Store::settle_at(self, key, limits, reservation, actual, now_ms)
     }
 
     fn begin_at(

@@ -18,7 +18,7 @@ use crate::limit::{Limit, Limits, Mode, MAX_WINDOWS};
 use crate::options::OnFull;
 use crate::storage::segment::Entry;
 use crate::window::cell;
-use crate::window::sliding::{self, Added, Slide, Snap};
+use crate::window::sliding::{self, Added, Snap};
 
 /// What applying a check to an entry came to.
 enum Applied {
@@ -45,14 +45,12 @@ impl Core {
     /// How late a sliding window of `limit` may release quota on this store (one sub-window
     /// and the rounding of `W` into `B` whole milliseconds); zero for an exact window.
     pub(crate) fn release_delay(&self, limit: &Limit) -> std::time::Duration {
-        let slide = match limit.mode() {
-            Mode::Exact => None,
-            Mode::Bucketed => Slide::new(limit.limit(), limit.window_ms(), self.b),
-        };
+        let slide = limit.slide(self.b);
         std::time::Duration::from_millis(slide.map_or(0, |g| g.release_delay_ms()))
     }
 
     /// Check and count; the decision goes to `out` (which starts as [`Decision::BLANK`]).
+    #[inline]
     pub(crate) fn check(
         &self,
         key: &[u8],
@@ -60,6 +58,22 @@ impl Core {
         cost: u32,
         now_ms: u64,
         out: &mut Decision,
+    ) -> Result<()> {
+        self.count(key, limits, cost, now_ms, out, &mut [None; MAX_WINDOWS])
+    }
+
+    /// [`Core::check`], also saying which sub-window each sliding window counted the cost in
+    /// (`added[i]`, `None` where nothing was counted): what a reservation keeps to give back
+    /// the part of its estimate it did not use.
+    #[inline(always)]
+    pub(crate) fn count(
+        &self,
+        key: &[u8],
+        limits: &Limits,
+        cost: u32,
+        now_ms: u64,
+        out: &mut Decision,
+        added: &mut [Option<u64>; MAX_WINDOWS],
     ) -> Result<()> {
         check_request(key, limits, cost)?;
         self.saw(now_ms);
@@ -85,7 +99,7 @@ impl Core {
                     Err(e) => return Err(e),
                 },
             };
-            match self.apply(line, limits, cost, now_ms, out) {
+            match self.apply(line, limits, cost, now_ms, out, added) {
                 Applied::Done => return Ok(()),
                 Applied::Moved => {
                     self.retries.fetch_add(1, Ordering::Relaxed);
@@ -142,6 +156,7 @@ impl Core {
         cost: u32,
         now_ms: u64,
         out: &mut Decision,
+        added: &mut [Option<u64>; MAX_WINDOWS],
     ) -> Applied {
         if limits.has_exact() {
             return self.apply_with_exact(line, limits, cost, now_ms, out);
@@ -152,15 +167,15 @@ impl Core {
         };
         let items = limits.as_slice();
         let shapes = limits.shapes(self.b);
-        // The sub-window each window counted in, for the take-back.
-        let mut added: [Option<u64>; MAX_WINDOWS] = [None; MAX_WINDOWS];
+        // The sub-window each window counted in, for the take-back (and the caller).
+        *added = [None; MAX_WINDOWS];
         for (i, l) in items.iter().enumerate() {
             // `windows_at` placed every window inside the entry: the `else` is not reached.
             let Some(geo) = shapes.get(i) else {
                 return Applied::Mismatch;
             };
             let Some(win) = sliding_window(&e, at[i], geo) else {
-                self.undo(&e, &at, limits, &added, cost);
+                self.undo(&e, &at, limits, added, cost);
                 return Applied::Moved;
             };
             match sliding::add(&win, geo, now_ms, cost) {
@@ -170,14 +185,15 @@ impl Core {
                 }
                 Added::Refused { .. } => {
                     if i > 0 {
-                        self.undo(&e, &at, limits, &added, cost);
+                        self.undo(&e, &at, limits, added, cost);
                     }
+                    *added = [None; MAX_WINDOWS];
                     self.snapshot_entry(&e, &at, limits, cost, now_ms, out);
                     refused_by(out, i, items.len());
                     return Applied::Done;
                 }
                 Added::Frozen => {
-                    self.undo(&e, &at, limits, &added, cost);
+                    self.undo(&e, &at, limits, added, cost);
                     return Applied::Moved;
                 }
             }
@@ -284,7 +300,7 @@ impl Core {
         clippy::indexing_slicing,
         reason = "window indexes are below limits.len() <= MAX_WINDOWS, the length of every array indexed here"
     )]
-    fn undo(
+    pub(super) fn undo(
         &self,
         e: &Entry<'_>,
         at: &WindowsAt,

@@ -14,6 +14,7 @@
 //! | `moves.rs` | moving an entry to a new set of windows (freeze, copy, switch) |
 //! | `recovery.rs` | rebuilding the index from the segments when a file is opened |
 //! | `records.rs` | the idempotency state machine on record entries and response blobs |
+//! | `debit.rs` | reserve an estimate, settle the actual cost: give back or overdraw |
 //! | `versions.rs` | version entries: read, bump, compare-and-bump (`If-Match`) |
 //! | `permits.rs` | concurrency permit entries: acquire, release, count, unlink |
 //! | `expire.rs` | expiry passes: unlink what is past its window or TTL |
@@ -31,6 +32,7 @@ mod check;
 mod compactor;
 mod core;
 mod counters;
+mod debit;
 mod entry;
 mod expire;
 mod inspect;

@@ -62,10 +62,21 @@ impl Core {
     }
 
     pub(crate) fn idem_begin(&self, key: &[u8], fp: &Fingerprint, now_ms: u64) -> Result<Begin> {
+        self.idem_begin_leased(key, fp, now_ms, self.idem.lease.as_millis() as u64)
+    }
+
+    /// [`Core::idem_begin`] with a lease of `lease_ms` instead of the store's (a reservation's
+    /// guard record lives as long as the reservation can be settled).
+    pub(crate) fn idem_begin_leased(
+        &self,
+        key: &[u8],
+        fp: &Fingerprint,
+        now_ms: u64,
+        lease_ms: u64,
+    ) -> Result<Begin> {
         self.saw(now_ms);
         let hash = self.hasher.hash_one(key);
         let guard = crossbeam_epoch::pin();
-        let lease_ms = self.idem.lease.as_millis() as u64;
         let mut spins = 0u32;
         loop {
             let Some(line) = self.find_kind(hash, key, KIND_IDEM, &guard) else {

@@ -117,6 +117,11 @@ impl IdempotencyKey {
         Ok(IdempotencyKey(u))
     }
 
+    /// A key from any 128 bits (the store's own records, e.g. reservation guards).
+    pub(crate) fn from_raw(id: u128) -> IdempotencyKey {
+        IdempotencyKey(uuid::Uuid::from_u128(id))
+    }
+
     /// The UUID.
     pub fn uuid(&self) -> uuid::Uuid {
         self.0
