@@ -39,6 +39,18 @@ pub(crate) fn check_request(key: &[u8], limits: &Limits, cost: u32) -> Result<()
     Ok(())
 }
 
+/// Refuse a reservation no backend can make: a bad key, an estimate above the smallest limit,
+/// a set with an exact window.
+pub(crate) fn check_reserve(key: &[u8], limits: &Limits, estimate: u32) -> Result<()> {
+    check_request(key, limits, estimate)?;
+    if limits.has_exact() {
+        return Err(Error::InvalidLimit(
+            "reserve and settle need sliding windows; this set has an exact one",
+        ));
+    }
+    Ok(())
+}
+
 /// Sliding-window checks, idempotency records, versions and concurrency permits, wherever
 /// they are kept.
 ///

@@ -140,7 +140,7 @@ impl Reservation {
     /// right: another key or window set, or past its expiry. Every backend's settle starts
     /// here, before it touches anything stored.
     pub(crate) fn check_settle(&self, key: &[u8], limits: &Limits, now_ms: u64) -> Result<()> {
-        crate::backend::check_key(key)?;
+        // An empty or over-long key is not the key of any reservation: a mismatch too.
         if !self.is_for(key, limits) {
             return Err(Error::ReservationMismatch);
         }
@@ -319,18 +319,6 @@ pub(crate) fn ttl_ms(ttl: Duration) -> Result<u64> {
         ));
     }
     Ok(ttl.as_millis() as u64)
-}
-
-/// Refuse a reservation no backend can make: a bad key, an estimate above the smallest limit,
-/// a set with an exact window.
-pub(crate) fn check_reserve(key: &[u8], limits: &Limits, estimate: u32) -> Result<()> {
-    crate::backend::check_request(key, limits, estimate)?;
-    if limits.has_exact() {
-        return Err(Error::InvalidLimit(
-            "reserve and settle need sliding windows; this set has an exact one",
-        ));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

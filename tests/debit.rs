@@ -286,6 +286,9 @@ fn eight_threads_on_one_key_count_every_settle_once() {
     assert_eq!(u64::from(used), total);
 }
 
+/// An admitted reservation: when, its estimate, and its settle (when, actual) if any.
+type Admitted = (u64, u32, Option<(u64, u32)>);
+
 /// One step of the model: reserve an estimate, settle an open reservation, or wait.
 #[derive(Debug, Clone)]
 enum Op {
@@ -325,8 +328,7 @@ proptest! {
         let w = window_s * 1_000;
         let s = store();
         let mut now = T0;
-        // (reserved at, estimate, settled: Some((at, actual)))
-        let mut log: Vec<(u64, u32, Option<(u64, u32)>)> = Vec::new();
+        let mut log: Vec<Admitted> = Vec::new();
         let mut open: Vec<(usize, Reservation)> = Vec::new();
         for o in ops {
             match o {

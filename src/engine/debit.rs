@@ -21,7 +21,8 @@ use std::sync::atomic::AtomicU64;
 
 use super::core::Core;
 use super::entry::sliding_window;
-use crate::debit::{check_reserve, Reservation, Reserved};
+use crate::backend::check_reserve;
+use crate::debit::{Reservation, Reserved};
 use crate::decision::Decision;
 use crate::error::{Error, Result};
 use crate::idempotency::{Begin, Lease};
