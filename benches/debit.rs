@@ -1,12 +1,20 @@
 //! Reserve + settle beside a check, same run: what charging the real cost after the response
 //! costs on top of checking before it (`tollgate::debit`).
 //!
-//! One hot key with two metered windows (per minute and per day); time advances 1 ms per
+//! One hot key with two metered windows; time advances 1 ms per operation, so the windows
+//! rotate as a busy key's do. Two window sets: an LLM's tokens, 1 000 per minute and 30 000 per
+//! day (both in the packed layout: one word holds the sub-window number), and large limits
+//! that a run never fills, 4 000 000 per second and 4 194 303 per minute (the wide layout: a
+//! take-back from the head's sub-window goes under the lock). Rows; time advances 1 ms per
 //! operation, so the windows rotate as a busy key's do and never fill. Rows:
 //!
-//! * `check` — a check of cost 1;
-//! * `reserve_settle_refund` — reserve 100, settle 40 (60 go back to the same sub-window);
-//! * `reserve_settle_overdraft` — reserve 10, settle 20 (10 more counted past the estimate).
+//! * `check/tokens`, `check/large` — a check of cost 1 (on `tokens`, keys change every 500
+//!   checks so that the minute never fills);
+//! * `reserve_settle_refund/tokens` — reserve 10, settle 0 (all 10 go back to the same
+//!   sub-window, so the window never fills);
+//! * `reserve_settle_refund/large` — reserve 10, settle 4;
+//! * `reserve_settle_overdraft/large` — reserve 2, settle 3 (1 more counted past the
+//!   estimate).
 //!
 //! A reserve writes a guard record and a settle claims it; the stores run without the
 //! compactor (time is driven explicitly), fresh per sample, in memory.
@@ -20,15 +28,29 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use tollgate::{Limit, Limits, Options, Store};
 
 const T0: u64 = 1_700_000_000_000;
-const KEY: &[u8] = b"sk_live_0123456789abcdef01234567";
+const KEY: &[u8; 32] = b"sk_live_0123456789abcdef01234567";
 const TTL: Duration = Duration::from_secs(900);
 
-fn limits() -> Limits {
+fn tokens() -> Limits {
     Limits::new(&[
-        Limit::per_minute(4_000_000).metered(),
-        Limit::per_day(4_194_303).metered(),
+        Limit::per_minute(1_000).metered(),
+        Limit::per_day(30_000).metered(),
     ])
     .expect("valid limits")
+}
+
+fn large() -> Limits {
+    Limits::new(&[
+        Limit::per_second(4_000_000).metered(),
+        Limit::per_minute(4_194_303).metered(),
+    ])
+    .expect("valid limits")
+}
+
+/// The key of check `i`: one for every 500 checks on `tokens` (less than a minute's limit).
+fn key(buf: &mut [u8; 32], i: u64) -> &[u8] {
+    buf[24..].copy_from_slice(&(i / 500).to_le_bytes());
+    &buf[..]
 }
 
 fn fresh() -> Store {
@@ -36,24 +58,28 @@ fn fresh() -> Store {
 }
 
 fn bench(c: &mut Criterion) {
-    let l = limits();
     let mut g = c.benchmark_group("debit");
     g.throughput(Throughput::Elements(1));
 
-    g.bench_function("check", |b| {
-        b.iter_custom(|iters| {
-            let store = fresh();
-            let start = Instant::now();
-            for i in 0..iters {
-                black_box(store.check_at(KEY, &l, 1, T0 + i).expect("check"));
-            }
-            start.elapsed()
-        })
-    });
+    for (name, l) in [("check/tokens", tokens()), ("check/large", large())] {
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let store = fresh();
+                let mut buf = *KEY;
+                let start = Instant::now();
+                for i in 0..iters {
+                    let k = key(&mut buf, i);
+                    black_box(store.check_at(k, &l, 1, T0 + i).expect("check"));
+                }
+                start.elapsed()
+            })
+        });
+    }
 
-    for (name, estimate, actual) in [
-        ("reserve_settle_refund", 100u32, 40u32),
-        ("reserve_settle_overdraft", 10, 20),
+    for (name, l, estimate, actual) in [
+        ("reserve_settle_refund/tokens", tokens(), 10u32, 0u32),
+        ("reserve_settle_refund/large", large(), 10, 4),
+        ("reserve_settle_overdraft/large", large(), 2, 3),
     ] {
         g.bench_function(name, |b| {
             b.iter_custom(|iters| {

@@ -32,6 +32,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::decision::Decision;
@@ -87,8 +88,11 @@ impl Reservation {
         ttl_ms: u64,
         subs: &[Option<u64>; MAX_WINDOWS],
     ) -> Reservation {
+        // 64 random bits (a fresh seed per call) and a process-wide sequence number: unique
+        // in a process, and across processes unless two 64-bit draws collide.
+        static SEQ: AtomicU64 = AtomicU64::new(0);
         let id = u128::from(crate::version::random_word()) << 64
-            | u128::from(crate::version::random_word());
+            | u128::from(SEQ.fetch_add(1, Ordering::Relaxed));
         Reservation {
             id,
             fence: 0,

@@ -309,6 +309,8 @@ pub struct Limits {
     len: u8,
     min_limit: u32,
     has_exact: bool,
+    /// [`Limits::fingerprint`], worked out once.
+    fingerprint: u32,
 }
 
 impl PartialEq for Limits {
@@ -386,6 +388,7 @@ impl Limits {
             len: limits.len() as u8,
             min_limit,
             has_exact,
+            fingerprint: fingerprint_of(limits),
         })
     }
 
@@ -497,17 +500,21 @@ impl Limits {
     }
 
     /// A checksum of the set that is the same in every process and build (a reservation
-    /// carries it, so that it is settled against the windows it was counted in): crc32 of
-    /// each window's limit, length, mode and metering.
+    /// carries it, so that it is settled against the windows it was counted in).
     pub(crate) fn fingerprint(&self) -> u32 {
-        let mut h = crc32fast::Hasher::new();
-        for l in self.as_slice() {
-            h.update(&l.limit.to_le_bytes());
-            h.update(&l.window_ms.to_le_bytes());
-            h.update(&[u8::from(l.mode == Mode::Exact), u8::from(l.metered)]);
-        }
-        h.finalize()
+        self.fingerprint
     }
+}
+
+/// crc32 of each window's limit, length, mode and metering ([`Limits::fingerprint`]).
+fn fingerprint_of(limits: &[Limit]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    for l in limits {
+        h.update(&l.limit.to_le_bytes());
+        h.update(&l.window_ms.to_le_bytes());
+        h.update(&[u8::from(l.mode == Mode::Exact), u8::from(l.metered)]);
+    }
+    h.finalize()
 }
 
 #[cfg(test)]
