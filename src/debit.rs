@@ -226,7 +226,13 @@ impl Reservation {
             }
             u64::from_le_bytes(w)
         };
-        let half = |at: usize| -> u32 { word(at) as u32 };
+        let half = |at: usize| -> u32 {
+            let mut w = [0u8; 4];
+            if let Some(s) = bytes.get(at..at + 4) {
+                w.copy_from_slice(s);
+            }
+            u32::from_le_bytes(w)
+        };
         if half(88) != crc32fast::hash(bytes.get(..88).unwrap_or(&[])) {
             return Err(bad("checksum mismatch"));
         }
@@ -373,6 +379,48 @@ mod tests {
         let mut s = r.to_string();
         s.replace_range(0..2, "é");
         assert!(s.parse::<Reservation>().is_err());
+    }
+
+    proptest::proptest! {
+        /// Any bytes or text: a typed error or a reservation that encodes back to them,
+        /// never a panic.
+        #[test]
+        fn any_input_decodes_or_is_refused(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+            text in "[0-9a-f]{0,200}",
+        ) {
+            if let Ok(r) = Reservation::from_bytes(&bytes) {
+                proptest::prop_assert_eq!(&r.to_bytes()[..], &bytes[..]);
+            }
+            if let Ok(r) = text.parse::<Reservation>() {
+                proptest::prop_assert_eq!(r.to_string(), text);
+            }
+        }
+
+        /// A valid encoding with any fields round-trips, text and bytes.
+        #[test]
+        fn every_valid_reservation_round_trips(
+            id in proptest::prelude::any::<u128>(),
+            fence in proptest::prelude::any::<u32>(),
+            sums in proptest::prelude::any::<(u32, u32, u32)>(),
+            windows in 1u8..=4,
+            times in proptest::prelude::any::<(u64, u64)>(),
+            subs in proptest::prelude::any::<[u64; 4]>(),
+        ) {
+            let r = Reservation {
+                id,
+                fence,
+                key_sum: sums.0,
+                limits_sum: sums.1,
+                estimate: sums.2,
+                windows,
+                reserved_ms: times.0,
+                expires_ms: times.1,
+                subs,
+            };
+            proptest::prop_assert_eq!(Reservation::from_bytes(&r.to_bytes()).unwrap(), r.clone());
+            proptest::prop_assert_eq!(r.to_string().parse::<Reservation>().unwrap(), r);
+        }
     }
 
     #[test]
