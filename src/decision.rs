@@ -241,7 +241,12 @@ pub(crate) fn empty_decision(limits: &Limits, cost: u32, now_ms: u64) -> Decisio
 /// A sliding window's state for the headers, from a consistent copy of its words (the
 /// embedded store's, or one the fleet rebuilt from a script's counts): the same function for
 /// every backend, so that they answer alike field by field.
-pub(crate) fn sliding_state(snap: &Snap, geo: &Slide, cost: u32, now_ms: u64) -> WindowState {
+pub(crate) fn sliding_state<const N: usize>(
+    snap: &Snap<N>,
+    geo: &Slide,
+    cost: u32,
+    now_ms: u64,
+) -> WindowState {
     WindowState::sliding(geo, &snap.summary(geo, cost, now_ms))
 }
 
