@@ -183,12 +183,14 @@ impl Core {
                     added[i] = Some(m);
                     out.windows[i] = admitted(l, used, reset_ms);
                 }
-                Added::Refused { .. } => {
+                Added::Refused { seen, .. } => {
                     if i > 0 {
                         self.undo(&e, &at, limits, added, cost);
                     }
                     *added = [None; MAX_WINDOWS];
-                    self.snapshot_entry(&e, &at, limits, cost, now_ms, out);
+                    // The refusing window's figures, if its refusal already worked them out.
+                    let known = seen.map(|s| (i, WindowState::sliding(geo, &s)));
+                    self.snapshot_entry(&e, &at, limits, cost, now_ms, out, known.as_ref());
                     refused_by(out, i, items.len());
                     return Applied::Done;
                 }
@@ -285,7 +287,7 @@ impl Core {
         }
         if let Some(i) = refused {
             self.undo(&e, &at, limits, &added, cost);
-            self.snapshot_entry(&e, &at, limits, cost, now_ms, out);
+            self.snapshot_entry(&e, &at, limits, cost, now_ms, out, None);
             refused_by(out, i, items.len());
             cell::unlock_meta(lock);
             return Applied::Done;
@@ -332,7 +334,7 @@ impl Core {
         match self.windows_at(&e, limits) {
             Some(at) => {
                 let mut d = Decision::BLANK;
-                self.snapshot_entry(&e, &at, limits, cost, now_ms, &mut d);
+                self.snapshot_entry(&e, &at, limits, cost, now_ms, &mut d, None);
                 if let Some(i) = refused {
                     refused_by(&mut d, i, limits.len());
                 }
@@ -347,7 +349,12 @@ impl Core {
     /// Every window of the entry as a request of `cost` would see it now, written into `out`
     /// in place (a `Decision` is 136 bytes: returning one cost a copy on every rejection).
     /// Admitted if every window has room; a caller whose request a window refused says so
-    /// with [`refused_by`].
+    /// with [`refused_by`]. `known`: a window whose state the caller has already (the one
+    /// that refused, from the copy it was judged on), which is not read again.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the check's own arguments, its entry and the one window it already judged: bundling them would cost the hot path a copy"
+    )]
     #[expect(
         clippy::indexing_slicing,
         reason = "window indexes are below limits.len() <= MAX_WINDOWS, the length of every array indexed here"
@@ -360,6 +367,7 @@ impl Core {
         cost: u32,
         now_ms: u64,
         out: &mut Decision,
+        known: Option<&(usize, WindowState)>,
     ) {
         let ws = &mut out.windows;
         let mut all_fit = true;
@@ -373,6 +381,9 @@ impl Core {
         for (i, l) in limits.as_slice().iter().enumerate() {
             let at = at[i];
             ws[i] = match shapes.get(i) {
+                _ if known.is_some_and(|&(k, _)| k == i) => {
+                    known.map(|&(_, w)| w).unwrap_or_default()
+                }
                 Some(geo) => match sliding_window(e, at, geo) {
                     Some(win) => match sliding::head_summary(&win, geo, cost, now_ms) {
                         Some(s) => WindowState::sliding(geo, &s),

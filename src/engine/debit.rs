@@ -200,7 +200,7 @@ fn overdraw_window(win: &Window<'_, AtomicU64>, cap: &Slide, now_ms: u64, units:
     loop {
         match sliding::add(win, cap, now_ms, units) {
             Added::Yes { .. } => return true,
-            Added::Refused { used } => {
+            Added::Refused { used, .. } => {
                 let room = u64::from(cap.limit).saturating_sub(used);
                 if room == 0 {
                     return true;

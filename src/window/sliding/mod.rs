@@ -451,7 +451,19 @@ impl<const N: usize> Snap<N> {
         if self.older == 0 {
             return Snap::empty_ring_summary(geo, self.n, self.cur, cost, ne, now_ms);
         }
-        let used = self.total_at(geo, ne);
+        self.summary_from(geo, self.total_at(geo, ne), cost, ne, now_ms)
+    }
+
+    /// [`Snap::summary`] with the effective sub-window `ne` (of `now_ms`) and the count there
+    /// (`used`, [`Snap::total_at`]) already known, as a refusal judged on this copy knows them.
+    pub(crate) fn summary_from(
+        &self,
+        geo: &Slide,
+        used: u64,
+        cost: u32,
+        ne: u64,
+        now_ms: u64,
+    ) -> Summary {
         Summary {
             used,
             reset_ms: self.reset_ms(geo, now_ms),

@@ -177,8 +177,12 @@ proptest! {
                     prop_assert!(reset_ms >= eff + w);
                     prop_assert!(reset_ms <= eff + w + delay);
                 }
-                Added::Refused { used } => {
+                Added::Refused { used, seen } => {
                     prop_assert_eq!(used, counted);
+                    // A refusal that worked out the figures worked out the window's own.
+                    if let Some(seen) = seen {
+                        prop_assert_eq!(seen, before.summary(&geo, cost, now));
+                    }
                     // Late by at most the delay: an exact log looking back W + delay refuses.
                     prop_assert!(
                         log.used(eff, w + delay) + c > lim,

@@ -130,11 +130,15 @@ pub(crate) enum Added {
         /// When the window is empty again if nothing more is counted.
         reset_ms: u64,
     },
-    /// Not counted, nothing written: no room. `used` is the count it was judged against; ask
-    /// [`snapshot`] then [`Snap::retry_ms`] for the wait.
+    /// Not counted, nothing written: no room. `used` is the count it was judged against;
+    /// `seen`, the window's figures for the decision when the refusal was judged on a copy of
+    /// the whole window (a later sub-window than the head's) and so already knows them;
+    /// otherwise ask [`head_summary`] or [`snapshot`] then [`Snap::summary`].
     Refused {
         /// The count judged.
         used: u64,
+        /// The figures of the copy the refusal was judged on, if it took one.
+        seen: Option<Summary>,
     },
     /// Not counted: the window is frozen (its entry is moving or being removed); look the key
     /// up again.
@@ -246,7 +250,10 @@ pub(crate) fn add<C: WordCell>(w: &Window<'_, C>, geo: &Slide, now_ms: u64, cost
             let total = cur + older;
             let cost64 = u64::from(cost);
             if total + cost64 > u64::from(geo.limit) {
-                return Added::Refused { used: total };
+                return Added::Refused {
+                    used: total,
+                    seen: None,
+                };
             }
             // `cur + cost <= limit < 2^c`: the field cannot carry into `older`.
             if w.head
@@ -305,7 +312,10 @@ fn add_slow_in<C: WordCell, const N: usize>(
             let (cur, older) = geo.fields(h);
             let total = cur + older;
             if total + cost64 > limit {
-                return Added::Refused { used: total };
+                return Added::Refused {
+                    used: total,
+                    seen: None,
+                };
             }
             if cost == 0 {
                 let s = snapshot(w, geo);
@@ -338,7 +348,10 @@ fn add_slow_in<C: WordCell, const N: usize>(
             // An empty ring and a head sub-window still in the window: the count stays `cur`
             // however far now is, and it has no room. Judged on this one head word (in the
             // packed layout, where the head alone names its sub-window).
-            return Added::Refused { used: cur };
+            return Added::Refused {
+                used: cur,
+                seen: None,
+            };
         }
         let mut s = Snap::<N>::EMPTY;
         let raw = if cur + older + cost64 <= limit {
@@ -361,7 +374,10 @@ fn add_slow_in<C: WordCell, const N: usize>(
             }
             let total = s.total_at(geo, n_now);
             if total + cost64 > limit {
-                return Added::Refused { used: total };
+                return Added::Refused {
+                    used: total,
+                    seen: Some(s.summary_from(geo, total, cost, n_now, now_ms)),
+                };
             }
             if w.head
                 .compare_exchange(s.raw, s.raw | LOCK, Acquire, Relaxed)
@@ -403,7 +419,10 @@ fn add_slow_in<C: WordCell, const N: usize>(
                 },
             }
         } else {
-            Added::Refused { used: total }
+            Added::Refused {
+                used: total,
+                seen: Some(locked.summary_from(geo, total, cost, m, now_ms)),
+            }
         };
     }
 }

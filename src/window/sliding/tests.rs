@@ -171,11 +171,40 @@ fn counts_to_the_limit_and_a_refusal_writes_nothing() {
         assert!(matches!(add(&w, &geo, T0 + i, 1), Added::Yes { .. }), "{i}");
     }
     let before: Vec<u64> = words.iter().map(|x| x.load(Ordering::Relaxed)).collect();
-    assert_eq!(add(&w, &geo, T0 + 100, 1), Added::Refused { used: 60 });
+    assert!(matches!(
+        add(&w, &geo, T0 + 100, 1),
+        Added::Refused { used: 60, .. }
+    ));
     // A later sub-window (a rotation would be needed), still full: refused, nothing written.
-    assert_eq!(add(&w, &geo, T0 + 30_000, 1), Added::Refused { used: 60 });
+    // An empty ring is judged on the head alone: no copy, no figures.
+    let Added::Refused { used: 60, seen } = add(&w, &geo, T0 + 30_000, 1) else {
+        panic!("refused at 60");
+    };
+    assert_eq!(seen, None);
     let after: Vec<u64> = words.iter().map(|x| x.load(Ordering::Relaxed)).collect();
     assert_eq!(before, after);
+}
+
+#[test]
+fn a_refusal_judged_on_a_copy_reports_the_copys_figures() {
+    let geo = slide(60, MIN);
+    let words = cells(&geo);
+    let w = win(&words, &geo);
+    // One every 900 ms: spread over the ring, all within 53.1 s.
+    for i in 0..60 {
+        assert!(
+            matches!(add(&w, &geo, T0 + i * 900, 1), Added::Yes { .. }),
+            "{i}"
+        );
+    }
+    // Two sub-windows after the last: a copy is needed to know what aged out.
+    let at = T0 + 55_000;
+    let expected = snapshot(&w, &geo).summary(&geo, 1, at);
+    let Added::Refused { used: 60, seen } = add(&w, &geo, at, 1) else {
+        panic!("refused at 60");
+    };
+    assert_eq!(seen, Some(expected));
+    assert!(expected.retry_ms >= 1);
 }
 
 /// The ErzyCall client of issue 15: 60/min and 1000/h, a batch of 60 every 61 s, 17 batches.
@@ -313,7 +342,10 @@ fn a_clock_behind_the_head_counts_in_the_head() {
         panic!("room for 2");
     };
     assert_eq!(m, geo.sub_window(T0));
-    assert_eq!(add(&w, &geo, T0 - HOUR, 1), Added::Refused { used: 5 });
+    assert!(matches!(
+        add(&w, &geo, T0 - HOUR, 1),
+        Added::Refused { used: 5, .. }
+    ));
 }
 
 #[test]
@@ -405,12 +437,13 @@ fn recovery_never_under_counts_a_half_done_rotation() {
         assert!(s.n >= n);
         // Full until n + B + 1, when everything counted before the crash is gone anyway.
         for at in [t + 9 * geo.g, (n + u64::from(geo.b)) * geo.g + geo.g - 1] {
-            assert_eq!(
-                add(&w, &geo, at, 1),
-                Added::Refused {
-                    used: s.used(&geo, at)
-                }
-            );
+            let Added::Refused { used, seen } = add(&w, &geo, at, 1) else {
+                panic!("refused at {at}");
+            };
+            assert_eq!(used, s.used(&geo, at));
+            if let Some(seen) = seen {
+                assert_eq!(seen, snapshot(&w, &geo).summary(&geo, 1, at));
+            }
             assert!(s.used(&geo, at) >= u64::from(limit));
         }
         assert!(matches!(
