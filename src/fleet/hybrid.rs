@@ -52,6 +52,7 @@ use super::ledger::{add, live, Counts, KeyState};
 use super::options::{HybridOptions, Unreachable};
 use super::store::RedisStore;
 use crate::backend::{check_key, check_request};
+use crate::debit::{Reservation, Reserved};
 use crate::decision::{Decision, WindowState};
 use crate::error::{Error, Result};
 use crate::idempotency::{Begin, Fingerprint, IdempotencyKey, Lease, StoredResponse};
@@ -599,6 +600,36 @@ impl crate::backend::Backend for HybridStore {
 
     fn peek_at(&self, key: &[u8], limits: &Limits, now_ms: u64) -> Result<Decision> {
         HybridStore::peek_at(self, key, limits, now_ms)
+    }
+
+    // Reservations must settle once across the fleet and count exactly: the server's, one
+    // round trip each (a failure is the caller's to handle, as for permits: nothing local
+    // stands in for it).
+
+    fn reserve_at(
+        &self,
+        key: &[u8],
+        limits: &Limits,
+        estimate: u32,
+        ttl: std::time::Duration,
+        now_ms: u64,
+    ) -> Result<Reserved> {
+        self.inner
+            .shared
+            .reserve_at(key, limits, estimate, ttl, now_ms)
+    }
+
+    fn settle_at(
+        &self,
+        key: &[u8],
+        limits: &Limits,
+        reservation: &Reservation,
+        actual: u32,
+        now_ms: u64,
+    ) -> Result<Decision> {
+        self.inner
+            .shared
+            .settle_at(key, limits, reservation, actual, now_ms)
     }
 
     fn begin_at(
