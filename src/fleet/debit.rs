@@ -113,8 +113,9 @@ impl RedisStore {
         ttl: Duration,
         now_ms: u64,
     ) -> Result<Reserved> {
-        check_reserve(key, limits, estimate)?;
+        // In the embedded store's order, so that a request wrong twice gets the same error.
         let ttl_ms = ttl_ms(ttl)?;
+        check_reserve(key, limits, estimate)?;
         let b = self.sub_windows();
         // Drawn first: its id names the guard the script writes.
         let draft = Reservation::new(key, limits, estimate, now_ms, ttl_ms, &[None; MAX_WINDOWS]);
