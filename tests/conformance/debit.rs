@@ -10,6 +10,8 @@
 //! from its batched counts, which do not hold what was reserved on the server.
 
 use std::sync::{Arc, Barrier};
+
+use proptest::prelude::*;
 use std::time::Duration;
 
 use tollgate::fleet::{HybridOptions, HybridStore, RedisOptions, RedisStore};
@@ -416,4 +418,127 @@ fn racing_settles_count_once() {
     // Each round counted its 1 and one extra unit: 2 per round.
     let d = first.peek_at(b"k", &l, S + 300).unwrap();
     assert_eq!(d.windows()[0].used(), 40);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Differential proptest: random reserve and settle sequences, embedded vs shared.
+
+#[derive(Debug, Clone)]
+enum Debit {
+    Reserve {
+        key: u8,
+        estimate: u32,
+        long: bool,
+    },
+    Settle {
+        which: usize,
+        actual: u32,
+        other_key: bool,
+    },
+    Forward(u64),
+    Back(u64),
+}
+
+fn debit_op() -> impl Strategy<Value = Debit> {
+    prop_oneof![
+        4 => (0u8..3, 0u32..7, prop::bool::weighted(0.8))
+            .prop_map(|(key, estimate, long)| Debit::Reserve { key, estimate, long }),
+        4 => (0usize..12, prop_oneof![0u32..12, 0u32..80], prop::bool::weighted(0.05))
+            .prop_map(|(which, actual, other_key)| Debit::Settle { which, actual, other_key }),
+        3 => prop_oneof![
+            0u64..1_500,
+            (0u64..70).prop_map(|n| n * 938),
+            (0u64..70).prop_map(|n| n * 32),
+            Just(61_000u64),
+        ]
+        .prop_map(Debit::Forward),
+        1 => (0u64..3_000).prop_map(Debit::Back),
+    ]
+}
+
+/// Sliding windows only (reserve refuses exact ones): a metered minute; a metered 2 s window
+/// with a plain minute; a plain minute with 3-bit counters (little room for overdrafts).
+fn debit_limits(key: u8) -> Limits {
+    let set: &[Limit] = match key {
+        0 => &[Limit::per_minute(20).metered()],
+        1 => &[
+            Limit::new(8, Duration::from_secs(2)).metered(),
+            Limit::per_minute(30),
+        ],
+        _ => &[Limit::per_minute(5)],
+    };
+    Limits::new(set).unwrap()
+}
+
+fn replay_debit(b: &dyn Backend, ops: &[Debit]) -> Vec<String> {
+    let mut now = T0 + 123;
+    let mut open: Vec<(u8, Reservation)> = Vec::new();
+    let mut out = Vec::new();
+    for op in ops {
+        match op {
+            Debit::Reserve {
+                key,
+                estimate,
+                long,
+            } => {
+                let ttl = if *long { HOUR } else { Duration::from_secs(2) };
+                let r = b.reserve_at(&[b'k', *key], &debit_limits(*key), *estimate, ttl, now);
+                match r {
+                    Ok(r) => {
+                        record(&mut out, &r);
+                        if let Some(res) = r.into_parts().1 {
+                            open.push((*key, res));
+                        }
+                    }
+                    Err(e) => rec(&mut out, e),
+                }
+            }
+            Debit::Settle {
+                which,
+                actual,
+                other_key,
+            } => {
+                let Some((key, r)) = open.get(*which) else {
+                    continue;
+                };
+                let k = if *other_key { b'x' } else { b'k' };
+                let d = b.settle_at(&[k, *key], &debit_limits(*key), r, *actual, now);
+                rec(&mut out, d);
+            }
+            Debit::Forward(ms) => now += ms,
+            Debit::Back(ms) => now -= ms,
+        }
+    }
+    for key in 0..3u8 {
+        let r = b.reserve_at(&[b'k', key], &debit_limits(key), 0, HOUR, now);
+        rec(&mut out, r.map(|r| *r.decision()));
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Every reserve and settle answer (decisions field by field, sub-windows, errors) and the
+    /// final state of every key are the same on both, with 64 sub-windows and with 16.
+    #[test]
+    fn embedded_and_shared_agree_on_every_reserve_and_settle(
+        ops in prop::collection::vec(debit_op(), 1..50),
+        b in prop_oneof![3 => Just(64u32), 1 => Just(16u32)],
+    ) {
+        let Some(url) = server::url("debit_agree") else { return Ok(()) };
+        let embedded = Store::open_in_memory(Options::default().compactor(false).sub_windows(b))
+            .unwrap();
+        let shared = RedisStore::open(
+            &url,
+            RedisOptions::default().prefix(server::prefix("debit_prop")).sub_windows(b),
+        )
+        .unwrap();
+        let local = replay_debit(&embedded, &ops);
+        let remote = replay_debit(&shared, &ops);
+        prop_assert_eq!(local.len(), remote.len());
+        for (i, (a, b)) in local.iter().zip(&remote).enumerate() {
+            prop_assert_eq!(a, b, "answer {} differs", i);
+        }
+    }
 }
