@@ -109,6 +109,16 @@ struct Inner {
 /// concurrency permits (a version must be exact for `If-Match`, a cap must hold across the
 /// fleet): the [`Backend`](crate::Backend) methods for them are [`RedisStore`]'s.
 ///
+/// Reservations ([`crate::debit`]) are not batched either: [`Backend::reserve_at`] and
+/// [`Backend::settle_at`] are [`RedisStore::reserve_at`] and [`RedisStore::settle_at`], one
+/// round trip each, so that a reservation counts exactly and settles once across the fleet.
+/// They count in the server's windows, which this node's checks do not read (nor do they
+/// read this node's batched counts): a set of windows is either reserved and settled or
+/// checked (`docs/DISTRIBUTED.md`, "Reserve and settle").
+///
+/// [`Backend::reserve_at`]: crate::Backend::reserve_at
+/// [`Backend::settle_at`]: crate::Backend::settle_at
+///
 /// ```no_run
 /// use tollgate::fleet::{HybridOptions, HybridStore, RedisOptions, RedisStore};
 /// use tollgate::{Limit, Limits, Options, Store};
@@ -315,7 +325,9 @@ impl Inner {
 
     /// The fleet's shape of window `i`: the sliding window of its limit, even for an exact
     /// window (the fleet part is counted in sub-windows; the node's own exact window stays
-    /// exact).
+    /// exact). A sliding window's shape is the set's (`Limit::slide`: a metered window's
+    /// counters are wider, as in the embedded store); only an exact window, which cannot be
+    /// metered, gets one made from its limit.
     fn geometry(&self, limits: &Limits, i: usize) -> Result<Slide> {
         let from_limit = || {
             let l = limits.as_slice().get(i)?;
