@@ -8,7 +8,8 @@
 //!   proptest drives random operation sequences (checks, peeks, time moving both ways,
 //!   idempotency) against both and compares every answer.
 //!
-//! Versions and concurrency permits have their scenarios in `conformance/coordination.rs`.
+//! Versions and concurrency permits have their scenarios in `conformance/coordination.rs`,
+//! reserve and settle theirs in `conformance/debit.rs`.
 //!
 //! Needs a Redis or Valkey server (`TOLLGATE_REDIS_URL`); skipped with a message without one,
 //! failed when `CI` is set.
@@ -18,6 +19,9 @@ mod server;
 #[macro_use]
 #[path = "conformance/coordination.rs"]
 mod coordination;
+#[macro_use]
+#[path = "conformance/debit.rs"]
+mod debit;
 
 use std::time::Duration;
 
@@ -79,6 +83,7 @@ impl Backend for SyncedHybrid {
         Backend::abort(&self.0, l)
     }
     forward_coordination!(0);
+    forward_debit!(0);
 }
 
 fn hybrid(url: &str, test: &str) -> SyncedHybrid {
@@ -666,6 +671,7 @@ impl Backend for TwoNodes {
         Backend::abort(&self.a, l)
     }
     forward_coordination!(a);
+    forward_debit!(a);
 }
 
 proptest! {

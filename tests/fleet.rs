@@ -7,6 +7,8 @@
 //!   reached by a schedule built for it;
 //! * hybrid mode when the server drops mid-flush or is killed: no count is lost and none is
 //!   applied twice;
+//! * reserve and settle across three nodes (one hybrid): the server holds exactly the actual
+//!   costs;
 //! * shared mode: redis-server SIGKILLed and restarted while three nodes complete idempotency
 //!   records loses none of those whose `complete` returned `Ok` (append-only file,
 //!   `appendfsync always`).
@@ -21,7 +23,7 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 use tollgate::fleet::{HybridOptions, HybridStore, RedisOptions, RedisStore, Unreachable};
 use tollgate::{
-    Begin, Error, Fingerprint, IdempotencyKey, Limit, Limits, ManualClock, Options, Store,
+    Backend, Begin, Error, Fingerprint, IdempotencyKey, Limit, Limits, ManualClock, Options, Store,
     StoredResponse,
 };
 
@@ -79,6 +81,72 @@ fn shared_fleet_admits_exactly_the_limit() {
         total,
         "the server counted what was admitted"
     );
+}
+
+/// Three nodes (two shared, one hybrid, which forwards) reserve and settle on one token at
+/// once, each settling what another node reserved: the server ends up holding exactly the
+/// actual costs of the admitted requests, and a reservation is refused only when its estimate
+/// did not fit.
+#[test]
+fn a_fleet_reserving_and_settling_counts_the_actual_costs() {
+    let Some(url) = server::url("fleet_debit") else {
+        return;
+    };
+    let prefix = server::prefix("fleet_debit");
+    // 10 + 2 bits: overdrafts fit up to 4095, far above what the rounds can reach.
+    let limits = Limits::new(&[Limit::per_minute(1000).metered()]).unwrap();
+    let clock = ManualClock::new(T0);
+    let backends: Vec<Arc<dyn Backend>> = vec![
+        Arc::new(RedisStore::open(&url, RedisOptions::default().prefix(&prefix)).unwrap()),
+        Arc::new(RedisStore::open(&url, RedisOptions::default().prefix(&prefix)).unwrap()),
+        Arc::new(node(
+            &url,
+            &prefix,
+            &clock,
+            HybridOptions::default().background(false),
+        )),
+    ];
+    let (send, recv): (Vec<_>, Vec<_>) = (0..N).map(|_| std::sync::mpsc::channel()).unzip();
+    let charged = Arc::new(AtomicU64::new(0));
+    let threads: Vec<_> = recv
+        .into_iter()
+        .enumerate()
+        .map(|(i, inbox)| {
+            let me = Arc::clone(&backends[i]);
+            let next = send[(i + 1) % N as usize].clone();
+            let (limits, charged) = (limits.clone(), Arc::clone(&charged));
+            std::thread::spawn(move || {
+                let mut refused = 0;
+                for j in 0..60u64 {
+                    let now = T0 + j;
+                    let r = me
+                        .reserve_at(b"tok", &limits, 10, Duration::from_secs(60), now)
+                        .unwrap();
+                    match r.into_parts() {
+                        (_, Some(r)) => {
+                            next.send((r, (i as u32 * 7 + j as u32 * 13) % 25)).unwrap()
+                        }
+                        (d, None) => {
+                            assert!(d.windows()[0].used() + 10 > 1000, "refused with room");
+                            refused += 1;
+                        }
+                    }
+                }
+                drop(next);
+                for (r, actual) in inbox {
+                    me.settle_at(b"tok", &limits, &r, actual, r.reserved_ms() + 5)
+                        .unwrap();
+                    charged.fetch_add(u64::from(actual), Ordering::Relaxed);
+                }
+                refused
+            })
+        })
+        .collect();
+    drop(send);
+    let refused: u32 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    let peek = backends[0].peek_at(b"tok", &limits, T0 + 100).unwrap();
+    let used = u64::from(peek.windows()[0].used());
+    assert_eq!(used, charged.load(Ordering::Relaxed), "{refused} refused");
 }
 
 #[test]

@@ -52,6 +52,7 @@ use super::ledger::{add, live, Counts, KeyState};
 use super::options::{HybridOptions, Unreachable};
 use super::store::RedisStore;
 use crate::backend::{check_key, check_request};
+use crate::debit::{Reservation, Reserved};
 use crate::decision::{Decision, WindowState};
 use crate::error::{Error, Result};
 use crate::idempotency::{Begin, Fingerprint, IdempotencyKey, Lease, StoredResponse};
@@ -107,6 +108,16 @@ struct Inner {
 /// `complete` and `abort` go to the server as in [`RedisStore`]. Nor are versions and
 /// concurrency permits (a version must be exact for `If-Match`, a cap must hold across the
 /// fleet): the [`Backend`](crate::Backend) methods for them are [`RedisStore`]'s.
+///
+/// Reservations ([`crate::debit`]) are not batched either: [`Backend::reserve_at`] and
+/// [`Backend::settle_at`] are [`RedisStore::reserve_at`] and [`RedisStore::settle_at`], one
+/// round trip each, so that a reservation counts exactly and settles once across the fleet.
+/// They count in the server's windows, which this node's checks do not read (nor do they
+/// read this node's batched counts): a set of windows is either reserved and settled or
+/// checked (`docs/DISTRIBUTED.md`, "Reserve and settle").
+///
+/// [`Backend::reserve_at`]: crate::Backend::reserve_at
+/// [`Backend::settle_at`]: crate::Backend::settle_at
 ///
 /// ```no_run
 /// use tollgate::fleet::{HybridOptions, HybridStore, RedisOptions, RedisStore};
@@ -314,7 +325,9 @@ impl Inner {
 
     /// The fleet's shape of window `i`: the sliding window of its limit, even for an exact
     /// window (the fleet part is counted in sub-windows; the node's own exact window stays
-    /// exact).
+    /// exact). A sliding window's shape is the set's (`Limit::slide`: a metered window's
+    /// counters are wider, as in the embedded store); only an exact window, which cannot be
+    /// metered, gets one made from its limit.
     fn geometry(&self, limits: &Limits, i: usize) -> Result<Slide> {
         let from_limit = || {
             let l = limits.as_slice().get(i)?;
@@ -599,6 +612,36 @@ impl crate::backend::Backend for HybridStore {
 
     fn peek_at(&self, key: &[u8], limits: &Limits, now_ms: u64) -> Result<Decision> {
         HybridStore::peek_at(self, key, limits, now_ms)
+    }
+
+    // Reservations must settle once across the fleet and count exactly: the server's, one
+    // round trip each (a failure is the caller's to handle, as for permits: nothing local
+    // stands in for it).
+
+    fn reserve_at(
+        &self,
+        key: &[u8],
+        limits: &Limits,
+        estimate: u32,
+        ttl: std::time::Duration,
+        now_ms: u64,
+    ) -> Result<Reserved> {
+        self.inner
+            .shared
+            .reserve_at(key, limits, estimate, ttl, now_ms)
+    }
+
+    fn settle_at(
+        &self,
+        key: &[u8],
+        limits: &Limits,
+        reservation: &Reservation,
+        actual: u32,
+        now_ms: u64,
+    ) -> Result<Decision> {
+        self.inner
+            .shared
+            .settle_at(key, limits, reservation, actual, now_ms)
     }
 
     fn begin_at(

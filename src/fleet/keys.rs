@@ -12,7 +12,11 @@
 //! <prefix>:{r:tok_abc}:i:<uuid>      idempotency record          hash (begin.lua)
 //! <prefix>:{r:/api/leads/7}:v        version (If-Match)          hash {e, n} (version.lua)
 //! <prefix>:{r:tok_abc}:c             concurrency permits         sorted set (permit.lua)
+//! <prefix>:{r:tok_abc}:d:<id>         open reservation's guard    string (reserve.lua)
 //! ```
+//!
+//! A reservation's guard carries its key's tag, so that the debit scripts touch it and the
+//! key's windows in one slot.
 
 use crate::limit::{Limit, Mode};
 
@@ -71,6 +75,14 @@ pub(crate) fn permits(prefix: &str, key: &[u8]) -> Vec<u8> {
     k
 }
 
+/// The key of the guard of reservation `id` of `key`'s windows (`base`): `<base>:d:<id>`, the
+/// id in 32 hex digits.
+pub(crate) fn guard(base: &[u8], id: u128) -> Vec<u8> {
+    let mut k = base.to_vec();
+    k.extend_from_slice(format!(":d:{id:032x}").as_bytes());
+    k
+}
+
 /// The key of an idempotency record, from the record key a [`crate::Lease`] holds (scope
 /// length, scope, UUID bytes). `None` if it is not shaped so.
 pub(crate) fn record(prefix: &str, record_key: &[u8]) -> Option<Vec<u8>> {
@@ -107,5 +119,7 @@ mod tests {
         let r = record("tg", &rk).unwrap();
         assert!(r.starts_with(b"tg:{r:tok}:i:abab"));
         assert!(record("tg", &rk[..10]).is_none());
+        let d = guard(&base("tg", b"t"), 0xab);
+        assert_eq!(d, format!("tg:{{r:t}}:d:{:032x}", 0xab).into_bytes());
     }
 }

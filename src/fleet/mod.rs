@@ -11,7 +11,9 @@
 //!   `(N - 1) × batch` units per window for N nodes (documented and tested).
 //!
 //! Versions (`If-Match`) and concurrency permits are kept on the server in both modes
-//! (`coordination.rs`): they must be exact across the fleet.
+//! (`coordination.rs`): they must be exact across the fleet. So are reservations
+//! ([`crate::debit`], `debit.rs`): reserving and settling are one script each on the server in
+//! both modes.
 //!
 //! Both implement [`Backend`](crate::Backend), as the embedded store does, so a gateway picks a
 //! mode by configuration; `tests/conformance.rs` runs the same scenarios against all of them.
@@ -21,6 +23,7 @@
 
 mod conn;
 mod coordination;
+mod debit;
 mod hybrid;
 mod keys;
 mod ledger;

@@ -8,6 +8,7 @@ use super::conn::{self, array, bad_reply, int, uint, Pool};
 use super::keys;
 use super::options::RedisOptions;
 use crate::backend::{check_key, check_request};
+use crate::debit::{Reservation, Reserved};
 use crate::decision::{exact_state, sliding_state};
 use crate::decision::{Decision, WindowState};
 use crate::error::{Error, Result};
@@ -23,7 +24,7 @@ use crate::window::sliding::{Slide, Snap};
 
 /// Extra time Redis keeps a key past the moment its content stops mattering, against clock
 /// skew between the nodes and the server (keys expire on the server's clock).
-const GC_SLACK_MS: u64 = 60_000;
+pub(super) const GC_SLACK_MS: u64 = 60_000;
 
 /// Sliding windows and idempotency records kept on a Redis or Valkey server and shared by every
 /// gateway node that opens it: a fleet-wide quota, exactly as one embedded [`Store`] would count
@@ -82,7 +83,10 @@ impl RedisStore {
                 pool,
                 b: opts.common.sub_windows,
                 opts,
-                check: Script::new(include_str!("check.lua")),
+                check: Script::new(concat!(
+                    include_str!("window.lua"),
+                    include_str!("check.lua")
+                )),
                 begin: Script::new(include_str!("begin.lua")),
                 settle: Script::new(include_str!("settle.lua")),
             }),
@@ -109,6 +113,11 @@ impl RedisStore {
 
     pub(crate) fn pool(&self) -> &Pool {
         &self.inner.pool
+    }
+
+    /// Sub-windows per sliding window (`B`).
+    pub(super) fn sub_windows(&self) -> u32 {
+        self.inner.b
     }
 
     /// Count a request of `cost` against every window of `limits` for `key`, fleet-wide, at the
@@ -262,17 +271,18 @@ impl RedisStore {
         let ttl_ms = self.inner.opts.common.idem.ttl.as_millis() as u64;
         let dl = deadline_s(now_ms, ttl_ms);
         let gc = (dl.saturating_mul(1000)).saturating_sub(now_ms) + GC_SLACK_MS;
-        self.settle(lease, 2, dl, &response.encode(), gc)
+        self.end_lease(lease, 2, dl, &response.encode(), gc)
     }
 
     /// Forget a started request, so that a retry runs it again.
     pub fn abort(&self, lease: &Lease) -> Result<()> {
         let idem = &self.inner.opts.common.idem;
         let gc = (idem.lease.as_millis() + idem.ttl.as_millis()) as u64 + GC_SLACK_MS;
-        self.settle(lease, 0, 0, b"", gc)
+        self.end_lease(lease, 0, 0, b"", gc)
     }
 
-    fn settle(&self, lease: &Lease, state: u8, dl: u64, resp: &[u8], gc: u64) -> Result<()> {
+    /// Complete (`state` 2) or abort (0) a lease: settle.lua.
+    fn end_lease(&self, lease: &Lease, state: u8, dl: u64, resp: &[u8], gc: u64) -> Result<()> {
         let rkey = keys::record(&self.inner.opts.prefix, &lease.key)
             .ok_or(Error::LeaseLost { current: 0 })?;
         let (fence, state, dl, gc) = (
@@ -306,7 +316,7 @@ impl RedisStore {
 }
 
 /// The shape of sliding window `i` of `limits` with `b` sub-windows.
-fn slide_of(limits: &Limits, i: usize, b: u32) -> Result<Slide> {
+pub(super) fn slide_of(limits: &Limits, i: usize, b: u32) -> Result<Slide> {
     limits
         .slide(i, b)
         .ok_or(Error::InvalidOptions("sub_windows is out of range"))
@@ -348,8 +358,9 @@ fn ring_of(v: &[Value], limit: u32) -> Result<Ring> {
     Ok(ring)
 }
 
-/// The decision from the check script's reply, computed by the embedded store's own functions.
-fn decide(
+/// The decision from the check script's reply (or the reserve and debit scripts', which
+/// answer alike), computed by the embedded store's own functions.
+pub(super) fn decide(
     reply: &Value,
     limits: &Limits,
     b: u32,
@@ -408,6 +419,28 @@ impl crate::backend::Backend for RedisStore {
 
     fn peek_at(&self, key: &[u8], limits: &Limits, now_ms: u64) -> Result<Decision> {
         RedisStore::peek_at(self, key, limits, now_ms)
+    }
+
+    fn reserve_at(
+        &self,
+        key: &[u8],
+        limits: &Limits,
+        estimate: u32,
+        ttl: std::time::Duration,
+        now_ms: u64,
+    ) -> Result<Reserved> {
+        RedisStore::reserve_at(self, key, limits, estimate, ttl, now_ms)
+    }
+
+    fn settle_at(
+        &self,
+        key: &[u8],
+        limits: &Limits,
+        reservation: &Reservation,
+        actual: u32,
+        now_ms: u64,
+    ) -> Result<Decision> {
+        RedisStore::settle_at(self, key, limits, reservation, actual, now_ms)
     }
 
     fn begin_at(
