@@ -38,6 +38,7 @@ mod failure;
 pub mod headers;
 mod idempotency;
 pub mod ietf;
+mod metered;
 mod partition;
 mod policy;
 pub mod problem;
@@ -52,6 +53,10 @@ pub mod metrics;
 #[cfg(feature = "tower")]
 mod middleware;
 #[cfg(feature = "tower")]
+mod rate;
+#[cfg(feature = "tower")]
+mod settle;
+#[cfg(feature = "tower")]
 mod shadow;
 
 pub use concurrency::{ConcurrencyGuard, ConcurrencyLimiter, DEFAULT_PERMIT_LEASE};
@@ -63,6 +68,7 @@ pub use failure::{
     OnBackendError, DEFAULT_BACKEND_TIMEOUT, MAX_BACKEND_TIMEOUT, TOLLGATE_DEGRADED,
 };
 pub use idempotency::{IdempotencyPolicy, KeyFormat, StatusSet, MAX_OPAQUE_KEY_LEN};
+pub use metered::{parse_units, Metered, Usage, MAX_UNIT_LEN};
 pub use partition::{PartitionKey, PartitionSecret, PARTITION_KEY_LEN};
 pub use policy::{Group, Policy, RateKey, Route, TokenError, MAX_GROUP_NAME_LEN, MAX_TOKEN_LEN};
 pub use settings::{BodyStyle, HeaderMode, Settings, MIN_PARTITION_SECRET_LEN};
@@ -71,5 +77,7 @@ pub use settings::{BodyStyle, HeaderMode, Settings, MIN_PARTITION_SECRET_LEN};
 pub use body::{BoxError, GatewayBody};
 #[cfg(feature = "tower")]
 pub use middleware::{bearer_token, Gateway, GatewayFuture, GatewayLayer, GatewayService};
+#[cfg(feature = "tower")]
+pub use settle::Metering;
 #[cfg(feature = "tower")]
 pub use shadow::{ShadowLog, ShadowRefusal};
