@@ -72,7 +72,8 @@ impl How {
 }
 
 /// The metered groups' side of a gateway (`Gateway::metering()`): the usage readers set in
-/// code, and counts of how reservations were settled.
+/// code, and counts of how reservations were settled (a settle the backend refused or failed
+/// is counted as [`Metering::failed`] only).
 #[derive(Default)]
 pub struct Metering {
     readers: RwLock<HashMap<Box<str>, UsageFn>>,
@@ -154,11 +155,13 @@ impl Metering {
     }
 
     fn record(&self, group: &str, how: How, ok: bool) {
-        if let Some(n) = self.counts.get(how as usize) {
+        let n = if ok {
+            self.counts.get(how as usize)
+        } else {
+            Some(&self.failed)
+        };
+        if let Some(n) = n {
             n.fetch_add(1, Ordering::Relaxed);
-        }
-        if !ok {
-            self.failed.fetch_add(1, Ordering::Relaxed);
         }
         metrics::settled(group, how.as_str(), ok);
     }
