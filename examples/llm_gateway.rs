@@ -17,7 +17,8 @@
 //! The mock model answers `POST /v1/chat/completions` (the usage in a header) and
 //! `POST /v1/chat/stream` (a few chunks, the usage in a trailer). It "generates" as many tokens
 //! as the request's `x-mock-usage` says (default 300); `x-mock-usage: none` leaves the usage
-//! out; on the stream, `x-mock-hold: 1` sends one chunk and then waits forever (a client that
+//! out; `x-mock-alt-usage: N` adds `x-mock-alt: N` to the answer (for a usage reader set in
+//! code); on the stream, `x-mock-hold: 1` sends one chunk and then waits forever (a client that
 //! goes away mid-answer). The store is in memory.
 //!
 //! `tests/gateway_llm.rs` builds its server from [`upstream`] and [`app`] in this file.
@@ -96,6 +97,10 @@ async fn completion(State(s): State<Upstream>, h: HeaderMap) -> Response<Body> {
     );
     if let Some(u) = usage {
         r.headers_mut().insert(USAGE, HeaderValue::from(u));
+    }
+    // Another header a usage reader set in code can read (`Metering::set_usage_reader`).
+    if let Some(alt) = h.get("x-mock-alt-usage") {
+        r.headers_mut().insert("x-mock-alt", alt.clone());
     }
     r
 }

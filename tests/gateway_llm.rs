@@ -321,3 +321,54 @@ async fn a_stream_dropped_midway_is_charged_its_estimate() {
     assert_eq!(h.gateway.metering().reported(), 0);
     assert_eq!(h.used_this_minute("key_f"), 300);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_usage_reader_set_in_code_wins_over_the_header() {
+    let h = Harness::shipped().await;
+    // The reader knows the usage from another header; when it does not say, the header does.
+    h.gateway.metering().set_usage_reader("chat", |head| {
+        head.headers
+            .get("x-mock-alt")
+            .and_then(tollgate::gateway::parse_units)
+    });
+    let a = h
+        .post(
+            CHAT,
+            "key_g",
+            &[("x-mock-usage", "900"), ("x-mock-alt-usage", "40")],
+        )
+        .await;
+    assert_eq!(a.num("x-ratelimit-remaining"), 960);
+    let b = h.post(CHAT, "key_g2", &[("x-mock-usage", "900")]).await;
+    assert_eq!(b.num("x-ratelimit-remaining"), 100);
+    h.gateway.metering().clear_usage_reader("chat");
+    let c = h
+        .post(
+            CHAT,
+            "key_g3",
+            &[("x-mock-usage", "900"), ("x-mock-alt-usage", "40")],
+        )
+        .await;
+    assert_eq!(c.num("x-ratelimit-remaining"), 100);
+    assert_eq!(h.gateway.metering().reported(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_refused_after_its_reservation_is_not_charged() {
+    // If-Match is checked after the reservation: a stale tag answers 412 before the model is
+    // called, and the reservation is given back.
+    let src = std::fs::read_to_string(example::LLM_POLICY).expect("policy");
+    let src = src.replace("headers = \"both\"", "headers = \"both\"\nif_match = true");
+    let h = Harness::start(Policy::from_toml_str(&src).expect("valid")).await;
+    let a = h
+        .post(
+            CHAT,
+            "key_h",
+            &[("x-max-tokens", "300"), ("if-match", "\"stale-tag\"")],
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::PRECONDITION_FAILED);
+    assert_eq!(h.upstream.calls.load(Ordering::SeqCst), 0);
+    assert_eq!(h.gateway.metering().not_called(), 1);
+    assert_eq!(h.used_this_minute("key_h"), 0);
+}
