@@ -318,6 +318,11 @@ usage_header = \"x-usage-tokens\"
                 "estimate 500",
             ),
             (GROUP.replace("unit = \"tokens\"\n", ""), 6, "unit"),
+            (
+                GROUP.replace("limit = 1000,", "limit = 5000000,"),
+                4,
+                "metered",
+            ),
         ];
         for (src, line, says) in cases {
             let e = crate::gateway::Policy::from_toml_str(&src).expect_err(&src);

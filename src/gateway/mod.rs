@@ -7,9 +7,10 @@
 //! 429 bodies of a [`Decision`](crate::Decision)), [`ietf`] (the `RateLimit-Policy` and
 //! `RateLimit` fields of draft-ietf-httpapi-ratelimit-headers-12), [`PartitionKey`] (their
 //! `pk`: a keyed hash of the token), [`problem`] (RFC 9457 refusal bodies),
-//! [`ConcurrencyLimiter`] and [`Versions`]. Feature `tower` adds `Gateway`, `GatewayLayer` and
-//! `GatewayService` (the middleware) and `ShadowLog` (what groups in shadow mode would have
-//! refused).
+//! [`ConcurrencyLimiter`] and [`Versions`], and [`Metered`] (a group whose cost is the
+//! upstream's reported usage: tokens, bytes). Feature `tower` adds `Gateway`, `GatewayLayer` and
+//! `GatewayService` (the middleware), `ShadowLog` (what groups in shadow mode would have
+//! refused) and `Metering` (metered groups' usage readers and settle counts).
 //!
 //! ```
 //! use tollgate::gateway::Policy;
@@ -28,7 +29,7 @@
 //! ```
 //!
 //! The whole story (config file format, matching rules, headers, problem bodies, shadow mode,
-//! idempotency, the replay-quota decision, the concurrency cap and `If-Match`) is in
+//! idempotency, the replay-quota decision, metered groups, the concurrency cap and `If-Match`) is in
 //! `docs/GATEWAY.md`.
 
 mod concurrency;
