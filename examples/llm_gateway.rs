@@ -126,6 +126,9 @@ async fn stream(State(s): State<Upstream>, h: HeaderMap) -> Response<Body> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/event-stream"),
     );
+    // Declared, so that the server sends it to a client that accepts trailers (`TE: trailers`).
+    r.headers_mut()
+        .insert(header::TRAILER, HeaderValue::from_static(USAGE));
     r
 }
 
