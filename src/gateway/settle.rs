@@ -99,6 +99,30 @@ impl Metering {
     /// not know; then `usage_header`, then `usage_trailer`). Replaces any reader of the group;
     /// kept across policy reloads (it is looked up by name). It runs on the request's task:
     /// keep it quick.
+    ///
+    /// ```
+    /// use tollgate::gateway::{Gateway, Policy};
+    /// use tollgate::{Options, Store};
+    ///
+    /// let policy = Policy::from_toml_str(r#"
+    ///     [[group]]
+    ///     name = "chat"
+    ///     route = "/v1/*"
+    ///     windows = [{ limit = 1000, window = "60s" }]
+    ///     [group.metered]
+    ///     unit = "tokens"
+    ///     estimate = 100
+    /// "#)?;
+    /// let gateway = Gateway::new(Store::open_in_memory(Options::default())?, policy);
+    /// // This upstream says `x-usage: prompt=12, completion=30`: the request used 42 tokens.
+    /// gateway.metering().set_usage_reader("chat", |head| {
+    ///     let v = head.headers.get("x-usage")?.to_str().ok()?;
+    ///     v.split(',').try_fold(0u32, |n, part| {
+    ///         n.checked_add(part.split_once('=')?.1.trim().parse().ok()?)
+    ///     })
+    /// });
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn set_usage_reader(
         &self,
         group: &str,
