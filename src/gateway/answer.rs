@@ -109,6 +109,7 @@ impl<'a> Ctx<'a> {
                 partition_key: pk.as_ref(),
                 concurrency,
                 refill: refill.as_ref(),
+                unit: rate.group.metered().map(|m| m.unit()),
             };
             ietf::insert(h, rate.group.name(), d, now, &extras);
         }

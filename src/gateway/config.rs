@@ -226,6 +226,19 @@ pub(crate) struct RawGroup {
     pub enforce: Option<bool>,
     pub on_backend_error: Option<Spanned<String>>,
     pub idempotency: Option<RawIdempotency>,
+    pub metered: Option<RawMetered>,
+}
+
+/// A group's `[group.metered]`: its cost comes from the upstream's response.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMetered {
+    pub unit: Spanned<String>,
+    pub estimate: Option<Spanned<u32>>,
+    pub estimate_header: Option<Spanned<String>>,
+    pub usage_header: Option<Spanned<String>>,
+    pub usage_trailer: Option<Spanned<String>>,
+    pub reservation_ttl: Option<Spanned<String>>,
 }
 
 /// One `[[override]]`.

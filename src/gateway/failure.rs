@@ -143,6 +143,7 @@ mod serve {
     use super::super::metrics;
     use super::super::{ConcurrencyGuard, ConcurrencyLimiter};
     use super::OnBackendError;
+    use crate::debit::Reserved;
     use crate::{Backend, Begin, Decision, Error, Fingerprint, IdempotencyKey, Limits, Store};
 
     /// Where `local-only` groups decide when the server fails: an embedded store of this node,
@@ -234,7 +235,7 @@ mod serve {
             self.group
         }
 
-        /// The call that failed: `"check"` or `"begin"`.
+        /// The call that failed: `"permit"`, `"begin"`, `"check"` or `"reserve"`.
         pub fn operation(&self) -> &'static str {
             self.operation
         }
@@ -346,6 +347,18 @@ mod serve {
         Failed(Error),
     }
 
+    impl<T> Outcome<T> {
+        /// The same outcome with `f` applied to its answer.
+        pub(crate) fn map<U>(self, f: impl FnOnce(T) -> U) -> Outcome<U> {
+            match self {
+                Outcome::Done(t) => Outcome::Done(f(t)),
+                Outcome::Admit => Outcome::Admit,
+                Outcome::Refuse => Outcome::Refuse,
+                Outcome::Failed(e) => Outcome::Failed(e),
+            }
+        }
+    }
+
     /// The backend calls of one request, under its group's failure mode.
     pub(crate) struct Calls<'a> {
         main: &'a dyn Backend,
@@ -448,6 +461,50 @@ mod serve {
                     });
                     match r {
                         Ok(d) => Outcome::Done(d),
+                        Err(e) => Outcome::Failed(e),
+                    }
+                }
+                _ => Outcome::Refuse,
+            }
+        }
+
+        /// A reservation of `estimate` for a metered group ([`Backend::reserve_at`]), or what
+        /// the failure mode says: fail-open goes on without one (nothing is charged),
+        /// local-only reserves in the fallback's store (`true`: the reservation lives there,
+        /// and is settled there), fail-closed is a 503.
+        pub(crate) fn reserve(
+            &mut self,
+            key: &[u8],
+            limits: &Limits,
+            estimate: u32,
+            ttl: std::time::Duration,
+        ) -> Outcome<(Reserved, bool)> {
+            let mode = match self.known_down("reserve") {
+                Some(mode) => mode,
+                None => {
+                    let now = self.main.now_ms();
+                    match metrics::call("reserve", || {
+                        self.main.reserve_at(key, limits, estimate, ttl, now)
+                    }) {
+                        Ok(r) => return Outcome::Done((r, false)),
+                        Err(e) if is_outage(&e) => self.fail("reserve", &e.to_string()),
+                        Err(e) => return Outcome::Failed(e),
+                    }
+                }
+            };
+            match (mode, self.fallback) {
+                (OnBackendError::FailOpen, _) => Outcome::Admit,
+                (OnBackendError::LocalOnly, Some(f)) => {
+                    let now = self.main.now_ms();
+                    let r = metrics::call("reserve", || {
+                        if f.is_hybrid() {
+                            self.main.reserve_at(key, limits, estimate, ttl, now)
+                        } else {
+                            f.local.reserve_at(key, limits, estimate, ttl, now)
+                        }
+                    });
+                    match r {
+                        Ok(r) => Outcome::Done((r, !f.is_hybrid())),
                         Err(e) => Outcome::Failed(e),
                     }
                 }

@@ -16,8 +16,9 @@
 //! * **Names.** One item per window of the request's group: the group's name when it has one
 //!   window (`"pbx"`), `group-<window>` when it has several (`"api-60s"`, `"api-1h"`; the window
 //!   written as in a policy file). The concurrency cap is the item `"concurrency"`.
-//! * **`RateLimit-Policy`**: `q` the window's limit, `w` its length in seconds (rounded up);
-//!   the cap as `"concurrency";q=<cap>;qu="concurrent-requests"` (no window).
+//! * **`RateLimit-Policy`**: `q` the window's limit, `w` its length in seconds (rounded up),
+//!   and for a metered group `qu`, its quota unit (`qu="tokens"`: the draft's default unit is
+//!   requests); the cap as `"concurrency";q=<cap>;qu="concurrent-requests"` (no window).
 //! * **`RateLimit`**: `r` what is left, `t` ([`reset_secs`]) the seconds until the window gives
 //!   quota back. The cap as `"concurrency";r=<free slots>`, without `t`.
 //! * **`pk`** on every item when enabled: a keyed hash of the token ([`super::PartitionKey`]).
@@ -67,6 +68,9 @@ pub struct Extras<'a> {
     /// [`needs_refill`] says so: a window the admitted request left with nothing takes its `t`
     /// from it, the exact wait until one unit is back (rather than its full reset).
     pub refill: Option<&'a Decision>,
+    /// The quota unit of the windows (`qu`), for a metered group; `None`: requests, the
+    /// draft's default, left unsaid.
+    pub unit: Option<&'a str>,
 }
 
 /// Whether `d` admitted a request that left a window with nothing: only then does
@@ -144,13 +148,18 @@ fn push_sep(out: &mut String) {
     }
 }
 
-/// The value of `RateLimit-Policy`: an item per window of `d`, then the concurrency cap's.
+/// The value of `RateLimit-Policy`: an item per window of `d` (with `qu` when
+/// [`Extras::unit`] says), then the concurrency cap's.
 pub fn policy_field(group: &str, d: &Decision, extras: &Extras<'_>) -> String {
     let mut s = String::with_capacity(48 * (d.windows().len() + 1));
     for (i, w) in d.windows().iter().enumerate() {
         push_sep(&mut s);
         push_sf_string(&mut s, &policy_name(group, d, i));
         let _ = write!(s, ";q={};w={}", w.limit(), window_secs(w));
+        if let Some(unit) = extras.unit {
+            s.push_str(";qu=");
+            push_sf_string(&mut s, unit);
+        }
         push_pk(&mut s, extras.partition_key);
     }
     if let Some(c) = extras.concurrency {

@@ -226,6 +226,7 @@ fn partition_key_hashes_the_token_and_concurrency_is_an_item() {
             in_flight: 2,
         }),
         refill: None,
+        unit: None,
     };
     let policy = policy_field("pbx", &d, &extras);
     let rate = ratelimit_field("pbx", &d, T0, &extras);
@@ -276,4 +277,24 @@ fn names_are_sf_strings() {
         ratelimit_field("g", &p, T0, &Extras::default()),
         "\"g-1s\";r=5, \"g-1h\";r=100"
     );
+}
+
+#[test]
+fn a_metered_group_says_its_unit() {
+    let store = Store::open_in_memory(Options::default()).unwrap();
+    let limits = Limits::new(&[
+        Limit::per_minute(1000).metered(),
+        Limit::per_day(50_000).metered(),
+    ])
+    .unwrap();
+    let d = store.check_at(b"k", &limits, 900, T0).unwrap();
+    let extras = Extras {
+        unit: Some("tokens"),
+        ..Extras::default()
+    };
+    assert_eq!(
+        policy_field("chat", &d, &extras),
+        "\"chat-60s\";q=1000;w=60;qu=\"tokens\", \"chat-1d\";q=50000;w=86400;qu=\"tokens\""
+    );
+    assert!(ratelimit_field("chat", &d, T0, &extras).starts_with("\"chat-60s\";r=100;"));
 }

@@ -12,7 +12,8 @@
 //! | `tollgate_idempotency_total` | counter | `group`, `outcome` | `started`, `replayed`, `in_flight` (409), `mismatch` (422) |
 //! | `tollgate_backend_errors_total` | counter | `operation`, `kind` | a backend call failed: `kind` = `unavailable` (unreachable, past its deadline), `server` (an error of the server), `store` (the embedded store: full, I/O) |
 //! | `tollgate_backend_failures_total` | counter | `group`, `applied` | requests that met a failed backend, by what `on_backend_error` did (`fail-open`, `fail-closed`, `local-only`) |
-//! | `tollgate_backend_call_seconds` | histogram | `operation` | the duration of each backend call: `check`, `peek`, `begin`, `complete`, `abort` |
+//! | `tollgate_metered_settles_total` | counter | `group`, `usage`, `result` | reservations of metered groups settled: `usage` = `reported`, `missing` or `invalid` (settled with the estimate), `dropped` (the body ended early: the estimate), `not_called` (0); `result` = `ok` or `failed` (the estimate stays counted) |
+//! | `tollgate_backend_call_seconds` | histogram | `operation` | the duration of each backend call: `permit`, `check`, `reserve`, `settle`, `peek`, `begin`, `complete`, `abort` |
 //!
 //! `group` is the group's name, empty for a request that matched no group. The store's size
 //! and the compactor's work are gauges and counters read when asked ([`record_store`], and
@@ -124,6 +125,22 @@ pub(crate) fn backend_failure(group: Option<&str>, applied: &'static str) {
     .increment(1);
     #[cfg(not(feature = "metrics"))]
     let _ = (group, applied);
+}
+
+/// A metered group's reservation settled (`usage`: how its amount was known; `ok`: whether
+/// the backend took it).
+#[inline]
+pub(crate) fn settled(group: &str, usage: &'static str, ok: bool) {
+    #[cfg(feature = "metrics")]
+    ::metrics::counter!(
+        "tollgate_metered_settles_total",
+        "group" => group.to_owned(),
+        "usage" => usage,
+        "result" => if ok { "ok" } else { "failed" }
+    )
+    .increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = (group, usage, ok);
 }
 
 /// Run one backend call, recording its duration and, if it fails, its error.

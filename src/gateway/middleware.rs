@@ -18,14 +18,19 @@
 //!    body; then [`Store::begin`]: a replay, 409 while in flight, 422 on another body.
 //! 5. The rate check, with the group's cost: 429 with `Retry-After` and the configured body
 //!    when refused; in a group with `enforce = false` (shadow mode), the refusal is recorded
-//!    ([`Gateway::shadow`]) and the request goes on with the refusal's headers.
+//!    ([`Gateway::shadow`]) and the request goes on with the refusal's headers. A metered
+//!    group ([`Group::metered`](super::Group::metered)) reserves its estimate instead, and
+//!    settles it with the upstream's usage at step 7 (`settle.rs`); a replay reserves nothing.
 //! 6. `If-Match` on a write, if `if_match` is on: 412 when stale (versions are the
 //!    backend's, so every node of a fleet agrees on them).
-//! 7. The upstream. Its response gets the rate-limit headers; a keyed request's response is
+//! 7. The upstream. A metered request's reservation is settled at the response head when it
+//!    says its usage, else at the body's end (a trailer). The response gets the rate-limit
+//!    headers (after the settle, if it happened at the head); a keyed request's response is
 //!    stored for replay if its status is in the group's `store_statuses` (else the lease is
 //!    aborted, so a retry runs again).
 //!
-//! When the backend fails (a shared server down, or past its deadline), steps 3, 4 and 5 do
+//! When the backend fails (a shared server down, or past its deadline), steps 3, 4 and 5 (the
+//! reservation too) do
 //! what the group's `on_backend_error` says: 503, go on unchecked, or decide locally
 //! (`failure.rs`).
 //!
@@ -56,9 +61,11 @@ use super::failure::{Calls, FailureLog, Fallback, Outcome};
 use super::headers::{IDEMPOTENCY_KEY, KEY_REUSED, RESOURCE_CHANGED};
 use super::metrics::{self, Idem, Refusal};
 use super::policy::{check_token, Policy, TokenError};
+use super::rate::rate_check;
+use super::settle::{self, Metering, Settlement};
 use super::shadow::ShadowLog;
 use super::{ConcurrencyLimiter, PolicyError, Versions};
-use crate::{Backend, Begin, Decision, Fingerprint, Store};
+use crate::{Backend, Begin, Fingerprint, Store};
 
 /// The state shared by every request: the backend (which also keeps the concurrency permits
 /// and the versions) and its fallback, the current policy, the shadow refusals and the backend
@@ -74,6 +81,7 @@ pub struct Gateway<B: Backend = Store> {
     permit_lease_ms: AtomicU64,
     shadow: ShadowLog,
     failures: FailureLog,
+    metering: Metering,
 }
 
 impl<B: Backend + std::fmt::Debug> std::fmt::Debug for Gateway<B> {
@@ -114,6 +122,7 @@ impl<B: Backend + 'static> Gateway<B> {
             permit_lease_ms: AtomicU64::new(DEFAULT_PERMIT_LEASE.as_millis() as u64),
             shadow: ShadowLog::new(),
             failures: FailureLog::new(),
+            metering: Metering::default(),
         })
     }
 
@@ -190,6 +199,20 @@ impl<B: Backend + 'static> Gateway<B> {
     /// The fallback of `local-only` groups, if the gateway has one.
     pub fn fallback(&self) -> Option<&Fallback> {
         self.fallback.as_ref()
+    }
+
+    /// The metered groups' usage readers (set in code) and how their reservations were
+    /// settled.
+    pub fn metering(&self) -> &Metering {
+        &self.metering
+    }
+
+    /// Where a reservation lives: the fallback's store for one made there (local-only).
+    pub(super) fn settle_backend(&self, local: bool) -> &dyn Backend {
+        match (&self.fallback, local) {
+            (Some(f), true) => f.store(),
+            _ => &self.store,
+        }
     }
 }
 
@@ -315,43 +338,6 @@ fn is_write(m: &Method) -> bool {
 
 fn is_idempotency_method(m: &Method) -> bool {
     matches!(*m, Method::POST | Method::PATCH | Method::DELETE)
-}
-
-/// Step 5: the rate check of the request's group, with its cost. `Ok(None)`: no group, or
-/// let through unchecked by fail-open; `Ok(Some(refusal))` only in shadow mode (recorded);
-/// `Err` the answer (429, or the backend failing).
-fn rate_check<'a>(
-    ctx: &mut Ctx<'a>,
-    calls: &mut Calls<'a>,
-    shadow: &ShadowLog,
-    method: &str,
-    path: &str,
-) -> Result<Option<Decision>, Box<Response<GatewayBody>>> {
-    let Some((key, limits, group)) = ctx.rate.as_ref().map(|r| (r.key, r.limits, r.group)) else {
-        return Ok(None);
-    };
-    let checked = calls.check(key.as_bytes(), limits, group.cost());
-    ctx.sync(calls);
-    match checked {
-        Outcome::Done(d) if d.allowed() => {
-            metrics::allowed(group.name(), &d);
-            Ok(Some(d))
-        }
-        // Shadow mode: what enforcement would refuse goes on, counted, with its headers.
-        Outcome::Done(d) if !group.enforce() => {
-            metrics::allowed(group.name(), &d);
-            metrics::shadow_refusal(group.name());
-            ctx.shadow_refusal(shadow, method, path, &d);
-            Ok(Some(d))
-        }
-        Outcome::Done(d) => {
-            metrics::refused(group.name(), Refusal::Window);
-            Err(Box::new(ctx.too_many_requests(&d)))
-        }
-        Outcome::Admit => Ok(None),
-        Outcome::Refuse => Err(Box::new(unavailable(ctx))),
-        Outcome::Failed(e) => Err(Box::new(store_failure(ctx, &e))),
-    }
 }
 
 async fn handle<S, B, ReqBody, ResBody>(
@@ -547,11 +533,20 @@ where
         req.map(boxed)
     };
 
-    // 5. The rate check (a replay's only with `replay_spends_quota`).
+    // 5. The rate check (a replay's only with `replay_spends_quota`, and never a metered
+    // group's: the upstream is not called again, so there is no usage to charge).
+    let metered = group.and_then(|g| g.metered());
     if let Some(stored) = replayed {
-        let d = if idem.replay_spends_quota() {
-            match rate_check(&mut ctx, &mut calls, &gw.shadow, method.as_str(), path) {
-                Ok(d) => d,
+        let d = if idem.replay_spends_quota() && metered.is_none() {
+            match rate_check(
+                &mut ctx,
+                &mut calls,
+                &gw.shadow,
+                method.as_str(),
+                path,
+                req.headers(),
+            ) {
+                Ok((d, _)) => d,
                 Err(refused) => return Ok(*refused),
             }
         } else {
@@ -559,9 +554,28 @@ where
         };
         return Ok(replay(&ctx, &stored, d.as_ref(), idem.replay_header()));
     }
-    let decision = match rate_check(&mut ctx, &mut calls, &gw.shadow, method.as_str(), path) {
-        Ok(d) => d,
+    let (decision, reservation) = match rate_check(
+        &mut ctx,
+        &mut calls,
+        &gw.shadow,
+        method.as_str(),
+        path,
+        req.headers(),
+    ) {
+        Ok(checked) => checked,
         Err(refused) => return Ok(*refused),
+    };
+    // Settled once: at the response head or the body's end, else when dropped.
+    let mut settlement = match (reservation, &ctx.rate) {
+        (Some((r, local)), Some(rate)) => Some(Settlement::new(
+            Arc::clone(&gw),
+            local,
+            rate.key,
+            rate.limits.clone(),
+            group_name,
+            r,
+        )),
+        _ => None,
     };
 
     // 6. If-Match.
@@ -594,9 +608,16 @@ where
     // 7. The upstream.
     // Boxed as a `dyn Future + Send` here, where its type is concrete: this keeps rustc from
     // asking for `Send` of the inner future "for any lifetime" of the boxed error type.
+    if let Some(s) = &mut settlement {
+        s.upstream_called();
+    }
     let upstream: Upstream<ResBody, S::Error> = Box::pin(inner.call(req));
     let resp = upstream.await?;
     let (mut parts, body) = resp.into_parts();
+    let (body, settled) = match (settlement, metered) {
+        (Some(s), Some(m)) => settle::at_head(s, m, &parts, boxed(body)),
+        _ => (boxed(body), None),
+    };
     if versioned && parts.status.is_success() {
         // The upstream answered: a backend that fails now costs the response its ETag only.
         let tag = if is_write(&method) {
@@ -633,13 +654,15 @@ where
             }
         }
     } else {
-        boxed(body)
+        body
     };
     drop(lease);
     let mut resp = Response::from_parts(parts, body);
     // A refused decision here is one shadow mode let through: its headers, Retry-After too.
-    let retry = decision.as_ref().is_some_and(|d| !d.allowed());
-    ctx.rate_headers(resp.headers_mut(), decision.as_ref(), retry);
+    // After a settle, the units left (an overdraft is no reason to retry this response).
+    let retry = settled.is_none() && decision.as_ref().is_some_and(|d| !d.allowed());
+    let shown = settled.as_ref().or(decision.as_ref());
+    ctx.rate_headers(resp.headers_mut(), shown, retry);
     Ok(resp)
 }
 

@@ -7,9 +7,10 @@
 //! 429 bodies of a [`Decision`](crate::Decision)), [`ietf`] (the `RateLimit-Policy` and
 //! `RateLimit` fields of draft-ietf-httpapi-ratelimit-headers-12), [`PartitionKey`] (their
 //! `pk`: a keyed hash of the token), [`problem`] (RFC 9457 refusal bodies),
-//! [`ConcurrencyLimiter`] and [`Versions`]. Feature `tower` adds `Gateway`, `GatewayLayer` and
-//! `GatewayService` (the middleware) and `ShadowLog` (what groups in shadow mode would have
-//! refused).
+//! [`ConcurrencyLimiter`] and [`Versions`], and [`Metered`] (a group whose cost is the
+//! upstream's reported usage: tokens, bytes). Feature `tower` adds `Gateway`, `GatewayLayer` and
+//! `GatewayService` (the middleware), `ShadowLog` (what groups in shadow mode would have
+//! refused) and `Metering` (metered groups' usage readers and settle counts).
 //!
 //! ```
 //! use tollgate::gateway::Policy;
@@ -28,7 +29,7 @@
 //! ```
 //!
 //! The whole story (config file format, matching rules, headers, problem bodies, shadow mode,
-//! idempotency, the replay-quota decision, the concurrency cap and `If-Match`) is in
+//! idempotency, the replay-quota decision, metered groups, the concurrency cap and `If-Match`) is in
 //! `docs/GATEWAY.md`.
 
 mod concurrency;
@@ -38,6 +39,7 @@ mod failure;
 pub mod headers;
 mod idempotency;
 pub mod ietf;
+mod metered;
 mod partition;
 mod policy;
 pub mod problem;
@@ -52,6 +54,10 @@ pub mod metrics;
 #[cfg(feature = "tower")]
 mod middleware;
 #[cfg(feature = "tower")]
+mod rate;
+#[cfg(feature = "tower")]
+mod settle;
+#[cfg(feature = "tower")]
 mod shadow;
 
 pub use concurrency::{ConcurrencyGuard, ConcurrencyLimiter, DEFAULT_PERMIT_LEASE};
@@ -63,6 +69,7 @@ pub use failure::{
     OnBackendError, DEFAULT_BACKEND_TIMEOUT, MAX_BACKEND_TIMEOUT, TOLLGATE_DEGRADED,
 };
 pub use idempotency::{IdempotencyPolicy, KeyFormat, StatusSet, MAX_OPAQUE_KEY_LEN};
+pub use metered::{parse_units, Metered, Usage, MAX_UNIT_LEN};
 pub use partition::{PartitionKey, PartitionSecret, PARTITION_KEY_LEN};
 pub use policy::{Group, Policy, RateKey, Route, TokenError, MAX_GROUP_NAME_LEN, MAX_TOKEN_LEN};
 pub use settings::{BodyStyle, HeaderMode, Settings, MIN_PARTITION_SECRET_LEN};
@@ -71,5 +78,7 @@ pub use settings::{BodyStyle, HeaderMode, Settings, MIN_PARTITION_SECRET_LEN};
 pub use body::{BoxError, GatewayBody};
 #[cfg(feature = "tower")]
 pub use middleware::{bearer_token, Gateway, GatewayFuture, GatewayLayer, GatewayService};
+#[cfg(feature = "tower")]
+pub use settle::Metering;
 #[cfg(feature = "tower")]
 pub use shadow::{ShadowLog, ShadowRefusal};

@@ -15,6 +15,7 @@ use super::config::{
 };
 use super::failure::OnBackendError;
 use super::idempotency::IdempotencyPolicy;
+use super::metered::Metered;
 use super::settings::Settings;
 
 use toml::Spanned;
@@ -154,6 +155,7 @@ pub struct Group {
     enforce: bool,
     on_backend_error: OnBackendError,
     idempotency: IdempotencyPolicy,
+    metered: Option<Metered>,
     overrides: HashMap<Box<str>, Limits>,
 }
 
@@ -178,9 +180,17 @@ impl Group {
         &self.limits
     }
 
-    /// The cost of one request (default 1).
+    /// The cost of one request (default 1). A metered group's requests cost what the
+    /// upstream reports instead ([`Group::metered`]).
     pub fn cost(&self) -> u32 {
         self.cost
+    }
+
+    /// The group's metering (`[group.metered]`), when its cost comes from the upstream's
+    /// response: its windows are then [`Limit::metered`], and its requests reserve an
+    /// estimate and settle the usage (`docs/GATEWAY.md`, Metered groups).
+    pub fn metered(&self) -> Option<&Metered> {
+        self.metered.as_ref()
     }
 
     /// Whether the group's refusals are enforced (`enforce`, default true). `false` is shadow
@@ -441,9 +451,11 @@ fn check_name(name: &Spanned<String>, loc: &Locator<'_>) -> Result<(), PolicyErr
     Ok(())
 }
 
-/// Build the `Limits` of a `windows = [...]` array.
+/// Build the `Limits` of a `windows = [...]` array; `metered`: of a metered group (sliding
+/// windows with room for overdrafts).
 fn build_limits(
     windows: &Spanned<Vec<Spanned<RawWindow>>>,
+    metered: bool,
     loc: &Locator<'_>,
 ) -> Result<Limits, PolicyError> {
     let list = windows.get_ref();
@@ -462,8 +474,17 @@ fn build_limits(
         let ms =
             parse_window(raw.window.get_ref()).map_err(|m| loc.invalid(raw.window.span(), m))?;
         let mut l = Limit::new(raw.limit, std::time::Duration::from_millis(ms));
+        if raw.exact && metered {
+            return Err(loc.invalid(
+                w.span(),
+                "a metered group's windows are sliding: exact = true cannot be settled",
+            ));
+        }
         if raw.exact {
             l = l.exact();
+        }
+        if metered {
+            l = l.metered();
         }
         // Validate each window on its own, so the error points at it.
         Limits::new(&[l]).map_err(|e| loc.invalid(w.span(), e.to_string()))?;
@@ -495,7 +516,25 @@ fn build_group(
             Some(up.into_boxed_str())
         }
     };
-    let limits = build_limits(&rg.windows, loc)?;
+    let metered = match &rg.metered {
+        None => None,
+        Some(raw) => Some(Metered::from_raw(raw, loc)?),
+    };
+    let limits = build_limits(&rg.windows, metered.is_some(), loc)?;
+    if let (Some(c), Some(_)) = (&rg.cost, &metered) {
+        return Err(loc.invalid(
+            c.span(),
+            "a metered group's cost comes from the upstream: set [group.metered] estimate instead of cost",
+        ));
+    }
+    if let (Some(m), Some(raw)) = (&metered, &rg.metered) {
+        check_estimate(
+            m,
+            raw.estimate.as_ref().map_or(0..0, |e| e.span()),
+            &limits,
+            loc,
+        )?;
+    }
     let cost = match &rg.cost {
         None => 1,
         Some(c) => *c.get_ref(),
@@ -529,8 +568,29 @@ fn build_group(
             None => settings.idempotency().clone(),
             Some(raw) => IdempotencyPolicy::from_raw(raw, settings.idempotency(), loc)?,
         },
+        metered,
         overrides: HashMap::new(),
     })
+}
+
+/// Refuse a fixed estimate above the smallest limit of `limits`: no request could be admitted.
+fn check_estimate(
+    m: &Metered,
+    span: std::ops::Range<usize>,
+    limits: &Limits,
+    loc: &Locator<'_>,
+) -> Result<(), PolicyError> {
+    if m.estimate() > limits.min_limit() {
+        return Err(loc.invalid(
+            span,
+            format!(
+                "estimate {} is larger than the smallest limit {}: no request could ever be admitted",
+                m.estimate(),
+                limits.min_limit()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn apply_override(
@@ -553,10 +613,13 @@ fn apply_override(
             format!("override of an unknown group {:?}", ro.group.get_ref()),
         ));
     };
-    let limits = build_limits(&ro.windows, loc)?;
     let Some(group) = groups.get_mut(gi) else {
         return Err(loc.invalid(ro.group.span(), "unknown group"));
     };
+    let limits = build_limits(&ro.windows, group.metered.is_some(), loc)?;
+    if let Some(m) = &group.metered {
+        check_estimate(m, ro.windows.span(), &limits, loc)?;
+    }
     if group.cost > limits.min_limit() {
         return Err(loc.invalid(
             ro.windows.span(),

@@ -1,0 +1,351 @@
+//! Settling a metered request's reservation, once, whatever becomes of the request.
+//!
+//! A request of a metered group (`metered.rs`) reserves its estimate at step 5 of the
+//! middleware. This file turns that reservation into the usage the upstream reports:
+//!
+//! * **At the response head**, when the usage is known there: the group's usage reader
+//!   ([`Metering::set_usage_reader`]) if one is set and it answers, else `usage_header`. The
+//!   response's rate-limit headers then show the units left after the settle.
+//! * **At the end of the body**, when the head does not say and the group has a
+//!   `usage_trailer`: the body is passed on frame by frame, and the trailer settles it as it
+//!   goes by. A body that ends without the trailer is settled with the estimate.
+//! * **When the body is dropped before its end** (the client went away, the connection broke,
+//!   the upstream's body failed): settled with the estimate, since the usage is never known.
+//! * **Before the upstream is called** (a 412 of `If-Match`, or the request's future dropped):
+//!   settled with 0: the upstream did nothing. After it was called but before its head (the
+//!   upstream failed, the client went away): with the estimate.
+//!
+//! A missing or unreadable usage is settled with the estimate and counted ([`Metering`]). A
+//! settle the backend refuses or fails leaves the estimate counted (conservative) and is counted
+//! too. A replay of an idempotent request reserves nothing, so it is never charged again.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use bytes::Bytes;
+use http::response::Parts;
+use http::HeaderName;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use parking_lot::RwLock;
+
+use super::body::{BoxError, GatewayBody};
+use super::metered::{Metered, Usage};
+use super::metrics;
+use super::middleware::Gateway;
+use super::policy::RateKey;
+use crate::debit::Reservation;
+use crate::{Backend, Decision, Limits};
+
+/// A usage reader: the units a response head reports, `None` when it does not say.
+type UsageFn = Arc<dyn Fn(&Parts) -> Option<u32> + Send + Sync>;
+
+/// How a reservation was settled, for [`Metering`] and `tollgate_metered_settles_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum How {
+    /// With the usage the response reported.
+    Reported,
+    /// With the estimate: the response did not say.
+    Missing,
+    /// With the estimate: the response said something that is not a number of units.
+    Invalid,
+    /// With the estimate: the body was dropped before its end, or the upstream failed.
+    Dropped,
+    /// With 0: the upstream was never called.
+    NotCalled,
+}
+
+impl How {
+    fn as_str(self) -> &'static str {
+        match self {
+            How::Reported => "reported",
+            How::Missing => "missing",
+            How::Invalid => "invalid",
+            How::Dropped => "dropped",
+            How::NotCalled => "not_called",
+        }
+    }
+}
+
+/// The metered groups' side of a gateway (`Gateway::metering()`): the usage readers set in
+/// code, and counts of how reservations were settled (a settle the backend refused or failed
+/// is counted as [`Metering::failed`] only).
+#[derive(Default)]
+pub struct Metering {
+    readers: RwLock<HashMap<Box<str>, UsageFn>>,
+    counts: [AtomicU64; 5],
+    failed: AtomicU64,
+}
+
+impl fmt::Debug for Metering {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Metering")
+            .field("readers", &self.readers.read().len())
+            .field("reported", &self.reported())
+            .field("estimated", &(self.missing() + self.invalid()))
+            .field("dropped", &self.dropped())
+            .field("failed", &self.failed())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Metering {
+    /// Read the usage of group `group`'s responses with `reader`, in code: it sees the
+    /// response head, and its answer wins over the group's `usage_header` (`None`: it does
+    /// not know; then `usage_header`, then `usage_trailer`). Replaces any reader of the group;
+    /// kept across policy reloads (it is looked up by name). It runs on the request's task:
+    /// keep it quick.
+    ///
+    /// ```
+    /// use tollgate::gateway::{Gateway, Policy};
+    /// use tollgate::{Options, Store};
+    ///
+    /// let policy = Policy::from_toml_str(r#"
+    ///     [[group]]
+    ///     name = "chat"
+    ///     route = "/v1/*"
+    ///     windows = [{ limit = 1000, window = "60s" }]
+    ///     [group.metered]
+    ///     unit = "tokens"
+    ///     estimate = 100
+    /// "#)?;
+    /// let gateway = Gateway::new(Store::open_in_memory(Options::default())?, policy);
+    /// // This upstream says `x-usage: prompt=12, completion=30`: the request used 42 tokens.
+    /// gateway.metering().set_usage_reader("chat", |head| {
+    ///     let v = head.headers.get("x-usage")?.to_str().ok()?;
+    ///     v.split(',').try_fold(0u32, |n, part| {
+    ///         n.checked_add(part.split_once('=')?.1.trim().parse().ok()?)
+    ///     })
+    /// });
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn set_usage_reader(
+        &self,
+        group: &str,
+        reader: impl Fn(&Parts) -> Option<u32> + Send + Sync + 'static,
+    ) {
+        self.readers.write().insert(group.into(), Arc::new(reader));
+    }
+
+    /// Remove group `group`'s usage reader.
+    pub fn clear_usage_reader(&self, group: &str) {
+        self.readers.write().remove(group);
+    }
+
+    fn reader(&self, group: &str) -> Option<UsageFn> {
+        self.readers.read().get(group).cloned()
+    }
+
+    fn count(&self, how: How) -> u64 {
+        self.counts
+            .get(how as usize)
+            .map_or(0, |n| n.load(Ordering::Relaxed))
+    }
+
+    /// Reservations settled with the usage their response reported.
+    pub fn reported(&self) -> u64 {
+        self.count(How::Reported)
+    }
+
+    /// Reservations settled with their estimate because the response did not say its usage.
+    pub fn missing(&self) -> u64 {
+        self.count(How::Missing)
+    }
+
+    /// Reservations settled with their estimate because the response's usage was not a
+    /// whole number.
+    pub fn invalid(&self) -> u64 {
+        self.count(How::Invalid)
+    }
+
+    /// Reservations settled with their estimate because the body was dropped before its end
+    /// (or the upstream failed after it was called).
+    pub fn dropped(&self) -> u64 {
+        self.count(How::Dropped)
+    }
+
+    /// Reservations settled with 0 because the upstream was never called.
+    pub fn not_called(&self) -> u64 {
+        self.count(How::NotCalled)
+    }
+
+    /// Settles the backend refused or failed (the estimate stays counted).
+    pub fn failed(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    fn record(&self, group: &str, how: How, ok: bool) {
+        let n = if ok {
+            self.counts.get(how as usize)
+        } else {
+            Some(&self.failed)
+        };
+        if let Some(n) = n {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
+        metrics::settled(group, how.as_str(), ok);
+    }
+}
+
+/// A reservation to settle once: explicitly, or when dropped.
+pub(super) struct Settlement<B: Backend + 'static> {
+    gw: Arc<Gateway<B>>,
+    /// Whether the reservation lives in the fallback's store (local-only).
+    local: bool,
+    key: RateKey,
+    limits: Limits,
+    group: Box<str>,
+    reservation: Option<Reservation>,
+    /// Whether the upstream was called: a drop settles the estimate then, else 0.
+    called: bool,
+}
+
+impl<B: Backend + 'static> Settlement<B> {
+    pub(super) fn new(
+        gw: Arc<Gateway<B>>,
+        local: bool,
+        key: RateKey,
+        limits: Limits,
+        group: &str,
+        reservation: Reservation,
+    ) -> Settlement<B> {
+        Settlement {
+            gw,
+            local,
+            key,
+            limits,
+            group: group.into(),
+            reservation: Some(reservation),
+            called: false,
+        }
+    }
+
+    /// The upstream is being called: from now on a drop charges the estimate.
+    pub(super) fn upstream_called(&mut self) {
+        self.called = true;
+    }
+
+    fn estimate(&self) -> u32 {
+        self.reservation.as_ref().map_or(0, Reservation::estimate)
+    }
+
+    /// Settle with `actual`; the state after it, if the backend answered.
+    fn settle(&mut self, actual: u32, how: How) -> Option<Decision> {
+        let r = self.reservation.take()?;
+        let store = self.gw.settle_backend(self.local);
+        let now = self.gw.store().now_ms();
+        let done = metrics::call("settle", || {
+            store.settle_at(self.key.as_bytes(), &self.limits, &r, actual, now)
+        });
+        self.gw.metering().record(&self.group, how, done.is_ok());
+        done.ok()
+    }
+}
+
+impl<B: Backend + 'static> Drop for Settlement<B> {
+    fn drop(&mut self) {
+        if self.reservation.is_some() {
+            if self.called {
+                let estimate = self.estimate();
+                self.settle(estimate, How::Dropped);
+            } else {
+                self.settle(0, How::NotCalled);
+            }
+        }
+    }
+}
+
+/// At the response head: settle with the usage it reports, or pass the body on to be settled
+/// at its end (a `usage_trailer`), or settle with the estimate. The body to send, and the
+/// state after the settle when it happened here.
+pub(super) fn at_head<B: Backend + 'static>(
+    mut s: Settlement<B>,
+    metered: &Metered,
+    parts: &Parts,
+    body: GatewayBody,
+) -> (GatewayBody, Option<Decision>) {
+    let read = s.gw.metering().reader(&s.group).and_then(|f| f(parts));
+    let usage = read.map_or_else(|| metered.usage_in_head(&parts.headers), Usage::Reported);
+    let estimate = s.estimate();
+    let settled = match (usage, metered.usage_trailer()) {
+        (Usage::Reported(n), _) => s.settle(n, How::Reported),
+        (Usage::Invalid, _) => s.settle(estimate, How::Invalid),
+        (Usage::Missing, Some(trailer)) if !body.is_end_stream() => {
+            let watched = MeteredBody {
+                inner: body,
+                trailer: trailer.clone(),
+                settlement: s,
+            };
+            return (watched.boxed_unsync(), None);
+        }
+        (Usage::Missing, _) => s.settle(estimate, How::Missing),
+    };
+    (body, settled)
+}
+
+/// A response body whose trailer settles its request's reservation.
+struct MeteredBody<B: Backend + 'static> {
+    inner: GatewayBody,
+    trailer: HeaderName,
+    settlement: Settlement<B>,
+}
+
+impl<B: Backend + 'static> Drop for MeteredBody<B> {
+    fn drop(&mut self) {
+        // A consumer may stop at `is_end_stream` without asking for the end: that is the end.
+        if self.inner.is_end_stream() {
+            let e = self.settlement.estimate();
+            self.settlement.settle(e, How::Missing);
+        }
+    }
+}
+
+impl<B: Backend + 'static> Body for MeteredBody<B> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        let s = &mut this.settlement;
+        match &frame {
+            Some(Ok(f)) => {
+                if let Some(t) = f.trailers_ref() {
+                    match t.get(&this.trailer).map(super::metered::parse_units) {
+                        Some(Some(n)) => {
+                            s.settle(n, How::Reported);
+                        }
+                        Some(None) => {
+                            let e = s.estimate();
+                            s.settle(e, How::Invalid);
+                        }
+                        None => {}
+                    }
+                }
+            }
+            // The end without the trailer.
+            None => {
+                let e = s.estimate();
+                s.settle(e, How::Missing);
+            }
+            // A failed body is dropped: the drop settles it.
+            Some(Err(_)) => {}
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
