@@ -25,7 +25,7 @@
 //! unless given). The backend keeps a small guard record per open reservation (embedded: an
 //! idempotency record under a scope of its own, living until the reservation expires; Redis:
 //! a key with that expiry) and settling takes it first, so settling twice, or from two nodes at
-//! once, is [`Error::ReservationSettled`](crate::Error::ReservationSettled) and nothing is
+//! once, is [`Error::ReservationSettled`] and nothing is
 //! counted twice. The handle is plain data: [`Reservation::to_bytes`] and its `Display` /
 //! `FromStr` text form let a gateway settle from another task, another node or after a
 //! restart.

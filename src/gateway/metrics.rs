@@ -17,7 +17,7 @@
 //!
 //! `group` is the group's name, empty for a request that matched no group. The store's size
 //! and the compactor's work are gauges and counters read when asked ([`record_store`], and
-//! [`record_hybrid`] for a hybrid node): call them before rendering a scrape.
+//! `record_hybrid` for a hybrid node, with the `redis` feature): call them before rendering a scrape.
 //!
 //! [`metrics`]: https://docs.rs/metrics
 
