@@ -322,6 +322,77 @@ async fn a_stream_dropped_midway_is_charged_its_estimate() {
     assert_eq!(h.used_this_minute("key_f"), 300);
 }
 
+/// The mock's streamed chunks are `data: …` server-sent events: a meter that charges 40
+/// tokens an event.
+fn meter_events(h: &Harness) {
+    h.gateway.metering().set_stream_meter("chat", |frame| {
+        40 * frame.windows(6).filter(|w| w == b"data: ").count() as u32
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_stream_meter_a_client_that_goes_away_is_charged_what_was_streamed() {
+    let h = Harness::shipped().await;
+    meter_events(&h);
+    let req = Harness::request(
+        STREAM,
+        "key_m",
+        &[
+            ("x-max-tokens", "300"),
+            ("x-mock-usage", "700"),
+            ("x-mock-hold", "1"),
+        ],
+    )
+    .body(axum::body::Body::empty())
+    .expect("request");
+    let mut app = h.app.clone();
+    let resp = tower::Service::call(&mut app, req).await.expect("answer");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body();
+    let first = body.frame().await.expect("a frame").expect("data");
+    assert!(first.is_data());
+    // Reserved, not settled yet.
+    assert_eq!(h.used_this_minute("key_m"), 300);
+    drop(body);
+    // One event went out: 40 tokens, not the estimate.
+    assert_eq!(h.gateway.metering().streamed(), 1);
+    assert_eq!(h.gateway.metering().dropped(), 0);
+    assert_eq!(h.used_this_minute("key_m"), 40);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_stream_meter_a_body_without_its_usage_is_charged_what_was_streamed() {
+    let h = Harness::shipped().await;
+    meter_events(&h);
+    // No trailer: the three events, 120 tokens.
+    let a = h
+        .post(
+            STREAM,
+            "key_n",
+            &[("x-max-tokens", "250"), ("x-mock-usage", "none")],
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(h.used_this_minute("key_n"), 120);
+    assert_eq!(h.gateway.metering().streamed(), 1);
+    // A trailer that reports the usage still wins over the meter.
+    let b = h
+        .post(
+            STREAM,
+            "key_o",
+            &[
+                ("te", "trailers"),
+                ("x-max-tokens", "300"),
+                ("x-mock-usage", "700"),
+            ],
+        )
+        .await;
+    assert_eq!(b.status, StatusCode::OK);
+    assert_eq!(h.used_this_minute("key_o"), 700);
+    assert_eq!(h.gateway.metering().reported(), 1);
+    assert_eq!(h.gateway.metering().streamed(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_usage_reader_set_in_code_wins_over_the_header() {
     let h = Harness::shipped().await;

@@ -12,7 +12,7 @@
 //! | `tollgate_idempotency_total` | counter | `group`, `outcome` | `started`, `replayed`, `in_flight` (409), `mismatch` (422) |
 //! | `tollgate_backend_errors_total` | counter | `operation`, `kind` | a backend call failed: `kind` = `unavailable` (unreachable, past its deadline), `server` (an error of the server), `store` (the embedded store: full, I/O) |
 //! | `tollgate_backend_failures_total` | counter | `group`, `applied` | requests that met a failed backend, by what `on_backend_error` did (`fail-open`, `fail-closed`, `local-only`) |
-//! | `tollgate_metered_settles_total` | counter | `group`, `usage`, `result` | reservations of metered groups settled: `usage` = `reported`, `missing` or `invalid` (settled with the estimate), `dropped` (the body ended early: the estimate), `not_called` (0); `result` = `ok` or `failed` (the estimate stays counted) |
+//! | `tollgate_metered_settles_total` | counter | `group`, `usage`, `result` | reservations of metered groups settled: `usage` = `reported`, `missing` or `invalid` (settled with the estimate), `dropped` (the body ended early: the estimate), `streamed` (a stream meter's count), `not_called` (0); `result` = `ok` or `failed` (the estimate stays counted) |
 //! | `tollgate_backend_call_seconds` | histogram | `operation` | the duration of each backend call: `permit`, `check`, `reserve`, `settle`, `peek`, `begin`, `complete`, `abort` |
 //!
 //! `group` is the group's name, empty for a request that matched no group. The store's size

@@ -7,10 +7,13 @@
 //!   ([`Metering::set_usage_reader`]) if one is set and it answers, else `usage_header`. The
 //!   response's rate-limit headers then show the units left after the settle.
 //! * **At the end of the body**, when the head does not say and the group has a
-//!   `usage_trailer`: the body is passed on frame by frame, and the trailer settles it as it
-//!   goes by. A body that ends without the trailer is settled with the estimate.
+//!   `usage_trailer` or a stream meter ([`Metering::set_stream_meter`]): the body is passed on
+//!   frame by frame, the meter counts the units of each data frame, and the trailer settles it
+//!   as it goes by. A body that ends without the trailer is settled with what the meter
+//!   counted, or with the estimate when the group has no meter.
 //! * **When the body is dropped before its end** (the client went away, the connection broke,
-//!   the upstream's body failed): settled with the estimate, since the usage is never known.
+//!   the upstream's body failed): settled with what was streamed, as the group's stream meter
+//!   counted it; with the estimate when the group has no meter (the usage is never known).
 //! * **Before the upstream is called** (a 412 of `If-Match`, or the request's future dropped):
 //!   settled with 0: the upstream did nothing. After it was called but before its head (the
 //!   upstream failed, the client went away): with the estimate.
@@ -44,6 +47,9 @@ use crate::{Backend, Decision, Limits};
 /// A usage reader: the units a response head reports, `None` when it does not say.
 type UsageFn = Arc<dyn Fn(&Parts) -> Option<u32> + Send + Sync>;
 
+/// A stream meter: the units one data frame of a response body carries.
+type MeterFn = Arc<dyn Fn(&[u8]) -> u32 + Send + Sync>;
+
 /// How a reservation was settled, for [`Metering`] and `tollgate_metered_settles_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum How {
@@ -57,6 +63,9 @@ pub(super) enum How {
     Dropped,
     /// With 0: the upstream was never called.
     NotCalled,
+    /// With what the group's stream meter counted: the body ended without a usage, or was
+    /// dropped before its end.
+    Streamed,
 }
 
 impl How {
@@ -67,6 +76,7 @@ impl How {
             How::Invalid => "invalid",
             How::Dropped => "dropped",
             How::NotCalled => "not_called",
+            How::Streamed => "streamed",
         }
     }
 }
@@ -77,7 +87,8 @@ impl How {
 #[derive(Default)]
 pub struct Metering {
     readers: RwLock<HashMap<Box<str>, UsageFn>>,
-    counts: [AtomicU64; 5],
+    meters: RwLock<HashMap<Box<str>, MeterFn>>,
+    counts: [AtomicU64; 6],
     failed: AtomicU64,
 }
 
@@ -85,6 +96,7 @@ impl fmt::Debug for Metering {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Metering")
             .field("readers", &self.readers.read().len())
+            .field("meters", &self.meters.read().len())
             .field("reported", &self.reported())
             .field("estimated", &(self.missing() + self.invalid()))
             .field("dropped", &self.dropped())
@@ -140,6 +152,51 @@ impl Metering {
         self.readers.read().get(group).cloned()
     }
 
+    /// Count the units of group `group`'s streamed responses with `meter`, in code: it sees
+    /// each data frame of a body whose head did not report its usage, and says how many units
+    /// the frame carries (the bytes, the tokens of a server-sent event). A body that ends
+    /// without a `usage_trailer`, or that is dropped before its end (the client went away), is
+    /// settled with the sum: what was streamed. A trailer that reports the usage still wins.
+    /// Replaces any meter of the group; kept across policy reloads. It runs on the body's
+    /// task for every frame: keep it quick.
+    ///
+    /// ```
+    /// use tollgate::gateway::{Gateway, Policy};
+    /// use tollgate::{Options, Store};
+    ///
+    /// let policy = Policy::from_toml_str(r#"
+    ///     [[group]]
+    ///     name = "downloads"
+    ///     route = "/files/*"
+    ///     windows = [{ limit = 4000000, window = "1h" }]
+    ///     [group.metered]
+    ///     unit = "bytes"
+    ///     estimate = 65536
+    /// "#)?;
+    /// let gateway = Gateway::new(Store::open_in_memory(Options::default())?, policy);
+    /// // Charge the bytes actually sent, also when the client goes away halfway.
+    /// gateway
+    ///     .metering()
+    ///     .set_stream_meter("downloads", |frame| u32::try_from(frame.len()).unwrap_or(u32::MAX));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn set_stream_meter(
+        &self,
+        group: &str,
+        meter: impl Fn(&[u8]) -> u32 + Send + Sync + 'static,
+    ) {
+        self.meters.write().insert(group.into(), Arc::new(meter));
+    }
+
+    /// Remove group `group`'s stream meter.
+    pub fn clear_stream_meter(&self, group: &str) {
+        self.meters.write().remove(group);
+    }
+
+    fn meter(&self, group: &str) -> Option<MeterFn> {
+        self.meters.read().get(group).cloned()
+    }
+
     fn count(&self, how: How) -> u64 {
         self.counts
             .get(how as usize)
@@ -171,6 +228,12 @@ impl Metering {
     /// Reservations settled with 0 because the upstream was never called.
     pub fn not_called(&self) -> u64 {
         self.count(How::NotCalled)
+    }
+
+    /// Reservations settled with what their group's stream meter counted (the body ended
+    /// without reporting its usage, or was dropped before its end).
+    pub fn streamed(&self) -> u64 {
+        self.count(How::Streamed)
     }
 
     /// Settles the backend refused or failed (the estimate stays counted).
@@ -271,35 +334,60 @@ pub(super) fn at_head<B: Backend + 'static>(
     let read = s.gw.metering().reader(&s.group).and_then(|f| f(parts));
     let usage = read.map_or_else(|| metered.usage_in_head(&parts.headers), Usage::Reported);
     let estimate = s.estimate();
-    let settled = match (usage, metered.usage_trailer()) {
-        (Usage::Reported(n), _) => s.settle(n, How::Reported),
-        (Usage::Invalid, _) => s.settle(estimate, How::Invalid),
-        (Usage::Missing, Some(trailer)) if !body.is_end_stream() => {
+    let meter = s.gw.metering().meter(&s.group);
+    let watch = metered.usage_trailer().is_some() || meter.is_some();
+    let settled = match usage {
+        Usage::Reported(n) => s.settle(n, How::Reported),
+        Usage::Invalid => s.settle(estimate, How::Invalid),
+        Usage::Missing if watch && !body.is_end_stream() => {
             let watched = MeteredBody {
                 inner: body,
-                trailer: trailer.clone(),
+                trailer: metered.usage_trailer().cloned(),
+                meter,
+                streamed: 0,
                 settlement: s,
             };
             return (watched.boxed_unsync(), None);
         }
-        (Usage::Missing, _) => s.settle(estimate, How::Missing),
+        Usage::Missing => s.settle(estimate, How::Missing),
     };
     (body, settled)
 }
 
-/// A response body whose trailer settles its request's reservation.
+/// A response body whose trailer, or whose stream meter's count, settles its request's
+/// reservation.
 struct MeteredBody<B: Backend + 'static> {
     inner: GatewayBody,
-    trailer: HeaderName,
+    trailer: Option<HeaderName>,
+    meter: Option<MeterFn>,
+    /// The units the meter counted so far.
+    streamed: u32,
     settlement: Settlement<B>,
+}
+
+impl<B: Backend + 'static> MeteredBody<B> {
+    /// Settle a body that ended, or was dropped, without reporting its usage: with what the
+    /// meter counted, else with the estimate (counted as `how`).
+    fn settle_unreported(&mut self, how: How) {
+        if self.meter.is_some() {
+            let n = self.streamed;
+            self.settlement.settle(n, How::Streamed);
+        } else {
+            let e = self.settlement.estimate();
+            self.settlement.settle(e, how);
+        }
+    }
 }
 
 impl<B: Backend + 'static> Drop for MeteredBody<B> {
     fn drop(&mut self) {
         // A consumer may stop at `is_end_stream` without asking for the end: that is the end.
+        // Dropped before it: what was streamed, if metered (else the settlement's own drop
+        // charges the estimate).
         if self.inner.is_end_stream() {
-            let e = self.settlement.estimate();
-            self.settlement.settle(e, How::Missing);
+            self.settle_unreported(How::Missing);
+        } else if self.meter.is_some() {
+            self.settle_unreported(How::Dropped);
         }
     }
 }
@@ -314,27 +402,28 @@ impl<B: Backend + 'static> Body for MeteredBody<B> {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
-        let s = &mut this.settlement;
         match &frame {
             Some(Ok(f)) => {
-                if let Some(t) = f.trailers_ref() {
-                    match t.get(&this.trailer).map(super::metered::parse_units) {
-                        Some(Some(n)) => {
-                            s.settle(n, How::Reported);
-                        }
-                        Some(None) => {
-                            let e = s.estimate();
-                            s.settle(e, How::Invalid);
-                        }
-                        None => {}
+                if let (Some(data), Some(meter)) = (f.data_ref(), &this.meter) {
+                    this.streamed = this.streamed.saturating_add(meter(data));
+                }
+                let reported = f.trailers_ref().and_then(|t| {
+                    let name = this.trailer.as_ref()?;
+                    Some(t.get(name).map(super::metered::parse_units))
+                });
+                match reported {
+                    Some(Some(Some(n))) => {
+                        this.settlement.settle(n, How::Reported);
                     }
+                    Some(Some(None)) => {
+                        let e = this.settlement.estimate();
+                        this.settlement.settle(e, How::Invalid);
+                    }
+                    _ => {}
                 }
             }
             // The end without the trailer.
-            None => {
-                let e = s.estimate();
-                s.settle(e, How::Missing);
-            }
+            None => this.settle_unreported(How::Missing),
             // A failed body is dropped: the drop settles it.
             Some(Err(_)) => {}
         }
