@@ -206,13 +206,22 @@ impl<B: Backend + 'static> Gateway<B> {
     pub fn metering(&self) -> &Metering {
         &self.metering
     }
+}
 
-    /// Where a reservation lives: the fallback's store for one made there (local-only).
-    pub(super) fn settle_backend(&self, local: bool) -> &dyn Backend {
+impl<B: Backend> settle::Site for Gateway<B> {
+    fn settle_backend(&self, local: bool) -> &dyn Backend {
         match (&self.fallback, local) {
             (Some(f), true) => f.store(),
             _ => &self.store,
         }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.store.now_ms()
+    }
+
+    fn metering(&self) -> &Metering {
+        &self.metering
     }
 }
 

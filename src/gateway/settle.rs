@@ -39,10 +39,22 @@ use parking_lot::RwLock;
 use super::body::{BoxError, GatewayBody};
 use super::metered::{Metered, Usage};
 use super::metrics;
-use super::middleware::Gateway;
 use super::policy::RateKey;
 use crate::debit::Reservation;
 use crate::{Backend, Decision, Limits};
+
+/// What a settlement needs of its gateway: where the reservation lives, the time, and the
+/// counts. The gateway (`middleware.rs`) implements it; this file does not name the gateway,
+/// which names it.
+pub(super) trait Site: Send + Sync {
+    /// The backend holding a reservation: the fallback's store for one made there
+    /// (local-only).
+    fn settle_backend(&self, local: bool) -> &dyn Backend;
+    /// The gateway's backend's time.
+    fn now_ms(&self) -> u64;
+    /// The gateway's metering.
+    fn metering(&self) -> &Metering;
+}
 
 /// A usage reader: the units a response head reports, `None` when it does not say.
 type UsageFn = Arc<dyn Fn(&Parts) -> Option<u32> + Send + Sync>;
@@ -255,8 +267,8 @@ impl Metering {
 }
 
 /// A reservation to settle once: explicitly, or when dropped.
-pub(super) struct Settlement<B: Backend + 'static> {
-    gw: Arc<Gateway<B>>,
+pub(super) struct Settlement<G: Site + 'static> {
+    gw: Arc<G>,
     /// Whether the reservation lives in the fallback's store (local-only).
     local: bool,
     key: RateKey,
@@ -267,15 +279,15 @@ pub(super) struct Settlement<B: Backend + 'static> {
     called: bool,
 }
 
-impl<B: Backend + 'static> Settlement<B> {
+impl<G: Site + 'static> Settlement<G> {
     pub(super) fn new(
-        gw: Arc<Gateway<B>>,
+        gw: Arc<G>,
         local: bool,
         key: RateKey,
         limits: Limits,
         group: &str,
         reservation: Reservation,
-    ) -> Settlement<B> {
+    ) -> Settlement<G> {
         Settlement {
             gw,
             local,
@@ -300,7 +312,7 @@ impl<B: Backend + 'static> Settlement<B> {
     fn settle(&mut self, actual: u32, how: How) -> Option<Decision> {
         let r = self.reservation.take()?;
         let store = self.gw.settle_backend(self.local);
-        let now = self.gw.store().now_ms();
+        let now = self.gw.now_ms();
         let done = metrics::call("settle", || {
             store.settle_at(self.key.as_bytes(), &self.limits, &r, actual, now)
         });
@@ -309,7 +321,7 @@ impl<B: Backend + 'static> Settlement<B> {
     }
 }
 
-impl<B: Backend + 'static> Drop for Settlement<B> {
+impl<G: Site + 'static> Drop for Settlement<G> {
     fn drop(&mut self) {
         if self.reservation.is_some() {
             if self.called {
@@ -325,8 +337,8 @@ impl<B: Backend + 'static> Drop for Settlement<B> {
 /// At the response head: settle with the usage it reports, or pass the body on to be settled
 /// at its end (a `usage_trailer`), or settle with the estimate. The body to send, and the
 /// state after the settle when it happened here.
-pub(super) fn at_head<B: Backend + 'static>(
-    mut s: Settlement<B>,
+pub(super) fn at_head<G: Site + 'static>(
+    mut s: Settlement<G>,
     metered: &Metered,
     parts: &Parts,
     body: GatewayBody,
@@ -356,16 +368,16 @@ pub(super) fn at_head<B: Backend + 'static>(
 
 /// A response body whose trailer, or whose stream meter's count, settles its request's
 /// reservation.
-struct MeteredBody<B: Backend + 'static> {
+struct MeteredBody<G: Site + 'static> {
     inner: GatewayBody,
     trailer: Option<HeaderName>,
     meter: Option<MeterFn>,
     /// The units the meter counted so far.
     streamed: u32,
-    settlement: Settlement<B>,
+    settlement: Settlement<G>,
 }
 
-impl<B: Backend + 'static> MeteredBody<B> {
+impl<G: Site + 'static> MeteredBody<G> {
     /// Settle a body that ended, or was dropped, without reporting its usage: with what the
     /// meter counted, else with the estimate (counted as `how`).
     fn settle_unreported(&mut self, how: How) {
@@ -379,7 +391,7 @@ impl<B: Backend + 'static> MeteredBody<B> {
     }
 }
 
-impl<B: Backend + 'static> Drop for MeteredBody<B> {
+impl<G: Site + 'static> Drop for MeteredBody<G> {
     fn drop(&mut self) {
         // A consumer may stop at `is_end_stream` without asking for the end: that is the end.
         // Dropped before it: what was streamed, if metered (else the settlement's own drop
@@ -392,7 +404,7 @@ impl<B: Backend + 'static> Drop for MeteredBody<B> {
     }
 }
 
-impl<B: Backend + 'static> Body for MeteredBody<B> {
+impl<G: Site + 'static> Body for MeteredBody<G> {
     type Data = Bytes;
     type Error = BoxError;
 
