@@ -383,6 +383,10 @@ impl<const N: usize> Snap<N> {
         // Aged out: sub-windows `n - B ..= ne - B - 1` (those that exist).
         let first = self.n.saturating_sub(b);
         let aged: u64 = match (ne - b).checked_sub(1) {
+            // A few sub-windows on (the common case: the next one): read their counters.
+            Some(last) if last >= first && self.n >= b && last - first < 4 => (first..=last)
+                .map(|m| geo.slot(self.ring.as_slice(), (m % b) as u32))
+                .sum(),
             Some(last) if last >= first && self.n >= b => {
                 self.counts(geo, first, last).map(|(_, c)| c).sum()
             }
