@@ -127,6 +127,15 @@ fn exercise(path: &Path) -> Result<OpenReport, tollgate::Error> {
     let store = Store::open(path, options())?;
     let report = store.open_report();
     assert_eq!(store.stats().entries, report.entries, "index vs report");
+    // A header that says the segments are large (up to 1 GiB: a field the fuzzer sets) is
+    // opened and checked, not written to: every segment the calls below grew would be a
+    // fallocate of that size and a scan of it at the reopen, seconds an input (one such input
+    // took 30 s and 2.2 GB against the smoke runs' 10 s timeout). The template's own
+    // segments are 64 KiB.
+    let large = tollgate::FileShape::of(path).is_ok_and(|s| s.segment_len > 16 << 20);
+    if large {
+        return Ok(report);
+    }
     let (two, five, three) = (two_windows(), exact_five(), exact_three());
     for (i, key) in KEYS.iter().enumerate() {
         let t = T0 + 1_000 * i as u64;

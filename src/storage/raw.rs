@@ -49,13 +49,18 @@ impl Map {
         Ok(Map { raw })
     }
 
-    /// Fault in every page of the map, writable, now (`MADV_POPULATE_WRITE`): for a segment
-    /// just grown, so that the checks that fill it do not each meet a page's first-touch fault.
-    /// Best effort: a kernel without it (before 5.14) or a refusal changes nothing. (Miri
-    /// cannot run the madvise call.)
-    pub(crate) fn populate(&self) {
+    /// Fault in the first `len` bytes of the map (all of it if shorter), writable, now
+    /// (`MADV_POPULATE_WRITE`): for a segment just grown, so that the checks that fill it do
+    /// not each meet a page's first-touch fault. Best effort: a kernel without it (before
+    /// 5.14) or a refusal changes nothing. (Miri cannot run the madvise call.)
+    pub(crate) fn populate(&self, len: usize) {
+        let len = len.min(self.raw.len());
         #[cfg(all(target_os = "linux", not(miri)))]
-        let _ = self.raw.advise(memmap2::Advice::PopulateWrite);
+        let _ = self
+            .raw
+            .advise_range(memmap2::Advice::PopulateWrite, 0, len);
+        #[cfg(not(all(target_os = "linux", not(miri))))]
+        let _ = len;
     }
 
     /// A private copy-on-write map of `file` bytes `offset..offset + len`, for read-only views

@@ -30,6 +30,13 @@ use crate::storage::format::HEADER_LEN;
 use crate::storage::hook::IoEvent;
 use crate::storage::raw::Map;
 
+/// How much of a grown segment is faulted in at once: the default segment's 4 MiB, which the
+/// next checks fill first (entries are taken from the front). A larger segment faults the rest
+/// in as it is used: faulting in a whole 1 GiB segment would hold the growth lock for a
+/// noticeable time and take its memory at once (the `open_fields` fuzz target, growing
+/// 1 GiB segments, ran out of 4 GiB of memory when every segment was faulted in whole).
+const POPULATE_BYTES: usize = 4 << 20;
+
 /// What wakes the thread that grows spares (the compactor's).
 pub(crate) type Waker = Arc<dyn Fn() + Send + Sync>;
 
@@ -150,7 +157,7 @@ impl Segments {
                     self.poisoned.store(true, Ordering::Release);
                 })?;
                 let map = self.durable(Map::file(f, off, 1 << self.seg_shift))?;
-                map.populate();
+                map.populate(POPULATE_BYTES);
                 map
             }
             None => Map::anon(1 << self.seg_shift)?,
