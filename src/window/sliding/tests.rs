@@ -548,3 +548,49 @@ fn damaged_words_are_not_consistent() {
     let bad = Snap::decode(&geo, good.raw | 61, good.base, good.ring);
     assert!(!bad.is_consistent(&geo), "cur over the limit");
 }
+
+#[test]
+fn a_rotation_of_a_few_sub_windows_keeps_every_count() {
+    // Rotations of 1 to 4 sub-windows are done on the counters they change (`rotate_in_place`),
+    // including those that wrap past the ring's end: into another word, or (a one-word ring,
+    // limit 2 at B = 16) into the word the first counters are in.
+    for (limit, b) in [
+        (2u32, 16u32),
+        (1_000, 16),
+        (60, 64),
+        (65_535, 64),
+        (1_000_000, 16),
+    ] {
+        let geo = Slide::new(limit, MIN, b).unwrap();
+        for start_slot in [0u64, 13, u64::from(b) - 2, u64::from(b) - 1] {
+            for step in 1..=5u64 {
+                let words = cells(&geo);
+                let w = win(&words, &geo);
+                let base = (T0 / geo.g / u64::from(b)) * u64::from(b) + start_slot;
+                // One in each of two sub-windows `step` apart, then a third later on.
+                let t = base * geo.g;
+                assert!(matches!(add(&w, &geo, t, 1), Added::Yes { .. }));
+                let Added::Yes { m, used, .. } = add(&w, &geo, t + step * geo.g, 1) else {
+                    panic!("room for a second");
+                };
+                assert_eq!(
+                    (m, used),
+                    (base + step, 2),
+                    "limit {limit}, B {b}, step {step}"
+                );
+                let s = snapshot(&w, &geo);
+                assert!(s.is_consistent(&geo), "{s:?}");
+                assert_eq!(s.count(&geo, base), 1);
+                assert_eq!(s.count(&geo, base + step), 1);
+                if limit >= 3 {
+                    let later = base + step + 3;
+                    let Added::Yes { used, .. } = add(&w, &geo, later * geo.g, 1) else {
+                        panic!("room for a third");
+                    };
+                    assert_eq!(used, 3);
+                    assert!(snapshot(&w, &geo).is_consistent(&geo));
+                }
+            }
+        }
+    }
+}
