@@ -34,8 +34,9 @@ pub(super) fn rotate_in_place<C: WordCell>(
 ) -> Option<Added> {
     let n = geo.head_n(h, w.load_base());
     let (cur, older) = geo.fields(h);
-    // A capped `older` (a recovered or narrowed window) is summed again by `Snap::rotate`.
-    if to <= n || to - n > ROTATE_IN_PLACE || older >= geo.field_mask() {
+    // A capped `older` (a recovered or narrowed window) is summed again by `Snap::rotate`; a
+    // cost of 0 (counted nowhere) reports its reset from the ring, which the copy walks.
+    if to <= n || to - n > ROTATE_IN_PLACE || older >= geo.field_mask() || cost == 0 {
         return None;
     }
     let [first, wrapped] = geo.slot_runs(n, to - n);
