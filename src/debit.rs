@@ -106,6 +106,15 @@ impl Reservation {
         }
     }
 
+    /// The same reservation, counted in sub-window `subs[i]` of window `i` (a store that learns
+    /// them only once the estimate is counted, after the id named its guard).
+    pub(crate) fn counted_in(self, subs: &[Option<u64>; MAX_WINDOWS]) -> Reservation {
+        Reservation {
+            subs: subs.map(|m| m.unwrap_or(NOT_COUNTED)),
+            ..self
+        }
+    }
+
     /// The units counted when it was reserved.
     pub fn estimate(&self) -> u32 {
         self.estimate
@@ -165,20 +174,16 @@ impl Reservation {
     /// forged handle with a known id does not match.
     pub(crate) fn guard_fingerprint(&self) -> Fingerprint {
         let mut b = [0u8; 32];
-        let parts: [&[u8]; 5] = [
-            &self.key_sum.to_le_bytes(),
-            &self.limits_sum.to_le_bytes(),
-            &self.estimate.to_le_bytes(),
-            &self.reserved_ms.to_le_bytes(),
-            &self.expires_ms.to_le_bytes(),
-        ];
-        let mut at = 0;
-        for p in parts {
-            if let Some(d) = b.get_mut(at..at + p.len()) {
-                d.copy_from_slice(p);
-            }
-            at += p.len();
-        }
+        pack(
+            &mut b,
+            &[
+                &self.key_sum.to_le_bytes(),
+                &self.limits_sum.to_le_bytes(),
+                &self.estimate.to_le_bytes(),
+                &self.reserved_ms.to_le_bytes(),
+                &self.expires_ms.to_le_bytes(),
+            ],
+        );
         Fingerprint::from_bytes(b)
     }
 
@@ -186,25 +191,25 @@ impl Reservation {
     /// (`docs/FORMAT.md`, "Reservations").
     pub fn to_bytes(&self) -> [u8; RESERVATION_BYTES] {
         let mut b = [0u8; RESERVATION_BYTES];
-        let mut at = 0;
-        let mut put = |bytes: &[u8]| {
-            if let Some(d) = b.get_mut(at..at + bytes.len()) {
-                d.copy_from_slice(bytes);
-            }
-            at += bytes.len();
-        };
-        put(&[FORMAT, self.windows, 0, 0]);
-        put(&self.fence.to_le_bytes());
-        put(&self.id.to_le_bytes());
-        put(&self.key_sum.to_le_bytes());
-        put(&self.limits_sum.to_le_bytes());
-        put(&self.estimate.to_le_bytes());
-        put(&[0; 4]);
-        put(&self.reserved_ms.to_le_bytes());
-        put(&self.expires_ms.to_le_bytes());
-        for m in self.subs {
-            put(&m.to_le_bytes());
-        }
+        let s = self.subs.map(u64::to_le_bytes);
+        pack(
+            &mut b,
+            &[
+                &[FORMAT, self.windows, 0, 0],
+                &self.fence.to_le_bytes(),
+                &self.id.to_le_bytes(),
+                &self.key_sum.to_le_bytes(),
+                &self.limits_sum.to_le_bytes(),
+                &self.estimate.to_le_bytes(),
+                &[0; 4],
+                &self.reserved_ms.to_le_bytes(),
+                &self.expires_ms.to_le_bytes(),
+                &s[0],
+                &s[1],
+                &s[2],
+                &s[3],
+            ],
+        );
         let crc = crc32fast::hash(b.get(..88).unwrap_or(&[]));
         if let Some(d) = b.get_mut(88..92) {
             d.copy_from_slice(&crc.to_le_bytes());
@@ -259,6 +264,17 @@ impl Reservation {
             expires_ms: word(48),
             subs,
         })
+    }
+}
+
+/// Write `parts` one after the other from the start of `buf` (what does not fit is left out).
+fn pack(buf: &mut [u8], parts: &[&[u8]]) {
+    let mut at = 0;
+    for p in parts {
+        if let Some(d) = buf.get_mut(at..at + p.len()) {
+            d.copy_from_slice(p);
+        }
+        at += p.len();
     }
 }
 

@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::limit::{Limit, Limits, Mode, MAX_WINDOWS};
 use crate::options::OnFull;
 use crate::storage::segment::Entry;
-use crate::window::cell;
+use crate::window::cell::{self, WordCell};
 use crate::window::sliding::{self, Added, Snap, SMALL_RING_WORDS};
 
 /// What applying a check to an entry came to.
@@ -104,11 +104,7 @@ impl Core {
                 Applied::Moved => {
                     self.retries.fetch_add(1, Ordering::Relaxed);
                     spins += 1;
-                    if spins > 64 {
-                        std::thread::yield_now();
-                    } else {
-                        std::hint::spin_loop();
-                    }
+                    <std::sync::atomic::AtomicU64 as WordCell>::pause(spins);
                 }
                 Applied::Mismatch => match self.migrate(hash, line, key, limits, &guard) {
                     Ok(()) => {}

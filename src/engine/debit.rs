@@ -27,6 +27,7 @@ use crate::decision::Decision;
 use crate::error::{Error, Result};
 use crate::idempotency::{Begin, Lease};
 use crate::limit::{Limits, MAX_WINDOWS};
+use crate::window::cell::WordCell;
 use crate::window::sliding::{self, Added, Slide, Window};
 
 impl Core {
@@ -179,11 +180,7 @@ impl Core {
                 return Ok(());
             }
             spins += 1;
-            if spins > 64 {
-                std::thread::yield_now();
-            } else {
-                std::hint::spin_loop();
-            }
+            AtomicU64::pause(spins);
         }
     }
 }

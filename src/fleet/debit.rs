@@ -23,7 +23,7 @@ use ::redis::{Script, Value};
 
 use super::conn::{self, array, bad_reply, int, uint};
 use super::keys;
-use super::store::{decide, slide_of, RedisStore, GC_SLACK_MS};
+use super::store::{decide, slide_of, window_keys, windows_ttl, RedisStore, GC_SLACK_MS};
 use crate::backend::check_reserve;
 use crate::debit::{ttl_ms, Reservation, Reserved, DEFAULT_RESERVATION_TTL};
 use crate::decision::Decision;
@@ -53,20 +53,10 @@ const GUARD_REFUSED: i64 = -1;
 
 /// The keys of `key`'s windows, then the guard of reservation `id`.
 fn script_keys(store: &RedisStore, key: &[u8], limits: &Limits, id: u128) -> Vec<Vec<u8>> {
-    let base = keys::base(&store.options().prefix, key);
-    let mut k: Vec<Vec<u8>> = limits
-        .as_slice()
-        .iter()
-        .map(|l| keys::window(&base, l))
-        .collect();
-    k.push(keys::guard(&base, id));
+    let prefix = &store.options().prefix;
+    let mut k = window_keys(prefix, key, limits);
+    k.push(keys::guard(&keys::base(prefix, key), id));
     k
-}
-
-/// How long the windows' keys of `limits` live after a write (as the check script's).
-fn windows_ttl(limits: &Limits) -> u64 {
-    let longest = limits.as_slice().iter().map(|l| l.window_ms()).max();
-    2 * longest.unwrap_or(0) + GC_SLACK_MS
 }
 
 /// The reply's window states, checked to be a script's success answer.
@@ -153,13 +143,9 @@ impl RedisStore {
                 *s = Some(uint(array(Some(w))?.get(1))?);
             }
         }
-        let counted = Reservation::new(key, limits, estimate, now_ms, ttl_ms, &subs);
         Ok(Reserved {
             decision,
-            reservation: Some(Reservation {
-                id: draft.id,
-                ..counted
-            }),
+            reservation: Some(draft.counted_in(&subs)),
         })
     }
 

@@ -50,7 +50,7 @@ use super::conn::{self, array, bad_reply, uint};
 use super::keys;
 use super::ledger::{add, live, Counts, KeyState};
 use super::options::{HybridOptions, Unreachable};
-use super::store::RedisStore;
+use super::store::{window_key_ttl, RedisStore};
 use crate::backend::{check_key, check_request};
 use crate::debit::{Reservation, Reserved};
 use crate::decision::{Decision, WindowState};
@@ -527,7 +527,7 @@ impl Inner {
             let mut seen = keys::hybrid_seen(&base);
             seen.push(b':');
             seen.extend_from_slice(self.node.as_bytes());
-            let ttl = 2 * m.window_ms + 60_000;
+            let ttl = window_key_ttl(m.window_ms);
             let mut cmd = ::redis::cmd("EVALSHA");
             cmd.arg(self.flush.get_hash())
                 .arg(2)

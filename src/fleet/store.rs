@@ -26,6 +26,28 @@ use crate::window::sliding::{Slide, Snap};
 /// skew between the nodes and the server (keys expire on the server's clock).
 pub(super) const GC_SLACK_MS: u64 = 60_000;
 
+/// How long the key of a window of `window_ms` lives after a write: two windows (what can
+/// still count) and the slack.
+pub(super) fn window_key_ttl(window_ms: u64) -> u64 {
+    2 * window_ms + GC_SLACK_MS
+}
+
+/// How long the keys of `limits`' windows live after a write: as long as the longest one's.
+pub(super) fn windows_ttl(limits: &Limits) -> u64 {
+    let longest = limits.as_slice().iter().map(|l| l.window_ms()).max();
+    window_key_ttl(longest.unwrap_or(0))
+}
+
+/// The keys of `key`'s windows under `prefix`, in the set's order.
+pub(super) fn window_keys(prefix: &str, key: &[u8], limits: &Limits) -> Vec<Vec<u8>> {
+    let base = keys::base(prefix, key);
+    limits
+        .as_slice()
+        .iter()
+        .map(|l| keys::window(&base, l))
+        .collect()
+}
+
 /// Sliding windows and idempotency records kept on a Redis or Valkey server and shared by every
 /// gateway node that opens it: a fleet-wide quota, exactly as one embedded [`Store`] would count
 /// it.
@@ -159,14 +181,12 @@ impl RedisStore {
         view: u32,
         now_ms: u64,
     ) -> Result<Decision> {
-        let base = keys::base(&self.inner.opts.prefix, key);
         let items = limits.as_slice();
-        let wkeys: Vec<Vec<u8>> = items.iter().map(|l| keys::window(&base, l)).collect();
-        let longest = items.iter().map(|l| l.window_ms()).max().unwrap_or(0);
+        let wkeys = window_keys(&self.inner.opts.prefix, key, limits);
         let mut args: Vec<Vec<u8>> = vec![
             now_ms.to_string().into_bytes(),
             cost.to_string().into_bytes(),
-            (2 * longest + GC_SLACK_MS).to_string().into_bytes(),
+            windows_ttl(limits).to_string().into_bytes(),
         ];
         for (i, l) in items.iter().enumerate() {
             let (exact, g, b) = match l.mode() {

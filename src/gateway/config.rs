@@ -284,6 +284,21 @@ pub(crate) fn parse_window(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("invalid window {s:?}: too long"))
 }
 
+/// Parse the duration setting `key` (a window length, [`parse_window`]) that must be 1 s to
+/// 1 day (`permit_lease`, `reservation_ttl`); a bad value fails with its line.
+pub(crate) fn parse_day_at_most(
+    v: &Spanned<String>,
+    key: &str,
+    loc: &Locator<'_>,
+) -> Result<std::time::Duration, PolicyError> {
+    let ms = parse_window(v.get_ref())
+        .map_err(|why| loc.invalid(v.span(), why.replace("window", key)))?;
+    if !(1_000..=86_400_000).contains(&ms) {
+        return Err(loc.invalid(v.span(), format!("{key} must be 1 s to 1 day")));
+    }
+    Ok(std::time::Duration::from_millis(ms))
+}
+
 /// Format a window length the way a config writes it (`60s` stays `60s`, `3600s` is `1h`).
 pub(crate) fn format_window(ms: u64) -> String {
     if !ms.is_multiple_of(1000) {

@@ -27,7 +27,7 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use toml::Spanned;
 
-use super::config::{parse_window, Locator, PolicyError, RawMetered};
+use super::config::{parse_day_at_most, Locator, PolicyError, RawMetered};
 use crate::debit::DEFAULT_RESERVATION_TTL;
 use crate::Limits;
 
@@ -139,15 +139,7 @@ impl Metered {
         };
         let reservation_ttl = match &raw.reservation_ttl {
             None => DEFAULT_RESERVATION_TTL,
-            Some(t) => {
-                let ms = parse_window(t.get_ref()).map_err(|why| {
-                    loc.invalid(t.span(), why.replace("window", "reservation_ttl"))
-                })?;
-                if !(1_000..=86_400_000).contains(&ms) {
-                    return Err(loc.invalid(t.span(), "reservation_ttl must be 1 s to 1 day"));
-                }
-                Duration::from_millis(ms)
-            }
+            Some(t) => parse_day_at_most(t, "reservation_ttl", loc)?,
         };
         Ok(Metered {
             unit: unit.as_str().into(),

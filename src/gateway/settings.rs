@@ -272,12 +272,11 @@ impl Settings {
             s.backend_timeout = parse_timeout(t, loc)?;
         }
         if let Some(lease) = &raw.permit_lease {
-            let ms = super::config::parse_window(lease.get_ref())
-                .map_err(|why| loc.invalid(lease.span(), why.replace("window", "permit_lease")))?;
-            if !(1_000..=86_400_000).contains(&ms) {
-                return Err(loc.invalid(lease.span(), "permit_lease must be 1 s to 1 day"));
-            }
-            s.permit_lease = Some(Duration::from_millis(ms));
+            s.permit_lease = Some(super::config::parse_day_at_most(
+                lease,
+                "permit_lease",
+                loc,
+            )?);
         }
         s.idempotency =
             IdempotencyPolicy::from_raw(&raw.idempotency, &IdempotencyPolicy::default(), loc)?;
