@@ -152,7 +152,8 @@ impl Metered {
     }
 }
 
-fn usage_in(name: Option<&HeaderName>, headers: &HeaderMap) -> Usage {
+/// What `headers` say in `name` (none: [`Usage::Missing`]).
+pub(crate) fn usage_in(name: Option<&HeaderName>, headers: &HeaderMap) -> Usage {
     let Some(v) = name.and_then(|h| headers.get(h)) else {
         return Usage::Missing;
     };

@@ -37,7 +37,7 @@ use http_body_util::BodyExt;
 use parking_lot::RwLock;
 
 use super::body::{BoxError, GatewayBody};
-use super::metered::{Metered, Usage};
+use super::metered::{usage_in, Metered, Usage};
 use super::metrics;
 use super::policy::RateKey;
 use crate::debit::Reservation;
@@ -419,19 +419,18 @@ impl<G: Site + 'static> Body for MeteredBody<G> {
                 if let (Some(data), Some(meter)) = (f.data_ref(), &this.meter) {
                     this.streamed = this.streamed.saturating_add(meter(data));
                 }
-                let reported = f.trailers_ref().and_then(|t| {
-                    let name = this.trailer.as_ref()?;
-                    Some(t.get(name).map(super::metered::parse_units))
-                });
+                let reported = f
+                    .trailers_ref()
+                    .map_or(Usage::Missing, |t| usage_in(this.trailer.as_ref(), t));
                 match reported {
-                    Some(Some(Some(n))) => {
+                    Usage::Reported(n) => {
                         this.settlement.settle(n, How::Reported);
                     }
-                    Some(Some(None)) => {
+                    Usage::Invalid => {
                         let e = this.settlement.estimate();
                         this.settlement.settle(e, How::Invalid);
                     }
-                    _ => {}
+                    Usage::Missing => {}
                 }
             }
             // The end without the trailer.
