@@ -432,40 +432,57 @@ mod serve {
             self.degraded
         }
 
-        /// A rate check: `Backend::check`, or what the failure mode says.
-        pub(crate) fn check(
+        /// One backend call of operation `op` under the failure mode: `on_main` on the
+        /// backend; when the server fails (now or earlier in this request), fail-open admits
+        /// without it, local-only makes `on_fallback` (given the fallback and the backend: a
+        /// hybrid node's own store is its backend's), fail-closed refuses.
+        fn guarded<T>(
             &mut self,
-            key: &[u8],
-            limits: &Limits,
-            cost: u32,
-        ) -> Outcome<Decision> {
-            let mode = match self.known_down("check") {
+            op: &'static str,
+            on_main: impl FnOnce(&'a dyn Backend) -> crate::Result<T>,
+            on_fallback: impl FnOnce(&'a Fallback, &'a dyn Backend) -> crate::Result<T>,
+        ) -> Outcome<T> {
+            let main = self.main;
+            let mode = match self.known_down(op) {
                 Some(mode) => mode,
-                None => match metrics::call("check", || self.main.check(key, limits, cost)) {
-                    Ok(d) => return Outcome::Done(d),
-                    Err(e) if is_outage(&e) => self.fail("check", &e.to_string()),
+                None => match metrics::call(op, || on_main(main)) {
+                    Ok(v) => return Outcome::Done(v),
+                    Err(e) if is_outage(&e) => self.fail(op, &e.to_string()),
                     Err(e) => return Outcome::Failed(e),
                 },
             };
             match (mode, self.fallback) {
                 (OnBackendError::FailOpen, _) => Outcome::Admit,
                 (OnBackendError::LocalOnly, Some(f)) => {
-                    // A hybrid node's own decision is local already; a shared node's is its
-                    // embedded store's, at the backend's clock.
-                    let r = metrics::call("check", || {
-                        if f.is_hybrid() {
-                            self.main.check(key, limits, cost)
-                        } else {
-                            f.local.check_at(key, limits, cost, self.main.now_ms())
-                        }
-                    });
-                    match r {
-                        Ok(d) => Outcome::Done(d),
+                    match metrics::call(op, || on_fallback(f, main)) {
+                        Ok(v) => Outcome::Done(v),
                         Err(e) => Outcome::Failed(e),
                     }
                 }
                 _ => Outcome::Refuse,
             }
+        }
+
+        /// A rate check: `Backend::check`, or what the failure mode says. Local-only: a
+        /// hybrid node's own decision is local already; a shared node's is its embedded
+        /// store's, at the backend's clock.
+        pub(crate) fn check(
+            &mut self,
+            key: &[u8],
+            limits: &Limits,
+            cost: u32,
+        ) -> Outcome<Decision> {
+            self.guarded(
+                "check",
+                |main| main.check(key, limits, cost),
+                |f, main| {
+                    if f.is_hybrid() {
+                        main.check(key, limits, cost)
+                    } else {
+                        f.local.check_at(key, limits, cost, main.now_ms())
+                    }
+                },
+            )
         }
 
         /// A reservation of `estimate` for a metered group ([`Backend::reserve_at`]), or what
@@ -479,37 +496,21 @@ mod serve {
             estimate: u32,
             ttl: std::time::Duration,
         ) -> Outcome<(Reserved, bool)> {
-            let mode = match self.known_down("reserve") {
-                Some(mode) => mode,
-                None => {
-                    let now = self.main.now_ms();
-                    match metrics::call("reserve", || {
-                        self.main.reserve_at(key, limits, estimate, ttl, now)
-                    }) {
-                        Ok(r) => return Outcome::Done((r, false)),
-                        Err(e) if is_outage(&e) => self.fail("reserve", &e.to_string()),
-                        Err(e) => return Outcome::Failed(e),
+            self.guarded(
+                "reserve",
+                |main| {
+                    let now = main.now_ms();
+                    Ok((main.reserve_at(key, limits, estimate, ttl, now)?, false))
+                },
+                |f, main| {
+                    let now = main.now_ms();
+                    if f.is_hybrid() {
+                        Ok((main.reserve_at(key, limits, estimate, ttl, now)?, false))
+                    } else {
+                        Ok((f.local.reserve_at(key, limits, estimate, ttl, now)?, true))
                     }
-                }
-            };
-            match (mode, self.fallback) {
-                (OnBackendError::FailOpen, _) => Outcome::Admit,
-                (OnBackendError::LocalOnly, Some(f)) => {
-                    let now = self.main.now_ms();
-                    let r = metrics::call("reserve", || {
-                        if f.is_hybrid() {
-                            self.main.reserve_at(key, limits, estimate, ttl, now)
-                        } else {
-                            f.local.reserve_at(key, limits, estimate, ttl, now)
-                        }
-                    });
-                    match r {
-                        Ok(r) => Outcome::Done((r, !f.is_hybrid())),
-                        Err(e) => Outcome::Failed(e),
-                    }
-                }
-                _ => Outcome::Refuse,
-            }
+                },
+            )
         }
 
         /// A concurrency permit of `cap` for `token` (`Done(None)`: the cap is reached), or
@@ -521,28 +522,11 @@ mod serve {
             cap: u32,
             lease: std::time::Duration,
         ) -> Outcome<Option<ConcurrencyGuard<'a>>> {
-            let mode = match self.known_down("permit") {
-                Some(mode) => mode,
-                None => {
-                    let main = ConcurrencyLimiter::new(self.main, cap, lease);
-                    match metrics::call("permit", || main.try_acquire(token)) {
-                        Ok(g) => return Outcome::Done(g),
-                        Err(e) if is_outage(&e) => self.fail("permit", &e.to_string()),
-                        Err(e) => return Outcome::Failed(e),
-                    }
-                }
-            };
-            match (mode, self.fallback) {
-                (OnBackendError::FailOpen, _) => Outcome::Admit,
-                (OnBackendError::LocalOnly, Some(f)) => {
-                    let local = ConcurrencyLimiter::new(&f.local, cap, lease);
-                    match metrics::call("permit", || local.try_acquire(token)) {
-                        Ok(g) => Outcome::Done(g),
-                        Err(e) => Outcome::Failed(e),
-                    }
-                }
-                _ => Outcome::Refuse,
-            }
+            self.guarded(
+                "permit",
+                |main| ConcurrencyLimiter::new(main, cap, lease).try_acquire(token),
+                |f, _| ConcurrencyLimiter::new(&f.local, cap, lease).try_acquire(token),
+            )
         }
 
         /// `Backend::begin`, or what the failure mode says; with the backend holding the
@@ -553,25 +537,17 @@ mod serve {
             key: &IdempotencyKey,
             fp: &Fingerprint,
         ) -> Outcome<(Begin, &'a dyn Backend)> {
-            let mode = match self.known_down("begin") {
-                Some(mode) => mode,
-                None => match metrics::call("begin", || self.main.begin(scope, key, fp)) {
-                    Ok(b) => return Outcome::Done((b, self.main)),
-                    Err(e) if is_outage(&e) => self.fail("begin", &e.to_string()),
-                    Err(e) => return Outcome::Failed(e),
+            self.guarded(
+                "begin",
+                |main| Ok((main.begin(scope, key, fp)?, main)),
+                |f, main| {
+                    let now = main.now_ms();
+                    Ok((
+                        f.local.begin_at(scope, key, fp, now)?,
+                        &f.local as &dyn Backend,
+                    ))
                 },
-            };
-            match (mode, self.fallback) {
-                (OnBackendError::FailOpen, _) => Outcome::Admit,
-                (OnBackendError::LocalOnly, Some(f)) => {
-                    let now = self.main.now_ms();
-                    match metrics::call("begin", || f.local.begin_at(scope, key, fp, now)) {
-                        Ok(b) => Outcome::Done((b, &f.local as &dyn Backend)),
-                        Err(e) => Outcome::Failed(e),
-                    }
-                }
-                _ => Outcome::Refuse,
-            }
+            )
         }
     }
 }
