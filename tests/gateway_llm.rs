@@ -113,6 +113,34 @@ impl Harness {
     }
 
     /// The tokens `token` has used in the chat group's minute window, as the store says now.
+    /// A streamed answer (estimate 300, usage 700 in a trailer never sent) held after its
+    /// first chunk, which has been read: its `x-ratelimit-remaining` and the body, to drop.
+    async fn held_stream(&self, token: &str) -> (Option<String>, axum::body::Body) {
+        let req = Harness::request(
+            STREAM,
+            token,
+            &[
+                ("x-max-tokens", "300"),
+                ("x-mock-usage", "700"),
+                ("x-mock-hold", "1"),
+            ],
+        )
+        .body(axum::body::Body::empty())
+        .expect("request");
+        let mut app = self.app.clone();
+        let resp = tower::Service::call(&mut app, req).await.expect("answer");
+        assert_eq!(resp.status(), StatusCode::OK);
+        let remaining = resp
+            .headers()
+            .get("x-ratelimit-remaining")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let mut body = resp.into_body();
+        let first = body.frame().await.expect("a frame").expect("data");
+        assert!(first.is_data());
+        (remaining, body)
+    }
+
     fn used_this_minute(&self, token: &str) -> u32 {
         let policy = self.gateway.policy();
         let group = policy.group("chat").expect("chat");
@@ -291,29 +319,8 @@ async fn a_streamed_answer_is_settled_by_its_trailer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_dropped_midway_is_charged_its_estimate() {
     let h = Harness::shipped().await;
-    let req = Harness::request(
-        STREAM,
-        "key_f",
-        &[
-            ("x-max-tokens", "300"),
-            ("x-mock-usage", "700"),
-            ("x-mock-hold", "1"),
-        ],
-    )
-    .body(axum::body::Body::empty())
-    .expect("request");
-    let mut app = h.app.clone();
-    let resp = tower::Service::call(&mut app, req).await.expect("answer");
-    assert_eq!(resp.status(), StatusCode::OK);
-    assert_eq!(
-        resp.headers()
-            .get("x-ratelimit-remaining")
-            .and_then(|v| v.to_str().ok()),
-        Some("700")
-    );
-    let mut body = resp.into_body();
-    let first = body.frame().await.expect("a frame").expect("data");
-    assert!(first.is_data());
+    let (remaining, body) = h.held_stream("key_f").await;
+    assert_eq!(remaining.as_deref(), Some("700"));
     assert_eq!(h.gateway.metering().dropped(), 0);
     // The client goes away: the usage is never known, the estimate is what is charged.
     drop(body);
@@ -334,23 +341,7 @@ fn meter_events(h: &Harness) {
 async fn with_a_stream_meter_a_client_that_goes_away_is_charged_what_was_streamed() {
     let h = Harness::shipped().await;
     meter_events(&h);
-    let req = Harness::request(
-        STREAM,
-        "key_m",
-        &[
-            ("x-max-tokens", "300"),
-            ("x-mock-usage", "700"),
-            ("x-mock-hold", "1"),
-        ],
-    )
-    .body(axum::body::Body::empty())
-    .expect("request");
-    let mut app = h.app.clone();
-    let resp = tower::Service::call(&mut app, req).await.expect("answer");
-    assert_eq!(resp.status(), StatusCode::OK);
-    let mut body = resp.into_body();
-    let first = body.frame().await.expect("a frame").expect("data");
-    assert!(first.is_data());
+    let (_, body) = h.held_stream("key_m").await;
     // Reserved, not settled yet.
     assert_eq!(h.used_this_minute("key_m"), 300);
     drop(body);
