@@ -108,6 +108,7 @@ impl Reservation {
 
     /// The same reservation, counted in sub-window `subs[i]` of window `i` (a store that learns
     /// them only once the estimate is counted, after the id named its guard).
+    #[cfg(feature = "redis")]
     pub(crate) fn counted_in(self, subs: &[Option<u64>; MAX_WINDOWS]) -> Reservation {
         Reservation {
             subs: subs.map(|m| m.unwrap_or(NOT_COUNTED)),
