@@ -256,7 +256,7 @@ impl Store {
     }
 
     /// [`Store::check`] at an explicit time (ms since the Unix epoch).
-    #[inline]
+    #[inline(always)]
     pub fn check_at(
         &self,
         key: &[u8],

@@ -88,10 +88,10 @@ impl Core {
         }
         let mut spins = 0u32;
         loop {
-            let line = match self.find(hash, key, &guard) {
-                Some(line) => line,
+            let (line, e) = match self.find_entry(hash, key, &guard) {
+                Some(found) => found,
                 None => match self.insert(hash, key, limits, &guard, now_ms) {
-                    Ok(line) => line,
+                    Ok(line) => (line, self.segs.entry(line)),
                     Err(Error::CapacityExhausted) => {
                         *out = self.full_decision(limits, cost, now_ms);
                         return Ok(());
@@ -99,7 +99,7 @@ impl Core {
                     Err(e) => return Err(e),
                 },
             };
-            match self.apply(line, limits, cost, now_ms, out, added) {
+            match self.apply(line, &e, limits, cost, now_ms, out, added) {
                 Applied::Done => return Ok(()),
                 Applied::Moved => {
                     self.retries.fetch_add(1, Ordering::Relaxed);
@@ -148,6 +148,7 @@ impl Core {
     fn apply(
         &self,
         line: u64,
+        e: &Entry<'_>,
         limits: &Limits,
         cost: u32,
         now_ms: u64,
@@ -157,8 +158,7 @@ impl Core {
         if limits.has_exact() {
             return self.apply_with_exact(line, limits, cost, now_ms, out);
         }
-        let e = self.segs.entry(line);
-        let Some(at) = self.windows_at(&e, limits) else {
+        let Some(at) = self.windows_at(e, limits) else {
             return Applied::Mismatch;
         };
         let items = limits.as_slice();
@@ -170,8 +170,8 @@ impl Core {
             let Some(geo) = shapes.get(i) else {
                 return Applied::Mismatch;
             };
-            let Some(win) = sliding_window(&e, at[i], geo) else {
-                self.undo(&e, &at, limits, added, cost);
+            let Some(win) = sliding_window(e, at[i], geo) else {
+                self.undo(e, &at, limits, added, cost);
                 return Applied::Moved;
             };
             match sliding::add(&win, geo, now_ms, cost) {
@@ -181,17 +181,17 @@ impl Core {
                 }
                 Added::Refused { seen, .. } => {
                     if i > 0 {
-                        self.undo(&e, &at, limits, added, cost);
+                        self.undo(e, &at, limits, added, cost);
                     }
                     *added = [None; MAX_WINDOWS];
                     // The refusing window's figures, if its refusal already worked them out.
                     let known = seen.map(|s| (i, WindowState::sliding(geo, &s)));
-                    self.snapshot_entry(&e, &at, limits, cost, now_ms, out, known.as_ref());
+                    self.snapshot_entry(e, &at, limits, cost, now_ms, out, known.as_ref());
                     refused_by(out, i, items.len());
                     return Applied::Done;
                 }
                 Added::Frozen => {
-                    self.undo(&e, &at, limits, added, cost);
+                    self.undo(e, &at, limits, added, cost);
                     return Applied::Moved;
                 }
             }

@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::key::MAX_KEY_LEN;
 use crate::limit::Limits;
 use crate::storage::format::{EntryHeader, KIND_WINDOWS};
+use crate::storage::segment::Entry;
 
 impl Core {
     #[inline]
@@ -25,10 +26,29 @@ impl Core {
             .find(hash, guard, |line| self.matches(line, key, kind))
     }
 
-    /// Whether the entry at `line` is a window entry for `key`.
+    /// Find the window entry for `key` without a lock: its line and the entry itself.
+    #[inline]
+    pub(crate) fn find_entry(
+        &self,
+        hash: u64,
+        key: &[u8],
+        guard: &Guard,
+    ) -> Option<(u64, Entry<'_>)> {
+        self.index.find_map(hash, guard, |line| {
+            let e = self.segs.entry(line);
+            self.holds(&e, key, KIND_WINDOWS).then_some((line, e))
+        })
+    }
+
+    /// Whether the entry at `line` is an entry of `kind` for `key`.
     #[inline]
     pub(crate) fn matches(&self, line: u64, key: &[u8], kind: u8) -> bool {
-        let e = self.segs.entry(line);
+        self.holds(&self.segs.entry(line), key, kind)
+    }
+
+    /// Whether `e` is an entry of `kind` for `key`.
+    #[inline]
+    fn holds(&self, e: &Entry<'_>, key: &[u8], kind: u8) -> bool {
         let h = EntryHeader::decode(e.load(0));
         if h.key_len != key.len() || h.kind != kind {
             return false;

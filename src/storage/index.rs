@@ -112,6 +112,18 @@ impl Index {
         guard: &Guard,
         mut matches: impl FnMut(u64) -> bool,
     ) -> Option<u64> {
+        self.find_map(hash, guard, |line| matches(line).then_some(line))
+    }
+
+    /// The first `Some` that `found` gives for a line of `hash`, probing without a lock: what
+    /// a check takes from the entry it compared the key in (so that it is not looked up twice).
+    #[inline]
+    pub(crate) fn find_map<T>(
+        &self,
+        hash: u64,
+        guard: &Guard,
+        mut found: impl FnMut(u64) -> Option<T>,
+    ) -> Option<T> {
         let table = self.stripe(hash).table.load(guard)?;
         let tag = tag_of(hash);
         let mut pos = hash as usize & table.mask;
@@ -121,9 +133,8 @@ impl Index {
                 return None;
             }
             if e != TOMBSTONE && e >> 48 == tag {
-                let line = (e & ID_MASK) - 2;
-                if matches(line) {
-                    return Some(line);
+                if let Some(t) = found((e & ID_MASK) - 2) {
+                    return Some(t);
                 }
             }
             pos = (pos + 1) & table.mask;

@@ -122,6 +122,9 @@ pub(crate) struct Slide {
     /// Counter width in bits.
     pub c: u32,
     tag_bits: u32,
+    /// `2^c - 1` and `2^tag_bits - 1`, kept rather than shifted out on every check.
+    field_mask: u64,
+    tag_mask: u64,
     wide: bool,
     ring_words: usize,
     geo: Geometry,
@@ -149,6 +152,8 @@ impl Slide {
             g,
             c,
             tag_bits,
+            field_mask: (1u64 << c) - 1,
+            tag_mask: (1u64 << tag_bits) - 1,
             wide,
             ring_words: (b * c).div_ceil(64) as usize,
             geo: Geometry::new(c, b, g),
@@ -200,12 +205,12 @@ impl Slide {
 
     #[inline]
     fn field_mask(&self) -> u64 {
-        (1u64 << self.c) - 1
+        self.field_mask
     }
 
     #[inline]
     fn tag_mask(&self) -> u64 {
-        (1u64 << self.tag_bits) - 1
+        self.tag_mask
     }
 
     /// `(cur, older)` of a head word.
