@@ -52,6 +52,19 @@ impl WindowState {
         }
     }
 
+    /// A sliding window that counted the request: `used` after it, back to its full limit at
+    /// `reset_ms`.
+    #[inline]
+    pub(crate) fn admitted(geo: &Slide, used: u64, reset_ms: u64) -> WindowState {
+        WindowState {
+            limit: geo.limit,
+            window_ms: geo.window_ms,
+            used: u32::try_from(used).unwrap_or(u32::MAX),
+            reset_ms,
+            retry_after_ms: 0,
+        }
+    }
+
     /// The window's limit.
     pub fn limit(&self) -> u32 {
         self.limit

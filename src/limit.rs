@@ -438,6 +438,24 @@ impl Limits {
         self.shapes_for(b)
     }
 
+    /// [`Limits::shapes`] as one array: the set's own with the default number of sub-windows,
+    /// else worked out into `own`. The check's loop indexes it directly, with no variant to
+    /// match on every window.
+    #[inline]
+    pub(crate) fn slides<'a>(
+        &'a self,
+        b: u32,
+        own: &'a mut [Option<Slide>; MAX_WINDOWS],
+    ) -> &'a [Option<Slide>; MAX_WINDOWS] {
+        if b == DEFAULT_SUB_WINDOWS {
+            return &self.slides;
+        }
+        if let Shapes::Own(s) = self.shapes_for(b) {
+            *own = s;
+        }
+        own
+    }
+
     /// [`Limits::shapes`] for a store with another number of sub-windows. Out of line, so that
     /// the compiler cannot hoist it onto the default store's check path.
     #[cold]

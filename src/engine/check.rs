@@ -161,13 +161,14 @@ impl Core {
         let Some(at) = self.windows_at(e, limits) else {
             return Applied::Mismatch;
         };
-        let items = limits.as_slice();
-        let shapes = limits.shapes(self.b);
+        let n = limits.len();
+        let mut own = [None; MAX_WINDOWS];
+        let slides = limits.slides(self.b, &mut own);
         // The sub-window each window counted in, for the take-back (and the caller).
         *added = [None; MAX_WINDOWS];
-        for (i, l) in items.iter().enumerate() {
-            // `windows_at` placed every window inside the entry: the `else` is not reached.
-            let Some(geo) = shapes.get(i) else {
+        for (i, geo) in slides.iter().take(n).enumerate() {
+            // No exact window on this path: the `else` is not reached.
+            let Some(geo) = geo else {
                 return Applied::Mismatch;
             };
             let Some(win) = sliding_window(e, at[i], geo) else {
@@ -177,7 +178,7 @@ impl Core {
             match sliding::add(&win, geo, now_ms, cost) {
                 Added::Yes { m, used, reset_ms } => {
                     added[i] = Some(m);
-                    out.windows[i] = admitted(l, used, reset_ms);
+                    out.windows[i] = WindowState::admitted(geo, used, reset_ms);
                 }
                 Added::Refused { seen, .. } => {
                     if i > 0 {
@@ -187,7 +188,7 @@ impl Core {
                     // The refusing window's figures, if its refusal already worked them out.
                     let known = seen.map(|s| (i, WindowState::sliding(geo, &s)));
                     self.snapshot_entry(e, &at, limits, cost, now_ms, out, known.as_ref());
-                    refused_by(out, i, items.len());
+                    refused_by(out, i, n);
                     return Applied::Done;
                 }
                 Added::Frozen => {
@@ -196,7 +197,7 @@ impl Core {
                 }
             }
         }
-        out.finish(true, items.len());
+        out.finish(true, n);
         Applied::Done
     }
 
@@ -231,7 +232,7 @@ impl Core {
         let mut added: [Option<u64>; MAX_WINDOWS] = [None; MAX_WINDOWS];
         let mut refused: Option<usize> = None;
         let shapes = limits.shapes(self.b);
-        for (i, l) in items.iter().enumerate() {
+        for i in 0..items.len() {
             let Some(geo) = shapes.get(i) else {
                 continue; // exact: below, under the lock
             };
@@ -242,7 +243,7 @@ impl Core {
             match sliding::add(&win, geo, now_ms, cost) {
                 Added::Yes { m, used, reset_ms } => {
                     added[i] = Some(m);
-                    ws[i] = admitted(l, used, reset_ms);
+                    ws[i] = WindowState::admitted(geo, used, reset_ms);
                 }
                 Added::Refused { .. } => {
                     refused = Some(i);
@@ -417,19 +418,6 @@ fn refused_by(out: &mut Decision, i: usize, len: usize) {
             w.retry_after_ms = w.retry_after_ms.max(1);
         }
         out.finish(false, len);
-    }
-}
-
-/// The state of window `l` that just admitted a request: `used` with it, back to its full
-/// limit at `reset_ms`.
-#[inline]
-fn admitted(l: &Limit, used: u64, reset_ms: u64) -> WindowState {
-    WindowState {
-        limit: l.limit(),
-        window_ms: l.window_ms(),
-        used: u32::try_from(used).unwrap_or(u32::MAX),
-        reset_ms,
-        retry_after_ms: 0,
     }
 }
 
