@@ -305,7 +305,7 @@ pub struct Limits {
     desc_words: [u64; MAX_WINDOWS.div_ceil(2)],
     /// State word offset of each window from the first window's, with the default number of
     /// sub-windows.
-    rel_at: [u16; MAX_WINDOWS],
+    rel_at: [usize; MAX_WINDOWS],
     len: u8,
     min_limit: u32,
     has_exact: bool,
@@ -370,13 +370,13 @@ impl Limits {
             let hi = u64::from(pair.get(1).copied().unwrap_or(0));
             *w = lo | (hi << 32);
         }
-        let mut rel_at = [0u16; MAX_WINDOWS];
-        let mut at = 0u16;
+        let mut rel_at = [0usize; MAX_WINDOWS];
+        let mut at = 0usize;
         for ((r, l), g) in rel_at.iter_mut().zip(limits).zip(&slides) {
             *r = at;
             at += match g {
-                Some(g) => g.words() as u16,
-                None => 1 + l.limit as u16,
+                Some(g) => g.words(),
+                None => 1 + l.limit as usize,
             };
         }
         Ok(Limits {
@@ -479,7 +479,7 @@ impl Limits {
     #[inline]
     pub(crate) fn rel_at(&self, i: usize, b: u32) -> usize {
         if b == DEFAULT_SUB_WINDOWS {
-            return self.rel_at.get(i).map_or(0, |&r| r as usize);
+            return self.rel_at.get(i).copied().unwrap_or(0);
         }
         (0..i).map(|j| self.words_of(j, b)).sum()
     }
@@ -488,7 +488,7 @@ impl Limits {
     #[inline]
     pub(crate) fn rel_offsets(&self, b: u32) -> [usize; MAX_WINDOWS] {
         if b == DEFAULT_SUB_WINDOWS {
-            return self.rel_at.map(usize::from);
+            return self.rel_at;
         }
         self.rel_offsets_for(b)
     }
