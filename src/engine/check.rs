@@ -374,10 +374,11 @@ impl Core {
         // some 60 instructions.
         let mut small: Option<Snap<SMALL_RING_WORDS>> = None;
         let mut snap: Option<Snap> = None;
-        let shapes = limits.shapes(self.b);
+        let mut own = [None; MAX_WINDOWS];
+        let slides = limits.slides(self.b, &mut own);
         for (i, l) in limits.as_slice().iter().enumerate() {
             let at = at[i];
-            ws[i] = match shapes.get(i) {
+            ws[i] = match &slides[i] {
                 _ if known.is_some_and(|&(k, _)| k == i) => {
                     known.map(|&(_, w)| w).unwrap_or_default()
                 }
