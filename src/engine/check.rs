@@ -99,7 +99,7 @@ impl Core {
                     Err(e) => return Err(e),
                 },
             };
-            match self.apply(line, &e, limits, cost, now_ms, out, added) {
+            match self.apply(&e, limits, cost, now_ms, out, added) {
                 Applied::Done => return Ok(()),
                 Applied::Moved => {
                     self.retries.fetch_add(1, Ordering::Relaxed);
@@ -147,7 +147,6 @@ impl Core {
     )]
     fn apply(
         &self,
-        line: u64,
         e: &Entry<'_>,
         limits: &Limits,
         cost: u32,
@@ -156,7 +155,7 @@ impl Core {
         added: &mut [Option<u64>; MAX_WINDOWS],
     ) -> Applied {
         if limits.has_exact() {
-            return self.apply_with_exact(line, limits, cost, now_ms, out);
+            return self.apply_with_exact(e, limits, cost, now_ms, out);
         }
         let Some(at) = self.windows_at(e, limits) else {
             return Applied::Mismatch;
@@ -211,14 +210,13 @@ impl Core {
     )]
     fn apply_with_exact(
         &self,
-        line: u64,
+        e: &Entry<'_>,
         limits: &Limits,
         cost: u32,
         now_ms: u64,
         out: &mut Decision,
     ) -> Applied {
-        let e = self.segs.entry(line);
-        let Some(at) = self.windows_at(&e, limits) else {
+        let Some(at) = self.windows_at(e, limits) else {
             return Applied::Mismatch;
         };
         let items = limits.as_slice();
@@ -236,7 +234,7 @@ impl Core {
             let Some(geo) = shapes.get(i) else {
                 continue; // exact: below, under the lock
             };
-            let Some(win) = sliding_window(&e, at[i], geo) else {
+            let Some(win) = sliding_window(e, at[i], geo) else {
                 refused = Some(i);
                 break;
             };
@@ -250,7 +248,7 @@ impl Core {
                     break;
                 }
                 Added::Frozen => {
-                    self.undo(&e, &at, limits, &added, cost);
+                    self.undo(e, &at, limits, &added, cost);
                     cell::unlock_meta(lock);
                     return Applied::Moved;
                 }
@@ -283,8 +281,8 @@ impl Core {
             }
         }
         if let Some(i) = refused {
-            self.undo(&e, &at, limits, &added, cost);
-            self.snapshot_entry(&e, &at, limits, cost, now_ms, out, None);
+            self.undo(e, &at, limits, &added, cost);
+            self.snapshot_entry(e, &at, limits, cost, now_ms, out, None);
             refused_by(out, i, items.len());
             cell::unlock_meta(lock);
             return Applied::Done;
