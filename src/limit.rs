@@ -276,9 +276,16 @@ impl Shapes<'_> {
     /// The shape of window `i` (`None` for an exact window).
     #[inline]
     pub(crate) fn get(&self, i: usize) -> Option<&Slide> {
+        self.all().get(i)?.as_ref()
+    }
+
+    /// Every window's shape, as one array: a loop over the windows indexes it directly, with
+    /// no variant to match on every window.
+    #[inline]
+    pub(crate) fn all(&self) -> &[Option<Slide>; MAX_WINDOWS] {
         match self {
-            Shapes::Set(s) => s.get(i)?.as_ref(),
-            Shapes::Own(s) => s.get(i)?.as_ref(),
+            Shapes::Set(s) => s,
+            Shapes::Own(s) => s,
         }
     }
 }
@@ -436,24 +443,6 @@ impl Limits {
             return Shapes::Set(&self.slides);
         }
         self.shapes_for(b)
-    }
-
-    /// [`Limits::shapes`] as one array: the set's own with the default number of sub-windows,
-    /// else worked out into `own`. The check's loop indexes it directly, with no variant to
-    /// match on every window.
-    #[inline]
-    pub(crate) fn slides<'a>(
-        &'a self,
-        b: u32,
-        own: &'a mut [Option<Slide>; MAX_WINDOWS],
-    ) -> &'a [Option<Slide>; MAX_WINDOWS] {
-        if b == DEFAULT_SUB_WINDOWS {
-            return &self.slides;
-        }
-        if let Shapes::Own(s) = self.shapes_for(b) {
-            *own = s;
-        }
-        own
     }
 
     /// [`Limits::shapes`] for a store with another number of sub-windows. Out of line, so that

@@ -161,8 +161,8 @@ impl Core {
             return Applied::Mismatch;
         };
         let n = limits.len();
-        let mut own = [None; MAX_WINDOWS];
-        let slides = limits.slides(self.b, &mut own);
+        let shapes = limits.shapes(self.b);
+        let slides = shapes.all();
         // The sub-window each window counted in, for the take-back (and the caller).
         *added = [None; MAX_WINDOWS];
         for (i, geo) in slides.iter().take(n).enumerate() {
@@ -372,8 +372,8 @@ impl Core {
         // some 60 instructions.
         let mut small: Option<Snap<SMALL_RING_WORDS>> = None;
         let mut snap: Option<Snap> = None;
-        let mut own = [None; MAX_WINDOWS];
-        let slides = limits.slides(self.b, &mut own);
+        let shapes = limits.shapes(self.b);
+        let slides = shapes.all();
         for (i, l) in limits.as_slice().iter().enumerate() {
             let at = at[i];
             ws[i] = match &slides[i] {
