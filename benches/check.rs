@@ -12,11 +12,13 @@
 //!   key, `black_box` it); `string` adds the copy into the reused `String` governor's
 //!   `check_key(&String)` takes. Subtract `string` from governor rows, `bytes` from others.
 //! * `admit/*`, checks admitted: `tollgate` (a file-backed store, as a gateway opens it),
-//!   `tollgate-mem` (hot key only: the same store in anonymous memory, to show what the file
+//!   `tollgate-mem` (the same store in anonymous memory with huge pages, to show what the file
 //!   costs), `governor` (`DefaultKeyedRateLimiter<String>`: a `DashMap` with std's SipHash
 //!   `RandomState`), `governor-ahash` (the same limiter over `DashMap<String, InMemoryState,
 //!   ahash::RandomState>`, from `RateLimiter::dashmap_with_hasher`: no new dependency),
-//!   `toy-one-miss` and `toy-bare` (the floors, `toys/mod.rs`).
+//!   `toy-one-miss` and `toy-bare` (the floors, `toys/mod.rs`), and `toy-wide` and
+//!   `toy-indexed` (three-line entries as tollgate lays them out, found from the hash alone or
+//!   through an index: what the index costs).
 //! * `at_limit/*`, checks refused: `tollgate`, `governor`, `governor-ahash`.
 //! * `threads/{engine}/{1-thread,2-threads}/keys` (not hot): the admit loop on 1 or 2 threads,
 //!   each on its own half of the keys, one spawn per sample either way (`iter_custom`); the
@@ -94,7 +96,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::middleware::NoOpMiddleware;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tollgate::{Limit, Limits, Options, Store};
-use toys::{Harness, Table, ToyBare, ToyOneMiss};
+use toys::{Harness, Table, ToyBare, ToyIndexed, ToyOneMiss, ToyWide, WideTable};
 
 const T0: u64 = 1_700_000_000_000;
 /// Fractional bits of the simulated clock (`t >> FP` is in ms).
@@ -547,7 +549,7 @@ fn admit(c: &mut Criterion, x: &Ctx) {
         drop(e);
         let _ = std::fs::remove_file(&path);
     }
-    if x.n == 1 && x.wants("admit", "tollgate-mem", false) {
+    if x.wants("admit", "tollgate-mem", false) {
         admit_rows(
             c,
             x,
@@ -573,6 +575,19 @@ fn admit(c: &mut Criterion, x: &Ctx) {
     }
     if x.wants("admit", "toy-bare", false) {
         admit_rows(c, x, "toy-bare", || ToyBare(Table::new(x.n)), false);
+    }
+    if x.wants("admit", "toy-wide", false) {
+        admit_rows(
+            c,
+            x,
+            "toy-wide",
+            || ToyWide(WideTable::new(x.n, false)),
+            false,
+        );
+    }
+    if x.wants("admit", "toy-indexed", false) {
+        let make = || ToyIndexed(WideTable::new(x.n, true));
+        admit_rows(c, x, "toy-indexed", make, false);
     }
 }
 

@@ -122,6 +122,8 @@ pub struct Options {
     pub(crate) on_full: OnFull,
     /// Refuse a file that lost segments instead of opening what is left.
     pub(crate) refuse_lost: bool,
+    /// Map the file's segments with 2 MiB pages where the kernel can.
+    pub(crate) huge_pages: bool,
     /// The test hook at every sync and allocation.
     pub(crate) io_hook: crate::storage::hook::Hook,
 }
@@ -168,6 +170,7 @@ impl Default for Options {
             max_entries: None,
             on_full: OnFull::Reject,
             refuse_lost: false,
+            huge_pages: true,
             io_hook: crate::storage::hook::Hook::default(),
         }
     }
@@ -194,6 +197,23 @@ impl Options {
     /// default).
     pub fn durability(mut self, d: crate::Durability) -> Self {
         self.common.idem.durability = d;
+        self
+    }
+
+    /// Ask the kernel to map the file's segments with 2 MiB pages (default: yes). Format 3
+    /// puts every segment on a 2 MiB boundary of the file for this; a kernel that keeps large
+    /// folios in the page cache for the file's file system (ext4 and XFS on recent Linux)
+    /// then maps a 4 MiB segment with two TLB entries instead of 1 024, and a check of a key
+    /// not in cache no longer pays a page walk to reach it (`docs/PERFORMANCE.md`). Where the
+    /// kernel cannot, nothing changes.
+    ///
+    /// The cost: the page cache dirties and writes back a whole 2 MiB page at a time. With
+    /// [`Durability::Sync`](crate::Durability::Sync), where every completed idempotency
+    /// record is flushed on its own, that would write 2 MiB per record, so huge pages are
+    /// not asked for then, whatever this says. A store with a small segment size
+    /// ([`Options::segment_size_log2`] below 21) gets none either.
+    pub fn huge_pages(mut self, enabled: bool) -> Self {
+        self.huge_pages = enabled;
         self
     }
 

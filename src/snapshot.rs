@@ -20,7 +20,7 @@ use std::path::Path;
 use crate::error::{Error, Result};
 use crate::options::Options;
 use crate::storage::file::Access;
-use crate::storage::format::{FileHeader, HEADER_LEN, HEADER_USED};
+use crate::storage::format::{FileHeader, HEADER_LEN, HEADER_USED, SEGMENTS_START};
 use crate::store::Store;
 
 impl Store {
@@ -66,12 +66,19 @@ impl FileShape {
         })?;
         let header = FileHeader::decode(&b)?;
         let segment_len = 1u64 << header.seg_shift;
-        let body = len.saturating_sub(HEADER_LEN);
+        // Segments start at `SEGMENTS_START`; bytes between the header page and there belong
+        // to a first segment cut short.
+        let body = len.saturating_sub(SEGMENTS_START);
+        let partial_bytes = if len < SEGMENTS_START {
+            len.saturating_sub(HEADER_LEN)
+        } else {
+            body % segment_len
+        };
         Ok(FileShape {
             len,
             segment_len,
             segments: body / segment_len,
-            partial_bytes: body % segment_len,
+            partial_bytes,
         })
     }
 

@@ -86,6 +86,8 @@ impl Store {
         segs.set_hook(opts.io_hook);
         if access == Access::ReadOnly {
             segs.set_private();
+        } else if opts.huge_pages && opts.common.idem.durability != crate::Durability::Sync {
+            segs.set_huge_pages();
         }
         segs.map_existing(count)?;
         let core = Core::new(Parts {

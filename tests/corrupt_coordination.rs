@@ -34,8 +34,9 @@ fn put(b: &mut [u8], at: usize, v: u64) {
 /// The file offset of the entry of `kind` whose key is `key`.
 fn find(b: &[u8], kind: u8, key: &[u8]) -> usize {
     let seg = 1usize << SEG_LOG2;
-    for s in 0..(b.len() - 4096) / seg {
-        let base = 4096 + s * seg;
+    // Segments start at 2 MiB (format 3).
+    for s in 0..(b.len() - (2 << 20)) / seg {
+        let base = (2 << 20) + s * seg;
         let class = u32::from_le_bytes(b[base + 12..base + 16].try_into().unwrap()) as usize;
         if class == 0 {
             continue;

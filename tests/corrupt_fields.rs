@@ -353,12 +353,12 @@ fn duplicate_entries() {
         move |b: &mut Vec<u8>, m: &FileMap| {
             let e = m.ent(&key);
             // The first free place of its size class after the last entry of its segment.
-            let seg = (e.at - HEADER) / SEG;
+            let seg = (e.at - SEG0) / SEG;
             let class = m.classes[seg] as usize * LINE;
             let last = m
                 .ents
                 .iter()
-                .filter(|x| (x.at - HEADER) / SEG == seg)
+                .filter(|x| (x.at - SEG0) / SEG == seg)
                 .map(|x| x.at);
             let to = last.max().expect("entries") + class;
             b.copy_within(e.at..e.at + class, to);

@@ -93,7 +93,7 @@ fn response_pointers() {
     let f = fixture();
     let m = &f.map;
     // The global line number of record `i`'s entry.
-    let entry_line = |i: usize| ((m.rec(i).at - HEADER) / LINE) as u64;
+    let entry_line = |i: usize| ((m.rec(i).at - SEG0) / LINE) as u64;
     let blob_seg = m.blob_seg() as u64 * SEG_LINES as u64;
     let other = get64(&f.bytes, m.rec(2).word(m.rec(2).state + 1));
     let pointer = |what: &str, v: u64| {
@@ -199,9 +199,7 @@ fn response_records() {
     cases.push(owner("past the file", |_| u64::from(u32::MAX)));
     cases.push(owner("0", |_| 0));
     cases.push(owner("itself", |m| (m.blob_seg() * SEG_LINES + 1) as u64));
-    cases.push(owner("record 2", |m| {
-        ((m.rec(2).at - HEADER) / LINE) as u64
-    }));
+    cases.push(owner("record 2", |m| ((m.rec(2).at - SEG0) / LINE) as u64));
     // The encoding, both crcs fixed: status u16, header count u16, name length u16, name
     // ("x-call"), value length u32, value ("c1"), body length u32, body.
     let payload = |what: &str, at: usize, v: &'static [u8]| {

@@ -126,7 +126,8 @@ fn built_store(path: &std::path::Path, n: u32) -> Vec<u8> {
 }
 
 const SEG: usize = 1 << 16;
-const PAGE: usize = 4096;
+/// Where segment 0 starts (format 3: 2 MiB, after the header page and a hole).
+const SEG0: usize = 2 << 20;
 
 /// Issue 20, item 1: a file cut at every segment boundary, and in the middle of every segment,
 /// opens with the lost segments counted (and `verify` says so), or with
@@ -137,7 +138,7 @@ fn truncation_at_every_segment_boundary_and_mid_segment_is_reported() {
     let (dir, path) = temp_store();
     // 1-line entries: 1023 per segment, so 5000 keys take 5 segments.
     let bytes = built_store(&path, 5_000);
-    let segments = (bytes.len() - PAGE) / SEG;
+    let segments = (bytes.len() - SEG0) / SEG;
     assert_eq!(segments, 5);
     let limits = per_minute();
     let probe = dir.path().join("cut.tg");
@@ -146,7 +147,7 @@ fn truncation_at_every_segment_boundary_and_mid_segment_is_reported() {
             if keep == segments && extra > 0 {
                 continue;
             }
-            let cut = PAGE + keep * SEG + extra;
+            let cut = SEG0 + keep * SEG + extra;
             let what = format!("cut at {cut} ({keep} segments and {extra} bytes)");
             std::fs::write(&probe, &bytes[..cut]).expect("write");
             let refused = Store::open(
@@ -207,7 +208,7 @@ fn truncation_at_every_segment_boundary_and_mid_segment_is_reported() {
             assert_eq!(store.open_report().missing_entries, Some(0), "{what}");
             assert_eq!(
                 std::fs::metadata(&probe).expect("metadata").len() as usize,
-                PAGE + keep * SEG,
+                SEG0 + keep * SEG,
                 "{what}: cut back to whole segments"
             );
         }
@@ -432,7 +433,7 @@ fn a_file_its_writer_never_left_cannot_count_its_lost_entries() {
     // The image of a crash now: the census was erased by this open.
     let bytes = std::fs::read(&path).expect("read");
     let probe = dir.path().join("crashed.tg");
-    std::fs::write(&probe, &bytes[..PAGE + 2 * SEG]).expect("write");
+    std::fs::write(&probe, &bytes[..SEG0 + 2 * SEG]).expect("write");
     let cut = Store::open(&probe, Options::default().compactor(false)).expect("opens");
     let r = cut.open_report();
     assert_eq!((r.lost_segments, r.missing_entries), (3, None), "{r:?}");

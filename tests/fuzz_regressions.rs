@@ -96,8 +96,8 @@ mod open_bytes {
                 lost_segments: 1,
                 ..OpenReport::default()
             }),
-            // A valid header of format version 3 (this build reads version 2).
-            "unsupported_version" => Expect::UnsupportedVersion(3),
+            // A valid header of format version 4 (this build reads version 3).
+            "unsupported_version" => Expect::UnsupportedVersion(4),
             // Segment 0's header line zeroed, with other bytes in the segment (found by the
             // fuzzer; see `a_stale_entry_of_a_blank_segment_is_not_served`).
             "blank_segment_garbage_lines" => opens(3, 0, 0, 1),

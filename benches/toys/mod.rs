@@ -167,6 +167,144 @@ impl Engine for ToyBare {
     }
 }
 
+/// An entry as tollgate lays out ErzyCall's pair with a 32-byte key: three lines, a header
+/// word, a descriptor word, the key (words 2-5), the minute window's head at word 6 and the
+/// hour window's at word 13 (the rings, never touched here, fill the rest).
+#[repr(align(64))]
+#[derive(Default)]
+struct Wide {
+    words: [AtomicU64; 24],
+}
+
+const WIDE_HEADS: [usize; 2] = [6, 13];
+
+/// Three-line entries, reached either from the hash alone (`toy-wide`: open addressing over
+/// entries, three quarters full) or through an index of 8-byte places beside them (`toy-indexed`:
+/// tag and entry number, three eighths to three quarters full, as `storage/index.rs` keeps it;
+/// entries stored in the order their keys came, as segments fill). Both pin, compare the key
+/// in place and count one compare-and-swap per window head, so the two differ by the index
+/// alone, and either differs from tollgate by what tollgate does besides.
+pub struct WideTable {
+    entries: Vec<Wide>,
+    index: Vec<AtomicU64>,
+    next: AtomicU64,
+    hasher: ahash::RandomState,
+}
+
+impl WideTable {
+    /// A table for `keys` keys; `indexed`: behind an index, else addressed by the hash.
+    pub fn new(keys: u64, indexed: bool) -> WideTable {
+        let (entries, index) = if indexed {
+            (keys as usize, (keys as usize * 4 / 3).next_power_of_two())
+        } else {
+            (keys as usize * 4 / 3 + 1, 0)
+        };
+        WideTable {
+            entries: (0..entries).map(|_| Wide::default()).collect(),
+            index: (0..index).map(|_| AtomicU64::new(0)).collect(),
+            next: AtomicU64::new(0),
+            hasher: ahash::RandomState::new(),
+        }
+    }
+
+    fn place(&self, hash: u64, n: usize) -> usize {
+        ((u128::from(hash) * n as u128) >> 64) as usize
+    }
+
+    /// Whether `e` holds `key` (header `head`); writes it there first if `e` is free.
+    fn claim_or_match(e: &Wide, head: u64, words: &[u64; 4]) -> Option<bool> {
+        match e.words[0].load(Ordering::Acquire) {
+            0 => {
+                for (w, &v) in e.words[2..6].iter().zip(words) {
+                    w.store(v, Ordering::Relaxed);
+                }
+                e.words[0].store(head, Ordering::Release);
+                Some(true)
+            }
+            h if h == head => Some(
+                e.words[2..6]
+                    .iter()
+                    .zip(words)
+                    .all(|(w, &v)| w.load(Ordering::Relaxed) == v),
+            ),
+            _ => None,
+        }
+    }
+
+    /// Count one request in both windows of `key` (inserting it if new: only while filling,
+    /// from one thread). Never refuses.
+    #[inline]
+    pub fn check<const INDEXED: bool>(&self, key: &[u8; 32], now_ms: u64) -> bool {
+        let hash = self.hasher.hash_one(key);
+        let mut words = [0u64; 4];
+        for (w, chunk) in words.iter_mut().zip(key.chunks_exact(8)) {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(chunk);
+            *w = u64::from_le_bytes(b);
+        }
+        let head = (hash >> 48) | (key.len() as u64) << 16 | 1 << 32;
+        let _guard = crossbeam_epoch::pin();
+        let e = if INDEXED {
+            let tag = (hash >> 48) << 40;
+            let mask = self.index.len() - 1;
+            let mut place = hash as usize & mask;
+            loop {
+                let v = self.index[place].load(Ordering::Acquire);
+                if v == 0 {
+                    let id = self.next.fetch_add(1, Ordering::Relaxed);
+                    let e = &self.entries[id as usize];
+                    Self::claim_or_match(e, head, &words);
+                    self.index[place].store(tag | (id + 1), Ordering::Release);
+                    break e;
+                }
+                if v & !((1 << 40) - 1) == tag {
+                    let e = &self.entries[((v & ((1 << 40) - 1)) - 1) as usize];
+                    if Self::claim_or_match(e, head, &words) == Some(true) {
+                        break e;
+                    }
+                }
+                place = (place + 1) & mask;
+            }
+        } else {
+            let n = self.entries.len();
+            let mut place = self.place(hash, n);
+            loop {
+                let e = &self.entries[place];
+                if Self::claim_or_match(e, head, &words) == Some(true) {
+                    break e;
+                }
+                place = if place + 1 == n { 0 } else { place + 1 };
+            }
+        };
+        [60_000u64, 3_600_000]
+            .iter()
+            .zip(WIDE_HEADS)
+            .all(|(&window_ms, at)| count(&e.words[at], now_ms / window_ms))
+    }
+}
+
+/// `toy-wide`: three-line entries found from the hash alone.
+pub struct ToyWide(pub WideTable);
+
+/// `toy-indexed`: three-line entries behind an index.
+pub struct ToyIndexed(pub WideTable);
+
+impl Engine for ToyWide {
+    #[inline]
+    fn check(&self, key: &mut Key, now_ms: u64) -> (bool, u64) {
+        let ok = self.0.check::<false>(&key.bytes, now_ms);
+        (ok, u64::from(ok))
+    }
+}
+
+impl Engine for ToyIndexed {
+    #[inline]
+    fn check(&self, key: &mut Key, now_ms: u64) -> (bool, u64) {
+        let ok = self.0.check::<true>(&key.bytes, now_ms);
+        (ok, u64::from(ok))
+    }
+}
+
 /// The harness alone: the key bytes, or the bytes and the `String`.
 pub struct Harness<const STRING: bool>;
 

@@ -8,8 +8,8 @@ const T0: u64 = 1_700_000_000_000;
 /// Segment size of the template: 64 KiB, the smallest.
 const SEG_SHIFT: u32 = 16;
 const SEG_LEN: usize = 1 << SEG_SHIFT;
-/// The header page.
-const HEADER_PAGE: usize = 4096;
+/// Where segment 0 starts (format 3: on a 2 MiB boundary, after the header page).
+const SEGMENTS_START: usize = 2 << 20;
 /// Keys the checks use: three are in the template, `delta` is not.
 const KEYS: [&[u8]; 4] = [b"alpha", b"beta", b"gamma", b"delta"];
 /// Scope and keys of the template's idempotency records: completed, in flight.
@@ -80,7 +80,7 @@ fn build_template(dir: &Path) -> Vec<u8> {
     store.close().expect("close the template");
     let bytes = std::fs::read(&path).expect("read the template");
     std::fs::remove_file(&path).expect("remove the template");
-    assert_eq!((bytes.len() - HEADER_PAGE) % SEG_LEN, 0, "template layout");
+    assert_eq!((bytes.len() - SEGMENTS_START) % SEG_LEN, 0, "template layout");
     bytes
 }
 
@@ -89,13 +89,13 @@ fn build_file(data: &[u8], template: &[u8]) -> Vec<u8> {
     let Some((&mode, payload)) = data.split_first() else {
         return Vec::new();
     };
-    let segments = (template.len() - HEADER_PAGE) / SEG_LEN;
+    let segments = (template.len() - SEGMENTS_START) / SEG_LEN;
     let at = match mode % 16 {
         0..=4 => return payload.to_vec(),
         5 => 64,
         m => {
             let k = usize::from(m - 6);
-            HEADER_PAGE + (k / 2 % segments) * SEG_LEN + (k % 2) * 64
+            SEGMENTS_START + (k / 2 % segments) * SEG_LEN + (k % 2) * 64
         }
     };
     let mut file = template.to_vec();

@@ -85,8 +85,8 @@ fn set_u32(b: &mut [u8], at: usize, v: u32) {
 /// The entries of a file, in file order (offset, lines), read with its segment headers.
 fn entries_of(b: &[u8]) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
-    for seg in 0..b.len().saturating_sub(HEADER_PAGE) / SEG_LEN {
-        let s = HEADER_PAGE + seg * SEG_LEN;
+    for seg in 0..b.len().saturating_sub(SEGMENTS_START) / SEG_LEN {
+        let s = SEGMENTS_START + seg * SEG_LEN;
         let class = (word_at(b, s + 8) >> 32) as usize;
         if b.get(s..s + 8) != Some(b"TGSEGMNT") || class == 0 || class > 16 {
             continue;
@@ -108,12 +108,12 @@ fn line_offset(line: u64) -> usize {
     let per = (SEG_LEN / 64) as u64;
     let seg = usize::try_from(line / per).unwrap_or(usize::MAX);
     seg.saturating_mul(SEG_LEN)
-        .saturating_add(HEADER_PAGE + (line % per) as usize * 64)
+        .saturating_add(SEGMENTS_START + (line % per) as usize * 64)
 }
 
 /// Global line number of file offset `at` (in a segment).
 fn line_of(at: usize) -> u64 {
-    ((at - HEADER_PAGE) / 64) as u64
+    ((at - SEGMENTS_START) / 64) as u64
 }
 
 /// The response record of the first completed record of `b`: its offset and its entry's.
@@ -135,8 +135,8 @@ fn apply(b: &mut [u8], field: Field, value: Value) {
         Field::SegmentCount => (72, 4, 0),
         Field::NewestTime => (64, 8, 0),
         Field::SegmentHeader { seg, slot } => {
-            let segs = (b.len() - HEADER_PAGE) / SEG_LEN;
-            let s = HEADER_PAGE + usize::from(seg) % segs.max(1) * SEG_LEN;
+            let segs = (b.len() - SEGMENTS_START) / SEG_LEN;
+            let s = SEGMENTS_START + usize::from(seg) % segs.max(1) * SEG_LEN;
             (s + 4 * usize::from(slot % 15), 4, line_of(s))
         }
         Field::Entry { entry, word, half } => {
@@ -192,8 +192,8 @@ fn fix_crcs(b: &mut [u8]) {
     set_u32(b, 60, crc);
     let count = crc32fast::hash(&b[72..76]);
     set_u32(b, 76, count);
-    for seg in 0..(b.len() - HEADER_PAGE) / SEG_LEN {
-        let s = HEADER_PAGE + seg * SEG_LEN;
+    for seg in 0..(b.len() - SEGMENTS_START) / SEG_LEN {
+        let s = SEGMENTS_START + seg * SEG_LEN;
         let crc = crc32fast::hash(&b[s..s + 60]);
         set_u32(b, s + 60, crc);
     }

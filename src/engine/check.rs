@@ -86,9 +86,16 @@ impl Core {
             };
             return Ok(());
         }
+        // Where the windows' heads are in an entry of `key` with these limits.
+        let mut heads = limits.rel_offsets(self.b);
+        let state_at = 1 + limits.len().div_ceil(2) + key.len().div_ceil(8);
+        for h in &mut heads {
+            *h += state_at;
+        }
+        let heads = heads.get(..limits.len()).unwrap_or(&[]);
         let mut spins = 0u32;
         loop {
-            let (line, e) = match self.find_entry(hash, key, &guard) {
+            let (line, e) = match self.find_entry(hash, key, heads, &guard) {
                 Some(found) => found,
                 None => match self.insert(hash, key, limits, &guard, now_ms) {
                     Ok(line) => (line, self.segs.entry(line)),

@@ -27,15 +27,22 @@ impl Core {
     }
 
     /// Find the window entry for `key` without a lock: its line and the entry itself.
+    /// `touch` are the words the check will read if the entry is `key`'s (its windows' heads):
+    /// their lines start loading before the header is read, so the misses of a cold entry's
+    /// lines overlap instead of following one another.
     #[inline]
     pub(crate) fn find_entry(
         &self,
         hash: u64,
         key: &[u8],
+        touch: &[usize],
         guard: &Guard,
     ) -> Option<(u64, Entry<'_>)> {
         self.index.find_map(hash, guard, |line| {
             let e = self.segs.entry(line);
+            for &i in touch {
+                e.prefetch(i);
+            }
             self.holds(&e, key, KIND_WINDOWS).then_some((line, e))
         })
     }

@@ -25,7 +25,9 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::format::{FileHeader, CENSUS_AT, HEADER_LEN, HEADER_USED, LINE, SEGMENTS_AT};
+use super::format::{
+    FileHeader, CENSUS_AT, HEADER_LEN, HEADER_USED, LINE, SEGMENTS_AT, SEGMENTS_START,
+};
 use super::hook::{Hook, IoEvent};
 use super::raw::Map;
 use crate::error::{Error, Result};
@@ -109,7 +111,7 @@ pub(crate) fn open(
         read_header(&mut file)?
     };
     let seg_len = 1u64 << header.seg_shift;
-    let body = len.saturating_sub(HEADER_LEN);
+    let body = len.saturating_sub(SEGMENTS_START);
     let whole = if len == 0 { 0 } else { body / seg_len };
     let recorded = if len == 0 {
         Some(0)
@@ -130,7 +132,7 @@ pub(crate) fn open(
         });
     }
     if write && len > 0 {
-        let end = HEADER_LEN + segments * seg_len;
+        let end = SEGMENTS_START + segments * seg_len;
         if len != end && len > HEADER_LEN {
             // A crash while growing left a partial segment, or whole segments the count never
             // took in: nothing in them was ever used (a segment is used only once its whole
@@ -175,7 +177,7 @@ pub(crate) fn open(
 fn blank_from(file: &File, from: u64, to: u64, seg_len: u64) -> Result<bool> {
     let mut line = [0u8; LINE];
     for seg in from..to {
-        file.read_exact_at(&mut line, HEADER_LEN + seg * seg_len)?;
+        file.read_exact_at(&mut line, SEGMENTS_START + seg * seg_len)?;
         if line.iter().any(|&b| b != 0) {
             return Ok(false);
         }
@@ -295,11 +297,11 @@ mod tests {
             sub_windows: 64,
             created_ms: 0,
         };
-        let mut b = vec![0u8; HEADER_LEN as usize + used.len() * (1 << 16)];
+        let mut b = vec![0u8; SEGMENTS_START as usize + used.len() * (1 << 16)];
         b[..HEADER_USED].copy_from_slice(&header.encode());
         b[SEGMENTS_AT..SEGMENTS_AT + 8].copy_from_slice(&FileHeader::segment_word(count));
         for (i, _) in used.iter().enumerate().filter(|(_, &u)| u) {
-            b[HEADER_LEN as usize + i * (1 << 16)] = 1;
+            b[SEGMENTS_START as usize + i * (1 << 16)] = 1;
         }
         std::fs::write(&path, b).unwrap();
         path
@@ -320,7 +322,7 @@ mod tests {
             (o.segments, o.lost_segments, o.count_damaged),
             (1, 0, false)
         );
-        assert_eq!(o.file.metadata().unwrap().len(), HEADER_LEN + (1 << 16));
+        assert_eq!(o.file.metadata().unwrap().len(), SEGMENTS_START + (1 << 16));
         drop(o);
         // A count below segments in use (a count of 0 passes its crc as well as any other):
         // the count is wrong, not the file; nothing is cut, and the count is written again.
@@ -328,7 +330,10 @@ mod tests {
             let path = file_with(dir.path(), count, &[true, true]);
             let o = open_at(&path);
             assert_eq!((o.segments, o.lost_segments, o.count_damaged), (2, 0, true));
-            assert_eq!(o.file.metadata().unwrap().len(), HEADER_LEN + 2 * (1 << 16));
+            assert_eq!(
+                o.file.metadata().unwrap().len(),
+                SEGMENTS_START + 2 * (1 << 16)
+            );
             assert_eq!(read_count(&o.file).unwrap(), Some(2), "count {count}");
         }
     }

@@ -12,9 +12,15 @@ pub(crate) const FILE_MAGIC: [u8; 8] = *b"TOLLGATE";
 /// Magic bytes at the start of every segment.
 pub(crate) const SEGMENT_MAGIC: [u8; 8] = *b"TGSEGMNT";
 /// The format version this build reads and writes.
-pub(crate) const FORMAT_VERSION: u32 = 2;
-/// Size of the file header region (one page): segments start after it.
+pub(crate) const FORMAT_VERSION: u32 = 3;
+/// Size of the file header page.
 pub(crate) const HEADER_LEN: u64 = 4096;
+/// Byte offset of segment 0 in the file (format 3; format 2 put it right after the header
+/// page). Between the header page and the first segment is a hole that takes no disk space.
+/// It puts every segment of 2 MiB or more on a 2 MiB boundary of the file, which the kernel
+/// needs to map the segment's page cache with 2 MiB pages (`Options::huge_pages`): a check
+/// of a cold key then finds its entry's page in the TLB, or one short walk away.
+pub(crate) const SEGMENTS_START: u64 = 2 << 20;
 /// Bytes of the header that carry data (the rest of the page is zero).
 pub(crate) const HEADER_USED: usize = 64;
 /// Byte offset in the header page of the newest time the store has seen (ms since the Unix
@@ -437,14 +443,26 @@ mod tests {
             FileHeader::decode(&v1),
             Err(Error::UnsupportedVersion {
                 found: 1,
-                supported: 2
+                supported: 3
             })
         ));
-        let mut v3 = b;
-        v3[8] = 3;
+        // A file of the second format (segments right after the header page) too.
+        let mut v2 = b;
+        v2[8] = 2;
+        let crc = crc32fast::hash(&v2[0..60]);
+        v2[60..64].copy_from_slice(&crc.to_le_bytes());
         assert!(matches!(
-            FileHeader::decode(&v3),
-            Err(Error::UnsupportedVersion { found: 3, .. })
+            FileHeader::decode(&v2),
+            Err(Error::UnsupportedVersion {
+                found: 2,
+                supported: 3
+            })
+        ));
+        let mut v4 = b;
+        v4[8] = 4;
+        assert!(matches!(
+            FileHeader::decode(&v4),
+            Err(Error::UnsupportedVersion { found: 4, .. })
         ));
         assert!(FileHeader::decode(&b[..10]).is_err());
         let mut v1 = b;
@@ -453,7 +471,7 @@ mod tests {
             FileHeader::decode(&v1),
             Err(Error::UnsupportedVersion {
                 found: 1,
-                supported: 2
+                supported: 3
             })
         ));
     }

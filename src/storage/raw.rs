@@ -49,6 +49,16 @@ impl Map {
         Ok(Map { raw })
     }
 
+    /// Ask the kernel to back this map with 2 MiB pages where it can (`MADV_HUGEPAGE`): for a
+    /// segment on a 2 MiB boundary of its file (`format::SEGMENTS_START`), on a kernel and file
+    /// system that keep large folios in the page cache (ext4 and XFS on recent Linux). Best
+    /// effort: a refusal, or a kernel that ignores it, changes nothing but speed. (Miri cannot
+    /// run the madvise call.)
+    pub(crate) fn advise_huge(&self) {
+        #[cfg(all(target_os = "linux", not(miri)))]
+        let _ = self.raw.advise(memmap2::Advice::HugePage);
+    }
+
     /// Fault in the first `len` bytes of the map (all of it if shorter), writable, now
     /// (`MADV_POPULATE_WRITE`): for a segment just grown, so that the checks that fill it do
     /// not each meet a page's first-touch fault. Best effort: a kernel without it (before
@@ -101,6 +111,23 @@ fn word_at<'a>(base: NonNull<u8>, len: usize, offset: usize) -> Option<&'a Atomi
     // owner of the map, which is never unmapped while borrowed (module docs); and every access
     // to mapped memory from this process is atomic, so there is no data race.
     Some(unsafe { AtomicU64::from_ptr(base.as_ptr().add(offset).cast::<u64>()) })
+}
+
+/// Ask the processor to start loading the cache line of `w`, without waiting for it: a check
+/// that knows which lines of an entry it will read issues their misses together instead of one
+/// after another. Only a hint (no-op off x86-64); it never changes what any load returns.
+#[inline(always)]
+pub(crate) fn prefetch(w: &AtomicU64) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `_mm_prefetch` needs SSE, which every x86-64 processor has (it is part of the
+    // target's baseline); a prefetch never faults and reads nothing into the program, and `w`
+    // is a live reference anyway.
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        _mm_prefetch::<_MM_HINT_T0>(w.as_ptr().cast_const().cast::<i8>());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = w;
 }
 
 /// The segments of a store: a fixed table of base addresses that readers load without a lock,

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::format::{SegmentHeader, BLOB_SEGMENT, HEADER_LEN, LINE, MAX_ENTRY_LINES};
+use super::format::{SegmentHeader, BLOB_SEGMENT, LINE, MAX_ENTRY_LINES, SEGMENTS_START};
 use super::hook::{Hook, IoEvent};
 use super::raw::{Map, Maps};
 use crate::error::{Error, Result};
@@ -41,6 +41,15 @@ impl<'a> Entry<'a> {
     #[inline]
     pub(crate) fn run(&self, i: usize, n: usize) -> Option<&'a [AtomicU64]> {
         self.words.get(i..i.checked_add(n)?)
+    }
+
+    /// Start loading the line that holds word `i` (nothing if out of range): see
+    /// [`super::raw::prefetch`].
+    #[inline(always)]
+    pub(crate) fn prefetch(&self, i: usize) {
+        if let Some(w) = self.w(i) {
+            super::raw::prefetch(w);
+        }
     }
 
     /// Load word `i` (0 if out of range).
@@ -113,6 +122,8 @@ pub(crate) struct Segments {
     /// Segments are private copy-on-write maps of a file open for reading (a read-only view):
     /// the file is never grown or written.
     private: bool,
+    /// Map file segments with 2 MiB pages where the kernel can (`Options::huge_pages`).
+    huge: bool,
     /// The test hook at every sync and allocation.
     hook: Hook,
     /// A sync or an allocation failed: every write is refused until the store is reopened.
@@ -141,6 +152,7 @@ impl Segments {
             released: Arc::new(Mutex::new(Released::default())),
             pending: Arc::new(AtomicU64::new(0)),
             private: false,
+            huge: false,
             hook: Hook::default(),
             poisoned: AtomicBool::new(false),
             spare: Spare::default(),
@@ -174,6 +186,11 @@ impl Segments {
             self.poisoned.store(true, Ordering::Release);
             Error::Io(e)
         })
+    }
+
+    /// Ask for 2 MiB pages for every file segment mapped from now on (`Options::huge_pages`).
+    pub(crate) fn set_huge_pages(&mut self) {
+        self.huge = true;
     }
 
     /// Map the file's segments as private copy-on-write maps (read-only views).
@@ -237,14 +254,17 @@ impl Segments {
             let map = match &self.file {
                 Some(f) if self.private => Map::file_private(
                     f,
-                    HEADER_LEN + i as u64 * self.seg_len(),
+                    SEGMENTS_START + i as u64 * self.seg_len(),
                     1 << self.seg_shift,
                 )?,
-                Some(f) => Map::file(
-                    f,
-                    HEADER_LEN + i as u64 * self.seg_len(),
-                    1 << self.seg_shift,
-                )?,
+                Some(f) => {
+                    let off = SEGMENTS_START + i as u64 * self.seg_len();
+                    let map = Map::file(f, off, 1 << self.seg_shift)?;
+                    if self.huge {
+                        map.advise_huge();
+                    }
+                    map
+                }
                 None => return Err(Error::InvalidOptions("no file to map")),
             };
             self.maps.push(map)?;
@@ -470,7 +490,7 @@ impl Segments {
     /// Byte offset in the file of global line `line` (for error reports).
     pub(crate) fn file_offset(&self, line: u64) -> u64 {
         let seg = line >> (self.seg_shift - 6);
-        HEADER_LEN + seg * self.seg_len() + (line & (self.seg_lines() - 1)) * LINE as u64
+        SEGMENTS_START + seg * self.seg_len() + (line & (self.seg_lines() - 1)) * LINE as u64
     }
 
     /// Flush `lines` lines from `line` to the file (msync), and the header line of their
@@ -491,7 +511,7 @@ impl Segments {
     /// msync bytes `off..off + len` of segment `seg`.
     fn msync(&self, seg: usize, off: usize, len: usize) -> Result<()> {
         let event = IoEvent::Msync {
-            offset: HEADER_LEN + seg as u64 * self.seg_len() + off as u64,
+            offset: SEGMENTS_START + seg as u64 * self.seg_len() + off as u64,
             len: len as u64,
         };
         self.durable(

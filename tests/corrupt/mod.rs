@@ -22,7 +22,8 @@ use tollgate::{
 
 /// 64 KiB segments, the smallest: the file is small and its layout easy to follow.
 pub const SEG: usize = 1 << 16;
-pub const HEADER: usize = 4096;
+/// Where segment 0 starts (format 3: on a 2 MiB boundary, after the header page and a hole).
+pub const SEG0: usize = 2 << 20;
 pub const LINE: usize = 64;
 pub const SEG_LINES: usize = SEG / LINE;
 /// When everything is read: every count written (T0 to T0 + 0.5 s) is still in its window,
@@ -152,7 +153,7 @@ pub fn put64(b: &mut [u8], at: usize, v: u64) {
 }
 
 pub fn seg_at(seg: usize) -> usize {
-    HEADER + seg * SEG
+    SEG0 + seg * SEG
 }
 
 pub fn line_at(line: u64) -> usize {
@@ -200,7 +201,7 @@ impl FileMap {
     }
 
     pub fn seg_of(&self, key: &[u8]) -> usize {
-        (self.ent(key).at - HEADER) / SEG
+        (self.ent(key).at - SEG0) / SEG
     }
 
     /// The window keys whose entries are in segment `seg`.
@@ -240,7 +241,7 @@ pub fn window_words(d: u32) -> usize {
 
 pub fn parse(b: &[u8]) -> FileMap {
     let mut map = FileMap::default();
-    for seg in 0..(b.len() - HEADER) / SEG {
+    for seg in 0..(b.len() - SEG0) / SEG {
         let s = seg_at(seg);
         let class = u32::from_le_bytes(b[s + 12..s + 16].try_into().expect("4 bytes"));
         map.classes.push(class);

@@ -26,7 +26,7 @@ use parking_lot::Mutex;
 
 use super::{Alloc, Segments};
 use crate::error::{Error, Result};
-use crate::storage::format::HEADER_LEN;
+use crate::storage::format::SEGMENTS_START;
 use crate::storage::hook::IoEvent;
 use crate::storage::raw::Map;
 
@@ -142,7 +142,7 @@ impl Segments {
         self.writable()?;
         let map = match &self.file {
             Some(f) => {
-                let off = HEADER_LEN + idx as u64 * self.seg_len();
+                let off = SEGMENTS_START + idx as u64 * self.seg_len();
                 let len = self.seg_len();
                 self.durable(self.hook.run(IoEvent::Allocate { offset: off, len }, || {
                     crate::storage::sys::allocate(f, off, len)
@@ -157,6 +157,10 @@ impl Segments {
                     self.poisoned.store(true, Ordering::Release);
                 })?;
                 let map = self.durable(Map::file(f, off, 1 << self.seg_shift))?;
+                // Before the first touch, so that the pages populated are huge ones.
+                if self.huge {
+                    map.advise_huge();
+                }
                 map.populate(POPULATE_BYTES);
                 map
             }
