@@ -231,7 +231,10 @@ impl Options {
     /// dirtied since the last sync: with a spare, the allocation that fills a segment takes
     /// the next one at once and the compactor grows another in the background, so no check
     /// waits for the disk. The file is then up to one segment (4 MiB by default) larger than
-    /// its entries need; [`Stats::bytes`](crate::Stats::bytes) counts it.
+    /// its entries need; [`Stats::bytes`](crate::Stats::bytes) counts it. (With or without
+    /// this, a growth on a request's path adds a quarter as many segments as the file has, up
+    /// to 64 MiB, and keeps the ones it did not need as spares; this grows a spare only when
+    /// none is left.)
     ///
     /// Off by default because it was measured to cost more than it saves on a small, busy
     /// file: the background syncs write back pages the checks are writing, and the p99 of new

@@ -157,6 +157,14 @@ impl Maps {
         }
     }
 
+    /// Fault in the first `len` bytes of segment `seg`, writable ([`Map::populate`]; nothing
+    /// if it is not mapped).
+    pub(crate) fn populate(&self, seg: usize, len: usize) {
+        if let Some(map) = self.owned.lock().get(seg) {
+            map.populate(len);
+        }
+    }
+
     /// Number of segments mapped so far.
     pub(crate) fn count(&self) -> usize {
         self.owned.lock().len()
