@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::window::sliding::{self, Slide};
+use crate::window::{places, At};
 
 /// The default number of sub-windows ([`crate::Options::sub_windows`]).
 pub(crate) const DEFAULT_SUB_WINDOWS: u32 = sliding::DEFAULT_B;
@@ -252,10 +253,19 @@ impl Descriptor {
     /// Number of 8-byte state words this window occupies in an entry of a store with `b`
     /// sub-windows per window (0 if `b` is out of range).
     pub(crate) fn words(&self, b: u32) -> usize {
+        let (head, ring) = self.parts(b);
+        head + ring
+    }
+
+    /// The words of this window's head part and of its ring part (see [`crate::window::At`]):
+    /// an exact window's meta word and ring are all head part; a sliding window's head part is
+    /// its head and base words. `(0, 0)` if `b` is out of range.
+    pub(crate) fn parts(&self, b: u32) -> (usize, usize) {
         if self.exact {
-            1 + self.cap as usize
+            (1 + self.cap as usize, 0)
         } else {
-            self.slide(b).map_or(0, |s| s.words())
+            self.slide(b)
+                .map_or((0, 0), |s| (s.head_words(), s.ring_words()))
         }
     }
 }
@@ -310,9 +320,9 @@ pub struct Limits {
     slides: [Option<Slide>; MAX_WINDOWS],
     /// The descriptors as an entry stores them: two per word.
     desc_words: [u64; MAX_WINDOWS.div_ceil(2)],
-    /// State word offset of each window from the first window's, with the default number of
-    /// sub-windows.
-    rel_at: [usize; MAX_WINDOWS],
+    /// Where each window's head part and ring part are, from the first state word, with the
+    /// default number of sub-windows ([`crate::window::places`]).
+    rel_at: [At; MAX_WINDOWS],
     len: u8,
     min_limit: u32,
     has_exact: bool,
@@ -377,15 +387,14 @@ impl Limits {
             let hi = u64::from(pair.get(1).copied().unwrap_or(0));
             *w = lo | (hi << 32);
         }
-        let mut rel_at = [0usize; MAX_WINDOWS];
-        let mut at = 0usize;
-        for ((r, l), g) in rel_at.iter_mut().zip(limits).zip(&slides) {
-            *r = at;
-            at += match g {
-                Some(g) => g.words(),
-                None => 1 + l.limit as usize,
+        let mut parts = [(0usize, 0usize); MAX_WINDOWS];
+        for ((p, l), g) in parts.iter_mut().zip(limits).zip(&slides) {
+            *p = match g {
+                Some(g) => (g.head_words(), g.ring_words()),
+                None => (1 + l.limit as usize, 0),
             };
         }
+        let (rel_at, _) = places(parts.get(..limits.len()).unwrap_or(&[]));
         Ok(Limits {
             items,
             descriptors,
@@ -463,19 +472,11 @@ impl Limits {
         self.desc_words.get(..self.len().div_ceil(2)).unwrap_or(&[])
     }
 
-    /// Offset of window `i`'s state from the first window's, in words, with `b` sub-windows
-    /// per window.
+    /// Where every window's head part and ring part are, from the first state word, in a
+    /// store with `b` sub-windows per window (entries past the set's windows are zero): the
+    /// precomputed places for the default `b`.
     #[inline]
-    pub(crate) fn rel_at(&self, i: usize, b: u32) -> usize {
-        if b == DEFAULT_SUB_WINDOWS {
-            return self.rel_at.get(i).copied().unwrap_or(0);
-        }
-        (0..i).map(|j| self.words_of(j, b)).sum()
-    }
-
-    /// [`Limits::rel_at`] of every window at once (entries past the set's windows are 0).
-    #[inline]
-    pub(crate) fn rel_offsets(&self, b: u32) -> [usize; MAX_WINDOWS] {
+    pub(crate) fn rel_offsets(&self, b: u32) -> [At; MAX_WINDOWS] {
         if b == DEFAULT_SUB_WINDOWS {
             return self.rel_at;
         }
@@ -485,21 +486,16 @@ impl Limits {
     /// [`Limits::rel_offsets`] for a store with another number of sub-windows, out of line.
     #[cold]
     #[inline(never)]
-    fn rel_offsets_for(&self, b: u32) -> [usize; MAX_WINDOWS] {
-        let mut out = [0; MAX_WINDOWS];
-        for (i, o) in out.iter_mut().enumerate().take(self.len()) {
-            *o = self.rel_at(i, b);
+    fn rel_offsets_for(&self, b: u32) -> [At; MAX_WINDOWS] {
+        let mut parts = [(0usize, 0usize); MAX_WINDOWS];
+        for (i, p) in parts.iter_mut().enumerate().take(self.len()) {
+            *p = match (self.slide(i, b), self.items.get(i)) {
+                (Some(g), _) => (g.head_words(), g.ring_words()),
+                (None, Some(l)) => (1 + l.limit as usize, 0),
+                (None, None) => (0, 0),
+            };
         }
-        out
-    }
-
-    /// State words of window `i` with `b` sub-windows per window.
-    fn words_of(&self, i: usize, b: u32) -> usize {
-        match (self.slide(i, b), self.items.get(i)) {
-            (Some(g), _) => g.words(),
-            (None, Some(l)) => 1 + l.limit as usize,
-            (None, None) => 0,
-        }
+        places(parts.get(..self.len()).unwrap_or(&[])).0
     }
 
     pub(crate) fn has_exact(&self) -> bool {

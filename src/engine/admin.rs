@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::core::Core;
-use super::entry::{raw_descriptors, sliding_window};
+use super::entry::{entry_windows, sliding_window};
 use crate::admin::{KeyReport, KeyWindow, RecordReport, SubWindow};
 use crate::backend::check_key;
 use crate::error::{Error, Result};
@@ -17,8 +17,8 @@ use crate::idempotency::record::{
 use crate::idempotency::{record_key, IdempotencyKey};
 use crate::inspect::RecordState;
 use crate::limit::{Descriptor, Limits, Mode};
-use crate::storage::format::{EntryHeader, SegmentHeader, KIND_IDEM, KIND_WINDOWS};
-use crate::window::{cell, sliding};
+use crate::storage::format::{SegmentHeader, KIND_IDEM, KIND_WINDOWS};
+use crate::window::{cell, sliding, At};
 
 impl Core {
     /// Every window the store keeps for rate-limit `key` at `now_ms`: counts, reset times and
@@ -59,7 +59,7 @@ impl Core {
                 sub_windows: Vec::new(),
             };
             if d.exact {
-                let ring = cell::read_ring(|k| e.w(k), at, d.cap);
+                let ring = cell::read_ring(|k| e.w(k), at.head, d.cap);
                 let ev = ring.eval(d.window_ms, now_ms);
                 let times = ev.times.get(..ev.len as usize).unwrap_or(&[]);
                 w.limit = w.limit.or(Some(d.cap));
@@ -165,7 +165,7 @@ impl Core {
         let e = core.segs.entry(line);
         // Freeze every window, as a move does: from here on no check counts in this entry.
         for (at, d) in &slots {
-            if let Some(w) = e.w(*at) {
+            if let Some(w) = e.w(at.head) {
                 if d.exact {
                     // `false` means frozen already; otherwise the ring's lock is ours, so no
                     // check is half-way through the ring when it freezes.
@@ -265,21 +265,11 @@ const DELETE_SPINS: u32 = 1_000;
 const DELETE_TRIES: u32 = 100_000;
 
 /// The windows of the window entry at `line`: (first state word, descriptor) each.
-fn window_slots(core: &Core, line: u64) -> Result<Vec<(usize, Descriptor)>> {
-    let e = core.segs.entry(line);
-    let h = EntryHeader::decode(e.load(0));
-    let n = h.windows;
-    let mut at = 1 + n.div_ceil(2) + h.key_words();
-    let mut out = Vec::with_capacity(n);
-    for &raw in raw_descriptors(&e, n).iter().take(n) {
-        let d = Descriptor::decode(raw).ok_or(Error::Corrupt {
-            offset: core.segs.file_offset(line),
-            reason: "window descriptor",
-        })?;
-        out.push((at, d));
-        at += d.words(core.b);
-    }
-    Ok(out)
+fn window_slots(core: &Core, line: u64) -> Result<Vec<(At, Descriptor)>> {
+    entry_windows(&core.segs.entry(line), core.b).map_err(|_| Error::Corrupt {
+        offset: core.segs.file_offset(line),
+        reason: "window descriptor",
+    })
 }
 
 /// The size class (lines per entry) of the segment holding `line`.

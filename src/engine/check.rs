@@ -87,10 +87,11 @@ impl Core {
             return Ok(());
         }
         // Where the windows' heads are in an entry of `key` with these limits.
-        let mut heads = limits.rel_offsets(self.b);
+        let rel = limits.rel_offsets(self.b);
         let state_at = 1 + limits.len().div_ceil(2) + key.len().div_ceil(8);
-        for h in &mut heads {
-            *h += state_at;
+        let mut heads = [0usize; MAX_WINDOWS];
+        for (h, r) in heads.iter_mut().zip(&rel) {
+            *h = state_at + r.head;
         }
         let heads = heads.get(..limits.len()).unwrap_or(&[]);
         let mut spins = 0u32;
@@ -229,7 +230,7 @@ impl Core {
         let items = limits.as_slice();
         // Exact windows are guarded by the lock bit of the first one's meta word.
         let first = first_exact(items);
-        let lock = match e.w(at.get(first).copied().unwrap_or(usize::MAX)) {
+        let lock = match e.w(at.get(first).map_or(usize::MAX, |a| a.head)) {
             Some(m) if cell::lock_meta(m) => m,
             _ => return Applied::Moved,
         };
@@ -268,7 +269,7 @@ impl Core {
                 if l.mode() != Mode::Exact {
                     continue;
                 }
-                let ring = cell::read_ring(|k| e.w(k), at[i], l.limit());
+                let ring = cell::read_ring(|k| e.w(k), at[i].head, l.limit());
                 let ev = ring.eval(l.window_ms(), now_ms);
                 if !ev.fits(l.limit(), cost) {
                     refused = Some(i);
@@ -280,7 +281,7 @@ impl Core {
                 for (i, l) in items.iter().enumerate() {
                     if let Some((mut ring, t)) = rings[i] {
                         ring.push(t, cost);
-                        cell::write_ring(|k| e.w(k), at[i], &ring, i == first);
+                        cell::write_ring(|k| e.w(k), at[i].head, &ring, i == first);
                         let ev = ring.eval(l.window_ms(), now_ms);
                         ws[i] = exact_state(&ev, l.limit(), l.window_ms(), 0, now_ms);
                     }
@@ -404,7 +405,7 @@ impl Core {
                     None => WindowState::default(),
                 },
                 None => {
-                    let ring = cell::read_ring(|k| e.w(k), at, l.limit());
+                    let ring = cell::read_ring(|k| e.w(k), at.head, l.limit());
                     let ev = ring.eval(l.window_ms(), now_ms);
                     exact_state(&ev, l.limit(), l.window_ms(), cost, now_ms)
                 }

@@ -12,11 +12,11 @@ use crate::storage::format::{entry_crc, EntryHeader, EntryLayout, KIND_WINDOWS};
 use crate::storage::segment::Entry;
 use crate::window::cell::{META_FROZEN, META_HEAD, META_LOCK};
 use crate::window::sliding::{self, Slide, Window};
-use crate::window::FROZEN;
+use crate::window::{At, FROZEN};
 
-/// Where each window's state starts in an entry, in words from the entry's start (entries
-/// past the set's windows are meaningless).
-pub(crate) type WindowsAt = [usize; MAX_WINDOWS];
+/// Where each window's head part and ring part are in an entry, in words from the entry's
+/// start (entries past the set's windows are meaningless).
+pub(crate) type WindowsAt = [At; MAX_WINDOWS];
 
 /// Words of the longest key.
 const KEY_WORDS: usize = MAX_KEY_LEN / 8;
@@ -34,15 +34,19 @@ const STATE_BUF: usize = {
     }
 };
 
-/// The sliding window whose words start at word `at` of entry `e` (`None` if they do not fit
-/// in the entry's segment).
+/// The sliding window whose head part and ring part are at `at` in entry `e` (`None` if they
+/// do not fit in the entry's segment).
 #[inline]
 pub(crate) fn sliding_window<'a>(
     e: &Entry<'a>,
-    at: usize,
+    at: At,
     geo: &Slide,
 ) -> Option<Window<'a, AtomicU64>> {
-    Window::new(e.run(at, geo.words())?, geo)
+    Window::parts(
+        e.run(at.head, geo.head_words())?,
+        e.run(at.ring, geo.ring_words())?,
+        geo,
+    )
 }
 
 /// A key split into words, as entries store it.
@@ -95,6 +99,28 @@ pub(crate) fn raw_descriptors(e: &Entry<'_>, n: usize) -> [u32; MAX_WINDOWS] {
     descs
 }
 
+/// The windows of the window entry `e` as its header and descriptor words say, in a store with
+/// `b` sub-windows: each one's place and descriptor. `Err(i)` if descriptor `i` does not decode
+/// (`i == n` if they all do but do not fit an entry): what reads an entry without `Limits` to
+/// compare it with (expiry, inspection, verification) goes through here, so every reader
+/// finds the words where [`EntryLayout`] put them.
+pub(crate) fn entry_windows(
+    e: &Entry<'_>,
+    b: u32,
+) -> std::result::Result<Vec<(At, Descriptor)>, usize> {
+    let h = EntryHeader::decode(e.load(0));
+    let n = h.windows;
+    if n == 0 || n > MAX_WINDOWS {
+        return Err(0);
+    }
+    let mut decoded = Vec::with_capacity(n);
+    for (i, &raw) in raw_descriptors(e, n).iter().take(n).enumerate() {
+        decoded.push(Descriptor::decode(raw).ok_or(i)?);
+    }
+    let layout = EntryLayout::new(&decoded, h.key_len, b).ok_or(n)?;
+    Ok(layout.at.iter().copied().zip(decoded).collect())
+}
+
 impl Core {
     /// Write a complete entry for `kw` with `descs`; `state(i, word)` gives the initial state
     /// words of window `i` (`None` = empty). The header word, with the crc, is stored last.
@@ -134,12 +160,19 @@ impl Core {
         }
         let mut buf = [0u64; STATE_BUF];
         for (i, d) in decoded.iter().enumerate() {
-            let at = layout.window_at.get(i).copied().unwrap_or(0);
+            let at = layout.at.get(i).copied().unwrap_or_default();
+            let (head_words, _) = d.parts(self.b);
             let words = buf.get_mut(..d.words(self.b)).unwrap_or(&mut []);
             words.fill(0);
             let _ = state(i, words);
+            // `state` fills the window's words in their own order (head part, then ring);
+            // the entry keeps the two parts apart.
             for (j, &v) in words.iter().enumerate() {
-                store(at + j, v);
+                if j < head_words {
+                    store(at.head + j, v);
+                } else {
+                    store(at.ring + j - head_words, v);
+                }
             }
         }
         let (key_bytes, len) = kw.bytes();
@@ -173,7 +206,7 @@ impl Core {
         let state_at = 1 + n.div_ceil(2) + h.key_len.div_ceil(8);
         let mut at = limits.rel_offsets(self.b);
         for place in &mut at {
-            *place += state_at;
+            *place = place.plus(state_at);
         }
         Some(at)
     }
@@ -221,7 +254,8 @@ impl Core {
         }
         let mut frozen = false;
         for (i, d) in decoded.iter().enumerate() {
-            let w = e.w(*layout.window_at.get(i)?)?;
+            let at = *layout.at.get(i)?;
+            let w = e.w(at.head)?;
             let v = w.load(Ordering::Acquire);
             if d.exact {
                 frozen |= v & META_FROZEN != 0;
@@ -231,8 +265,7 @@ impl Core {
                 }
                 // Ring times are ms since 1970 (+1): anything past the year 10000 was not
                 // written by tollgate.
-                let at = *layout.window_at.get(i)?;
-                if (0..d.cap as usize).any(|k| e.load(at + 1 + k) > MAX_RING_TIME) {
+                if (0..d.cap as usize).any(|k| e.load(at.head + 1 + k) > MAX_RING_TIME) {
                     return None;
                 }
                 w.store(head, Ordering::Release);
@@ -241,7 +274,7 @@ impl Core {
                 // full at its sub-window (never under-counts) and clears the flags.
                 frozen |= v & FROZEN != 0;
                 let geo = d.slide(self.b)?;
-                let win = sliding_window(e, *layout.window_at.get(i)?, &geo)?;
+                let win = sliding_window(e, at, &geo)?;
                 sliding::recover(&win, &geo);
                 if !sliding::snapshot(&win, &geo).is_consistent(&geo) {
                     return None;

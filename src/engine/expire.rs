@@ -23,8 +23,7 @@ use std::time::Instant;
 
 use super::core::Core;
 use super::counters::Cursor;
-use super::entry::raw_descriptors;
-use super::entry::sliding_window;
+use super::entry::{entry_windows, sliding_window};
 use crate::idempotency::record::{
     pack, unpack, IdemLayout, ST_DEAD, ST_DONE, ST_INFLIGHT, ST_VACANT,
 };
@@ -33,7 +32,7 @@ use crate::storage::format::{
     EntryHeader, SegmentHeader, BLOB_SEGMENT, KIND_IDEM, KIND_PERMITS, KIND_WINDOWS,
 };
 use crate::storage::segment::Entry;
-use crate::window::{cell, sliding};
+use crate::window::{cell, sliding, At};
 
 /// What one expiry pass did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -128,7 +127,7 @@ impl Core {
         let (key_len, n) = (h.key_len, h.windows);
         match h.kind {
             KIND_WINDOWS => {
-                let Some(windows) = self.window_slots(&e, n, key_len) else {
+                let Some(windows) = self.window_slots(&e) else {
                     return false;
                 };
                 if !windows
@@ -148,44 +147,26 @@ impl Core {
         }
     }
 
-    /// The state slots of a window entry: (first word, descriptor).
-    fn window_slots(
-        &self,
-        e: &Entry<'_>,
-        n: usize,
-        key_len: usize,
-    ) -> Option<[(usize, Descriptor); MAX_WINDOWS]> {
-        if n == 0 || n > MAX_WINDOWS {
-            return None;
-        }
-        let mut out = [(
-            0usize,
-            Descriptor {
-                window_ms: 1000,
-                exact: false,
-                cap: 0,
-                bits: 0,
-            },
-        ); MAX_WINDOWS];
-        let mut at = 1 + n.div_ceil(2) + key_len.div_ceil(8);
-        let descs = raw_descriptors(e, n);
-        for (slot, &raw) in out.iter_mut().zip(descs.iter()).take(n) {
-            let d = Descriptor::decode(raw)?;
-            *slot = (at, d);
-            at += d.words(self.b);
+    /// The state slots of a window entry: (where its words are, descriptor).
+    fn window_slots(&self, e: &Entry<'_>) -> Option<[(At, Descriptor); MAX_WINDOWS]> {
+        let windows = entry_windows(e, self.b).ok()?;
+        let first = *windows.first()?;
+        let mut out = [first; MAX_WINDOWS];
+        for (slot, &w) in out.iter_mut().zip(&windows) {
+            *slot = w;
         }
         Some(out)
     }
 
-    fn slot_expired(&self, e: &Entry<'_>, slot: &(usize, Descriptor), now_ms: u64) -> bool {
+    fn slot_expired(&self, e: &Entry<'_>, slot: &(At, Descriptor), now_ms: u64) -> bool {
         let (at, d) = *slot;
         if d.exact {
             // A first look without the lock; the freeze looks again under it.
-            let meta = e.load(at);
+            let meta = e.load(at.head);
             if meta & (cell::META_LOCK | cell::META_FROZEN) != 0 {
                 return false; // locked or moving: look again next time
             }
-            cell::ring_expired(&|k| e.w(k), at, d.cap, d.window_ms, now_ms)
+            cell::ring_expired(&|k| e.w(k), at.head, d.cap, d.window_ms, now_ms)
         } else {
             // A first look; the freeze judges again on the words it freezes.
             let Some(geo) = d.slide(self.b) else {
@@ -205,7 +186,7 @@ impl Core {
         &self,
         line: u64,
         n: usize,
-        windows: &[(usize, Descriptor); MAX_WINDOWS],
+        windows: &[(At, Descriptor); MAX_WINDOWS],
         now_ms: u64,
         guard: &crossbeam_epoch::Guard,
     ) -> bool {
@@ -223,7 +204,7 @@ impl Core {
             if d.exact {
                 // Under the ring's lock; the entry's first exact window comes first, and its
                 // lock is the one requests take for every ring of the entry.
-                if !cell::freeze_ring_if_expired(|k| e.w(k), at, d.cap, d.window_ms, now_ms) {
+                if !cell::freeze_ring_if_expired(|k| e.w(k), at.head, d.cap, d.window_ms, now_ms) {
                     ok = false;
                     break;
                 }
@@ -244,7 +225,7 @@ impl Core {
         if !ok {
             for (at, d) in windows.iter().take(frozen) {
                 if d.exact {
-                    if let Some(w) = e.w(*at) {
+                    if let Some(w) = e.w(at.head) {
                         cell::thaw_meta(w);
                     }
                 } else if let Some(win) = d

@@ -4,12 +4,12 @@
 use std::time::Duration;
 
 use super::core::Core;
-use super::entry::{raw_descriptors, sliding_window};
+use super::entry::{entry_windows, sliding_window};
 use crate::idempotency::record::{
     unpack, IdemLayout, ResponseMeta, ST_COMPLETING, ST_DEAD, ST_DONE, ST_INFLIGHT,
 };
 use crate::inspect::{EntryView, RecordState, VerifyReport, WindowView};
-use crate::limit::{Descriptor, MAX_WINDOWS};
+use crate::limit::MAX_WINDOWS;
 use crate::storage::format::{
     EntryHeader, SegmentHeader, BLOB_SEGMENT, KIND_IDEM, KIND_PERMITS, KIND_VERSION, KIND_WINDOWS,
 };
@@ -72,7 +72,6 @@ impl Core {
             let e = self.segs.entry(line);
             let h = EntryHeader::decode(e.load(0));
             let (key_len, n) = (h.key_len, h.windows);
-            let key_at = 1 + n.div_ceil(2);
             let (key_buf, _) = self.entry_key(line);
             let key = key_buf.get(..key_len).unwrap_or(&[]);
             if kind == KIND_VERSION {
@@ -92,17 +91,15 @@ impl Core {
                     exact: false,
                     used: 0,
                 }; MAX_WINDOWS];
-                let mut at = key_at + key_len.div_ceil(8);
                 let mut expired = true;
-                let descs = raw_descriptors(&e, n);
-                for (v, &raw) in views.iter_mut().zip(descs.iter()).take(n) {
-                    let Some(d) = Descriptor::decode(raw) else {
-                        return;
-                    };
+                let Ok(windows) = entry_windows(&e, self.b) else {
+                    return;
+                };
+                for (v, &(at, d)) in views.iter_mut().zip(&windows) {
                     let used = if d.exact {
                         (0..d.cap as usize)
                             .filter(|&k| {
-                                let t = e.load(at + 1 + k);
+                                let t = e.load(at.head + 1 + k);
                                 t != 0 && (t - 1).saturating_add(d.window_ms) > now_ms
                             })
                             .count() as u32
@@ -121,7 +118,6 @@ impl Core {
                         exact: d.exact,
                         used,
                     };
-                    at += d.words(self.b);
                 }
                 f(EntryView::Windows {
                     key,
@@ -196,12 +192,9 @@ impl Core {
                     }
                 } else if kind == KIND_WINDOWS {
                     let e = core.segs.entry(line);
-                    let h = EntryHeader::decode(e.load(0));
-                    let n = h.windows;
-                    let mut at = 1 + n.div_ceil(2) + h.key_words();
-                    for &raw in raw_descriptors(&e, n).iter().take(n) {
-                        match Descriptor::decode(raw) {
-                            Some(d) => {
+                    match entry_windows(&e, core.b) {
+                        Ok(windows) => {
+                            for (at, d) in windows {
                                 let consistent = d.exact
                                     || d.slide(core.b).is_some_and(|geo| {
                                         sliding_window(&e, at, &geo).is_some_and(|win| {
@@ -214,15 +207,13 @@ impl Core {
                                         "invalid window word".into(),
                                     ));
                                 }
-                                at += d.words(core.b);
                             }
-                            None => {
-                                report.problems.push((
-                                    core.segs.file_offset(line),
-                                    "invalid window descriptor".into(),
-                                ));
-                                break;
-                            }
+                        }
+                        Err(_) => {
+                            report.problems.push((
+                                core.segs.file_offset(line),
+                                "invalid window descriptor".into(),
+                            ));
                         }
                     }
                 }

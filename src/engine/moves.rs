@@ -48,13 +48,9 @@ impl Core {
         // Freeze the old entry: exact windows by their meta word, sliding ones by the frozen
         // bit of their head (which also gives the frozen copy to carry over).
         let mut frozen: [Option<(Snap, Slide)>; MAX_WINDOWS] = [None; MAX_WINDOWS];
-        for ((d, &at), copy) in decoded
-            .iter()
-            .zip(&old_layout.window_at)
-            .zip(frozen.iter_mut())
-        {
+        for ((d, &at), copy) in decoded.iter().zip(&old_layout.at).zip(frozen.iter_mut()) {
             if d.exact {
-                if let Some(w) = e.w(at) {
+                if let Some(w) = e.w(at.head) {
                     // `None` means already frozen; otherwise we hold the lock, so no check is
                     // half-way through the ring when it freezes.
                     if cell::lock_meta(w) {
@@ -75,10 +71,10 @@ impl Core {
             let j = decoded
                 .iter()
                 .position(|d| d.window_ms == nd.window_ms && d.exact == nd.exact)?;
-            let at = *old_layout.window_at.get(j)?;
+            let at = *old_layout.at.get(j)?;
             if nd.exact {
                 let od = decoded.get(j)?;
-                let ring = cell::read_ring(|k| e.w(k), at, od.cap);
+                let ring = cell::read_ring(|k| e.w(k), at.head, od.cap);
                 let mut times: Vec<u64> = ring
                     .slots
                     .iter()
@@ -108,9 +104,9 @@ impl Core {
             Err(err) => {
                 // The move failed (no space, or the new windows do not fit an entry): thaw the
                 // old entry, so the key keeps working with the windows it has.
-                for (d, &at) in decoded.iter().zip(&old_layout.window_at) {
+                for (d, &at) in decoded.iter().zip(&old_layout.at) {
                     if d.exact {
-                        if let Some(w) = e.w(at) {
+                        if let Some(w) = e.w(at.head) {
                             cell::thaw_meta(w);
                         }
                     } else if let Some(win) =

@@ -6,6 +6,7 @@
 
 use crate::error::{Error, Result};
 use crate::limit::Descriptor;
+use crate::window::{places, At};
 
 /// Magic bytes at the start of a store file.
 pub(crate) const FILE_MAGIC: [u8; 8] = *b"TOLLGATE";
@@ -237,7 +238,9 @@ fn le64(b: &[u8], at: usize) -> u64 {
 /// word 0            header: key_len u8 | n_windows u8 | kind u8 | reserved u8 | crc32 u32
 /// words 1..         descriptors, two u32 per word
 /// key_at..          key bytes, zero padded to a word
-/// state_at..        per window: 1 word (bucketed) or 1 meta word + cap ring words (exact)
+/// state_at..        every window's head part, in window order: a sliding window's head
+///                   word (and base word, wide layout); an exact window's meta word and ring
+/// then              every sliding window's ring, in window order (`window::places`)
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct EntryLayout {
@@ -245,8 +248,8 @@ pub(crate) struct EntryLayout {
     pub key_len: usize,
     pub key_at: usize,
     pub state_at: usize,
-    /// First state word of each window, relative to the entry's start.
-    pub window_at: [usize; crate::MAX_WINDOWS],
+    /// Where each window's head part and ring part start, relative to the entry's start.
+    pub at: [At; crate::MAX_WINDOWS],
     /// Words used in all.
     pub words: usize,
     /// Lines the entry takes.
@@ -263,17 +266,19 @@ impl EntryLayout {
         }
         let key_at = 1 + n.div_ceil(2);
         let state_at = key_at + key_len.div_ceil(8);
-        let mut window_at = [0usize; crate::MAX_WINDOWS];
-        let mut at = state_at;
-        for (d, place) in descs.iter().zip(window_at.iter_mut()) {
-            *place = at;
-            let words = d.words(b);
-            if words == 0 {
+        let mut parts = [(0usize, 0usize); crate::MAX_WINDOWS];
+        for (d, p) in descs.iter().zip(parts.iter_mut()) {
+            *p = d.parts(b);
+            if p.0 == 0 {
                 return None;
             }
-            at += words;
         }
-        let lines = (at * 8).div_ceil(LINE) as u32;
+        let (mut at, state_words) = places(parts.get(..n)?);
+        for place in &mut at {
+            *place = place.plus(state_at);
+        }
+        let words = state_at + state_words;
+        let lines = (words * 8).div_ceil(LINE) as u32;
         if lines > MAX_ENTRY_LINES {
             return None;
         }
@@ -282,8 +287,8 @@ impl EntryLayout {
             key_len,
             key_at,
             state_at,
-            window_at,
-            words: at,
+            at,
+            words,
             lines,
         })
     }
@@ -360,12 +365,6 @@ impl EntryHeader {
     #[inline]
     pub(crate) fn encode(&self) -> u64 {
         u64::from(self.low()) | (u64::from(self.crc) << 32)
-    }
-
-    /// Words the key takes, zero padded to a word.
-    #[inline]
-    pub(crate) fn key_words(&self) -> usize {
-        self.key_len.div_ceil(8)
     }
 }
 
@@ -508,13 +507,16 @@ mod tests {
     fn two_windows_and_a_32_byte_key_fit_one_line() {
         let d = |l: Limit| Descriptor::decode(l.descriptor()).expect("valid");
         let descs = [d(Limit::per_minute(60)), d(Limit::per_hour(1000))];
-        // ErzyCall's pair with a 32-byte key: header, one descriptor word, 4 key words, then
-        // 7 words for 60/min (head and 6 ring words of 6-bit counters) and 11 for 1000/h
-        // (head and 10 ring words of 10-bit counters): 23 words, three lines (192 bytes).
+        // ErzyCall's pair with a 32-byte key: header, one descriptor word, 4 key words, the
+        // two head words (words 6 and 7: the first line holds everything a check in the
+        // heads' sub-windows reads), then the 6 ring words of 6-bit counters of 60/min and
+        // the 10 of 10-bit counters of 1000/h: 24 words, three lines (192 bytes).
         let l = EntryLayout::new(&descs, 32, 64).expect("fits");
         assert_eq!(l.key_at, 2);
         assert_eq!(l.state_at, 6);
-        assert_eq!(l.window_at[..2], [6, 13]);
+        assert_eq!(l.at[0], At { head: 6, ring: 8 });
+        assert_eq!(l.at[1], At { head: 7, ring: 14 });
+        assert!(l.at.iter().take(2).all(|a| a.head * 8 < LINE));
         assert_eq!(l.words, 24);
         assert_eq!(l.lines, 3);
         // A single 60/min window: 1 + 1 + 4 + 7 = 13 words, two lines (128 bytes).

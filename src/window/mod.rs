@@ -17,6 +17,47 @@ pub(crate) mod cell;
 pub(crate) mod exact;
 pub(crate) mod sliding;
 
+/// Where one window's words are in an entry, in words: its head part (a sliding window's head
+/// word and base word, or an exact window's meta word and ring) and its ring part (a sliding
+/// window's counters; nothing for an exact window).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct At {
+    pub head: usize,
+    pub ring: usize,
+}
+
+impl At {
+    /// The same places `by` words further on.
+    #[inline]
+    pub(crate) fn plus(self, by: usize) -> At {
+        At {
+            head: self.head + by,
+            ring: self.ring + by,
+        }
+    }
+}
+
+/// The places of windows whose parts take `parts` words (head part, ring part) each, from the
+/// first state word: every head part, in window order, then every ring part. So the head words
+/// of a set of windows sit side by side right after the key, where a check reads them (for
+/// ErzyCall's pair and a 32-byte key, both in the entry's first line), and the rings, read
+/// only when a sub-window turns over or a refusal works out its wait, after them. Also the
+/// number of state words in all. `N` is the most windows a set holds (windows past `parts` get
+/// zero places).
+pub(crate) fn places<const N: usize>(parts: &[(usize, usize)]) -> ([At; N], usize) {
+    let mut at = [At::default(); N];
+    let mut next = 0;
+    for (place, &(head, _)) in at.iter_mut().zip(parts) {
+        place.head = next;
+        next += head;
+    }
+    for (place, &(_, ring)) in at.iter_mut().zip(parts) {
+        place.ring = next;
+        next += ring;
+    }
+    (at, next)
+}
+
 /// The bit that marks a window frozen: its entry is being moved or removed, and whoever sees
 /// it looks the key up again. The rest of the word keeps its value, so a crash while frozen
 /// loses nothing (the flag is cleared when the store is opened).

@@ -165,8 +165,13 @@ pub fn line_at(line: u64) -> usize {
 pub struct Ent {
     pub key: Vec<u8>,
     pub at: usize,
-    /// Window entries: each window's descriptor and first state word.
+    /// Window entries: each window's descriptor and first state word (its head part: a
+    /// sliding window's head and base words, an exact window's meta word and ring).
     pub windows: Vec<(u32, usize)>,
+    /// Window entries: where each window's ring part starts (the sliding windows' counters,
+    /// after every window's head part; an exact window has none, so its entry is where the
+    /// next one's would be).
+    pub rings: Vec<usize>,
     /// Records: the state word (then the response pointer and the length/crc word).
     pub state: usize,
 }
@@ -226,17 +231,19 @@ impl FileMap {
     }
 }
 
-/// A sliding window's words at the default 64 sub-windows: head, a base word when the
-/// sub-window numbers do not fit the head's tag, and 64 counters of `c` bits.
-pub fn window_words(d: u32) -> usize {
+/// A window's words at the default 64 sub-windows, as (head part, ring part): a sliding
+/// window's head part is its head and a base word when the sub-window numbers do not fit the
+/// head's tag, its ring 64 counters of `c` bits; an exact window's meta word and ring are all
+/// head part.
+pub fn window_words(d: u32) -> (usize, usize) {
     if d >> 31 == 1 {
-        return 2 + (d & 0x3F) as usize;
+        return (2 + (d & 0x3F) as usize, 0);
     }
     let v = u64::from((d >> 6) & 0xFF_FFFF);
     let ms = if (d >> 30) & 1 == 1 { v * 1000 } else { v };
     let c = u64::from(d & 0x3F);
     let wide = (253_402_300_799_999 / ms.div_ceil(64)) >> (62 - 2 * c) != 0;
-    1 + usize::from(wide) + c as usize
+    (1 + usize::from(wide), c as usize)
 }
 
 pub fn parse(b: &[u8]) -> FileMap {
@@ -260,13 +267,21 @@ pub fn parse(b: &[u8]) -> FileMap {
                 key: b[at + 8 * key_at..at + 8 * key_at + key_len].to_vec(),
                 at,
                 windows: Vec::new(),
+                rings: Vec::new(),
                 state: 1 + key_len.div_ceil(8) + 4,
             };
+            // Every window's head part after the key, then every ring part (FORMAT.md).
+            let descs: Vec<u32> = (0..n)
+                .map(|i| (get64(b, at + 8 * (1 + i / 2)) >> (i % 2 * 32)) as u32)
+                .collect();
             let mut w = key_at + key_len.div_ceil(8);
-            for i in 0..n {
-                let d = (get64(b, at + 8 * (1 + i / 2)) >> (i % 2 * 32)) as u32;
+            for &d in &descs {
                 e.windows.push((d, w));
-                w += window_words(d);
+                w += window_words(d).0;
+            }
+            for &d in &descs {
+                e.rings.push(w);
+                w += window_words(d).1;
             }
             if h != 0 {
                 map.ents.push(e);

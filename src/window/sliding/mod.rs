@@ -9,7 +9,9 @@
 //! each counter exactly as wide as the limit needs, bit-packed across several words, so quota
 //! comes back at most `g + B - 1` ms late for every limit. The word protocols are
 //! [`proto`]'s (the functions the store runs and loom checks), the packed ring's reads
-//! `ring.rs`'s; the store places a window's words in its entry (`engine/entry.rs`).
+//! `ring.rs`'s; the store places a window's words in its entry (`engine/entry.rs`), its head
+//! and base words with the other windows' heads and its ring after them
+//! ([`super::places`]).
 //!
 //! # The words of one window
 //!
@@ -175,10 +177,16 @@ impl Slide {
         (limit >= 1 && counter_bits(limit) <= self.c).then_some(Slide { limit, ..*self })
     }
 
-    /// Words the window takes in an entry: the head, the base word if the layout is wide,
-    /// and the ring.
+    /// Words the window takes in all: the head, the base word if the layout is wide, and the
+    /// ring (an entry keeps the head part and the ring apart: `window::places`).
+    #[cfg(test)]
     pub(crate) fn words(&self) -> usize {
         1 + usize::from(self.wide) + self.ring_words
+    }
+
+    /// Words of the head part: the head, and the base word of the wide layout.
+    pub(crate) fn head_words(&self) -> usize {
+        1 + usize::from(self.wide)
     }
 
     /// Whether the layout has a base word (word 1) holding the full sub-window number.

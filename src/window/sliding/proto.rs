@@ -70,19 +70,29 @@ impl<C: WordCell> Copy for Window<'_, C> {}
 
 impl<'a, C: WordCell> Window<'a, C> {
     /// The window made of `words` (at least [`Slide::words`] of them, in the order head, base,
-    /// ring); `None` if there are too few.
+    /// ring); `None` if there are too few. The tests' windows; an entry's are [`Window::parts`].
+    #[cfg(test)]
     pub(crate) fn new(words: &'a [C], geo: &Slide) -> Option<Window<'a, C>> {
-        let (head, rest) = words.split_first()?;
-        let (base, rest) = if geo.wide() {
-            let (b, r) = rest.split_first()?;
-            (Some(b), r)
+        let (head, ring) = words.split_at_checked(geo.head_words())?;
+        Window::parts(head, ring, geo)
+    }
+
+    /// The window whose head part is `head` (the head word, then the base word of the wide
+    /// layout: [`Slide::head_words`]) and whose counters are the first
+    /// [`Slide::ring_words`] of `ring`, wherever each is (an entry keeps its windows' heads
+    /// together and their rings after them); `None` if either is too short.
+    #[inline]
+    pub(crate) fn parts(head: &'a [C], ring: &'a [C], geo: &Slide) -> Option<Window<'a, C>> {
+        let (h, rest) = head.split_first()?;
+        let base = if geo.wide() {
+            Some(rest.first()?)
         } else {
-            (None, rest)
+            None
         };
         Some(Window {
-            head,
+            head: h,
             base,
-            ring: rest.get(..geo.ring_words())?,
+            ring: ring.get(..geo.ring_words())?,
         })
     }
 
