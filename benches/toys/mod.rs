@@ -52,12 +52,7 @@ impl Table {
     #[inline]
     pub fn check<const PIN: bool, const PACKED: bool>(&self, key: &[u8; 32], now_ms: u64) -> bool {
         let hash = self.hasher.hash_one(key);
-        let mut words = [0u64; 4];
-        for (w, chunk) in words.iter_mut().zip(key.chunks_exact(8)) {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(chunk);
-            *w = u64::from_le_bytes(b);
-        }
+        let words = key_words(key);
         let head = (hash >> 48) | (key.len() as u64) << 16 | 1 << 32;
         let _guard = PIN.then(crossbeam_epoch::pin);
         let mut place = hash as usize & self.mask;
@@ -89,6 +84,18 @@ impl Table {
             }
         }
     }
+}
+
+/// A 32-byte key as the four words a table compares.
+#[inline]
+fn key_words(key: &[u8; 32]) -> [u64; 4] {
+    let mut words = [0u64; 4];
+    for (w, chunk) in words.iter_mut().zip(key.chunks_exact(8)) {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(chunk);
+        *w = u64::from_le_bytes(b);
+    }
+    words
 }
 
 /// A fixed-window counter in one word (window number << 32 | count), by compare-and-swap.
@@ -236,12 +243,7 @@ impl WideTable {
     #[inline]
     pub fn check<const INDEXED: bool>(&self, key: &[u8; 32], now_ms: u64) -> bool {
         let hash = self.hasher.hash_one(key);
-        let mut words = [0u64; 4];
-        for (w, chunk) in words.iter_mut().zip(key.chunks_exact(8)) {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(chunk);
-            *w = u64::from_le_bytes(b);
-        }
+        let words = key_words(key);
         let head = (hash >> 48) | (key.len() as u64) << 16 | 1 << 32;
         let _guard = crossbeam_epoch::pin();
         let e = if INDEXED {
