@@ -1334,8 +1334,9 @@ fn check_fixture(name: &str, bytes: &[u8], dir: &Path) {
             other => panic!("{name}: {other:?}"),
         },
         "format_version_2.tg" => match opened {
-            // A file of the second format (segments right after the header page) is refused
-            // by name too: its segments are not where format 3 looks for them.
+            // A file of the second format (segments right after the header page, each window's
+            // head beside its ring) is refused by name too: neither its segments nor its
+            // windows' words are where format 3 looks for them.
             Err(Error::UnsupportedVersion { found, supported }) => {
                 assert_eq!((found, supported), (2, 3), "{name}")
             }
