@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::core::Core;
-use super::entry::{entry_windows, sliding_window};
+use super::entry::{entry_windows, sliding_window, EntryWindows};
 use crate::admin::{KeyReport, KeyWindow, RecordReport, SubWindow};
 use crate::backend::check_key;
 use crate::error::{Error, Result};
@@ -16,9 +16,9 @@ use crate::idempotency::record::{
 };
 use crate::idempotency::{record_key, IdempotencyKey};
 use crate::inspect::RecordState;
-use crate::limit::{Descriptor, Limits, Mode};
+use crate::limit::{Limits, Mode};
 use crate::storage::format::{SegmentHeader, KIND_IDEM, KIND_WINDOWS};
-use crate::window::{cell, sliding, At};
+use crate::window::{cell, sliding};
 
 impl Core {
     /// Every window the store keeps for rate-limit `key` at `now_ms`: counts, reset times and
@@ -41,7 +41,7 @@ impl Core {
         let e = core.segs.entry(line);
         let slots = window_slots(core, line)?;
         let mut windows = Vec::with_capacity(slots.len());
-        for (at, d) in slots {
+        for &(at, d) in slots.iter() {
             let given = limits.and_then(|ls| {
                 ls.as_slice()
                     .iter()
@@ -164,7 +164,7 @@ impl Core {
         let slots = window_slots(core, line)?;
         let e = core.segs.entry(line);
         // Freeze every window, as a move does: from here on no check counts in this entry.
-        for (at, d) in &slots {
+        for (at, d) in slots.iter() {
             if let Some(w) = e.w(at.head) {
                 if d.exact {
                     // `false` means frozen already; otherwise the ring's lock is ours, so no
@@ -264,8 +264,8 @@ const DELETE_SPINS: u32 = 1_000;
 /// microseconds (a store that grows for it, a few milliseconds).
 const DELETE_TRIES: u32 = 100_000;
 
-/// The windows of the window entry at `line`: (first state word, descriptor) each.
-fn window_slots(core: &Core, line: u64) -> Result<Vec<(At, Descriptor)>> {
+/// The windows of the window entry at `line`: (where its words are, descriptor) each.
+fn window_slots(core: &Core, line: u64) -> Result<EntryWindows> {
     entry_windows(&core.segs.entry(line), core.b).map_err(|_| Error::Corrupt {
         offset: core.segs.file_offset(line),
         reason: "window descriptor",

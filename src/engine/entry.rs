@@ -1,6 +1,8 @@
 //! The window entry: the one codec that writes an entry for a key and its windows, finds
-//! where its windows are ([`Core::windows_at`]), and checks one read back from the file. The header word is
-//! [`EntryHeader`]'s; the order of the words is [`EntryLayout`]'s (`storage/format.rs`).
+//! where its windows are (against a check's `Limits`: [`Core::windows_at`]; from the entry
+//! alone: [`entry_windows`]), and checks one read back from the file. The header word is
+//! [`EntryHeader`]'s; the order of the words is [`EntryLayout`]'s (`storage/format.rs`), from
+//! `window::places` (every window's head part, then every ring).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -104,21 +106,51 @@ pub(crate) fn raw_descriptors(e: &Entry<'_>, n: usize) -> [u32; MAX_WINDOWS] {
 /// (`i == n` if they all do but do not fit an entry): what reads an entry without `Limits` to
 /// compare it with (expiry, inspection, verification) goes through here, so every reader
 /// finds the words where [`EntryLayout`] put them.
-pub(crate) fn entry_windows(
-    e: &Entry<'_>,
-    b: u32,
-) -> std::result::Result<Vec<(At, Descriptor)>, usize> {
+pub(crate) fn entry_windows(e: &Entry<'_>, b: u32) -> std::result::Result<EntryWindows, usize> {
     let h = EntryHeader::decode(e.load(0));
     let n = h.windows;
     if n == 0 || n > MAX_WINDOWS {
         return Err(0);
     }
-    let mut decoded = Vec::with_capacity(n);
-    for (i, &raw) in raw_descriptors(e, n).iter().take(n).enumerate() {
-        decoded.push(Descriptor::decode(raw).ok_or(i)?);
+    let mut decoded = [NO_DESCRIPTOR; MAX_WINDOWS];
+    for (i, (d, &raw)) in decoded
+        .iter_mut()
+        .zip(&raw_descriptors(e, n))
+        .take(n)
+        .enumerate()
+    {
+        *d = Descriptor::decode(raw).ok_or(i)?;
     }
-    let layout = EntryLayout::new(&decoded, h.key_len, b).ok_or(n)?;
-    Ok(layout.at.iter().copied().zip(decoded).collect())
+    let layout = EntryLayout::new(decoded.get(..n).ok_or(n)?, h.key_len, b).ok_or(n)?;
+    let mut items = [(At::default(), NO_DESCRIPTOR); MAX_WINDOWS];
+    for (item, (&at, &d)) in items.iter_mut().zip(layout.at.iter().zip(&decoded)) {
+        *item = (at, d);
+    }
+    Ok(EntryWindows { items, n })
+}
+
+/// A placeholder for the places of an [`EntryWindows`] past its windows (never read).
+const NO_DESCRIPTOR: Descriptor = Descriptor {
+    window_ms: 0,
+    exact: false,
+    cap: 0,
+    bits: 0,
+};
+
+/// The windows of an entry, each one's place and descriptor ([`entry_windows`]): an array,
+/// so that the compactor's sweeps do not allocate for every entry they look at.
+#[derive(Clone, Copy)]
+pub(crate) struct EntryWindows {
+    items: [(At, Descriptor); MAX_WINDOWS],
+    n: usize,
+}
+
+impl std::ops::Deref for EntryWindows {
+    type Target = [(At, Descriptor)];
+
+    fn deref(&self) -> &[(At, Descriptor)] {
+        self.items.get(..self.n).unwrap_or(&[])
+    }
 }
 
 impl Core {

@@ -27,7 +27,7 @@ use super::entry::{entry_windows, sliding_window};
 use crate::idempotency::record::{
     pack, unpack, IdemLayout, ST_DEAD, ST_DONE, ST_INFLIGHT, ST_VACANT,
 };
-use crate::limit::{Descriptor, MAX_WINDOWS};
+use crate::limit::Descriptor;
 use crate::storage::format::{
     EntryHeader, SegmentHeader, BLOB_SEGMENT, KIND_IDEM, KIND_PERMITS, KIND_WINDOWS,
 };
@@ -127,7 +127,7 @@ impl Core {
         let (key_len, n) = (h.key_len, h.windows);
         match h.kind {
             KIND_WINDOWS => {
-                let Some(windows) = self.window_slots(&e) else {
+                let Ok(windows) = entry_windows(&e, self.b) else {
                     return false;
                 };
                 if !windows
@@ -145,17 +145,6 @@ impl Core {
             // Versions never expire (`engine/versions.rs` says why).
             _ => false,
         }
-    }
-
-    /// The state slots of a window entry: (where its words are, descriptor).
-    fn window_slots(&self, e: &Entry<'_>) -> Option<[(At, Descriptor); MAX_WINDOWS]> {
-        let windows = entry_windows(e, self.b).ok()?;
-        let first = *windows.first()?;
-        let mut out = [first; MAX_WINDOWS];
-        for (slot, &w) in out.iter_mut().zip(&windows) {
-            *slot = w;
-        }
-        Some(out)
     }
 
     fn slot_expired(&self, e: &Entry<'_>, slot: &(At, Descriptor), now_ms: u64) -> bool {
@@ -186,7 +175,7 @@ impl Core {
         &self,
         line: u64,
         n: usize,
-        windows: &[(At, Descriptor); MAX_WINDOWS],
+        windows: &[(At, Descriptor)],
         now_ms: u64,
         guard: &crossbeam_epoch::Guard,
     ) -> bool {

@@ -95,7 +95,7 @@ impl Core {
                 let Ok(windows) = entry_windows(&e, self.b) else {
                     return;
                 };
-                for (v, &(at, d)) in views.iter_mut().zip(&windows) {
+                for (v, &(at, d)) in views.iter_mut().zip(windows.iter()) {
                     let used = if d.exact {
                         (0..d.cap as usize)
                             .filter(|&k| {
@@ -194,7 +194,7 @@ impl Core {
                     let e = core.segs.entry(line);
                     match entry_windows(&e, core.b) {
                         Ok(windows) => {
-                            for (at, d) in windows {
+                            for &(at, d) in windows.iter() {
                                 let consistent = d.exact
                                     || d.slide(core.b).is_some_and(|geo| {
                                         sliding_window(&e, at, &geo).is_some_and(|win| {
