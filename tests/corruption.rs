@@ -104,6 +104,15 @@ impl Rng {
     fn below(&mut self, n: usize) -> usize {
         (self.next() % n.max(1) as u64) as usize
     }
+
+    /// A byte offset below `len` in the header page or the segments, uniformly: never in the
+    /// hole between them, which open never reads (so damage there would only dilute a run).
+    fn in_file(&mut self, len: usize) -> usize {
+        match self.below(HEADER + len.saturating_sub(SEG0)) {
+            x if x < HEADER => x,
+            x => SEG0 + x - HEADER,
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -454,8 +463,8 @@ fn flip_damage(base: &[u8], map: &FileMap, w: &Written, seed: u64) -> Damage {
     let n = 1 + rng.below(4);
     for _ in 0..n {
         let at = match rng.below(20) {
-            // Anywhere in the file (the header page included).
-            0..=6 => rng.below(bytes.len()),
+            // Anywhere in the file (the header page included, the hole before segment 0 not).
+            0..=6 => rng.in_file(bytes.len()),
             // A segment header.
             7 => {
                 let seg = rng.below(map.segments);
@@ -507,11 +516,8 @@ fn truncate_damage(base: &[u8], seed: u64) -> Damage {
     let mut rng = Rng::new(seed ^ 0x7777);
     let len = match seed % 4 {
         // Inside the header page or segment 0's header line.
-        0 => match rng.below(HEADER + LINE) {
-            x if x < HEADER => x,
-            x => SEG0 + x - HEADER,
-        },
-        _ => rng.below(base.len()),
+        0 => rng.in_file(SEG0 + LINE),
+        _ => rng.in_file(base.len()),
     };
     Damage {
         what: format!("truncate seed {seed}: to {len} bytes"),
@@ -532,7 +538,8 @@ fn zero_page_damage(base: &[u8], map: &FileMap, seed: u64) -> Damage {
             // The first page of a segment: its header line and the first 63 lines.
             SEG0 / PAGE + rng.below(map.segments) * (SEG / PAGE)
         } else {
-            1 + rng.below(pages - 1)
+            // Any page of the segments.
+            SEG0 / PAGE + rng.below(pages - SEG0 / PAGE)
         };
         let r = page * PAGE..(page + 1) * PAGE;
         bytes[r.clone()].fill(0);
