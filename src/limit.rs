@@ -270,6 +270,15 @@ impl Descriptor {
     }
 }
 
+/// The words of window `l`'s head part and ring part in an entry (see [`crate::window::At`]),
+/// given its shape if it is a sliding one: [`Descriptor::parts`] for a limit.
+fn window_parts(slide: Option<&Slide>, l: &Limit) -> (usize, usize) {
+    match slide {
+        Some(g) => (g.head_words(), g.ring_words()),
+        None => (1 + l.limit as usize, 0),
+    }
+}
+
 /// The sliding windows' shapes of a [`Limits`] for one store (see [`Limits::shapes`]).
 #[expect(
     clippy::large_enum_variant,
@@ -389,10 +398,7 @@ impl Limits {
         }
         let mut parts = [(0usize, 0usize); MAX_WINDOWS];
         for ((p, l), g) in parts.iter_mut().zip(limits).zip(&slides) {
-            *p = match g {
-                Some(g) => (g.head_words(), g.ring_words()),
-                None => (1 + l.limit as usize, 0),
-            };
+            *p = window_parts(g.as_ref(), l);
         }
         let (rel_at, _) = places(parts.get(..limits.len()).unwrap_or(&[]));
         Ok(Limits {
@@ -488,12 +494,8 @@ impl Limits {
     #[inline(never)]
     fn rel_offsets_for(&self, b: u32) -> [At; MAX_WINDOWS] {
         let mut parts = [(0usize, 0usize); MAX_WINDOWS];
-        for (i, p) in parts.iter_mut().enumerate().take(self.len()) {
-            *p = match (self.slide(i, b), self.items.get(i)) {
-                (Some(g), _) => (g.head_words(), g.ring_words()),
-                (None, Some(l)) => (1 + l.limit as usize, 0),
-                (None, None) => (0, 0),
-            };
+        for ((i, p), l) in parts.iter_mut().enumerate().zip(self.as_slice()) {
+            *p = window_parts(self.slide(i, b).as_ref(), l);
         }
         places(parts.get(..self.len()).unwrap_or(&[])).0
     }

@@ -266,7 +266,7 @@ const DELETE_TRIES: u32 = 100_000;
 
 /// The windows of the window entry at `line`: (where its words are, descriptor) each.
 fn window_slots(core: &Core, line: u64) -> Result<EntryWindows> {
-    entry_windows(&core.segs.entry(line), core.b).map_err(|_| Error::Corrupt {
+    entry_windows(&core.segs.entry(line), core.b).ok_or(Error::Corrupt {
         offset: core.segs.file_offset(line),
         reason: "window descriptor",
     })

@@ -16,6 +16,7 @@ use crate::decision::{empty_decision, exact_state, sliding_state, Decision, Wind
 use crate::error::{Error, Result};
 use crate::limit::{Limit, Limits, Mode, MAX_WINDOWS};
 use crate::options::OnFull;
+use crate::storage::format::EntryLayout;
 use crate::storage::segment::Entry;
 use crate::window::cell::{self, WordCell};
 use crate::window::sliding::{self, Added, Snap, SMALL_RING_WORDS};
@@ -88,7 +89,7 @@ impl Core {
         }
         // Where the windows' heads are in an entry of `key` with these limits.
         let rel = limits.rel_offsets(self.b);
-        let state_at = 1 + limits.len().div_ceil(2) + key.len().div_ceil(8);
+        let state_at = EntryLayout::state_at(limits.len(), key.len());
         let mut heads = [0usize; MAX_WINDOWS];
         for (h, r) in heads.iter_mut().zip(&rel) {
             *h = state_at + r.head;

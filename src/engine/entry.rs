@@ -102,31 +102,26 @@ pub(crate) fn raw_descriptors(e: &Entry<'_>, n: usize) -> [u32; MAX_WINDOWS] {
 }
 
 /// The windows of the window entry `e` as its header and descriptor words say, in a store with
-/// `b` sub-windows: each one's place and descriptor. `Err(i)` if descriptor `i` does not decode
-/// (`i == n` if they all do but do not fit an entry): what reads an entry without `Limits` to
-/// compare it with (expiry, inspection, verification) goes through here, so every reader
-/// finds the words where [`EntryLayout`] put them.
-pub(crate) fn entry_windows(e: &Entry<'_>, b: u32) -> std::result::Result<EntryWindows, usize> {
+/// `b` sub-windows: each one's place and descriptor; `None` if a descriptor does not decode or
+/// the windows do not fit an entry. What reads an entry without `Limits` to compare it with
+/// (expiry, inspection, verification) goes through here, so every reader finds the words where
+/// [`EntryLayout`] put them.
+pub(crate) fn entry_windows(e: &Entry<'_>, b: u32) -> Option<EntryWindows> {
     let h = EntryHeader::decode(e.load(0));
     let n = h.windows;
     if n == 0 || n > MAX_WINDOWS {
-        return Err(0);
+        return None;
     }
     let mut decoded = [NO_DESCRIPTOR; MAX_WINDOWS];
-    for (i, (d, &raw)) in decoded
-        .iter_mut()
-        .zip(&raw_descriptors(e, n))
-        .take(n)
-        .enumerate()
-    {
-        *d = Descriptor::decode(raw).ok_or(i)?;
+    for (d, &raw) in decoded.iter_mut().zip(&raw_descriptors(e, n)).take(n) {
+        *d = Descriptor::decode(raw)?;
     }
-    let layout = EntryLayout::new(decoded.get(..n).ok_or(n)?, h.key_len, b).ok_or(n)?;
+    let layout = EntryLayout::new(decoded.get(..n)?, h.key_len, b)?;
     let mut items = [(At::default(), NO_DESCRIPTOR); MAX_WINDOWS];
     for (item, (&at, &d)) in items.iter_mut().zip(layout.at.iter().zip(&decoded)) {
         *item = (at, d);
     }
-    Ok(EntryWindows { items, n })
+    Some(EntryWindows { items, n })
 }
 
 /// A placeholder for the places of an [`EntryWindows`] past its windows (never read).
@@ -235,7 +230,7 @@ impl Core {
                 return None;
             }
         }
-        let state_at = 1 + n.div_ceil(2) + h.key_len.div_ceil(8);
+        let state_at = EntryLayout::state_at(n, h.key_len);
         let mut at = limits.rel_offsets(self.b);
         for place in &mut at {
             *place = place.plus(state_at);
@@ -260,7 +255,7 @@ impl Core {
         if n % 2 == 1 && e.load(1 + n / 2) >> 32 != 0 {
             return None;
         }
-        let key_at = 1 + n.div_ceil(2);
+        let key_at = EntryLayout::key_at(n);
         let mut kw = KeyWords {
             len: key_len,
             words: [0; KEY_WORDS],

@@ -124,20 +124,16 @@ impl Core {
             return false;
         }
         let h = EntryHeader::decode(head);
-        let (key_len, n) = (h.key_len, h.windows);
+        let key_len = h.key_len;
         match h.kind {
             KIND_WINDOWS => {
-                let Ok(windows) = entry_windows(&e, self.b) else {
+                let Some(windows) = entry_windows(&e, self.b) else {
                     return false;
                 };
-                if !windows
-                    .iter()
-                    .take(n)
-                    .all(|w| self.slot_expired(&e, w, now_ms))
-                {
+                if !windows.iter().all(|w| self.slot_expired(&e, w, now_ms)) {
                     return false;
                 }
-                self.unlink_window(line, n, &windows, now_ms, guard)
+                self.unlink_window(line, &windows, now_ms, guard)
             }
             KIND_IDEM => self.unlink_record(line, key_len, now_ms, guard),
             // Every permit ended or released.
@@ -174,7 +170,6 @@ impl Core {
     fn unlink_window(
         &self,
         line: u64,
-        n: usize,
         windows: &[(At, Descriptor)],
         now_ms: u64,
         guard: &crossbeam_epoch::Guard,
@@ -188,7 +183,7 @@ impl Core {
         // Freeze every window, each only if it is unchanged and still expired.
         let mut frozen = 0usize;
         let mut ok = true;
-        for slot in windows.iter().take(n) {
+        for slot in windows {
             let (at, d) = *slot;
             if d.exact {
                 // Under the ring's lock; the entry's first exact window comes first, and its

@@ -92,7 +92,7 @@ impl Core {
                     used: 0,
                 }; MAX_WINDOWS];
                 let mut expired = true;
-                let Ok(windows) = entry_windows(&e, self.b) else {
+                let Some(windows) = entry_windows(&e, self.b) else {
                     return;
                 };
                 for (v, &(at, d)) in views.iter_mut().zip(windows.iter()) {
@@ -193,7 +193,7 @@ impl Core {
                 } else if kind == KIND_WINDOWS {
                     let e = core.segs.entry(line);
                     match entry_windows(&e, core.b) {
-                        Ok(windows) => {
+                        Some(windows) => {
                             for &(at, d) in windows.iter() {
                                 let consistent = d.exact
                                     || d.slide(core.b).is_some_and(|geo| {
@@ -209,7 +209,7 @@ impl Core {
                                 }
                             }
                         }
-                        Err(_) => {
+                        None => {
                             report.problems.push((
                                 core.segs.file_offset(line),
                                 "invalid window descriptor".into(),

@@ -10,7 +10,7 @@ use super::entry::KeyWords;
 use crate::error::{Error, Result};
 use crate::key::MAX_KEY_LEN;
 use crate::limit::Limits;
-use crate::storage::format::{EntryHeader, KIND_WINDOWS};
+use crate::storage::format::{EntryHeader, EntryLayout, KIND_WINDOWS};
 use crate::storage::segment::Entry;
 
 impl Core {
@@ -62,7 +62,7 @@ impl Core {
         }
         let n = h.windows;
         // The key's words, fetched as one run (one bounds check, not one per word).
-        let Some(words) = e.run(1 + n.div_ceil(2), key.len().div_ceil(8)) else {
+        let Some(words) = e.run(EntryLayout::key_at(n), key.len().div_ceil(8)) else {
             return false;
         };
         let mut chunks = key.chunks_exact(8);
@@ -170,7 +170,7 @@ impl Core {
         let e = self.segs.entry(line);
         let h = EntryHeader::decode(e.load(0));
         let len = h.key_len;
-        let key_at = 1 + h.windows.div_ceil(2);
+        let key_at = EntryLayout::key_at(h.windows);
         let mut key = [0u8; MAX_KEY_LEN];
         for (i, chunk) in key.chunks_exact_mut(8).take(len.div_ceil(8)).enumerate() {
             chunk.copy_from_slice(&e.load(key_at + i).to_le_bytes());

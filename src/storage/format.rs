@@ -257,6 +257,20 @@ pub(crate) struct EntryLayout {
 }
 
 impl EntryLayout {
+    /// Where the key starts in a window entry of `n` windows: after the header word and the
+    /// descriptors, two to a word.
+    #[inline]
+    pub(crate) const fn key_at(n: usize) -> usize {
+        1 + n.div_ceil(2)
+    }
+
+    /// Where the windows' words start in a window entry of `n` windows and a key of `key_len`
+    /// bytes: after the key, zero padded to a word.
+    #[inline]
+    pub(crate) const fn state_at(n: usize, key_len: usize) -> usize {
+        Self::key_at(n) + key_len.div_ceil(8)
+    }
+
     /// The layout for `descs` and a key of `key_len` bytes in a store with `b` sub-windows per
     /// sliding window; `None` if it would not fit in [`MAX_ENTRY_LINES`].
     pub(crate) fn new(descs: &[Descriptor], key_len: usize, b: u32) -> Option<EntryLayout> {
@@ -264,8 +278,8 @@ impl EntryLayout {
         if n == 0 || n > crate::MAX_WINDOWS || key_len == 0 || key_len > crate::MAX_KEY_LEN {
             return None;
         }
-        let key_at = 1 + n.div_ceil(2);
-        let state_at = key_at + key_len.div_ceil(8);
+        let key_at = Self::key_at(n);
+        let state_at = Self::state_at(n, key_len);
         let mut parts = [(0usize, 0usize); crate::MAX_WINDOWS];
         for (d, p) in descs.iter().zip(parts.iter_mut()) {
             *p = d.parts(b);
