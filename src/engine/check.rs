@@ -16,7 +16,6 @@ use crate::decision::{empty_decision, exact_state, sliding_state, Decision, Wind
 use crate::error::{Error, Result};
 use crate::limit::{Limit, Limits, Mode, MAX_WINDOWS};
 use crate::options::OnFull;
-use crate::storage::format::EntryLayout;
 use crate::storage::segment::Entry;
 use crate::window::cell::{self, WordCell};
 use crate::window::sliding::{self, Added, Snap, SMALL_RING_WORDS};
@@ -87,14 +86,10 @@ impl Core {
             };
             return Ok(());
         }
-        // Where the windows' heads are in an entry of `key` with these limits.
-        let rel = limits.rel_offsets(self.b);
-        let state_at = EntryLayout::state_at(limits.len(), key.len());
-        let mut heads = [0usize; MAX_WINDOWS];
-        for (h, r) in heads.iter_mut().zip(&rel) {
-            *h = state_at + r.head;
-        }
-        let heads = heads.get(..limits.len()).unwrap_or(&[]);
+        // Where the windows are in an entry of `key` with these limits: worked out once, for
+        // the prefetch of the heads and for the windows themselves.
+        let at = self.places(limits, key.len());
+        let heads = at.get(..limits.len()).unwrap_or(&[]);
         let mut spins = 0u32;
         loop {
             let (line, e) = match self.find_entry(hash, key, heads, &guard) {
@@ -108,7 +103,7 @@ impl Core {
                     Err(e) => return Err(e),
                 },
             };
-            match self.apply(&e, limits, cost, now_ms, out, added) {
+            match self.apply(&e, &at, limits, cost, now_ms, out, added) {
                 Applied::Done => return Ok(()),
                 Applied::Moved => {
                     self.retries.fetch_add(1, Ordering::Relaxed);
@@ -145,11 +140,16 @@ impl Core {
         d
     }
 
-    /// Count `cost` in every window of the entry at `line`, all or nothing; the decision goes
-    /// to `out`. Sets of sliding windows (the usual case) take this short path: one
-    /// compare-and-swap per window in the head's sub-window. Sets with an exact window take
-    /// [`Core::apply_with_exact`].
+    /// Count `cost` in every window of entry `e`, all or nothing; the decision goes to `out`.
+    /// `at`: where an entry of the check's key holding `limits` keeps its windows, worked out
+    /// once per check (the entry is checked to hold those windows here). Sets of sliding
+    /// windows (the usual case) take this short path: one compare-and-swap per window in the
+    /// head's sub-window. Sets with an exact window take [`Core::apply_with_exact`].
     #[inline]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the check's own arguments and its entry's places: bundling them would cost the hot path a copy"
+    )]
     #[expect(
         clippy::indexing_slicing,
         reason = "window indexes are below limits.len() <= MAX_WINDOWS, the length of every array indexed here"
@@ -157,18 +157,19 @@ impl Core {
     fn apply(
         &self,
         e: &Entry<'_>,
+        at: &WindowsAt,
         limits: &Limits,
         cost: u32,
         now_ms: u64,
         out: &mut Decision,
         added: &mut [Option<u64>; MAX_WINDOWS],
     ) -> Applied {
-        if limits.has_exact() {
-            return self.apply_with_exact(e, limits, cost, now_ms, out);
-        }
-        let Some(at) = self.windows_at(e, limits) else {
+        if !self.holds_windows(e, limits) {
             return Applied::Mismatch;
-        };
+        }
+        if limits.has_exact() {
+            return self.apply_with_exact(e, at, limits, cost, now_ms, out);
+        }
         let n = limits.len();
         let shapes = limits.shapes(self.b);
         let slides = shapes.all();
@@ -180,7 +181,7 @@ impl Core {
                 return Applied::Mismatch;
             };
             let Some(win) = sliding_window(e, at[i], geo) else {
-                self.undo(e, &at, limits, added, cost);
+                self.undo(e, at, limits, added, cost);
                 return Applied::Moved;
             };
             match sliding::add(&win, geo, now_ms, cost) {
@@ -190,17 +191,17 @@ impl Core {
                 }
                 Added::Refused { seen, .. } => {
                     if i > 0 {
-                        self.undo(e, &at, limits, added, cost);
+                        self.undo(e, at, limits, added, cost);
                     }
                     *added = [None; MAX_WINDOWS];
                     // The refusing window's figures, if its refusal already worked them out.
                     let known = seen.map(|s| (i, WindowState::sliding(geo, &s)));
-                    self.snapshot_entry(e, &at, limits, cost, now_ms, out, known.as_ref());
+                    self.snapshot_entry(e, at, limits, cost, now_ms, out, known.as_ref());
                     refused_by(out, i, n);
                     return Applied::Done;
                 }
                 Added::Frozen => {
-                    self.undo(e, &at, limits, added, cost);
+                    self.undo(e, at, limits, added, cost);
                     return Applied::Moved;
                 }
             }
@@ -220,14 +221,12 @@ impl Core {
     fn apply_with_exact(
         &self,
         e: &Entry<'_>,
+        at: &WindowsAt,
         limits: &Limits,
         cost: u32,
         now_ms: u64,
         out: &mut Decision,
     ) -> Applied {
-        let Some(at) = self.windows_at(e, limits) else {
-            return Applied::Mismatch;
-        };
         let items = limits.as_slice();
         // Exact windows are guarded by the lock bit of the first one's meta word.
         let first = first_exact(items);
@@ -257,7 +256,7 @@ impl Core {
                     break;
                 }
                 Added::Frozen => {
-                    self.undo(e, &at, limits, &added, cost);
+                    self.undo(e, at, limits, &added, cost);
                     cell::unlock_meta(lock);
                     return Applied::Moved;
                 }
@@ -290,8 +289,8 @@ impl Core {
             }
         }
         if let Some(i) = refused {
-            self.undo(e, &at, limits, &added, cost);
-            self.snapshot_entry(e, &at, limits, cost, now_ms, out, None);
+            self.undo(e, at, limits, &added, cost);
+            self.snapshot_entry(e, at, limits, cost, now_ms, out, None);
             refused_by(out, i, items.len());
             cell::unlock_meta(lock);
             return Applied::Done;

@@ -214,28 +214,39 @@ impl Core {
     }
 
     /// Where each window of `limits` starts in the entry (word offsets from its start), if the
-    /// entry holds exactly those windows; `None` if they differ. On every check's path: the
-    /// header's window count and the descriptor words are compared with the ones `limits`
-    /// precomputed, and the offsets are the key's end plus `limits`' precomputed offsets, so
-    /// no [`EntryLayout`] is built.
+    /// entry holds exactly those windows; `None` if they differ.
     #[inline]
     pub(crate) fn windows_at(&self, e: &Entry<'_>, limits: &Limits) -> Option<WindowsAt> {
-        let h = EntryHeader::decode(e.load(0));
-        let n = limits.len();
-        if h.windows != n {
-            return None;
+        let key_len = EntryHeader::decode(e.load(0)).key_len;
+        self.holds_windows(e, limits)
+            .then(|| self.places(limits, key_len))
+    }
+
+    /// Whether the entry holds exactly the windows of `limits`: the header's window count and
+    /// the descriptor words compared with the ones `limits` precomputed. On every check's
+    /// path, so no [`EntryLayout`] is built.
+    #[inline]
+    pub(crate) fn holds_windows(&self, e: &Entry<'_>, limits: &Limits) -> bool {
+        if EntryHeader::decode(e.load(0)).windows != limits.len() {
+            return false;
         }
-        for (i, &want) in limits.desc_words().iter().enumerate() {
-            if e.load(1 + i) != want {
-                return None;
-            }
-        }
-        let state_at = EntryLayout::state_at(n, h.key_len);
+        limits
+            .desc_words()
+            .iter()
+            .enumerate()
+            .all(|(i, &want)| e.load(1 + i) == want)
+    }
+
+    /// Where each window of `limits` starts in an entry of a `key_len`-byte key holding those
+    /// windows: the key's end plus `limits`' precomputed offsets.
+    #[inline]
+    pub(crate) fn places(&self, limits: &Limits, key_len: usize) -> WindowsAt {
+        let state_at = EntryLayout::state_at(limits.len(), key_len);
         let mut at = limits.rel_offsets(self.b);
         for place in &mut at {
             *place = place.plus(state_at);
         }
-        Some(at)
+        at
     }
 
     /// Check one entry read at open: crc, descriptors, state words. Clears lock bits. Returns

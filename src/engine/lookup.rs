@@ -12,6 +12,7 @@ use crate::key::MAX_KEY_LEN;
 use crate::limit::Limits;
 use crate::storage::format::{EntryHeader, EntryLayout, KIND_WINDOWS};
 use crate::storage::segment::Entry;
+use crate::window::At;
 
 impl Core {
     #[inline]
@@ -27,21 +28,21 @@ impl Core {
     }
 
     /// Find the window entry for `key` without a lock: its line and the entry itself.
-    /// `touch` are the words the check will read if the entry is `key`'s (its windows' heads):
-    /// their lines start loading before the header is read, so the misses of a cold entry's
+    /// `touch` are the places of the windows the check will read if the entry is `key`'s: their
+    /// heads' lines start loading before the header is read, so the misses of a cold entry's
     /// lines overlap instead of following one another.
     #[inline]
     pub(crate) fn find_entry(
         &self,
         hash: u64,
         key: &[u8],
-        touch: &[usize],
+        touch: &[At],
         guard: &Guard,
     ) -> Option<(u64, Entry<'_>)> {
         self.index.find_map(hash, guard, |line| {
             let e = self.segs.entry(line);
-            for &i in touch {
-                e.prefetch(i);
+            for at in touch {
+                e.prefetch(at.head);
             }
             self.holds(&e, key, KIND_WINDOWS).then_some((line, e))
         })

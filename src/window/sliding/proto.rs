@@ -367,7 +367,8 @@ fn add_slow_in<C: WordCell, const N: usize>(
                 seen: None,
             };
         }
-        let mut s = Snap::<N>::EMPTY;
+        // The copy is zeroed only where it is used: not on a rotation in place.
+        let mut s: Snap<N>;
         let raw = if cur + older + cost64 <= limit {
             if w.head
                 .compare_exchange(h, h | LOCK, Acquire, Relaxed)
@@ -381,8 +382,10 @@ fn add_slow_in<C: WordCell, const N: usize>(
             if let Some(added) = rotate_in_place(w, geo, h, n_now, cost64) {
                 return added;
             }
+            s = Snap::EMPTY;
             h
         } else {
+            s = Snap::EMPTY;
             snapshot_into(w, geo, &mut s);
             if s.frozen() {
                 return Added::Frozen;
