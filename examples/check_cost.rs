@@ -21,6 +21,10 @@
 //!   layout, with no base word) and a clock that stands still, so every check is counted in
 //!   the head's sub-window (the one-compare-and-swap path); every 4000 checks the clock jumps
 //!   an hour on, so that both windows start afresh (one check in 4000 rotates);
+//! * `admit-second`: 65 535/s and 65 535/min (the limits issue 15's cost comparison with
+//!   format 1 uses) with 50 ms between checks, as a key of the criterion bench's 1M-key admit
+//!   rows sees them: every check steps the per-second window about three sub-windows on (a
+//!   rotation of a wide window, with its base word) and one in nineteen the minute window;
 //! * `reject`: the pair, drained by a burst first, then checked by a client that keeps
 //!   retrying, 0.5 ms apart, for under a minute (every check refused);
 //! * `reject-now`: the same burst, then refused with the clock still (in the head's
@@ -65,6 +69,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "admit" => {
             for i in 0..n {
                 admitted += u64::from(store.check_at(key, &pair, 1, T0 + i * 4_000)?.allowed());
+            }
+        }
+        "admit-second" => {
+            let second = Limits::new(&[Limit::per_second(65_535), Limit::per_minute(65_535)])?;
+            for i in 0..n {
+                admitted += u64::from(store.check_at(key, &second, 1, T0 + i * 50)?.allowed());
             }
         }
         "admit-same" => {
@@ -112,7 +122,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         other => {
             return Err(format!(
-                "unknown path {other:?} (setup, admit, admit-same, reject, reject-now, reject-spread, footprint)"
+                "unknown path {other:?} (setup, admit, admit-second, admit-same, reject, reject-now, reject-spread, footprint)"
             )
             .into())
         }
