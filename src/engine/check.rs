@@ -87,9 +87,10 @@ impl Core {
             return Ok(());
         }
         // Where the windows are in an entry of `key` with these limits: worked out once, for
-        // the prefetch of the heads and for the windows themselves.
+        // the prefetch of the heads and for the windows themselves. The head parts lie
+        // together, from the first window's head to where the first ring starts.
         let at = self.places(limits, key.len());
-        let heads = at.get(..limits.len()).unwrap_or(&[]);
+        let heads = [at[0].head, at[0].ring.saturating_sub(1)];
         let mut spins = 0u32;
         loop {
             let (line, e) = match self.find_entry(hash, key, heads, &guard) {

@@ -12,7 +12,6 @@ use crate::key::MAX_KEY_LEN;
 use crate::limit::Limits;
 use crate::storage::format::{EntryHeader, EntryLayout, KIND_WINDOWS};
 use crate::storage::segment::Entry;
-use crate::window::At;
 
 impl Core {
     #[inline]
@@ -28,22 +27,22 @@ impl Core {
     }
 
     /// Find the window entry for `key` without a lock: its line and the entry itself.
-    /// `touch` are the places of the windows the check will read if the entry is `key`'s: their
-    /// heads' lines start loading before the header is read, so the misses of a cold entry's
-    /// lines overlap instead of following one another.
+    /// `heads`: the first and the last word of the windows' head parts if the entry is `key`'s
+    /// (they lie together after the key; for sliding windows at most 8 words, so at most two
+    /// lines, these two words' lines). Those lines start loading before the header is read, so
+    /// the misses of a cold entry's lines overlap instead of following one another.
     #[inline]
     pub(crate) fn find_entry(
         &self,
         hash: u64,
         key: &[u8],
-        touch: &[At],
+        heads: [usize; 2],
         guard: &Guard,
     ) -> Option<(u64, Entry<'_>)> {
         self.index.find_map(hash, guard, |line| {
             let e = self.segs.entry(line);
-            for at in touch {
-                e.prefetch(at.head);
-            }
+            e.prefetch(heads[0]);
+            e.prefetch(heads[1]);
             self.holds(&e, key, KIND_WINDOWS).then_some((line, e))
         })
     }

@@ -113,21 +113,24 @@ fn word_at<'a>(base: NonNull<u8>, len: usize, offset: usize) -> Option<&'a Atomi
     Some(unsafe { AtomicU64::from_ptr(base.as_ptr().add(offset).cast::<u64>()) })
 }
 
-/// Ask the processor to start loading the cache line of `w`, without waiting for it: a check
-/// that knows which lines of an entry it will read issues their misses together instead of one
-/// after another. Only a hint (no-op off x86-64); it never changes what any load returns.
+/// Ask the processor to start loading the cache line of address `p`, without waiting for it:
+/// a check that knows which lines of an entry it will read issues their misses together
+/// instead of one after another. Only a hint (no-op off x86-64); it never changes what any
+/// load returns, and `p` need not point at anything: the address is not dereferenced, so a
+/// caller may pass one it has not bounds-checked.
 #[inline(always)]
-pub(crate) fn prefetch(w: &AtomicU64) {
+pub(crate) fn prefetch(p: *const AtomicU64) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: `_mm_prefetch` needs SSE, which every x86-64 processor has (it is part of the
-    // target's baseline); a prefetch never faults and reads nothing into the program, and `w`
-    // is a live reference anyway.
+    // target's baseline). A prefetch reads nothing into the program and never faults, whatever
+    // the address (Intel SDM, PREFETCHh: "does not ... generate a fault"), so no pointer is
+    // dereferenced and no bound needs to hold.
     unsafe {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        _mm_prefetch::<_MM_HINT_T0>(w.as_ptr().cast_const().cast::<i8>());
+        _mm_prefetch::<_MM_HINT_T0>(p.cast::<i8>());
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = w;
+    let _ = p;
 }
 
 /// The segments of a store: a fixed table of base addresses that readers load without a lock,

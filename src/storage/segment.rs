@@ -43,13 +43,11 @@ impl<'a> Entry<'a> {
         self.words.get(i..i.checked_add(n)?)
     }
 
-    /// Start loading the line that holds word `i` (nothing if out of range): see
-    /// [`super::raw::prefetch`].
+    /// Start loading the line that holds word `i`: see [`super::raw::prefetch`]. No bounds
+    /// check (the address is only a hint; past the segment's end it loads nothing useful).
     #[inline(always)]
     pub(crate) fn prefetch(&self, i: usize) {
-        if let Some(w) = self.w(i) {
-            super::raw::prefetch(w);
-        }
+        super::raw::prefetch(self.words.as_ptr().wrapping_add(i));
     }
 
     /// Load word `i` (0 if out of range).
