@@ -223,6 +223,28 @@ struct Totals {
     conflicts: AtomicU64,
 }
 
+/// One thread's share of the [`Totals`], counted in plain integers and added once at the end:
+/// a shared counter bumped on every request would bounce its cache line between the threads
+/// inside the timed region (governor's loop counts the same way).
+#[derive(Default)]
+struct Counts {
+    allowed: u64,
+    rejected: u64,
+    started: u64,
+    replayed: u64,
+    conflicts: u64,
+}
+
+impl Totals {
+    fn add(&self, c: &Counts) {
+        self.allowed.fetch_add(c.allowed, Ordering::Relaxed);
+        self.rejected.fetch_add(c.rejected, Ordering::Relaxed);
+        self.started.fetch_add(c.started, Ordering::Relaxed);
+        self.replayed.fetch_add(c.replayed, Ordering::Relaxed);
+        self.conflicts.fetch_add(c.conflicts, Ordering::Relaxed);
+    }
+}
+
 fn percentiles(mut v: Vec<u64>) -> (u64, u64, u64) {
     if v.is_empty() {
         return (0, 0, 0);
@@ -310,6 +332,7 @@ pub fn run(c: &Config) -> Res {
             let mut buf = [0u8; 64];
             let mut recent: Vec<(usize, IdempotencyKey)> = Vec::with_capacity(1024);
             let mut next_key = (t as u128) << 64;
+            let mut counts = Counts::default();
             let mut n = 0u64;
             while Instant::now() < deadline {
                 for _ in 0..256 {
@@ -323,7 +346,7 @@ pub fn run(c: &Config) -> Res {
                         continue;
                     };
                     if d.allowed() {
-                        totals.allowed.fetch_add(1, Ordering::Relaxed);
+                        counts.allowed += 1;
                         if route.post && rng.unit() < c.idempotent {
                             let retry = !recent.is_empty() && rng.unit() < c.retries;
                             let (scope_token, key) = if retry {
@@ -345,7 +368,7 @@ pub fn run(c: &Config) -> Res {
                             match store.begin(&sbuf[..slen], &key, &fp) {
                                 Ok(Begin::Started(lease)) => {
                                     let _ = store.complete(&lease, &response);
-                                    totals.started.fetch_add(1, Ordering::Relaxed);
+                                    counts.started += 1;
                                     if recent.len() < 1024 {
                                         recent.push((token, key));
                                     } else {
@@ -354,16 +377,16 @@ pub fn run(c: &Config) -> Res {
                                     }
                                 }
                                 Ok(Begin::Replay(_)) => {
-                                    totals.replayed.fetch_add(1, Ordering::Relaxed);
+                                    counts.replayed += 1;
                                 }
                                 Ok(_) => {
-                                    totals.conflicts.fetch_add(1, Ordering::Relaxed);
+                                    counts.conflicts += 1;
                                 }
                                 Err(_) => {}
                             }
                         }
                     } else {
-                        totals.rejected.fetch_add(1, Ordering::Relaxed);
+                        counts.rejected += 1;
                     }
                     if let Some(t0) = t0 {
                         lat.push(t0.elapsed().as_nanos() as u64);
@@ -371,6 +394,7 @@ pub fn run(c: &Config) -> Res {
                 }
                 ops.fetch_add(256, Ordering::Relaxed);
             }
+            totals.add(&counts);
             lat
         },
     );
