@@ -354,7 +354,73 @@ impl Core {
     /// in place (a `Decision` is 136 bytes: returning one cost a copy on every rejection).
     /// Admitted if every window has room; a caller whose request a window refused says so
     /// with [`refused_by`]. `known`: a window whose state the caller has already (the one
-    /// that refused, from the copy it was judged on), which is not read again.
+    /// that refused, from the copy it was judged on), which is not read again. Two passes
+    /// out of line: every window from its head ([`Core::heads_snapshot`], the usual refusal,
+    /// with a small frame), else the general one ([`Core::snapshot_copies`]).
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the check's own arguments, its entry and the one window it already judged: bundling them would cost the hot path a copy"
+    )]
+    #[inline]
+    fn snapshot_entry(
+        &self,
+        e: &Entry<'_>,
+        at: &WindowsAt,
+        limits: &Limits,
+        cost: u32,
+        now_ms: u64,
+        out: &mut Decision,
+        known: Option<&(usize, WindowState)>,
+    ) {
+        // The usual refusal: every window answered from its head (a burst within a
+        // sub-window, the other windows' rings empty), without a copy of any ring.
+        if known.is_none()
+            && !limits.has_exact()
+            && self.heads_snapshot(e, at, limits, cost, now_ms, out)
+        {
+            return;
+        }
+        self.snapshot_copies(e, at, limits, cost, now_ms, out, known);
+    }
+
+    /// [`Core::snapshot_entry`] when every window of a set of sliding windows can be answered
+    /// from its head ([`sliding::head_summary`]); `false`, with `out` to be written again,
+    /// when one cannot.
+    #[inline(never)]
+    #[expect(
+        clippy::indexing_slicing,
+        reason = "window indexes are below limits.len() <= MAX_WINDOWS, the length of every array indexed here"
+    )]
+    fn heads_snapshot(
+        &self,
+        e: &Entry<'_>,
+        at: &WindowsAt,
+        limits: &Limits,
+        cost: u32,
+        now_ms: u64,
+        out: &mut Decision,
+    ) -> bool {
+        let n = limits.len();
+        let shapes = limits.shapes(self.b);
+        let mut all_fit = true;
+        for (i, geo) in shapes.all().iter().take(n).enumerate() {
+            let Some(geo) = geo else { return false };
+            let Some(win) = sliding_window(e, at[i], geo) else {
+                return false;
+            };
+            let Some(s) = sliding::head_summary(&win, geo, cost, now_ms) else {
+                return false;
+            };
+            out.windows[i] = WindowState::sliding(geo, &s);
+            all_fit &= out.windows[i].fits();
+        }
+        out.finish(all_fit, n);
+        true
+    }
+
+    /// [`Core::snapshot_entry`] in general: windows that need a copy of their ring, exact
+    /// windows, a window the caller already judged. Out of line.
+    #[inline(never)]
     #[expect(
         clippy::too_many_arguments,
         reason = "the check's own arguments, its entry and the one window it already judged: bundling them would cost the hot path a copy"
@@ -363,7 +429,7 @@ impl Core {
         clippy::indexing_slicing,
         reason = "window indexes are below limits.len() <= MAX_WINDOWS, the length of every array indexed here"
     )]
-    fn snapshot_entry(
+    fn snapshot_copies(
         &self,
         e: &Entry<'_>,
         at: &WindowsAt,
