@@ -122,9 +122,9 @@ fn word_at<'a>(base: NonNull<u8>, len: usize, offset: usize) -> Option<&'a Atomi
 pub(crate) fn prefetch(p: *const AtomicU64) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: `_mm_prefetch` needs SSE, which every x86-64 processor has (it is part of the
-    // target's baseline). A prefetch reads nothing into the program and never faults, whatever
-    // the address (Intel SDM, PREFETCHh: "does not ... generate a fault"), so no pointer is
-    // dereferenced and no bound needs to hold.
+    // target's baseline). A prefetch reads nothing into the program and, by the instruction's
+    // definition in Intel's and AMD's manuals, raises no exception whatever the address, so no
+    // pointer is dereferenced and no bound needs to hold.
     unsafe {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
         _mm_prefetch::<_MM_HINT_T0>(p.cast::<i8>());
