@@ -13,7 +13,8 @@
 //!   `check_key(&String)` takes. Subtract `string` from governor rows, `bytes` from others.
 //! * `admit/*`, checks admitted: `tollgate` (a file-backed store, as a gateway opens it),
 //!   `tollgate-mem` (the same store in anonymous memory with huge pages, to show what the file
-//!   costs), `governor` (`DefaultKeyedRateLimiter<String>`: a `DashMap` with std's SipHash
+//!   costs), `tollgate-home` (the file store with `Options::home_slots`: entries found from
+//!   the hash, one miss), `governor` (`DefaultKeyedRateLimiter<String>`: a `DashMap` with std's SipHash
 //!   `RandomState`), `governor-ahash` (the same limiter over `DashMap<String, InMemoryState,
 //!   ahash::RandomState>`, from `RateLimiter::dashmap_with_hasher`: no new dependency),
 //!   `toy-one-miss` and `toy-bare` (the floors, `toys/mod.rs`), and `toy-wide` and
@@ -214,6 +215,12 @@ impl Tollgate {
             .compactor_interval(Duration::from_secs(3600))
             .grow_ahead(true);
         let store = Store::open(path, opts).expect("open store");
+        Tollgate { store, limits }
+    }
+
+    /// A file store with home slots (`Options::home_slots`): one miss per cold check.
+    fn home(path: &Path, limits: Limits) -> Tollgate {
+        let store = Store::open(path, opts().home_slots(true)).expect("open store");
         Tollgate { store, limits }
     }
 
@@ -557,6 +564,18 @@ fn admit(c: &mut Criterion, x: &Ctx) {
             || Tollgate::memory(admit_limits()),
             false,
         );
+    }
+    if x.wants("admit", "tollgate-home", true) {
+        let path = x.dir.join(format!("home-{}.tg", x.label));
+        let make = || Tollgate::home(&path, admit_limits());
+        let (e, _) = admit_rows(c, x, "tollgate-home", make, true);
+        let per_key = e.store.stats().bytes as f64 / x.n as f64;
+        eprintln!(
+            "footprint/tollgate-home/{}: {per_key:.0} file bytes per key",
+            x.label
+        );
+        drop(e);
+        let _ = std::fs::remove_file(&path);
     }
     if x.wants("admit", "governor", true) {
         admit_rows(c, x, "governor", || governor(admit_quota()), true);

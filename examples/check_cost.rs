@@ -54,7 +54,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let store = if std::env::var_os("CHECK_COST_MEMORY").is_some() {
         Store::open_in_memory(Options::default().compactor(false))?
     } else {
-        Store::open(dir.join("store.tg"), Options::default().compactor(false))?
+        // `CHECK_COST_HOME=1`: with home slots (`Options::home_slots`).
+        let home = std::env::var_os("CHECK_COST_HOME").is_some();
+        let opts = Options::default().compactor(false).home_slots(home);
+        Store::open(dir.join("store.tg"), opts)?
     };
     let started = std::time::Instant::now();
     let pair = Limits::new(&[Limit::per_minute(60), Limit::per_hour(1000)])?;

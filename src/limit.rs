@@ -332,6 +332,8 @@ pub struct Limits {
     /// Where each window's head part and ring part are, from the first state word, with the
     /// default number of sub-windows ([`crate::window::places`]).
     rel_at: [At; MAX_WINDOWS],
+    /// How many state words the windows take in all, with the default number of sub-windows.
+    state_words: u16,
     len: u8,
     min_limit: u32,
     has_exact: bool,
@@ -400,13 +402,14 @@ impl Limits {
         for ((p, l), g) in parts.iter_mut().zip(limits).zip(&slides) {
             *p = window_parts(g.as_ref(), l);
         }
-        let (rel_at, _) = places(parts.get(..limits.len()).unwrap_or(&[]));
+        let (rel_at, state_words) = places(parts.get(..limits.len()).unwrap_or(&[]));
         Ok(Limits {
             items,
             descriptors,
             slides,
             desc_words,
             rel_at,
+            state_words: u16::try_from(state_words).unwrap_or(u16::MAX),
             len: limits.len() as u8,
             min_limit,
             has_exact,
@@ -498,6 +501,26 @@ impl Limits {
             *p = window_parts(self.slide(i, b).as_ref(), l);
         }
         places(parts.get(..self.len()).unwrap_or(&[])).0
+    }
+
+    /// How many state words the windows take in all in a store with `b` sub-windows per
+    /// window (what an entry holds after its key).
+    #[inline]
+    pub(crate) fn state_words(&self, b: u32) -> usize {
+        if b == DEFAULT_SUB_WINDOWS {
+            return usize::from(self.state_words);
+        }
+        self.state_words_for(b)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn state_words_for(&self, b: u32) -> usize {
+        let mut parts = [(0usize, 0usize); MAX_WINDOWS];
+        for ((i, p), l) in parts.iter_mut().enumerate().zip(self.as_slice()) {
+            *p = window_parts(self.slide(i, b).as_ref(), l);
+        }
+        places::<MAX_WINDOWS>(parts.get(..self.len()).unwrap_or(&[])).1
     }
 
     pub(crate) fn has_exact(&self) -> bool {

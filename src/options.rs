@@ -124,6 +124,7 @@ pub struct Options {
     pub(crate) refuse_lost: bool,
     /// Map the file's segments with 2 MiB pages where the kernel can.
     pub(crate) huge_pages: bool,
+    pub(crate) home_slots: bool,
     /// The test hook at every sync and allocation.
     pub(crate) io_hook: crate::storage::hook::Hook,
 }
@@ -171,6 +172,7 @@ impl Default for Options {
             on_full: OnFull::Reject,
             refuse_lost: false,
             huge_pages: true,
+            home_slots: false,
             io_hook: crate::storage::hook::Hook::default(),
         }
     }
@@ -214,6 +216,19 @@ impl Options {
     /// ([`Options::segment_size_log2`] below 21) gets none either.
     pub fn huge_pages(mut self, enabled: bool) -> Self {
         self.huge_pages = enabled;
+        self
+    }
+
+    /// Place window entries in home slots found from their key's hash (default: no): a check
+    /// of a key whose entry is not in cache then misses once (the entry) instead of twice (the
+    /// index's word, then the entry). The cost is space: the home segments of a size class
+    /// fill together and split together when three quarters of their slots are in use, so
+    /// they are between three eighths and three quarters full, and the file and the resident
+    /// set take more bytes per key (`docs/PERFORMANCE.md`, "Home slots", has both measured).
+    /// A key whose home bucket is full lives elsewhere and is found through the index, as
+    /// every key is without this. Files written with and without it open either way.
+    pub fn home_slots(mut self, enabled: bool) -> Self {
+        self.home_slots = enabled;
         self
     }
 

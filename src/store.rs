@@ -89,10 +89,14 @@ impl Store {
         } else if opts.huge_pages && opts.common.idem.durability != crate::Durability::Sync {
             segs.set_huge_pages();
         }
+        if opts.home_slots {
+            segs.set_home_slots();
+        }
         segs.map_existing(count)?;
         let core = Core::new(Parts {
             segs,
             header: opened.header_map,
+            seed: opened.seed,
             b: opened.header.sub_windows,
             path: Some(path),
             clock: opts.common.clock,
@@ -112,9 +116,14 @@ impl Store {
     /// last clone is dropped. For tests, and for gateways that want no file.
     pub fn open_in_memory(opts: Options) -> Result<Store> {
         opts.validate()?;
+        let mut segs = Segments::new(None, opts.segment_shift, opts.max_segments);
+        if opts.home_slots {
+            segs.set_home_slots();
+        }
         let core = Core::new(Parts {
-            segs: Segments::new(None, opts.segment_shift, opts.max_segments),
+            segs,
             header: Map::anon(HEADER_LEN as usize)?,
+            seed: crate::storage::file::fresh_seed(),
             b: opts.common.sub_windows,
             path: None,
             clock: opts.common.clock,

@@ -152,3 +152,44 @@ fn keys_never_see_each_others_counters_while_entries_move() {
         h.join().unwrap();
     }
 }
+
+#[test]
+fn home_slots_keep_every_count_while_segments_split_and_entries_move_home() {
+    // Small segments (255 slots of four lines), so the home segments split again and again
+    // while eight threads check the same keys, each in its own order: splits move entries,
+    // checks move entries home, and every key must end with exactly one count per thread.
+    let opts = Options::default()
+        .segment_size_log2(16)
+        .compactor(false)
+        .home_slots(true);
+    let store = Store::open_in_memory(opts).unwrap();
+    let limits = Limits::new(&[Limit::per_hour(1_000), Limit::per_day(10_000)]).unwrap();
+    let keys = 4_096u64;
+    let barrier = Arc::new(Barrier::new(THREADS));
+    let handles: Vec<_> = (0..THREADS as u64)
+        .map(|id| {
+            let (store, limits, barrier) = (store.clone(), limits.clone(), barrier.clone());
+            thread::spawn(move || {
+                barrier.wait();
+                for i in 0..keys {
+                    // A different order per thread: an odd multiplier, then a shift, is a
+                    // permutation of 0..2^12.
+                    let k = (i * (2 * id + 1) + id * 977) % keys;
+                    let key = format!("home-key-{k:06}-abcdefghijklmnop");
+                    let d = store.check_at(key.as_bytes(), &limits, 1, T0).unwrap();
+                    assert!(d.allowed(), "{key}");
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert_eq!(store.stats().entries, keys);
+    for k in 0..keys {
+        let key = format!("home-key-{k:06}-abcdefghijklmnop");
+        let d = store.peek_at(key.as_bytes(), &limits, T0).unwrap();
+        assert_eq!(d.windows()[0].used(), THREADS as u32, "{key}");
+        assert_eq!(d.windows()[1].used(), THREADS as u32, "{key}");
+    }
+}

@@ -14,6 +14,9 @@
 //! top of the previous recovery. `TOLLGATE_CRASH_KILLS` sets the number of kills (default 50);
 //! `tests/crash.sh N` runs N of them in release mode.
 //!
+//! Every other run of the workload puts window entries in home slots (`Options::home_slots`),
+//! so kills land in claims of home slots, splits of home segments and moves home as well.
+//!
 //! Two more crashes per round (issue 20):
 //!
 //! * **crash during recovery** (`TOLLGATE_CRASH_DOUBLE`, default 1 per kill): after the kill,
@@ -114,7 +117,10 @@ fn child(path: &str) {
         .unwrap_or(0);
     // The background compactor reads the store's clock: keep it on the workload's time.
     let clock = ManualClock::new(now);
-    let mut opts = options().clock(clock.clone());
+    // Home slots in every other run (`TOLLGATE_CRASH_HOME`): claims, splits and moves home
+    // get killed too, and the parent, which reopens without them, reads what they left.
+    let home = std::env::var_os("TOLLGATE_CRASH_HOME").is_some_and(|v| v == "1");
+    let mut opts = options().clock(clock.clone()).home_slots(home);
     if let Some(k) = std::env::var("TOLLGATE_CRASH_GROWTH_STEP")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -344,6 +350,7 @@ fn crash_recovery_under_sigkill() {
             .env("TOLLGATE_CRASH_SEED", rng.next().to_string())
             .env("TOLLGATE_CRASH_NOW", (exp.now + 1_000).to_string())
             .env("TOLLGATE_CRASH_J", exp.next_j.to_string())
+            .env("TOLLGATE_CRASH_HOME", if kill % 2 == 1 { "1" } else { "0" })
             .env(
                 "TOLLGATE_CRASH_GROWTH_STEP",
                 growth_step.map_or(String::new(), |k| k.to_string()),

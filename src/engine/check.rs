@@ -10,7 +10,7 @@
 use std::sync::atomic::Ordering;
 
 use super::core::Core;
-use super::entry::{sliding_window, WindowsAt};
+use super::entry::{sliding_window, Place, WindowsAt};
 use crate::backend::{check_key, check_request};
 use crate::decision::{empty_decision, exact_state, sliding_state, Decision, WindowState};
 use crate::error::{Error, Result};
@@ -91,10 +91,20 @@ impl Core {
         // together, from the first window's head to where the first ring starts.
         let at = self.places(limits, key.len());
         let heads = [at[0].head, at[0].ring.saturating_sub(1)];
+        let class = self.class_of(limits, key.len());
         let mut spins = 0u32;
+        let mut rehomed = false;
+        *added = [None; MAX_WINDOWS];
         loop {
-            let (line, e) = match self.find_entry(hash, key, heads, &guard) {
-                Some(found) => found,
+            let (line, e) = match self.find_entry(hash, key, class, heads, &guard) {
+                Some((line, _, true)) if !rehomed => {
+                    // Found through the index while its home bucket has room: move it home
+                    // once, then look again.
+                    rehomed = true;
+                    self.rehome(hash, line, key, class, &guard);
+                    continue;
+                }
+                Some((line, e, _)) => (line, e),
                 None => match self.insert(hash, key, limits, &guard, now_ms) {
                     Ok(line) => (line, self.segs.entry(line)),
                     Err(Error::CapacityExhausted) => {
@@ -111,14 +121,16 @@ impl Core {
                     spins += 1;
                     <std::sync::atomic::AtomicU64 as WordCell>::pause(spins);
                 }
-                Applied::Mismatch => match self.migrate(hash, line, key, limits, &guard) {
-                    Ok(()) => {}
-                    Err(Error::CapacityExhausted) => {
-                        *out = self.full_decision(limits, cost, now_ms);
-                        return Ok(());
+                Applied::Mismatch => {
+                    match self.migrate(hash, line, key, Some(limits), Place::Home(hash), &guard) {
+                        Ok(()) => {}
+                        Err(Error::CapacityExhausted) => {
+                            *out = self.full_decision(limits, cost, now_ms);
+                            return Ok(());
+                        }
+                        Err(e) => return Err(e),
                     }
-                    Err(e) => return Err(e),
-                },
+                }
             }
         }
     }
@@ -174,15 +186,19 @@ impl Core {
         let n = limits.len();
         let shapes = limits.shapes(self.b);
         let slides = shapes.all();
-        // The sub-window each window counted in, for the take-back (and the caller).
-        *added = [None; MAX_WINDOWS];
+        // `added`: the sub-window each window counted in, for the take-back (and the caller).
+        // A window counted in before the entry moved is counted in this copy too (below).
         for (i, geo) in slides.iter().take(n).enumerate() {
             // No exact window on this path: the `else` is not reached.
             let Some(geo) = geo else {
                 return Applied::Mismatch;
             };
+            if added[i].is_some() {
+                continue;
+            }
             let Some(win) = sliding_window(e, at[i], geo) else {
                 self.undo(e, at, limits, added, cost);
+                *added = [None; MAX_WINDOWS];
                 return Applied::Moved;
             };
             match sliding::add(&win, geo, now_ms, cost) {
@@ -191,7 +207,7 @@ impl Core {
                     out.windows[i] = WindowState::admitted(geo, used, reset_ms);
                 }
                 Added::Refused { seen, .. } => {
-                    if i > 0 {
+                    if added.iter().any(Option::is_some) {
                         self.undo(e, at, limits, added, cost);
                     }
                     *added = [None; MAX_WINDOWS];
@@ -202,7 +218,12 @@ impl Core {
                     return Applied::Done;
                 }
                 Added::Frozen => {
-                    self.undo(e, at, limits, added, cost);
+                    // The entry is being moved (or unlinked): the windows before this one
+                    // took the cost before they froze (they freeze in order, as they count),
+                    // so the copy they freeze into holds it; a take-back would change
+                    // nothing on a frozen window. They stay in `added`, and the check goes
+                    // on from this window in the entry it finds next: a rejection there takes
+                    // them back from that copy.
                     return Applied::Moved;
                 }
             }

@@ -45,6 +45,8 @@ pub(crate) struct Core {
     pub(crate) pending_recycle: Arc<AtomicU64>,
     /// Held while response records are compacted.
     pub(crate) compacting: Mutex<()>,
+    /// Held across a split of a home segment and the moves it asks for (`homing.rs`).
+    pub(crate) homing: Mutex<()>,
     /// The header page, mapped: its word at `SEEN_AT` is the newest time any operation ran at
     /// (explicit or from the clock), rounded up to the next multiple of `SEEN_GRANULE_MS`
     /// above it, kept across restarts. The compactor never judges expiry later than that
@@ -60,6 +62,8 @@ pub(crate) struct Parts<'a> {
     pub segs: Segments,
     /// The header page (anonymous for an in-memory store).
     pub header: Map,
+    /// The keys of the hash of keys (the file's, so that home slots stay put across opens).
+    pub seed: [u64; 4],
     /// Sub-windows per sliding window, as fixed in the file header.
     pub b: u32,
     /// The file, or `None` in memory.
@@ -80,7 +84,10 @@ impl Core {
         Core {
             segs: parts.segs,
             index: Index::new(),
-            hasher: ahash::RandomState::new(),
+            hasher: {
+                let [k0, k1, k2, k3] = parts.seed;
+                ahash::RandomState::with_seeds(k0, k1, k2, k3)
+            },
             b: parts.b,
             clock: parts.clock,
             idem: parts.idem,
@@ -94,6 +101,7 @@ impl Core {
             recycle: Arc::new(Mutex::new(Vec::new())),
             pending_recycle: Arc::new(AtomicU64::new(0)),
             compacting: Mutex::new(()),
+            homing: Mutex::new(()),
             header: parts.header,
         }
     }

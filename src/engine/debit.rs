@@ -20,7 +20,7 @@
 use std::sync::atomic::AtomicU64;
 
 use super::core::Core;
-use super::entry::sliding_window;
+use super::entry::{sliding_window, Place};
 use crate::backend::check_reserve;
 use crate::debit::{Reservation, Reserved};
 use crate::decision::Decision;
@@ -153,7 +153,7 @@ impl Core {
             };
             let e = self.segs.entry(line);
             let Some(at) = self.windows_at(&e, limits) else {
-                self.migrate(hash, line, key, limits, &guard)?;
+                self.migrate(hash, line, key, Some(limits), Place::Home(hash), &guard)?;
                 continue;
             };
             let mut moved = false;

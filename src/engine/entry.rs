@@ -16,6 +16,24 @@ use crate::window::cell::{META_FROZEN, META_HEAD, META_LOCK};
 use crate::window::sliding::{self, Slide, Window};
 use crate::window::{At, FROZEN};
 
+/// Where a new window entry goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Place {
+    /// In its home bucket for this hash if a slot is free there, else anywhere.
+    Home(u64),
+    /// In this slot, claimed for it (`Segments::claim_home`).
+    At(u64),
+}
+
+/// `descs` decoded (checked by [`Core::layout_for`] first; a bad one reads as empty).
+fn decode_all(descs: &[u32]) -> [Descriptor; MAX_WINDOWS] {
+    let mut decoded = [NO_DESCRIPTOR; MAX_WINDOWS];
+    for (d, &raw) in decoded.iter_mut().zip(descs) {
+        *d = Descriptor::decode(raw).unwrap_or(NO_DESCRIPTOR);
+    }
+    decoded
+}
+
 /// Where each window's head part and ring part are in an entry, in words from the entry's
 /// start (entries past the set's windows are meaningless).
 pub(crate) type WindowsAt = [At; MAX_WINDOWS];
@@ -124,7 +142,7 @@ pub(crate) fn entry_windows(e: &Entry<'_>, b: u32) -> Option<EntryWindows> {
     Some(EntryWindows { items, n })
 }
 
-/// A placeholder for the places of an [`EntryWindows`] past its windows (never read).
+/// A placeholder for descriptors past a set's windows (never read).
 const NO_DESCRIPTOR: Descriptor = Descriptor {
     window_ms: 0,
     exact: false,
@@ -151,26 +169,33 @@ impl std::ops::Deref for EntryWindows {
 impl Core {
     /// Write a complete entry for `kw` with `descs`; `state(i, word)` gives the initial state
     /// words of window `i` (`None` = empty). The header word, with the crc, is stored last.
+    /// `place`: where the entry goes ([`Place`]); a slot claimed for it (`Place::At`) is
+    /// given back if the entry cannot be written.
     pub(crate) fn write_entry(
         &self,
         kw: &KeyWords,
         descs: &[u32],
+        place: Place,
         state: impl Fn(usize, &mut [u64]) -> Option<()>,
     ) -> Result<u64> {
-        let mut decoded = [Descriptor {
-            window_ms: 0,
-            exact: false,
-            cap: 0,
-            bits: 0,
-        }; MAX_WINDOWS];
-        for (d, &raw) in decoded.iter_mut().zip(descs) {
-            *d = Descriptor::decode(raw).ok_or(Error::InvalidLimit("bad descriptor"))?;
-        }
+        let layout = match self.layout_for(kw, descs) {
+            Ok(layout) => layout,
+            Err(err) => {
+                if let Place::At(line) = place {
+                    self.segs.unclaim(line);
+                }
+                return Err(err);
+            }
+        };
+        let line = match place {
+            Place::At(line) => line,
+            Place::Home(hash) => match self.claim_home(hash, layout.lines) {
+                Some(line) => line,
+                None => self.segs.alloc(layout.lines)?,
+            },
+        };
+        let decoded = decode_all(descs);
         let decoded = decoded.get(..descs.len()).unwrap_or(&[]);
-        let layout = EntryLayout::new(decoded, kw.len, self.b).ok_or(Error::InvalidLimit(
-            "the key and its windows do not fit in an entry",
-        ))?;
-        let line = self.segs.alloc(layout.lines)?;
         let e = self.segs.entry(line);
         let store = |i: usize, v: u64| {
             if let Some(w) = e.w(i) {
@@ -211,6 +236,17 @@ impl Core {
             w.store(header.with_crc(crc).encode(), Ordering::Release);
         }
         Ok(line)
+    }
+
+    /// The layout of an entry for `kw` with the windows of `descs`.
+    pub(crate) fn layout_for(&self, kw: &KeyWords, descs: &[u32]) -> Result<EntryLayout> {
+        let mut decoded = [NO_DESCRIPTOR; MAX_WINDOWS];
+        for (d, &raw) in decoded.iter_mut().zip(descs) {
+            *d = Descriptor::decode(raw).ok_or(Error::InvalidLimit("bad descriptor"))?;
+        }
+        EntryLayout::new(decoded.get(..descs.len()).unwrap_or(&[]), kw.len, self.b).ok_or(
+            Error::InvalidLimit("the key and its windows do not fit in an entry"),
+        )
     }
 
     /// Where each window of `limits` starts in the entry (word offsets from its start), if the

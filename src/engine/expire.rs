@@ -107,6 +107,7 @@ impl Core {
         if report.expired > 0 {
             // Hand the unlinked entries to the epoch now, so their space comes back soon.
             crossbeam_epoch::pin().flush();
+            self.segs.reclaim();
         }
         self.counters.passes.fetch_add(1, Ordering::Relaxed);
         self.counters

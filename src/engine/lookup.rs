@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use crossbeam_epoch::Guard;
 
 use super::core::Core;
-use super::entry::KeyWords;
+use super::entry::{KeyWords, Place};
 use crate::error::{Error, Result};
 use crate::key::MAX_KEY_LEN;
 use crate::limit::Limits;
@@ -26,13 +26,33 @@ impl Core {
             .find(hash, guard, |line| self.matches(line, key, kind))
     }
 
-    /// Find the window entry for `key` without a lock: its line and the entry itself.
+    /// Find the window entry for `key` (of `class` lines) without a lock: its line, the entry
+    /// itself, and whether it was found away from home while its home bucket has a free slot
+    /// (worth a move home: `homing.rs`). Its home bucket first, then the index.
     /// `heads`: the first and the last word of the windows' head parts if the entry is `key`'s
     /// (they lie together after the key; for sliding windows at most 8 words, so at most two
     /// lines, these two words' lines). Those lines start loading before the header is read, so
     /// the misses of a cold entry's lines overlap instead of following one another.
     #[inline]
     pub(crate) fn find_entry(
+        &self,
+        hash: u64,
+        key: &[u8],
+        class: u32,
+        heads: [usize; 2],
+        guard: &Guard,
+    ) -> Option<(u64, Entry<'_>, bool)> {
+        match self.find_home(hash, key, class, heads, guard) {
+            Ok((line, e)) => Some((line, e, false)),
+            Err(room) => self
+                .find_away(hash, key, heads, guard)
+                .map(|(l, e)| (l, e, room)),
+        }
+    }
+
+    /// [`Core::find_entry`] through the index.
+    #[inline(never)]
+    fn find_away(
         &self,
         hash: u64,
         key: &[u8],
@@ -55,7 +75,7 @@ impl Core {
 
     /// Whether `e` is an entry of `kind` for `key`.
     #[inline]
-    fn holds(&self, e: &Entry<'_>, key: &[u8], kind: u8) -> bool {
+    pub(super) fn holds(&self, e: &Entry<'_>, key: &[u8], kind: u8) -> bool {
         let h = EntryHeader::decode(e.load(0));
         if h.key_len != key.len() || h.kind != kind {
             return false;
@@ -86,7 +106,9 @@ impl Core {
             .is_some_and(|w| w.load(Ordering::Relaxed) == u64::from_le_bytes(b))
     }
 
-    /// Find the key under its stripe lock, or write a new entry for it.
+    /// Find the key under its stripe lock, or write a new entry for it: in its home bucket if
+    /// a slot is free there, after a split of its full home segment if that is due
+    /// (`homing.rs`; the stripe lock is let go for it), else anywhere.
     #[cold]
     #[inline(never)]
     pub(crate) fn insert(
@@ -98,15 +120,29 @@ impl Core {
         now_ms: u64,
     ) -> Result<u64> {
         self.make_room(now_ms)?;
-        let mut lock = self.index.lock(hash);
-        if let Some(line) = self.find(hash, key, guard) {
+        let kw = KeyWords::new(key)?;
+        let class = self.class_of(limits, key.len());
+        let mut split = false;
+        loop {
+            let mut lock = self.index.lock(hash);
+            if let Some(line) = self.find(hash, key, guard) {
+                return Ok(line);
+            }
+            if !split
+                && self.home_is_full(class, hash, guard)
+                && self.segs.home_wants_split(class, hash)
+            {
+                drop(lock);
+                split = true;
+                self.make_home_room(class, hash)?;
+                continue;
+            }
+            let descs = limits.descriptors();
+            let line = self.write_entry(&kw, descs, Place::Home(hash), |_, _| None)?;
+            lock.insert(hash, line, guard, |l| self.rehash(l));
+            self.live_entries.fetch_add(1, Ordering::Relaxed);
             return Ok(line);
         }
-        let kw = KeyWords::new(key)?;
-        let line = self.write_entry(&kw, limits.descriptors(), |_, _| None)?;
-        lock.insert(hash, line, guard, |l| self.rehash(l));
-        self.live_entries.fetch_add(1, Ordering::Relaxed);
-        Ok(line)
     }
 
     /// Find the entry of `kind` for `key`, or write one under the key's stripe lock:
@@ -191,10 +227,9 @@ impl Core {
         self.find_kind(self.hasher.hash_one(key), key, kind, guard) == Some(line)
     }
 
+    /// Mark the entry at `line` removed, once it has left the index (`Segments::clear`).
     pub(crate) fn clear_entry(&self, line: u64) {
-        if let Some(w) = self.segs.entry(line).w(0) {
-            w.store(0, Ordering::Release);
-        }
+        self.segs.clear(line);
     }
 }
 

@@ -9,6 +9,7 @@
 //! | `core.rs` | the state every part shares, and its construction |
 //! | `seen.rs` | the newest-time word in the header page (clock steps back, expiry bound) |
 //! | `lookup.rs` | key → entry: the lock-free probe, insert under a stripe lock, room checks |
+//! | `homing.rs` | window entries in their home slots: probe, claim, split, move home |
 //! | `entry.rs` | the window entry codec: write, read its layout, check it at open |
 //! | `check.rs` | the check path: count in every window all or nothing, peek, decisions |
 //! | `moves.rs` | moving an entry to a new set of windows (freeze, copy, switch) |
@@ -35,6 +36,7 @@ mod counters;
 mod debit;
 mod entry;
 mod expire;
+mod homing;
 mod inspect;
 mod lookup;
 mod moves;

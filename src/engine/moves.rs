@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use crossbeam_epoch::Guard;
 
 use super::core::Core;
-use super::entry::{raw_descriptors, sliding_window, KeyWords};
+use super::entry::{raw_descriptors, sliding_window, KeyWords, Place};
 use crate::error::{Error, Result};
 use crate::limit::{Descriptor, Limits, MAX_WINDOWS};
 use crate::storage::format::{EntryHeader, EntryLayout};
@@ -16,8 +16,9 @@ use crate::window::cell::{self, META_FROZEN};
 use crate::window::sliding::{self, Slide, Snap};
 
 impl Core {
-    /// Move the entry at `old` to a new entry shaped for `limits`, keeping the state of every
-    /// window both shapes share.
+    /// Move the entry at `old` to a new entry shaped for `limits` (`None`: the same windows,
+    /// moved home, `homing.rs`), keeping the state of every window both shapes share. The new
+    /// entry goes to `place`; a slot claimed for it is given back if the move does not happen.
     #[cold]
     #[inline(never)]
     pub(crate) fn migrate(
@@ -25,12 +26,22 @@ impl Core {
         hash: u64,
         old: u64,
         key: &[u8],
-        limits: &Limits,
+        limits: Option<&Limits>,
+        place: Place,
         guard: &Guard,
     ) -> Result<()> {
-        let kw = &KeyWords::new(key)?;
+        let give_back = || {
+            if let Place::At(line) = place {
+                self.segs.unclaim(line);
+            }
+        };
+        let Ok(kw) = &KeyWords::new(key) else {
+            give_back();
+            return KeyWords::new(key).map(|_| ());
+        };
         let mut lock = self.index.lock(hash);
         if self.find(hash, key, guard) != Some(old) {
+            give_back();
             return Ok(()); // someone else moved it
         }
         let e = self.segs.entry(old);
@@ -41,10 +52,13 @@ impl Core {
             .iter()
             .filter_map(|&d| Descriptor::decode(d))
             .collect();
-        let old_layout = EntryLayout::new(&decoded, kw.len, self.b).ok_or(Error::Corrupt {
-            offset: old,
-            reason: "entry descriptors",
-        })?;
+        let Some(old_layout) = EntryLayout::new(&decoded, kw.len, self.b) else {
+            give_back();
+            return Err(Error::Corrupt {
+                offset: old,
+                reason: "entry descriptors",
+            });
+        };
         // Freeze the old entry: exact windows by their meta word, sliding ones by the frozen
         // bit of their head (which also gives the frozen copy to carry over).
         let mut frozen: [Option<(Snap, Slide)>; MAX_WINDOWS] = [None; MAX_WINDOWS];
@@ -64,8 +78,8 @@ impl Core {
                 }
             }
         }
-        let new_descs = limits.descriptors();
-        let written = self.write_entry(kw, new_descs, |i, out| {
+        let new_descs = limits.map_or(old_descs, Limits::descriptors);
+        let written = self.write_entry(kw, new_descs, place, |i, out| {
             let nd = Descriptor::decode(*new_descs.get(i)?)?;
             // The same window in the old entry: same length and mode.
             let j = decoded

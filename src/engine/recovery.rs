@@ -1,13 +1,14 @@
 //! Opening a file: read every segment, check every entry (crc, descriptors, state words),
-//! clear what a crash left half done (lock bits, frozen copies, completions cut short) and
-//! rebuild the index. What fails a check is counted and never served.
+//! clear what a crash left half done (lock bits, frozen copies, completions cut short,
+//! claimed home slots) and rebuild the index and the home directories. What fails a check is
+//! counted and never served.
 
 use std::sync::atomic::Ordering;
 
 use super::core::Core;
 use crate::storage::format::{
-    BlobHeader, EntryHeader, SegmentHeader, BLOB_SEGMENT, KIND_IDEM, KIND_PERMITS, KIND_VERSION,
-    KIND_WINDOWS,
+    BlobHeader, EntryHeader, SegmentHeader, BLOB_SEGMENT, CLAIMED, KIND_IDEM, KIND_PERMITS,
+    KIND_VERSION, KIND_WINDOWS, TOMBSTONE,
 };
 
 /// What opening a store found (entries recovered, records skipped).
@@ -82,7 +83,9 @@ impl Core {
                 at += lines;
                 let e = self.segs.entry(line);
                 let head = e.load(0);
-                if head == 0 {
+                // Free: never used, or (in a home segment) a removed entry's tombstone or a
+                // slot claimed for an entry a crash cut short.
+                if head == 0 || head == TOMBSTONE || head == CLAIMED {
                     free.push(line);
                     continue;
                 }
@@ -123,7 +126,12 @@ impl Core {
                                     // The frozen copy is the one that was being moved away.
                                     lock.replace(hash, other, line, &guard);
                                     self.clear_entry(other);
-                                    free.push(other);
+                                    if self.segs.seg_of(other) == seg {
+                                        free.push(other);
+                                    } else {
+                                        // In a segment already adopted: freed there.
+                                        self.segs.free_at_open(other);
+                                    }
                                 } else {
                                     self.clear_entry(line);
                                     free.push(line);
@@ -143,6 +151,7 @@ impl Core {
         for (seg, scanned) in blob_segments {
             self.segs.adopt_blob(seg, scanned);
         }
+        self.segs.rebuild_homes();
         report
     }
 

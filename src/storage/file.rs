@@ -26,7 +26,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::format::{
-    FileHeader, CENSUS_AT, HEADER_LEN, HEADER_USED, LINE, SEGMENTS_AT, SEGMENTS_START,
+    FileHeader, CENSUS_AT, HEADER_LEN, HEADER_USED, LINE, SEED_AT, SEGMENTS_AT, SEGMENTS_START,
 };
 use super::hook::{Hook, IoEvent};
 use super::raw::Map;
@@ -53,6 +53,10 @@ pub(crate) struct Opened {
     /// The entries the file held when its last writer went away, if it left a census (a
     /// writer's open has erased it by now).
     pub census: Option<u64>,
+    /// The keys of the hash that places window entries (`segment/home.rs`): the file's, or
+    /// new ones (written to the file by a writer's open, so that the next open finds every
+    /// entry where this one puts it).
+    pub seed: [u64; 4],
 }
 
 /// How a store file is opened.
@@ -155,6 +159,18 @@ pub(crate) fn open(
             file.sync_data()
         })?;
     }
+    let seed = match read_seed(&file)? {
+        Some(keys) => keys,
+        None => {
+            let keys = fresh_seed();
+            if write {
+                // Not synced: if a crash loses it, the next open draws other keys, and the
+                // entries placed with these are found through the index until they move.
+                file.write_all_at(&FileHeader::seed_bytes(keys), SEED_AT as u64)?;
+            }
+            keys
+        }
+    };
     let header_map = if write {
         Map::file(&file, 0, HEADER_LEN as usize)?
     } else {
@@ -168,6 +184,7 @@ pub(crate) fn open(
         count_damaged,
         header_map,
         census,
+        seed,
     })
 }
 
@@ -202,6 +219,25 @@ pub(crate) fn record_segments(file: &File, segments: u32, hook: &Hook) -> Result
 pub(crate) fn record_census(file: &File, entries: u64) -> Result<()> {
     file.write_all_at(&FileHeader::census_bytes(entries), CENSUS_AT as u64)?;
     Ok(())
+}
+
+/// New random keys for the hash of a store's keys (never all zero).
+pub(crate) fn fresh_seed() -> [u64; 4] {
+    let draw = ahash::RandomState::new();
+    let mut keys = [0u64; 4];
+    for (i, k) in (0u64..).zip(keys.iter_mut()) {
+        *k = draw.hash_one(i) | 1;
+    }
+    keys
+}
+
+fn read_seed(file: &File) -> Result<Option<[u64; 4]>> {
+    let mut b = [0u8; 40];
+    match file.read_exact_at(&mut b, SEED_AT as u64) {
+        Ok(()) => Ok(FileHeader::seed_of(&b)),
+        Err(e) if e.kind() == ErrorKind::UnexpectedEof => Ok(None),
+        Err(e) => Err(Error::Io(e)),
+    }
 }
 
 fn read_census(file: &File) -> Result<Option<u64>> {

@@ -32,6 +32,10 @@ pub(crate) const SEEN_AT: usize = HEADER_USED;
 pub(crate) const SEGMENTS_AT: usize = HEADER_USED + 8;
 /// Offset of the census (16 bytes): the entries a cleanly closed file holds.
 pub(crate) const CENSUS_AT: usize = HEADER_USED + 16;
+/// Offset of the hash seed (40 bytes): the four keys of the hash that places window entries
+/// in home segments, the crc32 of their 32 little-endian bytes, four zero bytes. Written once,
+/// by the first open of the file that finds none; a secret as private as the file.
+pub(crate) const SEED_AT: usize = HEADER_USED + 32;
 /// The most segments a store can hold (`Options::max_segments` is at most this): a segment
 /// count above it was not written by tollgate.
 pub(crate) const MAX_SEGMENTS: u32 = 1 << 20;
@@ -47,6 +51,15 @@ pub(crate) const KIND_IDEM: u8 = 2;
 pub(crate) const KIND_VERSION: u8 = 3;
 /// Entry kind of a key's concurrency permits (`engine/permits.rs`).
 pub(crate) const KIND_PERMITS: u8 = 4;
+/// The header word of a removed entry in a home segment whose lines wait for the epoch
+/// (kind `0xFF`, every other byte zero): not an entry, and not yet free. Free at open.
+pub(crate) const TOMBSTONE: u64 = 0xFF << 16;
+/// The header word of a home slot claimed for an entry being written (kind `0xFE`): not an
+/// entry yet, and no longer free. Free at open.
+pub(crate) const CLAIMED: u64 = 0xFE << 16;
+/// The deepest a home directory goes: a size class's home segments are told apart by at most
+/// this many top bits of the hash.
+pub(crate) const MAX_HOME_DEPTH: u32 = 16;
 /// `entry_lines` of a segment that holds response records (blobs) instead of entries.
 pub(crate) const BLOB_SEGMENT: u32 = 0;
 /// First word of a blob record: magic in the low half, payload length in the high half.
@@ -150,6 +163,29 @@ impl FileHeader {
             .then_some(u64::from_le_bytes(n))
     }
 
+    /// The hash seed's 40 bytes (at [`SEED_AT`]) for `keys`.
+    pub(crate) fn seed_bytes(keys: [u64; 4]) -> [u8; 40] {
+        let mut b = [0u8; 40];
+        for (chunk, k) in b.chunks_exact_mut(8).zip(keys) {
+            chunk.copy_from_slice(&k.to_le_bytes());
+        }
+        let crc = crc32fast::hash(b.get(..32).unwrap_or(&[]));
+        b[32..36].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    /// Decode a hash seed: `None` if there is none (all zero) or its check fails.
+    pub(crate) fn seed_of(b: &[u8]) -> Option<[u64; 4]> {
+        let keys = b.get(..32)?;
+        if b.len() < 40 || le32(b, 32) != crc32fast::hash(keys) || le32(b, 36) != 0 {
+            return None;
+        }
+        if keys.iter().all(|&x| x == 0) {
+            return None;
+        }
+        Some([le64(b, 0), le64(b, 8), le64(b, 16), le64(b, 24)])
+    }
+
     /// Decode a segment-count word: `None` if its check fails (a damaged word; an all-zero
     /// word fails too, since the crc of a zero count is not zero) or if the count is more than
     /// a store can hold ([`MAX_SEGMENTS`]): an all-ones word passes the crc (the crc32 of four
@@ -169,6 +205,19 @@ pub(crate) struct SegmentHeader {
     pub index: u32,
     /// Lines per entry in this segment (its size class), or [`BLOB_SEGMENT`].
     pub entry_lines: u32,
+    /// For a home segment (`segment/home.rs`): its depth and prefix when it was made, the
+    /// hashes whose top `depth` bits are `prefix` (a later split of the segment is recorded
+    /// by the new segment alone). `None` for any other segment.
+    pub home: Option<HomeTag>,
+}
+
+/// Which hashes a home segment was made for: those whose top `depth` bits are `prefix`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HomeTag {
+    /// Bits of the hash (0 to [`MAX_HOME_DEPTH`]).
+    pub depth: u32,
+    /// Their value (below `1 << depth`).
+    pub prefix: u32,
 }
 
 impl SegmentHeader {
@@ -179,6 +228,10 @@ impl SegmentHeader {
         b[8..12].copy_from_slice(&self.index.to_le_bytes());
         b[12..16].copy_from_slice(&self.entry_lines.to_le_bytes());
         b[16..20].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        if let Some(t) = self.home {
+            b[20..24].copy_from_slice(&(t.depth + 1).to_le_bytes());
+            b[24..28].copy_from_slice(&t.prefix.to_le_bytes());
+        }
         let crc = crc32fast::hash(&b[0..60]);
         b[60..64].copy_from_slice(&crc.to_le_bytes());
         b
@@ -199,9 +252,20 @@ impl SegmentHeader {
         if le32(b, 60) != crc32fast::hash(&b[0..60]) {
             return Err("segment header checksum mismatch");
         }
+        let home = match le32(b, 20) {
+            0 if le32(b, 24) == 0 => None,
+            d @ 1.. if d - 1 <= MAX_HOME_DEPTH && u64::from(le32(b, 24)) < 1u64 << (d - 1) => {
+                Some(HomeTag {
+                    depth: d - 1,
+                    prefix: le32(b, 24),
+                })
+            }
+            _ => return Err("segment home placement out of range"),
+        };
         let h = SegmentHeader {
             index: le32(b, 8),
             entry_lines: le32(b, 12),
+            home,
         };
         if h.index != expected_index {
             return Err("segment index does not match its position");
@@ -209,7 +273,7 @@ impl SegmentHeader {
         if le32(b, 16) != FORMAT_VERSION {
             return Err("segment format version mismatch");
         }
-        if h.entry_lines > MAX_ENTRY_LINES {
+        if h.entry_lines > MAX_ENTRY_LINES || (home.is_some() && h.entry_lines == BLOB_SEGMENT) {
             return Err("segment entry size out of range");
         }
         Ok(Some(h))
@@ -539,6 +603,7 @@ mod tests {
         let h = SegmentHeader {
             index: 3,
             entry_lines: 2,
+            home: None,
         };
         let b = h.encode();
         assert_eq!(SegmentHeader::decode(&b, 3), Ok(Some(h)));
@@ -547,5 +612,45 @@ mod tests {
         let mut bad = b;
         bad[12] = 99;
         assert!(SegmentHeader::decode(&bad, 3).is_err());
+        let home = SegmentHeader {
+            home: Some(HomeTag {
+                depth: 3,
+                prefix: 5,
+            }),
+            ..h
+        };
+        assert_eq!(SegmentHeader::decode(&home.encode(), 3), Ok(Some(home)));
+        // A prefix wider than its depth, a depth past the deepest, a home blob segment: each
+        // written with a valid crc, each refused.
+        for (depth, prefix, lines) in [(3, 8, 2), (MAX_HOME_DEPTH + 1, 0, 2), (0, 0, BLOB_SEGMENT)]
+        {
+            let mut b = SegmentHeader {
+                entry_lines: lines,
+                ..h
+            }
+            .encode();
+            b[20..24].copy_from_slice(&(depth + 1).to_le_bytes());
+            b[24..28].copy_from_slice(&u32::to_le_bytes(prefix));
+            let crc = crc32fast::hash(&b[0..60]);
+            b[60..64].copy_from_slice(&crc.to_le_bytes());
+            assert!(
+                SegmentHeader::decode(&b, 3).is_err(),
+                "{depth} {prefix} {lines}"
+            );
+        }
+    }
+
+    #[test]
+    fn seed_round_trip() {
+        let keys = [1, 2, 3, u64::MAX];
+        assert_eq!(
+            FileHeader::seed_of(&FileHeader::seed_bytes(keys)),
+            Some(keys)
+        );
+        assert_eq!(FileHeader::seed_of(&[0u8; 40]), None, "none written");
+        let mut bad = FileHeader::seed_bytes(keys);
+        bad[3] ^= 1;
+        assert_eq!(FileHeader::seed_of(&bad), None);
+        assert_eq!(FileHeader::seed_of(&[0u8; 39]), None);
     }
 }

@@ -16,13 +16,16 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::format::{SegmentHeader, BLOB_SEGMENT, LINE, MAX_ENTRY_LINES, SEGMENTS_START};
+use super::format::{SegmentHeader, LINE, MAX_ENTRY_LINES, SEGMENTS_START};
 use super::hook::{Hook, IoEvent};
 use super::raw::{Map, Maps};
 use crate::error::{Error, Result};
 use growth::Spare;
+pub(crate) use home::{Split, BUCKET, SPLIT_AT_PCT};
 
+mod blob;
 mod growth;
+mod home;
 
 /// A view of one entry: its words, by index from its start (to the end of its segment).
 #[derive(Clone, Copy)]
@@ -81,6 +84,8 @@ struct Alloc {
     /// not known, the whole segment), so that scans skip a tail never used, also after a
     /// reopen.
     ends: Vec<u64>,
+    /// The home segments (`home.rs`).
+    homes: home::Book,
 }
 
 /// How full the blob segments are (lines of 64 bytes).
@@ -128,6 +133,12 @@ pub(crate) struct Segments {
     poisoned: AtomicBool,
     /// The spare segment grown ahead of need, off the request path (`growth.rs`).
     spare: Spare,
+    /// Every size class's directory of home segments (`home.rs`).
+    dirs: home::Dirs,
+    /// New window entries go to home segments (`Options::home_slots`).
+    homes_wanted: bool,
+    /// Some home segment exists (made now, or found at open): checks try home slots first.
+    any_home: AtomicBool,
 }
 
 impl Segments {
@@ -146,6 +157,7 @@ impl Segments {
                 blob_live: Vec::new(),
                 blob_floor: Vec::new(),
                 ends: Vec::new(),
+                homes: home::Book::default(),
             }),
             released: Arc::new(Mutex::new(Released::default())),
             pending: Arc::new(AtomicU64::new(0)),
@@ -154,6 +166,9 @@ impl Segments {
             hook: Hook::default(),
             poisoned: AtomicBool::new(false),
             spare: Spare::default(),
+            dirs: home::Dirs::new(),
+            homes_wanted: false,
+            any_home: AtomicBool::new(false),
         }
     }
 
@@ -189,6 +204,11 @@ impl Segments {
     /// Ask for 2 MiB pages for every file segment mapped from now on (`Options::huge_pages`).
     pub(crate) fn set_huge_pages(&mut self) {
         self.huge = true;
+    }
+
+    /// Put new window entries in home segments (`Options::home_slots`).
+    pub(crate) fn set_home_slots(&mut self) {
+        self.homes_wanted = true;
     }
 
     /// Map the file's segments as private copy-on-write maps (read-only views).
@@ -288,124 +308,27 @@ impl Segments {
         let mut a = self.alloc.lock();
         match header {
             None => a.blank.push(seg),
-            Some(h) => {
-                if let Some(c) = a.classes.get_mut(h.entry_lines as usize) {
-                    c.free.extend(free_lines);
+            Some(h) => match h.home {
+                // A home segment's free slots are free by their header word alone (a removed
+                // entry's tombstone, a claim a crash cut short: both free now).
+                Some(tag) => {
+                    for &line in &free_lines {
+                        if let Some(w) = self.entry(line).w(0) {
+                            w.store(0, Ordering::Relaxed);
+                        }
+                    }
+                    let slots = (self.seg_lines() - 1) / u64::from(h.entry_lines.max(1));
+                    let live = slots.saturating_sub(free_lines.len() as u64);
+                    self.adopt_home(&mut a, seg, h.entry_lines, tag, live);
                 }
-                set_at(&mut a.ends, seg, end.max(1));
-            }
-        }
-    }
-
-    /// Register blob segment `seg` (found at open) whose records end at line `next`. Its live
-    /// lines are added by [`Segments::blob_live_add`] as the entries pointing at it are read.
-    pub(crate) fn adopt_blob(&self, seg: usize, next: u64) {
-        let mut a = self.alloc.lock();
-        let next = next.max(get_at(&a.blob_floor, seg));
-        set_at(&mut a.blob_used, seg, next.saturating_sub(1));
-        if a.blob.is_none_or(|(s, _)| s < seg) {
-            a.blob = Some((seg, next));
-        }
-    }
-
-    /// The segment of a blob record of `lines` lines at `line`, and the line after it in that
-    /// segment; `None` if no record can be there (in a segment the file does not hold, on a
-    /// segment's header line, or running past its segment's end): its pointer or length is
-    /// damaged, it is refused when replayed, and its lines are never counted.
-    fn blob_span(&self, line: u64, lines: u64) -> Option<(usize, u64)> {
-        let seg = self.seg_of(line);
-        let at = line & (self.seg_lines() - 1);
-        let end = at.checked_add(lines)?;
-        (seg < self.maps.count() && at > 0 && end <= self.seg_lines()).then_some((seg, end))
-    }
-
-    /// Count `lines` of the blob record at `line` as live (at open).
-    pub(crate) fn blob_live_add(&self, line: u64, lines: u64) {
-        let Some((seg, end)) = self.blob_span(line, lines) else {
-            return;
-        };
-        let mut a = self.alloc.lock();
-        let v = get_at(&a.blob_live, seg) + lines;
-        set_at(&mut a.blob_live, seg, v);
-        let floor = get_at(&a.blob_floor, seg).max(end);
-        set_at(&mut a.blob_floor, seg, floor);
-    }
-
-    /// The blob record at `line` (of `lines` lines) is no longer referenced.
-    pub(crate) fn blob_dead(&self, line: u64, lines: u64) {
-        let Some((seg, _)) = self.blob_span(line, lines) else {
-            return; // never counted live (`blob_live_add`)
-        };
-        let mut a = self.alloc.lock();
-        let v = get_at(&a.blob_live, seg).saturating_sub(lines);
-        set_at(&mut a.blob_live, seg, v);
-    }
-
-    /// Blob segments, other than the one being filled, whose live lines are at most
-    /// `live_pct` percent of their used lines.
-    pub(crate) fn sparse_blob_segments(&self, live_pct: u64) -> Vec<usize> {
-        let a = self.alloc.lock();
-        let current = a.blob.map(|(s, _)| s);
-        a.blob_used
-            .iter()
-            .enumerate()
-            .filter(|&(seg, &used)| {
-                used > 0
-                    && Some(seg) != current
-                    && get_at(&a.blob_live, seg) * 100 <= used * live_pct
-            })
-            .map(|(seg, _)| seg)
-            .collect()
-    }
-
-    /// Take blob segment `seg` out of use if no live line is left in it: `true` if it was, and
-    /// it must now be recycled (once, after the epoch). It is no longer listed as sparse.
-    pub(crate) fn retire_blob_segment(&self, seg: usize) -> bool {
-        let mut a = self.alloc.lock();
-        let current = a.blob.map(|(s, _)| s);
-        if get_at(&a.blob_live, seg) != 0 || get_at(&a.blob_used, seg) == 0 || current == Some(seg)
-        {
-            return false;
-        }
-        set_at(&mut a.blob_used, seg, 0);
-        true
-    }
-
-    /// Blob space in use.
-    pub(crate) fn blob_usage(&self) -> BlobUsage {
-        let a = self.alloc.lock();
-        BlobUsage {
-            segments: a.blob_used.iter().filter(|&&u| u > 0).count() as u64,
-            used_lines: a.blob_used.iter().sum(),
-            live_lines: a.blob_live.iter().sum(),
-        }
-    }
-
-    /// Make blob segment `seg` (with no live record left, and no reader left that could hold
-    /// one) an empty, blank segment. Its records are zeroed first and its header last, so a
-    /// crash in between leaves either a blob segment (whose scan stops at the zeros) or a
-    /// blank one.
-    pub(crate) fn recycle_blob_segment(&self, seg: usize) {
-        let seg_lines = self.seg_lines();
-        for line in (1..seg_lines).rev() {
-            let e = self.entry(seg as u64 * seg_lines + line);
-            for i in 0..LINE / 8 {
-                if let Some(w) = e.w(i) {
-                    w.store(0, Ordering::Relaxed);
+                None => {
+                    if let Some(c) = a.classes.get_mut(h.entry_lines as usize) {
+                        c.free.extend(free_lines);
+                    }
+                    set_at(&mut a.ends, seg, end.max(1));
                 }
-            }
+            },
         }
-        let head = self.entry(seg as u64 * seg_lines);
-        for i in 0..LINE / 8 {
-            if let Some(w) = head.w(i) {
-                w.store(0, Ordering::Release);
-            }
-        }
-        let mut a = self.alloc.lock();
-        set_at(&mut a.blob_used, seg, 0);
-        set_at(&mut a.blob_live, seg, 0);
-        set_at(&mut a.blob_floor, seg, 0);
-        a.blank.push(seg);
     }
 
     /// The line after the last one ever handed out in entry segment `seg` (so that scans skip
@@ -445,44 +368,6 @@ impl Segments {
     /// The segment index of global line `line`.
     pub(crate) fn seg_of(&self, line: u64) -> usize {
         (line >> (self.seg_shift - 6)) as usize
-    }
-
-    /// The largest blob payload a record can hold.
-    pub(crate) fn max_blob(&self) -> usize {
-        ((self.seg_lines() - 1) as usize) * LINE - 16
-    }
-
-    /// Allocate `lines` contiguous lines for a blob record. The lines count as live from now
-    /// on, so that compaction never recycles a segment a record is still being written into;
-    /// the caller hands them back with [`Segments::blob_dead`] if it gives the record up.
-    pub(crate) fn alloc_blob(&self, lines: u64) -> Result<u64> {
-        let seg_lines = self.seg_lines();
-        if lines == 0 || lines > seg_lines - 1 {
-            return Err(Error::InvalidOptions("blob larger than a segment"));
-        }
-        let mut a = self.alloc.lock();
-        if let Some((seg, next)) = a.blob {
-            if next + lines <= seg_lines {
-                a.blob = Some((seg, next + lines));
-                let used = get_at(&a.blob_used, seg) + lines;
-                set_at(&mut a.blob_used, seg, used);
-                let live = get_at(&a.blob_live, seg) + lines;
-                set_at(&mut a.blob_live, seg, live);
-                return Ok(seg as u64 * seg_lines + next);
-            }
-        }
-        let seg = self.take_segment(&mut a)?;
-        self.write_segment_header(
-            seg,
-            SegmentHeader {
-                index: seg as u32,
-                entry_lines: BLOB_SEGMENT,
-            },
-        );
-        a.blob = Some((seg, 1 + lines));
-        set_at(&mut a.blob_used, seg, lines);
-        set_at(&mut a.blob_live, seg, lines);
-        Ok(seg as u64 * seg_lines + 1)
     }
 
     /// Byte offset in the file of global line `line` (for error reports).
@@ -525,13 +410,8 @@ impl Segments {
     }
 
     fn alloc_inner(&self, lines: u32, retried: bool) -> Result<u64> {
-        let released = std::mem::take(&mut *self.released.lock());
         let mut a = self.alloc.lock();
-        for (line, l) in released.runs.into_iter().flatten().chain(released.lines) {
-            if let Some(c) = a.classes.get_mut(l as usize) {
-                c.free.push(line);
-            }
-        }
+        self.drain_released(&mut a);
         let seg_lines = self.seg_lines();
         let class = lines as usize;
         if let Some(line) = a.classes.get_mut(class).and_then(|c| c.free.pop()) {
@@ -571,6 +451,7 @@ impl Segments {
             SegmentHeader {
                 index: seg as u32,
                 entry_lines: lines,
+                home: None,
             },
         );
         if let Some(c) = a.classes.get_mut(class) {
