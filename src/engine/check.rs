@@ -78,7 +78,7 @@ impl Core {
         check_request(key, limits, cost)?;
         self.saw(now_ms);
         let hash = self.hasher.hash_one(key);
-        let guard = crossbeam_epoch::pin();
+        let mut guard = crossbeam_epoch::pin();
         if cost == 0 {
             *out = match self.find(hash, key, &guard) {
                 Some(line) => self.snapshot(line, limits, 0, now_ms, None),
@@ -91,22 +91,28 @@ impl Core {
         // together, from the first window's head to where the first ring starts.
         let at = self.places(limits, key.len());
         let heads = [at[0].head, at[0].ring.saturating_sub(1)];
-        let class = self.class_of(limits, key.len());
         let mut spins = 0u32;
-        let mut rehomed = false;
+        let (mut rehomed, mut split) = (false, false);
         *added = [None; MAX_WINDOWS];
         loop {
-            let (line, e) = match self.find_entry(hash, key, class, heads, &guard) {
+            let (line, e) = match self.find_entry(hash, key, limits, heads, &guard) {
                 Some((line, _, true)) if !rehomed => {
                     // Found through the index while its home bucket has room: move it home
                     // once, then look again.
                     rehomed = true;
-                    self.rehome(hash, line, key, class, &guard);
+                    self.rehome(hash, line, key, limits, &guard);
                     continue;
                 }
                 Some((line, e, _)) => (line, e),
-                None => match self.insert(hash, key, limits, &guard, now_ms) {
-                    Ok(line) => (line, self.segs.entry(line)),
+                None => match self.insert(hash, key, limits, &guard, now_ms, !split) {
+                    Ok(Some(line)) => (line, self.segs.entry(line)),
+                    Ok(None) => {
+                        // Its home segment splits first, with no epoch pinned here.
+                        split = true;
+                        guard =
+                            self.split_unpinned(guard, self.class_of(limits, key.len()), hash)?;
+                        continue;
+                    }
                     Err(Error::CapacityExhausted) => {
                         *out = self.full_decision(limits, cost, now_ms);
                         return Ok(());

@@ -149,7 +149,11 @@ impl Core {
         loop {
             let line = match self.find(hash, key, &guard) {
                 Some(line) => line,
-                None => self.insert(hash, key, limits, &guard, now_ms)?,
+                // Never `None` without `may_split`.
+                None => match self.insert(hash, key, limits, &guard, now_ms, false)? {
+                    Some(line) => line,
+                    None => continue,
+                },
             };
             let e = self.segs.entry(line);
             let Some(at) = self.windows_at(&e, limits) else {

@@ -26,9 +26,10 @@ impl Core {
             .find(hash, guard, |line| self.matches(line, key, kind))
     }
 
-    /// Find the window entry for `key` (of `class` lines) without a lock: its line, the entry
+    /// Find the window entry for `key` (holding `limits`) without a lock: its line, the entry
     /// itself, and whether it was found away from home while its home bucket has a free slot
-    /// (worth a move home: `homing.rs`). Its home bucket first, then the index.
+    /// (worth a move home: `homing.rs`). Its home bucket first if the store has home segments,
+    /// then the index.
     /// `heads`: the first and the last word of the windows' head parts if the entry is `key`'s
     /// (they lie together after the key; for sliding windows at most 8 words, so at most two
     /// lines, these two words' lines). Those lines start loading before the header is read, so
@@ -38,20 +39,24 @@ impl Core {
         &self,
         hash: u64,
         key: &[u8],
-        class: u32,
+        limits: &Limits,
         heads: [usize; 2],
         guard: &Guard,
     ) -> Option<(u64, Entry<'_>, bool)> {
-        match self.find_home(hash, key, class, heads, guard) {
-            Ok((line, e)) => Some((line, e, false)),
-            Err(room) => self
-                .find_away(hash, key, heads, guard)
-                .map(|(l, e)| (l, e, room)),
+        let mut room = false;
+        if self.segs.has_homes() {
+            let class = self.class_of(limits, key.len());
+            match self.find_home(hash, key, class, heads, guard) {
+                Ok((line, e)) => return Some((line, e, false)),
+                Err(r) => room = r,
+            }
         }
+        self.find_away(hash, key, heads, guard)
+            .map(|(line, e)| (line, e, room))
     }
 
     /// [`Core::find_entry`] through the index.
-    #[inline(never)]
+    #[inline]
     fn find_away(
         &self,
         hash: u64,
@@ -107,8 +112,11 @@ impl Core {
     }
 
     /// Find the key under its stripe lock, or write a new entry for it: in its home bucket if
-    /// a slot is free there, after a split of its full home segment if that is due
-    /// (`homing.rs`; the stripe lock is let go for it), else anywhere.
+    /// a slot is free there, else anywhere. `Ok(None)` (only if `may_split`): its home segment
+    /// is full and due to split first; the caller lets its epoch guard go, calls
+    /// [`Core::make_home_room`] and looks again. Unpinned, the split's moves free their old
+    /// slots at once (a pinned caller would hold them for the epoch, and the segment would
+    /// look full again).
     #[cold]
     #[inline(never)]
     pub(crate) fn insert(
@@ -118,31 +126,26 @@ impl Core {
         limits: &Limits,
         guard: &Guard,
         now_ms: u64,
-    ) -> Result<u64> {
+        may_split: bool,
+    ) -> Result<Option<u64>> {
         self.make_room(now_ms)?;
         let kw = KeyWords::new(key)?;
-        let class = self.class_of(limits, key.len());
-        let mut split = false;
-        loop {
-            let mut lock = self.index.lock(hash);
-            if let Some(line) = self.find(hash, key, guard) {
-                return Ok(line);
-            }
-            if !split
-                && self.home_is_full(class, hash, guard)
-                && self.segs.home_wants_split(class, hash)
-            {
-                drop(lock);
-                split = true;
-                self.make_home_room(class, hash)?;
-                continue;
-            }
-            let descs = limits.descriptors();
-            let line = self.write_entry(&kw, descs, Place::Home(hash), |_, _| None)?;
-            lock.insert(hash, line, guard, |l| self.rehash(l));
-            self.live_entries.fetch_add(1, Ordering::Relaxed);
-            return Ok(line);
+        let lock = self.index.lock(hash);
+        if let Some(line) = self.find(hash, key, guard) {
+            return Ok(Some(line));
         }
+        if may_split {
+            let class = self.class_of(limits, key.len());
+            if self.home_is_full(class, hash, guard) && self.segs.home_wants_split(class, hash) {
+                return Ok(None);
+            }
+        }
+        let mut lock = lock;
+        let descs = limits.descriptors();
+        let line = self.write_entry(&kw, descs, Place::Home(hash), |_, _| None)?;
+        lock.insert(hash, line, guard, |l| self.rehash(l));
+        self.live_entries.fetch_add(1, Ordering::Relaxed);
+        Ok(Some(line))
     }
 
     /// Find the entry of `kind` for `key`, or write one under the key's stripe lock:

@@ -5,6 +5,8 @@
 //! segment header. Free entries of a class are kept in a free list, rebuilt when the store is
 //! opened. An entry that leaves the index is not reused at once: its line goes through the
 //! epoch (`release_later`), so no reader that might still hold it ever sees it rewritten.
+//! Home segments (`home.rs`) place window entries by hash instead; blob segments (`blob.rs`)
+//! hold response records; `growth.rs` grows the file.
 //!
 //! Every msync, fdatasync and fallocate of the segments goes through here (and through the
 //! test hook, `hook.rs`); the first one that fails poisons the store: from then on every
@@ -51,6 +53,12 @@ impl<'a> Entry<'a> {
     #[inline(always)]
     pub(crate) fn prefetch(&self, i: usize) {
         super::raw::prefetch(self.words.as_ptr().wrapping_add(i));
+    }
+
+    /// The entry that starts at word `i` of this one (`None` past the segment's end).
+    #[inline]
+    pub(crate) fn skip(&self, i: usize) -> Option<Entry<'a>> {
+        self.words.get(i..).map(|words| Entry { words })
     }
 
     /// Load word `i` (0 if out of range).
@@ -166,7 +174,7 @@ impl Segments {
             hook: Hook::default(),
             poisoned: AtomicBool::new(false),
             spare: Spare::default(),
-            dirs: home::Dirs::new(),
+            dirs: home::Dirs::new(1 << (seg_shift - 6)),
             homes_wanted: false,
             any_home: AtomicBool::new(false),
         }

@@ -12,12 +12,13 @@
 //! an entry's header; [`TOMBSTONE`] is an entry removed whose lines wait for the epoch (a reader
 //! that found it before it was removed may still be reading it). Claims and the return of
 //! tombstones to 0 happen under the allocator's lock, which also keeps each home segment's
-//! count of slots in use (entries, claims and tombstones: a tombstone takes its slot until the
-//! epoch releases it, so a segment whose slots wait for the epoch grows rather than sending
-//! its keys away).
+//! count of live slots (entries and claims). Tombstones are not counted: a split moves half a
+//! segment's entries out and leaves as many tombstones, and counting them would split the
+//! segment again at once. A key whose bucket holds only entries and tombstones goes away for
+//! now, and moves home once the epoch has freed a slot.
 //!
 //! When an entry finds its bucket full and at least [`SPLIT_AT_PCT`] % of its home segment's
-//! slots are in use, the segment splits: a new segment takes the hashes whose
+//! slots are live, the segment splits: a new segment takes the hashes whose
 //! next bit is 1, and the engine moves the entries that now belong there (`engine/homing.rs`).
 //! The new segment's header records its depth and prefix; the old one's is never rewritten
 //! (a torn rewrite would lose the segment), so open rebuilds each directory from the headers,
@@ -36,7 +37,7 @@ use crate::storage::raw::EpochCell;
 
 /// Slots per bucket (a power of two): the places an entry may take in its home segment.
 pub(crate) const BUCKET: u64 = 4;
-/// A home segment splits when a bucket is full and this share of its slots is in use.
+/// A home segment splits when a bucket is full and this share of its slots is live.
 pub(crate) const SPLIT_AT_PCT: u64 = 75;
 /// A directory place no segment covers (one lost to damage): those hashes have no home.
 const NO_SEGMENT: u32 = u32::MAX;
@@ -50,11 +51,16 @@ pub(super) struct Dir {
 /// The directories of every size class, read without a lock.
 pub(super) struct Dirs {
     by_class: Box<[EpochCell<Dir>]>,
+    /// Slots per segment, by class (worked out once: no division on a check's path).
+    slots: Box<[u64]>,
 }
 
 impl Dirs {
-    pub(super) fn new() -> Dirs {
+    pub(super) fn new(seg_lines: u64) -> Dirs {
         Dirs {
+            slots: (0..=u64::from(MAX_ENTRY_LINES))
+                .map(|class| (seg_lines - 1) / class.max(1))
+                .collect(),
             by_class: (0..=MAX_ENTRY_LINES)
                 .map(|_| {
                     EpochCell::new(Dir {
@@ -68,14 +74,14 @@ impl Dirs {
 }
 
 /// What the allocator knows of one home segment: its size class, the hashes it holds now
-/// (their top `depth` bits are `prefix`), and how many of its slots are not free (entries,
-/// claims, and tombstones the epoch has not released yet).
+/// (their top `depth` bits are `prefix`), and how many of its slots hold an entry or a claim
+/// (not counting tombstones, which the epoch frees soon).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct HomeSeg {
     class: u32,
     depth: u32,
     prefix: u32,
-    used: u64,
+    live: u64,
 }
 
 /// The home segments, by segment index (in [`Alloc`], under its lock).
@@ -117,15 +123,28 @@ pub(crate) struct Bucket {
 }
 
 impl Bucket {
-    /// The line of the `k`-th slot to try (`k < BUCKET`, the hash's own slot first); `None`
-    /// past the last slot of the segment.
+    /// The `k`-th slot to try (`k < BUCKET`, the hash's own slot first); `None` past the last
+    /// slot of the segment.
     #[inline]
-    pub(crate) fn line(&self, k: u64) -> Option<u64> {
+    pub(crate) fn slot(&self, k: u64) -> Option<u64> {
         let slot = (self.own & !(BUCKET - 1)) | ((self.own + k) & (BUCKET - 1));
-        (slot < self.slots).then_some(self.base + slot * self.class)
+        (slot < self.slots).then_some(slot)
     }
 
-    /// The segment the bucket is in.
+    /// The line of the `k`-th slot to try ([`Bucket::slot`]).
+    #[inline]
+    pub(crate) fn line(&self, k: u64) -> Option<u64> {
+        self.slot(k).map(|slot| self.base + slot * self.class)
+    }
+
+    /// Words per slot.
+    #[inline]
+    pub(crate) fn slot_words(&self) -> usize {
+        self.class as usize * LINE / 8
+    }
+
+    /// The line of the segment's slot 0 (its segment is the bucket's).
+    #[inline]
     pub(crate) fn base(&self) -> u64 {
         self.base
     }
@@ -145,6 +164,12 @@ impl Segments {
         (self.seg_lines() - 1) / class.max(1)
     }
 
+    /// Whether the store has a home segment (made now, or found at open).
+    #[inline]
+    pub(crate) fn has_homes(&self) -> bool {
+        self.any_home.load(Ordering::Relaxed)
+    }
+
     /// The bucket of `hash` among the home segments of `class` lines; `None` when the class
     /// has no home segment for it.
     #[inline]
@@ -158,8 +183,8 @@ impl Segments {
         if seg == NO_SEGMENT {
             return None;
         }
+        let slots = *self.dirs.slots.get(class as usize)?;
         let class = u64::from(class);
-        let slots = self.home_slots(class);
         Some(Bucket {
             base: u64::from(seg) * self.seg_lines() + 1,
             class,
@@ -198,7 +223,7 @@ impl Segments {
                 }
             }
             if let Some(h) = a.homes.get_mut(self.seg_of(line)) {
-                h.used += 1;
+                h.live += 1;
             }
             return Some(line);
         }
@@ -212,7 +237,7 @@ impl Segments {
             w.store(0, Ordering::Release);
         }
         if let Some(h) = a.homes.get_mut(self.seg_of(line)) {
-            h.used = h.used.saturating_sub(1);
+            h.live = h.live.saturating_sub(1);
         }
     }
 
@@ -225,7 +250,10 @@ impl Segments {
         };
         let mut a = self.alloc.lock();
         match a.homes.get_mut(self.seg_of(line)) {
-            Some(_) => w.store(TOMBSTONE, Ordering::Release),
+            Some(h) => {
+                w.store(TOMBSTONE, Ordering::Release);
+                h.live = h.live.saturating_sub(1);
+            }
             None => w.store(0, Ordering::Release),
         }
     }
@@ -235,8 +263,8 @@ impl Segments {
     pub(crate) fn free_at_open(&self, line: u64) {
         let seg = self.seg_of(line);
         let mut a = self.alloc.lock();
-        if let Some(h) = a.homes.get_mut(seg) {
-            h.used = h.used.saturating_sub(1);
+        if a.homes.get(seg).is_some() {
+            // Its entry was cleared first (`Segments::clear`), which counted it out.
             if let Some(w) = self.entry(line).w(0) {
                 w.store(0, Ordering::Relaxed);
             }
@@ -261,8 +289,7 @@ impl Segments {
     pub(super) fn drain_released(&self, a: &mut Alloc) {
         let released = std::mem::take(&mut *self.released.lock());
         for (line, l) in released.runs.into_iter().flatten().chain(released.lines) {
-            if let Some(h) = a.homes.get_mut(self.seg_of(line)) {
-                h.used = h.used.saturating_sub(1);
+            if a.homes.get(self.seg_of(line)).is_some() {
                 if let Some(w) = self.entry(line).w(0) {
                     w.store(0, Ordering::Release);
                 }
@@ -274,7 +301,7 @@ impl Segments {
 
     /// Whether an entry of `class` lines for `hash` that found its bucket full should make
     /// room by a split ([`Segments::split_home`]): the class has no home segment for it yet,
-    /// or [`SPLIT_AT_PCT`] % of the home segment's slots are in use and it can
+    /// or [`SPLIT_AT_PCT`] % of the home segment's slots are live and it can
     /// still split.
     pub(crate) fn home_wants_split(&self, class: u32, hash: u64) -> bool {
         if self.private || !self.homes_wanted {
@@ -287,7 +314,7 @@ impl Segments {
         let a = self.alloc.lock();
         a.homes
             .get(self.seg_of(b.base))
-            .is_some_and(|h| h.depth < MAX_HOME_DEPTH && h.used * 100 >= SPLIT_AT_PCT * b.slots)
+            .is_some_and(|h| h.depth < MAX_HOME_DEPTH && h.live * 100 >= SPLIT_AT_PCT * b.slots)
     }
 
     /// Slots in all the home segments of `class`.
@@ -376,7 +403,7 @@ impl Segments {
                 class,
                 depth: tag.depth,
                 prefix: tag.prefix,
-                used: 0,
+                live: 0,
             },
         );
         self.any_home.store(true, Ordering::Relaxed);
@@ -398,7 +425,7 @@ impl Segments {
         }
     }
 
-    /// Register home segment `seg` found at open, `used` of its slots holding entries; its depth and prefix
+    /// Register home segment `seg` found at open, `live` of its slots holding entries; its depth and prefix
     /// are those of its header until [`Segments::rebuild_homes`] works out what splits since
     /// took from it.
     pub(super) fn adopt_home(
@@ -407,7 +434,7 @@ impl Segments {
         seg: usize,
         class: u32,
         tag: HomeTag,
-        used: u64,
+        live: u64,
     ) {
         set_at(&mut a.ends, seg, self.seg_lines());
         a.homes.set(
@@ -416,7 +443,7 @@ impl Segments {
                 class,
                 depth: tag.depth,
                 prefix: tag.prefix,
-                used,
+                live,
             },
         );
         self.any_home.store(true, Ordering::Relaxed);
@@ -493,7 +520,7 @@ mod tests {
             class,
             depth,
             prefix,
-            used: 0,
+            live: 0,
         }
     }
 
