@@ -187,7 +187,7 @@ impl Core {
             return Applied::Mismatch;
         }
         if limits.has_exact() {
-            return self.apply_with_exact(e, at, limits, cost, now_ms, out);
+            return self.apply_with_exact(e, at, limits, cost, now_ms, out, added);
         }
         let n = limits.len();
         let shapes = limits.shapes(self.b);
@@ -246,6 +246,10 @@ impl Core {
         clippy::indexing_slicing,
         reason = "window indexes are below limits.len() <= MAX_WINDOWS, the length of every array indexed here"
     )]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "`apply`'s own arguments, passed on: bundling them would cost the hot path a copy"
+    )]
     fn apply_with_exact(
         &self,
         e: &Entry<'_>,
@@ -254,6 +258,7 @@ impl Core {
         cost: u32,
         now_ms: u64,
         out: &mut Decision,
+        added: &mut [Option<u64>; MAX_WINDOWS],
     ) -> Applied {
         let items = limits.as_slice();
         // Exact windows are guarded by the lock bit of the first one's meta word.
@@ -263,13 +268,15 @@ impl Core {
             _ => return Applied::Moved,
         };
         let ws = &mut out.windows;
-        let mut added: [Option<u64>; MAX_WINDOWS] = [None; MAX_WINDOWS];
         let mut refused: Option<usize> = None;
         let shapes = limits.shapes(self.b);
         for i in 0..items.len() {
             let Some(geo) = shapes.get(i) else {
                 continue; // exact: below, under the lock
             };
+            if added[i].is_some() {
+                continue; // counted before the entry moved: the copy holds it (`apply`)
+            }
             let Some(win) = sliding_window(e, at[i], geo) else {
                 refused = Some(i);
                 break;
@@ -284,7 +291,7 @@ impl Core {
                     break;
                 }
                 Added::Frozen => {
-                    self.undo(e, at, limits, &added, cost);
+                    // As in `apply`: the windows counted so far froze after they counted.
                     cell::unlock_meta(lock);
                     return Applied::Moved;
                 }
@@ -317,13 +324,17 @@ impl Core {
             }
         }
         if let Some(i) = refused {
-            self.undo(e, at, limits, &added, cost);
+            self.undo(e, at, limits, added, cost);
+            *added = [None; MAX_WINDOWS];
             self.snapshot_entry(e, at, limits, cost, now_ms, out, None);
             refused_by(out, i, items.len());
             cell::unlock_meta(lock);
             return Applied::Done;
         }
         cell::unlock_meta(lock);
+        // The caller is told of no sub-window: a reservation on a set with an exact window
+        // gives nothing back to its sliding windows (as before the carried windows).
+        *added = [None; MAX_WINDOWS];
         out.finish(true, items.len());
         Applied::Done
     }
