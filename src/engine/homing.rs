@@ -224,6 +224,14 @@ mod tests {
             .map(|(line, _)| line)
     }
 
+    /// How many of keys `0..n` are in their home bucket.
+    fn at_home(store: &Store, n: u32) -> u32 {
+        let limits = pair();
+        (0..n)
+            .filter(|&i| home_line(store, &key(i), &limits).is_some())
+            .count() as u32
+    }
+
     /// Check every key once at `now`; how many of them are at home afterwards. Every check
     /// must be admitted with `remaining` left in the minute window.
     fn pass(store: &Store, keys: u32, now: u64, remaining: u32) -> u32 {
@@ -265,11 +273,7 @@ mod tests {
             (u64::from(n), 0, 0)
         );
         // Same seed, same directory: the reopened store finds them where they were.
-        let limits = pair();
-        let again = (0..n)
-            .filter(|&i| home_line(&store, &key(i), &limits).is_some())
-            .count() as u32;
-        assert_eq!(again, second);
+        assert_eq!(at_home(&store, n), second);
         assert!(pass(&store, n, NOW + 2, 57) >= second);
     }
 
@@ -313,10 +317,7 @@ mod tests {
             .unwrap();
         drop(file);
         let store = Store::open(&path, opts()).unwrap();
-        let limits = pair();
-        let before = (0..n)
-            .filter(|&i| home_line(&store, &key(i), &limits).is_some())
-            .count() as u32;
+        let before = at_home(&store, n);
         assert!(before * 4 < n, "{before} of {n} at home by chance");
         // A pass moves home every key whose bucket has a free slot; counts survive every
         // move. No insert comes, so no segment splits: what stays away has a full bucket.

@@ -99,6 +99,14 @@ impl Book {
         self.segs.get_mut(seg).and_then(Option::as_mut)
     }
 
+    /// The home segments of size class `class`, with their indexes.
+    fn of_class(&self, class: u32) -> Vec<(usize, HomeSeg)> {
+        let with_index = self.segs.iter().enumerate();
+        with_index
+            .filter_map(|(seg, h)| h.filter(|h| h.class == class).map(|h| (seg, h)))
+            .collect()
+    }
+
     fn set(&mut self, seg: usize, h: HomeSeg) {
         if self.segs.len() <= seg {
             self.segs.resize(seg + 1, None);
@@ -396,38 +404,21 @@ impl Segments {
                 home: Some(tag),
             },
         );
-        set_at(&mut a.ends, seg, self.seg_lines());
-        a.homes.set(
-            seg,
-            HomeSeg {
-                class,
-                depth: tag.depth,
-                prefix: tag.prefix,
-                live: 0,
-            },
-        );
-        self.any_home.store(true, Ordering::Relaxed);
+        self.adopt_home(a, seg, class, tag, 0);
         Ok(seg)
     }
 
     /// Install the directory of `class` from the book.
     fn publish_dir(&self, a: &Alloc, class: u32, guard: &Guard) {
-        let mut mine: Vec<(usize, HomeSeg)> = a
-            .homes
-            .segs
-            .iter()
-            .enumerate()
-            .filter_map(|(seg, h)| h.filter(|h| h.class == class).map(|h| (seg, h)))
-            .collect();
-        let dir = dir_of(&mut mine);
+        let dir = dir_of(&mut a.homes.of_class(class));
         if let Some(cell) = self.dirs.by_class.get(class as usize) {
             cell.replace(dir, guard);
         }
     }
 
-    /// Register home segment `seg` found at open, `live` of its slots holding entries; its depth and prefix
-    /// are those of its header until [`Segments::rebuild_homes`] works out what splits since
-    /// took from it.
+    /// Register home segment `seg` (made now, or found at open), `live` of its slots holding
+    /// entries; its depth and prefix are those of its header until
+    /// [`Segments::rebuild_homes`] works out what splits since took from it.
     pub(super) fn adopt_home(
         &self,
         a: &mut Alloc,
@@ -455,13 +446,7 @@ impl Segments {
         let guard = crossbeam_epoch::pin();
         let mut a = self.alloc.lock();
         for class in 1..=MAX_ENTRY_LINES {
-            let mut mine: Vec<(usize, HomeSeg)> = a
-                .homes
-                .segs
-                .iter()
-                .enumerate()
-                .filter_map(|(seg, h)| h.filter(|h| h.class == class).map(|h| (seg, h)))
-                .collect();
+            let mut mine = a.homes.of_class(class);
             if mine.is_empty() {
                 continue;
             }
