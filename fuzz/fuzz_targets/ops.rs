@@ -2,7 +2,8 @@
 //!
 //! Both stores get the same operations at the same time (the file store through a
 //! `ManualClock` and `check`/`peek`, the in-memory one through `check_at`/`peek_at`) and must
-//! give equal decisions. The file store can be closed (or just dropped) and reopened at any
+//! give equal decisions. The file store places window entries in home slots, the in-memory one
+//! behind the index only. The file store can be closed (or just dropped) and reopened at any
 //! point, with other `sub_windows` options (the file keeps its own); its counters must survive.
 //! The background compactor is off (it would run at its own pace); an `Expire` operation runs
 //! `expire_now` on both stores instead.

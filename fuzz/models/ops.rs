@@ -327,11 +327,15 @@ struct Harness {
 }
 
 impl Harness {
+    /// The file store puts window entries in home slots (`Options::home_slots`, small
+    /// segments, so they split); the in-memory store does not: placement must not change a
+    /// decision.
     fn file_options(&self, sub_windows: u32) -> Options {
         Options::default()
             .sub_windows(sub_windows)
             .segment_size_log2(16)
             .compactor(false)
+            .home_slots(true)
             .clock(self.clock.clone())
     }
 

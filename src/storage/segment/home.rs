@@ -182,7 +182,7 @@ impl Segments {
     /// has no home segment for it.
     #[inline]
     pub(crate) fn home_bucket(&self, class: u32, hash: u64, guard: &Guard) -> Option<Bucket> {
-        if !self.any_home.load(Ordering::Relaxed) {
+        if !self.has_homes() {
             return None;
         }
         let dir = self.dirs.by_class.get(class as usize)?.load(guard)?;
@@ -203,10 +203,7 @@ impl Segments {
 
     /// Whether the bucket has a free slot (read without the lock: a hint).
     pub(crate) fn home_has_room(&self, b: &Bucket) -> bool {
-        (0..BUCKET).any(|k| {
-            b.line(k)
-                .is_some_and(|l| matches!(self.entry(l).load(0), 0))
-        })
+        (0..BUCKET).any(|k| b.line(k).is_some_and(|l| self.entry(l).load(0) == 0))
     }
 
     /// Claim a free slot of bucket `b`: its line, whose header word is [`CLAIMED`] and every
