@@ -139,8 +139,7 @@ impl Core {
     /// Move every window entry of segment `split.from` whose hash now leads to `split.to`.
     fn move_split(&self, split: Split, class: u32) {
         let seg_lines = self.segs.seg_lines();
-        let slots = (seg_lines - 1) / u64::from(class.max(1));
-        for slot in 0..slots {
+        for slot in 0..self.segs.home_slots(class) {
             let line = split.from as u64 * seg_lines + 1 + slot * u64::from(class);
             let guard = crossbeam_epoch::pin();
             let e = self.segs.entry(line);
@@ -161,20 +160,15 @@ impl Core {
     }
 
     /// Move the window entry of `key` at `line`, found through the index, into a free slot of
-    /// its home bucket, if it is the size an entry for `limits` is and a slot is free. A failure leaves it where it
-    /// is (the index still finds it).
+    /// its home bucket, if it holds the windows of `limits` (then its size is theirs) and a
+    /// slot is free. A failure leaves it where it is (the index still finds it).
     #[cold]
     #[inline(never)]
     pub(crate) fn rehome(&self, hash: u64, line: u64, key: &[u8], limits: &Limits, guard: &Guard) {
-        let class = self.class_of(limits, key.len());
-        let own = crate::storage::format::SegmentHeader::decode(
-            &self.segs.read_segment_header(self.segs.seg_of(line)),
-            self.segs.seg_of(line) as u32,
-        );
-        if !matches!(own, Ok(Some(h)) if h.entry_lines == class) {
-            return; // another size: the check moves it to its new windows first
+        if !self.holds_windows(&self.segs.entry(line), limits) {
+            return; // other windows: the check moves it to its new ones first
         }
-        self.move_home(hash, line, key, class, guard);
+        self.move_home(hash, line, key, self.class_of(limits, key.len()), guard);
     }
 
     fn move_home(&self, hash: u64, line: u64, key: &[u8], class: u32, guard: &Guard) {
@@ -198,7 +192,8 @@ mod tests {
     const NOW: u64 = 1_700_000_000_000;
 
     fn opts() -> Options {
-        // 64 KiB segments: 341 slots of three lines, so a few thousand keys split often.
+        // 64 KiB segments: 255 slots of four lines (the test keys are 33 bytes), so a few
+        // thousand keys split them often.
         Options::default()
             .segment_size_log2(16)
             .compactor(false)

@@ -325,7 +325,7 @@ impl Segments {
                             w.store(0, Ordering::Relaxed);
                         }
                     }
-                    let slots = (self.seg_lines() - 1) / u64::from(h.entry_lines.max(1));
+                    let slots = self.home_slots(h.entry_lines);
                     let live = slots.saturating_sub(free_lines.len() as u64);
                     self.adopt_home(&mut a, seg, h.entry_lines, tag, live);
                 }

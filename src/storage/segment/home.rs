@@ -166,10 +166,10 @@ pub(crate) struct Split {
 }
 
 impl Segments {
-    /// Slots of `class` lines in one segment.
+    /// Slots of `class` lines in one segment (worked out once, in `Dirs::new`).
     #[inline]
-    fn home_slots(&self, class: u64) -> u64 {
-        (self.seg_lines() - 1) / class.max(1)
+    pub(crate) fn home_slots(&self, class: u32) -> u64 {
+        self.dirs.slots.get(class as usize).copied().unwrap_or(0)
     }
 
     /// Whether the store has a home segment (made now, or found at open).
@@ -191,7 +191,7 @@ impl Segments {
         if seg == NO_SEGMENT {
             return None;
         }
-        let slots = *self.dirs.slots.get(class as usize)?;
+        let slots = self.home_slots(class);
         let class = u64::from(class);
         Some(Bucket {
             base: u64::from(seg) * self.seg_lines() + 1,
@@ -253,6 +253,11 @@ impl Segments {
         let Some(w) = self.entry(line).w(0) else {
             return;
         };
+        // A store with no home segment (the default) needs no lock to know it.
+        if !self.has_homes() {
+            w.store(0, Ordering::Release);
+            return;
+        }
         let mut a = self.alloc.lock();
         match a.homes.get_mut(self.seg_of(line)) {
             Some(h) => {
@@ -324,7 +329,7 @@ impl Segments {
 
     /// Slots in all the home segments of `class`.
     pub(crate) fn home_capacity(&self, class: u32) -> u64 {
-        let per = self.home_slots(u64::from(class));
+        let per = self.home_slots(class);
         let a = self.alloc.lock();
         a.homes
             .segs
