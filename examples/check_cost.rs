@@ -34,6 +34,8 @@
 //!
 //! * `footprint`: N keys (32 bytes each) checked once on ErzyCall's pair: the file's bytes and
 //!   the growth of the resident set per key (the mapped pages and the in-memory index).
+//! * `open`: the same N keys, the store closed, then opened again: the time the open takes
+//!   (reading and checking every entry, rebuilding the index), best of three opens.
 //!
 //! Valgrind counts instructions, not time: the figures repeat for the same binary whatever
 //! else the machine does. docs/PERFORMANCE.md has them.
@@ -50,14 +52,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let n: u64 = args.next().map_or(Ok(100_000), |s| s.parse())?;
     let dir = std::env::temp_dir().join(format!("tollgate-check-cost-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
+    if path == "open" {
+        let res = open_time(&dir, n);
+        std::fs::remove_dir_all(&dir)?;
+        return res;
+    }
     // `CHECK_COST_MEMORY=1`: the same store in anonymous memory, to compare.
     let store = if std::env::var_os("CHECK_COST_MEMORY").is_some() {
         Store::open_in_memory(Options::default().compactor(false))?
     } else {
         // `CHECK_COST_HOME=1`: with home slots (`Options::home_slots`).
-        let home = std::env::var_os("CHECK_COST_HOME").is_some();
-        let opts = Options::default().compactor(false).home_slots(home);
-        Store::open(dir.join("store.tg"), opts)?
+        Store::open(dir.join("store.tg"), options())?
     };
     let started = std::time::Instant::now();
     let pair = Limits::new(&[Limit::per_minute(60), Limit::per_hour(1000)])?;
@@ -95,12 +100,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         "footprint" => {
             let rss0 = rss_bytes();
-            let mut k = *key;
-            for i in 0..n {
-                let hex = format!("{:028x}", i.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-                k[4..].copy_from_slice(hex.as_bytes());
-                admitted += u64::from(store.check_at(&k, &pair, 1, T0)?.allowed());
-            }
+            admitted = fill(&store, &pair, n)?;
             let file = std::fs::metadata(dir.join("store.tg")).map_or(0, |m| m.len());
             eprintln!(
                 "footprint: {n} keys, file {:.1} B/key, RSS growth {:.1} B/key",
@@ -125,7 +125,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         other => {
             return Err(format!(
-                "unknown path {other:?} (setup, admit, admit-second, admit-same, reject, reject-now, reject-spread, footprint)"
+                "unknown path {other:?} (setup, admit, admit-second, admit-same, reject, reject-now, reject-spread, footprint, open)"
             )
             .into())
         }
@@ -137,6 +137,55 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     drop(store);
     std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+/// The file-backed store's options: `CHECK_COST_HOME=1` for home slots
+/// (`Options::home_slots`).
+fn options() -> Options {
+    let home = std::env::var_os("CHECK_COST_HOME").is_some();
+    Options::default().compactor(false).home_slots(home)
+}
+
+/// Check `n` distinct 32-byte keys once each on `limits`; how many were admitted.
+fn fill(store: &Store, limits: &Limits, n: u64) -> Result<u64, tollgate::Error> {
+    let mut k = *b"tok_0123456789abcdef0123456789ab";
+    let mut admitted = 0;
+    for i in 0..n {
+        let hex = format!("{:028x}", i.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        k[4..].copy_from_slice(hex.as_bytes());
+        admitted += u64::from(store.check_at(&k, limits, 1, T0)?.allowed());
+    }
+    Ok(admitted)
+}
+
+/// `open`: fill a store with `n` keys, close it, and time three opens of the file.
+fn open_time(dir: &std::path::Path, n: u64) -> Result<(), Box<dyn std::error::Error>> {
+    let path = dir.join("store.tg");
+    let pair = Limits::new(&[Limit::per_minute(60), Limit::per_hour(1000)])?;
+    let store = Store::open(&path, options())?;
+    let started = std::time::Instant::now();
+    fill(&store, &pair, n)?;
+    let filled = started.elapsed();
+    drop(store);
+    let len = std::fs::metadata(&path).map_or(0, |m| m.len());
+    let mut best = std::time::Duration::MAX;
+    for _ in 0..3 {
+        let started = std::time::Instant::now();
+        let store = Store::open(&path, options())?;
+        let took = started.elapsed();
+        best = best.min(took);
+        let report = store.open_report();
+        eprintln!(
+            "open: {n} keys, file {:.1} MiB, {} entries loaded, open {:.3} s (fill {:.1} s)",
+            len as f64 / (1 << 20) as f64,
+            report.entries,
+            took.as_secs_f64(),
+            filled.as_secs_f64()
+        );
+        drop(store);
+    }
+    eprintln!("open: best {:.3} s", best.as_secs_f64());
     Ok(())
 }
 

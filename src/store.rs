@@ -104,7 +104,7 @@ impl Store {
             max_entries: opts.max_entries,
             on_full: opts.on_full,
         });
-        let mut report = core.recover(count);
+        let mut report = core.recover(count, opened.census);
         report.lost_segments = opened.lost_segments;
         report.missing_entries = opened.census.map(|c| c.saturating_sub(report.entries));
         report.segment_count_damaged = opened.count_damaged;

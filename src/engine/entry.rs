@@ -342,7 +342,10 @@ impl Core {
                 if (0..d.cap as usize).any(|k| e.load(at.head + 1 + k) > MAX_RING_TIME) {
                     return None;
                 }
-                w.store(head, Ordering::Release);
+                if v != head {
+                    // Flags cleared; an unchanged word is not written (its page stays clean).
+                    w.store(head, Ordering::Release);
+                }
             } else {
                 // A crash mid-rotation leaves the head locked: `recover` counts the window
                 // full at its sub-window (never under-counts) and clears the flags.

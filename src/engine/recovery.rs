@@ -3,6 +3,7 @@
 //! claimed home slots) and rebuild the index and the home directories. What fails a check is
 //! counted and never served.
 
+use std::borrow::Cow;
 use std::sync::atomic::Ordering;
 
 use super::core::Core;
@@ -45,11 +46,18 @@ pub struct OpenReport {
 }
 
 impl Core {
-    /// Scan the mapped segments, check every entry and rebuild the index.
-    pub(crate) fn recover(&self, count: usize) -> OpenReport {
+    /// Scan the mapped segments, check every entry and rebuild the index. `expected`: how
+    /// many entries the file held when it was last closed in good order, if it says: the
+    /// index is sized for them first.
+    pub(crate) fn recover(&self, count: usize, expected: Option<u64>) -> OpenReport {
         let mut report = OpenReport::default();
         let guard = crossbeam_epoch::pin();
         let seg_lines = self.segs.seg_lines();
+        if let Some(n) = expected {
+            // No more than the segments have lines: a census is never trusted past the file.
+            let lines = (count as u64).saturating_mul(seg_lines);
+            self.index.reserve(n.min(lines), &guard);
+        }
         let mut blob_segments = Vec::new();
         for seg in 0..count {
             let header =
@@ -91,26 +99,33 @@ impl Core {
                 }
                 end = at;
                 let kind = EntryHeader::decode(head).kind;
-                let checked = match kind {
-                    KIND_WINDOWS => self
-                        .check_entry(&e, header.entry_lines)
-                        .map(|(kw, frozen)| {
-                            let (bytes, len) = kw.bytes();
-                            (bytes.get(..len).unwrap_or(&[]).to_vec(), frozen)
-                        }),
-                    KIND_IDEM => self.check_idem_entry(&e, header.entry_lines),
+                // A window entry's key stays on the stack (most entries are window entries).
+                let window_key;
+                let checked: Option<(Cow<'_, [u8]>, bool)> = match kind {
+                    KIND_WINDOWS => match self.check_entry(&e, header.entry_lines) {
+                        Some((kw, frozen)) => {
+                            window_key = kw.bytes();
+                            let (bytes, len) = &window_key;
+                            Some((Cow::Borrowed(bytes.get(..*len).unwrap_or(&[])), frozen))
+                        }
+                        None => None,
+                    },
+                    KIND_IDEM => self
+                        .check_idem_entry(&e, header.entry_lines)
+                        .map(|(k, frozen)| (Cow::Owned(k), frozen)),
                     // Never moved: a second copy of a key is damage, and the first is kept.
                     KIND_VERSION => self
                         .check_version_entry(&e, header.entry_lines)
-                        .map(|k| (k, true)),
+                        .map(|k| (Cow::Owned(k), true)),
                     KIND_PERMITS => self
                         .check_permits_entry(&e, header.entry_lines)
-                        .map(|k| (k, true)),
+                        .map(|k| (Cow::Owned(k), true)),
                     _ => None,
                 };
                 match checked {
                     Some((key, frozen)) => {
-                        let hash = self.rehash(line);
+                        // The key as stored, so the same hash as `rehash(line)`.
+                        let hash = self.hasher.hash_one(&*key);
                         let mut lock = self.index.lock(hash);
                         match self.find_kind(hash, &key, kind, &guard) {
                             None => {

@@ -315,7 +315,7 @@ impl<const N: usize> Snap<N> {
     pub(crate) fn is_consistent(&self, geo: &Slide) -> bool {
         let limit = u64::from(geo.limit);
         let ring = self.ring.get(..geo.ring_words).unwrap_or(&[]);
-        let sum: u64 = (0..geo.b).map(|i| geo.slot(ring, i)).sum();
+        let (sum, max) = geo.ring_sum_max(ring);
         let used_bits = (geo.b * geo.c) as usize;
         let tail_clear = match ring.last() {
             Some(&last) if !used_bits.is_multiple_of(64) => last >> (used_bits % 64) == 0,
@@ -323,7 +323,7 @@ impl<const N: usize> Snap<N> {
         };
         self.raw & LOCK == 0
             && self.cur <= limit
-            && (0..geo.b).all(|i| geo.slot(ring, i) <= limit)
+            && max <= limit
             && self.older == sum.min(geo.field_mask())
             && tail_clear
             && (!geo.wide

@@ -613,14 +613,19 @@ pub(crate) enum Recovered {
 /// **Cost of a crash mid-rotation: that key refuses for at most one window plus one
 /// sub-window after the sub-window the rotation started from.**
 pub(crate) fn recover<C: WordCell>(w: &Window<'_, C>, geo: &Slide) -> Recovered {
-    let h = w.head.load(Acquire) & !FROZEN;
+    let was = w.head.load(Acquire);
+    let h = was & !FROZEN;
     if h & LOCK == 0 {
-        w.head.store(h, Release);
+        // Written only if it changes: a store to every head would dirty every page of the
+        // file at each open (a write fault per page, and all of it written back later).
+        if h != was {
+            w.head.store(h, Release);
+        }
         return Recovered::Clean;
     }
     let mut s: Snap = Snap::EMPTY;
     w.load_locked(geo, h & !LOCK, &mut s);
-    let ring_sum: u64 = (0..geo.b).map(|i| geo.slot(&s.ring, i)).sum();
+    let (ring_sum, _) = geo.ring_sum_max(&s.ring);
     s.cur = u64::from(geo.limit);
     s.older = ring_sum.min((1u64 << geo.c) - 1);
     // No ring word changes here.

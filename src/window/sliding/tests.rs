@@ -594,3 +594,34 @@ fn a_rotation_of_a_few_sub_windows_keeps_every_count() {
         }
     }
 }
+
+#[test]
+fn the_ring_walk_sums_every_counter() {
+    // `ring_sum_max` skips zero bits; it must agree with reading all `B` counters, counters
+    // that straddle two words included (c = 6, 10, 17, 20 do).
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    for (limit, b) in [
+        (1u32, 16u32),
+        (60, 17),
+        (1_000, 64),
+        (65_535, 64),
+        (1_000_000, 256),
+    ] {
+        let geo = Slide::new(limit, MIN, b).unwrap();
+        for round in 0..200 {
+            let mut ring = [0u64; MAX_RING_WORDS];
+            for i in 0..b {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                // Mostly zero counters, as in a ring; some at the counter's maximum.
+                if x.is_multiple_of(4) || round == 0 {
+                    geo.set_slot(&mut ring, i, x >> 3);
+                }
+            }
+            let slots: Vec<u64> = (0..b).map(|i| geo.slot(&ring, i)).collect();
+            let want = (slots.iter().sum(), slots.iter().copied().max().unwrap_or(0));
+            assert_eq!(geo.ring_sum_max(&ring), want, "limit {limit}, B {b}");
+        }
+    }
+}
