@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crossbeam_epoch::Guard;
 use parking_lot::{Mutex, MutexGuard};
 
-use super::raw::EpochCell;
+use super::raw::{self, EpochCell};
 
 /// Number of stripes (a power of two).
 pub(crate) const STRIPES: usize = 64;
@@ -143,6 +143,17 @@ impl Index {
             pos = (pos + 1) & table.mask;
         }
         None
+    }
+
+    /// Start loading the index slot a probe for `hash` reads first, without waiting for it.
+    #[inline]
+    pub(crate) fn prefetch(&self, hash: u64, guard: &Guard) {
+        if let Some(table) = self.stripe(hash).table.load(guard) {
+            let pos = hash as usize & table.mask;
+            if let Some(place) = table.entries.get(pos) {
+                raw::prefetch(place);
+            }
+        }
     }
 
     /// Lock the stripe of `hash` for a find-or-insert, a removal or a replacement.

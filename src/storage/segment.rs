@@ -321,7 +321,12 @@ impl Segments {
                 // entry's tombstone, a claim a crash cut short: both free now).
                 Some(tag) => {
                     for &line in &free_lines {
-                        if let Some(w) = self.entry(line).w(0) {
+                        // Only a word that is not zero yet: a page left as it was stays clean.
+                        if let Some(w) = self
+                            .entry(line)
+                            .w(0)
+                            .filter(|w| w.load(Ordering::Relaxed) != 0)
+                        {
                             w.store(0, Ordering::Relaxed);
                         }
                     }
