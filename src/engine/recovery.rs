@@ -47,6 +47,29 @@ pub struct OpenReport {
     pub segment_count_damaged: bool,
 }
 
+/// The most threads an open scans entry segments with (each takes at least four segments).
+const MAX_OPEN_THREADS: usize = 8;
+
+/// What one scanning thread found: its segments, to be adopted once every thread is done,
+/// and the second copies of keys it met, to be settled then.
+#[derive(Default)]
+struct Scanned {
+    segments: Vec<SegmentScan>,
+    report: OpenReport,
+    /// Checked entries whose key the index already held.
+    later: Vec<Checked>,
+    /// The frozen window and record entries (a crash while they moved).
+    frozen: Vec<u64>,
+}
+
+/// One scanned entry segment, waiting to be adopted (`Segments::adopt`).
+struct SegmentScan {
+    seg: usize,
+    header: SegmentHeader,
+    free: Vec<u64>,
+    end: u64,
+}
+
 /// An entry that passed its checks at open, on its way to the index.
 struct Checked {
     hash: u64,
@@ -102,107 +125,79 @@ impl Core {
     /// Scan the mapped segments, check every entry and rebuild the index. `expected`: how
     /// many entries the file held when it was last closed in good order, if it says: the
     /// index is sized for them first.
+    ///
+    /// The entry segments are scanned by up to [`MAX_OPEN_THREADS`] threads (the index takes
+    /// concurrent inserts); the second copy of a key (a crash while it moved) is set aside and
+    /// settled after they finish, by the rule a scan in file order applies, so the outcome
+    /// does not depend on which thread got there first. Segments are adopted last, in order.
     pub(crate) fn recover(&self, count: usize, expected: Option<u64>) -> OpenReport {
         let mut report = OpenReport::default();
-        let guard = crossbeam_epoch::pin();
         let seg_lines = self.segs.seg_lines();
         if let Some(n) = expected {
             // No more than the segments have lines: a census is never trusted past the file.
             let lines = (count as u64).saturating_mul(seg_lines);
-            self.index.reserve(n.min(lines), &guard);
+            self.index.reserve(n.min(lines), &crossbeam_epoch::pin());
         }
         let mut blob_segments = Vec::new();
+        let mut entry_segments = Vec::new();
         for seg in 0..count {
-            let header =
-                match SegmentHeader::decode(&self.segs.read_segment_header(seg), seg as u32) {
-                    Ok(Some(h)) => h,
-                    Ok(None) => {
-                        report.blank_segments += 1;
-                        self.segs.adopt(seg, None, Vec::new(), 0);
-                        continue;
-                    }
-                    Err(_) => {
-                        report.corrupt_segments += 1;
-                        continue;
-                    }
-                };
-            if header.entry_lines == BLOB_SEGMENT {
-                // Adopted after the entries are read: their pointers say how far it is used.
-                match self.scan_blobs(seg) {
-                    Some(end) => blob_segments.push((seg, end)),
-                    None => report.corrupt_segments += 1,
-                }
-                continue;
-            }
-            let mut free = Vec::new();
-            let mut queue = Queue::default();
-            let lines = u64::from(header.entry_lines);
-            let mut at = 1;
-            // The line after the last entry found: scans skip the tail after it.
-            let mut end = 1;
-            while at + lines <= seg_lines {
-                let line = seg as u64 * seg_lines + at;
-                at += lines;
-                let e = self.segs.entry(line);
-                let head = e.load(0);
-                // Free: never used, or (in a home segment) a removed entry's tombstone or a
-                // slot claimed for an entry a crash cut short.
-                if head == 0 || head == TOMBSTONE || head == CLAIMED {
-                    free.push(line);
-                    continue;
-                }
-                end = at;
-                let kind = EntryHeader::decode(head).kind;
-                // A window entry's key stays on the stack (most entries are window entries).
-                let window_key;
-                let checked: Option<(Cow<'_, [u8]>, bool)> = match kind {
-                    KIND_WINDOWS => match self.check_entry(&e, header.entry_lines) {
-                        Some((kw, frozen)) => {
-                            window_key = kw.bytes();
-                            let (bytes, len) = &window_key;
-                            Some((Cow::Borrowed(bytes.get(..*len).unwrap_or(&[])), frozen))
-                        }
-                        None => None,
-                    },
-                    KIND_IDEM => self
-                        .check_idem_entry(&e, header.entry_lines)
-                        .map(|(k, frozen)| (Cow::Owned(k), frozen)),
-                    // Never moved: a second copy of a key is damage, and the first is kept.
-                    KIND_VERSION => self
-                        .check_version_entry(&e, header.entry_lines)
-                        .map(|k| (Cow::Owned(k), true)),
-                    KIND_PERMITS => self
-                        .check_permits_entry(&e, header.entry_lines)
-                        .map(|k| (Cow::Owned(k), true)),
-                    _ => None,
-                };
-                match checked {
-                    Some((key, frozen)) => {
-                        // The key as stored, so the same hash as `rehash(line)`. Its index
-                        // slot starts loading now and is probed a few entries later.
-                        let hash = self.hasher.hash_one(&*key);
-                        self.index.prefetch(hash, &guard);
-                        let entry = Checked {
-                            hash,
-                            line,
-                            kind,
-                            frozen,
-                        };
-                        if let Some(first) = queue.take(entry) {
-                            self.index_at_open(first, seg, &mut free, &mut report, &guard);
-                        }
-                    }
-                    None => {
-                        report.corrupt_entries += 1;
-                        self.clear_entry(line);
-                        free.push(line);
+            match SegmentHeader::decode(&self.segs.read_segment_header(seg), seg as u32) {
+                Ok(Some(h)) if h.entry_lines == BLOB_SEGMENT => {
+                    // Adopted after the entries are read: their pointers say how far it is
+                    // used.
+                    match self.scan_blobs(seg) {
+                        Some(end) => blob_segments.push((seg, end)),
+                        None => report.corrupt_segments += 1,
                     }
                 }
+                Ok(Some(h)) => entry_segments.push((seg, h)),
+                Ok(None) => {
+                    report.blank_segments += 1;
+                    self.segs.adopt(seg, None, Vec::new(), 0);
+                }
+                Err(_) => report.corrupt_segments += 1,
             }
-            while let Some(first) = queue.next() {
-                self.index_at_open(first, seg, &mut free, &mut report, &guard);
-            }
-            self.segs.adopt(seg, Some(header), free, end);
+        }
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(MAX_OPEN_THREADS)
+            .min(entry_segments.len() / 4)
+            .max(1);
+        let mut parts: Vec<Scanned> = if threads == 1 {
+            vec![self.scan_segments(&entry_segments, 0, 1)]
+        } else {
+            std::thread::scope(|scope| {
+                let workers: Vec<_> = (0..threads)
+                    .map(|t| {
+                        let segments = &entry_segments;
+                        scope.spawn(move || self.scan_segments(segments, t, threads))
+                    })
+                    .collect();
+                workers
+                    .into_iter()
+                    .map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                    .collect()
+            })
+        };
+        let mut segments = Vec::new();
+        let mut later = Vec::new();
+        let mut frozen = std::collections::HashSet::new();
+        for part in parts.iter_mut() {
+            report.entries += part.report.entries;
+            report.corrupt_entries += part.report.corrupt_entries;
+            segments.append(&mut part.segments);
+            later.append(&mut part.later);
+            frozen.extend(part.frozen.drain(..));
+        }
+        segments.sort_unstable_by_key(|s| s.seg);
+        later.sort_unstable_by_key(|c| c.line);
+        let guard = crossbeam_epoch::pin();
+        for c in later {
+            report.duplicates += 1;
+            self.settle_copy(&c, &frozen, &mut segments, &guard);
+        }
+        for s in segments {
+            self.segs.adopt(s.seg, Some(s.header), s.free, s.end);
         }
         for (seg, scanned) in blob_segments {
             self.segs.adopt_blob(seg, scanned);
@@ -211,43 +206,170 @@ impl Core {
         report
     }
 
-    /// Put a checked entry in the index, or keep one of two copies of its key (a crash while
-    /// it moved: the copy that was not frozen is the newer one).
-    fn index_at_open(
+    /// Scan every `threads`-th entry segment of `segments` from the `first`: check each
+    /// entry, clear what fails, index the first copy of each key.
+    fn scan_segments(
         &self,
-        c: Checked,
+        segments: &[(usize, SegmentHeader)],
+        first: usize,
+        threads: usize,
+    ) -> Scanned {
+        let guard = crossbeam_epoch::pin();
+        let mut out = Scanned::default();
+        for &(seg, header) in segments.iter().skip(first).step_by(threads) {
+            let scan = self.scan_segment(seg, header, &mut out, &guard);
+            out.segments.push(scan);
+        }
+        out
+    }
+
+    /// One entry segment of [`Core::scan_segments`].
+    fn scan_segment(
+        &self,
         seg: usize,
-        free: &mut Vec<u64>,
-        report: &mut OpenReport,
+        header: SegmentHeader,
+        out: &mut Scanned,
         guard: &Guard,
-    ) {
+    ) -> SegmentScan {
+        let seg_lines = self.segs.seg_lines();
+        let mut free = Vec::new();
+        let mut queue = Queue::default();
+        let lines = u64::from(header.entry_lines);
+        let mut at = 1;
+        // The line after the last entry found: scans skip the tail after it.
+        let mut end = 1;
+        while at + lines <= seg_lines {
+            let line = seg as u64 * seg_lines + at;
+            at += lines;
+            let e = self.segs.entry(line);
+            let head = e.load(0);
+            // Free: never used, or (in a home segment) a removed entry's tombstone or a slot
+            // claimed for an entry a crash cut short.
+            if head == 0 || head == TOMBSTONE || head == CLAIMED {
+                free.push(line);
+                continue;
+            }
+            end = at;
+            let kind = EntryHeader::decode(head).kind;
+            // A window entry's key stays on the stack (most entries are window entries).
+            let window_key;
+            let checked: Option<(Cow<'_, [u8]>, bool)> = match kind {
+                KIND_WINDOWS => match self.check_entry(&e, header.entry_lines) {
+                    Some((kw, frozen)) => {
+                        window_key = kw.bytes();
+                        let (bytes, len) = &window_key;
+                        Some((Cow::Borrowed(bytes.get(..*len).unwrap_or(&[])), frozen))
+                    }
+                    None => None,
+                },
+                KIND_IDEM => self
+                    .check_idem_entry(&e, header.entry_lines)
+                    .map(|(k, frozen)| (Cow::Owned(k), frozen)),
+                // Never moved: a second copy of a key is damage, and the first is kept.
+                KIND_VERSION => self
+                    .check_version_entry(&e, header.entry_lines)
+                    .map(|k| (Cow::Owned(k), true)),
+                KIND_PERMITS => self
+                    .check_permits_entry(&e, header.entry_lines)
+                    .map(|k| (Cow::Owned(k), true)),
+                _ => None,
+            };
+            match checked {
+                Some((key, frozen)) => {
+                    // The key as stored, so the same hash as `rehash(line)`. Its index slot
+                    // starts loading now and is probed a few entries later.
+                    let hash = self.hasher.hash_one(&*key);
+                    self.index.prefetch(hash, guard);
+                    if frozen && (kind == KIND_WINDOWS || kind == KIND_IDEM) {
+                        out.frozen.push(line);
+                    }
+                    let entry = Checked {
+                        hash,
+                        line,
+                        kind,
+                        frozen,
+                    };
+                    if let Some(first) = queue.take(entry) {
+                        self.index_at_open(first, out, guard);
+                    }
+                }
+                None => {
+                    out.report.corrupt_entries += 1;
+                    self.clear_entry(line);
+                    free.push(line);
+                }
+            }
+        }
+        while let Some(first) = queue.next() {
+            self.index_at_open(first, out, guard);
+        }
+        SegmentScan {
+            seg,
+            header,
+            free,
+            end,
+        }
+    }
+
+    /// Put a checked entry in the index, or set it aside if its key is there already (a
+    /// second copy: [`Core::settle_copy`] decides which one stays, once every segment is
+    /// scanned).
+    fn index_at_open(&self, c: Checked, out: &mut Scanned, guard: &Guard) {
         let (bytes, len) = self.entry_key(c.line);
         let key = bytes.get(..len).unwrap_or(&[]);
         let mut lock = self.index.lock(c.hash);
         match self.find_kind(c.hash, key, c.kind, guard) {
             None => {
                 lock.insert(c.hash, c.line, guard, |l| self.rehash(l));
-                report.entries += 1;
+                out.report.entries += 1;
                 if c.kind == KIND_IDEM {
                     self.counters.live_records.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            Some(other) => {
-                report.duplicates += 1;
-                if !c.frozen {
-                    // The frozen copy is the one that was being moved away.
-                    lock.replace(c.hash, other, c.line, guard);
-                    self.clear_entry(other);
-                    if self.segs.seg_of(other) == seg {
-                        free.push(other);
-                    } else {
-                        // In a segment already adopted: freed there.
-                        self.segs.free_at_open(other);
-                    }
-                } else {
-                    self.clear_entry(c.line);
-                    free.push(c.line);
-                }
+            Some(_) => out.later.push(c),
+        }
+    }
+
+    /// Keep one of two copies of a key: the later one in the file if it is not frozen (the
+    /// frozen copy is the one that was being moved away), else the earlier one; free the
+    /// other into its segment's free lines (`segments`, not adopted yet). `frozen`: the frozen
+    /// window and record entries; version and permit entries count as frozen (never moved: a
+    /// second copy is damage, and the first is kept).
+    fn settle_copy(
+        &self,
+        c: &Checked,
+        frozen: &std::collections::HashSet<u64>,
+        segments: &mut [SegmentScan],
+        guard: &Guard,
+    ) {
+        let (bytes, len) = self.entry_key(c.line);
+        let key = bytes.get(..len).unwrap_or(&[]);
+        let mut lock = self.index.lock(c.hash);
+        let Some(other) = self.find_kind(c.hash, key, c.kind, guard) else {
+            return;
+        };
+        let is_frozen = |line: u64, f: bool| match c.kind {
+            KIND_WINDOWS | KIND_IDEM => frozen.contains(&line),
+            _ => f,
+        };
+        let (early, late) = if other < c.line {
+            ((other, is_frozen(other, true)), (c.line, c.frozen))
+        } else {
+            ((c.line, c.frozen), (other, is_frozen(other, true)))
+        };
+        let (keep, lose) = if late.1 {
+            (early.0, late.0)
+        } else {
+            (late.0, early.0)
+        };
+        if keep != other {
+            lock.replace(c.hash, other, keep, guard);
+        }
+        self.clear_entry(lose);
+        let seg = self.segs.seg_of(lose);
+        if let Ok(i) = segments.binary_search_by_key(&seg, |s| s.seg) {
+            if let Some(s) = segments.get_mut(i) {
+                s.free.push(lose);
             }
         }
     }
@@ -369,5 +491,89 @@ mod tests {
         }
         assert_eq!(out, (0..20).collect::<Vec<_>>());
         assert!(q.next().is_none());
+    }
+
+    /// A key found twice (a crash while it moved), its copies in segments that two threads
+    /// scan: the copy kept is the one a scan in file order keeps (the later copy unless it is
+    /// frozen), whichever thread indexed its copy first.
+    #[test]
+    fn a_key_found_twice_keeps_the_copy_a_scan_in_file_order_keeps() {
+        use crate::storage::format::SegmentHeader;
+        use crate::{Limit, Limits};
+        const NOW: u64 = 1_700_000_000_000;
+        let limits = Limits::new(&[Limit::per_minute(60), Limit::per_hour(1000)]).unwrap();
+        let key = |i: u32| format!("tok_{i:028}").into_bytes();
+        for later_frozen in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("dup.tg");
+            let store = Store::open(&path, opts()).unwrap();
+            // 64 KiB segments (1 024 lines) of three-line entries: 4 000 keys fill 12, so an
+            // open on two cores scans them with two threads.
+            for i in 0..4000 {
+                store.check_at(&key(i), &limits, 1, NOW).unwrap();
+            }
+            let k = key(0);
+            for _ in 0..4 {
+                store.check_at(&k, &limits, 1, NOW).unwrap();
+            }
+            let core = &store.core;
+            let guard = crossbeam_epoch::pin();
+            let from = core.find(core.hasher.hash_one(&k[..]), &k, &guard).unwrap();
+            let seg_lines = core.segs.seg_lines();
+            let class = |seg: usize| {
+                SegmentHeader::decode(&core.segs.read_segment_header(seg), seg as u32)
+                    .ok()
+                    .flatten()
+                    .map(|h| h.entry_lines)
+            };
+            let lines = class(core.segs.seg_of(from)).unwrap();
+            assert!(core.segs.count() >= 8, "{} segments", core.segs.count());
+            // A free place of the same size in the last segment of that size whose place in
+            // the scan's order has the other parity (the other thread's, with two).
+            let to = (0..core.segs.count())
+                .rev()
+                .filter(|&s| class(s) == Some(lines) && s % 2 != core.segs.seg_of(from) % 2)
+                .find_map(|s| {
+                    (0..(seg_lines - 1) / u64::from(lines))
+                        .map(|j| s as u64 * seg_lines + 1 + j * u64::from(lines))
+                        .find(|&l| core.segs.entry(l).load(0) == 0)
+                })
+                .unwrap();
+            assert!(to > from);
+            let (src, dst) = (core.segs.entry(from), core.segs.entry(to));
+            for w in (0..lines as usize * 8).rev() {
+                dst.w(w)
+                    .unwrap()
+                    .store(src.load(w), std::sync::atomic::Ordering::Relaxed);
+            }
+            drop(guard);
+            // The copy holds 5; the first copy counts two more, 7.
+            for _ in 0..2 {
+                store.check_at(&k, &limits, 1, NOW).unwrap();
+            }
+            if later_frozen {
+                let at = core.places(&limits, k.len());
+                let head = dst.w(at[0].head).unwrap();
+                head.fetch_or(crate::window::FROZEN, std::sync::atomic::Ordering::Relaxed);
+            }
+            store.close().unwrap();
+            let store = Store::open(&path, opts()).unwrap();
+            let r = store.open_report();
+            assert_eq!((r.entries, r.duplicates, r.corrupt_entries), (4000, 1, 0));
+            let d = store.peek_at(&k, &limits, NOW).unwrap();
+            let kept = if later_frozen { 7 } else { 5 };
+            assert_eq!(
+                d.remaining(),
+                60 - kept,
+                "later copy frozen: {later_frozen}"
+            );
+            // The copy not kept is free again: the other keys are all there.
+            for i in (1..4000).step_by(97) {
+                assert_eq!(
+                    store.peek_at(&key(i), &limits, NOW).unwrap().remaining(),
+                    59
+                );
+            }
+        }
     }
 }

@@ -268,25 +268,6 @@ impl Segments {
         }
     }
 
-    /// Free the entry at `line`, of a segment already adopted, at open (no reader yet): to its
-    /// bucket in a home segment, else to its class's free list.
-    pub(crate) fn free_at_open(&self, line: u64) {
-        let seg = self.seg_of(line);
-        let mut a = self.alloc.lock();
-        if a.homes.get(seg).is_some() {
-            // Its entry was cleared first (`Segments::clear`), which counted it out.
-            if let Some(w) = self.entry(line).w(0) {
-                w.store(0, Ordering::Relaxed);
-            }
-        } else if let Ok(Some(h)) =
-            SegmentHeader::decode(&self.read_segment_header(seg), seg as u32)
-        {
-            if let Some(c) = a.classes.get_mut(h.entry_lines as usize) {
-                c.free.push(line);
-            }
-        }
-    }
-
     /// Hand back the lines the epoch has released (after an expiry pass, so that a home slot
     /// freed there is free for the next check that wants it, not only for the next insert).
     pub(crate) fn reclaim(&self) {
