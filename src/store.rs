@@ -489,7 +489,10 @@ pub struct Stats {
     pub segments: u64,
     /// Bytes the segments take (plus the header page for a file).
     pub bytes: u64,
-    /// Free lines (64 bytes each) ready for new entries.
+    /// Free lines (64 bytes each) ready for new entries. With
+    /// [`Options::home_slots`](crate::Options::home_slots) this counts the home segments'
+    /// slots that hold no entry, including those of removed entries whose readers may still
+    /// be reading them (free once the epoch moves on).
     pub free_lines: u64,
     /// Segments in the file that nothing uses yet: the spare grown ahead of need
     /// ([`Options::grow_ahead`](crate::Options::grow_ahead)), or ones a crash left blank.

@@ -326,4 +326,21 @@ mod tests {
         let third = pass(&store, n, NOW + 2, 57);
         assert!(third >= after, "{after} then {third} of {n} at home");
     }
+
+    #[test]
+    fn free_lines_count_the_home_slots_that_hold_no_entry() {
+        let store = Store::open_in_memory(opts()).unwrap();
+        let limits = pair();
+        pass(&store, 10, NOW, 59);
+        let before = store.stats().free_lines;
+        let k = key(10);
+        assert!(store.check_at(&k, &limits, 1, NOW).unwrap().allowed());
+        assert!(home_line(&store, &k, &limits).is_some());
+        // One slot of four lines taken (the test keys make four-line entries).
+        assert_eq!(store.stats().free_lines, before - 4);
+        // Removed (a tombstone until the epoch frees it): counted free again.
+        let r = store.core.expire_pass(NOW + 2 * 3_600_000, 4096);
+        assert_eq!(r.expired, 11);
+        assert_eq!(store.stats().free_lines, before + 10 * 4);
+    }
 }

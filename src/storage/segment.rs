@@ -542,7 +542,8 @@ impl Segments {
         self.durable(self.hook.run(IoEvent::SyncFile, || f.sync_data()))
     }
 
-    /// Free entries counted per class (for stats).
+    /// Free entries counted per class, and the home segments' slots not holding an entry
+    /// (for stats).
     pub(crate) fn free_lines(&self) -> u64 {
         let a = self.alloc.lock();
         let seg_lines = self.seg_lines();
@@ -557,7 +558,7 @@ impl Segments {
                 c.free.len() as u64 * l as u64 + tail
             })
             .sum();
-        listed + (a.blank.len() + self.spares()) as u64 * seg_lines
+        listed + self.free_home_lines(&a) + (a.blank.len() + self.spares()) as u64 * seg_lines
     }
 }
 

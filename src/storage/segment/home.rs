@@ -99,6 +99,17 @@ impl Book {
         self.segs.get_mut(seg).and_then(Option::as_mut)
     }
 
+    /// The lines of the slots not holding an entry in every home segment (free slots, and
+    /// removed entries' slots still waiting for the epoch): `slots(class)` the slots a
+    /// segment of each size class has.
+    fn free_lines(&self, slots: impl Fn(u32) -> u64) -> u64 {
+        self.segs
+            .iter()
+            .flatten()
+            .map(|h| slots(h.class).saturating_sub(h.live) * u64::from(h.class))
+            .sum()
+    }
+
     /// The home segments of size class `class`, with their indexes.
     fn of_class(&self, class: u32) -> Vec<(usize, HomeSeg)> {
         let with_index = self.segs.iter().enumerate();
@@ -170,6 +181,11 @@ impl Segments {
     #[inline]
     pub(crate) fn home_slots(&self, class: u32) -> u64 {
         self.dirs.slots.get(class as usize).copied().unwrap_or(0)
+    }
+
+    /// The free lines of the home segments ([`Book::free_lines`]), for stats.
+    pub(super) fn free_home_lines(&self, a: &Alloc) -> u64 {
+        a.homes.free_lines(|class| self.home_slots(class))
     }
 
     /// Whether the store has a home segment (made now, or found at open).
