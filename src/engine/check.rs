@@ -441,7 +441,7 @@ impl Core {
         let n = limits.len();
         let shapes = limits.shapes(self.b);
         let mut all_fit = true;
-        for (i, geo) in shapes.all().iter().take(n).enumerate() {
+        for (i, geo) in shapes.all().get(..n).unwrap_or_default().iter().enumerate() {
             let Some(geo) = geo else { return false };
             let Some(win) = sliding_window(e, at[i], geo) else {
                 return false;
