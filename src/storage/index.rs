@@ -172,9 +172,11 @@ impl Index {
     /// of 1M keys about a third of its time.
     pub(crate) fn reserve(&self, entries: u64, guard: &Guard) {
         let share = usize::try_from(entries / STRIPES as u64).unwrap_or(usize::MAX);
-        // A stripe's share varies by a few hundred at 1M keys: an eighth more, and the
-        // table is as large as growth would make it (`resize`: twice the live entries).
-        let cap = share.saturating_add(share / 8 + 16).saturating_mul(2);
+        // A stripe's share varies by a few hundred at 1M keys: room for an eighth more under
+        // the load at which a table grows (3/4), and no more (twice that, as `resize` makes,
+        // would double the index's memory when the rounding up to a power of two adds its
+        // own half).
+        let cap = share.saturating_add(share / 8 + 16).saturating_mul(4) / 3 + 1;
         if cap <= MIN_CAPACITY || cap > MAX_RESERVE {
             return;
         }
