@@ -35,7 +35,8 @@
 //! * `footprint`: N keys (32 bytes each) checked once on ErzyCall's pair: the file's bytes and
 //!   the growth of the resident set per key (the mapped pages and the in-memory index).
 //! * `open`: the same N keys, the store closed, then opened again: the time the open takes
-//!   (reading and checking every entry, rebuilding the index), best of three opens.
+//!   (reading and checking every entry, rebuilding the index), best of three opens, and the
+//!   growth of the resident set per key across each open (the pages read, the index).
 //!
 //! Valgrind counts instructions, not time: the figures repeat for the same binary whatever
 //! else the machine does. docs/PERFORMANCE.md has them.
@@ -171,17 +172,20 @@ fn open_time(dir: &std::path::Path, n: u64) -> Result<(), Box<dyn std::error::Er
     let len = std::fs::metadata(&path).map_or(0, |m| m.len());
     let mut best = std::time::Duration::MAX;
     for _ in 0..3 {
+        let rss0 = rss_bytes();
         let started = std::time::Instant::now();
         let store = Store::open(&path, options())?;
         let took = started.elapsed();
+        let grown = rss_bytes().saturating_sub(rss0);
         best = best.min(took);
         let report = store.open_report();
         eprintln!(
-            "open: {n} keys, file {:.1} MiB, {} entries loaded, open {:.3} s (fill {:.1} s)",
+            "open: {n} keys, file {:.1} MiB, {} entries loaded, open {:.3} s (fill {:.1} s), RSS growth {:.1} B/key",
             len as f64 / (1 << 20) as f64,
             report.entries,
             took.as_secs_f64(),
-            filled.as_secs_f64()
+            filled.as_secs_f64(),
+            grown as f64 / n.max(1) as f64
         );
         drop(store);
     }
