@@ -166,7 +166,7 @@ impl Index {
     }
 
     /// Make room for about `entries` entries before they are inserted: every stripe that is
-    /// still empty gets the table its share would have grown to. For a store opening a file
+    /// still empty gets a table its share fits in without growing. For a store opening a file
     /// whose count of entries is known: each growth of a table hashes its entries' keys again,
     /// reading every entry it holds from the file, so growing one step at a time cost an open
     /// of 1M keys about a third of its time.
