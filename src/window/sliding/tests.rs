@@ -598,7 +598,7 @@ fn a_rotation_of_a_few_sub_windows_keeps_every_count() {
 #[test]
 fn the_ring_walk_sums_every_counter() {
     // `ring_sum_max` skips zero bits; it must agree with reading all `B` counters, counters
-    // that straddle two words included (c = 6, 10, 17, 20 do).
+    // that straddle two words included (every width that does not divide 64).
     let mut x = 0x9E37_79B9_7F4A_7C15u64;
     for (limit, b) in [
         (1u32, 16u32),
