@@ -347,8 +347,45 @@ fn a_failed_msync_of_a_sync_completion_poisons_the_store() {
 
 #[test]
 fn a_failed_fallocate_while_growing_poisons_the_store() {
-    let (_dir, path) = temp_store();
     let hook = failing(|e| matches!(e, tollgate::IoEvent::Allocate { .. }));
+    let lens = assert_a_failed_growth_poisons(&hook, "fallocate");
+    assert_eq!(lens.failed, lens.before, "the file did not grow");
+    assert_eq!(lens.reopened, lens.before);
+}
+
+/// The two syncs of a growth (the new length, then the segment count) are ranged syncs, not
+/// an fdatasync of the file: a failure of either is the growth's failure.
+#[test]
+fn a_failed_sync_while_growing_poisons_the_store() {
+    // The first sync, of the new length: the count never took the new space in, so the
+    // reopen cuts it off.
+    let hook = failing(|e| matches!(e, tollgate::IoEvent::SyncRange { .. }));
+    let lens = assert_a_failed_growth_poisons(&hook, "sync of the new length");
+    assert_eq!(hook.failed.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert!(lens.failed > lens.before, "allocated before the sync");
+    assert_eq!(lens.reopened, lens.before, "cut off at the reopen");
+    // The second, of the count (the word in the header page): the count was written, so the
+    // reopen keeps the new space, blank.
+    let count =
+        failing(|e| matches!(e, tollgate::IoEvent::SyncRange { offset, .. } if *offset < 4096));
+    let lens = assert_a_failed_growth_poisons(&count, "sync of the segment count");
+    assert_eq!(count.failed.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert!(lens.failed > lens.before, "allocated before the sync");
+    assert_eq!(lens.reopened, lens.failed, "kept at the reopen");
+}
+
+/// The file's length before a failed growth, right after it, and after the reopen.
+struct Lens {
+    before: u64,
+    failed: u64,
+    reopened: u64,
+}
+
+/// Fill a store of small segments until a new key needs a new segment, with `hook` armed:
+/// that key's check returns the injected EIO, the store keeps its segments, and every write
+/// is refused until a reopen, which finds the file as the failure left it.
+fn assert_a_failed_growth_poisons(hook: &std::sync::Arc<FailingIo>, what: &str) -> Lens {
+    let (_dir, path) = temp_store();
     let store = Store::open(
         &path,
         Options::default()
@@ -361,8 +398,9 @@ fn a_failed_fallocate_while_growing_poisons_the_store() {
     store.check_at(b"counted", &limits, 1, T0).expect("check");
     hook.armed.store(true, std::sync::atomic::Ordering::SeqCst);
     let segments_before = store.stats().segments;
+    let before = std::fs::metadata(&path).expect("len").len();
     // The keys fill the segments of their size class; the first key that needs a new segment
-    // meets the failed fallocate.
+    // meets the failure.
     let mut failed = None;
     for i in 0..2_000 {
         match store.check_at(format!("fill-{i}").as_bytes(), &limits, 1, T0) {
@@ -386,11 +424,15 @@ fn a_failed_fallocate_while_growing_poisons_the_store() {
             );
             assert_eq!(e.raw_os_error(), Some(5));
         }
-        other => panic!("the failed fallocate is reported: {other:?}"),
+        other => panic!("the failed {what} is reported: {other:?}"),
     }
-    let len = std::fs::metadata(&path).expect("len").len();
-    assert_poisoned_until_reopened(store, &path, "fallocate");
-    assert_eq!(std::fs::metadata(&path).expect("len").len(), len);
+    let failed = std::fs::metadata(&path).expect("len").len();
+    assert_poisoned_until_reopened(store, &path, what);
+    Lens {
+        before,
+        failed,
+        reopened: std::fs::metadata(&path).expect("len").len(),
+    }
 }
 
 #[test]

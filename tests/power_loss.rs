@@ -64,6 +64,20 @@ impl IoHook for Shadow {
         match event {
             IoEvent::Msync { offset, len } => self.copy(offset, Some(len)),
             IoEvent::SyncFile => self.copy(0, None),
+            IoEvent::SyncRange { offset, len } => {
+                // The range and the file's length: new space reads as zeros where no page of
+                // it was written back.
+                let real_len = std::fs::metadata(&self.real)
+                    .expect("stat the real file")
+                    .len();
+                {
+                    let mut shadow = self.shadow.lock().expect("shadow lock");
+                    if (shadow.len() as u64) < real_len {
+                        shadow.resize(real_len as usize, 0);
+                    }
+                }
+                self.copy(offset, Some(len));
+            }
             _ => {}
         }
     }

@@ -203,13 +203,16 @@ fn blank_from(file: &File, from: u64, to: u64, seg_len: u64) -> Result<bool> {
 }
 
 /// Record in the header page that the file holds `segments` segments, and make it durable
-/// (before the caller uses a new segment).
+/// (before the caller uses a new segment): a sync of the word's own range, which leaves the
+/// file's other dirty pages alone.
 pub(crate) fn record_segments(file: &File, segments: u32, hook: &Hook) -> Result<()> {
     let offset = SEGMENTS_AT as u64;
     hook.run(IoEvent::WriteCount { offset, segments }, || {
         file.write_all_at(&FileHeader::segment_word(segments), offset)
     })?;
-    hook.run(IoEvent::SyncFile, || file.sync_data())?;
+    hook.run(IoEvent::SyncRange { offset, len: 8 }, || {
+        super::sys::sync_range(file, offset, 8)
+    })?;
     Ok(())
 }
 

@@ -27,6 +27,16 @@ pub enum IoEvent {
     },
     /// fdatasync of the whole file (its length and every dirty page).
     SyncFile,
+    /// A sync of `len` bytes of the file at byte `offset`, and of the file's length and
+    /// blocks, that leaves the file's other dirty pages unwritten: on Linux an msync of a map
+    /// of that range (the file system's fsync over the range alone); elsewhere an fdatasync
+    /// of the whole file, which writes them too. Growth makes two.
+    SyncRange {
+        /// First byte, from the start of the file.
+        offset: u64,
+        /// Bytes.
+        len: u64,
+    },
     /// posix_fallocate of `offset..offset + len` (the file grows by a segment).
     Allocate {
         /// First byte of the new space.
@@ -35,7 +45,7 @@ pub enum IoEvent {
         len: u64,
     },
     /// The segment-count word of the header page is written (`pwrite` of 8 bytes at
-    /// `offset`), just before the fdatasync that makes it durable.
+    /// `offset`), just before the [`IoEvent::SyncRange`] that makes it durable.
     WriteCount {
         /// Byte offset of the word in the file.
         offset: u64,

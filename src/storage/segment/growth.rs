@@ -2,11 +2,13 @@
 //!
 //! Growth is the one slow step an allocation can meet: the new length must be durable before
 //! the segment count takes the segment in, and the count before anything in the segment is
-//! used, and each of those is an `fdatasync` of the whole file, which writes back every page
-//! dirtied since the last one. A request that has to grow the file waits for all of that (and
-//! so does every other allocation, behind the allocator's lock). So an allocation that must grow
-//! the file adds a quarter as many segments as it has (at least one, at most 64 MiB) for the
-//! same two syncs, and keeps the others as spares ([`MAX_GROWTH_BYTES`]).
+//! used: two syncs, each a journal commit of the file system. Each syncs a range of a few
+//! bytes (`sys::sync_range`), not the whole file: an `fdatasync` would also write back every
+//! page the checks dirtied since the last one, which on a large busy store is most of the
+//! file, while the request that grows (and every other allocation, behind the allocator's
+//! lock) waits, and every page it wrote back then takes a write fault again. An allocation
+//! that must grow the file adds a quarter as many segments as it has (at least one, at most
+//! 64 MiB) for the same two syncs, and keeps the others as spares ([`MAX_GROWTH_BYTES`]).
 //!
 //! Beyond that, the compactor thread can grow the next segment before it is needed
 //! (`Options::grow_ahead`): when an allocation takes the last blank segment or spare, or has to
@@ -40,12 +42,13 @@ use crate::storage::raw::Map;
 const POPULATE_BYTES: usize = 4 << 20;
 
 /// The most bytes one growth adds to the file: a growth adds a quarter of the segments the file
-/// has (at least one), up to this. Each growth makes two `fdatasync` calls, which write back
-/// every page dirtied since the last sync, so a store that grows segment by segment pays them
-/// once per segment: 45 growths for the 170 MB or so `tollgate bench` writes in four seconds
-/// (strace, 2026-12-06), 17 in quarters. In quarters, the file grows in proportion to its size and the syncs in proportion to the log
-/// of it, at the cost of up to a quarter (and at most 64 MiB) of file allocated ahead of need,
-/// which open finds as blank segments (counted, header zero) and uses first, as it does a spare.
+/// has (at least one), up to this. Each growth makes two syncs and faults its first segment
+/// in, so a store that grows segment by segment pays them once per segment: 45 growths for the
+/// 170 MB or so `tollgate bench` writes in four seconds (strace, 2026-12-06), 17 in quarters.
+/// In quarters, the file grows in proportion to its size and the syncs in proportion to the
+/// log of it, at the cost of up to a quarter (and at most 64 MiB) of file allocated ahead of
+/// need, which open finds as blank segments (counted, header zero) and uses first, as it does
+/// a spare.
 const MAX_GROWTH_BYTES: u64 = 64 << 20;
 
 /// What wakes the thread that grows spares (the compactor's).
@@ -197,8 +200,16 @@ impl Segments {
             // The new length must be durable before the count takes the segments in, and the
             // count before anything in them is used: a crash in between leaves segments the
             // count does not take in (cut off at open), never ones it takes in but the file
-            // lacks (which open would report as lost).
-            self.durable(self.hook.run(IoEvent::SyncFile, || f.sync_data()))?;
+            // lacks (which open would report as lost). A sync of the new space's first bytes
+            // commits the length alone: the pages the checks dirtied stay as they are.
+            let length = IoEvent::SyncRange {
+                offset: off,
+                len: 8,
+            };
+            self.durable(
+                self.hook
+                    .run(length, || crate::storage::sys::sync_range(f, off, 8)),
+            )?;
             let count = u32::try_from(idx + n).map_err(|_| Error::CapacityExhausted)?;
             crate::storage::file::record_segments(f, count, &self.hook).inspect_err(|_| {
                 self.poisoned.store(true, Ordering::Release);
