@@ -241,21 +241,20 @@ impl Options {
     }
 
     /// Let the compactor keep one spare segment grown ahead of need (default: no; a
-    /// file-backed store with the compactor running). Growing the file makes its new length
-    /// and segment count durable with two `fdatasync` calls, which write back every page
-    /// dirtied since the last sync: with a spare, the allocation that fills a segment takes
-    /// the next one at once and the compactor grows another in the background, so no check
-    /// waits for the disk. The file is then up to one segment (4 MiB by default) larger than
+    /// file-backed store with the compactor running). Growing the file allocates it, makes its
+    /// new length and segment count durable (two syncs of a few bytes each) and faults the new
+    /// segment in: with a spare, the allocation that fills a segment takes the next one at once
+    /// and the compactor grows another in the background, so no check waits for the disk. The file is then up to one segment (4 MiB by default) larger than
     /// its entries need; [`Stats::bytes`](crate::Stats::bytes) counts it. (With or without
     /// this, a growth on a request's path adds a quarter as many segments as the file has, up
     /// to 64 MiB, and keeps the ones it did not need as spares; this grows a spare only when
     /// none is left.)
     ///
-    /// Off by default because it was measured to cost more than it saves on a small, busy
-    /// file: the background syncs write back pages the checks are writing, and the p99 of new
-    /// keys' first checks doubled while the worst check improved by a quarter
-    /// (`docs/PERFORMANCE.md`, "New keys and the file's growth"). Turn it on for a large
-    /// store whose growth would otherwise stall a check behind a long writeback.
+    /// Off by default because it was not measured ahead on every percentile: on a fresh file
+    /// of new keys it made some rounds' p99.9 worse, while on a file whose pages the checks
+    /// keep dirty it cut the worst first check from 30-49 ms to 3-18 ms
+    /// (`docs/PERFORMANCE.md`, "New keys and the file's growth"). Turn it on for a large,
+    /// busy store whose growth would otherwise stall a new key's check.
     pub fn grow_ahead(mut self, enabled: bool) -> Self {
         self.compactor.grow_ahead = enabled;
         self
