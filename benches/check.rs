@@ -55,11 +55,13 @@
 //!   `per_minute(60)` a key gets a cell back every second of governor's real clock, and a trial
 //!   row at 100k keys admitted 3% of its checks (more at 1M, where keys are visited less).
 //! * Fill: every key is checked twice before its rows. The second pass writes again the file
-//!   pages that each growth step's fdatasync (it writes back the whole file) left clean, which
-//!   would cost the first 1M row a write fault per 4 KiB page (it came out about 3x slower).
-//!   The kernel's writeback cleans pages again later, and rows pay that as a gateway would: at
-//!   1M keys about 0.002 faults per check; at 10M the fill passes the background-writeback
-//!   threshold and the admit rows took about 0.2 faults per check (at-limit rows write none).
+//!   pages that were cleaned while the store filled, which would cost the first 1M row a write
+//!   fault per 4 KiB page (it came out about 3x slower when each growth step's fdatasync wrote
+//!   back the whole file; growth syncs a few bytes since 2026-12-07, but the kernel's own
+//!   writeback still cleans pages). The writeback cleans pages again during the rows, which
+//!   pay that as a gateway would: at 1M keys about 0.002 faults per check; at 10M the fill
+//!   passes the background-writeback threshold and the admit rows took about 0.2 faults per
+//!   check (at-limit rows write none).
 //! * Every check row counts its admitted checks and prints the share after the row
 //!   (`admit/tollgate/loop/1M: 100.00% admitted`); an `at_limit` row above 1%, or another
 //!   check row below 99%, panics: it timed the wrong path.
@@ -474,8 +476,8 @@ fn threads_rows<E: Engine>(c: &mut Criterion, x: &Ctx, engine: &str, e: &E, t_fp
 }
 
 /// Check every key twice. The first pass inserts; the second writes again the file pages
-/// that each growth step's fdatasync cleaned, which would otherwise cost the first row one
-/// write fault per 4 KiB page.
+/// that were cleaned meanwhile (by the kernel's writeback; until 2026-12-07 also by each
+/// growth's fdatasync), which would otherwise cost the first row one write fault per page.
 fn fill<E: Engine>(x: &Ctx, engine: &str, e: &E) {
     let mut key = Key::new();
     for idx in (0..x.n).chain(0..x.n) {
