@@ -2,9 +2,9 @@
 //! finding work and sleeps otherwise, and now and then compacts response records
 //! (`blobs.rs`). Like Redis's active expiry it runs another pass at once while passes find
 //! many expired entries, and it lowers its own priority so the threads answering checks go
-//! first. It also grows the file's spare segment when an allocation asks for one
-//! (`storage/segment/growth.rs`), so that no check waits for the file to grow. Dropping the
-//! handle stops and joins it.
+//! first. It also faults in the segments allocations take, and grows the file's spare
+//! segment when an allocation asks for one (`storage/segment/growth.rs`), so that no check
+//! waits for either. Dropping the handle stops and joins it.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -27,15 +27,16 @@ impl CompactorHandle {
         if !opts.enabled {
             return CompactorHandle { stop, thread: None };
         }
-        if opts.grow_ahead {
-            let wake = Arc::clone(&stop);
-            core.segs.set_spare_waker(Arc::new(move || {
-                // Under the thread's lock: it looks for a wanted spare under it before it
-                // sleeps, so this wake-up cannot fall between the look and the sleep.
+        let wake = Arc::clone(&stop);
+        core.segs.set_waker(
+            Arc::new(move || {
+                // Under the thread's lock: it looks for work under it before it sleeps, so
+                // this wake-up cannot fall between the look and the sleep.
                 let _held = wake.0.lock();
                 wake.1.notify_one();
-            }));
-        }
+            }),
+            opts.grow_ahead,
+        );
         let flag = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
             .name("tollgate-compactor".into())
@@ -51,21 +52,24 @@ fn run(core: Arc<Core>, stop: Arc<(Mutex<bool>, Condvar)>, opts: CompactorOption
     let (lock, cv) = &*stop;
     let mut tick = 0u64;
     loop {
-        // A spare asked for while this thread was busy is grown before it sleeps. A failure
-        // poisons the store as a request's own growth would (the next write reports it).
+        // Segments taken and a spare asked for while this thread was busy are seen to before
+        // it sleeps. A failure poisons the store as a request's own growth would (the next
+        // write reports it).
+        core.segs.fault_in_taken();
         let _ = core.segs.grow_spare();
         {
             let mut stopped = lock.lock();
             if *stopped {
                 return;
             }
-            if !core.segs.spare_wanted() {
+            if !core.segs.spare_wanted() && !core.segs.fault_in_wanted() {
                 cv.wait_for(&mut stopped, opts.interval);
             }
             if *stopped {
                 return;
             }
         }
+        core.segs.fault_in_taken();
         let _ = core.segs.grow_spare();
         // Keep going while passes find many expired entries (a quarter of what they look at),
         // checking for a stop request between passes.
