@@ -234,17 +234,19 @@ impl Options {
 
     /// Run the background compactor (default: yes). Without it, call
     /// [`Store::expire_now`](crate::Store::expire_now) and
-    /// [`Store::compact_now`](crate::Store::compact_now) yourself.
+    /// [`Store::compact_now`](crate::Store::compact_now) yourself, and a file-backed store's
+    /// allocation faults in each segment it takes itself (milliseconds on the request that
+    /// takes it) instead of leaving that to the compactor's thread.
     pub fn compactor(mut self, enabled: bool) -> Self {
         self.compactor.enabled = enabled;
         self
     }
 
     /// Let the compactor keep one spare segment grown ahead of need (default: no; a
-    /// file-backed store with the compactor running). Growing the file allocates it, makes its
-    /// new length and segment count durable (two syncs of a few bytes each) and faults the new
-    /// segment in: with a spare, the allocation that fills a segment takes the next one at once
-    /// and the compactor grows another in the background, so no check waits for the disk. The file is then up to one segment (4 MiB by default) larger than
+    /// file-backed store with the compactor running). Growing the file allocates it and makes
+    /// its new length and segment count durable (two syncs of a few bytes each): with a spare,
+    /// the allocation that fills a segment takes the next one at once and the compactor grows
+    /// another in the background, so no check waits for the disk. The file is then up to one segment (4 MiB by default) larger than
     /// its entries need; [`Stats::bytes`](crate::Stats::bytes) counts it. (With or without
     /// this, a growth on a request's path adds a quarter as many segments as the file has, up
     /// to 64 MiB, and keeps the ones it did not need as spares; this grows a spare only when
