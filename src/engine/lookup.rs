@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::key::MAX_KEY_LEN;
 use crate::limit::Limits;
 use crate::storage::format::{EntryHeader, EntryLayout, KIND_WINDOWS};
+use crate::storage::index::Rehash;
 use crate::storage::segment::Entry;
 
 impl Core {
@@ -143,7 +144,7 @@ impl Core {
         let mut lock = lock;
         let descs = limits.descriptors();
         let line = self.write_entry(&kw, descs, Place::Home(hash), |_, _| None)?;
-        lock.insert(hash, line, guard, |l| self.rehash(l));
+        lock.insert(hash, line, guard, self);
         self.live_entries.fetch_add(1, Ordering::Relaxed);
         Ok(Some(line))
     }
@@ -177,7 +178,7 @@ impl Core {
         if let Some(w) = e.w(0) {
             w.store(header, Ordering::Release);
         }
-        lock.insert(hash, line, guard, |l| self.rehash(l));
+        lock.insert(hash, line, guard, self);
         self.live_entries.fetch_add(1, Ordering::Relaxed);
         Ok(line)
     }
@@ -264,6 +265,20 @@ pub(crate) fn read_key(
     }
     key.truncate(key_len);
     Some(key)
+}
+
+/// What the index asks of the entries when a stripe grows: the key's first two lines (the
+/// header and, for entries of up to a few windows, the key) loaded ahead, then its hash.
+impl Rehash for Core {
+    fn prefetch(&self, line: u64) {
+        let e = self.segs.entry(line);
+        e.prefetch(0);
+        e.prefetch(8);
+    }
+
+    fn hash(&self, line: u64) -> u64 {
+        self.rehash(line)
+    }
 }
 
 #[cfg(test)]

@@ -87,7 +87,7 @@ impl Core {
                 }
                 let dl = deadline_s(now_ms, lease_ms);
                 let line = self.write_idem_entry(key, fp, pack(ST_INFLIGHT, 1, dl))?;
-                lock.insert(hash, line, &guard, |l| self.rehash(l));
+                lock.insert(hash, line, &guard, self);
                 self.live_entries.fetch_add(1, Ordering::Relaxed);
                 self.counters.live_records.fetch_add(1, Ordering::Relaxed);
                 return Ok(Begin::Started(lease(key, 1, fp, dl)));

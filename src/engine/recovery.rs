@@ -320,7 +320,7 @@ impl Core {
         let mut lock = self.index.lock(c.hash);
         match self.find_kind(c.hash, key, c.kind, guard) {
             None => {
-                lock.insert(c.hash, c.line, guard, |l| self.rehash(l));
+                lock.insert(c.hash, c.line, guard, self);
                 out.report.entries += 1;
                 if c.kind == KIND_IDEM {
                     self.counters.live_records.fetch_add(1, Ordering::Relaxed);

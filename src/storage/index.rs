@@ -10,6 +10,9 @@
 //! * a resize builds a new table, swaps the pointer and retires the old table through the epoch,
 //!   so a reader still probing the old one is never left with freed memory. A reader that misses
 //!   a key because it probed the old table falls back to the locked path, which looks again.
+//!   The index keeps too few bits of each hash to place an entry in a larger table, so a
+//!   resize reads every live key from its entry ([`Rehash`]), with the entries' lines
+//!   prefetched a few ahead of the reads.
 //!
 //! An index entry packs a 16-bit tag from the hash (so that a probe rarely opens a wrong entry)
 //! and the entry's line id: `tag << 48 | (line + 2)`. 0 is an empty place, 1 a tombstone.
@@ -34,6 +37,29 @@ const MIN_CAPACITY: usize = 16;
 /// The largest table [`Index::reserve`] makes for one stripe ahead of its entries (a count
 /// read from a damaged file header must not allocate without bound): 2^26 places, 512 MiB.
 const MAX_RESERVE: usize = 1 << 26;
+/// How far a resize reads the entries' keys behind its scan of the old table, their lines
+/// prefetched as the scan passes them: so many misses in flight at once.
+const RESIZE_AHEAD: usize = 8;
+
+/// What a growing index asks of the entries it points at: the hash of the key stored at a line
+/// (the index keeps 16 bits of it, too few to place an entry in a larger table), and a hint
+/// to start loading that key before it is asked for.
+pub(crate) trait Rehash {
+    /// Start loading what [`Rehash::hash`] will read for `line`, without waiting for it.
+    fn prefetch(&self, line: u64) {
+        let _ = line;
+    }
+
+    /// The hash of the key stored at `line`.
+    fn hash(&self, line: u64) -> u64;
+}
+
+/// A plain function of the line (tests): nothing to prefetch.
+impl<F: Fn(u64) -> u64> Rehash for F {
+    fn hash(&self, line: u64) -> u64 {
+        self(line)
+    }
+}
 
 struct Table {
     mask: usize,
@@ -196,17 +222,11 @@ impl Index {
 
 impl StripeLock<'_> {
     /// Insert `line` for `hash` (the caller checked it is absent under this lock).
-    pub(crate) fn insert(
-        &mut self,
-        hash: u64,
-        line: u64,
-        guard: &Guard,
-        rehash: impl Fn(u64) -> u64,
-    ) {
+    pub(crate) fn insert(&mut self, hash: u64, line: u64, guard: &Guard, lines: &impl Rehash) {
         let mut table = self.stripe.table.load(guard);
         let cap = table.map_or(0, |t| t.mask + 1);
         if (self.state.used + 1) * 4 > cap * 3 {
-            table = self.resize(guard, &rehash);
+            table = self.resize(guard, lines);
         }
         let Some(t) = table else {
             return;
@@ -267,26 +287,33 @@ impl StripeLock<'_> {
         false
     }
 
-    fn resize<'g>(&mut self, guard: &'g Guard, rehash: &impl Fn(u64) -> u64) -> Option<&'g Table> {
+    /// Move the stripe into a table twice its live entries, under its lock (inserts into this
+    /// stripe wait; lookups go on in the old table). Each live entry's key is read from the
+    /// file to hash it again: a miss per entry, so the keys are read [`RESIZE_AHEAD`] entries
+    /// behind the scan that prefetches them (a resize of 1M keys' stripes spent most of its
+    /// time in those misses, one after another).
+    fn resize<'g>(&mut self, guard: &'g Guard, lines: &impl Rehash) -> Option<&'g Table> {
         let new = Table::with_capacity((self.state.live + 1) * 2);
         if let Some(o) = self.stripe.table.load(guard) {
+            let mut behind = [EMPTY; RESIZE_AHEAD];
+            let mut seen = 0usize;
             for e in o.entries.iter() {
                 let e = e.load(Ordering::Relaxed);
                 if e == EMPTY || e == TOMBSTONE {
                     continue;
                 }
-                let line = (e & ID_MASK) - 2;
-                let h = rehash(line);
-                let mut pos = h as usize & new.mask;
-                while new
-                    .entries
-                    .get(pos)
-                    .is_some_and(|p| p.load(Ordering::Relaxed) != EMPTY)
-                {
-                    pos = (pos + 1) & new.mask;
+                lines.prefetch((e & ID_MASK) - 2);
+                if let Some(slot) = behind.get_mut(seen % RESIZE_AHEAD) {
+                    let due = std::mem::replace(slot, e);
+                    if due != EMPTY {
+                        place(&new, due, lines);
+                    }
                 }
-                if let Some(p) = new.entries.get(pos) {
-                    p.store(e, Ordering::Relaxed);
+                seen += 1;
+            }
+            for due in behind {
+                if due != EMPTY {
+                    place(&new, due, lines);
                 }
             }
         }
@@ -294,6 +321,22 @@ impl StripeLock<'_> {
         // The swap publishes the new table with Release; readers still probing the old one
         // keep it alive through their guards.
         self.stripe.table.replace(new, guard)
+    }
+}
+
+/// Put index word `e` (a live entry) into `table`, at the first empty place from its key's.
+fn place(table: &Table, e: u64, lines: &impl Rehash) {
+    let h = lines.hash((e & ID_MASK) - 2);
+    let mut pos = h as usize & table.mask;
+    while table
+        .entries
+        .get(pos)
+        .is_some_and(|p| p.load(Ordering::Relaxed) != EMPTY)
+    {
+        pos = (pos + 1) & table.mask;
+    }
+    if let Some(p) = table.entries.get(pos) {
+        p.store(e, Ordering::Relaxed);
     }
 }
 
@@ -310,7 +353,7 @@ mod tests {
         for line in 0..1000u64 {
             let h = hash(line);
             let mut l = idx.lock(h);
-            l.insert(h, line, &guard, hash);
+            l.insert(h, line, &guard, &hash);
         }
         assert_eq!(idx.len(), 1000);
         for line in 0..1000u64 {
@@ -333,6 +376,67 @@ mod tests {
         assert_eq!(idx.len(), 999);
     }
 
+    /// Counts what a resize asks of the entries.
+    struct Counting {
+        prefetched: std::cell::RefCell<Vec<u64>>,
+        hashed: std::cell::RefCell<Vec<u64>>,
+    }
+
+    impl Rehash for Counting {
+        fn prefetch(&self, line: u64) {
+            self.prefetched.borrow_mut().push(line);
+        }
+
+        fn hash(&self, line: u64) -> u64 {
+            self.hashed.borrow_mut().push(line);
+            line.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 8
+        }
+    }
+
+    #[test]
+    fn a_resize_prefetches_every_live_key_once_and_hashes_it_once() {
+        let idx = Index::new();
+        let guard = crossbeam_epoch::pin();
+        let lines = Counting {
+            prefetched: Default::default(),
+            hashed: Default::default(),
+        };
+        // Stripe 0 only (the top bits are zero), so the table grows several times; one in
+        // five entries removed on the way (tombstones are not moved).
+        for line in 0..300u64 {
+            let h = lines.hash(line);
+            lines.hashed.borrow_mut().pop();
+            idx.lock(h).insert(h, line, &guard, &lines);
+            if line % 5 == 4 {
+                let gone = lines.hash(line - 2);
+                lines.hashed.borrow_mut().pop();
+                assert!(idx.lock(gone).remove(gone, line - 2, &guard));
+            }
+        }
+        let (prefetched, hashed) = (lines.prefetched.take(), lines.hashed.take());
+        assert!(!hashed.is_empty(), "the table grew");
+        // Each resize prefetches and hashes the same live lines, once each: the same multiset.
+        let mut p = prefetched.clone();
+        let mut h = hashed.clone();
+        p.sort_unstable();
+        h.sort_unstable();
+        assert_eq!(p, h);
+        // A line is hashed at most `RESIZE_AHEAD` steps after its prefetch: by the time the
+        // i-th hash is asked for, that line was prefetched as often as it has been hashed.
+        for (i, line) in hashed.iter().enumerate() {
+            let count = |s: &[u64]| s.iter().filter(|x| *x == line).count();
+            let fetched = count(&prefetched[..(i + RESIZE_AHEAD).min(prefetched.len())]);
+            assert!(fetched >= count(&hashed[..=i]), "line {line}, hash {i}");
+        }
+        // Every live entry is found after the resizes; the removed ones are not.
+        for line in 0..300u64 {
+            let found = idx.find(lines.hash(line), &guard, |x| x == line);
+            let removed = line % 5 == 2 && line + 2 < 300;
+            assert_eq!(found.is_some(), !removed, "line {line}");
+        }
+        assert_eq!(idx.len(), 300 - 60);
+    }
+
     #[test]
     fn a_reserved_index_takes_its_entries_without_growing() {
         let idx = Index::new();
@@ -345,7 +449,7 @@ mod tests {
         for line in 0..n {
             let h = hash(line);
             let mut l = idx.lock(h);
-            l.insert(h, line, &guard, |x| {
+            l.insert(h, line, &guard, &|x| {
                 regrown.set(regrown.get() + 1);
                 hash(x)
             });
