@@ -252,11 +252,11 @@ impl Options {
     /// to 64 MiB, and keeps the ones it did not need as spares; this grows a spare only when
     /// none is left.)
     ///
-    /// Off by default because it was not measured ahead on every percentile: on a fresh file
-    /// of new keys it made some rounds' p99.9 worse, while on a file whose pages the checks
-    /// keep dirty it cut the worst first check from 30-49 ms to 3-18 ms
-    /// (`docs/PERFORMANCE.md`, "New keys and the file's growth"). Turn it on for a large,
-    /// busy store whose growth would otherwise stall a new key's check.
+    /// Off by default because, measured, it is not ahead of the default on any percentile of
+    /// new keys' first checks since the compactor faults in each segment before it is taken
+    /// (`docs/PERFORMANCE.md`, "New keys and the file's growth"): what it still saves is the
+    /// request's own growth (an allocation, two small syncs, and the first touch of the new
+    /// segment), a few times per doubling of the file.
     pub fn grow_ahead(mut self, enabled: bool) -> Self {
         self.compactor.grow_ahead = enabled;
         self
