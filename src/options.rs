@@ -246,8 +246,9 @@ impl Options {
     /// file-backed store with the compactor running). Growing the file allocates it and makes
     /// its new length and segment count durable (two syncs of a few bytes each): with a spare,
     /// the allocation that fills a segment takes the next one at once and the compactor grows
-    /// another in the background, so no check waits for the disk. The file is then up to one segment (4 MiB by default) larger than
-    /// its entries need; [`Stats::bytes`](crate::Stats::bytes) counts it. (With or without
+    /// another in the background, so no check waits for the disk. The file is then up to one
+    /// segment (4 MiB by default) larger than its entries need;
+    /// [`Stats::bytes`](crate::Stats::bytes) counts it. (With or without
     /// this, a growth on a request's path adds a quarter as many segments as the file has, up
     /// to 64 MiB, and keeps the ones it did not need as spares; this grows a spare only when
     /// none is left.)

@@ -2,20 +2,26 @@
 //!
 //! Growth is the one slow step an allocation can meet: the new length must be durable before
 //! the segment count takes the segment in, and the count before anything in the segment is
-//! used: two syncs, each a journal commit of the file system. Each syncs a range of a few
-//! bytes (`sys::sync_range`), not the whole file: an `fdatasync` would also write back every
-//! page the checks dirtied since the last one, which on a large busy store is most of the
-//! file, while the request that grows (and every other allocation, behind the allocator's
-//! lock) waits, and every page it wrote back then takes a write fault again. An allocation
-//! that must grow the file adds a quarter as many segments as it has (at least one, at most
-//! 64 MiB) for the same two syncs, and keeps the others as spares ([`MAX_GROWTH_BYTES`]).
+//! used: two syncs, each of which makes the file system commit the file's length and blocks.
+//! Each syncs a range of a few bytes (`sys::sync_range`), not the whole file: an `fdatasync`
+//! would also write back every page the checks dirtied since the last one, which on a large
+//! busy store is most of the file, while the request that grows (and every other allocation,
+//! behind the allocator's lock) waits, and every page it wrote back then takes a write fault
+//! again. An allocation that must grow the file adds a quarter as many segments as it has (at
+//! least one, at most 64 MiB) for the same two syncs, and keeps the others as spares
+//! ([`MAX_GROWTH_BYTES`]).
+//!
+//! Every segment an allocation takes is faulted in (its pages mapped, writable) by the
+//! compactor's thread, together with the segment the next allocation will take, so that the
+//! allocation's own first touch of it does not pay for that ([`Segments::fault_in_taken`]).
 //!
 //! Beyond that, the compactor thread can grow the next segment before it is needed
 //! (`Options::grow_ahead`): when an allocation takes the last blank segment or spare, or has to
 //! grow the file itself, it asks for a spare and wakes the compactor, which grows one segment
-//! and leaves it blank (counted, durable, its header still zero). The next allocation that needs a segment takes it at the cost of a lock. A
-//! spare is exactly what a crash right after growing leaves behind, so open already knows it
-//! (a blank segment, reused first); nothing new is written to the file.
+//! and leaves it blank (counted, durable, its header still zero). The next allocation that
+//! needs a segment takes it at the cost of a lock. A spare is exactly what a crash right after
+//! growing leaves behind, so open already knows it (a blank segment, reused first); nothing
+//! new is written to the file.
 //!
 //! Growth is serialised by its own lock, which also guards the spares grown and not taken. The
 //! compactor grows under it alone (never under the allocator's lock) and leaves the segment
