@@ -13,7 +13,8 @@
 //!
 //! Every segment an allocation takes is faulted in (its pages mapped, writable) by the
 //! compactor's thread, together with the segment the next allocation will take, so that the
-//! allocation's own first touch of it does not pay for that ([`Segments::fault_in_taken`]).
+//! allocation's own first touch of it does not pay for that ([`Segments::fault_in_taken`]);
+//! a store without the compactor faults it in as it takes it.
 //!
 //! Beyond that, the compactor thread can grow the next segment before it is needed
 //! (`Options::grow_ahead`): when an allocation takes the last blank segment or spare, or has to
