@@ -155,6 +155,38 @@ proptest! {
         }
     }
 
+    /// A refusal's figures are those of a look at the same instant: the check's short paths
+    /// (a window refused by its head alone, the later ones answered from theirs) report what
+    /// the general snapshot of every window reports. Three windows, so that a refusal by the
+    /// first, the second or the last takes each path.
+    #[test]
+    fn a_refusal_reports_what_a_peek_at_that_instant_reports(
+        per_sec in 1u32..20,
+        per_min in 1u32..100,
+        per_hour in 1u32..400,
+        ops in ops(),
+    ) {
+        let store = Store::open_in_memory(Options::default()).unwrap();
+        let limits = Limits::new(&[
+            Limit::per_second(per_sec),
+            Limit::per_minute(per_min),
+            Limit::per_hour(per_hour),
+        ])
+        .unwrap();
+        let mut t = T0;
+        for (dt, _) in ops {
+            t += dt;
+            let looked = store.peek_at(b"r", &limits, t).unwrap();
+            let d = store.check_at(b"r", &limits, 1, t).unwrap();
+            prop_assert_eq!(d.allowed(), looked.allowed());
+            if !d.allowed() {
+                prop_assert_eq!(d.windows(), looked.windows());
+                prop_assert_eq!((d.limit(), d.remaining(), d.reset()), (looked.limit(), looked.remaining(), looked.reset()));
+                prop_assert_eq!(d.retry_after(), looked.retry_after());
+            }
+        }
+    }
+
     #[test]
     fn a_backwards_clock_never_admits_more(
         limit in 1u32..50,

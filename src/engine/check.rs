@@ -19,6 +19,7 @@ use crate::options::OnFull;
 use crate::storage::segment::Entry;
 use crate::window::cell::{self, WordCell};
 use crate::window::sliding::{self, Added, Snap, SMALL_RING_WORDS};
+use crate::window::At;
 
 /// What applying a check to an entry came to.
 enum Applied {
@@ -212,6 +213,17 @@ impl Core {
                     added[i] = Some(m);
                     out.windows[i] = WindowState::admitted(geo, used, reset_ms);
                 }
+                Added::Refused { seen: Some(s), .. }
+                    if added.iter().all(Option::is_none)
+                        && self.rest_from_heads(e, at, slides, i + 1, cost, now_ms, out, n) =>
+                {
+                    // The usual refusal: refused by its head with nothing counted before it
+                    // (the first window, most often), the later windows answered from
+                    // theirs. No window is read twice.
+                    out.windows[i] = WindowState::sliding(geo, &s);
+                    out.finish(false, n);
+                    return Applied::Done;
+                }
                 Added::Refused { seen, .. } => {
                     if added.iter().any(Option::is_some) {
                         self.undo(e, at, limits, added, cost);
@@ -236,6 +248,39 @@ impl Core {
         }
         out.finish(true, n);
         Applied::Done
+    }
+
+    /// The figures of windows `from..n` of a set of sliding windows, each from its head word
+    /// ([`sliding::head_summary`]), into `out`: what a refusal by an earlier window reports of
+    /// them. `false` if one cannot be answered from its head (`out` is then written again).
+    /// Out of line: inlined, it cost an admission some 25 instructions (callgrind).
+    #[inline(never)]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "`apply`'s own arguments, passed on: bundling them would cost the hot path a copy"
+    )]
+    #[expect(
+        clippy::indexing_slicing,
+        reason = "window indexes are below limits.len() <= MAX_WINDOWS, the length of every array indexed here"
+    )]
+    fn rest_from_heads(
+        &self,
+        e: &Entry<'_>,
+        at: &WindowsAt,
+        slides: &[Option<sliding::Slide>; MAX_WINDOWS],
+        from: usize,
+        cost: u32,
+        now_ms: u64,
+        out: &mut Decision,
+        n: usize,
+    ) -> bool {
+        for j in from..n {
+            let Some(w) = head_state(e, at[j], &slides[j], cost, now_ms) else {
+                return false;
+            };
+            out.windows[j] = w;
+        }
+        true
     }
 
     /// [`Core::apply`] for a set with at least one exact window: the exact windows are judged
@@ -412,22 +457,23 @@ impl Core {
     ) {
         // The usual refusal: every window answered from its head (a burst within a
         // sub-window, the other windows' rings empty), without a copy of any ring.
-        if known.is_none()
-            && !limits.has_exact()
-            && self.heads_snapshot(e, at, limits, cost, now_ms, out)
-        {
+        if !limits.has_exact() && self.heads_snapshot(e, at, limits, cost, now_ms, out, known) {
             return;
         }
         self.snapshot_copies(e, at, limits, cost, now_ms, out, known);
     }
 
     /// [`Core::snapshot_entry`] when every window of a set of sliding windows can be answered
-    /// from its head ([`sliding::head_summary`]); `false`, with `out` to be written again,
-    /// when one cannot.
+    /// from its head ([`sliding::head_summary`]) or is `known`; `false`, with `out` to be
+    /// written again, when one cannot.
     #[inline(never)]
     #[expect(
         clippy::indexing_slicing,
         reason = "window indexes are below limits.len() <= MAX_WINDOWS, the length of every array indexed here"
+    )]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "`snapshot_entry`'s own arguments, passed on: bundling them would cost the hot path a copy"
     )]
     fn heads_snapshot(
         &self,
@@ -437,19 +483,19 @@ impl Core {
         cost: u32,
         now_ms: u64,
         out: &mut Decision,
+        known: Option<&(usize, WindowState)>,
     ) -> bool {
         let n = limits.len();
         let shapes = limits.shapes(self.b);
         let mut all_fit = true;
         for (i, geo) in shapes.all().get(..n).unwrap_or_default().iter().enumerate() {
-            let Some(geo) = geo else { return false };
-            let Some(win) = sliding_window(e, at[i], geo) else {
-                return false;
+            out.windows[i] = match known {
+                Some(&(k, w)) if k == i => w,
+                _ => match head_state(e, at[i], geo, cost, now_ms) {
+                    Some(w) => w,
+                    None => return false,
+                },
             };
-            let Some(s) = sliding::head_summary(&win, geo, cost, now_ms) else {
-                return false;
-            };
-            out.windows[i] = WindowState::sliding(geo, &s);
             all_fit &= out.windows[i].fits();
         }
         out.finish(all_fit, n);
@@ -519,6 +565,22 @@ impl Core {
         }
         out.finish(all_fit, limits.len());
     }
+}
+
+/// A sliding window's figures from its head word alone ([`sliding::head_summary`]); `None`
+/// for an exact window or one whose head does not suffice.
+#[inline(always)]
+fn head_state(
+    e: &Entry<'_>,
+    at: At,
+    geo: &Option<sliding::Slide>,
+    cost: u32,
+    now_ms: u64,
+) -> Option<WindowState> {
+    let geo = geo.as_ref()?;
+    let win = sliding_window(e, at, geo)?;
+    let s = sliding::head_summary(&win, geo, cost, now_ms)?;
+    Some(WindowState::sliding(geo, &s))
 }
 
 /// Mark `out` (a snapshot of every window) as refused by window `i`: a window that refused

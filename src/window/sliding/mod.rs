@@ -584,6 +584,7 @@ impl Snap {
     /// counted until it drops out, so the count, the reset and the wait need no walk. `ne` is
     /// the effective sub-window ([`Snap::eff`]). The same answer as the walks (the proptest
     /// compares them); [`head_summary`] answers from a head word with it.
+    #[inline]
     pub(crate) fn empty_ring_summary(
         geo: &Slide,
         n: u64,

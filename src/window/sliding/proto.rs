@@ -145,9 +145,10 @@ pub(crate) enum Added {
         reset_ms: u64,
     },
     /// Not counted, nothing written: no room. `used` is the count it was judged against;
-    /// `seen`, the window's figures for the decision when the refusal was judged on a copy of
-    /// the whole window (a later sub-window than the head's) and so already knows them;
-    /// otherwise ask [`head_summary`] or [`snapshot`] then [`Snap::summary`].
+    /// `seen`, the window's figures for the decision when the refusal already knows them: it
+    /// was judged on a copy of the whole window (a later sub-window than the head's), or on
+    /// a head whose ring is empty; otherwise ask [`head_summary`] or [`snapshot`] then
+    /// [`Snap::summary`].
     Refused {
         /// The count judged.
         used: u64,
@@ -211,7 +212,7 @@ pub(crate) fn snapshot_into<C: WordCell, const N: usize>(
 /// takes a [`snapshot`]. Equal to the snapshot's [`Snap::summary`] whenever it answers (the
 /// proptest checks it). A rejection reports every window: most are answered here, without
 /// copying their rings.
-#[inline]
+#[inline(always)]
 pub(crate) fn head_summary<C: WordCell>(
     w: &Window<'_, C>,
     geo: &Slide,
@@ -264,10 +265,12 @@ pub(crate) fn add<C: WordCell>(w: &Window<'_, C>, geo: &Slide, now_ms: u64, cost
             let total = cur + older;
             let cost64 = u64::from(cost);
             if total + cost64 > u64::from(geo.limit) {
-                return Added::Refused {
-                    used: total,
-                    seen: None,
-                };
+                // A burst within the head's sub-window (the ring empty): the decision's
+                // figures follow from this head word alone, as `head_summary` gives them,
+                // and the caller need not read the window again.
+                let seen = (older == 0)
+                    .then(|| Snap::empty_ring_summary(geo, n_h, cur, cost, n_h, now_ms));
+                return Added::Refused { used: total, seen };
             }
             // `cur + cost <= limit < 2^c`: the field cannot carry into `older`.
             if w.head
@@ -364,7 +367,7 @@ fn add_slow_in<C: WordCell, const N: usize>(
             // packed layout, where the head alone names its sub-window).
             return Added::Refused {
                 used: cur,
-                seen: None,
+                seen: Some(Snap::empty_ring_summary(geo, n_h, cur, cost, n_now, now_ms)),
             };
         }
         // The copy is zeroed only where it is used: not on a rotation in place.

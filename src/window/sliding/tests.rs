@@ -171,16 +171,17 @@ fn counts_to_the_limit_and_a_refusal_writes_nothing() {
         assert!(matches!(add(&w, &geo, T0 + i, 1), Added::Yes { .. }), "{i}");
     }
     let before: Vec<u64> = words.iter().map(|x| x.load(Ordering::Relaxed)).collect();
-    assert!(matches!(
-        add(&w, &geo, T0 + 100, 1),
-        Added::Refused { used: 60, .. }
-    ));
-    // A later sub-window (a rotation would be needed), still full: refused, nothing written.
-    // An empty ring is judged on the head alone: no copy, no figures.
-    let Added::Refused { used: 60, seen } = add(&w, &geo, T0 + 30_000, 1) else {
-        panic!("refused at 60");
-    };
-    assert_eq!(seen, None);
+    // In the head's sub-window, and in a later one (a rotation would be needed), still
+    // full: refused, nothing written. An empty ring is judged on the head alone, and the
+    // refusal's figures come from that head: those of a copy of the whole window.
+    for at in [T0 + 100, T0 + 30_000] {
+        let expected = snapshot(&w, &geo).summary(&geo, 1, at);
+        let Added::Refused { used: 60, seen } = add(&w, &geo, at, 1) else {
+            panic!("refused at 60");
+        };
+        assert_eq!(seen, Some(expected), "at {at}");
+        assert!(expected.retry_ms >= 1);
+    }
     let after: Vec<u64> = words.iter().map(|x| x.load(Ordering::Relaxed)).collect();
     assert_eq!(before, after);
 }
