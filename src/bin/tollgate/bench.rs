@@ -21,6 +21,11 @@ use tollgate::{Begin, Fingerprint, IdempotencyKey, Limit, Limits, Options, Store
 use crate::progress;
 use crate::Res;
 
+#[cfg(feature = "redis")]
+mod on_redis;
+#[cfg(feature = "bench")]
+mod toy;
+
 struct Route {
     name: &'static str,
     limits: Limits,
@@ -97,6 +102,10 @@ pub struct Config {
     /// Measure tollgate alone.
     #[arg(long = "no-peers", action = clap::ArgAction::SetFalse)]
     peers: bool,
+    /// Also run the floor toy (feature `bench`): a check that finds a key's counter from its
+    /// hash with one miss and counts one fixed window, on the same requests as the peers.
+    #[arg(long)]
+    toy: bool,
     /// Open tollgate's store with home slots (`Options::home_slots`): a key not in cache is
     /// found from its hash with one miss instead of two, for more bytes per key.
     #[arg(long = "home-slots")]
@@ -462,14 +471,19 @@ pub fn run(c: &Config) -> Res {
 /// Run the peers this command was built with, in the same run, adding their rows.
 fn peers_into(c: &Config, w: &Arc<Workload>, rows: &mut Vec<Row>) -> Res {
     #[cfg(feature = "bench")]
-    rows.push(bench_governor(c, w));
+    {
+        rows.push(bench_governor(c, w));
+        if c.toy {
+            rows.push(bench_toy(c, w));
+        }
+    }
     #[cfg(not(feature = "bench"))]
     println!("governor: not built into this command (cargo feature `bench`: `cargo run --release --features bench -- bench`); skipped.");
     #[cfg(feature = "redis")]
     match crate::peers::connect(&c.redis) {
         Ok(con) => {
             drop(con);
-            rows.extend(bench_redis(c, w)?);
+            rows.extend(on_redis::bench_redis(c, w)?);
         }
         Err(e) => println!(
             "redis: not reachable at {} ({e}); skipped. Start one with `.ci/redis-server.sh start`.",
@@ -497,19 +511,69 @@ fn bench_governor(c: &Config, w: &Arc<Workload>) -> Row {
             ))
         })
         .collect();
+    // One reused String per thread (governor's keyed limiter takes `&String`), filled before
+    // the timed check: no allocation per check, as tollgate makes none.
+    checks_peer(
+        "governor",
+        format!("governor 0.10 keyed ({} threads)", c.threads),
+        c,
+        w,
+        |key: &mut String, bytes| {
+            key.clear();
+            key.push_str(std::str::from_utf8(bytes).unwrap_or_default());
+        },
+        |key, ri, _| limiters[ri].check_key(key).is_ok(),
+    )
+}
+
+/// The floor toy ([`toy`]) on the same requests: one window per route, as governor.
+#[cfg(feature = "bench")]
+fn bench_toy(c: &Config, w: &Arc<Workload>) -> Row {
+    let limits: Vec<u32> = w.routes.iter().map(|r| r.per_minute).collect();
+    // Sized for the keys the run makes (its distinct token and route pairs), as a table that
+    // grows with its keys would be.
+    let keys: std::collections::HashSet<_> = w.seq.iter().collect();
+    let table = toy::Table::new(keys.len());
+    let row = checks_peer(
+        "toy",
+        format!("toy floor: one miss, fixed window ({} threads)", c.threads),
+        c,
+        w,
+        |_: &mut (), _| {},
+        |_, ri, bytes| table.check(bytes, limits[ri]),
+    );
+    if table.full() > 0 {
+        println!(
+            "toy: {} checks found no free slot (admitted uncounted)",
+            table.full()
+        );
+    }
+    row
+}
+
+/// Run a peer that checks in process, on every thread, over the workload's requests: `fill`
+/// prepares a thread's state from the key's bytes outside the timed check, `check` (route
+/// index, key bytes) answers. Prints and returns its row.
+#[cfg(feature = "bench")]
+fn checks_peer<S: Default>(
+    label: &str,
+    engine: String,
+    c: &Config,
+    w: &Arc<Workload>,
+    fill: impl Fn(&mut S, &[u8]) + Sync,
+    check: impl Fn(&mut S, usize, &[u8]) -> bool + Sync,
+) -> Row {
     let ops = Arc::new(AtomicU64::new(0));
     let admitted_all = AtomicU64::new(0);
     let (secs, samples) = timed(
-        "governor",
+        label,
         c.threads,
         c.seconds,
         ops.clone(),
         |t, _, deadline, ops| {
             let mut lat = Vec::new();
             let mut buf = [0u8; 64];
-            // One reused String (governor's keyed limiter takes `&String`): no allocation per
-            // check, as tollgate makes none.
-            let mut key = String::with_capacity(64);
+            let mut state = S::default();
             let mut n = 0u64;
             let mut admitted = 0u64;
             while Instant::now() < deadline {
@@ -517,11 +581,10 @@ fn bench_governor(c: &Config, w: &Arc<Workload>) -> Row {
                     let (token, ri) = w.at(t, c.threads, n);
                     n += 1;
                     let len = key_into(&mut buf, token, w.routes[ri].name);
-                    key.clear();
-                    key.push_str(std::str::from_utf8(&buf[..len]).unwrap_or_default());
+                    fill(&mut state, &buf[..len]);
                     let sample = n.is_multiple_of(8);
                     let t0 = sample.then(Instant::now);
-                    let ok = limiters[ri].check_key(&key).is_ok();
+                    let ok = check(&mut state, ri, &buf[..len]);
                     admitted += u64::from(std::hint::black_box(ok));
                     if let Some(t0) = t0 {
                         lat.push(t0.elapsed().as_nanos() as u64);
@@ -536,7 +599,7 @@ fn bench_governor(c: &Config, w: &Arc<Workload>) -> Row {
     let n = ops.load(Ordering::Relaxed);
     let l = percentiles(samples);
     println!(
-        "governor: {n} checks in {secs:.1} s = {:.2} M/s; latency p50 {} ns, p99 {} ns, p99.9 {} ns; {:.1}% admitted",
+        "{label}: {n} checks in {secs:.1} s = {:.2} M/s; latency p50 {} ns, p99 {} ns, p99.9 {} ns; {:.1}% admitted",
         n as f64 / secs / 1e6,
         l.0,
         l.1,
@@ -544,105 +607,9 @@ fn bench_governor(c: &Config, w: &Arc<Workload>) -> Row {
         admitted_all.load(Ordering::Relaxed) as f64 * 100.0 / n.max(1) as f64
     );
     Row {
-        engine: format!("governor 0.10 keyed ({} threads)", c.threads),
+        engine,
         ops: n,
         secs,
         lat: l,
     }
-}
-
-#[cfg(feature = "redis")]
-fn bench_redis(c: &Config, w: &Arc<Workload>) -> Result<Vec<Row>, Box<dyn std::error::Error>> {
-    use crate::peers;
-    let mut rows = Vec::new();
-    let secs = (c.seconds / 2.0).max(1.0);
-    let script = redis::Script::new(peers::SLIDING_WINDOW_LUA);
-    script
-        .prepare_invoke()
-        .load(&mut peers::connect(&c.redis)?)?;
-    for (label, conns, lua) in [
-        ("redis INCR+EXPIRE, 1 connection", 1usize, false),
-        ("redis sliding-window Lua, 1 connection", 1, true),
-        ("redis sliding-window Lua", c.redis_conns, true),
-    ] {
-        let ops = Arc::new(AtomicU64::new(0));
-        let failed = AtomicBool::new(false);
-        let (took, samples) = timed(label, conns, secs, ops.clone(), |t, _, deadline, ops| {
-            let mut lat = Vec::new();
-            let Ok(mut r) = peers::connect(&c.redis) else {
-                failed.store(true, Ordering::Relaxed);
-                return lat;
-            };
-            let mut buf = [0u8; 64];
-            let mut n = 0u64;
-            while Instant::now() < deadline {
-                let (token, ri) = w.at(t, conns, n);
-                n += 1;
-                let route = &w.routes[ri];
-                let len = key_into(&mut buf, token, route.name);
-                // Separate key spaces: the fixed-window counters are strings, the sliding
-                // windows sorted sets.
-                let mut kb = Vec::with_capacity(len + 3);
-                kb.extend_from_slice(if lua { b"sw:" } else { b"fw:" });
-                kb.extend_from_slice(&buf[..len]);
-                let key = kb.as_slice();
-                let t0 = Instant::now();
-                let ok = if lua {
-                    let now = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_millis() as u64)
-                        .unwrap_or(0);
-                    let member = format!("{now}-{t}-{n}");
-                    script
-                        .key(key)
-                        .arg(now)
-                        .arg(60000)
-                        .arg(route.per_minute)
-                        .arg(member)
-                        .invoke::<i64>(&mut r)
-                        .map_err(|e| eprintln!("{label}: {e}"))
-                        .is_ok()
-                } else {
-                    match redis::cmd("INCR").arg(key).query::<i64>(&mut r) {
-                        Ok(1) => redis::cmd("PEXPIRE")
-                            .arg(key)
-                            .arg(60000)
-                            .query::<i64>(&mut r)
-                            .is_ok(),
-                        Ok(_) => true,
-                        Err(_) => false,
-                    }
-                };
-                if !ok {
-                    failed.store(true, Ordering::Relaxed);
-                    break;
-                }
-                if n.is_multiple_of(8) {
-                    lat.push(t0.elapsed().as_nanos() as u64);
-                }
-                ops.fetch_add(1, Ordering::Relaxed);
-            }
-            lat
-        });
-        if failed.load(Ordering::Relaxed) {
-            println!("{label}: a command failed; skipped");
-            continue;
-        }
-        let n = ops.load(Ordering::Relaxed);
-        let l = percentiles(samples);
-        println!(
-            "{label}: {n} checks in {took:.1} s = {:.0}/s; latency p50 {} ns, p99 {} ns, p99.9 {} ns",
-            n as f64 / took,
-            l.0,
-            l.1,
-            l.2
-        );
-        rows.push(Row {
-            engine: format!("{label} ({conns} conns)"),
-            ops: n,
-            secs: took,
-            lat: l,
-        });
-    }
-    Ok(rows)
 }
