@@ -123,13 +123,15 @@ impl Core {
         units: u32,
     ) {
         let hash = self.hasher.hash_one(key);
-        let guard = crossbeam_epoch::pin();
+        let mut guard = crossbeam_epoch::pin();
         let Some(line) = self.find(hash, key, &guard) else {
             return; // expired: nothing counted is left
         };
         let e = self.segs.entry(line);
         if let Some(at) = self.windows_at(&e, limits) {
-            self.undo(&e, &at, limits, subs, units);
+            // An entry moving meanwhile holds the units in its new copy: given back there.
+            let mut owed = self.undo(&e, &at, limits, subs, units);
+            self.take_back_moved(hash, key, limits, &mut owed, units, &mut guard);
         }
     }
 

@@ -483,15 +483,20 @@ impl Rewritten {
 /// Take back `cost` that [`add`] counted in sub-window `m` (a later window of the same request
 /// refused it: all or nothing). In the head's sub-window it is one compare-and-swap (packed
 /// layout); in an older one, or in the wide layout, it is done under the lock. A frozen
-/// window is left alone (the copy keeps the count: stricter, never looser); a sub-window that
-/// has aged out has nothing left to take. Never takes more than the counter holds.
-pub(crate) fn take_back<C: WordCell>(w: &Window<'_, C>, geo: &Slide, m: u64, cost: u32) {
+/// window is left alone and `false` returned: its entry is moving, and the copy it moves to
+/// holds the count, so the caller takes it back there (`Core::take_back_moved`); a
+/// sub-window that has aged out has nothing left to take. Never takes more than the counter
+/// holds. `true` when the window was not frozen (taken back, or nothing left to take).
+pub(crate) fn take_back<C: WordCell>(w: &Window<'_, C>, geo: &Slide, m: u64, cost: u32) -> bool {
     let b = u64::from(geo.b);
     let mut spins = 0u32;
     let mut h = w.head.load(Acquire);
     loop {
-        if h & FROZEN != 0 || cost == 0 {
-            return;
+        if h & FROZEN != 0 {
+            return false;
+        }
+        if cost == 0 {
+            return true;
         }
         if h & LOCK != 0 {
             spins += 1;
@@ -501,7 +506,7 @@ pub(crate) fn take_back<C: WordCell>(w: &Window<'_, C>, geo: &Slide, m: u64, cos
         }
         let n_h = geo.head_n(h, w.load_base());
         if m > n_h || n_h - m > b {
-            return;
+            return true;
         }
         // In the packed layout the head's bits name its sub-window, so a compare-and-swap
         // from `h` takes from sub-window `m` and no other. In the wide layout two rotations
@@ -511,10 +516,10 @@ pub(crate) fn take_back<C: WordCell>(w: &Window<'_, C>, geo: &Slide, m: u64, cos
         if m == n_h && !geo.wide() {
             let take = geo.fields(h).0.min(u64::from(cost));
             if take == 0 {
-                return;
+                return true;
             }
             match w.head.compare_exchange_weak(h, h - take, AcqRel, Acquire) {
-                Ok(_) => return,
+                Ok(_) => return true,
                 Err(x) => {
                     h = x;
                     continue;
@@ -541,7 +546,7 @@ pub(crate) fn take_back<C: WordCell>(w: &Window<'_, C>, geo: &Slide, m: u64, cos
             s.cur = s.cur.saturating_sub(u64::from(cost));
         }
         w.publish(geo, &s, |k| old.get(k) != s.ring.get(k));
-        return;
+        return true;
     }
 }
 

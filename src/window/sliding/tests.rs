@@ -362,15 +362,15 @@ fn take_back_from_the_head_and_from_the_ring() {
             panic!()
         };
         assert_eq!(m2, m1 + 5);
-        take_back(&w, &geo, m2, 2);
-        take_back(&w, &geo, m1, 1);
+        assert!(take_back(&w, &geo, m2, 2));
+        assert!(take_back(&w, &geo, m1, 1));
         let s = snapshot(&w, &geo);
         assert_eq!((s.count(&geo, m1), s.count(&geo, m2)), (3, 1));
         assert_eq!(s.used(&geo, T0 + 5 * geo.g), 4);
         // Never more than is there; nothing for an aged-out or future sub-window.
-        take_back(&w, &geo, m1, 100);
-        take_back(&w, &geo, m2 + 1, 1);
-        take_back(&w, &geo, m1 - 200, 1);
+        assert!(take_back(&w, &geo, m1, 100));
+        assert!(take_back(&w, &geo, m2 + 1, 1));
+        assert!(take_back(&w, &geo, m1 - 200, 1));
         assert_eq!(snapshot(&w, &geo).used(&geo, T0 + 5 * geo.g), 1);
     }
 }
@@ -400,7 +400,10 @@ fn frozen_windows_take_nothing_and_expire_for_the_compactor() {
     assert!(copy.frozen());
     assert_eq!(copy.used(&geo, T0), 2);
     assert_eq!(add(&w, &geo, T0, 1), Added::Frozen);
-    take_back(&w, &geo, m, 2);
+    assert!(
+        !take_back(&w, &geo, m, 2),
+        "a frozen window says so: the caller takes back from the copy"
+    );
     assert_eq!(
         snapshot(&w, &geo).used(&geo, T0),
         2,
