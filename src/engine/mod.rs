@@ -13,6 +13,7 @@
 //! | `entry.rs` | the window entry codec: write, read its layout, check it at open |
 //! | `check.rs` | the check path: count in every window all or nothing, peek, decisions |
 //! | `moves.rs` | moving an entry to a new set of windows (freeze, copy, switch) |
+//! | `takeback.rs` | taking back a refused request's cost, in the entry's new copy if it moved |
 //! | `recovery.rs` | rebuilding the index from the segments when a file is opened |
 //! | `records.rs` | the idempotency state machine on record entries and response blobs |
 //! | `debit.rs` | reserve an estimate, settle the actual cost: give back or overdraw |
@@ -44,6 +45,7 @@ mod permits;
 mod records;
 mod recovery;
 mod seen;
+mod takeback;
 mod versions;
 
 pub(crate) use self::compactor::CompactorHandle;
