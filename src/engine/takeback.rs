@@ -10,6 +10,10 @@ use crate::storage::segment::Entry;
 use crate::window::cell::WordCell;
 use crate::window::sliding;
 
+/// How many times [`Core::take_back_moved`] looks for the moved copy before it leaves the
+/// cost counted (the tries yield the thread after the first 64).
+const MOVE_TRIES: u32 = 100_000;
+
 impl Core {
     /// Take back the cost added to sliding windows (`added[i]`: the sub-window counted in).
     /// Returns the take-backs that met a frozen window (`Some(m)` where one is still owed):
@@ -47,8 +51,9 @@ impl Core {
     /// sub-window: found again once the move is published (it is waited for, the epoch
     /// re-pinned between tries). Nothing is owed any more if the key is gone (unlinked: its
     /// counts went with it) or its entry now holds other windows than `limits` (moved again
-    /// to another set: the window cannot be named; left counted, the stricter way). `owed` is
-    /// empty when it returns.
+    /// to another set: the window cannot be named; left counted, the stricter way), nor after
+    /// [`MOVE_TRIES`] tries (a move takes microseconds; a request is not held longer for one
+    /// unit of count). `owed` is empty when it returns.
     #[cold]
     #[inline(never)]
     pub(super) fn take_back_moved(
@@ -61,7 +66,7 @@ impl Core {
         guard: &mut crossbeam_epoch::Guard,
     ) {
         let mut spins = 0u32;
-        while owed.iter().any(Option::is_some) {
+        while owed.iter().any(Option::is_some) && spins < MOVE_TRIES {
             let Some(line) = self.find(hash, key, guard) else {
                 break;
             };
