@@ -52,8 +52,8 @@ impl Core {
     /// re-pinned between tries). Nothing is owed any more if the key is gone (unlinked: its
     /// counts went with it) or its entry now holds other windows than `limits` (moved again
     /// to another set: the window cannot be named; left counted, the stricter way), nor after
-    /// [`MOVE_TRIES`] tries (a move takes microseconds; a request is not held longer for one
-    /// unit of count). `owed` is empty when it returns.
+    /// [`MOVE_TRIES`] tries (a move copies one entry under its stripe's lock; a request is
+    /// not held longer than that for one unit of count). `owed` is empty when it returns.
     #[cold]
     #[inline(never)]
     pub(super) fn take_back_moved(
