@@ -253,7 +253,7 @@ proptest! {
                             log2.push(e2, c);
                         }
                         _ => {
-                            take_back(&x1, &g1, m, cost);
+                            prop_assert!(take_back(&x1, &g1, m, cost), "nothing froze");
                             prop_assert!(full2, "the second refused at {} with room", e2);
                         }
                     }

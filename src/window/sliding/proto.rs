@@ -487,6 +487,7 @@ impl Rewritten {
 /// holds the count, so the caller takes it back there (`Core::take_back_moved`); a
 /// sub-window that has aged out has nothing left to take. Never takes more than the counter
 /// holds. `true` when the window was not frozen (taken back, or nothing left to take).
+#[must_use = "a frozen window took nothing back: the caller owes the take-back to the moved copy"]
 pub(crate) fn take_back<C: WordCell>(w: &Window<'_, C>, geo: &Slide, m: u64, cost: u32) -> bool {
     let b = u64::from(geo.b);
     let mut spins = 0u32;

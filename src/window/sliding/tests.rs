@@ -229,7 +229,7 @@ fn erzycall_gets_everything_an_exact_log_admits() {
                     Added::Yes { m: sub, .. } => match add(&h, &hour, t, 1) {
                         Added::Yes { .. } => true,
                         _ => {
-                            take_back(&m, &minute, sub, 1);
+                            assert!(take_back(&m, &minute, sub, 1), "nothing froze");
                             false
                         }
                     },
@@ -489,7 +489,7 @@ fn eight_threads_never_pass_the_limit() {
                         let cost = 1 + (x >> 8) as u32 % 3;
                         if let Added::Yes { m, .. } = add(&w, geo, now, cost) {
                             if (x >> 16).is_multiple_of(16) {
-                                take_back(&w, geo, m, cost);
+                                assert!(take_back(&w, geo, m, cost), "nothing froze");
                             } else {
                                 log.push((now.max(m * geo.g), m, cost));
                             }
