@@ -220,9 +220,10 @@ impl Tollgate {
         Tollgate { store, limits }
     }
 
-    /// A file store with home slots (`Options::home_slots`): one miss per cold check.
-    fn home(path: &Path, limits: Limits) -> Tollgate {
-        let store = Store::open(path, opts().home_slots(true)).expect("open store");
+    /// A file store with other options: home slots (one miss per cold check), or 32
+    /// sub-windows per window (two-line entries for ErzyCall's pair).
+    fn file_with(path: &Path, limits: Limits, opts: Options) -> Tollgate {
+        let store = Store::open(path, opts).expect("open store");
         Tollgate { store, limits }
     }
 
@@ -235,6 +236,17 @@ impl Tollgate {
 /// Without the background compactor: time is driven explicitly.
 fn opts() -> Options {
     Options::default().compactor(false)
+}
+
+/// The file store's other configurations, each its own engine in the rows: home slots, 32
+/// sub-windows per window (quota back up to `W/32` late instead of `W/64`, half the ring
+/// bytes), and both.
+fn variants() -> [(&'static str, Options); 3] {
+    [
+        ("tollgate-home", opts().home_slots(true)),
+        ("tollgate-b32", opts().sub_windows(32)),
+        ("tollgate-home-b32", opts().home_slots(true).sub_windows(32)),
+    ]
 }
 
 impl Engine for Tollgate {
@@ -567,17 +579,19 @@ fn admit(c: &mut Criterion, x: &Ctx) {
             false,
         );
     }
-    if x.wants("admit", "tollgate-home", true) {
-        let path = x.dir.join(format!("home-{}.tg", x.label));
-        let make = || Tollgate::home(&path, admit_limits());
-        let (e, _) = admit_rows(c, x, "tollgate-home", make, true);
-        let per_key = e.store.stats().bytes as f64 / x.n as f64;
-        eprintln!(
-            "footprint/tollgate-home/{}: {per_key:.0} file bytes per key",
-            x.label
-        );
-        drop(e);
-        let _ = std::fs::remove_file(&path);
+    for (engine, opts) in variants() {
+        if x.wants("admit", engine, true) {
+            let path = x.dir.join(format!("{engine}-{}.tg", x.label));
+            let make = || Tollgate::file_with(&path, admit_limits(), opts);
+            let (e, _) = admit_rows(c, x, engine, make, true);
+            let per_key = e.store.stats().bytes as f64 / x.n as f64;
+            eprintln!(
+                "footprint/{engine}/{}: {per_key:.0} file bytes per key",
+                x.label
+            );
+            drop(e);
+            let _ = std::fs::remove_file(&path);
+        }
     }
     if x.wants("admit", "governor", true) {
         admit_rows(c, x, "governor", || governor(admit_quota()), true);
@@ -620,6 +634,15 @@ fn at_limit(c: &mut Criterion, x: &Ctx) {
         at_limit_rows(c, x, "tollgate", &e);
         drop(e);
         let _ = std::fs::remove_file(&path);
+    }
+    for (engine, opts) in variants() {
+        if x.wants("at_limit", engine, false) {
+            let path = x.dir.join(format!("limit-{engine}-{}.tg", x.label));
+            let e = Tollgate::file_with(&path, at_limit_limits(), opts);
+            at_limit_rows(c, x, engine, &e);
+            drop(e);
+            let _ = std::fs::remove_file(&path);
+        }
     }
     if x.wants("at_limit", "governor", false) {
         at_limit_rows(c, x, "governor", &governor(at_limit_quota()));

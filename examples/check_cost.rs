@@ -143,10 +143,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// The file-backed store's options: `CHECK_COST_HOME=1` for home slots
-/// (`Options::home_slots`).
+/// (`Options::home_slots`), `CHECK_COST_B=32` for another number of sub-windows per window
+/// (`Options::sub_windows`).
 fn options() -> Options {
     let home = std::env::var_os("CHECK_COST_HOME").is_some();
-    Options::default().compactor(false).home_slots(home)
+    let opts = Options::default().compactor(false).home_slots(home);
+    match std::env::var("CHECK_COST_B")
+        .ok()
+        .and_then(|b| b.parse().ok())
+    {
+        Some(b) => opts.sub_windows(b),
+        None => opts,
+    }
 }
 
 /// Check `n` distinct 32-byte keys once each on `limits`; how many were admitted.

@@ -1,5 +1,6 @@
 //! Limits: "N requests per window", and validated sets of them.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
@@ -279,6 +280,42 @@ fn window_parts(slide: Option<&Slide>, l: &Limit) -> (usize, usize) {
     }
 }
 
+/// A set's shapes and places for one number of sub-windows per window.
+#[derive(Debug, Clone)]
+struct Shaped {
+    b: u32,
+    slides: [Option<Slide>; MAX_WINDOWS],
+    rel_at: [At; MAX_WINDOWS],
+    state_words: u16,
+}
+
+impl Shaped {
+    fn new(limits: &[Limit], b: u32) -> Shaped {
+        let mut slides = [None; MAX_WINDOWS];
+        for (g, l) in slides.iter_mut().zip(limits) {
+            *g = l.slide(b);
+        }
+        let (rel_at, state_words) = places_of(limits, &slides);
+        Shaped {
+            b,
+            slides,
+            rel_at,
+            state_words,
+        }
+    }
+}
+
+/// Where each window of `limits` (with these shapes) lies from the first state word, and how
+/// many state words they take in all.
+fn places_of(limits: &[Limit], slides: &[Option<Slide>; MAX_WINDOWS]) -> ([At; MAX_WINDOWS], u16) {
+    let mut parts = [(0usize, 0usize); MAX_WINDOWS];
+    for ((p, l), g) in parts.iter_mut().zip(limits).zip(slides) {
+        *p = window_parts(g.as_ref(), l);
+    }
+    let (at, words) = places(parts.get(..limits.len()).unwrap_or(&[]));
+    (at, u16::try_from(words).unwrap_or(u16::MAX))
+}
+
 /// The sliding windows' shapes of a [`Limits`] for one store (see [`Limits::shapes`]).
 #[expect(
     clippy::large_enum_variant,
@@ -334,6 +371,11 @@ pub struct Limits {
     rel_at: [At; MAX_WINDOWS],
     /// How many state words the windows take in all, with the default number of sub-windows.
     state_words: u16,
+    /// The same three for the first other number of sub-windows a store asked for, worked out
+    /// on that first check: a store opened with `Options::sub_windows` then checks as cheaply
+    /// as one with the default. A set used with stores of several other numbers works the
+    /// others out on each check.
+    other: OnceLock<Box<Shaped>>,
     len: u8,
     min_limit: u32,
     has_exact: bool,
@@ -398,18 +440,15 @@ impl Limits {
             let hi = u64::from(pair.get(1).copied().unwrap_or(0));
             *w = lo | (hi << 32);
         }
-        let mut parts = [(0usize, 0usize); MAX_WINDOWS];
-        for ((p, l), g) in parts.iter_mut().zip(limits).zip(&slides) {
-            *p = window_parts(g.as_ref(), l);
-        }
-        let (rel_at, state_words) = places(parts.get(..limits.len()).unwrap_or(&[]));
+        let (rel_at, state_words) = places_of(limits, &slides);
         Ok(Limits {
             items,
             descriptors,
             slides,
             desc_words,
             rel_at,
-            state_words: u16::try_from(state_words).unwrap_or(u16::MAX),
+            state_words,
+            other: OnceLock::new(),
             len: limits.len() as u8,
             min_limit,
             has_exact,
@@ -443,13 +482,27 @@ impl Limits {
 
     /// The shape of sliding window `i` in a store with `b` sub-windows per window (`None` for
     /// an exact window).
-    #[inline]
+    #[cfg(feature = "redis")]
     pub(crate) fn slide(&self, i: usize, b: u32) -> Option<Slide> {
-        let pre = self.slides.get(i).copied().flatten()?;
-        if b == DEFAULT_SUB_WINDOWS {
-            return Some(pre);
-        }
-        self.items.get(i)?.slide(b)
+        self.shapes(b).get(i).copied()
+    }
+
+    /// The shapes and places for `b`, another number of sub-windows than the default, if they
+    /// are the ones already worked out: the check's path, which never works them out itself.
+    #[inline]
+    fn shaped_ready(&self, b: u32) -> Option<&Shaped> {
+        self.other.get().filter(|o| o.b == b).map(|o| &**o)
+    }
+
+    /// The shapes and places for `b`, another number of sub-windows than the default, if they
+    /// are the ones worked out once: the first other `b` asked for is worked out here.
+    #[cold]
+    #[inline(never)]
+    fn shaped(&self, b: u32) -> Option<&Shaped> {
+        let o = self
+            .other
+            .get_or_init(|| Box::new(Shaped::new(self.as_slice(), b)));
+        (o.b == b).then_some(&**o)
     }
 
     /// The shapes of the set's sliding windows in a store with `b` sub-windows per window,
@@ -460,14 +513,21 @@ impl Limits {
         if b == DEFAULT_SUB_WINDOWS {
             return Shapes::Set(&self.slides);
         }
+        if let Some(o) = self.shaped_ready(b) {
+            return Shapes::Set(&o.slides);
+        }
         self.shapes_for(b)
     }
 
-    /// [`Limits::shapes`] for a store with another number of sub-windows. Out of line, so that
-    /// the compiler cannot hoist it onto the default store's check path.
+    /// [`Limits::shapes`] for a store with another number of sub-windows: the ones worked
+    /// out once for it, else worked out now. Out of line, so that the compiler cannot hoist
+    /// it onto the default store's check path.
     #[cold]
     #[inline(never)]
     fn shapes_for(&self, b: u32) -> Shapes<'_> {
+        if let Some(o) = self.shaped(b) {
+            return Shapes::Set(&o.slides);
+        }
         let mut own = [None; MAX_WINDOWS];
         for (o, l) in own.iter_mut().zip(self.as_slice()) {
             *o = l.slide(b);
@@ -489,6 +549,9 @@ impl Limits {
         if b == DEFAULT_SUB_WINDOWS {
             return self.rel_at;
         }
+        if let Some(o) = self.shaped_ready(b) {
+            return o.rel_at;
+        }
         self.rel_offsets_for(b)
     }
 
@@ -496,11 +559,10 @@ impl Limits {
     #[cold]
     #[inline(never)]
     fn rel_offsets_for(&self, b: u32) -> [At; MAX_WINDOWS] {
-        let mut parts = [(0usize, 0usize); MAX_WINDOWS];
-        for ((i, p), l) in parts.iter_mut().enumerate().zip(self.as_slice()) {
-            *p = window_parts(self.slide(i, b).as_ref(), l);
+        match self.shaped(b) {
+            Some(o) => o.rel_at,
+            None => places_of(self.as_slice(), self.shapes_for(b).all()).0,
         }
-        places(parts.get(..self.len()).unwrap_or(&[])).0
     }
 
     /// How many state words the windows take in all in a store with `b` sub-windows per
@@ -516,11 +578,10 @@ impl Limits {
     #[cold]
     #[inline(never)]
     fn state_words_for(&self, b: u32) -> usize {
-        let mut parts = [(0usize, 0usize); MAX_WINDOWS];
-        for ((i, p), l) in parts.iter_mut().enumerate().zip(self.as_slice()) {
-            *p = window_parts(self.slide(i, b).as_ref(), l);
+        match self.shaped(b) {
+            Some(o) => usize::from(o.state_words),
+            None => usize::from(places_of(self.as_slice(), self.shapes_for(b).all()).1),
         }
-        places::<MAX_WINDOWS>(parts.get(..self.len()).unwrap_or(&[])).1
     }
 
     pub(crate) fn has_exact(&self) -> bool {
@@ -548,6 +609,22 @@ fn fingerprint_of(limits: &[Limit]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shapes_for_other_sub_windows_match_a_fresh_working_out() {
+        let set = Limits::new(&[Limit::per_minute(60), Limit::per_hour(1000)]).unwrap();
+        // 32 is the first other number asked for (kept); 128 and 16 are worked out each time.
+        for b in [32, 128, 32, 16, DEFAULT_SUB_WINDOWS, 32] {
+            let want = Shaped::new(set.as_slice(), b);
+            assert_eq!(set.shapes(b).all(), &want.slides, "b = {b}");
+            assert_eq!(set.rel_offsets(b), want.rel_at, "b = {b}");
+            assert_eq!(set.state_words(b), usize::from(want.state_words), "b = {b}");
+            assert!(want.slides.iter().take(2).all(Option::is_some));
+        }
+        assert_eq!(set.other.get().map(|o| o.b), Some(32));
+        // The two numbers really lay the windows out differently.
+        assert_ne!(set.state_words(32), set.state_words(DEFAULT_SUB_WINDOWS));
+    }
 
     #[test]
     fn descriptors_round_trip() {
