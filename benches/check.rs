@@ -14,13 +14,15 @@
 //! * `admit/*`, checks admitted: `tollgate` (a file-backed store, as a gateway opens it),
 //!   `tollgate-mem` (the same store in anonymous memory with huge pages, to show what the file
 //!   costs), `tollgate-home` (the file store with `Options::home_slots`: entries found from
-//!   the hash, one miss), `governor` (`DefaultKeyedRateLimiter<String>`: a `DashMap` with std's SipHash
+//!   the hash, one miss), `tollgate-b32` and `tollgate-home-b32` (the same two with
+//!   `Options::sub_windows(32)`: half the ring bytes), `governor` (`DefaultKeyedRateLimiter<String>`: a `DashMap` with std's SipHash
 //!   `RandomState`), `governor-ahash` (the same limiter over `DashMap<String, InMemoryState,
 //!   ahash::RandomState>`, from `RateLimiter::dashmap_with_hasher`: no new dependency),
 //!   `toy-one-miss` and `toy-bare` (the floors, `toys/mod.rs`), and `toy-wide` and
 //!   `toy-indexed` (three-line entries as tollgate lays them out, found from the hash alone or
 //!   through an index: what the index costs).
-//! * `at_limit/*`, checks refused: `tollgate`, `governor`, `governor-ahash`.
+//! * `at_limit/*`, checks refused: `tollgate` and its three variants above, `governor`,
+//!   `governor-ahash`.
 //! * `threads/{engine}/{1-thread,2-threads}/keys` (not hot): the admit loop on 1 or 2 threads,
 //!   each on its own half of the keys, one spawn per sample either way (`iter_custom`); the
 //!   throughput is per check in both rows, so they compare directly.
@@ -73,7 +75,7 @@
 //! # Running
 //!
 //! ```sh
-//! cargo bench --features bench --bench check              # 74 rows: 3 to 4 minutes
+//! cargo bench --features bench --bench check              # 139 rows: about 7 minutes
 //! cargo bench --features bench --bench check -- hot       # ids containing "hot"
 //! cargo bench --features bench --bench check -- admit/tollgate/
 //! TOLLGATE_BENCH_10M=1 cargo bench --features bench --bench check -- /10M  # 5 minutes
@@ -584,11 +586,13 @@ fn admit(c: &mut Criterion, x: &Ctx) {
             let path = x.dir.join(format!("{engine}-{}.tg", x.label));
             let make = || Tollgate::file_with(&path, admit_limits(), opts);
             let (e, _) = admit_rows(c, x, engine, make, true);
-            let per_key = e.store.stats().bytes as f64 / x.n as f64;
-            eprintln!(
-                "footprint/{engine}/{}: {per_key:.0} file bytes per key",
-                x.label
-            );
+            if x.n >= 100_000 {
+                let per_key = e.store.stats().bytes as f64 / x.n as f64;
+                eprintln!(
+                    "footprint/{engine}/{}: {per_key:.0} file bytes per key",
+                    x.label
+                );
+            }
             drop(e);
             let _ = std::fs::remove_file(&path);
         }

@@ -56,8 +56,10 @@ macro_rules! common_builders {
     () => {
         /// The sub-windows `B` a window is split into (16 to 256, default 64). A window of
         /// length `W` gives quota back at most `⌈W/B⌉ + B` ms late; each sub-window costs a
-        /// counter as wide as the limit needs (`docs/ACCURACY.md`). An embedded store fixes it
-        /// when its file is created; every node of a fleet must use the same value.
+        /// counter as wide as the limit needs (`docs/ACCURACY.md`): at 32, a 60/min and
+        /// 1000/h pair with a 32-byte key takes two 64-byte lines instead of three, at the
+        /// same speed. An embedded store fixes it when its file is created; every node of a
+        /// fleet must use the same value.
         pub fn sub_windows(mut self, b: u32) -> Self {
             self.common.sub_windows = b;
             self
