@@ -337,3 +337,33 @@ fn store_is_send_sync_and_clones_share() {
     assert!(store.check_at(b"s", &limits, 1, T0).unwrap().allowed());
     assert!(!other.check_at(b"s", &limits, 1, T0).unwrap().allowed());
 }
+
+/// One `Limits` used with stores of different `sub_windows` (it keeps the shapes of the first
+/// non-default one it meets, and works the others out each time): every store decides as it
+/// does with a `Limits` of its own.
+#[test]
+fn one_limit_set_serves_stores_of_every_sub_window_count() {
+    let shared = erzycall();
+    for b in [32, 16, 64, 128, 32] {
+        let with_shared = Store::open_in_memory(Options::default().sub_windows(b)).unwrap();
+        let with_own = Store::open_in_memory(Options::default().sub_windows(b)).unwrap();
+        let own = erzycall();
+        let mut t = T0;
+        for i in 0..200u64 {
+            // Bursts, then pauses of a few seconds: counts spread over several sub-windows.
+            t += if i % 40 == 39 { 7_000 } else { 15 };
+            let cost = 1 + (i % 3) as u32;
+            let a = with_shared.check_at(b"k", &shared, cost, t).unwrap();
+            let o = with_own.check_at(b"k", &own, cost, t).unwrap();
+            assert_eq!(a, o, "B = {b}, check {i}");
+        }
+        // The bound on how late quota comes back is this store's own.
+        let minute = Limit::per_minute(60);
+        let g = 60_000u64.div_ceil(u64::from(b));
+        assert_eq!(
+            with_shared.release_delay(&minute),
+            Duration::from_millis((u64::from(b) + 1) * g - 60_000),
+            "B = {b}"
+        );
+    }
+}
