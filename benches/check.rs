@@ -15,8 +15,9 @@
 //!   `tollgate-mem` (the same store in anonymous memory with huge pages, to show what the file
 //!   costs), `tollgate-home` (the file store with `Options::home_slots`: entries found from
 //!   the hash, one miss), `tollgate-b32` and `tollgate-home-b32` (the same two with
-//!   `Options::sub_windows(32)`: half the ring bytes), `governor` (`DefaultKeyedRateLimiter<String>`: a `DashMap` with std's SipHash
-//!   `RandomState`), `governor-ahash` (the same limiter over `DashMap<String, InMemoryState,
+//!   `Options::sub_windows(32)`: half the ring bytes), `governor`
+//!   (`DefaultKeyedRateLimiter<String>`: a `DashMap` with std's SipHash `RandomState`),
+//!   `governor-ahash` (the same limiter over `DashMap<String, InMemoryState,
 //!   ahash::RandomState>`, from `RateLimiter::dashmap_with_hasher`: no new dependency),
 //!   `toy-one-miss` and `toy-bare` (the floors, `toys/mod.rs`), and `toy-wide` and
 //!   `toy-indexed` (three-line entries as tollgate lays them out, found from the hash alone or
@@ -33,6 +34,8 @@
 //!
 //! # How it is built, and why
 //!
+//! * Files: the engines tollgate and governor run behind (and the key bytes) in
+//!   `engines/mod.rs`, the floor toys and the harness-only engine in `toys/mod.rs`.
 //! * Keys without a memory miss: each check's key is built in a reused 32-byte stack buffer,
 //!   `tok_` and 28 hex digits of `idx * 0x9E3779B97F4A7C15` (as `format!("tok_{:028x}")`,
 //!   checked at start-up; hex by SWAR), `idx` a hash of a counter reduced to `0..n`. A gateway
@@ -86,9 +89,9 @@
 //! Criterion: 0.5 s warm-up, 1.5 s measurement, 20 samples (about 2.5 s a row). Figures and
 //! the machine they came from: docs/PERFORMANCE.md.
 
+mod engines;
 mod toys;
 
-use std::hash::BuildHasher;
 use std::hint::black_box;
 use std::num::NonZeroU32;
 use std::path::Path;
@@ -97,10 +100,10 @@ use std::time::{Duration, Instant};
 use criterion::measurement::WallTime;
 use criterion::Throughput;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion};
+use engines::{governor, governor_ahash, opts, variants, Engine, Key, Peek, Tollgate, GOLDEN};
 use governor::clock::{Clock, DefaultClock};
-use governor::middleware::NoOpMiddleware;
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use tollgate::{Limit, Limits, Options, Store};
+use governor::Quota;
+use tollgate::{Limit, Limits, Store};
 use toys::{Harness, Table, ToyBare, ToyIndexed, ToyOneMiss, ToyWide, WideTable};
 
 const T0: u64 = 1_700_000_000_000;
@@ -108,7 +111,6 @@ const T0: u64 = 1_700_000_000_000;
 const FP: u32 = 20;
 /// Simulated time per round of the keys (per key, between two of its checks on average).
 const STEP_MS: u64 = 50;
-const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
 /// The at-limit drain's first check (the smallest limit of the at-limit set, governor's burst).
 const BURST: u32 = 60;
 
@@ -134,51 +136,6 @@ fn at_limit_quota() -> Quota {
         .allow_burst(nonzero(BURST))
 }
 
-/// The key bytes of check `idx`, and the `String` governor is given.
-struct Key {
-    bytes: [u8; 32],
-    string: String,
-}
-
-impl Key {
-    fn new() -> Key {
-        let (bytes, string) = (
-            *b"tok_0000000000000000000000000000",
-            String::with_capacity(32),
-        );
-        Key { bytes, string }
-    }
-
-    /// `tok_` and 28 hex digits of `idx * GOLDEN` (the first 12 always zero).
-    #[inline]
-    fn set(&mut self, idx: u64) {
-        let v = idx.wrapping_mul(GOLDEN);
-        self.bytes[16..24].copy_from_slice(&hex8((v >> 32) as u32));
-        self.bytes[24..32].copy_from_slice(&hex8(v as u32));
-    }
-
-    /// The same bytes in the reused `String`.
-    #[inline]
-    fn string(&mut self) -> &String {
-        self.string.clear();
-        self.string
-            .push_str(std::str::from_utf8(&self.bytes).unwrap_or_default());
-        &self.string
-    }
-}
-
-/// The 8 lowercase hex digits of `x`, most significant first: each nibble spread to a byte,
-/// then `'0' + d`, plus 39 where `d > 9` (`'a' - '0' - 10`).
-#[inline]
-fn hex8(x: u32) -> [u8; 8] {
-    let mut v = u64::from(x);
-    v = (v | v << 16) & 0x0000_FFFF_0000_FFFF;
-    v = (v | v << 8) & 0x00FF_00FF_00FF_00FF;
-    v = (v | v << 4) & 0x0F0F_0F0F_0F0F_0F0F;
-    let letters = ((v + 0x0606_0606_0606_0606) >> 4) & 0x0101_0101_0101_0101;
-    (v + 0x3030_3030_3030_3030 + letters * 39).to_be_bytes()
-}
-
 /// The index of check `counter` in `0..n` (a hash, reduced by a multiply). `dep` (below 2^24)
 /// is mixed in by the chained shape; the loop shape passes 0.
 #[inline]
@@ -188,126 +145,6 @@ fn pick(counter: u64, dep: u64, n: u64) -> u64 {
     z = z.wrapping_mul(0xD6E8_FEB8_6659_FD93);
     z ^= z >> 32;
     ((u128::from(z) * u128::from(n)) >> 64) as u64
-}
-
-/// Something that checks keys: whether admitted, and a value that depends on the answer.
-trait Engine: Sync {
-    fn check(&self, key: &mut Key, now_ms: u64) -> (bool, u64);
-
-    /// A check of cost `n` (the drain's first step); whether it was admitted.
-    fn take(&self, key: &mut Key, now_ms: u64, n: u32) -> bool {
-        (0..n).all(|_| self.check(key, now_ms).0)
-    }
-}
-
-struct Tollgate {
-    store: Store,
-    limits: Limits,
-}
-
-impl Tollgate {
-    fn file(path: &Path, limits: Limits) -> Tollgate {
-        let store = Store::open(path, opts()).expect("open store");
-        Tollgate { store, limits }
-    }
-
-    /// A file store with the background compactor running, as a gateway opens it, so that it
-    /// grows its file ahead of need (`Options::grow_ahead`); its timer never fires during a
-    /// sample, and nothing expires at the times the rows drive.
-    fn file_growing_ahead(path: &Path, limits: Limits) -> Tollgate {
-        let opts = Options::default()
-            .compactor_interval(Duration::from_secs(3600))
-            .grow_ahead(true);
-        let store = Store::open(path, opts).expect("open store");
-        Tollgate { store, limits }
-    }
-
-    /// A file store with other options: home slots (one miss per cold check), or 32
-    /// sub-windows per window (two-line entries for ErzyCall's pair).
-    fn file_with(path: &Path, limits: Limits, opts: Options) -> Tollgate {
-        let store = Store::open(path, opts).expect("open store");
-        Tollgate { store, limits }
-    }
-
-    fn memory(limits: Limits) -> Tollgate {
-        let store = Store::open_in_memory(opts()).expect("open store");
-        Tollgate { store, limits }
-    }
-}
-
-/// Without the background compactor: time is driven explicitly.
-fn opts() -> Options {
-    Options::default().compactor(false)
-}
-
-/// The file store's other configurations, each its own engine in the rows: home slots, 32
-/// sub-windows per window (quota back up to `W/32` late instead of `W/64`, half the ring
-/// bytes), and both.
-fn variants() -> [(&'static str, Options); 3] {
-    [
-        ("tollgate-home", opts().home_slots(true)),
-        ("tollgate-b32", opts().sub_windows(32)),
-        ("tollgate-home-b32", opts().home_slots(true).sub_windows(32)),
-    ]
-}
-
-impl Engine for Tollgate {
-    #[inline]
-    fn check(&self, key: &mut Key, now_ms: u64) -> (bool, u64) {
-        match self.store.check_at(&key.bytes, &self.limits, 1, now_ms) {
-            Ok(d) => (d.allowed(), u64::from(d.remaining())),
-            Err(e) => panic!("check: {e}"),
-        }
-    }
-
-    fn take(&self, key: &mut Key, now_ms: u64, n: u32) -> bool {
-        match self.store.check_at(&key.bytes, &self.limits, n, now_ms) {
-            Ok(d) => d.allowed(),
-            Err(e) => panic!("check: {e}"),
-        }
-    }
-}
-
-/// A read-only peek, as a row (`peek/*`).
-struct Peek<'a>(&'a Tollgate);
-
-impl Engine for Peek<'_> {
-    #[inline]
-    fn check(&self, key: &mut Key, now_ms: u64) -> (bool, u64) {
-        match self.0.store.peek_at(&key.bytes, &self.0.limits, now_ms) {
-            Ok(d) => (d.allowed(), u64::from(d.remaining())),
-            Err(e) => panic!("peek: {e}"),
-        }
-    }
-}
-
-/// governor's keyed limiter over its default `DashMap` store, with hasher `S`.
-type GovLimiter<S> =
-    DefaultKeyedRateLimiter<String, NoOpMiddleware<<DefaultClock as Clock>::Instant>, S>;
-
-struct Gov<S: BuildHasher + Clone>(GovLimiter<S>);
-
-fn governor(quota: Quota) -> Gov<std::hash::RandomState> {
-    Gov(RateLimiter::keyed(quota))
-}
-
-fn governor_ahash(quota: Quota) -> Gov<ahash::RandomState> {
-    Gov(RateLimiter::dashmap_with_hasher(
-        quota,
-        ahash::RandomState::new(),
-    ))
-}
-
-impl<S: BuildHasher + Clone + Send + Sync> Engine for Gov<S> {
-    #[inline]
-    fn check(&self, key: &mut Key, _now_ms: u64) -> (bool, u64) {
-        let ok = self.0.check_key(key.string()).is_ok();
-        (ok, u64::from(ok))
-    }
-
-    fn take(&self, key: &mut Key, _now_ms: u64, n: u32) -> bool {
-        matches!(self.0.check_key_n(key.string(), nonzero(n)), Ok(Ok(_)))
-    }
 }
 
 /// What a row expects of its checks.
