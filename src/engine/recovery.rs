@@ -141,7 +141,8 @@ impl Core {
         let mut blob_segments = Vec::new();
         let mut entry_segments = Vec::new();
         for seg in 0..count {
-            match SegmentHeader::decode(&self.segs.read_segment_header(seg), seg as u32) {
+            let line = self.segs.read_segment_header(seg);
+            match SegmentHeader::decode(&line, seg as u32) {
                 Ok(Some(h)) if h.entry_lines == BLOB_SEGMENT => {
                     // Adopted after the entries are read: their pointers say how far it is
                     // used.
@@ -152,6 +153,12 @@ impl Core {
                 }
                 Ok(Some(h)) => entry_segments.push((seg, h)),
                 Ok(None) => {
+                    report.blank_segments += 1;
+                    self.segs.adopt(seg, None, Vec::new(), 0);
+                }
+                // A header a crash cut short over a body never written: blank.
+                Err(_) if SegmentHeader::unfinished(&line) && self.segs.body_is_zero(seg) => {
+                    self.segs.clear_segment_header(seg);
                     report.blank_segments += 1;
                     self.segs.adopt(seg, None, Vec::new(), 0);
                 }
@@ -436,6 +443,56 @@ mod tests {
 
     fn opts() -> Options {
         Options::default().segment_size_log2(16).compactor(false)
+    }
+
+    /// Where the segment holding file offset `at` starts, and its length.
+    fn segment_of(path: &std::path::Path, at: u64) -> (u64, u64) {
+        let seg_len = Store::open(path, opts()).unwrap().core.segs.seg_len();
+        let start = crate::storage::format::SEGMENTS_START;
+        (start + (at - start) / seg_len * seg_len, seg_len)
+    }
+
+    /// A process killed while it wrote a segment's header line (the magic last) or zeroed it
+    /// (a response segment recycled: its body first, then the header from the magic on)
+    /// leaves the magic zero and other words not: over a blank body, that segment is blank,
+    /// not damaged, and its header line is cleared.
+    #[test]
+    fn a_segment_header_a_crash_cut_short_is_blank_over_a_blank_body() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.tg");
+        let (_, blob) = one_record(&path);
+        let (seg, seg_len) = segment_of(&path, blob);
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        let len = usize::try_from(seg_len).unwrap();
+        file.write_all_at(&vec![0; len - 64], seg + 64).unwrap();
+        file.write_all_at(&[0; 8], seg).unwrap();
+        drop(file);
+        let store = Store::open(&path, opts()).unwrap();
+        let r = store.open_report();
+        assert_eq!(r.corrupt_segments, 0, "{r:?}");
+        assert_eq!(store.stats().blob_segments, 0);
+        store.close().unwrap();
+        let mut head = [1u8; 64];
+        std::fs::File::open(&path)
+            .unwrap()
+            .read_exact_at(&mut head, seg)
+            .unwrap();
+        assert_eq!(head, [0; 64], "the torn header line is cleared");
+    }
+
+    /// The same header line over a body that holds something is damage, not a crash: the
+    /// segment is counted corrupt, not zeroed as blank.
+    #[test]
+    fn a_header_without_its_magic_over_a_written_body_is_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.tg");
+        let (_, blob) = one_record(&path);
+        let (seg, _) = segment_of(&path, blob);
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(&[0; 8], seg).unwrap();
+        drop(file);
+        let r = Store::open(&path, opts()).unwrap().open_report();
+        assert_eq!(r.corrupt_segments, 1, "{r:?}");
     }
 
     /// A response segment whose first record head is not one is skipped as corrupt (its

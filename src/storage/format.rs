@@ -237,6 +237,13 @@ impl SegmentHeader {
         b
     }
 
+    /// Whether `b` is a header line whose write never finished: the magic, written last, is
+    /// still zero, and some other word is not. Open takes such a segment for blank when its
+    /// body is blank too (a crash between the header's stores), for damaged otherwise.
+    pub(crate) fn unfinished(b: &[u8; LINE]) -> bool {
+        b[0..8] == [0; 8] && b.iter().any(|&x| x != 0)
+    }
+
     /// Decode a segment's first line: `Ok(None)` for an all-zero line (a segment that was
     /// allocated but whose header never got written), `Err` for anything else that fails.
     pub(crate) fn decode(

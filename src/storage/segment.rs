@@ -264,8 +264,12 @@ impl Segments {
         b
     }
 
+    /// Write a segment's header line, its first word (the magic) last: a process killed
+    /// between the stores leaves a line whose magic is still zero, which open reads as a header
+    /// never finished ([`SegmentHeader::unfinished`]), not as a damaged one. Nothing is written
+    /// into a segment before its header is whole.
     fn write_segment_header(&self, seg: usize, h: SegmentHeader) {
-        for (i, chunk) in h.encode().chunks_exact(8).enumerate() {
+        for (i, chunk) in h.encode().chunks_exact(8).enumerate().rev() {
             let mut x = [0u8; 8];
             x.copy_from_slice(chunk);
             if let Some(w) = self.maps.word(seg, i * 8) {
@@ -360,6 +364,25 @@ impl Segments {
         let end = (line & (self.seg_lines() - 1)) + u64::from(lines);
         if get_at(&a.ends, seg) < end {
             set_at(&mut a.ends, seg, end);
+        }
+    }
+
+    /// Whether every line of segment `seg` after its header line is zero: nothing was ever
+    /// written into it (read at open, for a header a crash cut short).
+    pub(crate) fn body_is_zero(&self, seg: usize) -> bool {
+        let seg_lines = self.seg_lines();
+        (1..seg_lines).all(|line| {
+            let e = self.entry(seg as u64 * seg_lines + line);
+            (0..LINE / 8).all(|i| e.w(i).is_none_or(|w| w.load(Ordering::Relaxed) == 0))
+        })
+    }
+
+    /// Zero the header line of segment `seg` (a header a crash cut short, over a blank body).
+    pub(crate) fn clear_segment_header(&self, seg: usize) {
+        for i in 0..LINE / 8 {
+            if let Some(w) = self.maps.word(seg, i * 8) {
+                w.store(0, Ordering::Release);
+            }
         }
     }
 
