@@ -819,7 +819,8 @@ fn examine(
         let seg_hit = (0..map.segments).any(|s| {
             let h = seg_header(s);
             let magic = h.start..h.start + 8;
-            d.hits(&h) && !(map.blank_segments.contains(&s) && !d.hits(&magic))
+            let blank = map.blank_segments.contains(&s);
+            d.hits(&h) && (!blank || d.hits(&magic))
         });
         if seg_hit && report.corrupt_segments == 0 {
             return Err(format!("a segment header was hit, not counted: {report:?}"));
