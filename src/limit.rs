@@ -290,30 +290,23 @@ struct Shaped {
 }
 
 impl Shaped {
+    /// The shapes of `limits`' sliding windows with `b` sub-windows (`None` for exact ones),
+    /// where each window lies from the first state word, and how many state words they take.
     fn new(limits: &[Limit], b: u32) -> Shaped {
         let mut slides = [None; MAX_WINDOWS];
-        for (g, l) in slides.iter_mut().zip(limits) {
+        let mut parts = [(0usize, 0usize); MAX_WINDOWS];
+        for ((g, p), l) in slides.iter_mut().zip(parts.iter_mut()).zip(limits) {
             *g = l.slide(b);
+            *p = window_parts(g.as_ref(), l);
         }
-        let (rel_at, state_words) = places_of(limits, &slides);
+        let (rel_at, words) = places(parts.get(..limits.len()).unwrap_or(&[]));
         Shaped {
             b,
             slides,
             rel_at,
-            state_words,
+            state_words: u16::try_from(words).unwrap_or(u16::MAX),
         }
     }
-}
-
-/// Where each window of `limits` (with these shapes) lies from the first state word, and how
-/// many state words they take in all.
-fn places_of(limits: &[Limit], slides: &[Option<Slide>; MAX_WINDOWS]) -> ([At; MAX_WINDOWS], u16) {
-    let mut parts = [(0usize, 0usize); MAX_WINDOWS];
-    for ((p, l), g) in parts.iter_mut().zip(limits).zip(slides) {
-        *p = window_parts(g.as_ref(), l);
-    }
-    let (at, words) = places(parts.get(..limits.len()).unwrap_or(&[]));
-    (at, u16::try_from(words).unwrap_or(u16::MAX))
 }
 
 /// The sliding windows' shapes of a [`Limits`] for one store (see [`Limits::shapes`]).
@@ -361,20 +354,15 @@ impl Shapes<'_> {
 pub struct Limits {
     items: [Limit; MAX_WINDOWS],
     descriptors: [u32; MAX_WINDOWS],
-    /// The shape of each sliding window with the default number of sub-windows, so checks do
-    /// not divide (`None` for exact windows).
-    slides: [Option<Slide>; MAX_WINDOWS],
     /// The descriptors as an entry stores them: two per word.
     desc_words: [u64; MAX_WINDOWS.div_ceil(2)],
-    /// Where each window's head part and ring part are, from the first state word, with the
-    /// default number of sub-windows ([`crate::window::places`]).
-    rel_at: [At; MAX_WINDOWS],
-    /// How many state words the windows take in all, with the default number of sub-windows.
-    state_words: u16,
-    /// The same three for the first other number of sub-windows a store asked for, worked out
-    /// on that first check: a store opened with `Options::sub_windows` then checks as cheaply
-    /// as one with the default. A set used with stores of several other numbers works the
-    /// others out on each check.
+    /// The windows' shapes and places with the default number of sub-windows, so checks do
+    /// not divide.
+    base: Shaped,
+    /// The same for the first other number of sub-windows a store asked for, worked out on
+    /// that first check: a store opened with `Options::sub_windows` then checks as cheaply as
+    /// one with the default. A set used with stores of several other numbers works the others
+    /// out on each check.
     other: OnceLock<Box<Shaped>>,
     len: u8,
     min_limit: u32,
@@ -408,7 +396,6 @@ impl Limits {
         }
         let mut items = [Limit::new(1, MIN_WINDOW); MAX_WINDOWS];
         let mut descriptors = [0u32; MAX_WINDOWS];
-        let mut slides = [None; MAX_WINDOWS];
         let mut min_limit = u32::MAX;
         let mut has_exact = false;
         for (i, l) in limits.iter().enumerate() {
@@ -418,18 +405,12 @@ impl Limits {
                     "two windows of a set have the same length",
                 ));
             }
-            if let (Some(slot), Some(d), Some(g)) =
-                (items.get_mut(i), descriptors.get_mut(i), slides.get_mut(i))
-            {
+            if l.mode == Mode::Bucketed && l.slide(DEFAULT_SUB_WINDOWS).is_none() {
+                return Err(Error::InvalidLimit("a window must be 1 second to 180 days"));
+            }
+            if let (Some(slot), Some(d)) = (items.get_mut(i), descriptors.get_mut(i)) {
                 *slot = *l;
                 *d = l.descriptor();
-                *g = match l.mode {
-                    Mode::Bucketed => Some(
-                        l.slide(DEFAULT_SUB_WINDOWS)
-                            .ok_or(Error::InvalidLimit("a window must be 1 second to 180 days"))?,
-                    ),
-                    Mode::Exact => None,
-                };
             }
             min_limit = min_limit.min(l.limit);
             has_exact |= l.mode == Mode::Exact;
@@ -440,14 +421,11 @@ impl Limits {
             let hi = u64::from(pair.get(1).copied().unwrap_or(0));
             *w = lo | (hi << 32);
         }
-        let (rel_at, state_words) = places_of(limits, &slides);
         Ok(Limits {
             items,
             descriptors,
-            slides,
             desc_words,
-            rel_at,
-            state_words,
+            base: Shaped::new(limits, DEFAULT_SUB_WINDOWS),
             other: OnceLock::new(),
             len: limits.len() as u8,
             min_limit,
@@ -511,7 +489,7 @@ impl Limits {
     #[inline]
     pub(crate) fn shapes(&self, b: u32) -> Shapes<'_> {
         if b == DEFAULT_SUB_WINDOWS {
-            return Shapes::Set(&self.slides);
+            return Shapes::Set(&self.base.slides);
         }
         if let Some(o) = self.shaped_ready(b) {
             return Shapes::Set(&o.slides);
@@ -525,14 +503,10 @@ impl Limits {
     #[cold]
     #[inline(never)]
     fn shapes_for(&self, b: u32) -> Shapes<'_> {
-        if let Some(o) = self.shaped(b) {
-            return Shapes::Set(&o.slides);
+        match self.shaped(b) {
+            Some(o) => Shapes::Set(&o.slides),
+            None => Shapes::Own(Shaped::new(self.as_slice(), b).slides),
         }
-        let mut own = [None; MAX_WINDOWS];
-        for (o, l) in own.iter_mut().zip(self.as_slice()) {
-            *o = l.slide(b);
-        }
-        Shapes::Own(own)
     }
 
     /// The descriptor words an entry for this set holds (`len.div_ceil(2)` of them).
@@ -547,7 +521,7 @@ impl Limits {
     #[inline]
     pub(crate) fn rel_offsets(&self, b: u32) -> [At; MAX_WINDOWS] {
         if b == DEFAULT_SUB_WINDOWS {
-            return self.rel_at;
+            return self.base.rel_at;
         }
         if let Some(o) = self.shaped_ready(b) {
             return o.rel_at;
@@ -559,10 +533,8 @@ impl Limits {
     #[cold]
     #[inline(never)]
     fn rel_offsets_for(&self, b: u32) -> [At; MAX_WINDOWS] {
-        match self.shaped(b) {
-            Some(o) => o.rel_at,
-            None => places_of(self.as_slice(), self.shapes_for(b).all()).0,
-        }
+        self.shaped(b)
+            .map_or_else(|| Shaped::new(self.as_slice(), b).rel_at, |o| o.rel_at)
     }
 
     /// How many state words the windows take in all in a store with `b` sub-windows per
@@ -570,7 +542,7 @@ impl Limits {
     #[inline]
     pub(crate) fn state_words(&self, b: u32) -> usize {
         if b == DEFAULT_SUB_WINDOWS {
-            return usize::from(self.state_words);
+            return usize::from(self.base.state_words);
         }
         self.state_words_for(b)
     }
@@ -578,10 +550,11 @@ impl Limits {
     #[cold]
     #[inline(never)]
     fn state_words_for(&self, b: u32) -> usize {
-        match self.shaped(b) {
-            Some(o) => usize::from(o.state_words),
-            None => usize::from(places_of(self.as_slice(), self.shapes_for(b).all()).1),
-        }
+        let words = self.shaped(b).map_or_else(
+            || Shaped::new(self.as_slice(), b).state_words,
+            |o| o.state_words,
+        );
+        usize::from(words)
     }
 
     pub(crate) fn has_exact(&self) -> bool {

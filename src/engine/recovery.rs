@@ -445,6 +445,12 @@ mod tests {
         Options::default().segment_size_log2(16).compactor(false)
     }
 
+    /// Overwrite the file's bytes at `at` (a closed store's file).
+    fn write_at(path: &std::path::Path, at: u64, bytes: &[u8]) {
+        let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+        file.write_all_at(bytes, at).unwrap();
+    }
+
     /// Where the segment holding file offset `at` starts, and its length.
     fn segment_of(path: &std::path::Path, at: u64) -> (u64, u64) {
         let seg_len = Store::open(path, opts()).unwrap().core.segs.seg_len();
@@ -462,11 +468,9 @@ mod tests {
         let path = dir.path().join("r.tg");
         let (_, blob) = one_record(&path);
         let (seg, seg_len) = segment_of(&path, blob);
-        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         let len = usize::try_from(seg_len).unwrap();
-        file.write_all_at(&vec![0; len - 64], seg + 64).unwrap();
-        file.write_all_at(&[0; 8], seg).unwrap();
-        drop(file);
+        write_at(&path, seg + 64, &vec![0; len - 64]);
+        write_at(&path, seg, &[0; 8]);
         let store = Store::open(&path, opts()).unwrap();
         let r = store.open_report();
         assert_eq!(r.corrupt_segments, 0, "{r:?}");
@@ -488,9 +492,7 @@ mod tests {
         let path = dir.path().join("r.tg");
         let (_, blob) = one_record(&path);
         let (seg, _) = segment_of(&path, blob);
-        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-        file.write_all_at(&[0; 8], seg).unwrap();
-        drop(file);
+        write_at(&path, seg, &[0; 8]);
         let r = Store::open(&path, opts()).unwrap().open_report();
         assert_eq!(r.corrupt_segments, 1, "{r:?}");
     }
@@ -502,9 +504,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("r.tg");
         let (_, blob) = one_record(&path);
-        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-        file.write_all_at(b"TGBX", blob).unwrap();
-        drop(file);
+        write_at(&path, blob, b"TGBX");
         let store = Store::open(&path, opts()).unwrap();
         let r = store.open_report();
         assert_eq!((r.entries, r.corrupt_segments), (1, 1), "{r:?}");
@@ -517,9 +517,7 @@ mod tests {
         let path = dir.path().join("r.tg");
         let (entry, _) = one_record(&path);
         let meta = entry + 8 * (IdemLayout::new(20).state_at as u64 + 2);
-        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-        file.write_all_at(&u32::MAX.to_le_bytes(), meta).unwrap();
-        drop(file);
+        write_at(&path, meta, &u32::MAX.to_le_bytes());
         let store = Store::open(&path, opts()).unwrap();
         let s = store.stats();
         assert_eq!(store.open_report().corrupt_entries, 0);

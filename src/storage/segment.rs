@@ -377,7 +377,9 @@ impl Segments {
         })
     }
 
-    /// Zero the header line of segment `seg` (a header a crash cut short, over a blank body).
+    /// Zero the header line of segment `seg`, from the magic on: a kill part way leaves a line
+    /// open reads as unfinished ([`SegmentHeader::unfinished`]). For a recycled response
+    /// segment (after its body) and a header a crash cut short over a blank body.
     pub(crate) fn clear_segment_header(&self, seg: usize) {
         for i in 0..LINE / 8 {
             if let Some(w) = self.maps.word(seg, i * 8) {

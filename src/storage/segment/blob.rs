@@ -107,12 +107,7 @@ impl Segments {
                 }
             }
         }
-        let head = self.entry(seg as u64 * seg_lines);
-        for i in 0..LINE / 8 {
-            if let Some(w) = head.w(i) {
-                w.store(0, Ordering::Release);
-            }
-        }
+        self.clear_segment_header(seg);
         let mut a = self.alloc.lock();
         set_at(&mut a.blob_used, seg, 0);
         set_at(&mut a.blob_live, seg, 0);
