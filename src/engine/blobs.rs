@@ -102,6 +102,8 @@ impl Core {
                 return;
             }
             crossbeam_epoch::pin().flush();
+            // Then past the read sections (`storage/readers.rs`).
+            crate::storage::readers::collect();
             std::thread::yield_now();
         }
     }

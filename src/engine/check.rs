@@ -6,6 +6,10 @@
 //! earlier ones. A set with an exact window takes [`Core::apply_with_exact`], under the lock
 //! bit of the first exact window's meta word. The word protocols themselves are
 //! `window::cell`'s, the same functions loom checks.
+//!
+//! The usual check (an existing key, found where the look-up goes first, with the windows
+//! asked for) runs in a read section (`storage/readers.rs`), not under an epoch guard: the
+//! pin's fence was a fifth of a hot-key check. The rest ([`Core::count_general`]) pins.
 
 use std::sync::atomic::Ordering;
 
@@ -16,6 +20,7 @@ use crate::decision::{empty_decision, exact_state, sliding_state, Decision, Wind
 use crate::error::{Error, Result};
 use crate::limit::{Limit, Limits, Mode, MAX_WINDOWS};
 use crate::options::OnFull;
+use crate::storage::readers;
 use crate::storage::segment::Entry;
 use crate::window::cell::{self, WordCell};
 use crate::window::sliding::{self, Added, Snap, SMALL_RING_WORDS};
@@ -82,7 +87,72 @@ impl Core {
         check_request(key, limits, cost)?;
         self.saw(now_ms);
         let hash = self.hasher.hash_one(key);
-        let mut guard = crossbeam_epoch::pin();
+        *added = [None; MAX_WINDOWS];
+        if cost != 0 {
+            // The usual check: the key's entry exists where a look-up finds it first,
+            // holding these windows. It runs in a read section instead of pinning the epoch
+            // (`storage/readers.rs`: no locked instruction). Everything else (a new key, a
+            // move home, a key being moved, windows of another shape) is the general loop's,
+            // pinned and out of line, which goes on from what this pass counted (`added`).
+            let usual = readers::enter().and_then(|section| {
+                let at = self.places(limits, key.len());
+                match self.find_entry(hash, key, limits, heads_of(&at), &section) {
+                    Some((_, e, false)) => {
+                        Some(self.apply(&e, &at, limits, cost, now_ms, out, added))
+                    }
+                    _ => None,
+                }
+            });
+            match usual {
+                Some(Applied::Done) => return Ok(()),
+                Some(Applied::Owed) => {
+                    self.take_back_moved(
+                        hash,
+                        key,
+                        limits,
+                        added,
+                        cost,
+                        &mut crossbeam_epoch::pin(),
+                    );
+                    return Ok(());
+                }
+                Some(Applied::Moved) => {
+                    self.retries.fetch_add(1, Ordering::Relaxed);
+                }
+                Some(Applied::Mismatch) | None => {}
+            }
+        }
+        self.count_general(
+            hash,
+            key,
+            limits,
+            cost,
+            now_ms,
+            out,
+            added,
+            crossbeam_epoch::pin(),
+        )
+    }
+
+    /// [`Core::count`] when the first look-up did not settle it: a cost of 0, a new key, a
+    /// key to move home, a key being moved, an entry with windows of another shape. `added`:
+    /// what the first pass counted, in an entry that froze since (the copy holds it).
+    #[inline(never)]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "`count`'s own arguments and its hash and guard: bundling them would cost the hot path a copy"
+    )]
+    fn count_general(
+        &self,
+        hash: u64,
+        key: &[u8],
+        limits: &Limits,
+        cost: u32,
+        now_ms: u64,
+        out: &mut Decision,
+        added: &mut [Option<u64>; MAX_WINDOWS],
+        mut guard: crossbeam_epoch::Guard,
+    ) -> Result<()> {
         if cost == 0 {
             *out = match self.find(hash, key, &guard) {
                 Some(line) => self.snapshot(line, limits, 0, now_ms, None),
@@ -91,13 +161,11 @@ impl Core {
             return Ok(());
         }
         // Where the windows are in an entry of `key` with these limits: worked out once, for
-        // the prefetch of the heads and for the windows themselves. The head parts lie
-        // together, from the first window's head to where the first ring starts.
+        // the prefetch of the heads and for the windows themselves.
         let at = self.places(limits, key.len());
-        let heads = [at[0].head, at[0].ring.saturating_sub(1)];
+        let heads = heads_of(&at);
         let mut spins = 0u32;
         let (mut rehomed, mut split) = (false, false);
-        *added = [None; MAX_WINDOWS];
         loop {
             let (line, e) = match self.find_entry(hash, key, limits, heads, &guard) {
                 Some((line, _, true)) if !rehomed => {
@@ -583,6 +651,14 @@ fn refused_by(out: &mut Decision, i: usize, len: usize) {
         }
         out.finish(false, len);
     }
+}
+
+/// The first and the last word of the windows' head parts in an entry whose windows are at
+/// `at`: they lie together, from the first window's head to where the first ring starts
+/// (what a look-up prefetches).
+#[inline(always)]
+fn heads_of(at: &WindowsAt) -> [usize; 2] {
+    [at[0].head, at[0].ring.saturating_sub(1)]
 }
 
 /// The position of the first exact window (`usize::MAX` if none).

@@ -91,6 +91,10 @@ fn run(core: Arc<Core>, stop: Arc<(Mutex<bool>, Condvar)>, opts: CompactorOption
             // core run.
             std::thread::yield_now();
         }
+        // What the passes freed, and what the epoch has let go since, waits for the read
+        // sections last (`storage/readers.rs`): let it on, so that the space is reused without
+        // waiting for the next new key.
+        crate::storage::readers::collect();
         tick += 1;
         if tick.is_multiple_of(8) && !core.segs.is_poisoned() {
             core.compact_blobs(50);

@@ -112,5 +112,8 @@ impl Drop for Core {
     /// so that the next open can tell a loss of segments in entries (`storage/file.rs`).
     fn drop(&mut self) {
         let _ = self.segs.record_census(self.index.len() as u64);
+        // Free what this store retired, if no read section holds it any more (what is held
+        // goes at a later collect, of any store: `storage/readers.rs`).
+        crate::storage::readers::collect();
     }
 }

@@ -20,6 +20,7 @@ use super::entry::Place;
 use crate::error::Result;
 use crate::limit::Limits;
 use crate::storage::format::{EntryHeader, EntryLayout, KIND_WINDOWS, LINE};
+use crate::storage::raw::Protector;
 use crate::storage::segment::{Entry, Split, BUCKET, SPLIT_AT_PCT};
 
 impl Core {
@@ -41,7 +42,7 @@ impl Core {
         key: &[u8],
         class: u32,
         heads: [usize; 2],
-        guard: &Guard,
+        guard: &impl Protector,
     ) -> std::result::Result<(u64, Entry<'_>), bool> {
         let Some(b) = self.segs.home_bucket(class, hash, guard) else {
             return Err(false);

@@ -12,6 +12,7 @@ use crate::key::MAX_KEY_LEN;
 use crate::limit::Limits;
 use crate::storage::format::{EntryHeader, EntryLayout, KIND_WINDOWS};
 use crate::storage::index::Rehash;
+use crate::storage::raw::Protector;
 use crate::storage::segment::Entry;
 
 impl Core {
@@ -42,7 +43,7 @@ impl Core {
         key: &[u8],
         limits: &Limits,
         heads: [usize; 2],
-        guard: &Guard,
+        guard: &impl Protector,
     ) -> Option<(u64, Entry<'_>, bool)> {
         let mut room = false;
         if self.segs.has_homes() {
@@ -63,7 +64,7 @@ impl Core {
         hash: u64,
         key: &[u8],
         heads: [usize; 2],
-        guard: &Guard,
+        guard: &impl Protector,
     ) -> Option<(u64, Entry<'_>)> {
         self.index.find_map(hash, guard, |line| {
             let e = self.segs.entry(line);

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crossbeam_epoch::Guard;
 use parking_lot::{Mutex, MutexGuard};
 
-use super::raw::{self, EpochCell};
+use super::raw::{self, EpochCell, Protector};
 
 /// Number of stripes (a power of two).
 pub(crate) const STRIPES: usize = 64;
@@ -151,7 +151,7 @@ impl Index {
     pub(crate) fn find_map<T>(
         &self,
         hash: u64,
-        guard: &Guard,
+        guard: &impl Protector,
         mut found: impl FnMut(u64) -> Option<T>,
     ) -> Option<T> {
         let table = self.stripe(hash).table.load(guard)?;

@@ -5,6 +5,7 @@
 //!   entry header word, entry layout, blob record head);
 //! * [`segment`]: the file grows by segments, entries are allocated from them in size classes;
 //! * [`index`]: the in-memory key-hash → entry table with lock-free lookups;
+//! * [`readers`]: read sections, which let the usual check read without pinning the epoch;
 //! * [`hook`]: the test hook at every msync, fdatasync and fallocate (failure injection,
 //!   power-loss simulation);
 //! * [`raw`] and [`sys`]: mapped memory and system calls, the only modules allowed `unsafe`.
@@ -20,6 +21,7 @@ pub(crate) mod index;
     reason = "the one door to mapped memory: every block argued in its `// SAFETY:` comment"
 )]
 pub(crate) mod raw;
+pub(crate) mod readers;
 pub(crate) mod segment;
 #[allow(
     unsafe_code,

@@ -246,13 +246,38 @@ impl Maps {
     }
 }
 
+/// What keeps a value loaded from an [`EpochCell`] alive while it is used: an epoch guard, or
+/// a read section (`readers.rs`), which every retired value also waits for. Implemented for
+/// those two only.
+pub(crate) trait Protector {}
+
+impl Protector for crossbeam_epoch::Guard {}
+
+impl Protector for super::readers::Section {}
+
 /// An epoch-protected, replaceable heap value: lock-free readers, retiring replacements.
 ///
-/// The index tables live in these. Every value a cell ever held is freed either by `replace`
-/// (through `defer_destroy`, after every guard pinned before the replacement is gone) or by the
-/// cell's `Drop` (no reader can exist then), which is what makes [`EpochCell::load`] sound.
+/// The index tables and the home directories live in these. Every value a cell ever held is
+/// freed either by `replace` (after every guard pinned before the replacement is gone, and
+/// then every read section open at that point: `readers.rs`) or by the cell's `Drop` (no
+/// reader can exist then), which is what makes [`EpochCell::load`] sound.
 pub(crate) struct EpochCell<T: Send + 'static> {
     inner: crossbeam_epoch::Atomic<T>,
+}
+
+/// A value swapped out of an [`EpochCell`], on its way to being freed.
+struct Retired<T>(*mut T);
+
+// SAFETY: the pointer is the only way left to the value (it was swapped out of its cell), and
+// the value is `Send`: freeing it on another thread is moving it there.
+unsafe impl<T: Send> Send for Retired<T> {}
+
+impl<T> Retired<T> {
+    fn free(self) {
+        // SAFETY: the pointer came from `Owned::new` (in `new` or `replace`) through the cell,
+        // and only the one `Retired` made of it frees it, once, after every reader is gone.
+        drop(unsafe { crossbeam_epoch::Owned::from_raw(self.0) });
+    }
 }
 
 impl<T: Send + 'static> EpochCell<T> {
@@ -262,13 +287,18 @@ impl<T: Send + 'static> EpochCell<T> {
         }
     }
 
-    /// The current value, valid while `guard` stays pinned.
+    /// The current value, valid while `protector` (an epoch guard or a read section) lives.
     #[inline]
-    pub(crate) fn load<'g>(&self, guard: &'g crossbeam_epoch::Guard) -> Option<&'g T> {
-        let s = self.inner.load(Ordering::Acquire, guard);
-        // SAFETY: the pointer was loaded under `guard`; values leave the cell only through
-        // `replace`, which defers their destruction past every guard pinned now, or through
-        // `Drop`, which needs `&mut self` and so cannot overlap this borrow.
+    pub(crate) fn load<'g, P: Protector>(&self, _protector: &'g P) -> Option<&'g T> {
+        // SAFETY: `unprotected` only stands in for a guard in the load's signature: what keeps
+        // the value alive is `_protector`. Values leave the cell only through `replace`,
+        // which frees them after every guard pinned and every read section open at that
+        // point is gone, or through `Drop`, which needs `&mut self` and so cannot overlap
+        // this borrow.
+        let s = self
+            .inner
+            .load(Ordering::Acquire, unsafe { crossbeam_epoch::unprotected() });
+        // SAFETY: as above: the value outlives `'g`.
         unsafe { s.as_ref() }
     }
 
@@ -277,9 +307,10 @@ impl<T: Send + 'static> EpochCell<T> {
         let new = crossbeam_epoch::Owned::new(value).into_shared(guard);
         let old = self.inner.swap(new, Ordering::AcqRel, guard);
         if !old.is_null() {
-            // SAFETY: `old` is no longer reachable through the cell (swapped out above), and
-            // destruction is deferred until every guard that might still hold it is unpinned.
-            unsafe { guard.defer_destroy(old) };
+            // No longer reachable through the cell (swapped out above): freed once every
+            // guard pinned now is unpinned, and then every read section open then is closed.
+            let old = Retired(old.as_raw().cast_mut());
+            guard.defer(move || super::readers::retire(Box::new(move || old.free())));
         }
         // SAFETY: `new` was just installed under `guard`; see `load`.
         unsafe { new.as_ref() }

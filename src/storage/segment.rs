@@ -21,6 +21,7 @@ use parking_lot::Mutex;
 use super::format::{SegmentHeader, LINE, MAX_ENTRY_LINES, SEGMENTS_START};
 use super::hook::{Hook, IoEvent};
 use super::raw::{Map, Maps};
+use super::readers;
 use crate::error::{Error, Result};
 use growth::Spare;
 pub(crate) use home::{Split, BUCKET, SPLIT_AT_PCT};
@@ -474,6 +475,7 @@ impl Segments {
             drop(a);
             for _ in 0..4 {
                 crossbeam_epoch::pin().flush();
+                readers::collect();
                 if !self.released.lock().is_empty() {
                     break;
                 }
@@ -499,20 +501,23 @@ impl Segments {
         Ok(seg as u64 * seg_lines + 1)
     }
 
-    /// Hand `line` back once every reader pinned now has finished.
+    /// Hand `line` back once every reader pinned now has finished, and then every read
+    /// section open at that point (`readers.rs`).
     pub(crate) fn release_later(&self, line: u64, lines: u32, guard: &crossbeam_epoch::Guard) {
         let released = Arc::clone(&self.released);
         let pending = Arc::clone(&self.pending);
         pending.fetch_add(1, Ordering::AcqRel);
         guard.defer(move || {
-            released.lock().lines.push((line, lines));
-            pending.fetch_sub(1, Ordering::AcqRel);
+            readers::retire(Box::new(move || {
+                released.lock().lines.push((line, lines));
+                pending.fetch_sub(1, Ordering::AcqRel);
+            }));
         });
     }
 
-    /// Hand every `(line, lines)` of `freed` back once every reader pinned now has finished:
-    /// one deferred function for all of them, which moves the run into the free list's queue
-    /// as it is.
+    /// Hand every `(line, lines)` of `freed` back once every reader pinned now has finished,
+    /// and then every read section open at that point: one deferred function for all of
+    /// them, which moves the run into the free list's queue as it is.
     pub(crate) fn release_all_later(&self, freed: Vec<(u64, u32)>, guard: &crossbeam_epoch::Guard) {
         if freed.is_empty() {
             return;
@@ -522,8 +527,10 @@ impl Segments {
         let n = freed.len() as u64;
         pending.fetch_add(n, Ordering::AcqRel);
         guard.defer(move || {
-            released.lock().runs.push(freed);
-            pending.fetch_sub(n, Ordering::AcqRel);
+            readers::retire(Box::new(move || {
+                released.lock().runs.push(freed);
+                pending.fetch_sub(n, Ordering::AcqRel);
+            }));
         });
     }
 

@@ -33,7 +33,8 @@ use crate::error::Result;
 use crate::storage::format::{
     HomeTag, SegmentHeader, CLAIMED, LINE, MAX_ENTRY_LINES, MAX_HOME_DEPTH, TOMBSTONE,
 };
-use crate::storage::raw::EpochCell;
+use crate::storage::raw::{EpochCell, Protector};
+use crate::storage::readers;
 
 /// Slots per bucket (a power of two): the places an entry may take in its home segment.
 pub(crate) const BUCKET: u64 = 4;
@@ -197,7 +198,12 @@ impl Segments {
     /// The bucket of `hash` among the home segments of `class` lines; `None` when the class
     /// has no home segment for it.
     #[inline]
-    pub(crate) fn home_bucket(&self, class: u32, hash: u64, guard: &Guard) -> Option<Bucket> {
+    pub(crate) fn home_bucket(
+        &self,
+        class: u32,
+        hash: u64,
+        guard: &impl Protector,
+    ) -> Option<Bucket> {
         if !self.has_homes() {
             return None;
         }
@@ -294,6 +300,8 @@ impl Segments {
     /// Hand the lines whose readers are gone back: to their class's free list, or, in a home
     /// segment, to their bucket (header word 0).
     pub(super) fn drain_released(&self, a: &mut Alloc) {
+        // What has waited for the read sections too (`readers.rs`) reaches `released` now.
+        readers::collect();
         let released = std::mem::take(&mut *self.released.lock());
         for (line, l) in released.runs.into_iter().flatten().chain(released.lines) {
             if a.homes.get(self.seg_of(line)).is_some() {
