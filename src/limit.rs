@@ -339,6 +339,27 @@ impl Shapes<'_> {
     }
 }
 
+/// Where each window of a set lies from the first state word ([`Limits::rel_offsets`]): the
+/// set's own places, borrowed, or places worked out for a number of sub-windows it keeps none
+/// for.
+pub(crate) enum RelAt<'a> {
+    /// Kept by the set.
+    Set(&'a [At; MAX_WINDOWS]),
+    /// Worked out for another number of sub-windows.
+    Own([At; MAX_WINDOWS]),
+}
+
+impl RelAt<'_> {
+    /// Every window's places, as one array.
+    #[inline]
+    pub(crate) fn all(&self) -> &[At; MAX_WINDOWS] {
+        match self {
+            RelAt::Set(a) => a,
+            RelAt::Own(a) => a,
+        }
+    }
+}
+
 /// A validated set of limits checked together: a request is admitted only if every window has
 /// room for its cost, and a rejected request consumes nothing in any window.
 ///
@@ -517,14 +538,14 @@ impl Limits {
 
     /// Where every window's head part and ring part are, from the first state word, in a
     /// store with `b` sub-windows per window (entries past the set's windows are zero): the
-    /// precomputed places for the default `b`.
+    /// precomputed places for the default `b`, borrowed.
     #[inline]
-    pub(crate) fn rel_offsets(&self, b: u32) -> [At; MAX_WINDOWS] {
+    pub(crate) fn rel_offsets(&self, b: u32) -> RelAt<'_> {
         if b == DEFAULT_SUB_WINDOWS {
-            return self.base.rel_at;
+            return RelAt::Set(&self.base.rel_at);
         }
         if let Some(o) = self.shaped_ready(b) {
-            return o.rel_at;
+            return RelAt::Set(&o.rel_at);
         }
         self.rel_offsets_for(b)
     }
@@ -532,9 +553,11 @@ impl Limits {
     /// [`Limits::rel_offsets`] for a store with another number of sub-windows, out of line.
     #[cold]
     #[inline(never)]
-    fn rel_offsets_for(&self, b: u32) -> [At; MAX_WINDOWS] {
-        self.shaped(b)
-            .map_or_else(|| Shaped::new(self.as_slice(), b).rel_at, |o| o.rel_at)
+    fn rel_offsets_for(&self, b: u32) -> RelAt<'_> {
+        match self.shaped(b) {
+            Some(o) => RelAt::Set(&o.rel_at),
+            None => RelAt::Own(Shaped::new(self.as_slice(), b).rel_at),
+        }
     }
 
     /// How many state words the windows take in all in a store with `b` sub-windows per
@@ -590,7 +613,7 @@ mod tests {
         for b in [32, 128, 32, 16, DEFAULT_SUB_WINDOWS, 32] {
             let want = Shaped::new(set.as_slice(), b);
             assert_eq!(set.shapes(b).all(), &want.slides, "b = {b}");
-            assert_eq!(set.rel_offsets(b), want.rel_at, "b = {b}");
+            assert_eq!(set.rel_offsets(b).all(), &want.rel_at, "b = {b}");
             assert_eq!(set.state_words(b), usize::from(want.state_words), "b = {b}");
             assert!(want.slides.iter().take(2).all(Option::is_some));
         }

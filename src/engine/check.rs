@@ -252,7 +252,7 @@ impl Core {
     fn apply(
         &self,
         e: &Entry<'_>,
-        at: &WindowsAt,
+        at: &WindowsAt<'_>,
         limits: &Limits,
         cost: u32,
         now_ms: u64,
@@ -278,7 +278,7 @@ impl Core {
             if added[i].is_some() {
                 continue;
             }
-            let Some(win) = sliding_window(e, at[i], geo) else {
+            let Some(win) = sliding_window(e, at.of(i), geo) else {
                 // What a take-back could not take (a frozen window) is carried, as below.
                 *added = self.undo(e, at, limits, added, cost);
                 return Applied::Moved;
@@ -340,7 +340,7 @@ impl Core {
     fn rest_from_heads(
         &self,
         e: &Entry<'_>,
-        at: &WindowsAt,
+        at: &WindowsAt<'_>,
         slides: &[Option<sliding::Slide>; MAX_WINDOWS],
         from: usize,
         cost: u32,
@@ -348,8 +348,8 @@ impl Core {
         out: &mut Decision,
         n: usize,
     ) -> bool {
-        for j in from..n {
-            let Some(w) = head_state(e, at[j], &slides[j], cost, now_ms) else {
+        for (j, geo) in slides.iter().enumerate().take(n).skip(from) {
+            let Some(w) = head_state(e, at.of(j), geo, cost, now_ms) else {
                 return false;
             };
             out.windows[j] = w;
@@ -372,7 +372,7 @@ impl Core {
     fn apply_with_exact(
         &self,
         e: &Entry<'_>,
-        at: &WindowsAt,
+        at: &WindowsAt<'_>,
         limits: &Limits,
         cost: u32,
         now_ms: u64,
@@ -396,7 +396,7 @@ impl Core {
             if added[i].is_some() {
                 continue; // counted before the entry moved: the copy holds it (`apply`)
             }
-            let Some(win) = sliding_window(e, at[i], geo) else {
+            let Some(win) = sliding_window(e, at.of(i), geo) else {
                 refused = Some(i);
                 break;
             };
@@ -423,7 +423,7 @@ impl Core {
                 if l.mode() != Mode::Exact {
                     continue;
                 }
-                let ring = cell::read_ring(|k| e.w(k), at[i].head, l.limit());
+                let ring = cell::read_ring(|k| e.w(k), at.of(i).head, l.limit());
                 let ev = ring.eval(l.window_ms(), now_ms);
                 if !ev.fits(l.limit(), cost) {
                     refused = Some(i);
@@ -435,7 +435,7 @@ impl Core {
                 for (i, l) in items.iter().enumerate() {
                     if let Some((mut ring, t)) = rings[i] {
                         ring.push(t, cost);
-                        cell::write_ring(|k| e.w(k), at[i].head, &ring, i == first);
+                        cell::write_ring(|k| e.w(k), at.of(i).head, &ring, i == first);
                         let ev = ring.eval(l.window_ms(), now_ms);
                         ws[i] = exact_state(&ev, l.limit(), l.window_ms(), 0, now_ms);
                     }
@@ -497,7 +497,7 @@ impl Core {
     fn snapshot_entry(
         &self,
         e: &Entry<'_>,
-        at: &WindowsAt,
+        at: &WindowsAt<'_>,
         limits: &Limits,
         cost: u32,
         now_ms: u64,
@@ -527,7 +527,7 @@ impl Core {
     fn heads_snapshot(
         &self,
         e: &Entry<'_>,
-        at: &WindowsAt,
+        at: &WindowsAt<'_>,
         limits: &Limits,
         cost: u32,
         now_ms: u64,
@@ -540,7 +540,7 @@ impl Core {
         for (i, geo) in shapes.all().get(..n).unwrap_or_default().iter().enumerate() {
             out.windows[i] = match known {
                 Some(&(k, w)) if k == i => w,
-                _ => match head_state(e, at[i], geo, cost, now_ms) {
+                _ => match head_state(e, at.of(i), geo, cost, now_ms) {
                     Some(w) => w,
                     None => return false,
                 },
@@ -565,7 +565,7 @@ impl Core {
     fn snapshot_copies(
         &self,
         e: &Entry<'_>,
-        at: &WindowsAt,
+        at: &WindowsAt<'_>,
         limits: &Limits,
         cost: u32,
         now_ms: u64,
@@ -583,7 +583,7 @@ impl Core {
         let shapes = limits.shapes(self.b);
         let slides = shapes.all();
         for (i, l) in limits.as_slice().iter().enumerate() {
-            let at = at[i];
+            let at = at.of(i);
             ws[i] = match &slides[i] {
                 _ if known.is_some_and(|&(k, _)| k == i) => {
                     known.map(|&(_, w)| w).unwrap_or_default()
@@ -657,8 +657,8 @@ fn refused_by(out: &mut Decision, i: usize, len: usize) {
 /// `at`: they lie together, from the first window's head to where the first ring starts
 /// (what a look-up prefetches).
 #[inline(always)]
-fn heads_of(at: &WindowsAt) -> [usize; 2] {
-    [at[0].head, at[0].ring.saturating_sub(1)]
+fn heads_of(at: &WindowsAt<'_>) -> [usize; 2] {
+    [at.of(0).head, at.of(0).ring.saturating_sub(1)]
 }
 
 /// The position of the first exact window (`usize::MAX` if none).

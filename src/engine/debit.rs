@@ -137,10 +137,6 @@ impl Core {
 
     /// Count `units` in the current sub-window of every window of `key`, past the limit, up
     /// to the counters' capacity.
-    #[expect(
-        clippy::indexing_slicing,
-        reason = "window indexes are below limits.len() <= MAX_WINDOWS, the length of every array indexed here"
-    )]
     fn overdraw(&self, key: &[u8], limits: &Limits, units: u32, now_ms: u64) -> Result<()> {
         let hash = self.hasher.hash_one(key);
         let guard = crossbeam_epoch::pin();
@@ -163,16 +159,16 @@ impl Core {
                 continue;
             };
             let mut moved = false;
-            for i in 0..limits.len() {
-                if done[i] {
+            for (i, done) in done.iter_mut().enumerate().take(limits.len()) {
+                if *done {
                     continue;
                 }
                 let (Some(geo), Some(cap)) = (shapes.get(i), shapes.get(i).and_then(capacity))
                 else {
-                    done[i] = true;
+                    *done = true;
                     continue;
                 };
-                let Some(win) = sliding_window(&e, at[i], geo) else {
+                let Some(win) = sliding_window(&e, at.of(i), geo) else {
                     moved = true;
                     break;
                 };
@@ -180,7 +176,7 @@ impl Core {
                     moved = true;
                     break;
                 }
-                done[i] = true;
+                *done = true;
             }
             if !moved {
                 return Ok(());

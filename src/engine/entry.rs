@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use super::core::Core;
 use crate::error::{Error, Result};
 use crate::key::MAX_KEY_LEN;
-use crate::limit::{Descriptor, Limits, MAX_WINDOWS};
+use crate::limit::{Descriptor, Limits, RelAt, MAX_WINDOWS};
 use crate::storage::format::{entry_crc, EntryHeader, EntryLayout, KIND_WINDOWS};
 use crate::storage::segment::Entry;
 use crate::window::cell::{META_FROZEN, META_HEAD, META_LOCK};
@@ -36,7 +36,30 @@ fn decode_all(descs: &[u32]) -> [Descriptor; MAX_WINDOWS] {
 
 /// Where each window's head part and ring part are in an entry, in words from the entry's
 /// start (entries past the set's windows are meaningless).
-pub(crate) type WindowsAt = [At; MAX_WINDOWS];
+/// Where each window of a set lies in an entry of one key ([`Core::places`]): the entry's
+/// first state word and the set's offsets from it, borrowed from its `Limits` (no copy of
+/// them on a check).
+pub(crate) struct WindowsAt<'l> {
+    /// The entry's first state word (after its key).
+    state_at: usize,
+    /// Each window's places from there.
+    rel: RelAt<'l>,
+}
+
+impl WindowsAt<'_> {
+    /// Where window `i` lies in the entry (`None` past [`MAX_WINDOWS`]).
+    #[inline]
+    pub(crate) fn get(&self, i: usize) -> Option<At> {
+        self.rel.all().get(i).map(|a| a.plus(self.state_at))
+    }
+
+    /// Where window `i` lies in the entry; `i` is a window of the set (below [`MAX_WINDOWS`]),
+    /// else the first state word (never reached: every caller's `i` is).
+    #[inline]
+    pub(crate) fn of(&self, i: usize) -> At {
+        self.get(i).unwrap_or_default()
+    }
+}
 
 /// Words of the longest key.
 const KEY_WORDS: usize = MAX_KEY_LEN / 8;
@@ -252,7 +275,11 @@ impl Core {
     /// Where each window of `limits` starts in the entry (word offsets from its start), if the
     /// entry holds exactly those windows; `None` if they differ.
     #[inline]
-    pub(crate) fn windows_at(&self, e: &Entry<'_>, limits: &Limits) -> Option<WindowsAt> {
+    pub(crate) fn windows_at<'l>(
+        &self,
+        e: &Entry<'_>,
+        limits: &'l Limits,
+    ) -> Option<WindowsAt<'l>> {
         let key_len = EntryHeader::decode(e.load(0)).key_len;
         self.holds_windows(e, limits)
             .then(|| self.places(limits, key_len))
@@ -279,13 +306,11 @@ impl Core {
     /// Where each window of `limits` starts in an entry of a `key_len`-byte key holding those
     /// windows: the key's end plus `limits`' precomputed offsets.
     #[inline]
-    pub(crate) fn places(&self, limits: &Limits, key_len: usize) -> WindowsAt {
-        let state_at = EntryLayout::state_at(limits.len(), key_len);
-        let mut at = limits.rel_offsets(self.b);
-        for place in &mut at {
-            *place = place.plus(state_at);
+    pub(crate) fn places<'l>(&self, limits: &'l Limits, key_len: usize) -> WindowsAt<'l> {
+        WindowsAt {
+            state_at: EntryLayout::state_at(limits.len(), key_len),
+            rel: limits.rel_offsets(self.b),
         }
-        at
     }
 
     /// Check one entry read at open: crc, descriptors, state words. Clears lock bits. Returns

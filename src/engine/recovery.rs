@@ -608,7 +608,7 @@ mod tests {
             }
             if later_frozen {
                 let at = core.places(&limits, k.len());
-                let head = dst.w(at[0].head).unwrap();
+                let head = dst.w(at.of(0).head).unwrap();
                 head.fetch_or(crate::window::FROZEN, std::sync::atomic::Ordering::Relaxed);
             }
             store.close().unwrap();

@@ -26,7 +26,7 @@ impl Core {
     pub(super) fn undo(
         &self,
         e: &Entry<'_>,
-        at: &WindowsAt,
+        at: &WindowsAt<'_>,
         limits: &Limits,
         added: &[Option<u64>; MAX_WINDOWS],
         cost: u32,
@@ -36,7 +36,7 @@ impl Core {
         for (i, m) in added.iter().enumerate().take(limits.len()) {
             let Some(m) = *m else { continue };
             if let Some(geo) = shapes.get(i) {
-                if let Some(win) = sliding_window(e, at[i], geo) {
+                if let Some(win) = sliding_window(e, at.of(i), geo) {
                     if !sliding::take_back(&win, geo, m, cost) {
                         owed[i] = Some(m);
                     }
@@ -114,7 +114,7 @@ mod tests {
         let geo = shapes.get(0).unwrap();
         // The check's first window counts it...
         let Added::Yes { m, .. } =
-            sliding::add(&sliding_window(&e, at[0], geo).unwrap(), geo, T0, 1)
+            sliding::add(&sliding_window(&e, at.of(0), geo).unwrap(), geo, T0, 1)
         else {
             panic!("room in the minute window");
         };
