@@ -51,8 +51,7 @@ impl Drop for Section {
     #[inline]
     fn drop(&mut self) {
         if let Some((slot, seq)) = self.leave {
-            // Every read and write of the section comes before this store.
-            slot.seq.store(seq, Ordering::Release);
+            close(&slot.seq, seq);
         }
     }
 }
@@ -62,6 +61,69 @@ impl Drop for Section {
 #[repr(align(64))]
 struct Slot {
     seq: AtomicU64,
+}
+
+/// A slot's word: std's atomic in the store, loom's in the model checks (`loom_tests`), so
+/// that loom runs the very functions below.
+pub(crate) trait SlotWord {
+    /// Atomic load.
+    fn load(&self, order: Ordering) -> u64;
+    /// Atomic store.
+    fn store(&self, value: u64, order: Ordering);
+    /// A `SeqCst` fence of the same world (std's, or loom's).
+    fn fence();
+}
+
+impl SlotWord for AtomicU64 {
+    #[inline]
+    fn load(&self, order: Ordering) -> u64 {
+        self.load(order)
+    }
+    #[inline]
+    fn store(&self, value: u64, order: Ordering) {
+        self.store(value, order);
+    }
+    #[inline]
+    fn fence() {
+        fence(Ordering::SeqCst);
+    }
+}
+
+/// Open a section on `slot`: the even number that closes it, or `None` if the slot is inside
+/// a section already (the outer one closes). `asymmetric`: the reclaimer makes the barrier,
+/// so a compiler fence orders the store before the section's loads; else a `SeqCst` fence.
+#[inline]
+fn open<W: SlotWord>(slot: &W, asymmetric: bool) -> Option<u64> {
+    let seq = slot.load(Ordering::Relaxed);
+    if seq & 1 == 1 {
+        return None;
+    }
+    slot.store(seq + 1, Ordering::Relaxed);
+    if asymmetric {
+        compiler_fence(Ordering::SeqCst);
+    } else {
+        W::fence();
+    }
+    Some(seq + 2)
+}
+
+/// Close the section [`open`] gave `seq` for: every read and write of the section comes
+/// before this store.
+#[inline]
+fn close<W: SlotWord>(slot: &W, seq: u64) {
+    slot.store(seq, Ordering::Release);
+}
+
+/// The reclaimer's look at a slot, after its barrier: the slot's number if it is inside a
+/// section.
+fn inside<W: SlotWord>(slot: &W) -> Option<u64> {
+    let seq = slot.load(Ordering::Acquire);
+    (seq & 1 == 1).then_some(seq)
+}
+
+/// Whether the slot seen inside at `seq` has left that section since.
+fn left<W: SlotWord>(slot: &W, seq: u64) -> bool {
+    slot.load(Ordering::Acquire) != seq
 }
 
 /// The process's slots and the work waiting for them.
@@ -137,22 +199,8 @@ thread_local! {
 #[inline]
 pub(crate) fn enter() -> Option<Section> {
     let (slot, asymmetric) = LOCAL.try_with(|l| (l.slot, l.asymmetric)).ok()?;
-    let seq = slot.seq.load(Ordering::Relaxed);
-    if seq & 1 == 1 {
-        return Some(Section {
-            leave: None,
-            _this_thread: PhantomData,
-        });
-    }
-    slot.seq.store(seq + 1, Ordering::Relaxed);
-    if asymmetric {
-        // The reclaimer's barrier orders this store before the section's loads.
-        compiler_fence(Ordering::SeqCst);
-    } else {
-        fence(Ordering::SeqCst);
-    }
     Some(Section {
-        leave: Some((slot, seq + 2)),
+        leave: open(&slot.seq, asymmetric).map(|seq| (slot, seq)),
         _this_thread: PhantomData,
     })
 }
@@ -201,8 +249,7 @@ pub(crate) fn collect() {
 
 /// Whether every slot of `seen` has left the section it was in.
 fn moved_on(seen: &[(&'static Slot, u64)]) -> bool {
-    seen.iter()
-        .all(|(slot, seq)| slot.seq.load(Ordering::Acquire) != *seq)
+    seen.iter().all(|(slot, seq)| left(&slot.seq, *seq))
 }
 
 impl Registry {
@@ -220,10 +267,7 @@ impl Registry {
         Some(
             slots
                 .iter()
-                .filter_map(|&s| {
-                    let seq = s.seq.load(Ordering::Acquire);
-                    (seq & 1 == 1).then_some((s, seq))
-                })
+                .filter_map(|&s| inside(&s.seq).map(|seq| (s, seq)))
                 .collect(),
         )
     }
@@ -301,5 +345,103 @@ mod tests {
         assert!(r.is_err());
         assert!(!inside(), "a panic left the slot inside");
         collect_until(&flagged());
+    }
+}
+
+#[cfg(test)]
+mod loom_tests {
+    //! Model checks with loom of the protocol's functions ([`open`], [`close`], [`inside`],
+    //! [`left`]) in the fenced flavour: loom models `SeqCst` fences, not `membarrier`, whose
+    //! argument is DESIGN.md's ("Checks without the epoch's pin").
+
+    use loom::sync::atomic::AtomicU64 as LoomU64;
+    use loom::sync::Arc;
+    use loom::thread;
+
+    use super::*;
+
+    impl SlotWord for LoomU64 {
+        fn load(&self, order: Ordering) -> u64 {
+            self.load(order)
+        }
+        fn store(&self, value: u64, order: Ordering) {
+            self.store(value, order);
+        }
+        fn fence() {
+            loom::sync::atomic::fence(Ordering::SeqCst);
+        }
+    }
+
+    /// Runs `f` under loom and checks that loom explored several interleavings.
+    fn model(f: impl Fn() + Sync + Send + 'static) {
+        let runs = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = std::sync::Arc::clone(&runs);
+        loom::model(move || {
+            counted.fetch_add(1, Ordering::Relaxed);
+            f();
+        });
+        assert!(
+            runs.load(Ordering::Relaxed) > 1,
+            "loom explored one interleaving only"
+        );
+    }
+
+    /// A reader takes the linked object (0, the old one, or 1) in a section and uses it; the
+    /// reclaimer unlinks the old one, fences, looks at the reader's slot and frees the old
+    /// object only if the slot was outside a section or has left it. Every interleaving: a
+    /// reader that took the old object never sees it freed.
+    #[test]
+    fn a_reader_in_a_section_never_sees_its_object_freed() {
+        model(|| {
+            let slot = Arc::new(LoomU64::new(0));
+            let linked = Arc::new(LoomU64::new(0));
+            let freed = Arc::new(LoomU64::new(0));
+            let reader = {
+                let (slot, linked, freed) = (slot.clone(), linked.clone(), freed.clone());
+                thread::spawn(move || {
+                    let seq = open(&*slot, false).unwrap();
+                    if linked.load(Ordering::Acquire) == 0 {
+                        assert_eq!(freed.load(Ordering::Relaxed), 0, "used after its free");
+                    }
+                    close(&*slot, seq);
+                })
+            };
+            linked.store(1, Ordering::Release);
+            LoomU64::fence();
+            if inside(&*slot).is_none_or(|seq| left(&*slot, seq)) {
+                freed.store(1, Ordering::Relaxed);
+            }
+            reader.join().unwrap();
+        });
+    }
+
+    /// The same reader twice in a row: a reclaimer that saw the first section open, and then
+    /// another number (the second section's, perhaps), frees the old object; the second
+    /// section, opened after the reclaimer's fence in every such interleaving, never takes it.
+    #[test]
+    fn a_reader_s_next_section_does_not_reuse_the_wait_of_its_last() {
+        model(|| {
+            let slot = Arc::new(LoomU64::new(0));
+            let linked = Arc::new(LoomU64::new(0));
+            let freed = Arc::new(LoomU64::new(0));
+            let reader = {
+                let (slot, linked, freed) = (slot.clone(), linked.clone(), freed.clone());
+                thread::spawn(move || {
+                    for _ in 0..2 {
+                        let seq = open(&*slot, false).unwrap();
+                        if linked.load(Ordering::Acquire) == 0 {
+                            assert_eq!(freed.load(Ordering::Relaxed), 0, "used after its free");
+                        }
+                        close(&*slot, seq);
+                    }
+                })
+            };
+            linked.store(1, Ordering::Release);
+            LoomU64::fence();
+            if inside(&*slot).is_none_or(|seq| left(&*slot, seq)) {
+                freed.store(1, Ordering::Relaxed);
+            }
+            reader.join().unwrap();
+        });
     }
 }

@@ -60,14 +60,14 @@ pub(crate) fn lower_thread_priority() {}
 
 /// `membarrier(2)` commands (linux/membarrier.h): register the process for, and issue, a
 /// barrier on every CPU that runs one of its threads.
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", not(miri)))]
 const MEMBARRIER_CMD_PRIVATE_EXPEDITED: libc::c_long = 1 << 3;
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", not(miri)))]
 const MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED: libc::c_long = 1 << 4;
 
 /// Register the process for [`process_barrier`]: `true` if the kernel offers it (Linux 4.14 and
 /// later, unless a sandbox refuses the call).
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", not(miri)))]
 pub(crate) fn register_process_barrier() -> bool {
     // SAFETY: membarrier reads and writes no memory of ours; the register command only marks
     // the process, and an unknown command or a refusal is an error return, not a fault.
@@ -81,8 +81,9 @@ pub(crate) fn register_process_barrier() -> bool {
     rc == 0
 }
 
-/// Register the process for [`process_barrier`] (not offered on this platform).
-#[cfg(not(target_os = "linux"))]
+/// Register the process for [`process_barrier`] (not offered on this platform, nor under
+/// Miri, which does not model the call: readers then fence themselves).
+#[cfg(any(not(target_os = "linux"), miri))]
 pub(crate) fn register_process_barrier() -> bool {
     false
 }
@@ -90,7 +91,7 @@ pub(crate) fn register_process_barrier() -> bool {
 /// A full memory barrier on every CPU that runs a thread of this process, and a context switch
 /// on the others' behalf (`membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)`): `true` if it was
 /// made. Only after [`register_process_barrier`] returned `true`.
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", not(miri)))]
 pub(crate) fn process_barrier() -> bool {
     // SAFETY: as in `register_process_barrier`: no memory of ours is touched.
     let rc = unsafe {
@@ -103,8 +104,8 @@ pub(crate) fn process_barrier() -> bool {
     rc == 0
 }
 
-/// [`process_barrier`] (not offered on this platform).
-#[cfg(not(target_os = "linux"))]
+/// [`process_barrier`] (not offered on this platform, nor under Miri).
+#[cfg(any(not(target_os = "linux"), miri))]
 pub(crate) fn process_barrier() -> bool {
     false
 }
