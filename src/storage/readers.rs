@@ -183,8 +183,8 @@ impl Local {
 
 impl Drop for Local {
     fn drop(&mut self) {
-        // The thread is ending outside any section (a section borrows nothing from this, but
-        // it cannot outlive the thread's last check).
+        // The thread is ending, outside any section: a section lives on the stack of one check
+        // (a check from a later thread-local destructor finds no slot and pins the epoch).
         registry().free.lock().push(self.slot);
     }
 }
