@@ -386,48 +386,20 @@ mod loom_tests {
         );
     }
 
-    /// A reader takes the linked object (0, the old one, or 1) in a section and uses it; the
-    /// reclaimer unlinks the old one, fences, looks at the reader's slot and frees the old
-    /// object only if the slot was outside a section or has left it. Every interleaving: a
-    /// reader that took the old object never sees it freed.
-    #[test]
-    fn a_reader_in_a_section_never_sees_its_object_freed() {
-        model(|| {
+    /// A reader takes the linked object (0, the old one, or 1) in each of `sections` sections
+    /// in a row and uses it; the reclaimer unlinks the old one, fences, looks at the reader's
+    /// slot and frees the old object only if the slot was outside a section or has left the
+    /// one it was seen in. Every interleaving: a reader that took the old object never sees it
+    /// freed.
+    fn reader_against_reclaimer(sections: usize) {
+        model(move || {
             let slot = Arc::new(LoomU64::new(0));
             let linked = Arc::new(LoomU64::new(0));
             let freed = Arc::new(LoomU64::new(0));
             let reader = {
                 let (slot, linked, freed) = (slot.clone(), linked.clone(), freed.clone());
                 thread::spawn(move || {
-                    let seq = open(&*slot, false).unwrap();
-                    if linked.load(Ordering::Acquire) == 0 {
-                        assert_eq!(freed.load(Ordering::Relaxed), 0, "used after its free");
-                    }
-                    close(&*slot, seq);
-                })
-            };
-            linked.store(1, Ordering::Release);
-            LoomU64::fence();
-            if inside(&*slot).is_none_or(|seq| left(&*slot, seq)) {
-                freed.store(1, Ordering::Relaxed);
-            }
-            reader.join().unwrap();
-        });
-    }
-
-    /// The same reader twice in a row: a reclaimer that saw the first section open, and then
-    /// another number (the second section's, perhaps), frees the old object; the second
-    /// section, opened after the reclaimer's fence in every such interleaving, never takes it.
-    #[test]
-    fn a_reader_s_next_section_does_not_reuse_the_wait_of_its_last() {
-        model(|| {
-            let slot = Arc::new(LoomU64::new(0));
-            let linked = Arc::new(LoomU64::new(0));
-            let freed = Arc::new(LoomU64::new(0));
-            let reader = {
-                let (slot, linked, freed) = (slot.clone(), linked.clone(), freed.clone());
-                thread::spawn(move || {
-                    for _ in 0..2 {
+                    for _ in 0..sections {
                         let seq = open(&*slot, false).unwrap();
                         if linked.load(Ordering::Acquire) == 0 {
                             assert_eq!(freed.load(Ordering::Relaxed), 0, "used after its free");
@@ -443,5 +415,18 @@ mod loom_tests {
             }
             reader.join().unwrap();
         });
+    }
+
+    #[test]
+    fn a_reader_in_a_section_never_sees_its_object_freed() {
+        reader_against_reclaimer(1);
+    }
+
+    /// A reclaimer that saw the first section open, and then another number (the second
+    /// section's, perhaps), frees the old object; the second section, opened after the
+    /// reclaimer's fence in every such interleaving, never takes it.
+    #[test]
+    fn a_reader_s_next_section_does_not_reuse_the_wait_of_its_last() {
+        reader_against_reclaimer(2);
     }
 }
