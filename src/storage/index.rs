@@ -3,12 +3,14 @@
 //! The index is split into [`STRIPES`] stripes by the top bits of the hash. Each stripe is an
 //! open-addressing table of `AtomicU64` entries, reached through a crossbeam-epoch pointer:
 //!
-//! * readers pin an epoch guard, load the table and probe it linearly; no lock, no allocation;
+//! * readers hold an epoch guard or a read section (`readers.rs`: the check's usual path),
+//!   load the table and probe it linearly; no lock, no allocation;
 //! * writers (insert, remove, resize) take the stripe's mutex; an insert publishes its entry
 //!   with a `Release` store after the entry's bytes are written, so a reader that sees the index
 //!   entry sees a complete entry;
-//! * a resize builds a new table, swaps the pointer and retires the old table through the epoch,
-//!   so a reader still probing the old one is never left with freed memory. A reader that misses
+//! * a resize builds a new table, swaps the pointer and retires the old table through the epoch
+//!   and then the read sections, so a reader still probing the old one is never left with
+//!   freed memory. A reader that misses
 //!   a key because it probed the old table falls back to the locked path, which looks again.
 //!   The index keeps too few bits of each hash to place an entry in a larger table, so a
 //!   resize reads every live key from its entry ([`Rehash`]), with the entries' lines
