@@ -27,7 +27,7 @@
 //! slot whatever it reads.
 
 use std::marker::PhantomData;
-use std::sync::atomic::{compiler_fence, fence, AtomicU64, Ordering};
+use std::sync::atomic::{compiler_fence, fence, AtomicU64, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 use parking_lot::Mutex;
@@ -133,6 +133,9 @@ struct Registry {
     /// Slots of threads that have ended, for the next ones.
     free: Mutex<Vec<&'static Slot>>,
     queue: Mutex<Queue>,
+    /// Work in `queue`, read without its lock: a [`collect`] with nothing to do (most, on a
+    /// new key's allocation) takes no lock shared by the whole process.
+    queued: AtomicUsize,
     /// The process barrier is registered: readers need only a compiler fence.
     asymmetric: bool,
 }
@@ -153,6 +156,7 @@ fn registry() -> &'static Registry {
         slots: Mutex::new(Vec::new()),
         free: Mutex::new(Vec::new()),
         queue: Mutex::new(Queue::default()),
+        queued: AtomicUsize::new(0),
         asymmetric: sys::register_process_barrier(),
     })
 }
@@ -210,7 +214,10 @@ pub(crate) fn enter() -> Option<Section> {
 /// for what epoch-pinned readers also reach, past the epoch: the callers retire from the
 /// epoch's deferred functions).
 pub(crate) fn retire(work: Work) {
-    registry().queue.lock().fresh.push(work);
+    let reg = registry();
+    let mut q = reg.queue.lock();
+    q.fresh.push(work);
+    reg.queued.fetch_add(1, Ordering::Release);
 }
 
 /// Run the retired work whose sections have all closed; start the wait of the rest with a
@@ -222,6 +229,9 @@ pub(crate) fn collect() {
     let Some(reg) = REGISTRY.get() else {
         return;
     };
+    if reg.queued.load(Ordering::Acquire) == 0 {
+        return;
+    }
     let ready = {
         let mut q = reg.queue.lock();
         let mut ready = Vec::new();
@@ -240,6 +250,7 @@ pub(crate) fn collect() {
                 }
             }
         }
+        reg.queued.fetch_sub(ready.len(), Ordering::AcqRel);
         ready
     };
     for work in ready {

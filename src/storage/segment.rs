@@ -449,6 +449,7 @@ impl Segments {
     }
 
     fn alloc_inner(&self, lines: u32, retried: bool) -> Result<u64> {
+        readers::collect();
         let mut a = self.alloc.lock();
         self.drain_released(&mut a);
         let seg_lines = self.seg_lines();

@@ -232,6 +232,7 @@ impl Segments {
     /// other word zero; `None` if the bucket has none. The caller writes the entry and its
     /// header, or gives the slot back ([`Segments::unclaim`]).
     pub(crate) fn claim_home(&self, b: &Bucket) -> Option<u64> {
+        readers::collect();
         let mut a = self.alloc.lock();
         self.drain_released(&mut a);
         for k in 0..BUCKET {
@@ -293,15 +294,18 @@ impl Segments {
     /// Hand back the lines the epoch has released (after an expiry pass, so that a home slot
     /// freed there is free for the next check that wants it, not only for the next insert).
     pub(crate) fn reclaim(&self) {
+        readers::collect();
         let mut a = self.alloc.lock();
         self.drain_released(&mut a);
     }
 
     /// Hand the lines whose readers are gone back: to their class's free list, or, in a home
     /// segment, to their bucket (header word 0).
+    ///
+    /// The caller runs [`readers::collect`] first, before it takes the lock: what has waited
+    /// for the read sections too reaches `released` there, and its barrier (a system call)
+    /// is not made under the allocator's lock.
     pub(super) fn drain_released(&self, a: &mut Alloc) {
-        // What has waited for the read sections too (`readers.rs`) reaches `released` now.
-        readers::collect();
         let released = std::mem::take(&mut *self.released.lock());
         for (line, l) in released.runs.into_iter().flatten().chain(released.lines) {
             if a.homes.get(self.seg_of(line)).is_some() {
