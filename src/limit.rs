@@ -283,7 +283,6 @@ fn window_parts(slide: Option<&Slide>, l: &Limit) -> (usize, usize) {
 /// A set's shapes and places for one number of sub-windows per window.
 #[derive(Debug, Clone)]
 struct Shaped {
-    b: u32,
     slides: [Option<Slide>; MAX_WINDOWS],
     rel_at: [At; MAX_WINDOWS],
     state_words: u16,
@@ -301,7 +300,6 @@ impl Shaped {
         }
         let (rel_at, words) = places(parts.get(..limits.len()).unwrap_or(&[]));
         Shaped {
-            b,
             slides,
             rel_at,
             state_words: u16::try_from(words).unwrap_or(u16::MAX),
@@ -309,17 +307,17 @@ impl Shaped {
     }
 }
 
-/// The sliding windows' shapes of a [`Limits`] for one store (see [`Limits::shapes`]).
-#[expect(
-    clippy::large_enum_variant,
-    reason = "lives on the stack for one check; boxing would allocate on every check of a store with a non-default B"
-)]
-pub(crate) enum Shapes<'a> {
-    /// The set's own (the store has the default number of sub-windows).
-    Set(&'a [Option<Slide>; MAX_WINDOWS]),
-    /// Worked out for another number of sub-windows.
-    Own([Option<Slide>; MAX_WINDOWS]),
+/// The slot of `b` in [`Limits`]' table of other numbers of sub-windows (`b` clamped into
+/// `MIN_B..=MAX_B`, which every store's is).
+#[inline]
+fn other_slot(b: u32) -> usize {
+    (b.clamp(sliding::MIN_B, sliding::MAX_B) - sliding::MIN_B) as usize
 }
+
+/// The sliding windows' shapes of a [`Limits`] for one store (see [`Limits::shapes`]),
+/// borrowed from the set: one pointer, whatever the number of sub-windows.
+#[derive(Clone, Copy)]
+pub(crate) struct Shapes<'a>(&'a [Option<Slide>; MAX_WINDOWS]);
 
 impl Shapes<'_> {
     /// The shape of window `i` (`None` for an exact window).
@@ -332,31 +330,23 @@ impl Shapes<'_> {
     /// no variant to match on every window.
     #[inline]
     pub(crate) fn all(&self) -> &[Option<Slide>; MAX_WINDOWS] {
-        match self {
-            Shapes::Set(s) => s,
-            Shapes::Own(s) => s,
-        }
+        self.0
     }
 }
 
-/// Where each window of a set lies from the first state word ([`Limits::rel_offsets`]): the
-/// set's own places, borrowed, or places worked out for a number of sub-windows it keeps none
-/// for.
-pub(crate) enum RelAt<'a> {
-    /// Kept by the set.
-    Set(&'a [At; MAX_WINDOWS]),
-    /// Worked out for another number of sub-windows.
-    Own([At; MAX_WINDOWS]),
-}
+/// Where each window of a set lies from the first state word ([`Limits::rel_offsets`]),
+/// borrowed from the set: one pointer, so that a check's [`WindowsAt`] stays in registers (a
+/// variant that owned the places made it a 72-byte value the check copied).
+///
+/// [`WindowsAt`]: crate::engine::entry::WindowsAt
+#[derive(Clone, Copy)]
+pub(crate) struct RelAt<'a>(&'a [At; MAX_WINDOWS]);
 
 impl RelAt<'_> {
     /// Every window's places, as one array.
     #[inline]
     pub(crate) fn all(&self) -> &[At; MAX_WINDOWS] {
-        match self {
-            RelAt::Set(a) => a,
-            RelAt::Own(a) => a,
-        }
+        self.0
     }
 }
 
@@ -380,11 +370,11 @@ pub struct Limits {
     /// The windows' shapes and places with the default number of sub-windows, so checks do
     /// not divide.
     base: Shaped,
-    /// The same for the first other number of sub-windows a store asked for, worked out on
-    /// that first check: a store opened with `Options::sub_windows` then checks as cheaply as
-    /// one with the default. A set used with stores of several other numbers works the others
-    /// out on each check.
-    other: OnceLock<Box<Shaped>>,
+    /// The same for the other numbers of sub-windows (`MIN_B..=MAX_B`, one slot each), each
+    /// worked out on the first check of a store with that number and kept: a store opened
+    /// with `Options::sub_windows` then checks as cheaply as one with the default, and no
+    /// check works them out twice. The table (4 KiB) is made on the first such check.
+    other: OnceLock<Box<[OnceLock<Box<Shaped>>]>>,
     len: u8,
     min_limit: u32,
     has_exact: bool,
@@ -486,48 +476,47 @@ impl Limits {
         self.shapes(b).get(i).copied()
     }
 
-    /// The shapes and places for `b`, another number of sub-windows than the default, if they
-    /// are the ones already worked out: the check's path, which never works them out itself.
+    /// The shapes and places for a store with `b` sub-windows per window: the set's own for
+    /// the default, else the ones kept for `b` (worked out on the first check that asks).
     #[inline]
-    fn shaped_ready(&self, b: u32) -> Option<&Shaped> {
-        self.other.get().filter(|o| o.b == b).map(|o| &**o)
+    fn shaped(&self, b: u32) -> &Shaped {
+        if b == DEFAULT_SUB_WINDOWS {
+            return &self.base;
+        }
+        match self
+            .other
+            .get()
+            .and_then(|t| t.get(other_slot(b)))
+            .and_then(OnceLock::get)
+        {
+            Some(o) => o,
+            None => self.shaped_first(b),
+        }
     }
 
-    /// The shapes and places for `b`, another number of sub-windows than the default, if they
-    /// are the ones worked out once: the first other `b` asked for is worked out here.
+    /// [`Limits::shaped`] the first time a store with `b` sub-windows asks: out of line, so
+    /// that the compiler cannot hoist it onto the check's path.
     #[cold]
     #[inline(never)]
-    fn shaped(&self, b: u32) -> Option<&Shaped> {
-        let o = self
-            .other
-            .get_or_init(|| Box::new(Shaped::new(self.as_slice(), b)));
-        (o.b == b).then_some(&**o)
+    fn shaped_first(&self, b: u32) -> &Shaped {
+        let table = self.other.get_or_init(|| {
+            (sliding::MIN_B..=sliding::MAX_B)
+                .map(|_| OnceLock::new())
+                .collect()
+        });
+        match table.get(other_slot(b)) {
+            Some(slot) => slot.get_or_init(|| Box::new(Shaped::new(self.as_slice(), b))),
+            // Not reached: a store's number of sub-windows is checked when it opens
+            // (`Options`), and `other_slot` clamps into the table.
+            None => &self.base,
+        }
     }
 
     /// The shapes of the set's sliding windows in a store with `b` sub-windows per window,
-    /// for a check that reads them all: the set's own, borrowed, for the default `b` (no copy
-    /// on the check path), worked out once otherwise.
+    /// borrowed (no copy on the check path).
     #[inline]
     pub(crate) fn shapes(&self, b: u32) -> Shapes<'_> {
-        if b == DEFAULT_SUB_WINDOWS {
-            return Shapes::Set(&self.base.slides);
-        }
-        if let Some(o) = self.shaped_ready(b) {
-            return Shapes::Set(&o.slides);
-        }
-        self.shapes_for(b)
-    }
-
-    /// [`Limits::shapes`] for a store with another number of sub-windows: the ones worked
-    /// out once for it, else worked out now. Out of line, so that the compiler cannot hoist
-    /// it onto the default store's check path.
-    #[cold]
-    #[inline(never)]
-    fn shapes_for(&self, b: u32) -> Shapes<'_> {
-        match self.shaped(b) {
-            Some(o) => Shapes::Set(&o.slides),
-            None => Shapes::Own(Shaped::new(self.as_slice(), b).slides),
-        }
+        Shapes(&self.shaped(b).slides)
     }
 
     /// The descriptor words an entry for this set holds (`len.div_ceil(2)` of them).
@@ -537,47 +526,18 @@ impl Limits {
     }
 
     /// Where every window's head part and ring part are, from the first state word, in a
-    /// store with `b` sub-windows per window (entries past the set's windows are zero): the
-    /// precomputed places for the default `b`, borrowed.
+    /// store with `b` sub-windows per window (entries past the set's windows are zero),
+    /// borrowed.
     #[inline]
     pub(crate) fn rel_offsets(&self, b: u32) -> RelAt<'_> {
-        if b == DEFAULT_SUB_WINDOWS {
-            return RelAt::Set(&self.base.rel_at);
-        }
-        if let Some(o) = self.shaped_ready(b) {
-            return RelAt::Set(&o.rel_at);
-        }
-        self.rel_offsets_for(b)
-    }
-
-    /// [`Limits::rel_offsets`] for a store with another number of sub-windows, out of line.
-    #[cold]
-    #[inline(never)]
-    fn rel_offsets_for(&self, b: u32) -> RelAt<'_> {
-        match self.shaped(b) {
-            Some(o) => RelAt::Set(&o.rel_at),
-            None => RelAt::Own(Shaped::new(self.as_slice(), b).rel_at),
-        }
+        RelAt(&self.shaped(b).rel_at)
     }
 
     /// How many state words the windows take in all in a store with `b` sub-windows per
     /// window (what an entry holds after its key).
     #[inline]
     pub(crate) fn state_words(&self, b: u32) -> usize {
-        if b == DEFAULT_SUB_WINDOWS {
-            return usize::from(self.base.state_words);
-        }
-        self.state_words_for(b)
-    }
-
-    #[cold]
-    #[inline(never)]
-    fn state_words_for(&self, b: u32) -> usize {
-        let words = self.shaped(b).map_or_else(
-            || Shaped::new(self.as_slice(), b).state_words,
-            |o| o.state_words,
-        );
-        usize::from(words)
+        usize::from(self.shaped(b).state_words)
     }
 
     pub(crate) fn has_exact(&self) -> bool {
@@ -609,15 +569,36 @@ mod tests {
     #[test]
     fn shapes_for_other_sub_windows_match_a_fresh_working_out() {
         let set = Limits::new(&[Limit::per_minute(60), Limit::per_hour(1000)]).unwrap();
-        // 32 is the first other number asked for (kept); 128 and 16 are worked out each time.
-        for b in [32, 128, 32, 16, DEFAULT_SUB_WINDOWS, 32] {
+        // Every number asked for is worked out once and kept, each in its own slot.
+        for b in [
+            32,
+            128,
+            32,
+            16,
+            DEFAULT_SUB_WINDOWS,
+            32,
+            sliding::MAX_B,
+            128,
+        ] {
             let want = Shaped::new(set.as_slice(), b);
             assert_eq!(set.shapes(b).all(), &want.slides, "b = {b}");
             assert_eq!(set.rel_offsets(b).all(), &want.rel_at, "b = {b}");
             assert_eq!(set.state_words(b), usize::from(want.state_words), "b = {b}");
             assert!(want.slides.iter().take(2).all(Option::is_some));
         }
-        assert_eq!(set.other.get().map(|o| o.b), Some(32));
+        let kept: Vec<u32> = set
+            .other
+            .get()
+            .map(|t| {
+                (sliding::MIN_B..)
+                    .zip(t.iter())
+                    .filter_map(|(b, o)| o.get().map(|_| b))
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert_eq!(kept, [16, 32, 128, sliding::MAX_B]);
+        // Kept, not worked out again: the same place in memory each time.
+        assert!(std::ptr::eq(set.shapes(128).all(), set.shapes(128).all()));
         // The two numbers really lay the windows out differently.
         assert_ne!(set.state_words(32), set.state_words(DEFAULT_SUB_WINDOWS));
     }

@@ -270,9 +270,11 @@ impl Core {
         let slides = shapes.all();
         // `added`: the sub-window each window counted in, for the take-back (and the caller).
         // A window counted in before the entry moved is counted in this copy too (below).
-        for (i, geo) in slides.iter().take(n).enumerate() {
+        // An index loop: `iter().take(n).enumerate()` cost an admission of a pair 20
+        // instructions more (callgrind).
+        for i in 0..n {
             // No exact window on this path: the `else` is not reached.
-            let Some(geo) = geo else {
+            let Some(geo) = &slides[i] else {
                 return Applied::Mismatch;
             };
             if added[i].is_some() {
