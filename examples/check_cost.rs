@@ -32,6 +32,10 @@
 //! * `reject-spread`: the same after a client that spent its minute's quota one request a
 //!   second (its counts spread over the ring), retrying for under a second.
 //!
+//! * `begin`: N idempotency records begun on new keys (the scope is the hot key), as a
+//!   keyed POST's first `begin` makes them;
+//! * `begin-complete`: the same, each completed with a 200-byte response (the main job's).
+//!
 //! * `footprint`: N keys (32 bytes each) checked once on ErzyCall's pair: the file's bytes and
 //!   the growth of the resident set per key (the mapped pages and the in-memory index).
 //! * `open`: the same N keys, the store closed, then opened again: the time the open takes
@@ -44,7 +48,7 @@
 
 use std::hint::black_box;
 
-use tollgate::{Limit, Limits, Options, Store};
+use tollgate::{Begin, Fingerprint, IdempotencyKey, Limit, Limits, Options, Store, StoredResponse};
 
 const T0: u64 = 1_700_000_000_000;
 
@@ -125,9 +129,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 admitted += u64::from(store.check_at(key, &pair, 1, t + i / 200)?.allowed());
             }
         }
+        "begin" | "begin-complete" => {
+            let fp = Fingerprint::from_bytes([0x5A; 32]);
+            let resp = StoredResponse::new(201, vec![b'{'; 200])
+                .with_header("content-type", "application/json");
+            for i in 0..n {
+                if let Begin::Started(lease) = store.begin_at(key, &idempotency_key(i)?, &fp, T0)? {
+                    admitted += 1;
+                    if path == "begin-complete" {
+                        store.complete_at(&lease, &resp, T0)?;
+                    }
+                }
+            }
+        }
         other => {
             return Err(format!(
-                "unknown path {other:?} (setup, admit, admit-second, admit-same, reject, reject-now, reject-spread, footprint, open)"
+                "unknown path {other:?} (setup, admit, admit-second, admit-same, reject, reject-now, reject-spread, begin, begin-complete, footprint, open)"
             )
             .into())
         }
@@ -140,6 +157,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     drop(store);
     std::fs::remove_dir_all(&dir)?;
     Ok(())
+}
+
+/// The `i`-th of a sequence of distinct random-looking UUID v4 keys (built in a few
+/// instructions, inside the measured loop).
+fn idempotency_key(i: u64) -> Result<IdempotencyKey, tollgate::Error> {
+    let x = (u128::from(i) << 64 | 7).wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835);
+    IdempotencyKey::from_uuid(uuid::Builder::from_random_bytes(x.to_le_bytes()).into_uuid())
 }
 
 /// The file-backed store's options: `CHECK_COST_HOME=1` for home slots

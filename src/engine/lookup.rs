@@ -174,7 +174,7 @@ impl Core {
         }
         let line = self.segs.alloc(lines)?;
         let e = self.segs.entry(line);
-        put_key(&e, 1, key);
+        e.put_bytes(1, key);
         let header = write(line);
         if let Some(w) = e.w(0) {
             w.store(header, Ordering::Release);
@@ -235,19 +235,6 @@ impl Core {
     /// Mark the entry at `line` removed, once it has left the index (`Segments::clear`).
     pub(crate) fn clear_entry(&self, line: u64) {
         self.segs.clear(line);
-    }
-}
-
-/// Store `key`'s bytes from word `at` of `e`, zero padded to a whole word.
-pub(crate) fn put_key(e: &crate::storage::segment::Entry<'_>, at: usize, key: &[u8]) {
-    for (i, c) in key.chunks(8).enumerate() {
-        let mut b = [0u8; 8];
-        if let Some(d) = b.get_mut(..c.len()) {
-            d.copy_from_slice(c);
-        }
-        if let Some(w) = e.w(at + i) {
-            w.store(u64::from_le_bytes(b), Ordering::Relaxed);
-        }
     }
 }
 

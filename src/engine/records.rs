@@ -40,16 +40,8 @@ impl Core {
                 w.store(v, Ordering::Relaxed);
             }
         };
-        for (i, c) in key.chunks(8).enumerate() {
-            let mut b = [0u8; 8];
-            if let Some(d) = b.get_mut(..c.len()) {
-                d.copy_from_slice(c);
-            }
-            put(1 + i, u64::from_le_bytes(b));
-        }
-        for (i, w) in fp_words(fp).iter().enumerate() {
-            put(l.fp_at + i, *w);
-        }
+        e.put_bytes(1, key);
+        e.put_bytes(l.fp_at, fp.as_bytes());
         put(l.state_at, state);
         put(l.state_at + 1, 0);
         put(l.state_at + 2, 0);
@@ -307,15 +299,7 @@ impl Core {
         let lines = head.lines();
         let line = self.segs.alloc_blob(lines)?;
         let e = self.segs.entry(line);
-        for (i, c) in bytes.chunks(8).enumerate() {
-            let mut b = [0u8; 8];
-            if let Some(d) = b.get_mut(..c.len()) {
-                d.copy_from_slice(c);
-            }
-            if let Some(w) = e.w(2 + i) {
-                w.store(u64::from_le_bytes(b), Ordering::Relaxed);
-            }
-        }
+        e.put_bytes(2, bytes);
         if let (Some(w0), Some(w1)) = (e.w(0), e.w(1)) {
             w1.store(u64::from(crc) | (owner << 32), Ordering::Relaxed);
             w0.store(head.encode(), Ordering::Release);

@@ -22,7 +22,7 @@ use crate::backend::check_key;
 use crate::error::{Error, Result};
 use crate::idempotency::Durability;
 use crate::key::MAX_KEY_LEN;
-use crate::storage::format::{entry_crc, EntryHeader, KIND_VERSION, LINE};
+use crate::storage::format::{entry_crc_parts, EntryHeader, KIND_VERSION, LINE};
 use crate::storage::segment::Entry;
 use crate::version::{random_word, Version, VersionBump};
 
@@ -52,10 +52,8 @@ impl VersionLayout {
 /// The header word of a version entry for `key` and `epoch`, crc included.
 pub(crate) fn version_header(key: &[u8], epoch: u64) -> u64 {
     let h = EntryHeader::new(key.len(), 0, KIND_VERSION);
-    let mut input = Vec::with_capacity(key.len() + 8);
-    input.extend_from_slice(key);
-    input.extend_from_slice(&epoch.to_le_bytes());
-    h.with_crc(entry_crc(h.low(), &[], &input)).encode()
+    let crc = entry_crc_parts(h.low(), &[], &[key, &epoch.to_le_bytes()]);
+    h.with_crc(crc).encode()
 }
 
 impl Core {

@@ -15,7 +15,7 @@
 //! fleet's scripts keep the same states and deadlines in Redis hashes.
 
 use super::Fingerprint;
-use crate::storage::format::{entry_crc, EntryHeader, KIND_IDEM, LINE};
+use crate::storage::format::{entry_crc_parts, EntryHeader, KIND_IDEM, LINE};
 
 /// Record states (the top 3 bits of the state word): free.
 pub(crate) const ST_VACANT: u64 = 0;
@@ -95,10 +95,11 @@ impl ResponseMeta {
 
 /// The crc32 of a record entry: over its header's low half, its key and its fingerprint.
 pub(crate) fn record_crc(key: &[u8], fp_bytes: &[u8]) -> u32 {
-    let mut input = Vec::with_capacity(key.len() + fp_bytes.len());
-    input.extend_from_slice(key);
-    input.extend_from_slice(fp_bytes);
-    entry_crc(EntryHeader::new(key.len(), 0, KIND_IDEM).low(), &[], &input)
+    entry_crc_parts(
+        EntryHeader::new(key.len(), 0, KIND_IDEM).low(),
+        &[],
+        &[key, fp_bytes],
+    )
 }
 
 /// The fencing number after `f` (never 0).

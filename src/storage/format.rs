@@ -483,12 +483,20 @@ impl BlobHeader {
 
 /// The crc32 of an entry: over the low 4 header bytes, the descriptors and the key.
 pub(crate) fn entry_crc(low: u32, descs: &[u32], key: &[u8]) -> u32 {
+    entry_crc_parts(low, descs, &[key])
+}
+
+/// [`entry_crc`] over a key given in parts (a record's key, then its fingerprint): the crc
+/// of the parts one after the other, with no copy of them put together.
+pub(crate) fn entry_crc_parts(low: u32, descs: &[u32], parts: &[&[u8]]) -> u32 {
     let mut h = crc32fast::Hasher::new();
     h.update(&low.to_le_bytes());
     for d in descs {
         h.update(&d.to_le_bytes());
     }
-    h.update(key);
+    for p in parts {
+        h.update(p);
+    }
     h.finalize()
 }
 

@@ -306,7 +306,14 @@ impl Segments {
     /// for the read sections too reaches `released` there, and its barrier (a system call)
     /// is not made under the allocator's lock.
     pub(super) fn drain_released(&self, a: &mut Alloc) {
-        let released = std::mem::take(&mut *self.released.lock());
+        let released = {
+            let mut r = self.released.lock();
+            // Most allocations find nothing released: no empty vectors taken and dropped.
+            if r.is_empty() {
+                return;
+            }
+            std::mem::take(&mut *r)
+        };
         for (line, l) in released.runs.into_iter().flatten().chain(released.lines) {
             if a.homes.get(self.seg_of(line)).is_some() {
                 if let Some(w) = self.entry(line).w(0) {
