@@ -30,6 +30,9 @@ mod blob;
 mod growth;
 mod home;
 
+/// The most lines [`Segments::warm_next`] starts loading.
+const WARM_LINES: u64 = 8;
+
 /// A view of one entry: its words, by index from its start (to the end of its segment).
 #[derive(Clone, Copy)]
 pub(crate) struct Entry<'a> {
@@ -382,6 +385,23 @@ impl Segments {
         }
     }
 
+    /// Start loading the `lines` lines after the run of `lines` at `line`, which a segment's
+    /// bump allocation hands out next to an entry of the same size: the next new entry's
+    /// writes then find its lines in cache instead of waiting for each to be read in (a
+    /// record and its response are written to lines nothing has touched since the segment
+    /// was faulted in). Only within the segment; at most [`WARM_LINES`] lines.
+    pub(super) fn warm_next(&self, line: u64, lines: u64) {
+        let seg_lines = self.seg_lines();
+        let next = line + lines;
+        if (next & (seg_lines - 1)) + lines > seg_lines {
+            return;
+        }
+        let e = self.entry(next);
+        for i in 0..lines.min(WARM_LINES) {
+            e.prefetch((i as usize) * (LINE / 8));
+        }
+    }
+
     /// Note that the entry at global line `line` of `lines` lines is handed out.
     fn note_end(&self, a: &mut Alloc, line: u64, lines: u32) {
         let seg = self.seg_of(line);
@@ -490,6 +510,7 @@ impl Segments {
                 }
                 let line = seg as u64 * seg_lines + next;
                 self.note_end(&mut a, line, lines);
+                self.warm_next(line, u64::from(lines));
                 return Ok(line);
             }
         }

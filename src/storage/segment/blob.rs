@@ -136,7 +136,9 @@ impl Segments {
                 set_at(&mut a.blob_used, seg, used);
                 let live = get_at(&a.blob_live, seg) + lines;
                 set_at(&mut a.blob_live, seg, live);
-                return Ok(seg as u64 * seg_lines + next);
+                let line = seg as u64 * seg_lines + next;
+                self.warm_next(line, lines);
+                return Ok(line);
             }
         }
         let seg = self.take_segment(&mut a)?;
