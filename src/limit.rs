@@ -499,6 +499,9 @@ impl Limits {
     #[cold]
     #[inline(never)]
     fn shaped_first(&self, b: u32) -> &Shaped {
+        // Every store's `b` is in range (`Options` checks it when the store opens); were one
+        // not, it would get the nearest one's shapes, never another's from its slot.
+        let b = b.clamp(sliding::MIN_B, sliding::MAX_B);
         let table = self.other.get_or_init(|| {
             (sliding::MIN_B..=sliding::MAX_B)
                 .map(|_| OnceLock::new())
@@ -506,8 +509,7 @@ impl Limits {
         });
         match table.get(other_slot(b)) {
             Some(slot) => slot.get_or_init(|| Box::new(Shaped::new(self.as_slice(), b))),
-            // Not reached: a store's number of sub-windows is checked when it opens
-            // (`Options`), and `other_slot` clamps into the table.
+            // Not reached: the table has a slot for every `b` in range.
             None => &self.base,
         }
     }

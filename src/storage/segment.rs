@@ -391,12 +391,11 @@ impl Segments {
     /// record and its response are written to lines nothing has touched since the segment
     /// was faulted in). Only within the segment; at most [`WARM_LINES`] lines.
     pub(super) fn warm_next(&self, line: u64, lines: u64) {
-        let seg_lines = self.seg_lines();
-        let next = line + lines;
-        if (next & (seg_lines - 1)) + lines > seg_lines {
+        // The next run must end inside this segment (and so start in it).
+        if (line & (self.seg_lines() - 1)) + 2 * lines > self.seg_lines() {
             return;
         }
-        let e = self.entry(next);
+        let e = self.entry(line + lines);
         for i in 0..lines.min(WARM_LINES) {
             e.prefetch((i as usize) * (LINE / 8));
         }
