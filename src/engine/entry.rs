@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::key::MAX_KEY_LEN;
 use crate::limit::{Descriptor, Limits, RelAt, MAX_WINDOWS};
 use crate::storage::format::{entry_crc, EntryHeader, EntryLayout, KIND_WINDOWS};
-use crate::storage::segment::Entry;
+use crate::storage::segment::{le_words, Entry};
 use crate::window::cell::{META_FROZEN, META_HEAD, META_LOCK};
 use crate::window::sliding::{self, Slide, Window};
 use crate::window::{At, FROZEN};
@@ -105,13 +105,11 @@ impl KeyWords {
             return Err(Error::InvalidKey { len: key.len() });
         }
         let mut words = [0u64; KEY_WORDS];
-        for (w, chunk) in words.iter_mut().zip(key.chunks(8)) {
-            let mut b = [0u8; 8];
-            if let Some(dst) = b.get_mut(..chunk.len()) {
-                dst.copy_from_slice(chunk);
+        le_words(key, |i, v| {
+            if let Some(w) = words.get_mut(i) {
+                *w = v;
             }
-            *w = u64::from_le_bytes(b);
-        }
+        });
         Ok(KeyWords {
             len: key.len(),
             words,

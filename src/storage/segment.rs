@@ -30,6 +30,30 @@ mod blob;
 mod growth;
 mod home;
 
+/// `bytes` as the little-endian words an entry stores them in, the last one zero padded:
+/// `put(i, word)` for each, in order. Whole words are moved as words: a copy of each 8-byte
+/// piece through a slice of unknown length was a call to `memcpy`, some 30 of them for a
+/// stored response (callgrind).
+#[inline]
+pub(crate) fn le_words(bytes: &[u8], mut put: impl FnMut(usize, u64)) {
+    let mut chunks = bytes.chunks_exact(8);
+    let mut i = 0;
+    for c in chunks.by_ref() {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(c);
+        put(i, u64::from_le_bytes(b));
+        i += 1;
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let mut b = [0u8; 8];
+        if let Some(d) = b.get_mut(..rest.len()) {
+            d.copy_from_slice(rest);
+        }
+        put(i, u64::from_le_bytes(b));
+    }
+}
+
 /// The most lines [`Segments::warm_next`] starts loading.
 const WARM_LINES: u64 = 8;
 
@@ -52,27 +76,15 @@ impl<'a> Entry<'a> {
         self.words.get(i..i.checked_add(n)?)
     }
 
-    /// Store `bytes` from word `at` on (Relaxed), little-endian, the last word zero padded;
-    /// words past the segment's end are not written. Whole words are moved as words: a copy
-    /// of each 8-byte piece through a slice of unknown length was a call to `memcpy`, some 30
-    /// of them for a stored response (callgrind).
+    /// Store `bytes` from word `at` on (Relaxed), as [`le_words`] gives them; words past the
+    /// segment's end are not written.
     pub(crate) fn put_bytes(&self, at: usize, bytes: &[u8]) {
         let words = self.words.get(at..).unwrap_or(&[]);
-        let mut chunks = bytes.chunks_exact(8);
-        let mut slots = words.iter();
-        for (c, w) in chunks.by_ref().zip(slots.by_ref()) {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(c);
-            w.store(u64::from_le_bytes(b), Ordering::Relaxed);
-        }
-        let rest = chunks.remainder();
-        if let (false, Some(w)) = (rest.is_empty(), slots.next()) {
-            let mut b = [0u8; 8];
-            if let Some(d) = b.get_mut(..rest.len()) {
-                d.copy_from_slice(rest);
+        le_words(bytes, |i, v| {
+            if let Some(w) = words.get(i) {
+                w.store(v, Ordering::Relaxed);
             }
-            w.store(u64::from_le_bytes(b), Ordering::Relaxed);
-        }
+        });
     }
 
     /// Start loading the line that holds word `i`: see [`super::raw::prefetch`]. No bounds
