@@ -105,11 +105,7 @@ impl KeyWords {
             return Err(Error::InvalidKey { len: key.len() });
         }
         let mut words = [0u64; KEY_WORDS];
-        le_words(key, |i, v| {
-            if let Some(w) = words.get_mut(i) {
-                *w = v;
-            }
-        });
+        le_words(key, words.iter_mut(), |w, v| *w = v);
         Ok(KeyWords {
             len: key.len(),
             words,

@@ -31,26 +31,29 @@ mod growth;
 mod home;
 
 /// `bytes` as the little-endian words an entry stores them in, the last one zero padded:
-/// `put(i, word)` for each, in order. Whole words are moved as words: a copy of each 8-byte
-/// piece through a slice of unknown length was a call to `memcpy`, some 30 of them for a
-/// stored response (callgrind).
+/// `put(slot, word)` for each, into the slots `out` gives in order (as many as it has).
+/// Whole words are moved as words: a copy of each 8-byte piece through a slice of unknown
+/// length was a call to `memcpy`, some 30 of them for a stored response (callgrind).
 #[inline]
-pub(crate) fn le_words(bytes: &[u8], mut put: impl FnMut(usize, u64)) {
+pub(crate) fn le_words<S>(
+    bytes: &[u8],
+    out: impl IntoIterator<Item = S>,
+    mut put: impl FnMut(S, u64),
+) {
     let mut chunks = bytes.chunks_exact(8);
-    let mut i = 0;
-    for c in chunks.by_ref() {
+    let mut slots = out.into_iter();
+    for (c, slot) in chunks.by_ref().zip(slots.by_ref()) {
         let mut b = [0u8; 8];
         b.copy_from_slice(c);
-        put(i, u64::from_le_bytes(b));
-        i += 1;
+        put(slot, u64::from_le_bytes(b));
     }
     let rest = chunks.remainder();
-    if !rest.is_empty() {
+    if let (false, Some(slot)) = (rest.is_empty(), slots.next()) {
         let mut b = [0u8; 8];
         if let Some(d) = b.get_mut(..rest.len()) {
             d.copy_from_slice(rest);
         }
-        put(i, u64::from_le_bytes(b));
+        put(slot, u64::from_le_bytes(b));
     }
 }
 
@@ -80,11 +83,7 @@ impl<'a> Entry<'a> {
     /// segment's end are not written.
     pub(crate) fn put_bytes(&self, at: usize, bytes: &[u8]) {
         let words = self.words.get(at..).unwrap_or(&[]);
-        le_words(bytes, |i, v| {
-            if let Some(w) = words.get(i) {
-                w.store(v, Ordering::Relaxed);
-            }
-        });
+        le_words(bytes, words, |w, v| w.store(v, Ordering::Relaxed));
     }
 
     /// Start loading the line that holds word `i`: see [`super::raw::prefetch`]. No bounds
