@@ -191,7 +191,9 @@ impl Options {
     }
 
     /// The most segments the store may grow to (default 16384). With the default segment size
-    /// that is 64 GiB; a store that needs more space gets [`Error::CapacityExhausted`].
+    /// that is 64 GiB; a store that needs more space gets [`Error::CapacityExhausted`]. A
+    /// store's file holds at most 4 TiB in all, whatever this says (4096 segments of 1 GiB):
+    /// what the in-memory index can point at.
     pub fn max_segments(mut self, n: usize) -> Self {
         self.max_segments = n;
         self

@@ -78,6 +78,11 @@ impl Store {
             },
         )?;
         let count = opened.segments;
+        if count > Segments::most_segments(opened.header.seg_shift) {
+            return Err(crate::Error::InvalidOptions(
+                "the file has more segments than a store can index (4 TiB in all)",
+            ));
+        }
         let mut segs = Segments::new(
             Some(opened.file),
             opened.header.seg_shift,

@@ -12,12 +12,14 @@
 //!   and then the read sections, so a reader still probing the old one is never left with
 //!   freed memory. A reader that misses
 //!   a key because it probed the old table falls back to the locked path, which looks again.
-//!   The index keeps too few bits of each hash to place an entry in a larger table, so a
-//!   resize reads every live key from its entry ([`Rehash`]), with the entries' lines
-//!   prefetched a few ahead of the reads.
 //!
-//! An index entry packs a 16-bit tag from the hash (so that a probe rarely opens a wrong entry)
-//! and the entry's line id: `tag << 48 | (line + 2)`. 0 is an empty place, 1 a tombstone.
+//! An index entry packs the entry's line id in its low [`ID_BITS`] bits (a store's file holds
+//! at most [`MAX_LINES`] lines, 4 TiB) and the low [`KEPT_BITS`] bits of the key's hash above
+//! them: `hash << ID_BITS | (line + 2)`; 0 is an empty place, 1 a tombstone. A probe opens an
+//! entry only when all the kept bits match, so rarely a wrong one. A table positions entries by
+//! the low bits of their hash, so a resize places every entry from its own word, with no key
+//! read, up to tables of 2^27 places a stripe; only a larger table reads each live key from
+//! its entry to hash it again ([`Rehash`]), the entries' lines prefetched a few ahead.
 //!
 //! The index is not stored: it is rebuilt from the entries when a store is opened, with a fresh
 //! random hash seed each time (HashDoS resistance without persisting a secret).
@@ -34,7 +36,13 @@ pub(crate) const STRIPES: usize = 64;
 const STRIPE_SHIFT: u32 = 64 - STRIPES.trailing_zeros();
 const EMPTY: u64 = 0;
 const TOMBSTONE: u64 = 1;
-const ID_MASK: u64 = (1 << 48) - 1;
+/// The bits of an index word that hold a line id (plus 2, for the empty and tombstone words).
+const ID_BITS: u32 = 37;
+const ID_MASK: u64 = (1 << ID_BITS) - 1;
+/// The most lines a store's file holds (4 TiB): every line id, plus 2, fits [`ID_BITS`].
+pub(crate) const MAX_LINES: u64 = 1 << (ID_BITS - 1);
+/// The low bits of a key's hash an index word keeps above its line id.
+const KEPT_BITS: u32 = 64 - ID_BITS;
 const MIN_CAPACITY: usize = 16;
 /// The largest table [`Index::reserve`] makes for one stripe ahead of its entries (a count
 /// read from a damaged file header must not allocate without bound): 2^26 places, 512 MiB.
@@ -43,9 +51,9 @@ const MAX_RESERVE: usize = 1 << 26;
 /// prefetched as the scan passes them: so many misses in flight at once.
 const RESIZE_AHEAD: usize = 8;
 
-/// What a growing index asks of the entries it points at: the hash of the key stored at a line
-/// (the index keeps 16 bits of it, too few to place an entry in a larger table), and a hint
-/// to start loading that key before it is asked for.
+/// What a growing index asks of the entries it points at when the bits of the hash it keeps do
+/// not place an entry in the larger table: the hash of the key stored at a line, and a hint to
+/// start loading that key before it is asked for.
 pub(crate) trait Rehash {
     /// Start loading what [`Rehash::hash`] will read for `line`, without waiting for it.
     fn prefetch(&self, line: u64) {
@@ -96,22 +104,34 @@ struct Stripe {
 /// The striped index.
 pub(crate) struct Index {
     stripes: Box<[Stripe]>,
+    /// The largest table whose places a resize takes from the kept bits of each entry's hash
+    /// (2^KEPT_BITS places; the tests lower it to reach the other path).
+    kept_places: u64,
 }
 
 /// The lock of one stripe, held across a find-or-insert.
 pub(crate) struct StripeLock<'a> {
     stripe: &'a Stripe,
     state: MutexGuard<'a, StripeState>,
+    kept_places: u64,
 }
 
+/// The bits of `hash` an index word keeps.
 #[inline]
-fn tag_of(hash: u64) -> u64 {
-    (hash >> 32) & 0xFFFF
+fn kept(hash: u64) -> u64 {
+    hash & ((1 << KEPT_BITS) - 1)
 }
 
+/// The index word of `line` for a key of `hash` (`line` below [`MAX_LINES`]).
 #[inline]
 fn pack(hash: u64, line: u64) -> u64 {
-    (tag_of(hash) << 48) | ((line + 2) & ID_MASK)
+    (hash << ID_BITS) | ((line + 2) & ID_MASK)
+}
+
+/// The line index word `e` points at.
+#[inline]
+fn line_of(e: u64) -> u64 {
+    (e & ID_MASK) - 2
 }
 
 impl Index {
@@ -122,7 +142,10 @@ impl Index {
                 lock: Mutex::new(StripeState { live: 0, used: 0 }),
             })
             .collect();
-        Index { stripes }
+        Index {
+            stripes,
+            kept_places: 1 << KEPT_BITS,
+        }
     }
 
     #[inline]
@@ -157,15 +180,15 @@ impl Index {
         mut found: impl FnMut(u64) -> Option<T>,
     ) -> Option<T> {
         let table = self.stripe(hash).table.load(guard)?;
-        let tag = tag_of(hash);
+        let kept = kept(hash);
         let mut pos = hash as usize & table.mask;
         for _ in 0..=table.mask {
             let e = table.entries.get(pos)?.load(Ordering::Acquire);
             if e == EMPTY {
                 return None;
             }
-            if e != TOMBSTONE && e >> 48 == tag {
-                if let Some(t) = found((e & ID_MASK) - 2) {
+            if e != TOMBSTONE && e >> ID_BITS == kept {
+                if let Some(t) = found(line_of(e)) {
                     return Some(t);
                 }
             }
@@ -191,6 +214,7 @@ impl Index {
         StripeLock {
             stripe,
             state: stripe.lock.lock(),
+            kept_places: self.kept_places,
         }
     }
 
@@ -291,32 +315,37 @@ impl StripeLock<'_> {
     }
 
     /// Move the stripe into a table twice its live entries, under its lock (inserts into this
-    /// stripe wait; lookups go on in the old table). Each live entry's key is read from the
-    /// file to hash it again: a miss per entry, so the keys are read [`RESIZE_AHEAD`] entries
-    /// behind the scan that prefetches them (`perf` of a million new keys had 17 % of the run
-    /// reading those keys, one miss after another).
+    /// stripe wait; lookups go on in the old table). Each entry is placed from the bits of its
+    /// hash its word keeps; only a table too large for them (over 2^27 places) reads each live
+    /// entry's key from the file to hash it again (a miss per entry, so the keys are read
+    /// [`RESIZE_AHEAD`] entries behind the scan that prefetches them).
     fn resize<'g>(&mut self, guard: &'g Guard, lines: &impl Rehash) -> Option<&'g Table> {
         let new = Table::with_capacity((self.state.live + 1) * 2);
         if let Some(o) = self.stripe.table.load(guard) {
-            let mut behind = [EMPTY; RESIZE_AHEAD];
-            let mut seen = 0usize;
-            for e in o.entries.iter() {
-                let e = e.load(Ordering::Relaxed);
-                if e == EMPTY || e == TOMBSTONE {
-                    continue;
+            let live = o
+                .entries
+                .iter()
+                .map(|e| e.load(Ordering::Relaxed))
+                .filter(|&e| e != EMPTY && e != TOMBSTONE);
+            if (new.mask as u64) < self.kept_places {
+                for e in live {
+                    place(&new, e, e >> ID_BITS);
                 }
-                lines.prefetch((e & ID_MASK) - 2);
-                if let Some(slot) = behind.get_mut(seen % RESIZE_AHEAD) {
-                    let due = std::mem::replace(slot, e);
-                    if due != EMPTY {
-                        place(&new, due, lines);
+            } else {
+                let mut behind = [EMPTY; RESIZE_AHEAD];
+                for (seen, e) in live.enumerate() {
+                    lines.prefetch(line_of(e));
+                    if let Some(slot) = behind.get_mut(seen % RESIZE_AHEAD) {
+                        let due = std::mem::replace(slot, e);
+                        if due != EMPTY {
+                            place(&new, due, lines.hash(line_of(due)));
+                        }
                     }
                 }
-                seen += 1;
-            }
-            for due in behind {
-                if due != EMPTY {
-                    place(&new, due, lines);
+                for due in behind {
+                    if due != EMPTY {
+                        place(&new, due, lines.hash(line_of(due)));
+                    }
                 }
             }
         }
@@ -327,9 +356,9 @@ impl StripeLock<'_> {
     }
 }
 
-/// Put index word `e` (a live entry) into `table`, at the first empty place from its key's.
-fn place(table: &Table, e: u64, lines: &impl Rehash) {
-    let h = lines.hash((e & ID_MASK) - 2);
+/// Put index word `e` (a live entry, of a key whose hash has low bits `h`) into `table`, at
+/// the first empty place from its key's.
+fn place(table: &Table, e: u64, h: u64) {
     let mut pos = h as usize & table.mask;
     while table
         .entries
@@ -402,8 +431,12 @@ mod tests {
     }
 
     #[test]
-    fn a_resize_prefetches_every_live_key_once_and_hashes_it_once() {
-        let idx = Index::new();
+    fn a_resize_past_the_kept_bits_prefetches_every_live_key_once_and_hashes_it_once() {
+        // Every table counts as too large for the kept bits, so every resize reads the keys.
+        let idx = Index {
+            kept_places: 0,
+            ..Index::new()
+        };
         let guard = crossbeam_epoch::pin();
         let lines = Counting {
             prefetched: Default::default(),
@@ -475,5 +508,44 @@ mod tests {
         idx.reserve(u64::MAX, &guard);
         assert_eq!(idx.find(hash(3), &guard, |x| x == 3), Some(3));
         assert_eq!(idx.len(), n as usize);
+    }
+
+    #[test]
+    fn resizes_place_entries_from_the_kept_bits_without_reading_a_key() {
+        let idx = Index::new();
+        let guard = crossbeam_epoch::pin();
+        let read = std::cell::Cell::new(0u64);
+        let keys = |x: u64| {
+            read.set(read.get() + 1);
+            in_stripe_0(x)
+        };
+        // Stripe 0 only, so its table grows from 16 places to 8192; the last lines are the
+        // largest ids a word holds.
+        let lines: Vec<u64> = (0..3000u64).chain(MAX_LINES - 100..MAX_LINES).collect();
+        for &line in &lines {
+            let h = in_stripe_0(line);
+            idx.lock(h).insert(h, line, &guard, &keys);
+        }
+        assert_eq!(read.get(), 0, "no resize read a key");
+        for &line in &lines {
+            assert_eq!(
+                idx.find(in_stripe_0(line), &guard, |x| x == line),
+                Some(line)
+            );
+        }
+        assert_eq!(idx.len(), lines.len());
+    }
+
+    #[test]
+    fn a_word_keeps_its_line_and_the_low_bits_of_its_hash() {
+        for line in [0, 1, MAX_LINES / 2, MAX_LINES - 1] {
+            for hash in [0, 1, u64::MAX, 0x9E37_79B9_7F4A_7C15] {
+                let e = pack(hash, line);
+                assert!(e != EMPTY && e != TOMBSTONE);
+                assert_eq!(line_of(e), line);
+                assert_eq!(e >> ID_BITS, kept(hash));
+                assert_eq!(kept(hash), hash % (1 << KEPT_BITS));
+            }
+        }
     }
 }

@@ -20,6 +20,7 @@ use parking_lot::Mutex;
 
 use super::format::{SegmentHeader, LINE, MAX_ENTRY_LINES, SEGMENTS_START};
 use super::hook::{Hook, IoEvent};
+use super::index::MAX_LINES;
 use super::raw::{Map, Maps};
 use super::readers;
 use crate::error::{Error, Result};
@@ -188,8 +189,10 @@ pub(crate) struct Segments {
 }
 
 impl Segments {
-    /// A segment table over `file` (or anonymous memory when `None`).
+    /// A segment table over `file` (or anonymous memory when `None`), for at most
+    /// `max_segments` segments and never more than [`Segments::most_segments`].
     pub(crate) fn new(file: Option<File>, seg_shift: u32, max_segments: usize) -> Segments {
+        let max_segments = max_segments.min(Segments::most_segments(seg_shift));
         Segments {
             maps: Maps::new(max_segments, 1 << seg_shift),
             file,
@@ -394,6 +397,13 @@ impl Segments {
             0 => self.seg_lines(),
             end => end.min(self.seg_lines()),
         }
+    }
+
+    /// The most segments of `1 << seg_shift` bytes a store's file may hold: 4 TiB in all
+    /// ([`MAX_LINES`] lines, what the index's words can point at).
+    pub(crate) fn most_segments(seg_shift: u32) -> usize {
+        let seg_lines = 1u64 << seg_shift.saturating_sub(6).min(63);
+        usize::try_from(MAX_LINES / seg_lines).unwrap_or(usize::MAX)
     }
 
     /// Start loading the `lines` lines after the run of `lines` at `line`, which a segment's
@@ -665,6 +675,16 @@ fn set_at(v: &mut Vec<u64>, i: usize, x: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_holds_at_most_4_tib_of_segments() {
+        assert_eq!(Segments::most_segments(22), 1 << 20);
+        assert_eq!(Segments::most_segments(30), 4096);
+        assert_eq!(Segments::most_segments(16) as u64 * (1 << 10), MAX_LINES);
+        let segs = Segments::new(None, 30, 1 << 20);
+        assert_eq!(segs.max_segments, 4096);
+        assert_eq!(Segments::new(None, 22, 100).max_segments, 100);
+    }
 
     #[test]
     fn put_bytes_stores_little_endian_words_zero_padded_and_stops_at_the_end() {
