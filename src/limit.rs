@@ -334,22 +334,6 @@ impl Shapes<'_> {
     }
 }
 
-/// Where each window of a set lies from the first state word ([`Limits::rel_offsets`]),
-/// borrowed from the set: one pointer, so that a check's [`WindowsAt`] stays in registers (a
-/// variant that owned the places made it a 72-byte value the check copied).
-///
-/// [`WindowsAt`]: crate::engine::entry::WindowsAt
-#[derive(Clone, Copy)]
-pub(crate) struct RelAt<'a>(&'a [At; MAX_WINDOWS]);
-
-impl RelAt<'_> {
-    /// Every window's places, as one array.
-    #[inline]
-    pub(crate) fn all(&self) -> &[At; MAX_WINDOWS] {
-        self.0
-    }
-}
-
 /// A validated set of limits checked together: a request is admitted only if every window has
 /// room for its cost, and a rejected request consumes nothing in any window.
 ///
@@ -531,8 +515,8 @@ impl Limits {
     /// store with `b` sub-windows per window (entries past the set's windows are zero),
     /// borrowed.
     #[inline]
-    pub(crate) fn rel_offsets(&self, b: u32) -> RelAt<'_> {
-        RelAt(&self.shaped(b).rel_at)
+    pub(crate) fn rel_offsets(&self, b: u32) -> &[At; MAX_WINDOWS] {
+        &self.shaped(b).rel_at
     }
 
     /// How many state words the windows take in all in a store with `b` sub-windows per
@@ -584,7 +568,7 @@ mod tests {
         ] {
             let want = Shaped::new(set.as_slice(), b);
             assert_eq!(set.shapes(b).all(), &want.slides, "b = {b}");
-            assert_eq!(set.rel_offsets(b).all(), &want.rel_at, "b = {b}");
+            assert_eq!(set.rel_offsets(b), &want.rel_at, "b = {b}");
             assert_eq!(set.state_words(b), usize::from(want.state_words), "b = {b}");
             assert!(want.slides.iter().take(2).all(Option::is_some));
         }

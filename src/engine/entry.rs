@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use super::core::Core;
 use crate::error::{Error, Result};
 use crate::key::MAX_KEY_LEN;
-use crate::limit::{Descriptor, Limits, RelAt, MAX_WINDOWS};
+use crate::limit::{Descriptor, Limits, MAX_WINDOWS};
 use crate::storage::format::{entry_crc, EntryHeader, EntryLayout, KIND_WINDOWS};
 use crate::storage::segment::{le_words, Entry};
 use crate::window::cell::{META_FROZEN, META_HEAD, META_LOCK};
@@ -34,23 +34,22 @@ fn decode_all(descs: &[u32]) -> [Descriptor; MAX_WINDOWS] {
     decoded
 }
 
-/// Where each window's head part and ring part are in an entry, in words from the entry's
-/// start (entries past the set's windows are meaningless).
 /// Where each window of a set lies in an entry of one key ([`Core::places`]): the entry's
 /// first state word and the set's offsets from it, borrowed from its `Limits` (no copy of
 /// them on a check).
 pub(crate) struct WindowsAt<'l> {
     /// The entry's first state word (after its key).
     state_at: usize,
-    /// Each window's places from there.
-    rel: RelAt<'l>,
+    /// Each window's places from there (one pointer, so that the check keeps this in
+    /// registers: an owned copy made it a 72-byte value the check copied).
+    rel: &'l [At; MAX_WINDOWS],
 }
 
 impl WindowsAt<'_> {
     /// Where window `i` lies in the entry (`None` past [`MAX_WINDOWS`]).
     #[inline]
     pub(crate) fn get(&self, i: usize) -> Option<At> {
-        self.rel.all().get(i).map(|a| a.plus(self.state_at))
+        self.rel.get(i).map(|a| a.plus(self.state_at))
     }
 
     /// Where window `i` lies in the entry; `i` is a window of the set (below [`MAX_WINDOWS`]),
