@@ -513,10 +513,12 @@ impl Limits {
 
     /// Where every window's head part and ring part are, from the first state word, in a
     /// store with `b` sub-windows per window (entries past the set's windows are zero),
-    /// borrowed.
+    /// borrowed; and how many state words the windows take (both from one look-up of the
+    /// shapes: a check needs both).
     #[inline]
-    pub(crate) fn rel_offsets(&self, b: u32) -> &[At; MAX_WINDOWS] {
-        &self.shaped(b).rel_at
+    pub(crate) fn rel_offsets(&self, b: u32) -> (&[At; MAX_WINDOWS], usize) {
+        let s = self.shaped(b);
+        (&s.rel_at, usize::from(s.state_words))
     }
 
     /// How many state words the windows take in all in a store with `b` sub-windows per
@@ -568,7 +570,7 @@ mod tests {
         ] {
             let want = Shaped::new(set.as_slice(), b);
             assert_eq!(set.shapes(b).all(), &want.slides, "b = {b}");
-            assert_eq!(set.rel_offsets(b), &want.rel_at, "b = {b}");
+            assert_eq!(set.rel_offsets(b).0, &want.rel_at, "b = {b}");
             assert_eq!(set.state_words(b), usize::from(want.state_words), "b = {b}");
             assert!(want.slides.iter().take(2).all(Option::is_some));
         }

@@ -96,7 +96,7 @@ impl Core {
             // pinned and out of line, which goes on from what this pass counted (`added`).
             let usual = readers::enter().and_then(|section| {
                 let at = self.places(limits, key.len());
-                match self.find_entry(hash, key, limits, heads_of(&at), &section) {
+                match self.find_entry(hash, key, at.lines(), &section) {
                     Some((_, e, false)) => {
                         Some(self.apply(&e, &at, limits, cost, now_ms, out, added))
                     }
@@ -160,14 +160,12 @@ impl Core {
             };
             return Ok(());
         }
-        // Where the windows are in an entry of `key` with these limits: worked out once, for
-        // the prefetch of the heads and for the windows themselves.
+        // Where the windows are in an entry of `key` with these limits: worked out once.
         let at = self.places(limits, key.len());
-        let heads = heads_of(&at);
         let mut spins = 0u32;
         let (mut rehomed, mut split) = (false, false);
         loop {
-            let (line, e) = match self.find_entry(hash, key, limits, heads, &guard) {
+            let (line, e) = match self.find_entry(hash, key, at.lines(), &guard) {
                 Some((line, _, true)) if !rehomed => {
                     // Found through the index while its home bucket has room: move it home
                     // once, then look again.
@@ -659,14 +657,6 @@ fn refused_by(out: &mut Decision, i: usize, len: usize) {
         }
         out.finish(false, len);
     }
-}
-
-/// The first and the last word of the windows' head parts in an entry whose windows are at
-/// `at`: they lie together, from the first window's head to where the first ring starts
-/// (what a look-up prefetches).
-#[inline(always)]
-fn heads_of(at: &WindowsAt<'_>) -> [usize; 2] {
-    [at.of(0).head, at.of(0).ring.saturating_sub(1)]
 }
 
 /// The position of the first exact window (`usize::MAX` if none).

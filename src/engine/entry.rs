@@ -10,7 +10,7 @@ use super::core::Core;
 use crate::error::{Error, Result};
 use crate::key::MAX_KEY_LEN;
 use crate::limit::{Descriptor, Limits, MAX_WINDOWS};
-use crate::storage::format::{entry_crc, EntryHeader, EntryLayout, KIND_WINDOWS};
+use crate::storage::format::{entry_crc, EntryHeader, EntryLayout, KIND_WINDOWS, LINE};
 use crate::storage::segment::{le_words, Entry};
 use crate::window::cell::{META_FROZEN, META_HEAD, META_LOCK};
 use crate::window::sliding::{self, Slide, Window};
@@ -43,6 +43,8 @@ pub(crate) struct WindowsAt<'l> {
     /// Each window's places from there (one pointer, so that the check keeps this in
     /// registers: an owned copy made it a 72-byte value the check copied).
     rel: &'l [At; MAX_WINDOWS],
+    /// Lines of the whole entry: its size class, as [`Core::class_of`] gives it.
+    lines: usize,
 }
 
 impl WindowsAt<'_> {
@@ -57,6 +59,13 @@ impl WindowsAt<'_> {
     #[inline]
     pub(crate) fn of(&self, i: usize) -> At {
         self.get(i).unwrap_or_default()
+    }
+
+    /// Lines of the whole entry (its size class): what a look-up starts loading as soon as
+    /// it has a candidate ([`Core::find_entry`]).
+    #[inline]
+    pub(crate) fn lines(&self) -> usize {
+        self.lines
     }
 }
 
@@ -297,12 +306,15 @@ impl Core {
     }
 
     /// Where each window of `limits` starts in an entry of a `key_len`-byte key holding those
-    /// windows: the key's end plus `limits`' precomputed offsets.
+    /// windows: the key's end plus `limits`' precomputed offsets; and the entry's lines.
     #[inline]
     pub(crate) fn places<'l>(&self, limits: &'l Limits, key_len: usize) -> WindowsAt<'l> {
+        let state_at = EntryLayout::state_at(limits.len(), key_len);
+        let (rel, words) = limits.rel_offsets(self.b);
         WindowsAt {
-            state_at: EntryLayout::state_at(limits.len(), key_len),
-            rel: limits.rel_offsets(self.b),
+            state_at,
+            rel,
+            lines: (state_at + words).div_ceil(LINE / 8),
         }
     }
 

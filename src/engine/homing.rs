@@ -33,18 +33,17 @@ impl Core {
 
     /// The window entry of `key` in its home bucket (entries of `class` lines), tried slot by
     /// slot from the one the hash names; `Err(room)` if it is not there, `room` saying whether
-    /// the bucket has a free slot. `heads`: as for [`Core::find_entry`], started on the first
-    /// slot tried.
+    /// the bucket has a free slot. The first slot tried has its lines loaded as
+    /// [`Core::find_entry`] says, the others their header's.
     #[inline]
     pub(crate) fn find_home(
         &self,
         hash: u64,
         key: &[u8],
-        class: u32,
-        heads: [usize; 2],
+        class: usize,
         guard: &impl Protector,
     ) -> std::result::Result<(u64, Entry<'_>), bool> {
-        let Some(b) = self.segs.home_bucket(class, hash, guard) else {
+        let Some(b) = self.segs.home_bucket(class as u32, hash, guard) else {
             return Err(false);
         };
         // The bucket's slots lie in one segment: one view of it from slot 0, and each slot
@@ -56,8 +55,7 @@ impl Core {
         // its hash names (many are not: a slot is taken by whichever key of the bucket came
         // first) then costs no second miss in a row. Measured: PERFORMANCE.md, "Home slots".
         let own = at(0).unwrap_or(0);
-        seg.prefetch(own + heads[0]);
-        seg.prefetch(own + heads[1]);
+        seg.prefetch_lines(own, class);
         for k in 1..BUCKET {
             if let Some(w) = at(k) {
                 seg.prefetch(w);
@@ -215,7 +213,7 @@ mod tests {
         let guard = crossbeam_epoch::pin();
         let hash = core.hasher.hash_one(key);
         let class = core.class_of(limits, key.len());
-        core.find_home(hash, key, class, [0, 0], &guard)
+        core.find_home(hash, key, class as usize, &guard)
             .ok()
             .map(|(line, _)| line)
     }

@@ -32,28 +32,28 @@ impl Core {
     /// itself, and whether it was found away from home while its home bucket has a free slot
     /// (worth a move home: `homing.rs`). Its home bucket first if the store has home segments,
     /// then the index.
-    /// `heads`: the first and the last word of the windows' head parts if the entry is `key`'s
-    /// (they lie together after the key; for sliding windows at most 8 words, so at most two
-    /// lines, these two words' lines). Those lines start loading before the header is read, so
-    /// the misses of a cold entry's lines overlap instead of following one another.
+    /// `lines`: the lines of an entry of `key` holding the check's windows (its size class,
+    /// [`WindowsAt::lines`]). Every line of a candidate (at most four:
+    /// [`Entry::prefetch_lines`]) starts loading before its header is read, so the misses of a
+    /// cold entry's lines overlap instead of following one another: the header's and the
+    /// heads', and the rings' that a check starting a new sub-window reads and rewrites (for a
+    /// key checked less often than its shortest window's sub-window, every check).
     #[inline]
     pub(crate) fn find_entry(
         &self,
         hash: u64,
         key: &[u8],
-        limits: &Limits,
-        heads: [usize; 2],
+        lines: usize,
         guard: &impl Protector,
     ) -> Option<(u64, Entry<'_>, bool)> {
         let mut room = false;
         if self.segs.has_homes() {
-            let class = self.class_of(limits, key.len());
-            match self.find_home(hash, key, class, heads, guard) {
+            match self.find_home(hash, key, lines, guard) {
                 Ok((line, e)) => return Some((line, e, false)),
                 Err(r) => room = r,
             }
         }
-        self.find_away(hash, key, heads, guard)
+        self.find_away(hash, key, lines, guard)
             .map(|(line, e)| (line, e, room))
     }
 
@@ -63,13 +63,12 @@ impl Core {
         &self,
         hash: u64,
         key: &[u8],
-        heads: [usize; 2],
+        lines: usize,
         guard: &impl Protector,
     ) -> Option<(u64, Entry<'_>)> {
         self.index.find_map(hash, guard, |line| {
             let e = self.segs.entry(line);
-            e.prefetch(heads[0]);
-            e.prefetch(heads[1]);
+            e.prefetch_lines(0, lines);
             self.holds(&e, key, KIND_WINDOWS).then_some((line, e))
         })
     }

@@ -61,6 +61,14 @@ pub(crate) fn le_words<S>(
 /// The most lines [`Segments::warm_next`] starts loading.
 const WARM_LINES: u64 = 8;
 
+/// The most lines [`Entry::prefetch_lines`] starts loading: the whole of ErzyCall's entry
+/// (three lines), and the first ring of two windows of 16-bit counters (which ends in the
+/// fourth).
+const PREFETCH_LINES: usize = 4;
+
+/// Words in a line.
+const LINE_WORDS: usize = super::format::LINE / 8;
+
 /// A view of one entry: its words, by index from its start (to the end of its segment).
 #[derive(Clone, Copy)]
 pub(crate) struct Entry<'a> {
@@ -92,6 +100,20 @@ impl<'a> Entry<'a> {
     #[inline(always)]
     pub(crate) fn prefetch(&self, i: usize) {
         super::raw::prefetch(self.words.as_ptr().wrapping_add(i));
+    }
+
+    /// Start loading the first `lines` lines from word `i` (an entry's start), at most
+    /// [`PREFETCH_LINES`]. Bounded by the entry, so that a smaller entry's prefetch loads no
+    /// line of the next one: always four lines cost a refusal at 1M keys 5-7 % where the
+    /// entry's own three cost it 2-3 % (PERFORMANCE.md, "Every line of the entry at once").
+    #[inline(always)]
+    pub(crate) fn prefetch_lines(&self, i: usize, lines: usize) {
+        self.prefetch(i);
+        for k in 1..PREFETCH_LINES {
+            if k < lines {
+                self.prefetch(i + k * LINE_WORDS);
+            }
+        }
     }
 
     /// The entry that starts at word `i` of this one (`None` past the segment's end).
