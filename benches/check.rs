@@ -43,8 +43,12 @@
 //!   `Vec<String>`: two misses per check for every engine, which pulled every ratio towards 1.
 //! * Shapes: `loop` runs independent checks back to back, so the processor can overlap one
 //!   check's misses with the next one's (throughput); in `chained` the next index depends on
-//!   the previous answer (`remaining()` for tollgate, the bool for the others), so misses
-//!   cannot overlap (latency, as a gateway doing other work between checks sees it).
+//!   the previous answer (`remaining()` for tollgate, the bool for the others) and an
+//!   `lfence` after each check keeps the next one from starting before it completes, so
+//!   misses cannot overlap (latency, as a gateway doing other work between checks sees it).
+//!   The dependency alone did not hold governor: its answer is a bool made by a branch, the
+//!   processor ran on the predicted value, and its "chained" rows ran as fast as its loop
+//!   rows (until 2026-12-07).
 //! * Admit: tollgate's time is driven (`check_at`), 50 ms per round of the keys (of a thread's
 //!   share in `threads/*`): every key, at every key count, is checked 20 times a simulated
 //!   second, so every row has the same mix of paths: about 1 check in 19 opens a new minute
@@ -245,6 +249,25 @@ impl Ctx<'_> {
     }
 }
 
+/// The chained shape's barrier (`lfence`): no instruction after it starts before every one
+/// before it has completed, so the next check's loads cannot start while this one's are in
+/// flight, whatever the engine. The data dependency (`dep`) alone did not ensure it: an
+/// engine whose answer is a bool made by a branch (governor's) hands on a constant on the
+/// predicted path, and the processor ran the next check on the prediction, so governor's
+/// "chained" rows ran as fast as its loop rows while tollgate's, chained on `remaining()`,
+/// paid their latency (PERFORMANCE.md, "A chained shape that chains every engine").
+#[inline(always)]
+fn serialize() {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `lfence` needs SSE2, which every x86-64 processor has (the target's baseline);
+    // it reads and writes no memory.
+    unsafe {
+        std::arch::x86_64::_mm_lfence()
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+}
+
 /// One single-thread row: `n` keys, the simulated clock `t_fp` moved `step` per check.
 fn single<E: Engine, const CHAINED: bool>(
     g: &mut BenchmarkGroup<'_, WallTime>,
@@ -260,6 +283,9 @@ fn single<E: Engine, const CHAINED: bool>(
             counter += 1;
             key.set(pick(counter, if CHAINED { dep } else { 0 }, n));
             let (ok, d) = e.check(&mut key, t >> FP);
+            if CHAINED {
+                serialize();
+            }
             t += step;
             dep = if CHAINED { d } else { black_box(d) };
             tally.admitted += u64::from(ok);

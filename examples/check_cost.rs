@@ -25,6 +25,9 @@
 //!   format 1 uses) with 50 ms between checks, as a key of the criterion bench's 1M-key admit
 //!   rows sees them: every check steps the per-second window about three sub-windows on (a
 //!   rotation of a wide window, with its base word) and one in nineteen the minute window;
+//! * `chain-allowed`, `chain-remaining`: `admit-same` with each check's time depending on
+//!   the previous check's answer (whether admitted, or `remaining()`): its latency to that
+//!   answer, not its throughput (wall time; the same instructions as `admit-same`);
 //! * `reject`: the pair, drained by a burst first, then checked by a client that keeps
 //!   retrying, 0.5 ms apart, for under a minute (every check refused);
 //! * `reject-now`: the same burst, then refused with the clock still (in the head's
@@ -98,6 +101,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 admitted += u64::from(store.check_at(key, &large, 1, t)?.allowed());
             }
         }
+        "chain-allowed" | "chain-remaining" => {
+            // `admit-same`, each check's time depending on the previous check's answer (its
+            // bool, or its `remaining()`, the header a gateway writes): the latency of a
+            // check to that answer, as the criterion bench's chained rows see it. `zero` is 0
+            // at run time, which the compiler cannot know: the dependency stays.
+            let zero = black_box(0u64);
+            let mut prev = 0u64;
+            for i in 0..n {
+                let t = T0 + (i / 4000) * 3_700_000 + (prev & zero);
+                let d = store.check_at(key, &large, 1, t)?;
+                admitted += u64::from(d.allowed());
+                prev = if path == "chain-allowed" {
+                    u64::from(d.allowed())
+                } else {
+                    u64::from(d.remaining())
+                };
+            }
+        }
         "reject" => {
             while store.check_at(key, &pair, 1, T0)?.allowed() {}
             for i in 0..n {
@@ -144,7 +165,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         other => {
             return Err(format!(
-                "unknown path {other:?} (setup, admit, admit-second, admit-same, reject, reject-now, reject-spread, begin, begin-complete, footprint, open)"
+                "unknown path {other:?} (setup, admit, admit-second, admit-same, chain-allowed, chain-remaining, reject, reject-now, reject-spread, begin, begin-complete, footprint, open)"
             )
             .into())
         }
