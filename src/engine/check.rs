@@ -300,17 +300,17 @@ impl Core {
                     return Applied::Done;
                 }
                 Added::Refused { seen, .. } => {
-                    // Nothing counted before: the arm above tried the later windows' heads.
+                    // Nothing counted before this window: then a pass from the heads cannot
+                    // answer, as either this window's own head did not suffice (`seen` is
+                    // None: its ring holds counts, a key refused after a spread of requests)
+                    // or the arm above found a later window's that did not. Straight to the
+                    // copies, not a pass that fails first (callgrind: about 100 instructions
+                    // a refusal).
                     let heads_tried = added.iter().all(Option::is_none);
                     if !heads_tried {
                         *added = self.undo(e, at, limits, added, cost);
                     }
                     // The refusing window's figures, if its refusal already worked them out.
-                    // A pass from the heads cannot answer if the refusing window's head did
-                    // not suffice (its ring holds counts: a key refused after a spread of
-                    // requests) or a later one's did not (the arm above found it): then
-                    // straight to the copies, not a pass that fails first (callgrind: 90
-                    // instructions a refusal).
                     let known = seen.map(|s| (i, WindowState::sliding(geo, &s)));
                     if known.is_some() && !heads_tried {
                         self.snapshot_entry(e, at, limits, cost, now_ms, out, known.as_ref());
