@@ -26,6 +26,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+#[path = "../common/scratch.rs"]
+mod scratch;
+
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use tollgate::{
@@ -45,13 +48,9 @@ struct Env {
 fn env() -> &'static Env {
     static ENV: OnceLock<Env> = OnceLock::new();
     ENV.get_or_init(|| {
-        // tmpfs when there is one: the store syncs on open, and that is the slow part.
-        let dir = if Path::new("/dev/shm").is_dir() {
-            tempfile::tempdir_in("/dev/shm")
-        } else {
-            tempfile::tempdir()
-        }
-        .expect("temp dir");
+        // tmpfs when there is one (the store syncs on open, and that is the slow part), and
+        // what earlier runs left there removed: `scratch.rs`.
+        let dir = scratch::scratch_dir();
         let path = dir.path().to_path_buf();
         let template = build_template(&path);
         Env {
