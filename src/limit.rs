@@ -513,19 +513,12 @@ impl Limits {
 
     /// Where every window's head part and ring part are, from the first state word, in a
     /// store with `b` sub-windows per window (entries past the set's windows are zero),
-    /// borrowed; and how many state words the windows take (both from one look-up of the
-    /// shapes: a check needs both).
+    /// borrowed; and how many state words the windows take in all (what an entry holds after
+    /// its key). Both from one look-up of the shapes: a check needs both.
     #[inline]
     pub(crate) fn rel_offsets(&self, b: u32) -> (&[At; MAX_WINDOWS], usize) {
         let s = self.shaped(b);
         (&s.rel_at, usize::from(s.state_words))
-    }
-
-    /// How many state words the windows take in all in a store with `b` sub-windows per
-    /// window (what an entry holds after its key).
-    #[inline]
-    pub(crate) fn state_words(&self, b: u32) -> usize {
-        usize::from(self.shaped(b).state_words)
     }
 
     pub(crate) fn has_exact(&self) -> bool {
@@ -571,7 +564,11 @@ mod tests {
             let want = Shaped::new(set.as_slice(), b);
             assert_eq!(set.shapes(b).all(), &want.slides, "b = {b}");
             assert_eq!(set.rel_offsets(b).0, &want.rel_at, "b = {b}");
-            assert_eq!(set.state_words(b), usize::from(want.state_words), "b = {b}");
+            assert_eq!(
+                set.rel_offsets(b).1,
+                usize::from(want.state_words),
+                "b = {b}"
+            );
             assert!(want.slides.iter().take(2).all(Option::is_some));
         }
         let kept: Vec<u32> = set
@@ -588,7 +585,10 @@ mod tests {
         // Kept, not worked out again: the same place in memory each time.
         assert!(std::ptr::eq(set.shapes(128).all(), set.shapes(128).all()));
         // The two numbers really lay the windows out differently.
-        assert_ne!(set.state_words(32), set.state_words(DEFAULT_SUB_WINDOWS));
+        assert_ne!(
+            set.rel_offsets(32).1,
+            set.rel_offsets(DEFAULT_SUB_WINDOWS).1
+        );
     }
 
     #[test]

@@ -43,7 +43,7 @@ pub(crate) struct WindowsAt<'l> {
     /// Each window's places from there (one pointer, so that the check keeps this in
     /// registers: an owned copy made it a 72-byte value the check copied).
     rel: &'l [At; MAX_WINDOWS],
-    /// Lines of the whole entry: its size class, as [`Core::class_of`] gives it.
+    /// Lines of the whole entry: its size class ([`Core::class_of`] reads it from here).
     lines: usize,
 }
 

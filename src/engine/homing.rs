@@ -19,7 +19,7 @@ use super::core::Core;
 use super::entry::Place;
 use crate::error::Result;
 use crate::limit::Limits;
-use crate::storage::format::{EntryHeader, EntryLayout, KIND_WINDOWS, LINE};
+use crate::storage::format::{EntryHeader, KIND_WINDOWS};
 use crate::storage::raw::Protector;
 use crate::storage::segment::{Entry, Split, BUCKET, SPLIT_AT_PCT};
 
@@ -27,8 +27,7 @@ impl Core {
     /// Lines of a window entry for a `key_len`-byte key holding `limits`: its size class.
     #[inline]
     pub(crate) fn class_of(&self, limits: &Limits, key_len: usize) -> u32 {
-        let words = EntryLayout::state_at(limits.len(), key_len) + limits.state_words(self.b);
-        (words * 8).div_ceil(LINE) as u32
+        self.places(limits, key_len).lines() as u32
     }
 
     /// The window entry of `key` in its home bucket (entries of `class` lines), tried slot by

@@ -66,9 +66,6 @@ const WARM_LINES: u64 = 8;
 /// fourth).
 const PREFETCH_LINES: usize = 4;
 
-/// Words in a line.
-const LINE_WORDS: usize = super::format::LINE / 8;
-
 /// A view of one entry: its words, by index from its start (to the end of its segment).
 #[derive(Clone, Copy)]
 pub(crate) struct Entry<'a> {
@@ -111,7 +108,7 @@ impl<'a> Entry<'a> {
         self.prefetch(i);
         for k in 1..PREFETCH_LINES {
             if k < lines {
-                self.prefetch(i + k * LINE_WORDS);
+                self.prefetch(i + k * (LINE / 8));
             }
         }
     }
