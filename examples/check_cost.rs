@@ -28,6 +28,8 @@
 //! * `chain-allowed`, `chain-remaining`: `admit-same` with each check's time depending on
 //!   the previous check's answer (whether admitted, or `remaining()`): its latency to that
 //!   answer, not its throughput (wall time; the same instructions as `admit-same`);
+//! * `admit-exact`: an exact window (5 a minute, Zorio's login route), every check admitted
+//!   and its ring rewritten under the entry's lock;
 //! * `reject`: the pair, drained by a burst first, then checked by a client that keeps
 //!   retrying, 0.5 ms apart, for under a minute (every check refused);
 //! * `reject-now`: the same burst, then refused with the clock still (in the head's
@@ -76,7 +78,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let started = std::time::Instant::now();
     let pair = Limits::new(&[Limit::per_minute(60), Limit::per_hour(1000)])?;
     let large = Limits::new(&[Limit::per_minute(4095), Limit::per_hour(16_383)])?;
-    let key = b"tok_0123456789abcdef0123456789ab";
+    // `CHECK_COST_KEY_LEN=41`: a key of another length (1 to 64 bytes), as the main job's
+    // `tok_…:route` keys are (a length that is not a multiple of 8 has a partial last word).
+    let full = *b"tok_0123456789abcdef0123456789ab:/api/pbx/calls/click-to-call/xy";
+    let len = std::env::var("CHECK_COST_KEY_LEN")
+        .ok()
+        .and_then(|l| l.parse::<usize>().ok())
+        .filter(|l| (1..=full.len()).contains(l))
+        .unwrap_or(32);
+    let key = &full[..len];
     // The key exists on every path, as a gateway's busy token does.
     store.check_at(key, &large, 1, T0)?;
     store.check_at(key, &pair, 1, T0)?;
@@ -117,6 +127,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 } else {
                     u64::from(d.remaining())
                 };
+            }
+        }
+        "admit-exact" => {
+            // Zorio's login route: 5 a minute, exact, one check every 12.001 s (every check
+            // admitted, and each rewrites the ring under the entry's lock).
+            let login = Limits::new(&[Limit::per_minute(5).exact()])?;
+            for i in 0..n {
+                admitted += u64::from(store.check_at(key, &login, 1, T0 + i * 12_001)?.allowed());
             }
         }
         "reject" => {
@@ -165,7 +183,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         other => {
             return Err(format!(
-                "unknown path {other:?} (setup, admit, admit-second, admit-same, chain-allowed, chain-remaining, reject, reject-now, reject-spread, begin, begin-complete, footprint, open)"
+                "unknown path {other:?} (setup, admit, admit-second, admit-same, admit-exact, chain-allowed, chain-remaining, reject, reject-now, reject-spread, begin, begin-complete, footprint, open)"
             )
             .into())
         }

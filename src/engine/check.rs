@@ -224,7 +224,7 @@ impl Core {
             OnFull::Admit => {}
             OnFull::Reject => {
                 for w in d.windows.iter_mut() {
-                    w.retry_after_ms = 1000;
+                    w.wait_at_least(1000);
                 }
                 d.finish(false, limits.len());
             }
@@ -500,7 +500,7 @@ impl Core {
     }
 
     /// Every window of the entry as a request of `cost` would see it now, written into `out`
-    /// in place (a `Decision` is 136 bytes: returning one cost a copy on every rejection).
+    /// in place (a `Decision` is 104 bytes: returning one cost a copy on every rejection).
     /// Admitted if every window has room; a caller whose request a window refused says so
     /// with [`refused_by`]. `known`: a window whose state the caller has already (the one
     /// that refused, from the copy it was judged on), which is not read again. Two passes
@@ -664,7 +664,7 @@ fn head_state(
 fn refused_by(out: &mut Decision, i: usize, len: usize) {
     if out.allowed {
         if let Some(w) = out.windows.get_mut(i) {
-            w.retry_after_ms = w.retry_after_ms.max(1);
+            w.wait_at_least(1);
         }
         out.finish(false, len);
     }

@@ -14,6 +14,7 @@ use crate::storage::format::{EntryHeader, EntryLayout, KIND_WINDOWS};
 use crate::storage::index::Rehash;
 use crate::storage::raw::Protector;
 use crate::storage::segment::Entry;
+use crate::storage::words::le_tail;
 
 impl Core {
     #[inline]
@@ -99,17 +100,12 @@ impl Core {
                 return false;
             }
         }
-        let rest = chunks.remainder();
-        if rest.is_empty() {
+        if chunks.remainder().is_empty() {
             return true;
-        }
-        let mut b = [0u8; 8];
-        if let Some(dst) = b.get_mut(..rest.len()) {
-            dst.copy_from_slice(rest);
         }
         words
             .last()
-            .is_some_and(|w| w.load(Ordering::Relaxed) == u64::from_le_bytes(b))
+            .is_some_and(|w| Some(w.load(Ordering::Relaxed)) == le_tail(key))
     }
 
     /// Find the key under its stripe lock, or write a new entry for it: in its home bucket if

@@ -375,7 +375,7 @@ impl Inner {
                 && w.unsynced(now_ms / geo.g) + u64::from(cost) > u64::from(self.opts.batch)
             {
                 over_budget = true;
-                ws.retry_after_ms = ws.retry_after_ms.max(flush_ms);
+                ws.wait_at_least(flush_ms);
             }
             fleet_fits &= ws.fits();
             if let Some(f) = fleet.get_mut(i) {
@@ -412,12 +412,12 @@ impl Inner {
             };
             let mut w = *f;
             if !admitted && !local_fits {
-                w.retry_after_ms = w.retry_after_ms.max(lw.retry_after_ms().max(1));
+                w.wait_at_least(lw.retry_after_ms().max(1));
             }
             w.used = w.used.max(lw.used());
             w.reset_ms = w.reset_ms.max(lw.reset_ms());
             if closed && cost > 0 {
-                w.retry_after_ms = w.retry_after_ms.max(flush_ms);
+                w.wait_at_least(flush_ms);
             }
             if let Some(slot) = ws.get_mut(i) {
                 *slot = w;

@@ -193,12 +193,12 @@ mod tests {
         // The newest count (sub-window 101) leaves at (101 + 65) × 938.
         assert_eq!(st.reset_ms, 166 * G);
         // One unit frees when sub-window 100 leaves, at (100 + 65) × 938 = 154 770.
-        assert_eq!(st.retry_after_ms, 154_770 - 94_748);
+        assert_eq!(st.retry_after_ms(), 154_770 - 94_748);
         assert!(w.state(&shape(6), 1, now).fits());
         // Sub-window 100 counts through sub-window 164 and not in 165.
         assert_eq!(w.state(&shape(5), 1, 165 * G - 1).used, 5);
         let st = w.state(&shape(5), 1, 165 * G);
-        assert_eq!((st.used, st.retry_after_ms), (1, 0));
+        assert_eq!((st.used, st.retry_after_ms()), (1, 0));
         let st = w.state(&shape(5), 1, 166 * G);
         assert_eq!((st.used, st.reset_ms), (0, 166 * G));
     }
@@ -213,7 +213,7 @@ mod tests {
         assert_eq!(st.used, 3);
         assert_eq!(st.reset_ms, 265 * G);
         // 3 + 3 > 5: one unit must leave, which happens when sub-window 200 does.
-        assert_eq!(st.retry_after_ms, 265 * G - 150 * G);
+        assert_eq!(st.retry_after_ms(), 265 * G - 150 * G);
     }
 
     #[test]
@@ -228,6 +228,6 @@ mod tests {
         assert_eq!(st.limit, 5);
         // 18 + 1 - 5 = 14 must leave: 9 at the end of sub-window 100 are not enough, the 9
         // of sub-window 101 leave at (101 + 65) × 938.
-        assert_eq!(st.retry_after_ms, 166 * G - now);
+        assert_eq!(st.retry_after_ms(), 166 * G - now);
     }
 }

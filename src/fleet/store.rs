@@ -422,7 +422,7 @@ pub(super) fn decide(
             .checked_sub(1)
             .and_then(|i| ws.get_mut(i))
         {
-            w.retry_after_ms = w.retry_after_ms.max(1);
+            w.wait_at_least(1);
         }
     }
     Ok(Decision::from_windows(allowed, ws, limits.len()))

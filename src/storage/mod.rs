@@ -6,6 +6,7 @@
 //! * [`segment`]: the file grows by segments, entries are allocated from them in size classes;
 //! * [`index`]: the in-memory key-hash → entry table with lock-free lookups;
 //! * [`readers`]: read sections, which let the usual check read without pinning the epoch;
+//! * [`words`]: bytes (keys, fingerprints, responses) as the words an entry stores them in;
 //! * [`hook`]: the test hook at every msync, fdatasync and fallocate (failure injection,
 //!   power-loss simulation);
 //! * [`raw`] and [`sys`]: mapped memory and system calls, the only modules allowed `unsafe`.
@@ -28,3 +29,4 @@ pub(crate) mod segment;
     reason = "system calls std does not offer: every block argued in its `// SAFETY:` comment"
 )]
 pub(crate) mod sys;
+pub(crate) mod words;

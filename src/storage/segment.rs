@@ -23,6 +23,7 @@ use super::hook::{Hook, IoEvent};
 use super::index::MAX_LINES;
 use super::raw::{Map, Maps};
 use super::readers;
+use super::words::le_words;
 use crate::error::{Error, Result};
 use growth::Spare;
 pub(crate) use home::{Split, BUCKET, SPLIT_AT_PCT};
@@ -30,33 +31,6 @@ pub(crate) use home::{Split, BUCKET, SPLIT_AT_PCT};
 mod blob;
 mod growth;
 mod home;
-
-/// `bytes` as the little-endian words an entry stores them in, the last one zero padded:
-/// `put(slot, word)` for each, into the slots `out` gives in order (as many as it has).
-/// Whole words are moved as words: a copy of each 8-byte piece through a slice of unknown
-/// length was a call to `memcpy`, some 30 of them for a stored response (callgrind).
-#[inline]
-pub(crate) fn le_words<S>(
-    bytes: &[u8],
-    out: impl IntoIterator<Item = S>,
-    mut put: impl FnMut(S, u64),
-) {
-    let mut chunks = bytes.chunks_exact(8);
-    let mut slots = out.into_iter();
-    for (c, slot) in chunks.by_ref().zip(slots.by_ref()) {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(c);
-        put(slot, u64::from_le_bytes(b));
-    }
-    let rest = chunks.remainder();
-    if let (false, Some(slot)) = (rest.is_empty(), slots.next()) {
-        let mut b = [0u8; 8];
-        if let Some(d) = b.get_mut(..rest.len()) {
-            d.copy_from_slice(rest);
-        }
-        put(slot, u64::from_le_bytes(b));
-    }
-}
 
 /// The most lines [`Segments::warm_next`] starts loading.
 const WARM_LINES: u64 = 8;

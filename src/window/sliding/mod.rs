@@ -71,6 +71,7 @@ pub(crate) use proto::{
 };
 
 use super::{Geometry, FROZEN};
+use crate::decision::Ms32;
 
 /// Head word: held by whoever rewrites the ring (rotation, a take-back from an older
 /// sub-window, recovery). Never held across anything that can block.
@@ -117,6 +118,8 @@ pub(crate) struct Slide {
     pub limit: u32,
     /// The window's length in ms.
     pub window_ms: u64,
+    /// The same, as a [`crate::decision::WindowState`] keeps it.
+    pub window: Ms32,
     /// Number of sub-windows `B` (the ring's length).
     pub b: u32,
     /// Sub-window length `⌈W/B⌉` ms.
@@ -150,6 +153,7 @@ impl Slide {
         Some(Slide {
             limit,
             window_ms,
+            window: Ms32::up(window_ms),
             b,
             g,
             c,
