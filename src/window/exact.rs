@@ -30,11 +30,35 @@ pub(crate) struct Eval {
 }
 
 impl Ring {
+    /// The places in use, `cap` of them.
+    fn places(&self) -> &[u64] {
+        self.slots.get(..self.cap as usize).unwrap_or(&self.slots)
+    }
+
+    /// The time the ring is judged at for `now_ms`: `now_ms`, or the newest stored time if
+    /// the clock went back.
+    fn now_eff(&self, now_ms: u64) -> u64 {
+        let newest = self.places().iter().copied().max().unwrap_or(0);
+        now_ms.max(newest.saturating_sub(1))
+    }
+
+    /// The time the ring is judged at and the admissions in the window then: all an
+    /// admission needs, without the sorted copy [`Ring::eval`] makes for a refusal's
+    /// Retry-After (`eval`'s `now_eff` and `len`, worked out alike).
+    pub fn live(&self, window_ms: u64, now_ms: u64) -> (u64, u32) {
+        let now_eff = self.now_eff(now_ms);
+        let len = self
+            .places()
+            .iter()
+            .filter(|&&v| v != 0 && (v - 1).saturating_add(window_ms) > now_eff)
+            .count();
+        (now_eff, len as u32)
+    }
+
     /// Evaluate the ring for a window of `window_ms` at `now_ms`.
     pub fn eval(&self, window_ms: u64, now_ms: u64) -> Eval {
         let cap = self.cap as usize;
-        let newest = self.slots.iter().take(cap).copied().max().unwrap_or(0);
-        let now_eff = now_ms.max(newest.saturating_sub(1));
+        let now_eff = self.now_eff(now_ms);
         let mut times = [0u64; crate::MAX_EXACT_LIMIT as usize];
         let mut len = 0usize;
         for &v in self.slots.iter().take(cap) {
@@ -139,6 +163,31 @@ mod tests {
         assert_eq!(e.reset_ms(w, 10_000), 65_000);
         assert!(r.eval(w, 61_000).fits(5, 1));
         assert!(!r.eval(w, 60_999).fits(5, 1));
+    }
+
+    /// An admission judges a ring by `live`, a refusal by `eval`: they must agree on when
+    /// and how many, for rings pushed at times that go back and forth, with empty places.
+    #[test]
+    fn live_agrees_with_eval() {
+        let w = 60_000;
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for cap in [1, 2, 5, 10, 64] {
+            let mut r = ring(cap);
+            for _ in 0..500 {
+                let now = 1_000_000 + next() % 200_000;
+                let ev = r.eval(w, now);
+                assert_eq!(r.live(w, now), (ev.now_eff, ev.len), "cap {cap} at {now}");
+                if next() % 3 != 0 {
+                    r.push(now, 1 + (next() % 3) as u32);
+                }
+            }
+        }
     }
 
     #[test]
