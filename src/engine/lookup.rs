@@ -92,15 +92,13 @@ impl Core {
         let Some(words) = e.run(EntryLayout::key_at(n), key.len().div_ceil(8)) else {
             return false;
         };
-        let mut chunks = key.chunks_exact(8);
-        for (c, w) in chunks.by_ref().zip(words) {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(c);
-            if w.load(Ordering::Relaxed) != u64::from_le_bytes(b) {
+        let (whole, rest) = key.as_chunks::<8>();
+        for (c, w) in whole.iter().zip(words) {
+            if w.load(Ordering::Relaxed) != u64::from_le_bytes(*c) {
                 return false;
             }
         }
-        if chunks.remainder().is_empty() {
+        if rest.is_empty() {
             return true;
         }
         words

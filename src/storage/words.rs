@@ -13,12 +13,10 @@ pub(crate) fn le_words<S>(
     out: impl IntoIterator<Item = S>,
     mut put: impl FnMut(S, u64),
 ) {
-    let mut chunks = bytes.chunks_exact(8);
+    let (whole, _) = bytes.as_chunks::<8>();
     let mut slots = out.into_iter();
-    for (c, slot) in chunks.by_ref().zip(slots.by_ref()) {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(c);
-        put(slot, u64::from_le_bytes(b));
+    for (c, slot) in whole.iter().zip(slots.by_ref()) {
+        put(slot, u64::from_le_bytes(*c));
     }
     if let (Some(last), Some(slot)) = (le_tail(bytes), slots.next()) {
         put(slot, last);
