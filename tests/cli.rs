@@ -146,6 +146,8 @@ fn a_short_bench_runs() {
         out.contains("requests in") && out.contains("p99.9"),
         "{out}"
     );
+    // The keyed requests' own percentiles, on a line of their own.
+    assert!(out.contains("keyed requests ("), "{out}");
 }
 
 #[test]
