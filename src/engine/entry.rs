@@ -10,7 +10,7 @@ use super::core::Core;
 use crate::error::{Error, Result};
 use crate::key::MAX_KEY_LEN;
 use crate::limit::{Descriptor, Limits, MAX_WINDOWS};
-use crate::storage::format::{entry_crc, EntryHeader, EntryLayout, KIND_WINDOWS, LINE};
+use crate::storage::format::{entry_crc, lines_of_words, EntryHeader, EntryLayout, KIND_WINDOWS};
 use crate::storage::segment::Entry;
 use crate::storage::words::le_words;
 use crate::window::cell::{META_FROZEN, META_HEAD, META_LOCK};
@@ -315,7 +315,7 @@ impl Core {
         WindowsAt {
             state_at,
             rel,
-            lines: (state_at + words).div_ceil(LINE / 8),
+            lines: lines_of_words(state_at + words),
         }
     }
 

@@ -41,6 +41,13 @@ pub(crate) const SEED_AT: usize = HEADER_USED + 32;
 pub(crate) const MAX_SEGMENTS: u32 = 1 << 20;
 /// One line: the unit of entry allocation, and a cache line.
 pub(crate) const LINE: usize = 64;
+
+/// The lines an entry of `words` 8-byte words takes (entries start on a line).
+#[inline]
+pub(crate) const fn lines_of_words(words: usize) -> usize {
+    (words * 8).div_ceil(LINE)
+}
+
 /// The largest entry, in lines.
 pub(crate) const MAX_ENTRY_LINES: u32 = 16;
 /// Entry kinds (byte 2 of an entry header).
@@ -363,7 +370,7 @@ impl EntryLayout {
             *place = place.plus(state_at);
         }
         let words = state_at + state_words;
-        let lines = (words * 8).div_ceil(LINE) as u32;
+        let lines = lines_of_words(words) as u32;
         if lines > MAX_ENTRY_LINES {
             return None;
         }
