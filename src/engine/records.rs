@@ -22,6 +22,9 @@ use crate::key::{MAX_KEY_LEN, MAX_SCOPE_LEN};
 use crate::storage::format::{BlobHeader, EntryHeader, KIND_IDEM};
 use crate::storage::segment::Entry;
 
+/// The largest response a completion encodes on its stack.
+const SMALL_RESPONSE: usize = 1024;
+
 impl Core {
     fn idem_fp_matches(&self, e: &Entry<'_>, l: &IdemLayout, fp: &Fingerprint) -> bool {
         fp_words(fp)
@@ -207,9 +210,23 @@ impl Core {
         let (line, e, l, w, s) =
             self.claim_lease(lease, &guard, |fence| pack(ST_COMPLETING, fence, 0))?;
         let fence = lease.fence;
-        let bytes = resp.encode();
-        let crc = crc32fast::hash(&bytes);
-        let written = self.write_blob(&bytes, crc, line);
+        // A response of up to `SMALL_RESPONSE` bytes is encoded on the stack: the vector
+        // the encoding was built in cost an allocation and its free, some 280 of a
+        // begin-and-complete's 3 300 instructions (callgrind).
+        let mut small = [0u8; SMALL_RESPONSE];
+        let large;
+        let bytes: &[u8] = match small.get_mut(..len) {
+            Some(buf) => {
+                resp.encode_into(buf);
+                buf
+            }
+            None => {
+                large = resp.encode();
+                &large
+            }
+        };
+        let crc = crc32fast::hash(bytes);
+        let written = self.write_blob(bytes, crc, line);
         let (blob, lines) = match written {
             Ok(x) => x,
             Err(err) => {

@@ -50,18 +50,32 @@ impl StoredResponse {
     }
 
     pub(crate) fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.encoded_len().unwrap_or(0));
-        out.extend_from_slice(&self.status.to_le_bytes());
-        out.extend_from_slice(&(self.headers.len() as u16).to_le_bytes());
-        for (name, value) in &self.headers {
-            out.extend_from_slice(&(name.len() as u16).to_le_bytes());
-            out.extend_from_slice(name.as_bytes());
-            out.extend_from_slice(&(value.len() as u32).to_le_bytes());
-            out.extend_from_slice(value);
-        }
-        out.extend_from_slice(&(self.body.len() as u32).to_le_bytes());
-        out.extend_from_slice(&self.body);
+        let mut out = vec![0; self.encoded_len().unwrap_or(0)];
+        self.encode_into(&mut out);
         out
+    }
+
+    /// Encode into `out`, which is [`StoredResponse::encoded_len`] bytes long (a caller's
+    /// buffer: a completion encodes a small response on its stack, with no allocation).
+    /// Bytes that do not fit are left out; the caller sized `out`, so none are.
+    pub(crate) fn encode_into(&self, out: &mut [u8]) {
+        let mut at = 0;
+        let mut put = |b: &[u8]| {
+            if let Some(d) = out.get_mut(at..at + b.len()) {
+                d.copy_from_slice(b);
+            }
+            at += b.len();
+        };
+        put(&self.status.to_le_bytes());
+        put(&(self.headers.len() as u16).to_le_bytes());
+        for (name, value) in &self.headers {
+            put(&(name.len() as u16).to_le_bytes());
+            put(name.as_bytes());
+            put(&(value.len() as u32).to_le_bytes());
+            put(value);
+        }
+        put(&(self.body.len() as u32).to_le_bytes());
+        put(&self.body);
     }
 
     /// Decode; `None` on any inconsistency (never panics on arbitrary bytes).
