@@ -460,19 +460,15 @@ impl Core {
                     let mut ring = cell::read_ring(|k| e.w(k), at.of(i).head, l.limit());
                     ring.push(t, cost);
                     cell::write_ring(|k| e.w(k), at.of(i).head, &ring, i == first);
-                    ws[i] = if cost == 0 {
-                        let ev = ring.eval(l.window_ms(), now_ms);
-                        exact_state(&ev, l.limit(), l.window_ms(), 0, now_ms)
-                    } else {
-                        // The request's times are the newest in the window.
-                        WindowState::new(
-                            l.limit(),
-                            l.window_ms(),
-                            len + cost,
-                            t.saturating_add(l.window_ms()),
-                            0,
-                        )
-                    };
+                    // The request's times (`cost` of them: `count` answers a cost of 0
+                    // with a snapshot, never here) are the newest in the window.
+                    ws[i] = WindowState::new(
+                        l.limit(),
+                        l.window_ms(),
+                        len + cost,
+                        t.saturating_add(l.window_ms()),
+                        0,
+                    );
                 }
             }
         }

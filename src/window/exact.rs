@@ -42,36 +42,31 @@ impl Ring {
         now_ms.max(newest.saturating_sub(1))
     }
 
+    /// The admission times in a window of `window_ms` judged at `now_eff`, in place order.
+    fn in_window(&self, window_ms: u64, now_eff: u64) -> impl Iterator<Item = u64> + '_ {
+        self.places()
+            .iter()
+            .filter(|&&v| v != 0)
+            .map(|&v| v - 1)
+            .filter(move |t| t.saturating_add(window_ms) > now_eff)
+    }
+
     /// The time the ring is judged at and the admissions in the window then: all an
     /// admission needs, without the sorted copy [`Ring::eval`] makes for a refusal's
-    /// Retry-After (`eval`'s `now_eff` and `len`, worked out alike).
+    /// Retry-After.
     pub fn live(&self, window_ms: u64, now_ms: u64) -> (u64, u32) {
         let now_eff = self.now_eff(now_ms);
-        let len = self
-            .places()
-            .iter()
-            .filter(|&&v| v != 0 && (v - 1).saturating_add(window_ms) > now_eff)
-            .count();
-        (now_eff, len as u32)
+        (now_eff, self.in_window(window_ms, now_eff).count() as u32)
     }
 
     /// Evaluate the ring for a window of `window_ms` at `now_ms`.
     pub fn eval(&self, window_ms: u64, now_ms: u64) -> Eval {
-        let cap = self.cap as usize;
         let now_eff = self.now_eff(now_ms);
         let mut times = [0u64; crate::MAX_EXACT_LIMIT as usize];
         let mut len = 0usize;
-        for &v in self.slots.iter().take(cap) {
-            if v == 0 {
-                continue;
-            }
-            let t = v - 1;
-            if t.saturating_add(window_ms) > now_eff {
-                if let Some(place) = times.get_mut(len) {
-                    *place = t;
-                    len += 1;
-                }
-            }
+        for (place, t) in times.iter_mut().zip(self.in_window(window_ms, now_eff)) {
+            *place = t;
+            len += 1;
         }
         if let Some(live) = times.get_mut(..len) {
             live.sort_unstable();
