@@ -150,6 +150,42 @@ fn a_short_bench_runs() {
     assert!(out.contains("keyed requests ("), "{out}");
 }
 
+/// The floor toy runs beside governor and keeps records of the keyed POSTs it admits.
+#[cfg(feature = "bench")]
+#[test]
+fn a_short_bench_with_the_floor_toy_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, out) = tollgate(&[
+        "bench",
+        "--seconds",
+        "0.3",
+        "--tokens",
+        "1000",
+        "--threads",
+        "2",
+        "--toy",
+        "--redis",
+        "127.0.0.1:1",
+        "--data",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}");
+    assert!(out.contains("| toy floor: one miss"), "{out}");
+    let begun: u64 = out
+        .lines()
+        .find(|l| l.contains("records begun and completed"))
+        .and_then(|l| {
+            l.trim()
+                .strip_prefix("toy: ")?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0);
+    assert!(begun > 0, "the toy began no record: {out}");
+}
+
 #[test]
 fn a_tiny_scaling_run_writes_its_table_and_plot() {
     let dir = tempfile::tempdir().unwrap();

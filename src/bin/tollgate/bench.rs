@@ -25,6 +25,8 @@ use crate::Res;
 mod on_redis;
 #[cfg(feature = "bench")]
 mod toy;
+#[cfg(feature = "bench")]
+mod toy_records;
 
 struct Route {
     name: &'static str,
@@ -110,6 +112,10 @@ pub struct Config {
     /// found from its hash with one miss instead of two, for more bytes per key.
     #[arg(long = "home-slots")]
     home_slots: bool,
+    /// Open tollgate's store with a spare segment grown ahead of need
+    /// (`Options::grow_ahead`): the file's growth on the compactor's thread, not a request's.
+    #[arg(long = "grow-ahead")]
+    grow_ahead: bool,
     /// The Redis server of the Redis peer.
     #[arg(
         long,
@@ -329,7 +335,12 @@ pub fn run(c: &Config) -> Res {
     std::fs::create_dir_all(&c.data)?;
     let path = format!("{}/bench.tg", c.data.trim_end_matches('/'));
     let _ = std::fs::remove_file(&path);
-    let store = Store::open(&path, Options::default().home_slots(c.home_slots))?;
+    let store = Store::open(
+        &path,
+        Options::default()
+            .home_slots(c.home_slots)
+            .grow_ahead(c.grow_ahead),
+    )?;
     println!(
         "tollgate bench: policy {}, {} tokens (Zipf s={}), {} threads, {} s; {:.0}% of POSTs keyed, {:.0}% of those retries",
         c.policy, c.tokens, c.zipf, c.threads, c.seconds, c.idempotent * 100.0, c.retries * 100.0
@@ -499,7 +510,7 @@ fn peers_into(c: &Config, w: &Arc<Workload>, rows: &mut Vec<Row>) -> Res {
     {
         rows.push(bench_governor(c, w));
         if c.toy {
-            rows.push(bench_toy(c, w));
+            rows.push(toy::bench(c, w));
         }
     }
     #[cfg(not(feature = "bench"))]
@@ -539,54 +550,36 @@ fn bench_governor(c: &Config, w: &Arc<Workload>) -> Row {
     // One reused String per thread (governor's keyed limiter takes `&String`), filled before
     // the timed check: no allocation per check, as tollgate makes none.
     checks_peer(
-        "governor",
-        format!("governor 0.10 keyed ({} threads)", c.threads),
+        (
+            "governor",
+            format!("governor 0.10 keyed ({} threads)", c.threads),
+        ),
         c,
         w,
+        |_| String::new(),
         |key: &mut String, bytes| {
             key.clear();
             key.push_str(std::str::from_utf8(bytes).unwrap_or_default());
         },
-        |key, ri, _| limiters[ri].check_key(key).is_ok(),
+        |key, ri, _, _| limiters[ri].check_key(key).is_ok(),
+        drop,
     )
 }
 
-/// The floor toy ([`toy`]) on the same requests: one window per route, as governor.
+/// Run a peer that checks in process, on every thread, over the workload's requests, under
+/// `label` (the progress line) and `engine` (its row): `init` makes a thread's state (from its
+/// index), `fill` prepares it from the key's bytes outside the timed check, `check` (route
+/// index, token, key bytes) answers. Prints and returns its row; `done` gets each thread's
+/// state at the end.
 #[cfg(feature = "bench")]
-fn bench_toy(c: &Config, w: &Arc<Workload>) -> Row {
-    let limits: Vec<u32> = w.routes.iter().map(|r| r.per_minute).collect();
-    // Sized for the keys the run makes (its distinct token and route pairs), as a table that
-    // grows with its keys would be.
-    let keys: std::collections::HashSet<_> = w.seq.iter().collect();
-    let table = toy::Table::new(keys.len());
-    let row = checks_peer(
-        "toy",
-        format!("toy floor: one miss, fixed window ({} threads)", c.threads),
-        c,
-        w,
-        |_: &mut (), _| {},
-        |_, ri, bytes| table.check(bytes, limits[ri]),
-    );
-    if table.full() > 0 {
-        println!(
-            "toy: {} checks found no free slot (admitted uncounted)",
-            table.full()
-        );
-    }
-    row
-}
-
-/// Run a peer that checks in process, on every thread, over the workload's requests: `fill`
-/// prepares a thread's state from the key's bytes outside the timed check, `check` (route
-/// index, key bytes) answers. Prints and returns its row.
-#[cfg(feature = "bench")]
-fn checks_peer<S: Default>(
-    label: &str,
-    engine: String,
+fn checks_peer<S>(
+    (label, engine): (&str, String),
     c: &Config,
     w: &Arc<Workload>,
+    init: impl Fn(usize) -> S + Sync,
     fill: impl Fn(&mut S, &[u8]) + Sync,
-    check: impl Fn(&mut S, usize, &[u8]) -> bool + Sync,
+    check: impl Fn(&mut S, usize, usize, &[u8]) -> bool + Sync,
+    done: impl Fn(S) + Sync,
 ) -> Row {
     let ops = Arc::new(AtomicU64::new(0));
     let admitted_all = AtomicU64::new(0);
@@ -598,7 +591,7 @@ fn checks_peer<S: Default>(
         |t, _, deadline, ops| {
             let mut lat = Vec::new();
             let mut buf = [0u8; 64];
-            let mut state = S::default();
+            let mut state = init(t);
             let mut n = 0u64;
             let mut admitted = 0u64;
             while Instant::now() < deadline {
@@ -609,7 +602,7 @@ fn checks_peer<S: Default>(
                     fill(&mut state, &buf[..len]);
                     let sample = n.is_multiple_of(8);
                     let t0 = sample.then(Instant::now);
-                    let ok = check(&mut state, ri, &buf[..len]);
+                    let ok = check(&mut state, ri, token, &buf[..len]);
                     admitted += u64::from(std::hint::black_box(ok));
                     if let Some(t0) = t0 {
                         lat.push(t0.elapsed().as_nanos() as u64);
@@ -618,6 +611,7 @@ fn checks_peer<S: Default>(
                 ops.fetch_add(256, Ordering::Relaxed);
             }
             admitted_all.fetch_add(admitted, Ordering::Relaxed);
+            done(state);
             lat
         },
     );

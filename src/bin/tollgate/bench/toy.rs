@@ -10,8 +10,130 @@
 //! restart, a window gives a whole minute back at once (twice the limit can pass across a
 //! minute's edge), there are no headers, no second window, no idempotency: it keeps none of
 //! tollgate's promises, which is what makes it a floor.
+//!
+//! On the keyed POSTs it admits, it also keeps Idempotency-Keys the least way one can
+//! (`toy_records.rs`), as tollgate begins and completes records on the ones it admits: the
+//! toy's row then sets tollgate's whole request, idempotency included, beside a floor that
+//! does that work too.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use super::toy_records::{Began, Records, Region};
+use super::{checks_peer, key_into, Config, Rng, Row, Workload};
+
+/// The floor toy on the workload's requests: one window per route, as governor, and the keyed
+/// POSTs' records (begun, completed, or replayed) on the ones it admits.
+pub(super) fn bench(c: &Config, w: &Arc<Workload>) -> Row {
+    let limits: Vec<u32> = w.routes.iter().map(|r| r.per_minute).collect();
+    // Sized for the keys the run makes (its distinct token and route pairs), as a table that
+    // grows with its keys would be; the records' table for as many keys as tollgate begins
+    // in a run of this length (about 90 000 a second), twice over.
+    let keys: std::collections::HashSet<_> = w.seq.iter().collect();
+    let table = Table::new(keys.len());
+    let records = Records::new((c.seconds * 200_000.0) as usize);
+    // A region per thread, reserved (not touched) for 64 MiB of records a second.
+    let region = ((c.seconds * 64.0) as usize).clamp(16, 8192) << 20;
+    let response: Vec<u8> = [&b"201 content-type: application/json\n"[..], &[b'{'; 200]].concat();
+    let (begun, replayed) = (AtomicU64::new(0), AtomicU64::new(0));
+    let row = checks_peer(
+        (
+            "toy",
+            format!(
+                "toy floor: one miss, fixed window, records in memory ({} threads)",
+                c.threads
+            ),
+        ),
+        c,
+        w,
+        |t| Keyed {
+            rng: Rng(0x9E37_79B9_7F4A_7C15 ^ (t as u64 + 1).wrapping_mul(0x2545_F491_4F6C_DD1D)),
+            next_key: (t as u128) << 64,
+            recent: Vec::with_capacity(1024),
+            region: Region::new(t, region),
+            out: Vec::with_capacity(1024),
+            counts: (0, 0),
+        },
+        |_, _| {},
+        |k, ri, token, bytes| {
+            let ok = table.check(bytes, limits[ri]);
+            if ok && w.routes[ri].post && k.rng.unit() < c.idempotent {
+                k.request(&records, token, c.retries, &response);
+            }
+            ok
+        },
+        |k| {
+            begun.fetch_add(k.counts.0, Ordering::Relaxed);
+            replayed.fetch_add(k.counts.1, Ordering::Relaxed);
+        },
+    );
+    println!(
+        "  toy: {} records begun and completed, {} replayed",
+        begun.load(Ordering::Relaxed),
+        replayed.load(Ordering::Relaxed)
+    );
+    if table.full() > 0 || records.full() > 0 {
+        println!(
+            "  toy: {} checks found no free slot (admitted uncounted), {} keyed requests no room (unrecorded)",
+            table.full(),
+            records.full()
+        );
+    }
+    row
+}
+
+/// A toy thread's keyed requests, drawn as tollgate's loop draws them.
+struct Keyed {
+    rng: Rng,
+    next_key: u128,
+    recent: Vec<(usize, u128)>,
+    region: Region,
+    out: Vec<u8>,
+    /// Records begun and completed, and replayed.
+    counts: (u64, u64),
+}
+
+impl Keyed {
+    /// One keyed POST of `token`: a retry of a recent key (share `retries`) or a new key,
+    /// begun and completed, or replayed.
+    fn request(&mut self, records: &Records, token: usize, retries: f64, response: &[u8]) {
+        let retry = !self.recent.is_empty() && self.rng.unit() < retries;
+        let (scope, key) = if retry {
+            self.recent[(self.rng.next() as usize) % self.recent.len()]
+        } else {
+            self.next_key += 1;
+            (
+                token,
+                self.next_key
+                    .wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835),
+            )
+        };
+        let mut buf = [0u8; 64];
+        let len = key_into(&mut buf, scope, "");
+        let mut id = [0u8; 80];
+        id[..len].copy_from_slice(&buf[..len]);
+        id[len..len + 16].copy_from_slice(&key.to_le_bytes());
+        match records.begin(
+            &mut self.region,
+            &id[..len + 16],
+            &[0x5A; 32],
+            &mut self.out,
+        ) {
+            Began::Started(at) => {
+                records.complete(&mut self.region, at, response);
+                self.counts.0 += 1;
+                if self.recent.len() < 1024 {
+                    self.recent.push((scope, key));
+                } else {
+                    let i = (self.rng.next() as usize) % 1024;
+                    self.recent[i] = (scope, key);
+                }
+            }
+            Began::Replayed(_) => self.counts.1 += 1,
+            Began::Refused | Began::Full => {}
+        }
+    }
+}
 
 /// Slots probed before a check gives up (and admits, uncounted: see [`Table::full`]).
 const PROBES: usize = 64;
