@@ -111,7 +111,9 @@ impl Store {
         });
         let mut report = core.recover(count, opened.census);
         report.lost_segments = opened.lost_segments;
-        report.missing_entries = opened.census.map(|c| c.saturating_sub(report.entries));
+        report.missing_entries = opened
+            .census
+            .map(|c| c.entries.saturating_sub(report.entries));
         report.segment_count_damaged = opened.count_damaged;
         core.live_entries.store(report.entries, Ordering::Relaxed);
         Ok(Store::start(core, report, opts.compactor))
@@ -241,7 +243,7 @@ impl Store {
         };
         let c = &self.core.counters;
         let blobs = self.core.segs.blob_usage();
-        let entries = self.core.index.len() as u64;
+        let entries = (self.core.index.len() + self.core.records.len()) as u64;
         Stats {
             entries,
             idempotency_records: self.core.counters.records_live(),

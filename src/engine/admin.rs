@@ -203,7 +203,7 @@ impl Core {
         let l = IdemLayout::new(k.len());
         let mut tries = 0u32;
         loop {
-            let mut lock = core.index.lock(hash);
+            let mut lock = core.records.lock(hash);
             let Some(line) = core.find_kind(hash, k, KIND_IDEM, &guard) else {
                 return Ok(false);
             };

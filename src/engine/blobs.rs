@@ -138,7 +138,7 @@ impl Core {
         }
         let hash = self.rehash(owner);
         // Under the stripe lock nothing else changes a completed record's pointer.
-        let _lock = self.index.lock(hash);
+        let _lock = self.records.lock(hash);
         if !is_live(&e) || !self.index_points_at(owner, KIND_IDEM, guard) {
             return Some(false);
         }

@@ -17,6 +17,8 @@ use super::counters::{Counters, Cursor};
 use crate::clock::ClockSource;
 use crate::idempotency::IdemOptions;
 use crate::options::OnFull;
+use crate::storage::file::Census;
+use crate::storage::format::{KIND_PERMITS, KIND_WINDOWS};
 use crate::storage::index::Index;
 use crate::storage::raw::Map;
 use crate::storage::segment::Segments;
@@ -24,7 +26,16 @@ use crate::storage::segment::Segments;
 /// The engine of one store (see the module docs).
 pub(crate) struct Core {
     pub(crate) segs: Segments,
+    /// The checks' index: window entries, and the permit entries a request takes beside its
+    /// check. Kept apart from [`Core::records`] so that it stays as small as the keys the
+    /// checks count, whatever the records number (`Core::index_of`).
     pub(crate) index: Index,
+    /// The index of idempotency records and versions: entries looked up by an
+    /// Idempotency-Key or a resource, which live for hours and can outnumber the window keys
+    /// many times over. In the checks' index they would grow its tables with them, and their
+    /// inserts would hold the stripe locks new window keys wait for (`docs/DESIGN.md`, "The
+    /// index").
+    pub(crate) records: Index,
     pub(crate) hasher: ahash::RandomState,
     /// Sub-windows per sliding window (`B`), as fixed in the file header.
     pub(crate) b: u32,
@@ -84,6 +95,7 @@ impl Core {
         Core {
             segs: parts.segs,
             index: Index::new(),
+            records: Index::new(),
             hasher: {
                 let [k0, k1, k2, k3] = parts.seed;
                 ahash::RandomState::with_seeds(k0, k1, k2, k3)
@@ -107,11 +119,27 @@ impl Core {
     }
 }
 
+impl Core {
+    /// The index that holds entries of `kind`: the checks' for window and permit entries,
+    /// the records' for the rest.
+    #[inline]
+    pub(crate) fn index_of(&self, kind: u8) -> &Index {
+        match kind {
+            KIND_WINDOWS | KIND_PERMITS => &self.index,
+            _ => &self.records,
+        }
+    }
+}
+
 impl Drop for Core {
     /// The last of the store in this process: leave the census of its entries in the file,
     /// so that the next open can tell a loss of segments in entries (`storage/file.rs`).
     fn drop(&mut self) {
-        let _ = self.segs.record_census(self.index.len() as u64);
+        let records = self.records.len() as u64;
+        let _ = self.segs.record_census(Census {
+            entries: self.index.len() as u64 + records,
+            records,
+        });
         // Free what this store retired, if no read section holds it any more (what is held
         // goes at a later collect, of any store: `storage/readers.rs`).
         crate::storage::readers::collect();

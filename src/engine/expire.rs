@@ -258,7 +258,7 @@ impl Core {
             return false;
         }
         let hash = self.rehash(line);
-        let mut lock = self.index.lock(hash);
+        let mut lock = self.records.lock(hash);
         if !self.index_points_at(line, KIND_IDEM, guard) {
             return false;
         }

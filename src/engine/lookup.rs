@@ -25,7 +25,7 @@ impl Core {
     /// Find the entry of `kind` for `key` without a lock.
     #[inline]
     pub(crate) fn find_kind(&self, hash: u64, key: &[u8], kind: u8, guard: &Guard) -> Option<u64> {
-        self.index
+        self.index_of(kind)
             .find(hash, guard, |line| self.matches(line, key, kind))
     }
 
@@ -161,7 +161,7 @@ impl Core {
             return Ok(line);
         }
         self.make_room(now_ms)?;
-        let mut lock = self.index.lock(hash);
+        let mut lock = self.index_of(kind).lock(hash);
         if let Some(line) = self.find_kind(hash, key, kind, guard) {
             return Ok(line);
         }
@@ -313,5 +313,47 @@ mod tests {
             }
         }
         assert_eq!(store.stats().entries, 2 * MAX_KEY_LEN as u64);
+    }
+
+    /// Window and permit entries in the checks' index, records and versions in the records'
+    /// own, at run time and after a reopen (which sizes each from the census).
+    #[test]
+    fn records_and_versions_keep_out_of_the_checks_index() {
+        use crate::{Fingerprint, IdempotencyKey};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("split.tg");
+        let limits = Limits::new(&[Limit::per_minute(5)]).unwrap();
+        let counts = |store: &Store| (store.core.index.len(), store.core.records.len());
+        let scope = b"tok_a";
+        let keys: Vec<IdempotencyKey> = (1..=4u128)
+            .map(|i| {
+                IdempotencyKey::from_uuid(
+                    uuid::Builder::from_random_bytes(i.to_le_bytes()).into_uuid(),
+                )
+                .unwrap()
+            })
+            .collect();
+        {
+            let store = Store::open(&path, Options::default().compactor(false)).unwrap();
+            for k in [&b"tok_a:/x"[..], b"tok_b:/x", b"tok_c:/y"] {
+                store.check(k, &limits, 1).unwrap();
+            }
+            for k in &keys {
+                store
+                    .begin(scope, k, &Fingerprint::from_bytes([1; 32]))
+                    .unwrap();
+            }
+            store.bump_version(b"order/7").unwrap();
+            assert_eq!(counts(&store), (3, 5));
+            assert_eq!(store.stats().entries, 8);
+        }
+        let store = Store::open(&path, Options::default().compactor(false)).unwrap();
+        assert_eq!(store.open_report().missing_entries, Some(0));
+        assert_eq!(counts(&store), (3, 5));
+        let core = &store.core;
+        let guard = crossbeam_epoch::pin();
+        let key = b"tok_b:/x";
+        assert!(core.find(core.hasher.hash_one(key), key, &guard).is_some());
+        assert_eq!(store.peek(key, &limits).unwrap().windows()[0].used(), 1);
     }
 }

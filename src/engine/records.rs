@@ -76,7 +76,7 @@ impl Core {
         loop {
             let Some(line) = self.find_kind(hash, key, KIND_IDEM, &guard) else {
                 self.make_room(now_ms)?;
-                let mut lock = self.index.lock(hash);
+                let mut lock = self.records.lock(hash);
                 if self.find_kind(hash, key, KIND_IDEM, &guard).is_some() {
                     continue;
                 }
@@ -145,7 +145,7 @@ impl Core {
                 continue;
             }
             // Another fingerprint: a new entry replaces this one.
-            let mut lock = self.index.lock(hash);
+            let mut lock = self.records.lock(hash);
             if self.find_kind(hash, key, KIND_IDEM, &guard) != Some(line) {
                 continue;
             }

@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 use crossbeam_epoch::Guard;
 
 use super::core::Core;
+use crate::storage::file::Census;
 use crate::storage::format::{
     BlobHeader, EntryHeader, SegmentHeader, BLOB_SEGMENT, CLAIMED, KIND_IDEM, KIND_PERMITS,
     KIND_VERSION, KIND_WINDOWS, TOMBSTONE,
@@ -130,13 +131,16 @@ impl Core {
     /// concurrent inserts); the second copy of a key (a crash while it moved) is set aside and
     /// settled after they finish, by the rule a scan in file order applies, so the outcome
     /// does not depend on which thread got there first. Segments are adopted last, in order.
-    pub(crate) fn recover(&self, count: usize, expected: Option<u64>) -> OpenReport {
+    pub(crate) fn recover(&self, count: usize, expected: Option<Census>) -> OpenReport {
         let mut report = OpenReport::default();
         let seg_lines = self.segs.seg_lines();
-        if let Some(n) = expected {
+        if let Some(c) = expected {
             // No more than the segments have lines: a census is never trusted past the file.
             let lines = (count as u64).saturating_mul(seg_lines);
-            self.index.reserve(n.min(lines), &crossbeam_epoch::pin());
+            let n = c.entries.min(lines);
+            let guard = crossbeam_epoch::pin();
+            self.index.reserve(n - c.records.min(n), &guard);
+            self.records.reserve(c.records.min(n), &guard);
         }
         let mut blob_segments = Vec::new();
         let mut entry_segments = Vec::new();
@@ -286,7 +290,7 @@ impl Core {
                     // The key as stored, so the same hash as `rehash(line)`. Its index slot
                     // starts loading now and is probed a few entries later.
                     let hash = self.hasher.hash_one(&*key);
-                    self.index.prefetch(hash, guard);
+                    self.index_of(kind).prefetch(hash, guard);
                     if frozen && (kind == KIND_WINDOWS || kind == KIND_IDEM) {
                         out.frozen.push(line);
                     }
@@ -324,7 +328,7 @@ impl Core {
     fn index_at_open(&self, c: Checked, out: &mut Scanned, guard: &Guard) {
         let (bytes, len) = self.entry_key(c.line);
         let key = bytes.get(..len).unwrap_or(&[]);
-        let mut lock = self.index.lock(c.hash);
+        let mut lock = self.index_of(c.kind).lock(c.hash);
         match self.find_kind(c.hash, key, c.kind, guard) {
             None => {
                 lock.insert(c.hash, c.line, guard, self);
@@ -351,7 +355,7 @@ impl Core {
     ) {
         let (bytes, len) = self.entry_key(c.line);
         let key = bytes.get(..len).unwrap_or(&[]);
-        let mut lock = self.index.lock(c.hash);
+        let mut lock = self.index_of(c.kind).lock(c.hash);
         let Some(other) = self.find_kind(c.hash, key, c.kind, guard) else {
             return;
         };

@@ -52,7 +52,7 @@ pub(crate) struct Opened {
     pub header_map: Map,
     /// The entries the file held when its last writer went away, if it left a census (a
     /// writer's open has erased it by now).
-    pub census: Option<u64>,
+    pub census: Option<Census>,
     /// The keys of the hash that places window entries (`segment/home.rs`): the file's, or
     /// new ones (written to the file by a writer's open, so that the next open finds every
     /// entry where this one puts it).
@@ -216,11 +216,67 @@ pub(crate) fn record_segments(file: &File, segments: u32, hook: &Hook) -> Result
     Ok(())
 }
 
-/// Record that the file holds `entries` entries as its writer goes away. Not synced: a power
+/// What a census says (the census of the header page, at `CENSUS_AT`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Census {
+    /// The live entries a cleanly closed file holds.
+    pub entries: u64,
+    /// How many of them the records' index holds (idempotency records and versions); 0 in a
+    /// census written before the records had an index of their own.
+    pub records: u64,
+}
+
+/// The crc32 of a census: of its count alone when it counts no record (the census's form
+/// before the records' index), else of the count and then the records' four bytes.
+fn census_crc(count: &[u8; 8], records: &[u8; 4]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(count);
+    if *records != [0; 4] {
+        h.update(records);
+    }
+    h.finalize()
+}
+
+impl Census {
+    /// The census (bytes `CENSUS_AT..+16` of the header page): `entries` live entries when
+    /// the file was last closed (8 little-endian bytes), a crc32, and how many of them are
+    /// in the records' index (4 bytes, saturating; `Core::records`). With no record the last
+    /// four bytes are zero and the crc covers the count alone (the census of files written
+    /// before the records had an index of their own); else it covers the count and then the
+    /// records' four bytes.
+    fn encode(self) -> [u8; 16] {
+        let n = self.entries.to_le_bytes();
+        let r = u32::try_from(self.records.min(self.entries))
+            .unwrap_or(u32::MAX)
+            .to_le_bytes();
+        let mut b = [0u8; 16];
+        b[0..8].copy_from_slice(&n);
+        b[12..16].copy_from_slice(&r);
+        b[8..12].copy_from_slice(&census_crc(&n, &r).to_le_bytes());
+        b
+    }
+
+    /// Decode a census: `None` if there is none (all zero: the crc of a zero count is not
+    /// zero) or its check fails.
+    fn decode(b: &[u8]) -> Option<Census> {
+        let n: [u8; 8] = b.get(0..8)?.try_into().ok()?;
+        let r: [u8; 4] = b.get(12..16)?.try_into().ok()?;
+        let crc: [u8; 4] = b.get(8..12)?.try_into().ok()?;
+        (u32::from_le_bytes(crc) == census_crc(&n, &r)).then(|| {
+            let entries = u64::from_le_bytes(n);
+            Census {
+                entries,
+                records: u64::from(u32::from_le_bytes(r)).min(entries),
+            }
+        })
+    }
+}
+
+/// Record the `census` of the file's entries as its writer goes away. Not synced: a power
 /// cut may lose it (then the next open knows no census) or keep it while losing entries (then
 /// the next open counts them as missing, which they are).
-pub(crate) fn record_census(file: &File, entries: u64) -> Result<()> {
-    file.write_all_at(&FileHeader::census_bytes(entries), CENSUS_AT as u64)?;
+pub(crate) fn record_census(file: &File, census: Census) -> Result<()> {
+    file.write_all_at(&census.encode(), CENSUS_AT as u64)?;
     Ok(())
 }
 
@@ -243,10 +299,10 @@ fn read_seed(file: &File) -> Result<Option<[u64; 4]>> {
     }
 }
 
-fn read_census(file: &File) -> Result<Option<u64>> {
+fn read_census(file: &File) -> Result<Option<Census>> {
     let mut b = [0u8; 16];
     match file.read_exact_at(&mut b, CENSUS_AT as u64) {
-        Ok(()) => Ok(FileHeader::census_of(&b)),
+        Ok(()) => Ok(Census::decode(&b)),
         Err(e) if e.kind() == ErrorKind::UnexpectedEof => Ok(None),
         Err(e) => Err(Error::Io(e)),
     }
@@ -326,6 +382,56 @@ fn read_header(file: &mut File) -> Result<FileHeader> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_census_reads_back_and_the_form_before_records_still_reads() {
+        for c in [
+            Census {
+                entries: 104,
+                records: 0,
+            },
+            Census {
+                entries: 104,
+                records: 37,
+            },
+            Census {
+                entries: u64::MAX,
+                records: u64::MAX,
+            },
+        ] {
+            let b = c.encode();
+            let expect = Census {
+                records: c.records.min(u64::from(u32::MAX)),
+                ..c
+            };
+            assert_eq!(Census::decode(&b), Some(expect));
+            // Any byte changed fails the check.
+            for i in 0..16 {
+                let mut d = b;
+                d[i] ^= 0x10;
+                assert_eq!(Census::decode(&d), None, "byte {i} of {c:?}");
+            }
+        }
+        // The form every census had before: the count, its crc32, four zero bytes.
+        let mut old = [0u8; 16];
+        old[0..8].copy_from_slice(&104u64.to_le_bytes());
+        old[8..12].copy_from_slice(&crc32fast::hash(&104u64.to_le_bytes()).to_le_bytes());
+        assert_eq!(
+            Census::decode(&old),
+            Some(Census {
+                entries: 104,
+                records: 0
+            })
+        );
+        assert_eq!(Census::decode(&[0u8; 16]), None, "all zero: no census");
+        // A records count above the entries (only a damaged file has one) is cut to them.
+        let b = Census {
+            entries: 5,
+            records: 9,
+        }
+        .encode();
+        assert_eq!(Census::decode(&b).map(|c| c.records), Some(5));
+    }
 
     /// A file of `segments` segments of 64 KiB whose count word says `count`; segment `i`'s
     /// header line is non-zero when `used[i]`.

@@ -32,6 +32,7 @@ pub(crate) const SEEN_AT: usize = HEADER_USED;
 pub(crate) const SEGMENTS_AT: usize = HEADER_USED + 8;
 /// Offset of the census (16 bytes): the entries a cleanly closed file holds.
 pub(crate) const CENSUS_AT: usize = HEADER_USED + 16;
+
 /// Offset of the hash seed (40 bytes): the four keys of the hash that places window entries
 /// in home segments, the crc32 of their 32 little-endian bytes, four zero bytes. Written once,
 /// by the first open of the file that finds none; a secret as private as the file.
@@ -150,24 +151,6 @@ impl FileHeader {
         b[0..4].copy_from_slice(&n);
         b[4..8].copy_from_slice(&crc32fast::hash(&n).to_le_bytes());
         b
-    }
-
-    /// The census (bytes `CENSUS_AT..+16` of the header page): `entries` live entries when
-    /// the file was last closed, the crc32 of their eight little-endian bytes, four zero bytes.
-    pub(crate) fn census_bytes(entries: u64) -> [u8; 16] {
-        let n = entries.to_le_bytes();
-        let mut b = [0u8; 16];
-        b[0..8].copy_from_slice(&n);
-        b[8..12].copy_from_slice(&crc32fast::hash(&n).to_le_bytes());
-        b
-    }
-
-    /// Decode a census: `None` if there is none (all zero: the crc of a zero count is not
-    /// zero) or its check fails.
-    pub(crate) fn census_of(b: &[u8]) -> Option<u64> {
-        let n: [u8; 8] = b.get(0..8)?.try_into().ok()?;
-        (b.len() >= 16 && le32(b, 8) == crc32fast::hash(&n) && le32(b, 12) == 0)
-            .then_some(u64::from_le_bytes(n))
     }
 
     /// The hash seed's 40 bytes (at [`SEED_AT`]) for `keys`.

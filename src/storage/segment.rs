@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+use super::file::Census;
 use super::format::{SegmentHeader, LINE, MAX_ENTRY_LINES, SEGMENTS_START};
 use super::hook::{Hook, IoEvent};
 use super::index::MAX_LINES;
@@ -608,10 +609,10 @@ impl Segments {
 
     /// Leave a census of `entries` in the file's header page as the store goes away (see
     /// `file.rs`): a writable, file-backed store that is not poisoned.
-    pub(crate) fn record_census(&self, entries: u64) -> Result<()> {
+    pub(crate) fn record_census(&self, census: Census) -> Result<()> {
         match &self.file {
             Some(f) if !self.private && !self.is_poisoned() => {
-                super::file::record_census(f, entries)
+                super::file::record_census(f, census)
             }
             _ => Ok(()),
         }
