@@ -213,6 +213,51 @@ impl Workload {
     }
 }
 
+/// The Idempotency-Keys of one thread's keyed POSTs, as 128-bit numbers: new ones, distinct
+/// across threads, and retries of recent ones (which replay). Shared by tollgate's loop and the
+/// floor toy's, so that both draw the same kind of keys.
+struct KeyDraw {
+    next: u128,
+    /// Up to [`KeyDraw::RECENT`] keys begun, with their scope's token.
+    recent: Vec<(usize, u128)>,
+}
+
+impl KeyDraw {
+    const RECENT: usize = 1024;
+
+    fn new(thread: usize) -> KeyDraw {
+        KeyDraw {
+            next: (thread as u128) << 64,
+            recent: Vec::with_capacity(Self::RECENT),
+        }
+    }
+
+    /// The scope's token and the key of a keyed POST of `token`: a recent key (a share
+    /// `retries` of the time, once there is one), else a new one.
+    fn draw(&mut self, rng: &mut Rng, token: usize, retries: f64) -> (usize, u128) {
+        if !self.recent.is_empty() && rng.unit() < retries {
+            return self.recent[(rng.next() as usize) % self.recent.len()];
+        }
+        self.next += 1;
+        (
+            token,
+            self.next
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835),
+        )
+    }
+
+    /// Remember `key` (of `scope`'s token), begun, for retries: the recent keys fill, then
+    /// one at random gives way.
+    fn begun(&mut self, rng: &mut Rng, scope: usize, key: u128) {
+        if self.recent.len() < Self::RECENT {
+            self.recent.push((scope, key));
+        } else {
+            let i = (rng.next() as usize) % Self::RECENT;
+            self.recent[i] = (scope, key);
+        }
+    }
+}
+
 /// `tok_{token:028x}:{route}` into `buf`, without the formatting machinery (a gateway has the
 /// key's bytes at hand; building them must not weigh on any engine's figures).
 fn key_into(buf: &mut [u8; 64], token: usize, route: &str) -> usize {
@@ -361,8 +406,7 @@ pub fn run(c: &Config) -> Res {
         |t, rng, deadline, ops| {
             let mut lat = Vec::new();
             let mut buf = [0u8; 64];
-            let mut recent: Vec<(usize, IdempotencyKey)> = Vec::with_capacity(1024);
-            let mut next_key = (t as u128) << 64;
+            let mut keys = KeyDraw::new(t);
             let mut counts = Counts::default();
             let mut n = 0u64;
             while Instant::now() < deadline {
@@ -380,19 +424,11 @@ pub fn run(c: &Config) -> Res {
                     if d.allowed() {
                         counts.allowed += 1;
                         if route.post && rng.unit() < c.idempotent {
-                            let retry = !recent.is_empty() && rng.unit() < c.retries;
-                            let (scope_token, key) = if retry {
-                                recent[(rng.next() as usize) % recent.len()]
-                            } else {
-                                next_key += 1;
-                                let x = next_key
-                                    .wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835);
-                                match IdempotencyKey::from_uuid(
-                                    uuid::Builder::from_random_bytes(x.to_le_bytes()).into_uuid(),
-                                ) {
-                                    Ok(k) => (token, k),
-                                    Err(_) => continue,
-                                }
+                            let (scope_token, k) = keys.draw(rng, token, c.retries);
+                            let Ok(key) = IdempotencyKey::from_uuid(
+                                uuid::Builder::from_random_bytes(k.to_le_bytes()).into_uuid(),
+                            ) else {
+                                continue;
                             };
                             keyed = true;
                             let mut sbuf = [0u8; 64];
@@ -402,12 +438,7 @@ pub fn run(c: &Config) -> Res {
                                 Ok(Begin::Started(lease)) => {
                                     let _ = store.complete(&lease, &response);
                                     counts.started += 1;
-                                    if recent.len() < 1024 {
-                                        recent.push((token, key));
-                                    } else {
-                                        let i = (rng.next() as usize) % 1024;
-                                        recent[i] = (token, key);
-                                    }
+                                    keys.begun(rng, scope_token, k);
                                 }
                                 Ok(Begin::Replay(_)) => {
                                     counts.replayed += 1;

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::toy_records::{Began, Records, Region};
-use super::{checks_peer, key_into, Config, Rng, Row, Workload};
+use super::{checks_peer, key_into, Config, KeyDraw, Rng, Row, Workload};
 
 /// The floor toy on the workload's requests: one window per route, as governor, and the keyed
 /// POSTs' records (begun, completed, or replayed) on the ones it admits.
@@ -48,8 +48,7 @@ pub(super) fn bench(c: &Config, w: &Arc<Workload>) -> Row {
         w,
         |t| Keyed {
             rng: Rng(0x9E37_79B9_7F4A_7C15 ^ (t as u64 + 1).wrapping_mul(0x2545_F491_4F6C_DD1D)),
-            next_key: (t as u128) << 64,
-            recent: Vec::with_capacity(1024),
+            keys: KeyDraw::new(t),
             region: Region::new(t, region),
             out: Vec::with_capacity(1024),
             counts: (0, 0),
@@ -85,8 +84,7 @@ pub(super) fn bench(c: &Config, w: &Arc<Workload>) -> Row {
 /// A toy thread's keyed requests, drawn as tollgate's loop draws them.
 struct Keyed {
     rng: Rng,
-    next_key: u128,
-    recent: Vec<(usize, u128)>,
+    keys: KeyDraw,
     region: Region,
     out: Vec<u8>,
     /// Records begun and completed, and replayed.
@@ -97,17 +95,7 @@ impl Keyed {
     /// One keyed POST of `token`: a retry of a recent key (share `retries`) or a new key,
     /// begun and completed, or replayed.
     fn request(&mut self, records: &Records, token: usize, retries: f64, response: &[u8]) {
-        let retry = !self.recent.is_empty() && self.rng.unit() < retries;
-        let (scope, key) = if retry {
-            self.recent[(self.rng.next() as usize) % self.recent.len()]
-        } else {
-            self.next_key += 1;
-            (
-                token,
-                self.next_key
-                    .wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835),
-            )
-        };
+        let (scope, key) = self.keys.draw(&mut self.rng, token, retries);
         let mut buf = [0u8; 64];
         let len = key_into(&mut buf, scope, "");
         let mut id = [0u8; 80];
@@ -122,12 +110,7 @@ impl Keyed {
             Began::Started(at) => {
                 records.complete(&mut self.region, at, response);
                 self.counts.0 += 1;
-                if self.recent.len() < 1024 {
-                    self.recent.push((scope, key));
-                } else {
-                    let i = (self.rng.next() as usize) % 1024;
-                    self.recent[i] = (scope, key);
-                }
+                self.keys.begun(&mut self.rng, scope, key);
             }
             Began::Replayed(_) => self.counts.1 += 1,
             Began::Refused | Began::Full => {}
