@@ -184,6 +184,8 @@ fn a_short_bench_with_the_floor_toy_runs() {
         })
         .unwrap_or(0);
     assert!(begun > 0, "the toy began no record: {out}");
+    // Its keyed requests' latencies on a line of their own, as tollgate's.
+    assert!(out.matches("keyed requests (").count() >= 2, "{out}");
 }
 
 #[test]

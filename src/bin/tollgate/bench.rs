@@ -309,6 +309,42 @@ impl Totals {
     }
 }
 
+/// Latency samples, each tagged with [`KEYED`] if its request was keyed: the percentiles of
+/// all of them (the figure compared across engines), and the keyed ones' share and
+/// percentiles, if there are any.
+struct Latencies {
+    all: (u64, u64, u64),
+    keyed: Option<(f64, (u64, u64, u64))>,
+}
+
+impl Latencies {
+    fn of(samples: Vec<u64>) -> Latencies {
+        let keyed: Vec<u64> = samples
+            .iter()
+            .filter(|&&s| s & KEYED != 0)
+            .map(|&s| s & !KEYED)
+            .collect();
+        let share = keyed.len() as f64 / samples.len().max(1) as f64;
+        Latencies {
+            keyed: (!keyed.is_empty()).then(|| (share, percentiles(keyed))),
+            all: percentiles(samples.into_iter().map(|s| s & !KEYED).collect()),
+        }
+    }
+
+    /// The keyed requests' own line (check, begin and complete or replay), if any.
+    fn print_keyed(&self) {
+        if let Some((share, k)) = self.keyed {
+            println!(
+                "  keyed requests ({:.1}% of those timed): latency p50 {} ns, p99 {} ns, p99.9 {} ns",
+                share * 100.0,
+                k.0,
+                k.1,
+                k.2
+            );
+        }
+    }
+}
+
 fn percentiles(mut v: Vec<u64>) -> (u64, u64, u64) {
     if v.is_empty() {
         return (0, 0, 0);
@@ -464,16 +500,8 @@ pub fn run(c: &Config) -> Res {
         },
     );
     let n = ops.load(Ordering::Relaxed);
-    // The keyed requests' own latencies (check, begin and complete or replay), apart, and
-    // every request's together (the figure compared with the peers).
-    let keyed: Vec<u64> = samples
-        .iter()
-        .filter(|&&s| s & KEYED != 0)
-        .map(|&s| s & !KEYED)
-        .collect();
-    let share = keyed.len() as f64 / samples.len().max(1) as f64;
-    let tl = percentiles(samples.into_iter().map(|s| s & !KEYED).collect());
-    let kl = percentiles(keyed);
+    let lat = Latencies::of(samples);
+    let tl = lat.all;
     let stats = store.stats();
     let file = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     println!(
@@ -491,15 +519,7 @@ pub fn run(c: &Config) -> Res {
         totals.replayed.load(Ordering::Relaxed),
         totals.conflicts.load(Ordering::Relaxed),
     );
-    if share > 0.0 {
-        println!(
-            "  keyed requests ({:.1}% of those timed): latency p50 {} ns, p99 {} ns, p99.9 {} ns",
-            share * 100.0,
-            kl.0,
-            kl.1,
-            kl.2
-        );
-    }
+    lat.print_keyed();
     println!(
         "  store: {} entries ({} idempotency records), {} segments, file {:.1} MiB",
         stats.entries,
@@ -592,7 +612,7 @@ fn bench_governor(c: &Config, w: &Arc<Workload>) -> Row {
             key.clear();
             key.push_str(std::str::from_utf8(bytes).unwrap_or_default());
         },
-        |key, ri, _, _| limiters[ri].check_key(key).is_ok(),
+        |key, ri, _, _| (limiters[ri].check_key(key).is_ok(), false),
         drop,
     )
 }
@@ -609,7 +629,7 @@ fn checks_peer<S>(
     w: &Arc<Workload>,
     init: impl Fn(usize) -> S + Sync,
     fill: impl Fn(&mut S, &[u8]) + Sync,
-    check: impl Fn(&mut S, usize, usize, &[u8]) -> bool + Sync,
+    check: impl Fn(&mut S, usize, usize, &[u8]) -> (bool, bool) + Sync,
     done: impl Fn(S) + Sync,
 ) -> Row {
     let ops = Arc::new(AtomicU64::new(0));
@@ -633,10 +653,11 @@ fn checks_peer<S>(
                     fill(&mut state, &buf[..len]);
                     let sample = n.is_multiple_of(8);
                     let t0 = sample.then(Instant::now);
-                    let ok = check(&mut state, ri, token, &buf[..len]);
+                    let (ok, keyed) = check(&mut state, ri, token, &buf[..len]);
                     admitted += u64::from(std::hint::black_box(ok));
                     if let Some(t0) = t0 {
-                        lat.push(t0.elapsed().as_nanos() as u64);
+                        let ns = (t0.elapsed().as_nanos() as u64).min(!KEYED);
+                        lat.push(if keyed { ns | KEYED } else { ns });
                     }
                 }
                 ops.fetch_add(256, Ordering::Relaxed);
@@ -647,7 +668,8 @@ fn checks_peer<S>(
         },
     );
     let n = ops.load(Ordering::Relaxed);
-    let l = percentiles(samples);
+    let lat = Latencies::of(samples);
+    let l = lat.all;
     println!(
         "{label}: {n} checks in {secs:.1} s = {:.2} M/s; latency p50 {} ns, p99 {} ns, p99.9 {} ns; {:.1}% admitted",
         n as f64 / secs / 1e6,
@@ -656,6 +678,7 @@ fn checks_peer<S>(
         l.2,
         admitted_all.load(Ordering::Relaxed) as f64 * 100.0 / n.max(1) as f64
     );
+    lat.print_keyed();
     Row {
         engine,
         ops: n,

@@ -56,10 +56,11 @@ pub(super) fn bench(c: &Config, w: &Arc<Workload>) -> Row {
         |_, _| {},
         |k, ri, token, bytes| {
             let ok = table.check(bytes, limits[ri]);
-            if ok && w.routes[ri].post && k.rng.unit() < c.idempotent {
+            let keyed = ok && w.routes[ri].post && k.rng.unit() < c.idempotent;
+            if keyed {
                 k.request(&records, token, c.retries, &response);
             }
-            ok
+            (ok, keyed)
         },
         |k| {
             begun.fetch_add(k.counts.0, Ordering::Relaxed);
