@@ -117,9 +117,7 @@ impl Core {
             header: parts.header,
         }
     }
-}
 
-impl Core {
     /// The index that holds entries of `kind`: the checks' for window and permit entries,
     /// the records' for the rest.
     #[inline]

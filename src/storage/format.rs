@@ -32,7 +32,6 @@ pub(crate) const SEEN_AT: usize = HEADER_USED;
 pub(crate) const SEGMENTS_AT: usize = HEADER_USED + 8;
 /// Offset of the census (16 bytes): the entries a cleanly closed file holds.
 pub(crate) const CENSUS_AT: usize = HEADER_USED + 16;
-
 /// Offset of the hash seed (40 bytes): the four keys of the hash that places window entries
 /// in home segments, the crc32 of their 32 little-endian bytes, four zero bytes. Written once,
 /// by the first open of the file that finds none; a secret as private as the file.
