@@ -150,6 +150,46 @@ fn a_short_bench_runs() {
     assert!(out.contains("keyed requests ("), "{out}");
 }
 
+/// Rounds in turns: each round has its table, the order alternates, and the last table gives
+/// every peer's ratio round by round and the median.
+#[cfg(feature = "bench")]
+#[test]
+fn a_bench_of_rounds_gives_each_ratio_and_the_median() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, out) = tollgate(&[
+        "bench",
+        "--seconds",
+        "0.2",
+        "--tokens",
+        "1000",
+        "--threads",
+        "1",
+        "--rounds",
+        "3",
+        "--redis",
+        "127.0.0.1:1",
+        "--data",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}");
+    assert!(out.contains("0.2 s per engine, 3 rounds"), "{out}");
+    assert!(out.contains("round 2 of 3 (peers first)"), "{out}");
+    assert!(out.contains("round 3 of 3\n"), "{out}");
+    assert_eq!(out.matches("| tollgate (1 threads) |").count(), 3, "{out}");
+    let summary = out
+        .lines()
+        .find(|l| l.starts_with("| governor 0.10 keyed (1 threads) |") && l.contains(", "))
+        .unwrap_or_else(|| panic!("no summary row: {out}"));
+    // Three ratios, then their median, which is one of them.
+    let cells: Vec<&str> = summary.split('|').map(str::trim).collect();
+    let ratios: Vec<&str> = cells[2].split(", ").collect();
+    assert_eq!(ratios.len(), 3, "{summary}");
+    assert!(ratios.contains(&cells[3]), "{summary}");
+    // Zero rounds is refused.
+    let (ok, out) = tollgate(&["bench", "--rounds", "0"]);
+    assert!(!ok && out.contains("--rounds"), "{out}");
+}
+
 /// The floor toy runs beside governor and keeps records of the keyed POSTs it admits.
 #[cfg(feature = "bench")]
 #[test]

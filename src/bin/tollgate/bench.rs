@@ -48,9 +48,14 @@ pub struct Config {
     /// Threads making requests.
     #[arg(long, default_value_t = 2, value_name = "N")]
     threads: usize,
-    /// How long each engine runs.
+    /// How long each engine runs (in each round).
     #[arg(long, default_value_t = 10.0, value_name = "S")]
     seconds: f64,
+    /// Rounds of every engine, in turns, the order alternating (tollgate first, then the peers
+    /// first): a machine's speed drifts between phases, so the ratios of several rounds, and
+    /// their median, say more than one.
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100))]
+    rounds: u32,
     /// The Zipf exponent of the token distribution.
     #[arg(long, default_value_t = 1.1, value_name = "S")]
     zipf: f64,
@@ -237,6 +242,100 @@ pub fn run(c: &Config) -> Res {
     c.validate()?;
     let w = Arc::new(Workload::new(policy(&c.policy)?, c.tokens, c.zipf));
     std::fs::create_dir_all(&c.data)?;
+    let rounds = if c.rounds > 1 {
+        format!(" per engine, {} rounds", c.rounds)
+    } else {
+        String::new()
+    };
+    println!(
+        "tollgate bench: policy {}, {} tokens (Zipf s={}), {} threads, {} s{rounds}; {:.0}% of POSTs keyed, {:.0}% of those retries",
+        c.policy, c.tokens, c.zipf, c.threads, c.seconds, c.idempotent * 100.0, c.retries * 100.0
+    );
+    let mut all = Vec::new();
+    for r in 0..c.rounds {
+        // Every other round the peers go first, so that neither side always runs on the
+        // machine as the other left it.
+        let peers_first = c.peers && r % 2 == 1;
+        if c.rounds > 1 {
+            let order = if peers_first { " (peers first)" } else { "" };
+            println!("\nround {} of {}{order}", r + 1, c.rounds);
+        }
+        let mut rows = Vec::new();
+        if peers_first {
+            peers_into(c, &w, &mut rows)?;
+        }
+        rows.insert(0, bench_tollgate(c, &w)?);
+        if c.peers && !peers_first {
+            peers_into(c, &w, &mut rows)?;
+        }
+        if c.peers {
+            print_table(&rows);
+        }
+        all.push(rows);
+    }
+    if c.rounds > 1 && c.peers {
+        print_rounds(&all);
+    }
+    Ok(())
+}
+
+/// Throughput, as a row reports it.
+fn rate(r: &Row) -> f64 {
+    r.ops as f64 / r.secs.max(1e-9)
+}
+
+/// The table of one round: every engine beside tollgate (the first row).
+fn print_table(rows: &[Row]) {
+    let Some(base) = rows.first().map(rate) else {
+        return;
+    };
+    println!(
+        "\n| engine (checks only for peers) | checks/s | p50 | p99 | p99.9 | tollgate ÷ engine |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for r in rows {
+        println!(
+            "| {} | {:.0} | {} ns | {} ns | {} ns | {:.2}× |",
+            r.engine,
+            rate(r),
+            r.lat.0,
+            r.lat.1,
+            r.lat.2,
+            base / rate(r).max(1e-9)
+        );
+    }
+}
+
+/// tollgate's throughput over each peer's, round by round, and the median.
+fn print_rounds(all: &[Vec<Row>]) {
+    let Some(first) = all.first() else {
+        return;
+    };
+    println!("\n| tollgate ÷ engine | each round | median |");
+    println!("|---|---|---|");
+    for peer in first.iter().skip(1) {
+        let mut ratios: Vec<f64> = all
+            .iter()
+            .filter_map(|rows| {
+                let base = rate(rows.first()?);
+                let other = rows.iter().skip(1).find(|r| r.engine == peer.engine)?;
+                Some(base / rate(other).max(1e-9))
+            })
+            .collect();
+        let each: Vec<String> = ratios.iter().map(|x| format!("{x:.2}×")).collect();
+        ratios.sort_by(f64::total_cmp);
+        let mid = ratios.len() / 2;
+        let median = match ratios.len() {
+            0 => f64::NAN,
+            n if n % 2 == 1 => ratios[mid],
+            _ => (ratios[mid - 1] + ratios[mid]) / 2.0,
+        };
+        println!("| {} | {} | {median:.2}× |", peer.engine, each.join(", "));
+    }
+}
+
+/// tollgate's run of one round, on a store made afresh: prints its lines, returns its row.
+fn bench_tollgate(c: &Config, w: &Arc<Workload>) -> Result<Row, Box<dyn std::error::Error>> {
     let path = format!("{}/bench.tg", c.data.trim_end_matches('/'));
     let _ = std::fs::remove_file(&path);
     let store = Store::open(
@@ -245,10 +344,6 @@ pub fn run(c: &Config) -> Res {
             .home_slots(c.home_slots)
             .grow_ahead(c.grow_ahead),
     )?;
-    println!(
-        "tollgate bench: policy {}, {} tokens (Zipf s={}), {} threads, {} s; {:.0}% of POSTs keyed, {:.0}% of those retries",
-        c.policy, c.tokens, c.zipf, c.threads, c.seconds, c.idempotent * 100.0, c.retries * 100.0
-    );
     println!(
         "store: {path}{}",
         if c.home_slots { " (home slots)" } else { "" }
@@ -350,32 +445,13 @@ pub fn run(c: &Config) -> Res {
         stats.segments,
         file as f64 / 1048576.0
     );
-    let mut rows = vec![Row {
+    store.close()?;
+    Ok(Row {
         engine: format!("tollgate ({} threads)", c.threads),
         ops: n,
         secs,
         lat: tl,
-    }];
-    store.close()?;
-    if c.peers {
-        peers_into(c, &w, &mut rows)?;
-        println!("\n| engine (checks only for peers) | checks/s | p50 | p99 | p99.9 | tollgate ÷ engine |");
-        println!("|---|---|---|---|---|---|");
-        let base = n as f64 / secs;
-        for r in &rows {
-            let rate = r.ops as f64 / r.secs;
-            println!(
-                "| {} | {:.0} | {} ns | {} ns | {} ns | {:.2}× |",
-                r.engine,
-                rate,
-                r.lat.0,
-                r.lat.1,
-                r.lat.2,
-                base / rate.max(1e-9)
-            );
-        }
-    }
-    Ok(())
+    })
 }
 
 /// Run the peers this command was built with, in the same run, adding their rows.
