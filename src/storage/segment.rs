@@ -542,8 +542,13 @@ impl Segments {
             }
             return self.alloc_inner(lines, true);
         }
-        // A new segment for this class: a blank one (grown ahead, or left by a crash), or a
-        // new one.
+        // A new segment for this class: a blank one (grown ahead, or left by a crash), a
+        // spare, or a new one, grown without the allocator's lock and then taken from the top.
+        if self.must_grow(&a) {
+            drop(a);
+            self.grow_spares()?;
+            return self.alloc_inner(lines, true);
+        }
         let seg = self.take_segment(&mut a)?;
         self.write_segment_header(
             seg,

@@ -141,6 +141,12 @@ impl Segments {
                 return Ok(line);
             }
         }
+        if self.must_grow(&a) {
+            // Grown without the allocator's lock (`Segments::grow_spares`), then from the top.
+            drop(a);
+            self.grow_spares()?;
+            return self.alloc_blob(lines);
+        }
         let seg = self.take_segment(&mut a)?;
         self.write_segment_header(
             seg,

@@ -24,11 +24,15 @@
 //! growing leaves behind, so open already knows it (a blank segment, reused first); nothing
 //! new is written to the file.
 //!
-//! Growth is serialised by its own lock, which also guards the spares grown and not taken. The
-//! compactor grows under it alone (never under the allocator's lock) and leaves the segment
-//! there; an allocation that finds no blank segment takes it (holding the allocator's lock),
-//! so it waits for a spare being grown and takes that, or, with none coming, grows the file
-//! itself as before. Lock order: allocator, then growth.
+//! Growth is serialised by its own lock, which also guards the spares grown and not taken.
+//! Every growth holds it alone, never the allocator's lock: the compactor's, which leaves one
+//! spare, and an allocation's, which finds no blank segment and no spare, lets the allocator's
+//! lock go, grows a batch into the spares ([`Segments::grow_spares`]: a request that found
+//! a growth under way waits for it here instead, and grows nothing) and starts again, taking
+//! a spare. So the syncs of a growth never hold up an allocation that has room, as they did
+//! while the allocation grew under the allocator's lock. Lock order: allocator, then growth;
+//! under the allocator's lock the growth lock is only tried ([`Segments::must_grow`]) or
+//! taken when spares are known to be there (nobody grows then).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -176,9 +180,41 @@ impl Segments {
         self.spare.grown.lock().len()
     }
 
+    /// Whether the next segment an allocation takes has to be grown first: no blank segment
+    /// and no spare, or a growth under way (the caller holds the allocator's lock). The caller
+    /// then releases that lock, calls [`Segments::grow_spares`] and starts again. It never
+    /// waits for the growth lock here: a growth holds it across its syncs, and waiting for it
+    /// while holding the allocator's lock would stop every other allocation too.
+    pub(super) fn must_grow(&self, a: &Alloc) -> bool {
+        a.blank.is_empty() && self.spare.grown.try_lock().is_none_or(|g| g.is_empty())
+    }
+
+    /// Grow the file by a batch ([`Segments::grow_batch`]) and keep every new segment as a
+    /// spare, holding the growth lock alone. The allocator's lock is not held across the
+    /// growth's syncs, so allocations that need no new segment go on meanwhile; one that does
+    /// waits for this growth on the growth lock and takes a spare it made. Nothing is grown if
+    /// a spare appeared while this waited for the lock.
+    ///
+    /// Until 2026-12-08 the allocation that found no segment grew the file under the
+    /// allocator's lock, and in the main job that was where request threads waited most: 129
+    /// waits for the lock in 4 s, behind 81 sleeps of a growing request in its syncs
+    /// (PERFORMANCE.md, "Where the request threads wait…").
+    pub(super) fn grow_spares(&self) -> Result<()> {
+        let mut grown = self.spare.grown.lock();
+        if !grown.is_empty() {
+            return Ok(());
+        }
+        let (first, more) = self.grow_batch()?;
+        // Taken in order, lowest first.
+        grown.extend(more.rev());
+        grown.push(first);
+        Ok(())
+    }
+
     /// A segment for a new class or blob run (the caller holds the allocator's lock): a blank
-    /// one found at open, else a spare (waiting for one being grown), else a new one. If none
-    /// is left after this one, a spare is asked for.
+    /// one found at open, else a spare (waiting for one being grown), else a new one (grown
+    /// under the allocator's lock: callers that can release it grow first, see
+    /// [`Segments::must_grow`]). If none is left after this one, a spare is asked for.
     pub(super) fn take_segment(&self, a: &mut Alloc) -> Result<usize> {
         if let Some(seg) = a.blank.pop() {
             self.fault_in(seg, a.blank.last().copied());
@@ -191,6 +227,8 @@ impl Segments {
         let seg = match grown.pop() {
             Some(seg) => seg,
             None => {
+                // A home segment's split, or a spare another allocation took after this one's
+                // growth: grown here, under the allocator's lock, as every growth once was.
                 let (first, more) = self.grow_batch()?;
                 // Taken in order, lowest first.
                 grown.extend(more.rev());
@@ -363,5 +401,70 @@ mod tests {
         fill(&alone, 3);
         assert!(!alone.fault_in_wanted());
         assert_eq!(alone.fault_in_taken(), 0);
+    }
+
+    /// Holds every growth's first sync until released, and says when one is waiting there.
+    struct HeldSync {
+        armed: AtomicBool,
+        entered: std::sync::mpsc::SyncSender<()>,
+        release: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+    }
+
+    impl crate::storage::hook::IoHook for HeldSync {
+        fn before(&self, event: IoEvent) -> std::io::Result<()> {
+            if matches!(event, IoEvent::SyncRange { .. })
+                && self.armed.swap(false, Ordering::SeqCst)
+            {
+                let _ = self.entered.send(());
+                let _ = self.release.lock().map(|r| r.recv());
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "Miri cannot map a file")]
+    fn an_allocation_with_room_does_not_wait_for_another_ones_growth() {
+        let (entered_tx, entered) = std::sync::mpsc::sync_channel(1);
+        let (release, release_rx) = std::sync::mpsc::sync_channel(1);
+        let hook = Arc::new(HeldSync {
+            armed: AtomicBool::new(false),
+            entered: entered_tx,
+            release: std::sync::Mutex::new(release_rx),
+        });
+        let mut segs = Segments::new(Some(tempfile::tempfile().expect("file")), 16, 64);
+        segs.set_hook(crate::storage::hook::Hook::new(hook.clone()));
+        let segs = Arc::new(segs);
+        // Entries of two lines have a segment with room; then the next growth's sync is held.
+        segs.alloc(2).expect("alloc");
+        hook.armed.store(true, Ordering::SeqCst);
+        let grower = {
+            let segs = Arc::clone(&segs);
+            std::thread::spawn(move || {
+                while segs.maps.count() < 4 {
+                    segs.alloc(4).expect("alloc");
+                }
+            })
+        };
+        // The grower is inside its growth, holding the sync (no time involved: a channel).
+        entered.recv().expect("a growth began");
+        // An allocation of two lines, on another thread: it must not need the growth.
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let other = {
+            let segs = Arc::clone(&segs);
+            std::thread::spawn(move || {
+                let _ = done_tx.send(segs.alloc(2).is_ok());
+            })
+        };
+        // A deadlock detector, not a timing: with the growth under the allocator's lock, this
+        // allocation would wait until the sync is released, which happens only after.
+        let got = done.recv_timeout(std::time::Duration::from_secs(60));
+        release.send(()).expect("release the sync");
+        grower.join().expect("grower");
+        other.join().expect("other");
+        assert_eq!(got, Ok(true), "an allocation with room waited for a growth");
+        // The growth finished, and its segments serve the allocations after it.
+        assert!(segs.maps.count() >= 4);
+        segs.alloc(4).expect("alloc after the growth");
     }
 }
