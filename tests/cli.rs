@@ -138,6 +138,7 @@ fn a_short_bench_runs() {
         "--threads",
         "1",
         "--no-peers",
+        "--no-huge-pages",
         "--data",
         dir.path().to_str().unwrap(),
     ]);
@@ -146,6 +147,7 @@ fn a_short_bench_runs() {
         out.contains("requests in") && out.contains("p99.9"),
         "{out}"
     );
+    assert!(out.contains("(no huge pages)"), "{out}");
     // The keyed requests' own percentiles, on a line of their own.
     assert!(out.contains("keyed requests ("), "{out}");
 }

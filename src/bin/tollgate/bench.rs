@@ -83,6 +83,11 @@ pub struct Config {
     /// (`Options::grow_ahead`): the file's growth on the compactor's thread, not a request's.
     #[arg(long = "grow-ahead")]
     grow_ahead: bool,
+    /// Open tollgate's store without huge pages for its file (`Options::huge_pages(false)`):
+    /// fewer TLB misses are traded for the kernel's cost of new 2 MiB pages as the file grows,
+    /// which depends on the host (docs/PERFORMANCE.md).
+    #[arg(long = "no-huge-pages", action = clap::ArgAction::SetFalse)]
+    huge_pages: bool,
     /// The Redis server of the Redis peer.
     #[arg(
         long,
@@ -342,11 +347,13 @@ fn bench_tollgate(c: &Config, w: &Arc<Workload>) -> Result<Row, Box<dyn std::err
         &path,
         Options::default()
             .home_slots(c.home_slots)
-            .grow_ahead(c.grow_ahead),
+            .grow_ahead(c.grow_ahead)
+            .huge_pages(c.huge_pages),
     )?;
     println!(
-        "store: {path}{}",
-        if c.home_slots { " (home slots)" } else { "" }
+        "store: {path}{}{}",
+        if c.home_slots { " (home slots)" } else { "" },
+        if c.huge_pages { "" } else { " (no huge pages)" }
     );
     let totals = Arc::new(Totals::default());
     let ops = Arc::new(AtomicU64::new(0));
