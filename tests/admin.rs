@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use common::{temp_store, T0};
@@ -91,32 +91,44 @@ fn delete_key_gives_a_fresh_quota_and_leaves_other_keys() {
 #[test]
 fn delete_key_during_checks_of_the_key() {
     // Checks on one key run while it is deleted over and over: no check fails, and after the
-    // last delete the key's count is exactly the checks admitted since.
+    // last delete the key's count is exactly the checks admitted since. The two threads make
+    // 30 000 checks in all, under the limit of 60 000 whatever the deletes do, and each waits
+    // after every 1 000 of its checks for the deleting thread's next attempt: the interleaving
+    // is forced by the threads' own progress, not by how the scheduler runs them (with the
+    // deletes left to run freely, a deleting thread that lost its core for a few
+    // milliseconds let the checks pass the limit, and the test failed or spun).
+    const CHECKS: u64 = 15_000;
     let store = Store::open_in_memory(opts()).unwrap();
     let ls = Limits::new(&[Limit::per_minute(60_000)]).unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let admitted = Arc::new(AtomicU64::new(0));
+    let attempts = Arc::new(AtomicU64::new(0));
+    let running = Arc::new(AtomicU64::new(2));
     let workers: Vec<_> = (0..2)
         .map(|_| {
-            let (store, ls, stop, admitted) =
-                (store.clone(), ls.clone(), stop.clone(), admitted.clone());
+            let (store, ls, attempts, running) =
+                (store.clone(), ls.clone(), attempts.clone(), running.clone());
             std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
+                for i in 0..CHECKS {
                     assert!(store.check_at(b"hot", &ls, 1, T0).unwrap().allowed());
-                    admitted.fetch_add(1, Ordering::Relaxed);
+                    if i % 1_000 == 999 {
+                        let seen = attempts.load(Ordering::Acquire);
+                        while attempts.load(Ordering::Acquire) == seen {
+                            std::thread::yield_now();
+                        }
+                    }
                 }
+                running.fetch_sub(1, Ordering::AcqRel);
             })
         })
         .collect();
     let mut deleted = 0;
-    // Delete while the checks run (a count of checks, not a time, ends it).
-    while admitted.load(Ordering::Relaxed) < 20_000 || deleted < 10 {
+    while running.load(Ordering::Acquire) > 0 {
         deleted += u32::from(store.delete_key(b"hot").unwrap());
+        attempts.fetch_add(1, Ordering::AcqRel);
     }
-    stop.store(true, Ordering::Relaxed);
     for w in workers {
         w.join().unwrap();
     }
+    // At least the attempt each waiting worker saw came after its own checks made the key.
     assert!(deleted > 0);
     // Quiet now: one delete, then a known number of checks.
     store.delete_key(b"hot").unwrap();

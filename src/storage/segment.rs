@@ -641,6 +641,8 @@ impl Segments {
     /// Free entries counted per class, and the home segments' slots not holding an entry
     /// (for stats).
     pub(crate) fn free_lines(&self) -> u64 {
+        // Spares first, without the allocator's lock (see `Segments::blank_segments`).
+        let spares = self.spares() as u64;
         let a = self.alloc.lock();
         let seg_lines = self.seg_lines();
         let listed: u64 = a
@@ -654,7 +656,7 @@ impl Segments {
                 c.free.len() as u64 * l as u64 + tail
             })
             .sum();
-        listed + self.free_home_lines(&a) + (a.blank.len() + self.spares()) as u64 * seg_lines
+        listed + self.free_home_lines(&a) + (a.blank.len() as u64 + spares) * seg_lines
     }
 }
 

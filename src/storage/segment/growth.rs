@@ -170,12 +170,15 @@ impl Segments {
     }
 
     /// Segments counted in the file and not in use yet (spares, and blank ones found at open).
+    /// The spares are counted first, without the allocator's lock (a growth holds the growth
+    /// lock across its syncs, and every allocation would wait behind this call).
     pub(crate) fn blank_segments(&self) -> u64 {
-        let a = self.alloc.lock();
-        (a.blank.len() + self.spares()) as u64
+        let spares = self.spares();
+        (self.alloc.lock().blank.len() + spares) as u64
     }
 
-    /// Spares grown and not taken yet (the caller may hold the allocator's lock).
+    /// Spares grown and not taken yet. It waits for a growth under way: a caller holding the
+    /// allocator's lock asks [`Segments::must_grow`] instead.
     pub(super) fn spares(&self) -> usize {
         self.spare.grown.lock().len()
     }
@@ -227,8 +230,9 @@ impl Segments {
         let seg = match grown.pop() {
             Some(seg) => seg,
             None => {
-                // A home segment's split, or a spare another allocation took after this one's
-                // growth: grown here, under the allocator's lock, as every growth once was.
+                // A home segment's split (whose caller keeps the allocator's lock): grown here,
+                // under it, as every growth once was. Other callers asked `must_grow` under
+                // the same lock first, so they find a spare.
                 let (first, more) = self.grow_batch()?;
                 // Taken in order, lowest first.
                 grown.extend(more.rev());
