@@ -261,10 +261,11 @@ impl Options {
     /// new keys' first checks since the compactor faults in each segment before it is taken
     /// (`docs/PERFORMANCE.md`, "New keys and the file's growth"): what it still saves is the
     /// request's own growth (an allocation, two small syncs, and the first touch of the new
-    /// segment), a few times per doubling of the file: in `tollgate bench` it cut the time the
-    /// allocator's lock was held taking segments from 94-277 ms to 11-27 ms in 4 s, but where
-    /// every core runs requests the compactor's growing preempts them instead. Turn it on
-    /// where a core is to spare.
+    /// segment), a few times per doubling of the file: in `tollgate bench` (2026-12-08, before
+    /// growth left the allocator's lock) the request threads' own sleeps in a growth's syncs
+    /// fell from 81 to 4 in 4 s, but where every core runs requests the compactor's growing
+    /// preempts them instead, and throughput did not move. Turn it on where a core is to
+    /// spare.
     pub fn grow_ahead(mut self, enabled: bool) -> Self {
         self.compactor.grow_ahead = enabled;
         self

@@ -5,8 +5,8 @@
 //! used: two syncs, each of which makes the file system commit the file's length and blocks.
 //! Each syncs a range of a few bytes (`sys::sync_range`), not the whole file: an `fdatasync`
 //! would also write back every page the checks dirtied since the last one, which on a large
-//! busy store is most of the file, while the request that grows (and every other allocation,
-//! behind the allocator's lock) waits, and every page it wrote back then takes a write fault
+//! busy store is most of the file, while the request that grows (and every allocation that
+//! needs a segment, behind it) waits, and every page it wrote back then takes a write fault
 //! again. An allocation that must grow the file adds a quarter as many segments as it has (at
 //! least one, at most 64 MiB) for the same two syncs, and keeps the others as spares
 //! ([`MAX_GROWTH_BYTES`]).
